@@ -1,0 +1,14 @@
+//! keyprov: a declarative key-provisioning daemon. Manifests say which asymmetric key pairs
+//! must exist; keyprov generates them with AWS KMS `GenerateDataKeyPair` (or an embedded local
+//! provider) and keeps them, rotated, in files and AWS Secrets Manager.
+//!
+//! Data flow: [`manifest::load`] -> [`observe`] -> [`plan::plan`] (pure) -> [`execute`].
+
+pub mod config;
+pub mod manifest;
+pub mod observed;
+pub mod plan;
+pub mod provider;
+pub mod schedule;
+pub mod spec;
+pub mod store;

@@ -1,0 +1,160 @@
+//! The validated model of a manifest: what the planner and executor work with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::spec::KeyPairSpec;
+
+/// One desired key pair, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    /// `metadata.name`, unique across all manifests.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `spec.keyPairSpec`.
+    pub spec: KeyPairSpec,
+    /// `spec.kmsKeyId` as written.
+    pub kms_key_id: String,
+    /// `spec.encryptionContext` (sorted: it is canonical).
+    pub encryption_context: BTreeMap<String, String>,
+    /// `spec.grantTokens`.
+    pub grant_tokens: Vec<String>,
+    /// `spec.includePlaintext`.
+    pub include_plaintext: bool,
+    /// `spec.rotation`.
+    pub rotation: Rotation,
+    /// `spec.outputs`, at least one.
+    pub outputs: Vec<Output>,
+    /// `spec.onRotate`.
+    pub on_rotate: Vec<Hook>,
+    /// The manifest file this key came from.
+    pub source: PathBuf,
+}
+
+impl KeyPair {
+    /// Fingerprint of what makes a generation stale when it changes: spec, KMS key, context.
+    pub fn spec_fingerprint(&self) -> String {
+        let canonical = serde_json::json!({
+            "keyPairSpec": self.spec.as_str(),
+            "kmsKeyId": self.kms_key_id,
+            "encryptionContext": self.encryption_context,
+        });
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.to_string().as_bytes());
+        format!("sha256:{}", hex::encode(&digest.as_ref()[..16]))
+    }
+}
+
+/// When and how a key pair rotates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotation period; `None` never rotates.
+    pub every: Option<Duration>,
+    /// How long a new generation is published before it becomes current.
+    pub publish_ahead: Option<Duration>,
+    /// Previous versions kept.
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            every: None,
+            publish_ahead: None,
+            keep: 1,
+        }
+    }
+}
+
+/// Where a key pair is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A directory of versions with `current`/`previous`/`next` links.
+    File(FileOutput),
+    /// One Secrets Manager secret with staging labels.
+    SecretsManager(SecretsManagerOutput),
+}
+
+impl Output {
+    /// `file` or `secretsManager`, as status prints it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Output::File(_) => "file",
+            Output::SecretsManager(_) => "secretsManager",
+        }
+    }
+
+    /// The directory or secret id.
+    pub fn location(&self) -> String {
+        match self {
+            Output::File(file) => file.dir.display().to_string(),
+            Output::SecretsManager(secret) => secret.secret_id.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind(), self.location())
+    }
+}
+
+/// Encoding of the public (and plaintext private) key files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// PEM text: `public.pem`, `private.pem`.
+    Pem,
+    /// Raw DER: `public.der`, `private.der`.
+    Der,
+}
+
+impl Format {
+    /// File extension: `pem` or `der`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Pem => "pem",
+            Format::Der => "der",
+        }
+    }
+}
+
+/// A file output, with its directory resolved and contained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOutput {
+    /// Absolute directory of the versions.
+    pub dir: PathBuf,
+    /// Encoding of public and plaintext private key.
+    pub format: Format,
+    /// Mode of public.* and private.enc and meta.json.
+    pub mode: u32,
+    /// Owning user name or numeric id.
+    pub owner: Option<String>,
+    /// Owning group name or numeric id.
+    pub group: Option<String>,
+}
+
+/// A Secrets Manager output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsManagerOutput {
+    /// Secret name or ARN.
+    pub secret_id: String,
+    /// KMS key that encrypts the secret.
+    pub kms_key_id: Option<String>,
+    /// Tags (labels merged with the output's own tags).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A command run on rotation events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// Program (absolute, allowed by the config) and arguments.
+    pub command: Vec<String>,
+    /// Runs when a staged generation is published.
+    pub on_publish: bool,
+    /// Runs when a generation becomes current.
+    pub on_activate: bool,
+    /// Time limit.
+    pub timeout: Duration,
+}

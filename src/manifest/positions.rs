@@ -1,0 +1,182 @@
+//! Line and column of every field of every YAML document in a file.
+//!
+//! serde_yaml reports positions for the errors it finds itself, but not for the fields it
+//! deserializes; semantic checks (duplicate names, path escapes, hooks) need those too. This
+//! index is built from yaml-rust2's marked events, only for files that have a problem.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+/// Positions by document index and dotted field path (`spec.outputs[0].file.dir`).
+#[derive(Debug, Default)]
+pub struct PositionIndex {
+    documents: Vec<HashMap<String, Position>>,
+}
+
+impl PositionIndex {
+    /// Indexes `source`; a file that does not parse yields what was indexed before the error.
+    pub fn build(source: &str) -> Self {
+        let mut builder = Builder::default();
+        // Syntax errors are reported by serde_yaml with their own position.
+        let _ = Parser::new_from_str(source).load(&mut builder, true);
+        PositionIndex {
+            documents: builder.documents,
+        }
+    }
+
+    /// Position of `path` in document `doc`, falling back to its closest indexed parent.
+    pub fn find(&self, doc: usize, path: &str) -> Position {
+        let Some(fields) = self.documents.get(doc) else {
+            return Position::default();
+        };
+        let mut path = path;
+        loop {
+            if let Some(position) = fields.get(path) {
+                return *position;
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) => path = &path[..cut],
+                None => return fields.get("").copied().unwrap_or_default(),
+            }
+        }
+    }
+}
+
+enum Frame {
+    Mapping { path: String, key: Option<String> },
+    Sequence { path: String, next: usize },
+}
+
+#[derive(Default)]
+struct Builder {
+    documents: Vec<HashMap<String, Position>>,
+    stack: Vec<Frame>,
+}
+
+impl Builder {
+    fn position(mark: &Marker) -> Position {
+        Position {
+            line: mark.line(),
+            column: mark.col() + 1,
+        }
+    }
+
+    /// The path of the node that starts now; `None` when it is a mapping key.
+    fn value_path(&mut self) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Mapping { key: None, .. }) => None,
+            Some(Frame::Mapping { path, key }) => {
+                let key = key.take().unwrap_or_default();
+                Some(if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                })
+            }
+            Some(Frame::Sequence { path, next }) => {
+                *next += 1;
+                Some(format!("{path}[{}]", *next - 1))
+            }
+        }
+    }
+
+    fn record(&mut self, path: &str, mark: &Marker) {
+        if let Some(fields) = self.documents.last_mut() {
+            fields.entry(path.to_string()).or_insert(Self::position(mark));
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::DocumentStart => {
+                self.documents.push(HashMap::new());
+                self.stack.clear();
+            }
+            Event::Scalar(value, ..) => match self.value_path() {
+                Some(path) => self.record(&path, &mark),
+                None => {
+                    // A mapping key: its position stands for the field.
+                    let Some(Frame::Mapping { path, key }) = self.stack.last_mut() else {
+                        return;
+                    };
+                    let parent = path.clone();
+                    let field = if path.is_empty() {
+                        value.clone()
+                    } else {
+                        format!("{path}.{value}")
+                    };
+                    *key = Some(value);
+                    self.record(&parent, &mark);
+                    self.record(&field, &mark);
+                }
+            },
+            Event::Alias(_) => {
+                if let Some(path) = self.value_path() {
+                    self.record(&path, &mark);
+                }
+            }
+            Event::MappingStart(..) => {
+                // Block mappings start where their first key is; that key records the path.
+                let path = self.value_path().unwrap_or_default();
+                self.stack.push(Frame::Mapping { path, key: None });
+            }
+            Event::SequenceStart(..) => {
+                let path = self.value_path().unwrap_or_default();
+                self.record(&path, &mark);
+                self.stack.push(Frame::Sequence { path, next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOURCE: &str = "\
+apiVersion: keyprov/v1
+metadata:
+  name: a
+spec:
+  outputs:
+    - file:
+        dir: x
+---
+kind: KeyPair
+metadata: {name: b}
+";
+
+    #[test]
+    fn finds_fields_of_every_document() {
+        let index = PositionIndex::build(SOURCE);
+        assert_eq!(index.find(0, "metadata.name"), Position { line: 3, column: 3 });
+        assert_eq!(index.find(0, "spec.outputs[0].file.dir"), Position { line: 7, column: 9 });
+        assert_eq!(index.find(0, "spec.outputs[0]"), Position { line: 6, column: 7 });
+        assert_eq!(index.find(1, "metadata.name"), Position { line: 10, column: 12 });
+    }
+
+    #[test]
+    fn missing_fields_fall_back_to_their_parent() {
+        let index = PositionIndex::build(SOURCE);
+        assert_eq!(index.find(0, "spec.outputs[0].file.mode"), Position { line: 6, column: 7 });
+        assert_eq!(index.find(5, "spec"), Position::default());
+    }
+}

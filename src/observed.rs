@@ -1,0 +1,39 @@
+//! What the stores hold for each key, as the planner sees it.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+/// One stored generation, as recorded in its meta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedVersion {
+    /// Generation number, from 1.
+    pub generation: u32,
+    /// Spec fingerprint of the manifest it was made for.
+    pub spec_fingerprint: String,
+    /// When it was generated.
+    pub created_at: SystemTime,
+    /// When it became (or becomes) current.
+    pub activates_at: SystemTime,
+}
+
+/// The state of one output of a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedOutput {
+    /// The version `current` points at (AWSCURRENT).
+    pub current: Option<ObservedVersion>,
+    /// The staged version `next` points at (AWSPENDING).
+    pub next: Option<ObservedVersion>,
+    /// The generation `previous` points at (AWSPREVIOUS).
+    pub previous: Option<u32>,
+    /// Every complete version present, ascending.
+    pub versions: Vec<u32>,
+    /// What differs from the manifest and can be repaired in place (modes, owners, files of
+    /// the wrong format, leftovers); empty when all is well.
+    pub drift: Vec<String>,
+    /// False when this output cannot hold old versions to prune (Secrets Manager manages
+    /// its own).
+    pub prunable: bool,
+}
+
+/// Observations of every desired key: outputs in manifest order, or why they could not be read.
+pub type Observed = HashMap<String, Result<Vec<ObservedOutput>, String>>;

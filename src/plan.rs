@@ -1,0 +1,310 @@
+//! The planner: desired key pairs + observed stores + now -> actions. Pure: no I/O, no clock.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::manifest::KeyPair;
+use crate::observed::{Observed, ObservedOutput, ObservedVersion};
+use crate::schedule::{self, format_time};
+
+/// Why a new generation is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The key has no generation yet.
+    Create,
+    /// keyPairSpec, kmsKeyId or encryptionContext changed.
+    SpecChanged,
+    /// `rotation.every` has elapsed.
+    RotationDue,
+    /// `keyprov rotate`.
+    Requested,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Create => "new key",
+            Reason::SpecChanged => "keyPairSpec, kmsKeyId or encryptionContext changed",
+            Reason::RotationDue => "rotation due",
+            Reason::Requested => "rotation requested",
+        })
+    }
+}
+
+/// Which link a copied version gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// `current` / AWSCURRENT.
+    Current,
+    /// `next` / AWSPENDING.
+    Next,
+}
+
+/// One step of reconciling a key. Outputs are indexes into the manifest's `outputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Generate a pair, write it as `generation` to every output, and make it current (when
+    /// `activates_at <= now`) or publish it as next.
+    Generate {
+        /// New generation number.
+        generation: u32,
+        /// When it becomes current.
+        activates_at: SystemTime,
+        /// Staged (published as next) rather than current at once.
+        staged: bool,
+        /// Why.
+        reason: Reason,
+    },
+    /// Make the staged `generation` current on every output (copying it where missing).
+    Activate {
+        /// The staged generation.
+        generation: u32,
+    },
+    /// Copy the stored `generation` from an output holding it to `outputs`, and link it.
+    Copy {
+        /// Generation to copy.
+        generation: u32,
+        /// Outputs that lack it.
+        outputs: Vec<usize>,
+        /// Link it gets there.
+        link: Link,
+    },
+    /// Repair metadata of an output in place: modes, owners, format files, previous link.
+    Repair {
+        /// Output index.
+        output: usize,
+        /// What is wrong.
+        reasons: Vec<String>,
+    },
+    /// Remove old versions beyond `rotation.keep`.
+    Prune {
+        /// Output index.
+        output: usize,
+        /// Generations to remove.
+        generations: Vec<u32>,
+    },
+}
+
+/// The actions of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPlan {
+    /// Key pair name.
+    pub name: String,
+    /// Steps, in the order they run.
+    pub actions: Vec<Action>,
+}
+
+/// A rotation asked for on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateRequest {
+    /// Key pair name.
+    pub name: String,
+    /// `--now`: activate at once, skipping publishAhead.
+    pub now: bool,
+}
+
+/// Plans every desired key. Keys whose observation failed are skipped (the caller reports
+/// them); keys already converged get no plan.
+pub fn plan(
+    desired: &[KeyPair],
+    observed: &Observed,
+    now: SystemTime,
+    rotate: Option<&RotateRequest>,
+) -> Vec<KeyPlan> {
+    desired
+        .iter()
+        .filter_map(|key| {
+            let outputs = observed.get(&key.name)?.as_ref().ok()?;
+            let request = rotate.filter(|r| r.name == key.name);
+            let actions = plan_key(key, outputs, now, request);
+            (!actions.is_empty()).then(|| KeyPlan {
+                name: key.name.clone(),
+                actions,
+            })
+        })
+        .collect()
+}
+
+/// The authoritative current and staged versions across outputs (the highest wins, so every
+/// output converges on the same version).
+pub fn authoritative(outputs: &[ObservedOutput]) -> (Option<&ObservedVersion>, Option<&ObservedVersion>) {
+    let current = outputs
+        .iter()
+        .filter_map(|o| o.current.as_ref())
+        .max_by_key(|v| v.generation);
+    let next = outputs
+        .iter()
+        .filter_map(|o| o.next.as_ref())
+        .filter(|n| current.is_none_or(|c| n.generation > c.generation))
+        .max_by_key(|v| v.generation);
+    (current, next)
+}
+
+/// When the next rotation of `current` is due to activate, if the key rotates.
+pub fn next_rotation(key: &KeyPair, current: &ObservedVersion) -> Option<SystemTime> {
+    schedule::due(current.activates_at, key.rotation.every, key.rotation.publish_ahead).map(|d| d.activate_at)
+}
+
+/// Plans one key.
+pub fn plan_key(
+    key: &KeyPair,
+    outputs: &[ObservedOutput],
+    now: SystemTime,
+    request: Option<&RotateRequest>,
+) -> Vec<Action> {
+    let fingerprint = key.spec_fingerprint();
+    let ahead = key.rotation.publish_ahead;
+    let (current, staged) = authoritative(outputs);
+    let highest = outputs
+        .iter()
+        .flat_map(|o| o.versions.iter().copied())
+        .chain(current.map(|c| c.generation))
+        .chain(staged.map(|s| s.generation))
+        .max()
+        .unwrap_or(0);
+    let staged_valid = staged.filter(|s| s.spec_fingerprint == fingerprint);
+    let mut actions = Vec::new();
+    let mut generate = |reason: Reason, activates_at: SystemTime| {
+        let generation = highest + 1;
+        let staged = activates_at > now;
+        actions.push(Action::Generate {
+            generation,
+            activates_at,
+            staged,
+            reason,
+        });
+        if staged {
+            (current.map(|c| c.generation), Some(generation))
+        } else {
+            (Some(generation), None)
+        }
+    };
+    let force_now = request.is_some_and(|r| r.now);
+    let (final_current, final_next) = match (current, staged_valid) {
+        (None, None) => generate(Reason::Create, now),
+        (None, Some(s)) => {
+            // Every current link was lost: the staged generation is the best there is.
+            actions.push(Action::Activate { generation: s.generation });
+            (Some(s.generation), None)
+        }
+        (Some(_), Some(s)) if force_now || now >= s.activates_at => {
+            actions.push(Action::Activate { generation: s.generation });
+            (Some(s.generation), None)
+        }
+        (Some(c), Some(s)) => (Some(c.generation), Some(s.generation)),
+        (Some(c), None) => {
+            let due = schedule::due(c.activates_at, key.rotation.every, ahead);
+            let when = |due_at| if force_now { now } else { schedule::activation_time(now, due_at, ahead) };
+            if c.spec_fingerprint != fingerprint {
+                generate(Reason::SpecChanged, when(None))
+            } else if request.is_some() {
+                generate(Reason::Requested, when(None))
+            } else if let Some(due) = due.filter(|d| now >= d.publish_at) {
+                generate(Reason::RotationDue, when(Some(due.activate_at)))
+            } else {
+                (Some(c.generation), None)
+            }
+        }
+    };
+    let fresh: BTreeSet<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Generate { generation, .. } | Action::Activate { generation } => Some(*generation),
+            _ => None,
+        })
+        .collect();
+    for (generation, link, on_output) in [
+        (final_current, Link::Current, (|o: &ObservedOutput| o.current.as_ref().map(|v| v.generation)) as fn(&ObservedOutput) -> Option<u32>),
+        (final_next, Link::Next, |o: &ObservedOutput| o.next.as_ref().map(|v| v.generation)),
+    ] {
+        let Some(generation) = generation.filter(|g| !fresh.contains(g)) else {
+            continue;
+        };
+        let lacking: Vec<usize> = outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| on_output(o) != Some(generation))
+            .map(|(i, _)| i)
+            .collect();
+        if !lacking.is_empty() {
+            actions.push(Action::Copy {
+                generation,
+                outputs: lacking,
+                link,
+            });
+        }
+    }
+    let Some(final_current) = final_current else {
+        return actions;
+    };
+    for (i, output) in outputs.iter().enumerate() {
+        let mut present: BTreeSet<u32> = output.versions.iter().copied().collect();
+        present.insert(final_current);
+        present.extend(final_next);
+        let kept = kept_versions(&present, final_current, final_next, key.rotation.keep);
+        let expected_previous = kept.range(..final_current).next_back().copied();
+        let mut reasons = output.drift.clone();
+        let relinked = fresh.contains(&final_current) || output.current.as_ref().map(|c| c.generation) != Some(final_current);
+        if !relinked && output.previous != expected_previous {
+            reasons.push(match expected_previous {
+                Some(p) => format!("previous should point at generation {p}"),
+                None => "previous should be removed".into(),
+            });
+        }
+        if !reasons.is_empty() {
+            actions.push(Action::Repair { output: i, reasons });
+        }
+        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
+        if output.prunable && !doomed.is_empty() {
+            actions.push(Action::Prune {
+                output: i,
+                generations: doomed,
+            });
+        }
+    }
+    actions
+}
+
+/// The versions an output keeps: current, next, and the `keep` newest below current.
+pub fn kept_versions(present: &BTreeSet<u32>, current: u32, next: Option<u32>, keep: u32) -> BTreeSet<u32> {
+    let mut kept: BTreeSet<u32> = present.range(..current).rev().take(keep as usize).copied().collect();
+    kept.insert(current);
+    kept.extend(next);
+    kept
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Generate {
+                generation,
+                activates_at,
+                staged,
+                reason,
+            } => {
+                write!(f, "generate generation {generation} ({reason})")?;
+                if *staged {
+                    write!(f, ", published as next, activates at {}", format_time(*activates_at))?;
+                }
+                Ok(())
+            }
+            Action::Activate { generation } => write!(f, "activate staged generation {generation}"),
+            Action::Copy { generation, outputs, link } => {
+                let link = match link {
+                    Link::Current => "current",
+                    Link::Next => "next",
+                };
+                write!(f, "copy generation {generation} as {link} to outputs {outputs:?}")
+            }
+            Action::Repair { output, reasons } => write!(f, "repair output {output}: {}", reasons.join("; ")),
+            Action::Prune { output, generations } => {
+                write!(f, "prune generations {generations:?} from output {output}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

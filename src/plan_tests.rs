@@ -1,0 +1,322 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::manifest::{FileOutput, Format, Output, Rotation};
+use crate::spec::KeyPairSpec;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn t(days: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_secs(days * 86_400)
+}
+
+fn key(every: Option<u64>, ahead: Option<u64>, keep: u32, outputs: usize) -> KeyPair {
+    KeyPair {
+        name: "k".into(),
+        labels: BTreeMap::new(),
+        spec: KeyPairSpec::EccNistP256,
+        kms_key_id: "alias/k".into(),
+        encryption_context: BTreeMap::new(),
+        grant_tokens: vec![],
+        include_plaintext: false,
+        rotation: Rotation {
+            every: every.map(|d| Duration::from_secs(d * 86_400)),
+            publish_ahead: ahead.map(|d| Duration::from_secs(d * 86_400)),
+            keep,
+        },
+        outputs: (0..outputs)
+            .map(|i| {
+                Output::File(FileOutput {
+                    dir: PathBuf::from(format!("/s/{i}")),
+                    format: Format::Pem,
+                    mode: 0o640,
+                    owner: None,
+                    group: None,
+                })
+            })
+            .collect(),
+        on_rotate: vec![],
+        source: PathBuf::from("m.yaml"),
+    }
+}
+
+fn version(key: &KeyPair, generation: u32, activated_day: u64) -> ObservedVersion {
+    ObservedVersion {
+        generation,
+        spec_fingerprint: key.spec_fingerprint(),
+        created_at: t(activated_day),
+        activates_at: t(activated_day),
+    }
+}
+
+/// An output whose `current` is the last of `versions`, `previous` the one before.
+fn output(key: &KeyPair, versions: &[u32], activated_day: u64) -> ObservedOutput {
+    let last = versions.last().copied();
+    ObservedOutput {
+        current: last.map(|g| version(key, g, activated_day)),
+        next: None,
+        previous: versions.len().checked_sub(2).map(|i| versions[i]),
+        versions: versions.to_vec(),
+        drift: vec![],
+        prunable: true,
+    }
+}
+
+fn generate(generation: u32, activates_at: SystemTime, staged: bool, reason: Reason) -> Action {
+    Action::Generate {
+        generation,
+        activates_at,
+        staged,
+        reason,
+    }
+}
+
+#[test]
+fn transitions() {
+    let plain = key(None, None, 1, 1);
+    let rotating = key(Some(90), None, 1, 1);
+    let staged_key = key(Some(90), Some(7), 1, 1);
+    let mut changed = plain.clone();
+    changed.spec = KeyPairSpec::Rsa2048;
+    let mut with_next = output(&staged_key, &[1, 2], 0);
+    with_next.current = Some(version(&staged_key, 1, 0));
+    with_next.previous = None;
+    with_next.next = Some(ObservedVersion {
+        activates_at: t(90),
+        ..version(&staged_key, 2, 83)
+    });
+    let mut stale_next = with_next.clone();
+    stale_next.next.as_mut().unwrap().spec_fingerprint = "sha256:old".into();
+    let mut drifted = output(&plain, &[1], 0);
+    drifted.drift = vec!["public.pem mode 0644, want 0640".into()];
+    let mut wrong_previous = output(&plain, &[1, 2], 0);
+    wrong_previous.previous = None;
+    let rotate = RotateRequest { name: "k".into(), now: false };
+    let rotate_now = RotateRequest { name: "k".into(), now: true };
+
+    #[rustfmt::skip]
+    let cases: Vec<(&str, KeyPair, Vec<ObservedOutput>, SystemTime, Option<&RotateRequest>, Vec<Action>)> = vec![
+        ("missing key is created", plain.clone(), vec![ObservedOutput { prunable: true, ..Default::default() }], t(0), None,
+            vec![generate(1, t(0), false, Reason::Create)]),
+        ("converged key does nothing", plain.clone(), vec![output(&plain, &[1], 0)], t(500), None, vec![]),
+        ("spec change regenerates", changed.clone(), vec![output(&plain, &[1], 0)], t(1), None,
+            vec![generate(2, t(1), false, Reason::SpecChanged)]),
+        ("rotation not yet due", rotating.clone(), vec![output(&rotating, &[1], 0)], t(89), None, vec![]),
+        ("rotation due", rotating.clone(), vec![output(&rotating, &[1], 0)], t(90), None,
+            vec![generate(2, t(90), false, Reason::RotationDue)]),
+        ("staged rotation not yet publishing", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(82), None, vec![]),
+        ("staged rotation publishes ahead", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(83), None,
+            vec![generate(2, t(90), true, Reason::RotationDue)]),
+        ("late publication keeps the full window", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(95), None,
+            vec![generate(2, t(102), true, Reason::RotationDue)]),
+        ("staged generation waits", staged_key.clone(), vec![with_next.clone()], t(89), None, vec![]),
+        ("staged generation activates", staged_key.clone(), vec![with_next.clone()], t(90), None,
+            vec![Action::Activate { generation: 2 }]),
+        ("stale staged generation is replaced and pruned", staged_key.clone(), vec![stale_next], t(85), None,
+            vec![generate(3, t(92), true, Reason::RotationDue), Action::Prune { output: 0, generations: vec![2] }]),
+        ("rotate request is staged", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(10), Some(&rotate),
+            vec![generate(2, t(17), true, Reason::Requested)]),
+        ("rotate --now activates at once", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(10), Some(&rotate_now),
+            vec![generate(2, t(10), false, Reason::Requested)]),
+        ("rotate --now activates a waiting staged generation", staged_key.clone(), vec![with_next.clone()], t(85), Some(&rotate_now),
+            vec![Action::Activate { generation: 2 }]),
+        ("rotate without publishAhead is immediate", plain.clone(), vec![output(&plain, &[1], 0)], t(3), Some(&rotate),
+            vec![generate(2, t(3), false, Reason::Requested)]),
+        ("output lacking current gets a copy", key(None, None, 1, 2),
+            vec![output(&plain, &[1], 0), ObservedOutput { prunable: true, ..Default::default() }], t(1), None,
+            vec![Action::Copy { generation: 1, outputs: vec![1], link: Link::Current }]),
+        ("output behind the others catches up", key(None, None, 1, 2),
+            vec![output(&plain, &[1, 2], 0), output(&plain, &[1], 0)], t(1), None,
+            vec![Action::Copy { generation: 2, outputs: vec![1], link: Link::Current }]),
+        ("output lacking the staged version gets a copy", key(Some(90), Some(7), 1, 2),
+            vec![with_next.clone(), output(&staged_key, &[1], 0)], t(85), None,
+            vec![Action::Copy { generation: 2, outputs: vec![1], link: Link::Next }]),
+        ("metadata drift is repaired in place", plain.clone(), vec![drifted], t(1), None,
+            vec![Action::Repair { output: 0, reasons: vec!["public.pem mode 0644, want 0640".into()] }]),
+        ("wrong previous link is repaired", plain.clone(), vec![wrong_previous], t(1), None,
+            vec![Action::Repair { output: 0, reasons: vec!["previous should point at generation 1".into()] }]),
+        ("versions beyond keep are pruned", plain.clone(), vec![output(&plain, &[1, 2, 3], 0)], t(1), None,
+            vec![Action::Prune { output: 0, generations: vec![1] }]),
+        ("keep 0 prunes the old generation after rotation", key(Some(90), None, 0, 1),
+            vec![output(&rotating, &[1], 0)], t(90), None,
+            vec![generate(2, t(90), false, Reason::RotationDue), Action::Prune { output: 0, generations: vec![1] }]),
+        ("keep 2 keeps two", key(Some(90), None, 2, 1), vec![output(&rotating, &[1, 2, 3], 0)], t(90), None,
+            vec![generate(4, t(90), false, Reason::RotationDue), Action::Prune { output: 0, generations: vec![1] }]),
+    ];
+    for (name, key, outputs, now, request, want) in cases {
+        assert_eq!(plan_key(&key, &outputs, now, request), want, "{name}");
+    }
+}
+
+#[test]
+fn failed_observations_are_skipped() {
+    let k = key(None, None, 1, 1);
+    let observed: Observed = [("k".to_string(), Err("unreadable".to_string()))].into();
+    assert!(plan(&[k], &observed, t(0), None).is_empty());
+}
+
+/// Applies `actions` to a model of the stores, with the executor's semantics.
+fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now: SystemTime) {
+    fn link_current(o: &mut ObservedOutput, v: ObservedVersion) {
+        if !o.versions.contains(&v.generation) {
+            o.versions.push(v.generation);
+            o.versions.sort();
+        }
+        let g = v.generation;
+        o.current = Some(v);
+        o.previous = o.versions.iter().rev().find(|&&p| p < g).copied();
+        if o.next.as_ref().is_some_and(|n| n.generation <= g) {
+            o.next = None;
+        }
+    }
+    fn link_next(o: &mut ObservedOutput, v: ObservedVersion) {
+        if !o.versions.contains(&v.generation) {
+            o.versions.push(v.generation);
+            o.versions.sort();
+        }
+        o.next = Some(v);
+    }
+    let find = |outputs: &[ObservedOutput], g: u32| {
+        outputs
+            .iter()
+            .flat_map(|o| [o.current.clone(), o.next.clone()])
+            .flatten()
+            .find(|v| v.generation == g)
+            .expect("copied version exists")
+    };
+    for action in actions {
+        match action {
+            Action::Generate { generation, activates_at, staged, .. } => {
+                let v = ObservedVersion {
+                    generation: *generation,
+                    spec_fingerprint: key.spec_fingerprint(),
+                    created_at: now,
+                    activates_at: *activates_at,
+                };
+                for o in outputs.iter_mut() {
+                    if *staged { link_next(o, v.clone()) } else { link_current(o, v.clone()) }
+                }
+            }
+            Action::Activate { generation } => {
+                let v = find(outputs, *generation);
+                for o in outputs.iter_mut() {
+                    link_current(o, v.clone());
+                }
+            }
+            Action::Copy { generation, outputs: to, link } => {
+                let v = find(outputs, *generation);
+                for &i in to {
+                    match link {
+                        Link::Current => link_current(&mut outputs[i], v.clone()),
+                        Link::Next => link_next(&mut outputs[i], v.clone()),
+                    }
+                }
+            }
+            Action::Repair { output, .. } => {
+                let o = &mut outputs[*output];
+                o.drift.clear();
+                let current = o.current.as_ref().map(|c| c.generation).unwrap_or(0);
+                o.previous = o.versions.iter().rev().find(|&&p| p < current).copied();
+            }
+            Action::Prune { output, generations } => {
+                let o = &mut outputs[*output];
+                o.versions.retain(|g| !generations.contains(g));
+                if o.previous.is_some_and(|p| generations.contains(&p)) {
+                    o.previous = None;
+                }
+                if o.next.as_ref().is_some_and(|n| generations.contains(&n.generation)) {
+                    o.next = None;
+                }
+            }
+        }
+    }
+}
+
+/// Versions 1..=9, each with one fingerprint and time: the same generation is the same
+/// pair on every output.
+fn arb_universe(fingerprint: String) -> impl Strategy<Value = Vec<ObservedVersion>> {
+    proptest::collection::vec((any::<bool>(), 0u64..400), 9).prop_map(move |specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (fresh, day))| ObservedVersion {
+                generation: i as u32 + 1,
+                spec_fingerprint: if fresh { fingerprint.clone() } else { "sha256:old".into() },
+                created_at: t(day),
+                activates_at: t(day),
+            })
+            .collect()
+    })
+}
+
+fn arb_output(universe: Vec<ObservedVersion>) -> impl Strategy<Value = ObservedOutput> {
+    (
+        proptest::collection::btree_set(1u32..8, 0..5),
+        proptest::option::of(1u32..8),
+        proptest::option::of(1u32..10),
+        proptest::option::of(1u32..8),
+        any::<bool>(),
+    )
+        .prop_map(move |(versions, current, next, previous, drift)| {
+            let pick = |g: u32| universe[g as usize - 1].clone();
+            let mut versions: Vec<u32> = versions.into_iter().collect();
+            versions.extend(current.iter().chain(next.iter()).copied());
+            versions.sort();
+            versions.dedup();
+            ObservedOutput {
+                current: current.map(pick),
+                next: next.map(pick),
+                previous,
+                versions,
+                drift: if drift { vec!["mode".into()] } else { vec![] },
+                prunable: true,
+            }
+        })
+}
+
+proptest! {
+    /// Applying a plan and planning again yields no action.
+    #[test]
+    fn plan_is_idempotent(
+        every in proptest::option::of(2u64..200),
+        ahead in proptest::option::of(1u64..100),
+        keep in 0u32..3,
+        now_day in 0u64..600,
+        outputs in arb_universe(key(None, None, 1, 1).spec_fingerprint())
+            .prop_flat_map(|universe| proptest::collection::vec(arb_output(universe), 1..3)),
+        request in proptest::option::of(any::<bool>()),
+    ) {
+        let ahead = ahead.filter(|a| every.is_none_or(|e| *a < e));
+        let k = key(every, ahead, keep, outputs.len());
+        let now = t(now_day);
+        // A daemon that was down for longer than a whole period rotates once per reconcile
+        // until it catches up; that is the one case where a second plan has work.
+        let (current, staged) = authoritative(&outputs);
+        if let (Some(s), Some(every)) = (staged, k.rotation.every) {
+            prop_assume!(s.activates_at + every > now + ahead.map(|a| Duration::from_secs(a * 86_400)).unwrap_or_default());
+        }
+        let _ = current;
+        let request = request.map(|now| RotateRequest { name: "k".into(), now });
+        let mut state = outputs.clone();
+        let actions = plan_key(&k, &state, now, request.as_ref());
+        apply(&k, &mut state, &actions, now);
+        let again = plan_key(&k, &state, now, None);
+        prop_assert!(again.is_empty(), "first: {actions:?}\nstate: {state:?}\nsecond: {again:?}");
+    }
+}
+
+#[test]
+fn activation_waits_for_its_time_even_after_restarts() {
+    let k = key(Some(90), Some(7), 1, 1);
+    let mut state = vec![output(&k, &[1], 0)];
+    let actions = plan_key(&k, &state, t(83) + HOUR, None);
+    apply(&k, &mut state, &actions, t(83) + HOUR);
+    assert_eq!(state[0].next.as_ref().map(|n| n.generation), Some(2));
+    assert!(plan_key(&k, &state, t(90), None).is_empty());
+    let actions = plan_key(&k, &state, t(90) + HOUR, None);
+    assert_eq!(actions, vec![Action::Activate { generation: 2 }]);
+}

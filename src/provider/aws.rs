@@ -1,0 +1,1 @@
+//! AWS KMS provider (aws-sdk-kms).

@@ -1,0 +1,85 @@
+//! Providers generate data key pairs and decrypt private key ciphertexts: AWS KMS in
+//! production, an embedded local keyring otherwise. Both produce the same outputs: a DER
+//! SubjectPublicKeyInfo public key, an opaque private key ciphertext, and optionally the DER
+//! PKCS#8 private key.
+
+pub mod aws;
+mod error;
+pub mod local;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+pub use error::ProviderError;
+pub use secret::PrivateKey;
+
+use crate::spec::KeyPairSpec;
+
+/// What to generate: the KMS `GenerateDataKeyPair` request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest<'a> {
+    /// Key pair name, for error messages.
+    pub name: &'a str,
+    /// Key pair spec.
+    pub spec: KeyPairSpec,
+    /// Symmetric KMS key that encrypts the private key.
+    pub kms_key_id: &'a str,
+    /// Encryption context bound to the ciphertext.
+    pub encryption_context: &'a BTreeMap<String, String>,
+    /// KMS grant tokens.
+    pub grant_tokens: &'a [String],
+    /// Also return the plaintext private key.
+    pub include_plaintext: bool,
+}
+
+/// A freshly generated pair.
+#[derive(Debug)]
+pub struct GeneratedPair {
+    /// DER SubjectPublicKeyInfo.
+    pub public_key_der: Vec<u8>,
+    /// Opaque ciphertext of the DER PKCS#8 private key.
+    pub private_key_ciphertext: Vec<u8>,
+    /// DER PKCS#8 private key, only when asked for.
+    pub private_key: Option<PrivateKey>,
+    /// ARN of the KMS key that encrypted the private key.
+    pub kms_key_arn: String,
+}
+
+/// What to decrypt: the KMS `Decrypt` request.
+#[derive(Debug, Clone)]
+pub struct DecryptRequest<'a> {
+    /// Key pair name, for error messages.
+    pub name: &'a str,
+    /// The private key ciphertext.
+    pub ciphertext: &'a [u8],
+    /// ARN of the KMS key recorded when the pair was generated.
+    pub kms_key_arn: &'a str,
+    /// Encryption context recorded when the pair was generated.
+    pub encryption_context: &'a BTreeMap<String, String>,
+    /// Grant tokens of the manifest.
+    pub grant_tokens: &'a [String],
+}
+
+/// Generates data key pairs and decrypts their private keys.
+pub trait Provider: Send + Sync + 'static {
+    /// Short name for logs: `local` or `aws`.
+    fn name(&self) -> &'static str;
+
+    /// Generates a pair (KMS `GenerateDataKeyPair[WithoutPlaintext]`).
+    fn generate(
+        &self,
+        request: &GenerateRequest<'_>,
+    ) -> impl Future<Output = Result<GeneratedPair, ProviderError>> + Send;
+
+    /// Decrypts a private key ciphertext (KMS `Decrypt`) into DER PKCS#8.
+    fn decrypt(
+        &self,
+        request: &DecryptRequest<'_>,
+    ) -> impl Future<Output = Result<PrivateKey, ProviderError>> + Send;
+}
+
+/// Canonical text of an encryption context: JSON with sorted keys.
+pub fn canonical_context(context: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(context).unwrap_or_default()
+}

@@ -1,0 +1,120 @@
+//! Rotation arithmetic: durations as written in manifests, and when the next generation is due.
+
+use std::time::{Duration, SystemTime};
+
+/// Parses a manifest duration such as `90d`, `12h` or `1h 30m` (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("invalid duration {text:?}: {err} (examples: 90d, 12h, 30m)"))?;
+    if duration.is_zero() {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(duration)
+}
+
+/// Formats a time the way meta.json and status print it: RFC 3339, UTC, microseconds.
+pub fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// Parses an RFC 3339 time as written by [`format_time`].
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text).map_err(|err| format!("invalid time {text:?}: {err}"))
+}
+
+/// When publication of the next generation should start and when it should become current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// `activatesAt(current) + every`: when the next generation should be current.
+    pub activate_at: SystemTime,
+    /// `activate_at - publishAhead`: when the next generation should be published.
+    pub publish_at: SystemTime,
+}
+
+/// The rotation schedule of the current generation, or `None` when the key never rotates.
+pub fn due(
+    current_activated_at: SystemTime,
+    every: Option<Duration>,
+    publish_ahead: Option<Duration>,
+) -> Option<Due> {
+    let activate_at = current_activated_at.checked_add(every?)?;
+    let publish_at = activate_at
+        .checked_sub(publish_ahead.unwrap_or_default())
+        .unwrap_or(activate_at);
+    Some(Due {
+        activate_at,
+        publish_at,
+    })
+}
+
+/// When a generation published at `now` activates: never before it is due, and never with
+/// less than `publish_ahead` of notice for verifiers (a late publication keeps its full window).
+pub fn activation_time(
+    now: SystemTime,
+    due_at: Option<SystemTime>,
+    publish_ahead: Option<Duration>,
+) -> SystemTime {
+    let Some(ahead) = publish_ahead else {
+        return now;
+    };
+    let earliest = now + ahead;
+    match due_at {
+        Some(due_at) if due_at > earliest => due_at,
+        _ => earliest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn parses_manifest_durations() {
+        let cases = [
+            ("90d", Ok(90 * DAY)),
+            ("12h", Ok(Duration::from_secs(12 * 3600))),
+            ("1h 30m", Ok(Duration::from_secs(5400))),
+            ("0s", Err("must be positive")),
+            ("soon", Err("invalid duration")),
+            ("-5d", Err("invalid duration")),
+        ];
+        for (text, expected) in cases {
+            match (parse_duration(text), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn time_round_trips_with_fractional_seconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let text = format_time(t);
+        assert_eq!(text, "2023-11-14T22:13:20.123456Z");
+        assert_eq!(parse_time(&text), Ok(t));
+    }
+
+    #[test]
+    fn due_subtracts_publish_ahead() {
+        let t0 = SystemTime::UNIX_EPOCH + 1000 * DAY;
+        assert_eq!(due(t0, None, Some(DAY)), None);
+        let d = due(t0, Some(90 * DAY), Some(7 * DAY)).unwrap();
+        assert_eq!(d.activate_at, t0 + 90 * DAY);
+        assert_eq!(d.publish_at, t0 + 83 * DAY);
+        let d = due(t0, Some(90 * DAY), None).unwrap();
+        assert_eq!(d.publish_at, d.activate_at);
+    }
+
+    #[test]
+    fn late_publication_keeps_its_notice_window() {
+        let now = SystemTime::UNIX_EPOCH + 1000 * DAY;
+        assert_eq!(activation_time(now, Some(now - DAY), None), now);
+        assert_eq!(activation_time(now, Some(now + 7 * DAY), Some(7 * DAY)), now + 7 * DAY);
+        assert_eq!(activation_time(now, Some(now + 3 * DAY), Some(7 * DAY)), now + 7 * DAY);
+        assert_eq!(activation_time(now, Some(now + 9 * DAY), Some(7 * DAY)), now + 9 * DAY);
+        assert_eq!(activation_time(now, None, Some(7 * DAY)), now + 7 * DAY);
+    }
+}

@@ -1,0 +1,565 @@
+//! The file store: a directory per key with `vNNNN/` version directories and relative
+//! `current`, `previous` and `next` symlinks.
+//!
+//! A version is written whole under a temporary name (files and directory fsynced), renamed into
+//! place, and only then linked; links are replaced with rename. A reader following `current/`
+//! sees the old pair or the new pair, never a mix.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use super::{StoreError, StoredVersion, VersionMeta, public_key_pem};
+use crate::manifest::{FileOutput, Format};
+use crate::observed::ObservedOutput;
+use crate::provider::PrivateKey;
+
+const CURRENT: &str = "current";
+const PREVIOUS: &str = "previous";
+const NEXT: &str = "next";
+const META: &str = "meta.json";
+const CIPHERTEXT: &str = "private.enc";
+const TMP_PREFIX: &str = ".tmp-";
+/// Mode of the plaintext private key, whatever the manifest says.
+pub const PLAINTEXT_MODE: u32 = 0o600;
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// fsyncs a directory so that renames and creations in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Directory name of a generation: `v0003`.
+pub fn version_name(generation: u32) -> String {
+    format!("v{generation:04}")
+}
+
+fn parse_version_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix('v')?;
+    (digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn public_name(format: Format) -> String {
+    format!("public.{}", format.extension())
+}
+
+fn private_name(format: Format) -> String {
+    format!("private.{}", format.extension())
+}
+
+/// Directories get execute where files get read, so a group that may read the keys may
+/// also traverse to them.
+fn dir_mode(mode: u32) -> u32 {
+    0o700 | (mode & 0o044) | ((mode & 0o044) >> 2)
+}
+
+/// Numeric owner and group of an output, resolved from names or numbers.
+fn ownership(output: &FileOutput) -> Result<(Option<Uid>, Option<Gid>), StoreError> {
+    let uid = match &output.owner {
+        None => None,
+        Some(owner) => Some(match owner.parse::<u32>() {
+            Ok(id) => Uid::from_raw(id),
+            Err(_) => User::from_name(owner)
+                .map_err(|e| StoreError::Config(format!("cannot look up user {owner:?}: {e}")))?
+                .ok_or_else(|| StoreError::Config(format!("user {owner:?} does not exist on this host")))?
+                .uid,
+        }),
+    };
+    let gid = match &output.group {
+        None => None,
+        Some(group) => Some(match group.parse::<u32>() {
+            Ok(id) => Gid::from_raw(id),
+            Err(_) => Group::from_name(group)
+                .map_err(|e| StoreError::Config(format!("cannot look up group {group:?}: {e}")))?
+                .ok_or_else(|| StoreError::Config(format!("group {group:?} does not exist on this host")))?
+                .gid,
+        }),
+    };
+    Ok((uid, gid))
+}
+
+fn chown(path: &Path, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+    if owner.0.is_none() && owner.1.is_none() {
+        return Ok(());
+    }
+    nix::unistd::chown(path, owner.0, owner.1).map_err(|e| StoreError::Io {
+        action: "cannot chown",
+        path: path.display().to_string(),
+        source: e.into(),
+    })
+}
+
+fn read_link_generation(dir: &Path, link: &str) -> Result<Option<u32>, StoreError> {
+    let path = dir.join(link);
+    match fs::read_link(&path) {
+        Ok(target) => target
+            .to_str()
+            .and_then(parse_version_name)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.display().to_string(),
+                message: format!("points at {}, not at a version directory", target.display()),
+            }),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(io_err("cannot read link", &path)(err)),
+    }
+}
+
+/// Reads the meta.json of `generation`.
+pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError> {
+    let path = dir.join(version_name(generation)).join(META);
+    let bytes = fs::read(&path).map_err(io_err("cannot read", &path))?;
+    let meta: VersionMeta = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if meta.generation != generation {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: format!("records generation {}, expected {generation}", meta.generation),
+        });
+    }
+    Ok(meta)
+}
+
+/// Observes what the directory holds. A missing directory is an empty output.
+pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedOutput, StoreError> {
+    let dir = &output.dir;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Ok(ObservedOutput {
+                prunable: true,
+                ..Default::default()
+            });
+        }
+        Err(err) => return Err(io_err("cannot list", dir)(err)),
+    };
+    let mut observed = ObservedOutput {
+        prunable: true,
+        ..Default::default()
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("cannot list", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(generation) = parse_version_name(&name) {
+            observed.versions.push(generation);
+        } else if name.starts_with(TMP_PREFIX) {
+            observed.drift.push(format!("leftover {name} from an interrupted write"));
+        }
+    }
+    observed.versions.sort_unstable();
+    let owner = ownership(output).ok();
+    for (link, slot) in [(CURRENT, 0), (NEXT, 1), (PREVIOUS, 2)] {
+        let Some(generation) = read_link_generation(dir, link)? else {
+            continue;
+        };
+        if !observed.versions.contains(&generation) {
+            observed.drift.push(format!("{link} points at missing {}", version_name(generation)));
+            continue;
+        }
+        if slot == 2 {
+            observed.previous = Some(generation);
+            continue;
+        }
+        let meta = read_meta(dir, generation)?;
+        let version = meta.observed().map_err(|message| StoreError::Corrupt {
+            path: dir.join(version_name(generation)).join(META).display().to_string(),
+            message,
+        })?;
+        check_version_files(output, generation, include_plaintext, owner, &mut observed.drift);
+        if slot == 0 {
+            observed.current = Some(version);
+        } else {
+            observed.next = Some(version);
+        }
+    }
+    Ok(observed)
+}
+
+/// The files a version must hold for `output`, with their modes.
+fn expected_files(output: &FileOutput, include_plaintext: bool) -> Vec<(String, u32)> {
+    let mut files = vec![
+        (public_name(output.format), output.mode),
+        (CIPHERTEXT.to_string(), output.mode),
+        (META.to_string(), output.mode),
+    ];
+    if include_plaintext {
+        files.push((private_name(output.format), PLAINTEXT_MODE));
+    }
+    files
+}
+
+/// Files that must not be there: the other format's, and plaintext when not asked for.
+fn unwanted_files(output: &FileOutput, include_plaintext: bool) -> Vec<String> {
+    let other = match output.format {
+        Format::Pem => Format::Der,
+        Format::Der => Format::Pem,
+    };
+    let mut files = vec![public_name(other), private_name(other)];
+    if !include_plaintext {
+        files.push(private_name(output.format));
+    }
+    files
+}
+
+fn check_version_files(
+    output: &FileOutput,
+    generation: u32,
+    include_plaintext: bool,
+    owner: Option<(Option<Uid>, Option<Gid>)>,
+    drift: &mut Vec<String>,
+) {
+    let version = output.dir.join(version_name(generation));
+    let vname = version_name(generation);
+    for (name, mode) in expected_files(output, include_plaintext) {
+        match fs::symlink_metadata(version.join(&name)) {
+            Err(_) => drift.push(format!("{vname}/{name} is missing")),
+            Ok(meta) => {
+                let actual = meta.permissions().mode() & 0o7777;
+                if actual != mode {
+                    drift.push(format!("{vname}/{name} has mode {actual:04o}, want {mode:04o}"));
+                }
+                if let Some((uid, gid)) = owner {
+                    if uid.is_some_and(|u| u.as_raw() != meta.uid()) || gid.is_some_and(|g| g.as_raw() != meta.gid()) {
+                        drift.push(format!("{vname}/{name} has owner {}:{}", meta.uid(), meta.gid()));
+                    }
+                }
+            }
+        }
+    }
+    for name in unwanted_files(output, include_plaintext) {
+        if fs::symlink_metadata(version.join(&name)).is_ok() {
+            drift.push(format!("{vname}/{name} should not be there"));
+        }
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("cannot create", path))?;
+    // The umask may have narrowed the mode; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("cannot chmod", path))?;
+    chown(path, owner)?;
+    file.write_all(bytes).map_err(io_err("cannot write", path))?;
+    file.sync_all().map_err(io_err("cannot fsync", path))
+}
+
+/// Writes one file atomically into an existing directory (temporary name, fsync, rename).
+fn replace_file(dir: &Path, name: &str, bytes: &[u8], mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_file(&tmp, bytes, mode, owner)?;
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(io_err("cannot rename into", &path))?;
+    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+}
+
+fn create_dir(path: &Path, mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(err) => return Err(io_err("cannot create", path)(err)),
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("cannot chmod", path))?;
+    chown(path, owner)
+}
+
+/// Creates the key directory (and its parents) when it does not exist yet.
+fn ensure_key_dir(output: &FileOutput, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+    if output.dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = output.dir.parent() {
+        fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+    }
+    create_dir(&output.dir, dir_mode(output.mode), owner)?;
+    if let Some(parent) = output.dir.parent() {
+        sync_dir(parent).map_err(io_err("cannot fsync", parent))?;
+    }
+    Ok(())
+}
+
+fn encode_public(format: Format, der: &[u8]) -> Vec<u8> {
+    match format {
+        Format::Pem => public_key_pem(der).into_bytes(),
+        Format::Der => der.to_vec(),
+    }
+}
+
+fn encode_private(format: Format, key: &PrivateKey) -> zeroize::Zeroizing<Vec<u8>> {
+    match format {
+        Format::Pem => zeroize::Zeroizing::new(key.to_pem().as_bytes().to_vec()),
+        Format::Der => zeroize::Zeroizing::new(key.der().to_vec()),
+    }
+}
+
+/// Writes `version` whole as its `vNNNN` directory; links nothing.
+pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(), StoreError> {
+    let owner = ownership(output)?;
+    ensure_key_dir(output, owner)?;
+    let dir = &output.dir;
+    let name = version_name(version.meta.generation);
+    let target = dir.join(&name);
+    if target.exists() {
+        // Left by an interrupted run that never linked it: it is rewritten from scratch.
+        fs::remove_dir_all(&target).map_err(io_err("cannot remove", &target))?;
+    }
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_err("cannot remove", &tmp))?;
+    }
+    create_dir(&tmp, dir_mode(output.mode), owner)?;
+    let result = (|| {
+        let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
+        write_file(&tmp.join(public_name(output.format)), &encode_public(output.format, &version.public_key_der), output.mode, owner)?;
+        write_file(&tmp.join(CIPHERTEXT), &version.private_key_ciphertext, output.mode, owner)?;
+        if let Some(key) = &version.private_key {
+            write_file(&tmp.join(private_name(output.format)), &encode_private(output.format, key), PLAINTEXT_MODE, owner)?;
+        }
+        write_file(&tmp.join(META), &meta, output.mode, owner)?;
+        sync_dir(&tmp).map_err(io_err("cannot fsync", &tmp))?;
+        fs::rename(&tmp, &target).map_err(io_err("cannot rename into", &target))?;
+        sync_dir(dir).map_err(io_err("cannot fsync", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Reads a whole version back, for copying it to another output or decrypting it.
+pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersion, StoreError> {
+    let dir = output.dir.join(version_name(generation));
+    let meta = read_meta(&output.dir, generation)?;
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read(&path).map_err(io_err("cannot read", &path))
+    };
+    let public_key_der = match read(&public_name(output.format)) {
+        Ok(bytes) => decode_public(output.format, &bytes, &dir)?,
+        // The format may have changed since this version was written.
+        Err(_) => {
+            let other = if output.format == Format::Pem { Format::Der } else { Format::Pem };
+            decode_public(other, &read(&public_name(other))?, &dir)?
+        }
+    };
+    Ok(StoredVersion {
+        meta,
+        public_key_der,
+        private_key_ciphertext: read(CIPHERTEXT)?,
+        private_key: None,
+    })
+}
+
+fn decode_public(format: Format, bytes: &[u8], dir: &Path) -> Result<Vec<u8>, StoreError> {
+    match format {
+        Format::Der => Ok(bytes.to_vec()),
+        Format::Pem => pem::parse(bytes)
+            .map(pem::Pem::into_contents)
+            .map_err(|e| StoreError::Corrupt {
+                path: dir.join(public_name(format)).display().to_string(),
+                message: e.to_string(),
+            }),
+    }
+}
+
+fn set_link(dir: &Path, link: &str, generation: Option<u32>) -> Result<(), StoreError> {
+    let path = dir.join(link);
+    match generation {
+        Some(generation) => {
+            let tmp = dir.join(format!("{TMP_PREFIX}{link}-{}", std::process::id()));
+            let _ = fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(version_name(generation), &tmp).map_err(io_err("cannot create link", &tmp))?;
+            fs::rename(&tmp, &path).map_err(io_err("cannot replace link", &path))?;
+        }
+        None => match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(io_err("cannot remove link", &path)(err)),
+        },
+    }
+    Ok(())
+}
+
+fn present_versions(dir: &Path) -> Result<Vec<u32>, StoreError> {
+    let mut versions: Vec<u32> = fs::read_dir(dir)
+        .map_err(io_err("cannot list", dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| parse_version_name(&e.file_name().to_string_lossy()))
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// Makes `generation` current: `current` moves first, then `previous` to the version below it;
+/// a `next` at or below it goes.
+pub fn link_current(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
+    let dir = &output.dir;
+    set_link(dir, CURRENT, Some(generation))?;
+    let previous = present_versions(dir)?.into_iter().rev().find(|&v| v < generation);
+    set_link(dir, PREVIOUS, previous)?;
+    if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
+        set_link(dir, NEXT, None)?;
+    }
+    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+}
+
+/// Publishes `generation` as `next`.
+pub fn link_next(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
+    set_link(&output.dir, NEXT, Some(generation))?;
+    sync_dir(&output.dir).map_err(io_err("cannot fsync", &output.dir))
+}
+
+/// Generations of kept versions (current, next, previous) that lack the plaintext private key.
+pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
+    let mut missing = Vec::new();
+    for link in [CURRENT, NEXT, PREVIOUS] {
+        if let Some(generation) = read_link_generation(&output.dir, link)? {
+            let path = output.dir.join(version_name(generation)).join(private_name(output.format));
+            if !path.exists() && !missing.contains(&generation) {
+                missing.push(generation);
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Repairs an output in place: leftovers removed, modes and owners set, files of the right
+/// format and plaintext presence, `previous` pointing at the version below `current`.
+/// `plaintext` holds decrypted keys for versions that lack them (see [`missing_plaintext`]).
+pub fn repair(output: &FileOutput, include_plaintext: bool, plaintext: &HashMap<u32, PrivateKey>) -> Result<(), StoreError> {
+    let owner = ownership(output)?;
+    let dir = &output.dir;
+    for entry in fs::read_dir(dir).map_err(io_err("cannot list", dir))? {
+        let entry = entry.map_err(io_err("cannot list", dir))?;
+        if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let path = entry.path();
+            let removed = if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(io_err("cannot remove", &path))?;
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(output.mode))).map_err(io_err("cannot chmod", dir))?;
+    chown(dir, owner)?;
+    let versions = present_versions(dir)?;
+    for &generation in &versions {
+        let vdir = dir.join(version_name(generation));
+        let public = vdir.join(public_name(output.format));
+        if !public.exists() {
+            let stored = read_version(output, generation)?;
+            replace_file(&vdir, &public_name(output.format), &encode_public(output.format, &stored.public_key_der), output.mode, owner)?;
+        }
+        if include_plaintext {
+            let private = vdir.join(private_name(output.format));
+            if let (false, Some(key)) = (private.exists(), plaintext.get(&generation)) {
+                replace_file(&vdir, &private_name(output.format), &encode_private(output.format, key), PLAINTEXT_MODE, owner)?;
+            }
+        }
+        for name in unwanted_files(output, include_plaintext) {
+            let path = vdir.join(name);
+            if path.exists() {
+                fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+            }
+        }
+        fs::set_permissions(&vdir, fs::Permissions::from_mode(dir_mode(output.mode))).map_err(io_err("cannot chmod", &vdir))?;
+        chown(&vdir, owner)?;
+        for (name, mode) in expected_files(output, include_plaintext) {
+            let path = vdir.join(name);
+            if path.exists() {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err("cannot chmod", &path))?;
+                chown(&path, owner)?;
+            }
+        }
+        sync_dir(&vdir).map_err(io_err("cannot fsync", &vdir))?;
+    }
+    for link in [CURRENT, NEXT, PREVIOUS] {
+        if read_link_generation(dir, link)?.is_some_and(|g| !versions.contains(&g)) {
+            set_link(dir, link, None)?;
+        }
+    }
+    if let Some(current) = read_link_generation(dir, CURRENT)? {
+        let previous = versions.iter().rev().find(|&&v| v < current).copied();
+        if read_link_generation(dir, PREVIOUS)? != previous {
+            set_link(dir, PREVIOUS, previous)?;
+        }
+    }
+    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+}
+
+/// Removes old versions; links to them go too.
+pub fn prune(output: &FileOutput, generations: &[u32]) -> Result<(), StoreError> {
+    let dir = &output.dir;
+    for link in [PREVIOUS, NEXT] {
+        if read_link_generation(dir, link)?.is_some_and(|g| generations.contains(&g)) {
+            set_link(dir, link, None)?;
+        }
+    }
+    for &generation in generations {
+        if read_link_generation(dir, CURRENT)? == Some(generation) {
+            return Err(StoreError::Corrupt {
+                path: dir.display().to_string(),
+                message: format!("refusing to prune the current generation {generation}"),
+            });
+        }
+        let path = dir.join(version_name(generation));
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("cannot remove", &path)(err)),
+        }
+    }
+    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+}
+
+/// The directory of a version, for decrypt and status.
+pub fn version_dir(output: &FileOutput, generation: u32) -> PathBuf {
+    output.dir.join(version_name(generation))
+}
+
+/// The generation `current` points at, if any.
+pub fn current_generation(output: &FileOutput) -> Result<Option<u32>, StoreError> {
+    read_link_generation(&output.dir, CURRENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names() {
+        assert_eq!(version_name(3), "v0003");
+        assert_eq!(version_name(12345), "v12345");
+        assert_eq!(parse_version_name("v0003"), Some(3));
+        assert_eq!(parse_version_name("v12345"), Some(12345));
+        assert_eq!(parse_version_name("v03"), None);
+        assert_eq!(parse_version_name(".tmp-v0003-1"), None);
+    }
+
+    #[test]
+    fn dir_modes_follow_file_modes() {
+        assert_eq!(dir_mode(0o640), 0o750);
+        assert_eq!(dir_mode(0o600), 0o700);
+        assert_eq!(dir_mode(0o644), 0o755);
+        assert_eq!(dir_mode(0o400), 0o700);
+    }
+}
