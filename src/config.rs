@@ -182,7 +182,8 @@ impl Config {
                 message,
             }]
         };
-        let path = std::path::absolute(path).map_err(|err| whole(format!("cannot resolve path: {err}")))?;
+        let path = std::path::absolute(path)
+            .map_err(|err| whole(format!("cannot resolve path: {err}")))?;
         let text = std::fs::read_to_string(&path).map_err(|err| {
             whole(format!(
                 "cannot read the configuration: {err} (pass --config or set KEYPROV_CONFIG)"
@@ -211,39 +212,73 @@ impl Config {
             region: doc.aws.region,
             profile: doc.aws.profile,
             endpoint_url: doc.aws.endpoint_url,
-            connect_timeout: duration("aws.connectTimeout", &doc.aws.connect_timeout, Duration::from_secs(3)),
-            attempt_timeout: duration("aws.attemptTimeout", &doc.aws.attempt_timeout, Duration::from_secs(10)),
-            operation_timeout: duration("aws.operationTimeout", &doc.aws.operation_timeout, Duration::from_secs(60)),
+            connect_timeout: duration(
+                "aws.connectTimeout",
+                &doc.aws.connect_timeout,
+                Duration::from_secs(3),
+            ),
+            attempt_timeout: duration(
+                "aws.attemptTimeout",
+                &doc.aws.attempt_timeout,
+                Duration::from_secs(10),
+            ),
+            operation_timeout: duration(
+                "aws.operationTimeout",
+                &doc.aws.operation_timeout,
+                Duration::from_secs(60),
+            ),
             max_attempts: doc.aws.max_attempts.unwrap_or(5),
             retry_mode: doc.aws.retry_mode.unwrap_or_default(),
         };
         let reconcile = ReconcileSettings {
             concurrency: doc.reconcile.concurrency.unwrap_or(8),
             max_requests_per_second: doc.reconcile.max_requests_per_second.unwrap_or(20.0),
-            resync_every: duration("reconcile.resyncEvery", &doc.reconcile.resync_every, Duration::from_secs(600)),
-            debounce: duration("reconcile.debounce", &doc.reconcile.debounce, Duration::from_millis(300)),
+            resync_every: duration(
+                "reconcile.resyncEvery",
+                &doc.reconcile.resync_every,
+                Duration::from_secs(600),
+            ),
+            debounce: duration(
+                "reconcile.debounce",
+                &doc.reconcile.debounce,
+                Duration::from_millis(300),
+            ),
         };
         if reconcile.concurrency == 0 {
             field_error("reconcile.concurrency", "must be at least 1".into());
         }
-        if !(reconcile.max_requests_per_second > 0.0 && reconcile.max_requests_per_second.is_finite()) {
-            field_error("reconcile.maxRequestsPerSecond", "must be a positive number".into());
+        if !(reconcile.max_requests_per_second > 0.0
+            && reconcile.max_requests_per_second.is_finite())
+        {
+            field_error(
+                "reconcile.maxRequestsPerSecond",
+                "must be a positive number".into(),
+            );
         }
         if aws.max_attempts == 0 {
             field_error("aws.maxAttempts", "must be at least 1".into());
         }
         if doc.manifests.is_empty() {
-            field_error("manifests", "name at least one manifest file or directory".into());
+            field_error(
+                "manifests",
+                "name at least one manifest file or directory".into(),
+            );
         }
         let hooks_allowed: Vec<PathBuf> = doc.hooks.allowed.iter().map(PathBuf::from).collect();
         for (i, program) in hooks_allowed.iter().enumerate() {
             if !program.is_absolute() {
-                field_error(&format!("hooks.allowed[{i}]"), format!("{} must be an absolute path", program.display()));
+                field_error(
+                    &format!("hooks.allowed[{i}]"),
+                    format!("{} must be an absolute path", program.display()),
+                );
             }
         }
         let level = doc.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            field_error("log.level", format!("invalid level {level:?}, expected error, warn, info, debug or trace"));
+            field_error(
+                "log.level",
+                format!("invalid level {level:?}, expected error, warn, info, debug or trace"),
+            );
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -254,8 +289,16 @@ impl Config {
             None => state_dir.join("local-kms.keyring"),
         };
         Ok(Config {
-            manifests: doc.manifests.iter().map(|m| absolute(&base, Path::new(m))).collect(),
-            output_roots: doc.output_roots.iter().map(|r| absolute(&base, Path::new(r))).collect(),
+            manifests: doc
+                .manifests
+                .iter()
+                .map(|m| absolute(&base, Path::new(m)))
+                .collect(),
+            output_roots: doc
+                .output_roots
+                .iter()
+                .map(|r| absolute(&base, Path::new(r)))
+                .collect(),
             hooks_allowed,
             state_dir,
             provider: doc.provider,

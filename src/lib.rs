@@ -4,7 +4,13 @@
 //!
 //! Data flow: [`manifest::load`] -> [`observe`] -> [`plan::plan`] (pure) -> [`execute`].
 
+pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod execute;
+pub mod exit;
+pub mod hooks;
+pub mod logging;
 pub mod manifest;
 pub mod observed;
 pub mod plan;

@@ -1,1 +1,144 @@
-fn main() {}
+//! The `keyprov` command line: parse flags, set up logging, dispatch to `keyprov::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keyprov::commands::{self, keys, reconcile, status, validate};
+use keyprov::config::{self, Config};
+use keyprov::exit::Exit;
+use keyprov::plan::RotateRequest;
+
+/// Declarative key provisioning: AWS KMS data key pairs into files and Secrets Manager,
+/// rotated on schedule.
+#[derive(Parser)]
+#[command(name = "keyprov", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Daemon configuration file.
+    #[arg(long = "config", short = 'c', env = "KEYPROV_CONFIG", default_value = config::DEFAULT_PATH)]
+    path: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile: as a daemon, or once with --once (CI).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show what `run --once` would do; changes nothing. Exit 3 when changes are pending.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check manifests offline; no credentials needed.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Manifest files or directories (default: the configuration's).
+        paths: Vec<PathBuf>,
+    },
+    /// Every key: generation, spec, age, next rotation, outputs.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a rotation of NAME now (staged when publishAhead is set).
+    Rotate {
+        /// Key pair name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Activate at once, skipping publishAhead: the emergency path.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Print the private key of NAME as PEM, decrypted by the provider.
+    Decrypt {
+        /// Key pair name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Generation to decrypt (default: current).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Write to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Decrypt every current pair and check it matches its public key.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the JSON Schema of the manifest (for editors).
+    Schema,
+}
+
+fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exit {
+    match commands::load_config(path) {
+        Ok(config) => {
+            keyprov::logging::init(config.log_format, &config.log_level);
+            body(config)
+        }
+        Err(exit) => exit,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exit = match cli.command {
+        Command::Run { config, once } => with_config(&config.path, |config| {
+            if once {
+                runtime().block_on(reconcile::run_once(&config, None))
+            } else {
+                eprintln!("error: daemon mode is not built yet; use keyprov run --once");
+                Exit::Invalid
+            }
+        }),
+        Command::Plan { config } => with_config(&config.path, |config| reconcile::plan(&config)),
+        Command::Validate { config, paths } => {
+            keyprov::logging::init(Default::default(), "warn");
+            validate::validate(&config.path, &paths)
+        }
+        Command::Status { config, json } => {
+            with_config(&config.path, |config| status::status(&config, json))
+        }
+        Command::Rotate { name, config, now } => with_config(&config.path, |config| {
+            let request = RotateRequest { name, now };
+            runtime().block_on(reconcile::run_once(&config, Some(&request)))
+        }),
+        Command::Decrypt {
+            name,
+            config,
+            version,
+            out,
+        } => with_config(&config.path, |config| {
+            runtime().block_on(keys::decrypt(&config, &name, version, out.as_deref()))
+        }),
+        Command::Verify { config } => with_config(&config.path, |config| {
+            runtime().block_on(keys::verify(&config))
+        }),
+        Command::Schema => validate::schema(),
+    };
+    ExitCode::from(exit.code())
+}

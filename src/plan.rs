@@ -128,7 +128,9 @@ pub fn plan(
 
 /// The authoritative current and staged versions across outputs (the highest wins, so every
 /// output converges on the same version).
-pub fn authoritative(outputs: &[ObservedOutput]) -> (Option<&ObservedVersion>, Option<&ObservedVersion>) {
+pub fn authoritative(
+    outputs: &[ObservedOutput],
+) -> (Option<&ObservedVersion>, Option<&ObservedVersion>) {
     let current = outputs
         .iter()
         .filter_map(|o| o.current.as_ref())
@@ -143,7 +145,12 @@ pub fn authoritative(outputs: &[ObservedOutput]) -> (Option<&ObservedVersion>, O
 
 /// When the next rotation of `current` is due to activate, if the key rotates.
 pub fn next_rotation(key: &KeyPair, current: &ObservedVersion) -> Option<SystemTime> {
-    schedule::due(current.activates_at, key.rotation.every, key.rotation.publish_ahead).map(|d| d.activate_at)
+    schedule::due(
+        current.activates_at,
+        key.rotation.every,
+        key.rotation.publish_ahead,
+    )
+    .map(|d| d.activate_at)
 }
 
 /// Plans one key.
@@ -185,17 +192,27 @@ pub fn plan_key(
         (None, None) => generate(Reason::Create, now),
         (None, Some(s)) => {
             // Every current link was lost: the staged generation is the best there is.
-            actions.push(Action::Activate { generation: s.generation });
+            actions.push(Action::Activate {
+                generation: s.generation,
+            });
             (Some(s.generation), None)
         }
         (Some(_), Some(s)) if force_now || now >= s.activates_at => {
-            actions.push(Action::Activate { generation: s.generation });
+            actions.push(Action::Activate {
+                generation: s.generation,
+            });
             (Some(s.generation), None)
         }
         (Some(c), Some(s)) => (Some(c.generation), Some(s.generation)),
         (Some(c), None) => {
             let due = schedule::due(c.activates_at, key.rotation.every, ahead);
-            let when = |due_at| if force_now { now } else { schedule::activation_time(now, due_at, ahead) };
+            let when = |due_at| {
+                if force_now {
+                    now
+                } else {
+                    schedule::activation_time(now, due_at, ahead)
+                }
+            };
             if c.spec_fingerprint != fingerprint {
                 generate(Reason::SpecChanged, when(None))
             } else if request.is_some() {
@@ -210,13 +227,22 @@ pub fn plan_key(
     let fresh: BTreeSet<u32> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Generate { generation, .. } | Action::Activate { generation } => Some(*generation),
+            Action::Generate { generation, .. } | Action::Activate { generation } => {
+                Some(*generation)
+            }
             _ => None,
         })
         .collect();
     for (generation, link, on_output) in [
-        (final_current, Link::Current, (|o: &ObservedOutput| o.current.as_ref().map(|v| v.generation)) as fn(&ObservedOutput) -> Option<u32>),
-        (final_next, Link::Next, |o: &ObservedOutput| o.next.as_ref().map(|v| v.generation)),
+        (
+            final_current,
+            Link::Current,
+            (|o: &ObservedOutput| o.current.as_ref().map(|v| v.generation))
+                as fn(&ObservedOutput) -> Option<u32>,
+        ),
+        (final_next, Link::Next, |o: &ObservedOutput| {
+            o.next.as_ref().map(|v| v.generation)
+        }),
     ] {
         let Some(generation) = generation.filter(|g| !fresh.contains(g)) else {
             continue;
@@ -245,7 +271,8 @@ pub fn plan_key(
         let kept = kept_versions(&present, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();
-        let relinked = fresh.contains(&final_current) || output.current.as_ref().map(|c| c.generation) != Some(final_current);
+        let relinked = fresh.contains(&final_current)
+            || output.current.as_ref().map(|c| c.generation) != Some(final_current);
         if !relinked && output.previous != expected_previous {
             reasons.push(match expected_previous {
                 Some(p) => format!("previous should point at generation {p}"),
@@ -267,8 +294,18 @@ pub fn plan_key(
 }
 
 /// The versions an output keeps: current, next, and the `keep` newest below current.
-pub fn kept_versions(present: &BTreeSet<u32>, current: u32, next: Option<u32>, keep: u32) -> BTreeSet<u32> {
-    let mut kept: BTreeSet<u32> = present.range(..current).rev().take(keep as usize).copied().collect();
+pub fn kept_versions(
+    present: &BTreeSet<u32>,
+    current: u32,
+    next: Option<u32>,
+    keep: u32,
+) -> BTreeSet<u32> {
+    let mut kept: BTreeSet<u32> = present
+        .range(..current)
+        .rev()
+        .take(keep as usize)
+        .copied()
+        .collect();
     kept.insert(current);
     kept.extend(next);
     kept
@@ -285,20 +322,36 @@ impl fmt::Display for Action {
             } => {
                 write!(f, "generate generation {generation} ({reason})")?;
                 if *staged {
-                    write!(f, ", published as next, activates at {}", format_time(*activates_at))?;
+                    write!(
+                        f,
+                        ", published as next, activates at {}",
+                        format_time(*activates_at)
+                    )?;
                 }
                 Ok(())
             }
             Action::Activate { generation } => write!(f, "activate staged generation {generation}"),
-            Action::Copy { generation, outputs, link } => {
+            Action::Copy {
+                generation,
+                outputs,
+                link,
+            } => {
                 let link = match link {
                     Link::Current => "current",
                     Link::Next => "next",
                 };
-                write!(f, "copy generation {generation} as {link} to outputs {outputs:?}")
+                write!(
+                    f,
+                    "copy generation {generation} as {link} to outputs {outputs:?}"
+                )
             }
-            Action::Repair { output, reasons } => write!(f, "repair output {output}: {}", reasons.join("; ")),
-            Action::Prune { output, generations } => {
+            Action::Repair { output, reasons } => {
+                write!(f, "repair output {output}: {}", reasons.join("; "))
+            }
+            Action::Prune {
+                output,
+                generations,
+            } => {
                 write!(f, "prune generations {generations:?} from output {output}")
             }
         }

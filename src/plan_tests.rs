@@ -31,6 +31,7 @@ fn key(every: Option<u64>, ahead: Option<u64>, keep: u32, outputs: usize) -> Key
         outputs: (0..outputs)
             .map(|i| {
                 Output::File(FileOutput {
+                    root: PathBuf::from("/s"),
                     dir: PathBuf::from(format!("/s/{i}")),
                     format: Format::Pem,
                     mode: 0o640,
@@ -95,57 +96,250 @@ fn transitions() {
     drifted.drift = vec!["public.pem mode 0644, want 0640".into()];
     let mut wrong_previous = output(&plain, &[1, 2], 0);
     wrong_previous.previous = None;
-    let rotate = RotateRequest { name: "k".into(), now: false };
-    let rotate_now = RotateRequest { name: "k".into(), now: true };
+    let rotate = RotateRequest {
+        name: "k".into(),
+        now: false,
+    };
+    let rotate_now = RotateRequest {
+        name: "k".into(),
+        now: true,
+    };
 
     #[rustfmt::skip]
-    let cases: Vec<(&str, KeyPair, Vec<ObservedOutput>, SystemTime, Option<&RotateRequest>, Vec<Action>)> = vec![
-        ("missing key is created", plain.clone(), vec![ObservedOutput { prunable: true, ..Default::default() }], t(0), None,
-            vec![generate(1, t(0), false, Reason::Create)]),
-        ("converged key does nothing", plain.clone(), vec![output(&plain, &[1], 0)], t(500), None, vec![]),
-        ("spec change regenerates", changed.clone(), vec![output(&plain, &[1], 0)], t(1), None,
-            vec![generate(2, t(1), false, Reason::SpecChanged)]),
-        ("rotation not yet due", rotating.clone(), vec![output(&rotating, &[1], 0)], t(89), None, vec![]),
-        ("rotation due", rotating.clone(), vec![output(&rotating, &[1], 0)], t(90), None,
-            vec![generate(2, t(90), false, Reason::RotationDue)]),
-        ("staged rotation not yet publishing", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(82), None, vec![]),
-        ("staged rotation publishes ahead", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(83), None,
-            vec![generate(2, t(90), true, Reason::RotationDue)]),
-        ("late publication keeps the full window", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(95), None,
-            vec![generate(2, t(102), true, Reason::RotationDue)]),
-        ("staged generation waits", staged_key.clone(), vec![with_next.clone()], t(89), None, vec![]),
-        ("staged generation activates", staged_key.clone(), vec![with_next.clone()], t(90), None,
-            vec![Action::Activate { generation: 2 }]),
-        ("stale staged generation is replaced and pruned", staged_key.clone(), vec![stale_next], t(85), None,
-            vec![generate(3, t(92), true, Reason::RotationDue), Action::Prune { output: 0, generations: vec![2] }]),
-        ("rotate request is staged", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(10), Some(&rotate),
-            vec![generate(2, t(17), true, Reason::Requested)]),
-        ("rotate --now activates at once", staged_key.clone(), vec![output(&staged_key, &[1], 0)], t(10), Some(&rotate_now),
-            vec![generate(2, t(10), false, Reason::Requested)]),
-        ("rotate --now activates a waiting staged generation", staged_key.clone(), vec![with_next.clone()], t(85), Some(&rotate_now),
-            vec![Action::Activate { generation: 2 }]),
-        ("rotate without publishAhead is immediate", plain.clone(), vec![output(&plain, &[1], 0)], t(3), Some(&rotate),
-            vec![generate(2, t(3), false, Reason::Requested)]),
-        ("output lacking current gets a copy", key(None, None, 1, 2),
-            vec![output(&plain, &[1], 0), ObservedOutput { prunable: true, ..Default::default() }], t(1), None,
-            vec![Action::Copy { generation: 1, outputs: vec![1], link: Link::Current }]),
-        ("output behind the others catches up", key(None, None, 1, 2),
-            vec![output(&plain, &[1, 2], 0), output(&plain, &[1], 0)], t(1), None,
-            vec![Action::Copy { generation: 2, outputs: vec![1], link: Link::Current }]),
-        ("output lacking the staged version gets a copy", key(Some(90), Some(7), 1, 2),
-            vec![with_next.clone(), output(&staged_key, &[1], 0)], t(85), None,
-            vec![Action::Copy { generation: 2, outputs: vec![1], link: Link::Next }]),
-        ("metadata drift is repaired in place", plain.clone(), vec![drifted], t(1), None,
-            vec![Action::Repair { output: 0, reasons: vec!["public.pem mode 0644, want 0640".into()] }]),
-        ("wrong previous link is repaired", plain.clone(), vec![wrong_previous], t(1), None,
-            vec![Action::Repair { output: 0, reasons: vec!["previous should point at generation 1".into()] }]),
-        ("versions beyond keep are pruned", plain.clone(), vec![output(&plain, &[1, 2, 3], 0)], t(1), None,
-            vec![Action::Prune { output: 0, generations: vec![1] }]),
-        ("keep 0 prunes the old generation after rotation", key(Some(90), None, 0, 1),
-            vec![output(&rotating, &[1], 0)], t(90), None,
-            vec![generate(2, t(90), false, Reason::RotationDue), Action::Prune { output: 0, generations: vec![1] }]),
-        ("keep 2 keeps two", key(Some(90), None, 2, 1), vec![output(&rotating, &[1, 2, 3], 0)], t(90), None,
-            vec![generate(4, t(90), false, Reason::RotationDue), Action::Prune { output: 0, generations: vec![1] }]),
+    type Case<'a> = (&'a str, KeyPair, Vec<ObservedOutput>, SystemTime, Option<&'a RotateRequest>, Vec<Action>);
+    let cases: Vec<Case> = vec![
+        (
+            "missing key is created",
+            plain.clone(),
+            vec![ObservedOutput {
+                prunable: true,
+                ..Default::default()
+            }],
+            t(0),
+            None,
+            vec![generate(1, t(0), false, Reason::Create)],
+        ),
+        (
+            "converged key does nothing",
+            plain.clone(),
+            vec![output(&plain, &[1], 0)],
+            t(500),
+            None,
+            vec![],
+        ),
+        (
+            "spec change regenerates",
+            changed.clone(),
+            vec![output(&plain, &[1], 0)],
+            t(1),
+            None,
+            vec![generate(2, t(1), false, Reason::SpecChanged)],
+        ),
+        (
+            "rotation not yet due",
+            rotating.clone(),
+            vec![output(&rotating, &[1], 0)],
+            t(89),
+            None,
+            vec![],
+        ),
+        (
+            "rotation due",
+            rotating.clone(),
+            vec![output(&rotating, &[1], 0)],
+            t(90),
+            None,
+            vec![generate(2, t(90), false, Reason::RotationDue)],
+        ),
+        (
+            "staged rotation not yet publishing",
+            staged_key.clone(),
+            vec![output(&staged_key, &[1], 0)],
+            t(82),
+            None,
+            vec![],
+        ),
+        (
+            "staged rotation publishes ahead",
+            staged_key.clone(),
+            vec![output(&staged_key, &[1], 0)],
+            t(83),
+            None,
+            vec![generate(2, t(90), true, Reason::RotationDue)],
+        ),
+        (
+            "late publication keeps the full window",
+            staged_key.clone(),
+            vec![output(&staged_key, &[1], 0)],
+            t(95),
+            None,
+            vec![generate(2, t(102), true, Reason::RotationDue)],
+        ),
+        (
+            "staged generation waits",
+            staged_key.clone(),
+            vec![with_next.clone()],
+            t(89),
+            None,
+            vec![],
+        ),
+        (
+            "staged generation activates",
+            staged_key.clone(),
+            vec![with_next.clone()],
+            t(90),
+            None,
+            vec![Action::Activate { generation: 2 }],
+        ),
+        (
+            "stale staged generation is replaced and pruned",
+            staged_key.clone(),
+            vec![stale_next],
+            t(85),
+            None,
+            vec![
+                generate(3, t(92), true, Reason::RotationDue),
+                Action::Prune {
+                    output: 0,
+                    generations: vec![2],
+                },
+            ],
+        ),
+        (
+            "rotate request is staged",
+            staged_key.clone(),
+            vec![output(&staged_key, &[1], 0)],
+            t(10),
+            Some(&rotate),
+            vec![generate(2, t(17), true, Reason::Requested)],
+        ),
+        (
+            "rotate --now activates at once",
+            staged_key.clone(),
+            vec![output(&staged_key, &[1], 0)],
+            t(10),
+            Some(&rotate_now),
+            vec![generate(2, t(10), false, Reason::Requested)],
+        ),
+        (
+            "rotate --now activates a waiting staged generation",
+            staged_key.clone(),
+            vec![with_next.clone()],
+            t(85),
+            Some(&rotate_now),
+            vec![Action::Activate { generation: 2 }],
+        ),
+        (
+            "rotate without publishAhead is immediate",
+            plain.clone(),
+            vec![output(&plain, &[1], 0)],
+            t(3),
+            Some(&rotate),
+            vec![generate(2, t(3), false, Reason::Requested)],
+        ),
+        (
+            "output lacking current gets a copy",
+            key(None, None, 1, 2),
+            vec![
+                output(&plain, &[1], 0),
+                ObservedOutput {
+                    prunable: true,
+                    ..Default::default()
+                },
+            ],
+            t(1),
+            None,
+            vec![Action::Copy {
+                generation: 1,
+                outputs: vec![1],
+                link: Link::Current,
+            }],
+        ),
+        (
+            "output behind the others catches up",
+            key(None, None, 1, 2),
+            vec![output(&plain, &[1, 2], 0), output(&plain, &[1], 0)],
+            t(1),
+            None,
+            vec![Action::Copy {
+                generation: 2,
+                outputs: vec![1],
+                link: Link::Current,
+            }],
+        ),
+        (
+            "output lacking the staged version gets a copy",
+            key(Some(90), Some(7), 1, 2),
+            vec![with_next.clone(), output(&staged_key, &[1], 0)],
+            t(85),
+            None,
+            vec![Action::Copy {
+                generation: 2,
+                outputs: vec![1],
+                link: Link::Next,
+            }],
+        ),
+        (
+            "metadata drift is repaired in place",
+            plain.clone(),
+            vec![drifted],
+            t(1),
+            None,
+            vec![Action::Repair {
+                output: 0,
+                reasons: vec!["public.pem mode 0644, want 0640".into()],
+            }],
+        ),
+        (
+            "wrong previous link is repaired",
+            plain.clone(),
+            vec![wrong_previous],
+            t(1),
+            None,
+            vec![Action::Repair {
+                output: 0,
+                reasons: vec!["previous should point at generation 1".into()],
+            }],
+        ),
+        (
+            "versions beyond keep are pruned",
+            plain.clone(),
+            vec![output(&plain, &[1, 2, 3], 0)],
+            t(1),
+            None,
+            vec![Action::Prune {
+                output: 0,
+                generations: vec![1],
+            }],
+        ),
+        (
+            "keep 0 prunes the old generation after rotation",
+            key(Some(90), None, 0, 1),
+            vec![output(&rotating, &[1], 0)],
+            t(90),
+            None,
+            vec![
+                generate(2, t(90), false, Reason::RotationDue),
+                Action::Prune {
+                    output: 0,
+                    generations: vec![1],
+                },
+            ],
+        ),
+        (
+            "keep 2 keeps two",
+            key(Some(90), None, 2, 1),
+            vec![output(&rotating, &[1, 2, 3], 0)],
+            t(90),
+            None,
+            vec![
+                generate(4, t(90), false, Reason::RotationDue),
+                Action::Prune {
+                    output: 0,
+                    generations: vec![1],
+                },
+            ],
+        ),
     ];
     for (name, key, outputs, now, request, want) in cases {
         assert_eq!(plan_key(&key, &outputs, now, request), want, "{name}");
@@ -190,7 +384,12 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
     };
     for action in actions {
         match action {
-            Action::Generate { generation, activates_at, staged, .. } => {
+            Action::Generate {
+                generation,
+                activates_at,
+                staged,
+                ..
+            } => {
                 let v = ObservedVersion {
                     generation: *generation,
                     spec_fingerprint: key.spec_fingerprint(),
@@ -198,7 +397,11 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     activates_at: *activates_at,
                 };
                 for o in outputs.iter_mut() {
-                    if *staged { link_next(o, v.clone()) } else { link_current(o, v.clone()) }
+                    if *staged {
+                        link_next(o, v.clone())
+                    } else {
+                        link_current(o, v.clone())
+                    }
                 }
             }
             Action::Activate { generation } => {
@@ -207,7 +410,11 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     link_current(o, v.clone());
                 }
             }
-            Action::Copy { generation, outputs: to, link } => {
+            Action::Copy {
+                generation,
+                outputs: to,
+                link,
+            } => {
                 let v = find(outputs, *generation);
                 for &i in to {
                     match link {
@@ -222,13 +429,19 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                 let current = o.current.as_ref().map(|c| c.generation).unwrap_or(0);
                 o.previous = o.versions.iter().rev().find(|&&p| p < current).copied();
             }
-            Action::Prune { output, generations } => {
+            Action::Prune {
+                output,
+                generations,
+            } => {
                 let o = &mut outputs[*output];
                 o.versions.retain(|g| !generations.contains(g));
                 if o.previous.is_some_and(|p| generations.contains(&p)) {
                     o.previous = None;
                 }
-                if o.next.as_ref().is_some_and(|n| generations.contains(&n.generation)) {
+                if o.next
+                    .as_ref()
+                    .is_some_and(|n| generations.contains(&n.generation))
+                {
                     o.next = None;
                 }
             }
@@ -245,7 +458,11 @@ fn arb_universe(fingerprint: String) -> impl Strategy<Value = Vec<ObservedVersio
             .enumerate()
             .map(|(i, (fresh, day))| ObservedVersion {
                 generation: i as u32 + 1,
-                spec_fingerprint: if fresh { fingerprint.clone() } else { "sha256:old".into() },
+                spec_fingerprint: if fresh {
+                    fingerprint.clone()
+                } else {
+                    "sha256:old".into()
+                },
                 created_at: t(day),
                 activates_at: t(day),
             })

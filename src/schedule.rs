@@ -112,9 +112,18 @@ mod tests {
     fn late_publication_keeps_its_notice_window() {
         let now = SystemTime::UNIX_EPOCH + 1000 * DAY;
         assert_eq!(activation_time(now, Some(now - DAY), None), now);
-        assert_eq!(activation_time(now, Some(now + 7 * DAY), Some(7 * DAY)), now + 7 * DAY);
-        assert_eq!(activation_time(now, Some(now + 3 * DAY), Some(7 * DAY)), now + 7 * DAY);
-        assert_eq!(activation_time(now, Some(now + 9 * DAY), Some(7 * DAY)), now + 9 * DAY);
+        assert_eq!(
+            activation_time(now, Some(now + 7 * DAY), Some(7 * DAY)),
+            now + 7 * DAY
+        );
+        assert_eq!(
+            activation_time(now, Some(now + 3 * DAY), Some(7 * DAY)),
+            now + 7 * DAY
+        );
+        assert_eq!(
+            activation_time(now, Some(now + 9 * DAY), Some(7 * DAY)),
+            now + 9 * DAY
+        );
         assert_eq!(activation_time(now, None, Some(7 * DAY)), now + 7 * DAY);
     }
 }

@@ -91,7 +91,12 @@ impl ManifestFile {
 
     fn location(&mut self, doc: usize, field: &str) -> String {
         let position = self.position(doc, field);
-        format!("{}:{}:{}", display_path(&self.path).display(), position.line, position.column)
+        format!(
+            "{}:{}:{}",
+            display_path(&self.path).display(),
+            position.line,
+            position.column
+        )
     }
 }
 
@@ -107,11 +112,16 @@ pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
         }
     }
     loaded.files = paths.len();
-    let mut files: Vec<ManifestFile> = paths.into_iter().map(|path| parse_file(path, ctx)).collect();
+    let mut files: Vec<ManifestFile> = paths
+        .into_iter()
+        .map(|path| parse_file(path, ctx))
+        .collect();
     check_across_files(&mut files, &mut loaded.frozen);
     for file in files {
         if file.diagnostics.is_empty() {
-            loaded.keys.extend(file.keys.into_iter().map(|(_, key)| key));
+            loaded
+                .keys
+                .extend(file.keys.into_iter().map(|(_, key)| key));
         } else {
             loaded.frozen.extend(file.names);
             loaded.diagnostics.extend(file.diagnostics);
@@ -139,7 +149,9 @@ fn list_manifest_files(source: &Path) -> Result<Vec<PathBuf>, String> {
     }
     let mut files = Vec::new();
     for entry in fs::read_dir(source).map_err(|err| format!("cannot list directory: {err}"))? {
-        let path = entry.map_err(|err| format!("cannot list directory: {err}"))?.path();
+        let path = entry
+            .map_err(|err| format!("cannot list directory: {err}"))?
+            .path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
         if is_yaml && !name.starts_with('.') && path.is_file() {
@@ -163,7 +175,9 @@ fn read_text(path: &Path) -> Result<String, String> {
         ));
     }
     if let Some(at) = bytes.iter().position(|&b| b == 0) {
-        return Err(format!("binary content (NUL byte at offset {at}); a manifest is UTF-8 YAML text"));
+        return Err(format!(
+            "binary content (NUL byte at offset {at}); a manifest is UTF-8 YAML text"
+        ));
     }
     String::from_utf8(bytes).map_err(|err| {
         format!(
@@ -232,7 +246,10 @@ fn is_syntax_error(err: &serde_yaml::Error) -> bool {
     let text = err.to_string();
     // serde_yaml prefixes data errors with their field path ("spec.x: ..."); libyaml's
     // scanner and parser errors name what they were parsing.
-    text.contains("while scanning") || text.contains("while parsing") || text.starts_with("did not find") || text.contains("found character")
+    text.contains("while scanning")
+        || text.contains("while parsing")
+        || text.starts_with("did not find")
+        || text.contains("found character")
 }
 
 /// Splits serde_yaml's `path: message at line L column C` into a positioned diagnostic.
@@ -278,7 +295,11 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
             let (doc, name) = (files[f].keys[k].0, files[f].keys[k].1.name.clone());
             if let Some(&(of, od)) = names.get(&name) {
                 let other = files[of].location(od, "metadata.name");
-                files[f].report(doc, "metadata.name", format!("duplicate name {name:?}, also defined at {other}"));
+                files[f].report(
+                    doc,
+                    "metadata.name",
+                    format!("duplicate name {name:?}, also defined at {other}"),
+                );
                 frozen.insert(name);
                 continue;
             }
@@ -292,11 +313,19 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
                             .range(..=file.dir.clone())
                             .rev()
                             .find(|(dir, _)| file.dir.starts_with(dir))
-                            .or_else(|| dirs.range(file.dir.clone()..).next().filter(|(dir, _)| dir.starts_with(&file.dir)))
+                            .or_else(|| {
+                                dirs.range(file.dir.clone()..)
+                                    .next()
+                                    .filter(|(dir, _)| dir.starts_with(&file.dir))
+                            })
                             .map(|(dir, owner)| (dir.clone(), owner.clone()));
                         if let Some((dir, (of, od, oo, other_name))) = clash {
                             let other = files[of].location(od, &format!("spec.outputs[{oo}]"));
-                            let how = if dir == file.dir { "the same directory as" } else { "a directory nested with that of" };
+                            let how = if dir == file.dir {
+                                "the same directory as"
+                            } else {
+                                "a directory nested with that of"
+                            };
                             files[f].report(
                                 doc,
                                 &format!("{field}.file.dir"),
@@ -309,7 +338,9 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
                         }
                     }
                     Output::SecretsManager(secret) => {
-                        if let Some((of, od, oo, other_name)) = secrets.get(&secret.secret_id).cloned() {
+                        if let Some((of, od, oo, other_name)) =
+                            secrets.get(&secret.secret_id).cloned()
+                        {
                             let other = files[of].location(od, &format!("spec.outputs[{oo}]"));
                             files[f].report(
                                 doc,
@@ -330,6 +361,9 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
 
 /// Parses a single YAML document of type `T` (the daemon configuration), with serde_yaml's
 /// positioned error on failure.
-pub fn parse_single<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Diagnostic> {
+pub fn parse_single<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, Diagnostic> {
     serde_yaml::from_str(text).map_err(|err| serde_diagnostic(path, &err))
 }

@@ -42,7 +42,8 @@ impl KeyPair {
             "kmsKeyId": self.kms_key_id,
             "encryptionContext": self.encryption_context,
         });
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.to_string().as_bytes());
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.to_string().as_bytes());
         format!("sha256:{}", hex::encode(&digest.as_ref()[..16]))
     }
 }
@@ -123,6 +124,8 @@ impl Format {
 /// A file output, with its directory resolved and contained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileOutput {
+    /// The stateDir or outputRoot that contains `dir`.
+    pub root: PathBuf,
     /// Absolute directory of the versions.
     pub dir: PathBuf,
     /// Encoding of public and plaintext private key.

@@ -5,23 +5,25 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-/// Resolves an output `dir` as written in a manifest: default `<stateDir>/keys/<name>`, relative
+/// Resolves an output `dir` into (containing root, directory) as written in a manifest: default `<stateDir>/keys/<name>`, relative
 /// paths under `stateDir`, absolute paths only inside `stateDir` or one of `output_roots`.
 pub fn resolve_output_dir(
     dir: Option<&str>,
     name: &str,
     state_dir: &Path,
     output_roots: &[PathBuf],
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, PathBuf), String> {
     let Some(dir) = dir else {
-        return Ok(state_dir.join("keys").join(name));
+        return Ok((state_dir.to_path_buf(), state_dir.join("keys").join(name)));
     };
     if dir.trim().is_empty() {
         return Err("must not be empty".into());
     }
     let path = Path::new(dir);
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("{dir:?} contains \"..\"; output directories must stay inside stateDir or an outputRoot"));
+        return Err(format!(
+            "{dir:?} contains \"..\"; output directories must stay inside stateDir or an outputRoot"
+        ));
     }
     let resolved: PathBuf = if path.is_absolute() {
         path.components().collect()
@@ -29,7 +31,10 @@ pub fn resolve_output_dir(
         state_dir.join(path).components().collect()
     };
     let roots = std::iter::once(state_dir).chain(output_roots.iter().map(PathBuf::as_path));
-    let Some(root) = roots.clone().find(|root| resolved.starts_with(root) && resolved != *root) else {
+    let Some(root) = roots
+        .clone()
+        .find(|root| resolved.starts_with(root) && resolved != *root)
+    else {
         let allowed: Vec<String> = roots.map(|r| r.display().to_string()).collect();
         return Err(format!(
             "{dir:?} is outside stateDir and outputRoots (allowed: {}); add its parent to outputRoots in the config",
@@ -37,7 +42,7 @@ pub fn resolve_output_dir(
         ));
     };
     ensure_no_symlink_escape(root, &resolved)?;
-    Ok(resolved)
+    Ok((root.to_path_buf(), resolved))
 }
 
 /// Checks that the deepest existing ancestor of `path` still lies inside `root` once symlinks
@@ -86,16 +91,32 @@ mod tests {
     fn resolves_and_contains() {
         let state = Path::new("/nonexistent-keyprov/state");
         let roots = [PathBuf::from("/nonexistent-keyprov/ssl")];
-        let ok = |dir: Option<&str>| resolve_output_dir(dir, "k", state, &roots);
+        let ok =
+            |dir: Option<&str>| resolve_output_dir(dir, "k", state, &roots).map(|(_, dir)| dir);
         assert_eq!(ok(None).unwrap(), state.join("keys/k"));
         assert_eq!(ok(Some("a/b")).unwrap(), state.join("a/b"));
         assert_eq!(ok(Some("./a")).unwrap(), state.join("a"));
-        assert_eq!(ok(Some("/nonexistent-keyprov/ssl/k")).unwrap(), roots[0].join("k"));
+        assert_eq!(
+            ok(Some("/nonexistent-keyprov/ssl/k")).unwrap(),
+            roots[0].join("k")
+        );
         assert!(ok(Some("../x")).unwrap_err().contains("\"..\""));
         assert!(ok(Some("a/../../x")).unwrap_err().contains("\"..\""));
-        assert!(ok(Some("/etc/ssl")).unwrap_err().contains("outside stateDir"));
-        assert!(ok(Some("/nonexistent-keyprov/ssl")).unwrap_err().contains("outside"));
-        assert!(ok(Some("/nonexistent-keyprov/sslx/k")).unwrap_err().contains("outside"));
+        assert!(
+            ok(Some("/etc/ssl"))
+                .unwrap_err()
+                .contains("outside stateDir")
+        );
+        assert!(
+            ok(Some("/nonexistent-keyprov/ssl"))
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(
+            ok(Some("/nonexistent-keyprov/sslx/k"))
+                .unwrap_err()
+                .contains("outside")
+        );
         assert!(ok(Some("")).unwrap_err().contains("empty"));
     }
 

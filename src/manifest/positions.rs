@@ -94,7 +94,9 @@ impl Builder {
 
     fn record(&mut self, path: &str, mark: &Marker) {
         if let Some(fields) = self.documents.last_mut() {
-            fields.entry(path.to_string()).or_insert(Self::position(mark));
+            fields
+                .entry(path.to_string())
+                .or_insert(Self::position(mark));
         }
     }
 }
@@ -167,16 +169,34 @@ metadata: {name: b}
     #[test]
     fn finds_fields_of_every_document() {
         let index = PositionIndex::build(SOURCE);
-        assert_eq!(index.find(0, "metadata.name"), Position { line: 3, column: 3 });
-        assert_eq!(index.find(0, "spec.outputs[0].file.dir"), Position { line: 7, column: 9 });
-        assert_eq!(index.find(0, "spec.outputs[0]"), Position { line: 6, column: 7 });
-        assert_eq!(index.find(1, "metadata.name"), Position { line: 10, column: 12 });
+        assert_eq!(
+            index.find(0, "metadata.name"),
+            Position { line: 3, column: 3 }
+        );
+        assert_eq!(
+            index.find(0, "spec.outputs[0].file.dir"),
+            Position { line: 7, column: 9 }
+        );
+        assert_eq!(
+            index.find(0, "spec.outputs[0]"),
+            Position { line: 6, column: 7 }
+        );
+        assert_eq!(
+            index.find(1, "metadata.name"),
+            Position {
+                line: 10,
+                column: 12
+            }
+        );
     }
 
     #[test]
     fn missing_fields_fall_back_to_their_parent() {
         let index = PositionIndex::build(SOURCE);
-        assert_eq!(index.find(0, "spec.outputs[0].file.mode"), Position { line: 6, column: 7 });
+        assert_eq!(
+            index.find(0, "spec.outputs[0].file.mode"),
+            Position { line: 6, column: 7 }
+        );
         assert_eq!(index.find(5, "spec"), Position::default());
     }
 }

@@ -52,23 +52,35 @@ pub fn validate(doc: Document, source: &Path, ctx: &Context) -> Result<KeyPair, 
     if doc.api_version != API_VERSION {
         problems.add(
             "apiVersion",
-            format!("unsupported value {:?}, expected {API_VERSION}", doc.api_version),
+            format!(
+                "unsupported value {:?}, expected {API_VERSION}",
+                doc.api_version
+            ),
         );
     }
     if doc.kind != KIND {
-        problems.add("kind", format!("unsupported value {:?}, expected {KIND}", doc.kind));
+        problems.add(
+            "kind",
+            format!("unsupported value {:?}, expected {KIND}", doc.kind),
+        );
     }
     let name = doc.metadata.name;
     problems.check("metadata.name", check_name(&name));
     let spec = doc.spec;
-    let key_spec = problems.check("spec.keyPairSpec", spec.key_pair_spec.parse::<KeyPairSpec>());
+    let key_spec = problems.check(
+        "spec.keyPairSpec",
+        spec.key_pair_spec.parse::<KeyPairSpec>(),
+    );
     if spec.kms_key_id.trim().is_empty() {
         problems.add("spec.kmsKeyId", "must not be empty");
     }
     if spec.grant_tokens.len() > MAX_GRANT_TOKENS {
         problems.add(
             "spec.grantTokens",
-            format!("{} tokens given, KMS accepts at most {MAX_GRANT_TOKENS}", spec.grant_tokens.len()),
+            format!(
+                "{} tokens given, KMS accepts at most {MAX_GRANT_TOKENS}",
+                spec.grant_tokens.len()
+            ),
         );
     }
     for (key, value) in &spec.encryption_context {
@@ -88,7 +100,9 @@ pub fn validate(doc: Document, source: &Path, ctx: &Context) -> Result<KeyPair, 
         .on_rotate
         .into_iter()
         .enumerate()
-        .filter_map(|(i, hook)| check_hook(hook, &format!("spec.onRotate[{i}]"), ctx, &mut problems))
+        .filter_map(|(i, hook)| {
+            check_hook(hook, &format!("spec.onRotate[{i}]"), ctx, &mut problems)
+        })
         .collect();
     match (problems.0.is_empty(), key_spec) {
         (true, Some(key_spec)) => Ok(KeyPair {
@@ -135,17 +149,17 @@ fn check_rotation(rotation: document::Rotation, problems: &mut Problems) -> Rota
         .publish_ahead
         .as_deref()
         .and_then(|text| problems.check("spec.rotation.publishAhead", parse_duration(text)));
-    if let (Some(every), Some(ahead)) = (every, publish_ahead) {
-        if ahead >= every {
-            problems.add(
-                "spec.rotation.publishAhead",
-                format!(
-                    "{} must be shorter than rotation.every ({})",
-                    humantime::format_duration(ahead),
-                    humantime::format_duration(every)
-                ),
-            );
-        }
+    if let (Some(every), Some(ahead)) = (every, publish_ahead)
+        && ahead >= every
+    {
+        problems.add(
+            "spec.rotation.publishAhead",
+            format!(
+                "{} must be shorter than rotation.every ({})",
+                humantime::format_duration(ahead),
+                humantime::format_duration(every)
+            ),
+        );
     }
     Rotation {
         every,
@@ -161,18 +175,28 @@ fn check_outputs(
     problems: &mut Problems,
 ) -> Vec<Output> {
     if outputs.is_empty() {
-        problems.add("spec.outputs", "at least one output (file or secretsManager) is required");
+        problems.add(
+            "spec.outputs",
+            "at least one output (file or secretsManager) is required",
+        );
     }
     let mut checked: Vec<Output> = Vec::new();
     for (i, output) in outputs.into_iter().enumerate() {
         let field = format!("spec.outputs[{i}]");
         let output = match (output.file, output.secrets_manager) {
-            (Some(file), None) => check_file_output(file, name, &format!("{field}.file"), ctx, problems)
-                .map(Output::File),
-            (None, Some(secret)) => check_secret_output(secret, &format!("{field}.secretsManager"), problems)
-                .map(Output::SecretsManager),
+            (Some(file), None) => {
+                check_file_output(file, name, &format!("{field}.file"), ctx, problems)
+                    .map(Output::File)
+            }
+            (None, Some(secret)) => {
+                check_secret_output(secret, &format!("{field}.secretsManager"), problems)
+                    .map(Output::SecretsManager)
+            }
             (Some(_), Some(_)) => {
-                problems.add(field, "an output has exactly one of file or secretsManager, not both");
+                problems.add(
+                    field,
+                    "an output has exactly one of file or secretsManager, not both",
+                );
                 None
             }
             (None, None) => {
@@ -181,8 +205,14 @@ fn check_outputs(
             }
         };
         if let Some(output) = output {
-            if checked.iter().any(|other| other.location() == output.location() && other.kind() == output.kind()) {
-                problems.add(format!("spec.outputs[{i}]"), format!("{output} is listed twice"));
+            if checked
+                .iter()
+                .any(|other| other.location() == output.location() && other.kind() == output.kind())
+            {
+                problems.add(
+                    format!("spec.outputs[{i}]"),
+                    format!("{output} is listed twice"),
+                );
             } else {
                 checked.push(output);
             }
@@ -198,7 +228,7 @@ fn check_file_output(
     ctx: &Context,
     problems: &mut Problems,
 ) -> Option<FileOutput> {
-    let dir = problems.check(
+    let resolved = problems.check(
         &format!("{field}.dir"),
         resolve_output_dir(file.dir.as_deref(), name, ctx.state_dir, ctx.output_roots),
     );
@@ -206,7 +236,10 @@ fn check_file_output(
         None | Some("pem") => Some(Format::Pem),
         Some("der") => Some(Format::Der),
         Some(other) => {
-            problems.add(format!("{field}.format"), format!("unknown value {other:?}, expected one of pem, der"));
+            problems.add(
+                format!("{field}.format"),
+                format!("unknown value {other:?}, expected one of pem, der"),
+            );
             None
         }
     };
@@ -219,8 +252,10 @@ fn check_file_output(
             problems.add(format!("{field}.{what}"), "must not be empty");
         }
     }
+    let (root, dir) = resolved?;
     Some(FileOutput {
-        dir: dir?,
+        root,
+        dir,
         format: format?,
         mode: mode?,
         owner: file.owner,
@@ -230,12 +265,15 @@ fn check_file_output(
 
 /// Parses an octal file mode and refuses write or execute for group and others.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
-    let mode = (!text.is_empty() && text.len() <= 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b)))
-        .then(|| u32::from_str_radix(text, 8).ok())
-        .flatten()
-        .ok_or_else(|| format!("{text:?} is not an octal mode like \"0640\""))?;
+    let mode =
+        (!text.is_empty() && text.len() <= 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+            .then(|| u32::from_str_radix(text, 8).ok())
+            .flatten()
+            .ok_or_else(|| format!("{text:?} is not an octal mode like \"0640\""))?;
     if mode > 0o777 {
-        return Err(format!("{text:?}: setuid, setgid and sticky bits are not allowed"));
+        return Err(format!(
+            "{text:?}: setuid, setgid and sticky bits are not allowed"
+        ));
     }
     if mode & 0o033 != 0 {
         return Err(format!(
@@ -261,7 +299,12 @@ fn check_secret_output(
     })
 }
 
-fn check_hook(hook: document::Hook, field: &str, ctx: &Context, problems: &mut Problems) -> Option<Hook> {
+fn check_hook(
+    hook: document::Hook,
+    field: &str,
+    ctx: &Context,
+    problems: &mut Problems,
+) -> Option<Hook> {
     let program_ok = match hook.command.first() {
         None => {
             problems.add(format!("{field}.command"), "must name a program");
@@ -270,11 +313,18 @@ fn check_hook(hook: document::Hook, field: &str, ctx: &Context, problems: &mut P
         Some(program) if !Path::new(program).is_absolute() => {
             problems.add(
                 format!("{field}.command[0]"),
-                format!("{program:?} must be an absolute path listed in the config's hooks.allowed"),
+                format!(
+                    "{program:?} must be an absolute path listed in the config's hooks.allowed"
+                ),
             );
             false
         }
-        Some(program) if !ctx.hooks_allowed.iter().any(|allowed| allowed == Path::new(program)) => {
+        Some(program)
+            if !ctx
+                .hooks_allowed
+                .iter()
+                .any(|allowed| allowed == Path::new(program)) =>
+        {
             problems.add(
                 format!("{field}.command[0]"),
                 format!(
@@ -282,7 +332,11 @@ fn check_hook(hook: document::Hook, field: &str, ctx: &Context, problems: &mut P
                     if ctx.hooks_allowed.is_empty() {
                         "empty".to_string()
                     } else {
-                        ctx.hooks_allowed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        ctx.hooks_allowed
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     }
                 ),
             );

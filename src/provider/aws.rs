@@ -1,1 +1,289 @@
-//! AWS KMS provider (aws-sdk-kms).
+//! The AWS KMS provider: `GenerateDataKeyPair(WithoutPlaintext)` and `Decrypt` through
+//! aws-sdk-kms, configured by aws-config's standard chain (environment, profile, SSO, web
+//! identity, IMDS), with the configuration's region, profile, endpoint, timeouts and retries.
+//!
+//! The client is built on first use, so `plan`, `validate` and a converged `run` need no
+//! credentials and make no call.
+
+use std::collections::HashMap;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeyPairSpec;
+use tokio::sync::OnceCell;
+
+use super::{
+    DecryptRequest, GenerateRequest, GeneratedPair, PrivateKey, Provider, ProviderError,
+    canonical_context,
+};
+use crate::config::{AwsSettings, RetryMode};
+
+/// KMS through aws-sdk-kms.
+pub struct AwsProvider {
+    settings: AwsSettings,
+    client: OnceCell<Client>,
+}
+
+impl AwsProvider {
+    /// A provider with these settings; the client is built on the first call.
+    pub fn new(settings: AwsSettings) -> Self {
+        AwsProvider {
+            settings,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async { Client::new(&sdk_config(&self.settings).await) })
+            .await
+    }
+}
+
+/// Loads the SDK configuration: the standard chain plus this configuration's overrides.
+pub async fn sdk_config(settings: &AwsSettings) -> aws_config::SdkConfig {
+    let retry = match settings.retry_mode {
+        RetryMode::Standard => RetryConfig::standard(),
+        RetryMode::Adaptive => RetryConfig::adaptive(),
+    }
+    .with_max_attempts(settings.max_attempts);
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(settings.connect_timeout)
+        .operation_attempt_timeout(settings.attempt_timeout)
+        .operation_timeout(settings.operation_timeout)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &settings.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(endpoint) = &settings.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+fn blob(blob: Option<Blob>, what: &str) -> Result<Vec<u8>, ProviderError> {
+    blob.map(Blob::into_inner)
+        .ok_or_else(|| ProviderError::Kms {
+            code: "IncompleteResponse".into(),
+            message: format!("KMS returned no {what}"),
+            transient: false,
+        })
+}
+
+fn context_map(
+    context: &std::collections::BTreeMap<String, String>,
+) -> Option<HashMap<String, String>> {
+    (!context.is_empty()).then(|| {
+        context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+fn grants(tokens: &[String]) -> Option<Vec<String>> {
+    (!tokens.is_empty()).then(|| tokens.to_vec())
+}
+
+/// Turns a KMS failure into a message naming the key, the KMS key and what to do.
+pub fn explain<E, R>(
+    err: &SdkError<E, R>,
+    name: &str,
+    kms_key: &str,
+    operation: &str,
+) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().unwrap_or_default().to_string();
+    let detail = err.message().unwrap_or_default().to_string();
+    let (message, transient) = match code.as_str() {
+        "NotFoundException" => (
+            format!(
+                "KMS key {kms_key} was not found: check kmsKeyId, that the alias exists, and the region ({detail})"
+            ),
+            false,
+        ),
+        "DisabledException" => (
+            format!(
+                "KMS key {kms_key} is disabled: enable it (aws kms enable-key) or point kmsKeyId at an enabled key ({detail})"
+            ),
+            false,
+        ),
+        "KMSInvalidStateException" => (
+            format!(
+                "KMS key {kms_key} cannot be used in its current state, e.g. pending deletion: cancel the deletion (aws kms cancel-key-deletion) or use another key ({detail})"
+            ),
+            false,
+        ),
+        "InvalidKeyUsageException" => (
+            format!(
+                "KMS key {kms_key} cannot protect data key pairs: kmsKeyId must name a symmetric encryption key (KeySpec SYMMETRIC_DEFAULT, KeyUsage ENCRYPT_DECRYPT), not an asymmetric or HMAC key ({detail})"
+            ),
+            false,
+        ),
+        "UnsupportedOperationException" => (
+            format!(
+                "KMS does not support {operation} here for key {kms_key}: SM2 is only available in China Regions, and keys in custom key stores cannot generate data key pairs ({detail})"
+            ),
+            false,
+        ),
+        "ValidationException"
+            if detail.contains("KeyPairSpec") || detail.contains("keyPairSpec") =>
+        {
+            (
+                format!("KMS rejected the keyPairSpec for key {kms_key}: {detail}"),
+                false,
+            )
+        }
+        "AccessDeniedException" => (
+            format!(
+                "access to KMS key {kms_key} denied: allow kms:{operation} for the daemon's identity in the key policy or IAM ({detail})"
+            ),
+            false,
+        ),
+        "ThrottlingException" | "LimitExceededException" => (
+            format!(
+                "KMS kept throttling {operation} for key {kms_key} after every retry: lower reconcile.maxRequestsPerSecond ({detail})"
+            ),
+            true,
+        ),
+        "DependencyTimeoutException" | "KeyUnavailableException" | "KMSInternalException" => (
+            format!(
+                "KMS was unavailable ({code}) for key {kms_key} after every retry; the key is retried on the next reconcile ({detail})"
+            ),
+            true,
+        ),
+        _ => match err {
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => (
+                format!(
+                    "cannot reach KMS for key {kms_key} after every retry: {} (check the network, aws.endpointUrl / AWS_ENDPOINT_URL and the timeouts)",
+                    aws_sdk_kms::error::DisplayErrorContext(err)
+                ),
+                true,
+            ),
+            _ => (
+                format!(
+                    "KMS {operation} failed for key {kms_key}: {}",
+                    aws_sdk_kms::error::DisplayErrorContext(err)
+                ),
+                code.is_empty(),
+            ),
+        },
+    };
+    let code = if code.is_empty() {
+        "transport".to_string()
+    } else {
+        code
+    };
+    let _ = name;
+    ProviderError::Kms {
+        code,
+        message,
+        transient,
+    }
+}
+
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerateRequest<'_>,
+    ) -> Result<GeneratedPair, ProviderError> {
+        let client = self.client().await;
+        let spec = DataKeyPairSpec::from(request.spec.as_str());
+        if request.include_plaintext {
+            let operation = "GenerateDataKeyPair";
+            let mut output = client
+                .generate_data_key_pair()
+                .key_id(request.kms_key_id)
+                .key_pair_spec(spec)
+                .set_encryption_context(context_map(request.encryption_context))
+                .set_grant_tokens(grants(request.grant_tokens))
+                .send()
+                .await
+                .map_err(|err| explain(&err, request.name, request.kms_key_id, operation))?;
+            let private = PrivateKey::from_der(blob(
+                output.private_key_plaintext.take(),
+                "PrivateKeyPlaintext",
+            )?);
+            Ok(GeneratedPair {
+                public_key_der: blob(output.public_key.take(), "PublicKey")?,
+                private_key_ciphertext: blob(
+                    output.private_key_ciphertext_blob.take(),
+                    "PrivateKeyCiphertextBlob",
+                )?,
+                private_key: Some(private),
+                kms_key_arn: output
+                    .key_id
+                    .take()
+                    .unwrap_or_else(|| request.kms_key_id.to_string()),
+            })
+        } else {
+            let operation = "GenerateDataKeyPairWithoutPlaintext";
+            let mut output = client
+                .generate_data_key_pair_without_plaintext()
+                .key_id(request.kms_key_id)
+                .key_pair_spec(spec)
+                .set_encryption_context(context_map(request.encryption_context))
+                .set_grant_tokens(grants(request.grant_tokens))
+                .send()
+                .await
+                .map_err(|err| explain(&err, request.name, request.kms_key_id, operation))?;
+            Ok(GeneratedPair {
+                public_key_der: blob(output.public_key.take(), "PublicKey")?,
+                private_key_ciphertext: blob(
+                    output.private_key_ciphertext_blob.take(),
+                    "PrivateKeyCiphertextBlob",
+                )?,
+                private_key: None,
+                kms_key_arn: output
+                    .key_id
+                    .take()
+                    .unwrap_or_else(|| request.kms_key_id.to_string()),
+            })
+        }
+    }
+
+    async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {
+        let client = self.client().await;
+        let mut output = client
+            .decrypt()
+            .ciphertext_blob(Blob::new(request.ciphertext))
+            .key_id(request.kms_key_arn)
+            .set_encryption_context(context_map(request.encryption_context))
+            .set_grant_tokens(grants(request.grant_tokens))
+            .send()
+            .await
+            .map_err(|err| match err.code() {
+                Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+                    ProviderError::DecryptMismatch {
+                        name: request.name.to_string(),
+                        context: canonical_context(request.encryption_context),
+                        kms_key: request.kms_key_arn.to_string(),
+                    }
+                }
+                _ => explain(&err, request.name, request.kms_key_arn, "Decrypt"),
+            })?;
+        Ok(PrivateKey::from_der(blob(
+            output.plaintext.take(),
+            "Plaintext",
+        )?))
+    }
+}

@@ -77,7 +77,8 @@ impl LocalProvider {
                         mode & 0o7777
                     )));
                 }
-                serde_json::from_slice(&bytes).map_err(|e| self.error(format!("corrupt keyring: {e}")))
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| self.error(format!("corrupt keyring: {e}")))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(KeyringFile::default()),
             Err(err) => Err(self.error(err.to_string())),
@@ -86,9 +87,14 @@ impl LocalProvider {
 
     fn write_file(&self, keyring: &KeyringFile) -> Result<(), ProviderError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))?;
-        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
-        let text = Zeroizing::new(serde_json::to_vec_pretty(keyring).map_err(|e| self.error(e.to_string()))?);
+        fs::create_dir_all(dir)
+            .map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))?;
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{}", std::process::id()));
+        let text = Zeroizing::new(
+            serde_json::to_vec_pretty(keyring).map_err(|e| self.error(e.to_string()))?,
+        );
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -110,9 +116,16 @@ impl LocalProvider {
         let wanted = reference
             .rsplit_once(":key/")
             .map(|(_, id)| id.to_string())
-            .or_else(|| reference.rsplit_once(":alias/").map(|(_, a)| format!("alias/{a}")))
+            .or_else(|| {
+                reference
+                    .rsplit_once(":alias/")
+                    .map(|(_, a)| format!("alias/{a}"))
+            })
             .unwrap_or_else(|| reference.to_string());
-        let mut guard = self.keyring.lock().map_err(|_| self.error("keyring lock poisoned"))?;
+        let mut guard = self
+            .keyring
+            .lock()
+            .map_err(|_| self.error("keyring lock poisoned"))?;
         if let Some(found) = guard.as_ref().and_then(|k| find(k, &wanted)) {
             return self.decode(found);
         }
@@ -121,7 +134,8 @@ impl LocalProvider {
         let mut keyring = self.read_file()?;
         if find(&keyring, &wanted).is_none() {
             let mut material = Zeroizing::new([0u8; 32]);
-            aws_lc_rs::rand::fill(material.as_mut()).map_err(|_| ProviderError::Crypto("random generator failed".into()))?;
+            aws_lc_rs::rand::fill(material.as_mut())
+                .map_err(|_| ProviderError::Crypto("random generator failed".into()))?;
             let (key_id, aliases) = if wanted.starts_with("alias/") {
                 (uuid::Uuid::new_v4().to_string(), vec![wanted.clone()])
             } else {
@@ -143,7 +157,8 @@ impl LocalProvider {
     fn lock_file(&self) -> Result<nix::fcntl::Flock<fs::File>, ProviderError> {
         let path = self.path.with_extension("lock");
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))?;
+            fs::create_dir_all(dir)
+                .map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))?;
         }
         let file = fs::OpenOptions::new()
             .create(true)
@@ -157,7 +172,11 @@ impl LocalProvider {
     }
 
     fn decode(&self, key: &MasterKey) -> Result<(String, Zeroizing<Vec<u8>>), ProviderError> {
-        let material = Zeroizing::new(BASE64.decode(&key.material).map_err(|e| self.error(format!("corrupt key {}: {e}", key.key_id)))?);
+        let material = Zeroizing::new(
+            BASE64
+                .decode(&key.material)
+                .map_err(|e| self.error(format!("corrupt key {}: {e}", key.key_id)))?,
+        );
         if material.len() != 32 {
             return Err(self.error(format!("key {} is not 256 bits", key.key_id)));
         }
@@ -169,14 +188,21 @@ impl LocalProvider {
     }
 
     fn master_key_existing(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-        let mut guard = self.keyring.lock().map_err(|_| self.error("keyring lock poisoned"))?;
+        let mut guard = self
+            .keyring
+            .lock()
+            .map_err(|_| self.error("keyring lock poisoned"))?;
         if guard.as_ref().and_then(|k| find(k, key_id)).is_none() {
             *guard = Some(self.read_file()?);
         }
         let key = guard
             .as_ref()
             .and_then(|k| find(k, key_id))
-            .ok_or_else(|| self.error(format!("has no master key {key_id}; was the pair made with another keyring?")))?;
+            .ok_or_else(|| {
+                self.error(format!(
+                    "has no master key {key_id}; was the pair made with another keyring?"
+                ))
+            })?;
         Ok(self.decode(key)?.1)
     }
 }
@@ -206,14 +232,22 @@ pub fn generate_pair(spec: KeyPairSpec) -> Result<(Vec<u8>, PrivateKey), Provide
     let rsa = |size| -> Result<(Vec<u8>, PrivateKey), ProviderError> {
         let pair = signature::RsaKeyPair::generate(size).map_err(|_| failed("generation"))?;
         let private: Pkcs8V1Der = pair.as_der().map_err(|_| failed("encoding"))?;
-        let public: PublicKeyX509Der = pair.public_key().as_der().map_err(|_| failed("encoding"))?;
-        Ok((public.as_ref().to_vec(), PrivateKey::from_der(private.as_ref().to_vec())))
+        let public: PublicKeyX509Der =
+            pair.public_key().as_der().map_err(|_| failed("encoding"))?;
+        Ok((
+            public.as_ref().to_vec(),
+            PrivateKey::from_der(private.as_ref().to_vec()),
+        ))
     };
     let ecdsa = |alg| -> Result<(Vec<u8>, PrivateKey), ProviderError> {
         let pair = EcdsaKeyPair::generate(alg).map_err(|_| failed("generation"))?;
         let private = pair.to_pkcs8v1().map_err(|_| failed("encoding"))?;
-        let public: PublicKeyX509Der = pair.public_key().as_der().map_err(|_| failed("encoding"))?;
-        Ok((public.as_ref().to_vec(), PrivateKey::from_der(private.as_ref().to_vec())))
+        let public: PublicKeyX509Der =
+            pair.public_key().as_der().map_err(|_| failed("encoding"))?;
+        Ok((
+            public.as_ref().to_vec(),
+            PrivateKey::from_der(private.as_ref().to_vec()),
+        ))
     };
     use aws_lc_rs::rsa::KeySize;
     match spec {
@@ -237,17 +271,26 @@ pub fn generate_pair(spec: KeyPairSpec) -> Result<(Vec<u8>, PrivateKey), Provide
 }
 
 impl LocalProvider {
-    fn generate_blocking(&self, request: &GenerateRequest<'_>) -> Result<GeneratedPair, ProviderError> {
+    fn generate_blocking(
+        &self,
+        request: &GenerateRequest<'_>,
+    ) -> Result<GeneratedPair, ProviderError> {
         let (public_key_der, private_key) = generate_pair(request.spec)?;
         let (kms_key_arn, material) = self.master_key(request.kms_key_id)?;
         let key_id = kms_key_arn.trim_start_matches(ARN_PREFIX);
         let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ProviderError::Crypto("random generator failed".into()))?;
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| ProviderError::Crypto("random generator failed".into()))?;
         let mut sealed = private_key.der().to_vec();
         cipher(&material)?
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(request.encryption_context)), &mut sealed)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(request.encryption_context)),
+                &mut sealed,
+            )
             .map_err(|_| ProviderError::Crypto("AES-256-GCM seal failed".into()))?;
-        let mut ciphertext = Vec::with_capacity(MAGIC.len() + 1 + key_id.len() + NONCE_LEN + sealed.len());
+        let mut ciphertext =
+            Vec::with_capacity(MAGIC.len() + 1 + key_id.len() + NONCE_LEN + sealed.len());
         ciphertext.extend_from_slice(MAGIC);
         ciphertext.push(u8::try_from(key_id.len()).map_err(|_| self.error("key id too long"))?);
         ciphertext.extend_from_slice(key_id.as_bytes());
@@ -286,7 +329,11 @@ impl LocalProvider {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| mismatch())?;
         let mut buffer = Zeroizing::new(sealed.to_vec());
         let plain = cipher(&material)?
-            .open_in_place(nonce, Aad::from(aad(request.encryption_context)), &mut buffer)
+            .open_in_place(
+                nonce,
+                Aad::from(aad(request.encryption_context)),
+                &mut buffer,
+            )
             .map_err(|_| mismatch())?;
         Ok(PrivateKey::from_der(plain.to_vec()))
     }
@@ -297,7 +344,10 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    async fn generate(&self, request: &GenerateRequest<'_>) -> Result<GeneratedPair, ProviderError> {
+    async fn generate(
+        &self,
+        request: &GenerateRequest<'_>,
+    ) -> Result<GeneratedPair, ProviderError> {
         // RSA generation takes up to seconds: keep it off the async workers.
         tokio::task::block_in_place(|| self.generate_blocking(request))
     }
@@ -307,13 +357,46 @@ impl Provider for LocalProvider {
     }
 }
 
+/// Derives the DER SubjectPublicKeyInfo of a DER PKCS#8 private key of `spec`, so a stored
+/// public key can be checked against its private key.
+pub fn public_key_of(spec: KeyPairSpec, pkcs8: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    let bad = || ProviderError::Crypto(format!("the private key is not a valid {spec} PKCS#8 key"));
+    let ecdsa = |alg| -> Result<Vec<u8>, ProviderError> {
+        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8).map_err(|_| bad())?;
+        let public: PublicKeyX509Der = pair.public_key().as_der().map_err(|_| bad())?;
+        Ok(public.as_ref().to_vec())
+    };
+    match spec {
+        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
+            let pair = signature::RsaKeyPair::from_pkcs8(pkcs8).map_err(|_| bad())?;
+            let public: PublicKeyX509Der = pair.public_key().as_der().map_err(|_| bad())?;
+            Ok(public.as_ref().to_vec())
+        }
+        KeyPairSpec::EccNistP256 => ecdsa(&signature::ECDSA_P256_SHA256_ASN1_SIGNING),
+        KeyPairSpec::EccNistP384 => ecdsa(&signature::ECDSA_P384_SHA384_ASN1_SIGNING),
+        KeyPairSpec::EccNistP521 => ecdsa(&signature::ECDSA_P521_SHA512_ASN1_SIGNING),
+        KeyPairSpec::EccSecgP256k1 => ecdsa(&signature::ECDSA_P256K1_SHA256_ASN1_SIGNING),
+        KeyPairSpec::EccNistEdwards25519 => {
+            let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|_| bad())?;
+            let public: PublicKeyX509Der = pair.public_key().as_der().map_err(|_| bad())?;
+            Ok(public.as_ref().to_vec())
+        }
+        KeyPairSpec::Sm2 => Err(ProviderError::Unsupported {
+            message: "SM2 keys cannot be checked locally (aws-lc-rs has no SM2)".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
 
-    fn request<'a>(spec: KeyPairSpec, context: &'a BTreeMap<String, String>) -> GenerateRequest<'a> {
+    fn request<'a>(
+        spec: KeyPairSpec,
+        context: &'a BTreeMap<String, String>,
+    ) -> GenerateRequest<'a> {
         GenerateRequest {
             name: "k",
             spec,
@@ -329,9 +412,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let provider = LocalProvider::new(tmp.path().join("kr"));
         let context = BTreeMap::from([("service".to_string(), "pay".to_string())]);
-        let pair = provider.generate_blocking(&request(KeyPairSpec::EccNistP256, &context)).unwrap();
+        let pair = provider
+            .generate_blocking(&request(KeyPairSpec::EccNistP256, &context))
+            .unwrap();
         assert!(pair.kms_key_arn.starts_with(ARN_PREFIX));
-        let mode = fs::metadata(tmp.path().join("kr")).unwrap().permissions().mode();
+        let mode = fs::metadata(tmp.path().join("kr"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let decrypt = |context| {
             provider.decrypt_blocking(&DecryptRequest {
@@ -346,7 +434,10 @@ mod tests {
         assert_eq!(plain.der(), pair.private_key.as_ref().unwrap().der());
         let other = BTreeMap::from([("service".to_string(), "evil".to_string())]);
         let err = decrypt(&other).unwrap_err().to_string();
-        assert!(err.contains("encryption context {\"service\":\"evil\"}"), "{err}");
+        assert!(
+            err.contains("encryption context {\"service\":\"evil\"}"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -354,9 +445,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let context = BTreeMap::new();
         let first = LocalProvider::new(tmp.path().join("kr"));
-        let a = first.generate_blocking(&request(KeyPairSpec::EccNistP256, &context)).unwrap();
+        let a = first
+            .generate_blocking(&request(KeyPairSpec::EccNistP256, &context))
+            .unwrap();
         let second = LocalProvider::new(tmp.path().join("kr"));
-        let b = second.generate_blocking(&request(KeyPairSpec::EccNistP384, &context)).unwrap();
+        let b = second
+            .generate_blocking(&request(KeyPairSpec::EccNistP384, &context))
+            .unwrap();
         assert_eq!(a.kms_key_arn, b.kms_key_arn);
     }
 

@@ -79,6 +79,54 @@ pub trait Provider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<PrivateKey, ProviderError>> + Send;
 }
 
+/// The provider the configuration names.
+pub enum AnyProvider {
+    /// Embedded local keyring.
+    Local(local::LocalProvider),
+    /// AWS KMS.
+    Aws(aws::AwsProvider),
+}
+
+impl AnyProvider {
+    /// Builds the configured provider; nothing is contacted or read until the first call.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        match config.provider {
+            crate::config::ProviderKind::Local => {
+                AnyProvider::Local(local::LocalProvider::new(config.keyring.clone()))
+            }
+            crate::config::ProviderKind::Aws => {
+                AnyProvider::Aws(aws::AwsProvider::new(config.aws.clone()))
+            }
+        }
+    }
+}
+
+impl Provider for AnyProvider {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyProvider::Local(p) => p.name(),
+            AnyProvider::Aws(p) => p.name(),
+        }
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerateRequest<'_>,
+    ) -> Result<GeneratedPair, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.generate(request).await,
+            AnyProvider::Aws(p) => p.generate(request).await,
+        }
+    }
+
+    async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.decrypt(request).await,
+            AnyProvider::Aws(p) => p.decrypt(request).await,
+        }
+    }
+}
+
 /// Canonical text of an encryption context: JSON with sorted keys.
 pub fn canonical_context(context: &BTreeMap<String, String>) -> String {
     serde_json::to_string(context).unwrap_or_default()

@@ -73,20 +73,30 @@ fn ownership(output: &FileOutput) -> Result<(Option<Uid>, Option<Gid>), StoreErr
         None => None,
         Some(owner) => Some(match owner.parse::<u32>() {
             Ok(id) => Uid::from_raw(id),
-            Err(_) => User::from_name(owner)
-                .map_err(|e| StoreError::Config(format!("cannot look up user {owner:?}: {e}")))?
-                .ok_or_else(|| StoreError::Config(format!("user {owner:?} does not exist on this host")))?
-                .uid,
+            Err(_) => {
+                User::from_name(owner)
+                    .map_err(|e| StoreError::Config(format!("cannot look up user {owner:?}: {e}")))?
+                    .ok_or_else(|| {
+                        StoreError::Config(format!("user {owner:?} does not exist on this host"))
+                    })?
+                    .uid
+            }
         }),
     };
     let gid = match &output.group {
         None => None,
         Some(group) => Some(match group.parse::<u32>() {
             Ok(id) => Gid::from_raw(id),
-            Err(_) => Group::from_name(group)
-                .map_err(|e| StoreError::Config(format!("cannot look up group {group:?}: {e}")))?
-                .ok_or_else(|| StoreError::Config(format!("group {group:?} does not exist on this host")))?
-                .gid,
+            Err(_) => {
+                Group::from_name(group)
+                    .map_err(|e| {
+                        StoreError::Config(format!("cannot look up group {group:?}: {e}"))
+                    })?
+                    .ok_or_else(|| {
+                        StoreError::Config(format!("group {group:?} does not exist on this host"))
+                    })?
+                    .gid
+            }
         }),
     };
     Ok((uid, gid))
@@ -130,7 +140,10 @@ pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError>
     if meta.generation != generation {
         return Err(StoreError::Corrupt {
             path: path.display().to_string(),
-            message: format!("records generation {}, expected {generation}", meta.generation),
+            message: format!(
+                "records generation {}, expected {generation}",
+                meta.generation
+            ),
         });
     }
     Ok(meta)
@@ -160,7 +173,9 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         if let Some(generation) = parse_version_name(&name) {
             observed.versions.push(generation);
         } else if name.starts_with(TMP_PREFIX) {
-            observed.drift.push(format!("leftover {name} from an interrupted write"));
+            observed
+                .drift
+                .push(format!("leftover {name} from an interrupted write"));
         }
     }
     observed.versions.sort_unstable();
@@ -170,7 +185,10 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             continue;
         };
         if !observed.versions.contains(&generation) {
-            observed.drift.push(format!("{link} points at missing {}", version_name(generation)));
+            observed.drift.push(format!(
+                "{link} points at missing {}",
+                version_name(generation)
+            ));
             continue;
         }
         if slot == 2 {
@@ -179,10 +197,20 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         }
         let meta = read_meta(dir, generation)?;
         let version = meta.observed().map_err(|message| StoreError::Corrupt {
-            path: dir.join(version_name(generation)).join(META).display().to_string(),
+            path: dir
+                .join(version_name(generation))
+                .join(META)
+                .display()
+                .to_string(),
             message,
         })?;
-        check_version_files(output, generation, include_plaintext, owner, &mut observed.drift);
+        check_version_files(
+            output,
+            generation,
+            include_plaintext,
+            owner,
+            &mut observed.drift,
+        );
         if slot == 0 {
             observed.current = Some(version);
         } else {
@@ -233,12 +261,19 @@ fn check_version_files(
             Ok(meta) => {
                 let actual = meta.permissions().mode() & 0o7777;
                 if actual != mode {
-                    drift.push(format!("{vname}/{name} has mode {actual:04o}, want {mode:04o}"));
+                    drift.push(format!(
+                        "{vname}/{name} has mode {actual:04o}, want {mode:04o}"
+                    ));
                 }
-                if let Some((uid, gid)) = owner {
-                    if uid.is_some_and(|u| u.as_raw() != meta.uid()) || gid.is_some_and(|g| g.as_raw() != meta.gid()) {
-                        drift.push(format!("{vname}/{name} has owner {}:{}", meta.uid(), meta.gid()));
-                    }
+                if let Some((uid, gid)) = owner
+                    && (uid.is_some_and(|u| u.as_raw() != meta.uid())
+                        || gid.is_some_and(|g| g.as_raw() != meta.gid()))
+                {
+                    drift.push(format!(
+                        "{vname}/{name} has owner {}:{}",
+                        meta.uid(),
+                        meta.gid()
+                    ));
                 }
             }
         }
@@ -250,7 +285,12 @@ fn check_version_files(
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: (Option<Uid>, Option<Gid>),
+) -> Result<(), StoreError> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -261,12 +301,19 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: (Option<Uid>, Option<
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err("cannot chmod", path))?;
     chown(path, owner)?;
-    file.write_all(bytes).map_err(io_err("cannot write", path))?;
+    file.write_all(bytes)
+        .map_err(io_err("cannot write", path))?;
     file.sync_all().map_err(io_err("cannot fsync", path))
 }
 
 /// Writes one file atomically into an existing directory (temporary name, fsync, rename).
-fn replace_file(dir: &Path, name: &str, bytes: &[u8], mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+fn replace_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    owner: (Option<Uid>, Option<Gid>),
+) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     write_file(&tmp, bytes, mode, owner)?;
@@ -281,12 +328,16 @@ fn create_dir(path: &Path, mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Resu
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(err) => return Err(io_err("cannot create", path)(err)),
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("cannot chmod", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err("cannot chmod", path))?;
     chown(path, owner)
 }
 
 /// Creates the key directory (and its parents) when it does not exist yet.
-fn ensure_key_dir(output: &FileOutput, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
+fn ensure_key_dir(
+    output: &FileOutput,
+    owner: (Option<Uid>, Option<Gid>),
+) -> Result<(), StoreError> {
     if output.dir.is_dir() {
         return Ok(());
     }
@@ -332,10 +383,25 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
     create_dir(&tmp, dir_mode(output.mode), owner)?;
     let result = (|| {
         let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
-        write_file(&tmp.join(public_name(output.format)), &encode_public(output.format, &version.public_key_der), output.mode, owner)?;
-        write_file(&tmp.join(CIPHERTEXT), &version.private_key_ciphertext, output.mode, owner)?;
+        write_file(
+            &tmp.join(public_name(output.format)),
+            &encode_public(output.format, &version.public_key_der),
+            output.mode,
+            owner,
+        )?;
+        write_file(
+            &tmp.join(CIPHERTEXT),
+            &version.private_key_ciphertext,
+            output.mode,
+            owner,
+        )?;
         if let Some(key) = &version.private_key {
-            write_file(&tmp.join(private_name(output.format)), &encode_private(output.format, key), PLAINTEXT_MODE, owner)?;
+            write_file(
+                &tmp.join(private_name(output.format)),
+                &encode_private(output.format, key),
+                PLAINTEXT_MODE,
+                owner,
+            )?;
         }
         write_file(&tmp.join(META), &meta, output.mode, owner)?;
         sync_dir(&tmp).map_err(io_err("cannot fsync", &tmp))?;
@@ -360,7 +426,11 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
         Ok(bytes) => decode_public(output.format, &bytes, &dir)?,
         // The format may have changed since this version was written.
         Err(_) => {
-            let other = if output.format == Format::Pem { Format::Der } else { Format::Pem };
+            let other = if output.format == Format::Pem {
+                Format::Der
+            } else {
+                Format::Pem
+            };
             decode_public(other, &read(&public_name(other))?, &dir)?
         }
     };
@@ -375,12 +445,14 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
 fn decode_public(format: Format, bytes: &[u8], dir: &Path) -> Result<Vec<u8>, StoreError> {
     match format {
         Format::Der => Ok(bytes.to_vec()),
-        Format::Pem => pem::parse(bytes)
-            .map(pem::Pem::into_contents)
-            .map_err(|e| StoreError::Corrupt {
-                path: dir.join(public_name(format)).display().to_string(),
-                message: e.to_string(),
-            }),
+        Format::Pem => {
+            pem::parse(bytes)
+                .map(pem::Pem::into_contents)
+                .map_err(|e| StoreError::Corrupt {
+                    path: dir.join(public_name(format)).display().to_string(),
+                    message: e.to_string(),
+                })
+        }
     }
 }
 
@@ -390,7 +462,8 @@ fn set_link(dir: &Path, link: &str, generation: Option<u32>) -> Result<(), Store
         Some(generation) => {
             let tmp = dir.join(format!("{TMP_PREFIX}{link}-{}", std::process::id()));
             let _ = fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(version_name(generation), &tmp).map_err(io_err("cannot create link", &tmp))?;
+            std::os::unix::fs::symlink(version_name(generation), &tmp)
+                .map_err(io_err("cannot create link", &tmp))?;
             fs::rename(&tmp, &path).map_err(io_err("cannot replace link", &path))?;
         }
         None => match fs::remove_file(&path) {
@@ -417,7 +490,10 @@ fn present_versions(dir: &Path) -> Result<Vec<u32>, StoreError> {
 pub fn link_current(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
     let dir = &output.dir;
     set_link(dir, CURRENT, Some(generation))?;
-    let previous = present_versions(dir)?.into_iter().rev().find(|&v| v < generation);
+    let previous = present_versions(dir)?
+        .into_iter()
+        .rev()
+        .find(|&v| v < generation);
     set_link(dir, PREVIOUS, previous)?;
     if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
         set_link(dir, NEXT, None)?;
@@ -436,7 +512,10 @@ pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
     let mut missing = Vec::new();
     for link in [CURRENT, NEXT, PREVIOUS] {
         if let Some(generation) = read_link_generation(&output.dir, link)? {
-            let path = output.dir.join(version_name(generation)).join(private_name(output.format));
+            let path = output
+                .dir
+                .join(version_name(generation))
+                .join(private_name(output.format));
             if !path.exists() && !missing.contains(&generation) {
                 missing.push(generation);
             }
@@ -448,18 +527,27 @@ pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
 /// Repairs an output in place: leftovers removed, modes and owners set, files of the right
 /// format and plaintext presence, `previous` pointing at the version below `current`.
 /// `plaintext` holds decrypted keys for versions that lack them (see [`missing_plaintext`]).
-pub fn repair(output: &FileOutput, include_plaintext: bool, plaintext: &HashMap<u32, PrivateKey>) -> Result<(), StoreError> {
+pub fn repair(
+    output: &FileOutput,
+    include_plaintext: bool,
+    plaintext: &HashMap<u32, PrivateKey>,
+) -> Result<(), StoreError> {
     let owner = ownership(output)?;
     let dir = &output.dir;
     for entry in fs::read_dir(dir).map_err(io_err("cannot list", dir))? {
         let entry = entry.map_err(io_err("cannot list", dir))?;
         if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
             let path = entry.path();
-            let removed = if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let removed = if path.is_dir() && !path.is_symlink() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
             removed.map_err(io_err("cannot remove", &path))?;
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(output.mode))).map_err(io_err("cannot chmod", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(output.mode)))
+        .map_err(io_err("cannot chmod", dir))?;
     chown(dir, owner)?;
     let versions = present_versions(dir)?;
     for &generation in &versions {
@@ -467,12 +555,24 @@ pub fn repair(output: &FileOutput, include_plaintext: bool, plaintext: &HashMap<
         let public = vdir.join(public_name(output.format));
         if !public.exists() {
             let stored = read_version(output, generation)?;
-            replace_file(&vdir, &public_name(output.format), &encode_public(output.format, &stored.public_key_der), output.mode, owner)?;
+            replace_file(
+                &vdir,
+                &public_name(output.format),
+                &encode_public(output.format, &stored.public_key_der),
+                output.mode,
+                owner,
+            )?;
         }
         if include_plaintext {
             let private = vdir.join(private_name(output.format));
             if let (false, Some(key)) = (private.exists(), plaintext.get(&generation)) {
-                replace_file(&vdir, &private_name(output.format), &encode_private(output.format, key), PLAINTEXT_MODE, owner)?;
+                replace_file(
+                    &vdir,
+                    &private_name(output.format),
+                    &encode_private(output.format, key),
+                    PLAINTEXT_MODE,
+                    owner,
+                )?;
             }
         }
         for name in unwanted_files(output, include_plaintext) {
@@ -481,12 +581,14 @@ pub fn repair(output: &FileOutput, include_plaintext: bool, plaintext: &HashMap<
                 fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
             }
         }
-        fs::set_permissions(&vdir, fs::Permissions::from_mode(dir_mode(output.mode))).map_err(io_err("cannot chmod", &vdir))?;
+        fs::set_permissions(&vdir, fs::Permissions::from_mode(dir_mode(output.mode)))
+            .map_err(io_err("cannot chmod", &vdir))?;
         chown(&vdir, owner)?;
         for (name, mode) in expected_files(output, include_plaintext) {
             let path = vdir.join(name);
             if path.exists() {
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err("cannot chmod", &path))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                    .map_err(io_err("cannot chmod", &path))?;
                 chown(&path, owner)?;
             }
         }

@@ -44,7 +44,13 @@ pub struct VersionMeta {
 
 impl VersionMeta {
     /// The meta of a newly generated pair.
-    pub fn new(key: &KeyPair, generation: u32, pair: &GeneratedPair, created_at: SystemTime, activates_at: SystemTime) -> Self {
+    pub fn new(
+        key: &KeyPair,
+        generation: u32,
+        pair: &GeneratedPair,
+        created_at: SystemTime,
+        activates_at: SystemTime,
+    ) -> Self {
         VersionMeta {
             api_version: API_VERSION.into(),
             name: key.name.clone(),
@@ -129,4 +135,46 @@ pub enum StoreError {
     /// The store is not usable as configured.
     #[error("{0}")]
     Config(String),
+}
+
+/// Observes every output of `key`, in manifest order.
+pub fn observe_key(key: &KeyPair) -> Result<Vec<crate::observed::ObservedOutput>, String> {
+    key.outputs
+        .iter()
+        .map(|output| match output {
+            crate::manifest::Output::File(file) => {
+                file::observe(file, key.include_plaintext).map_err(|e| e.to_string())
+            }
+            crate::manifest::Output::SecretsManager(secret) => Err(format!(
+                "secretsManager output {}: not supported by this build yet",
+                secret.secret_id
+            )),
+        })
+        .collect()
+}
+
+/// Observes every key, spread over the machine's cores (a no-op reconcile of a large fleet
+/// is dominated by these reads).
+pub fn observe_all(keys: &[KeyPair]) -> crate::observed::Observed {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    let chunk = keys.len().div_ceil(threads).max(64);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|key| (key.name.clone(), observe_key(key)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("observer thread panicked"))
+            .collect()
+    })
 }

@@ -1,0 +1,51 @@
+//! The subcommands, one module each; `main.rs` only parses flags and dispatches here.
+
+pub mod keys;
+pub mod reconcile;
+pub mod status;
+pub mod validate;
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::manifest::{self, Diagnostic, KeyPair};
+
+/// Prints diagnostics to stderr, one per line, as `error: file:line:column: field: message`.
+pub fn report(diagnostics: &[Diagnostic]) {
+    for diagnostic in diagnostics {
+        eprintln!("error: {diagnostic}");
+    }
+}
+
+/// Loads the configuration, reporting its problems; `Err(Exit::Invalid)` when it is invalid.
+pub fn load_config(path: &Path) -> Result<Config, Exit> {
+    Config::load(path).map_err(|diagnostics| {
+        report(&diagnostics);
+        Exit::Invalid
+    })
+}
+
+/// Loads every manifest of the configuration and reports problems.
+pub fn load_manifests(config: &Config) -> manifest::Loaded {
+    let loaded = manifest::load(&config.manifests, &config.manifest_context());
+    report(&loaded.diagnostics);
+    if !loaded.is_valid() {
+        tracing::warn!(
+            frozen = ?loaded.frozen,
+            "invalid manifests: their keys are left exactly as they are"
+        );
+    }
+    loaded
+}
+
+/// Finds a valid key by name, or says why it cannot be used.
+pub fn find_key<'a>(loaded: &'a manifest::Loaded, name: &str) -> Result<&'a KeyPair, String> {
+    loaded.keys.iter().find(|k| k.name == name).ok_or_else(|| {
+        if loaded.frozen.contains(name) {
+            format!("key {name:?} is in an invalid manifest; fix it first (keyprov validate)")
+        } else {
+            format!("no manifest defines key {name:?}")
+        }
+    })
+}

@@ -1,0 +1,220 @@
+//! `keyprov status`: every key's generation, spec, age, next rotation and outputs, and the
+//! orphans whose manifest is gone.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::manifest::{KeyPair, Output};
+use crate::observed::ObservedOutput;
+use crate::plan;
+use crate::schedule::format_time;
+use crate::store::{self, file};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyStatus {
+    name: String,
+    generation: Option<u32>,
+    key_pair_spec: String,
+    kms_key_arn: Option<String>,
+    created_at: Option<String>,
+    next_rotation: Option<String>,
+    next: Option<u32>,
+    state: &'static str,
+    error: Option<String>,
+    outputs: Vec<OutputStatus>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputStatus {
+    kind: &'static str,
+    location: String,
+    generation: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    keys: Vec<KeyStatus>,
+    orphans: Vec<String>,
+}
+
+fn key_status(
+    key: &KeyPair,
+    observed: &Result<Vec<ObservedOutput>, String>,
+    now: SystemTime,
+) -> KeyStatus {
+    let mut status = KeyStatus {
+        name: key.name.clone(),
+        generation: None,
+        key_pair_spec: key.spec.as_str().into(),
+        kms_key_arn: None,
+        created_at: None,
+        next_rotation: None,
+        next: None,
+        state: "failed",
+        error: None,
+        outputs: key
+            .outputs
+            .iter()
+            .map(|o| OutputStatus {
+                kind: o.kind(),
+                location: o.location(),
+                generation: None,
+            })
+            .collect(),
+    };
+    let outputs = match observed {
+        Ok(outputs) => outputs,
+        Err(err) => {
+            status.error = Some(err.clone());
+            return status;
+        }
+    };
+    for (slot, output) in status.outputs.iter_mut().zip(outputs) {
+        slot.generation = output.current.as_ref().map(|c| c.generation);
+    }
+    let (current, next) = plan::authoritative(outputs);
+    status.next = next.map(|n| n.generation);
+    if let Some(current) = current {
+        status.generation = Some(current.generation);
+        status.created_at = Some(format_time(current.created_at));
+        status.next_rotation = plan::next_rotation(key, current).map(format_time);
+        let meta = key.outputs.iter().find_map(|o| match o {
+            Output::File(f) => file::read_meta(&f.dir, current.generation).ok(),
+            Output::SecretsManager(_) => None,
+        });
+        if let Some(meta) = meta {
+            status.key_pair_spec = meta.key_pair_spec;
+            status.kms_key_arn = Some(meta.kms_key_arn);
+        }
+    }
+    status.state = if plan::plan_key(key, outputs, now, None).is_empty() {
+        "converged"
+    } else {
+        "pending"
+    };
+    status
+}
+
+/// Key directories under `<stateDir>/keys` that no valid or frozen manifest claims.
+fn orphans(config: &Config, keys: &[KeyPair], frozen: &BTreeSet<String>) -> Vec<String> {
+    let claimed: BTreeSet<_> = keys
+        .iter()
+        .flat_map(|k| k.outputs.iter())
+        .filter_map(|o| match o {
+            Output::File(f) => Some(f.dir.clone()),
+            Output::SecretsManager(_) => None,
+        })
+        .collect();
+    let Ok(entries) = std::fs::read_dir(config.state_dir.join("keys")) else {
+        return Vec::new();
+    };
+    let mut orphans: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() && !claimed.contains(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !frozen.contains(name))
+        .collect();
+    orphans.sort();
+    orphans
+}
+
+/// Prints the status table, or JSON with `--json`. Exit 1 when a key failed to observe.
+pub fn status(config: &Config, json: bool) -> Exit {
+    let loaded = super::load_manifests(config);
+    let now = clock::now();
+    let observed = store::observe_all(&loaded.keys);
+    let keys: Vec<KeyStatus> = loaded
+        .keys
+        .iter()
+        .map(|key| key_status(key, &observed[&key.name], now))
+        .collect();
+    let status = Status {
+        orphans: orphans(config, &loaded.keys, &loaded.frozen),
+        keys,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
+    } else {
+        print_table(&status, now);
+    }
+    let mut exit = if loaded.is_valid() {
+        Exit::Ok
+    } else {
+        Exit::Invalid
+    };
+    if status.keys.iter().any(|k| k.state == "failed") {
+        exit = exit.max(Exit::KeyFailed);
+    }
+    exit
+}
+
+fn print_table(status: &Status, now: SystemTime) {
+    let width = status
+        .keys
+        .iter()
+        .map(|k| k.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:>4}  {:21}  {:>8}  {:27}  {:9}  OUTPUTS",
+        "NAME", "GEN", "SPEC", "AGE", "NEXT ROTATION", "STATE"
+    );
+    for key in &status.keys {
+        let age = key
+            .created_at
+            .as_deref()
+            .and_then(|c| crate::schedule::parse_time(c).ok())
+            .and_then(|c| now.duration_since(c).ok())
+            .map(|d| {
+                humantime::format_duration(std::time::Duration::from_secs(d.as_secs() / 60 * 60))
+                    .to_string()
+            })
+            .map(|s| s.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| "-".into());
+        let generation = key.generation.map_or("-".into(), |g| g.to_string());
+        let next = match (&key.next_rotation, key.next) {
+            (_, Some(n)) => format!("gen {n} staged"),
+            (Some(at), None) => at.clone(),
+            (None, None) => "never".into(),
+        };
+        let outputs: Vec<String> = key
+            .outputs
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}:{}@{}",
+                    o.kind,
+                    o.location,
+                    o.generation.map_or("-".into(), |g| g.to_string())
+                )
+            })
+            .collect();
+        println!(
+            "{:width$}  {:>4}  {:21}  {:>8}  {:27}  {:9}  {}",
+            key.name,
+            generation,
+            key.key_pair_spec,
+            age,
+            next,
+            key.state,
+            outputs.join(", ")
+        );
+        if let Some(err) = &key.error {
+            println!("{:width$}  error: {err}", "");
+        }
+    }
+    for orphan in &status.orphans {
+        println!("{orphan}: orphan (no manifest defines it; left in place)");
+    }
+}

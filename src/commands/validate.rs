@@ -1,0 +1,66 @@
+//! `keyprov validate` and `keyprov schema`: offline checks, no credentials needed.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::manifest::{self, document::Document};
+
+/// Validates the configuration's manifests, or `paths` when given (checked against the
+/// configuration when it can be read, else against the defaults).
+pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
+    let config = if paths.is_empty() || config_path.exists() {
+        match super::load_config(config_path) {
+            Ok(config) => Some(config),
+            Err(exit) => return exit,
+        }
+    } else {
+        None
+    };
+    let default_state = PathBuf::from("/var/lib/keyprov");
+    let ctx = config
+        .as_ref()
+        .map(Config::manifest_context)
+        .unwrap_or(manifest::Context {
+            state_dir: &default_state,
+            output_roots: &[],
+            hooks_allowed: &[],
+        });
+    let sources: Vec<PathBuf> = if paths.is_empty() {
+        config
+            .as_ref()
+            .map(|c| c.manifests.clone())
+            .unwrap_or_default()
+    } else {
+        paths
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .collect()
+    };
+    let loaded = manifest::load(&sources, &ctx);
+    super::report(&loaded.diagnostics);
+    if loaded.is_valid() {
+        println!(
+            "{} key pairs in {} files are valid",
+            loaded.keys.len(),
+            loaded.files
+        );
+        Exit::Ok
+    } else {
+        eprintln!(
+            "{} problems found; keys of invalid files are left exactly as they are by run",
+            loaded.diagnostics.len()
+        );
+        Exit::Invalid
+    }
+}
+
+/// Prints the JSON Schema of a manifest document.
+pub fn schema() -> Exit {
+    let schema = schemars::schema_for!(Document);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&schema).expect("schema serializes")
+    );
+    Exit::Ok
+}

@@ -1,0 +1,337 @@
+//! The executor: runs each key's actions, keys in parallel (bounded), provider calls paced by
+//! one shared rate limit. A failing key never stops the others.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::hooks::{self, HookEvent};
+use crate::manifest::{FileOutput, KeyPair, Output};
+use crate::plan::{Action, KeyPlan, Link};
+use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
+use crate::store::{StoredVersion, VersionMeta, file};
+
+/// How hard the executor may push.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Keys reconciled at once.
+    pub concurrency: usize,
+    /// Provider requests per second across all keys.
+    pub max_requests_per_second: f64,
+}
+
+/// What happened to one key.
+#[derive(Debug)]
+pub struct KeyOutcome {
+    /// Key name.
+    pub name: String,
+    /// `Err` with a message naming the key and what to do.
+    pub result: Result<(), String>,
+}
+
+/// Counters of one execution.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Provider calls made (generate and decrypt).
+    pub provider_calls: AtomicUsize,
+    /// Generations made.
+    pub generated: AtomicUsize,
+}
+
+/// Runs the plans; returns one outcome per planned key.
+pub async fn execute<P: Provider>(
+    provider: Arc<P>,
+    keys: &[KeyPair],
+    plans: Vec<KeyPlan>,
+    now: SystemTime,
+    limits: Limits,
+    stats: Arc<Stats>,
+) -> Vec<KeyOutcome> {
+    let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
+    let semaphore = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let limiter = Arc::new(rate_limiter(limits.max_requests_per_second));
+    let mut tasks = tokio::task::JoinSet::new();
+    for plan in plans {
+        let Some(key) = by_name.get(plan.name.as_str()) else {
+            continue;
+        };
+        let key = (*key).clone();
+        let (provider, semaphore, limiter, stats) = (
+            provider.clone(),
+            semaphore.clone(),
+            limiter.clone(),
+            stats.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = semaphore
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let ctx = KeyContext {
+                key: &key,
+                provider: &*provider,
+                limiter: &limiter,
+                stats: &stats,
+                now,
+            };
+            let result = ctx.run(&plan.actions).await;
+            match &result {
+                Ok(()) => {
+                    tracing::info!(key = %key.name, actions = plan.actions.len(), "reconciled")
+                }
+                Err(err) => tracing::error!(key = %key.name, "{err}"),
+            }
+            KeyOutcome {
+                name: key.name,
+                result,
+            }
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(err) => tracing::error!("a reconcile task panicked: {err}"),
+        }
+    }
+    outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+    outcomes
+}
+
+/// A token bucket of one second's worth of requests.
+pub fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
+    let per_second = per_second.clamp(0.001, 1_000_000.0);
+    let burst = NonZeroU32::new(per_second.ceil() as u32).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+        .expect("period is positive")
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
+}
+
+struct KeyContext<'a, P: Provider> {
+    key: &'a KeyPair,
+    provider: &'a P,
+    limiter: &'a DefaultDirectRateLimiter,
+    stats: &'a Stats,
+    now: SystemTime,
+}
+
+fn file_outputs(key: &KeyPair) -> impl Iterator<Item = (usize, &FileOutput)> {
+    key.outputs.iter().enumerate().filter_map(|(i, o)| match o {
+        Output::File(file) => Some((i, file)),
+        Output::SecretsManager(_) => None,
+    })
+}
+
+impl<P: Provider> KeyContext<'_, P> {
+    fn file(&self, index: usize) -> Result<&FileOutput, String> {
+        match &self.key.outputs[index] {
+            Output::File(file) => Ok(file),
+            other => Err(format!("{other}: not supported by this build yet")),
+        }
+    }
+
+    async fn run(&self, actions: &[Action]) -> Result<(), String> {
+        let name = &self.key.name;
+        let mut events = Vec::new();
+        for action in actions {
+            tracing::debug!(key = %name, %action, "executing");
+            match action {
+                Action::Generate {
+                    generation,
+                    activates_at,
+                    staged,
+                    reason,
+                } => {
+                    tracing::info!(key = %name, generation, %reason, staged, "generating");
+                    let version = self.generate(*generation, *activates_at).await?;
+                    for (_, output) in file_outputs(self.key) {
+                        self.write(output, &version)?;
+                    }
+                    for (_, output) in file_outputs(self.key) {
+                        self.link(
+                            output,
+                            *generation,
+                            if *staged { Link::Next } else { Link::Current },
+                        )?;
+                    }
+                    events.push((
+                        if *staged {
+                            HookEvent::Publish
+                        } else {
+                            HookEvent::Activate
+                        },
+                        *generation,
+                    ));
+                }
+                Action::Activate { generation } => {
+                    let lacking: Vec<usize> = file_outputs(self.key)
+                        .filter(|(_, o)| !file::version_dir(o, *generation).is_dir())
+                        .map(|(i, _)| i)
+                        .collect();
+                    self.copy(*generation, &lacking).await?;
+                    for (_, output) in file_outputs(self.key) {
+                        self.link(output, *generation, Link::Current)?;
+                    }
+                    tracing::info!(key = %name, generation, "activated staged generation");
+                    events.push((HookEvent::Activate, *generation));
+                }
+                Action::Copy {
+                    generation,
+                    outputs,
+                    link,
+                } => {
+                    let lacking: Vec<usize> = outputs
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            self.file(i)
+                                .is_ok_and(|o| !file::version_dir(o, *generation).is_dir())
+                        })
+                        .collect();
+                    self.copy(*generation, &lacking).await?;
+                    for &i in outputs {
+                        self.link(self.file(i)?, *generation, *link)?;
+                    }
+                }
+                Action::Repair { output, reasons } => {
+                    tracing::info!(key = %name, output, reasons = %reasons.join("; "), "repairing");
+                    self.repair(self.file(*output)?).await?;
+                }
+                Action::Prune {
+                    output,
+                    generations,
+                } => {
+                    tracing::info!(key = %name, output, ?generations, "pruning");
+                    let out = self.file(*output)?;
+                    file::prune(out, generations).map_err(|e| format!("key {name:?}: {e}"))?;
+                }
+            }
+        }
+        for (event, generation) in events {
+            hooks::run(self.key, event, generation).await.map_err(|e| {
+                format!("key {name:?}: generation {generation} is in place, but {e}")
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn generate(
+        &self,
+        generation: u32,
+        activates_at: SystemTime,
+    ) -> Result<StoredVersion, String> {
+        let key = self.key;
+        self.limiter.until_ready().await;
+        self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
+        let pair = self
+            .provider
+            .generate(&GenerateRequest {
+                name: &key.name,
+                spec: key.spec,
+                kms_key_id: &key.kms_key_id,
+                encryption_context: &key.encryption_context,
+                grant_tokens: &key.grant_tokens,
+                include_plaintext: key.include_plaintext,
+            })
+            .await
+            .map_err(|e| format!("key {:?} (KMS key {}): {e}", key.name, key.kms_key_id))?;
+        self.stats.generated.fetch_add(1, Ordering::Relaxed);
+        let meta = VersionMeta::new(key, generation, &pair, self.now, activates_at);
+        Ok(StoredVersion {
+            meta,
+            public_key_der: pair.public_key_der,
+            private_key_ciphertext: pair.private_key_ciphertext,
+            private_key: if key.include_plaintext {
+                pair.private_key
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn decrypt(&self, meta: &VersionMeta, ciphertext: &[u8]) -> Result<PrivateKey, String> {
+        self.limiter.until_ready().await;
+        self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
+        self.provider
+            .decrypt(&DecryptRequest {
+                name: &self.key.name,
+                ciphertext,
+                kms_key_arn: &meta.kms_key_arn,
+                encryption_context: &meta.encryption_context,
+                grant_tokens: &self.key.grant_tokens,
+            })
+            .await
+            .map_err(|e| format!("key {:?}: {e}", self.key.name))
+    }
+
+    fn write(&self, output: &FileOutput, version: &StoredVersion) -> Result<(), String> {
+        self.contained(output)?;
+        file::write_version(output, version).map_err(|e| format!("key {:?}: {e}", self.key.name))
+    }
+
+    fn link(&self, output: &FileOutput, generation: u32, link: Link) -> Result<(), String> {
+        let result = match link {
+            Link::Current => file::link_current(output, generation),
+            Link::Next => file::link_next(output, generation),
+        };
+        result.map_err(|e| format!("key {:?}: {e}", self.key.name))
+    }
+
+    /// Re-checks containment just before writing: a symlink may have appeared since validation.
+    fn contained(&self, output: &FileOutput) -> Result<(), String> {
+        crate::manifest::paths::ensure_no_symlink_escape(&output.root, &output.dir)
+            .map_err(|e| format!("key {:?}: refusing to write: {e}", self.key.name))
+    }
+
+    /// Copies `generation` from an output holding it to `targets`.
+    async fn copy(&self, generation: u32, targets: &[usize]) -> Result<(), String> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let name = &self.key.name;
+        let source = file_outputs(self.key)
+            .map(|(_, o)| o)
+            .find(|o| file::version_dir(o, generation).is_dir())
+            .ok_or_else(|| {
+                format!("key {name:?}: no output holds generation {generation} to copy from")
+            })?;
+        let mut version =
+            file::read_version(source, generation).map_err(|e| format!("key {name:?}: {e}"))?;
+        if self.key.include_plaintext {
+            let key = self
+                .decrypt(&version.meta, &version.private_key_ciphertext)
+                .await?;
+            version.private_key = Some(key);
+        }
+        for &target in targets {
+            let output = self.file(target)?;
+            self.write(output, &version)?;
+        }
+        Ok(())
+    }
+
+    async fn repair(&self, output: &FileOutput) -> Result<(), String> {
+        let name = &self.key.name;
+        let mut plaintext = HashMap::new();
+        if self.key.include_plaintext {
+            for generation in
+                file::missing_plaintext(output).map_err(|e| format!("key {name:?}: {e}"))?
+            {
+                let version = file::read_version(output, generation)
+                    .map_err(|e| format!("key {name:?}: {e}"))?;
+                let key = self
+                    .decrypt(&version.meta, &version.private_key_ciphertext)
+                    .await?;
+                plaintext.insert(generation, key);
+            }
+        }
+        file::repair(output, self.key.include_plaintext, &plaintext)
+            .map_err(|e| format!("key {name:?}: {e}"))
+    }
+}
