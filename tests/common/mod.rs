@@ -1,0 +1,285 @@
+//! Shared harness of the integration tests: a temporary keyprov installation (config, manifests,
+//! state) driven through the real binary.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aws_lc_rs::signature::{self, KeyPair as _, UnparsedPublicKey};
+
+/// A temporary installation: `<root>/keyprov.yaml`, `<root>/manifests.d/`, `<root>/state/`.
+pub struct Install {
+    pub dir: tempfile::TempDir,
+    pub extra_config: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// What a run of the binary printed and returned.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Install {
+    /// An installation on the local provider; `extra` is appended to the config.
+    pub fn new(extra: &str) -> Self {
+        let install = Install {
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra_config: extra.to_string(),
+            env: Vec::new(),
+        };
+        std::fs::create_dir_all(install.manifests()).unwrap();
+        install.write_config();
+        install
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root().join("keyprov.yaml")
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.root().join("manifests.d")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    pub fn key_dir(&self, name: &str) -> PathBuf {
+        self.state().join("keys").join(name)
+    }
+
+    pub fn write_config(&self) {
+        let text = format!(
+            "manifests: [manifests.d]\nstateDir: state\nreconcile: {{concurrency: 4, maxRequestsPerSecond: 1000}}\n{}\n",
+            self.extra_config
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    /// Writes a manifest file into manifests.d.
+    pub fn manifest(&self, file: &str, text: &str) {
+        std::fs::write(self.manifests().join(file), text).unwrap();
+    }
+
+    /// Runs `keyprov ARGS --config <config>` with a clean environment.
+    pub fn keyprov(&self, args: &[&str]) -> Run {
+        self.keyprov_env(args, &[])
+    }
+
+    pub fn keyprov_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keyprov"));
+        command.args(args).arg("--config").arg(self.config());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("AWS_") || name.starts_with("KEYPROV_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command.env("AWS_EC2_METADATA_DISABLED", "true");
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.current_dir(self.root());
+        command.output().expect("keyprov runs").into()
+    }
+
+    /// `run --once`, asserting its exit code.
+    pub fn run_once(&self, expected: i32) -> Run {
+        let run = self.keyprov(&["run", "--once"]);
+        assert_eq!(run.code, expected, "run --once: {}", run.all());
+        run
+    }
+}
+
+/// A KeyPair manifest with one default file output.
+pub fn manifest(name: &str, spec: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata:\n  name: {name}\nspec:\n  keyPairSpec: {spec}\n  kmsKeyId: alias/test\n{extra_spec}  outputs:\n    - file: {{}}\n"
+    )
+}
+
+/// Every file, directory and symlink below `root` with its contents, mode and mtime.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u32, i64, i64)> {
+    let mut map = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let contents = if meta.is_symlink() {
+                format!("-> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".into()
+            } else {
+                hex(&std::fs::read(&path).unwrap())
+            };
+            map.insert(
+                path,
+                (
+                    contents,
+                    meta.permissions().mode(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                ),
+            );
+        }
+    }
+    map
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The target of a version link (`current`, `previous`, `next`), if present.
+pub fn link(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_link(dir.join(name))
+        .ok()
+        .map(|t| t.display().to_string())
+}
+
+/// Versions present in a key directory.
+pub fn versions(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('v'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Parses the PEM at `path` and returns its DER contents.
+pub fn pem_der(path: &Path) -> Vec<u8> {
+    pem::parse(std::fs::read(path).unwrap())
+        .unwrap()
+        .into_contents()
+}
+
+/// Reads the stored public key (pem or der) of the current version.
+pub fn public_der(dir: &Path) -> Vec<u8> {
+    let current = dir.join("current");
+    if current.join("public.pem").exists() {
+        pem_der(&current.join("public.pem"))
+    } else {
+        std::fs::read(current.join("public.der")).unwrap()
+    }
+}
+
+/// Signs a message with the PKCS#8 private key and verifies it with the SPKI public key;
+/// also checks the public key derived from the private key equals the stored one.
+pub fn assert_pair_matches(spec: &str, pkcs8: &[u8], spki: &[u8]) {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let message = b"keyprov integration test message";
+    let (signature, derived, verify_alg): (
+        Vec<u8>,
+        Vec<u8>,
+        &'static dyn signature::VerificationAlgorithm,
+    ) = match spec {
+        "RSA_2048" | "RSA_3072" | "RSA_4096" => {
+            let pair = signature::RsaKeyPair::from_pkcs8(pkcs8).expect("RSA PKCS#8");
+            let mut sig = vec![0; pair.public_modulus_len()];
+            pair.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig)
+                .unwrap();
+            (
+                sig,
+                spki_of(pair.public_key()),
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+            )
+        }
+        "ECC_NIST_EDWARDS25519" => {
+            let pair = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                .expect("Ed25519 PKCS#8");
+            (
+                pair.sign(message).as_ref().to_vec(),
+                spki_of(pair.public_key()),
+                &signature::ED25519,
+            )
+        }
+        ecc => {
+            let (sign_alg, verify_alg): (_, &'static dyn signature::VerificationAlgorithm) =
+                match ecc {
+                    "ECC_NIST_P256" => (
+                        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                        &signature::ECDSA_P256_SHA256_ASN1,
+                    ),
+                    "ECC_NIST_P384" => (
+                        &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+                        &signature::ECDSA_P384_SHA384_ASN1,
+                    ),
+                    "ECC_NIST_P521" => (
+                        &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+                        &signature::ECDSA_P521_SHA512_ASN1,
+                    ),
+                    "ECC_SECG_P256K1" => (
+                        &signature::ECDSA_P256K1_SHA256_ASN1_SIGNING,
+                        &signature::ECDSA_P256K1_SHA256_ASN1,
+                    ),
+                    other => panic!("unexpected spec {other}"),
+                };
+            let pair = signature::EcdsaKeyPair::from_pkcs8(sign_alg, pkcs8).expect("EC PKCS#8");
+            let sig = pair.sign(&rng, message).unwrap();
+            (
+                sig.as_ref().to_vec(),
+                spki_of(pair.public_key()),
+                verify_alg,
+            )
+        }
+    };
+    assert_eq!(
+        derived, spki,
+        "{spec}: public key derived from the private key differs from the stored one"
+    );
+    UnparsedPublicKey::new(verify_alg, spki)
+        .verify(message, &signature)
+        .unwrap_or_else(|_| panic!("{spec}: signature does not verify with the stored public key"));
+}
+
+fn spki_of<K: aws_lc_rs::encoding::AsDer<aws_lc_rs::encoding::PublicKeyX509Der<'static>>>(
+    key: &K,
+) -> Vec<u8> {
+    key.as_der().unwrap().as_ref().to_vec()
+}
+
+/// Decrypts a key through `keyprov decrypt --out` and returns the DER PKCS#8.
+pub fn decrypt(install: &Install, name: &str) -> Vec<u8> {
+    let out = install.root().join(format!("{name}.key.pem"));
+    let run = install.keyprov(&["decrypt", name, "--out", out.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "decrypt {name}: {}", run.all());
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "decrypt --out writes 0600");
+    let der = pem_der(&out);
+    std::fs::remove_file(&out).unwrap();
+    der
+}

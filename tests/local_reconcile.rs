@@ -1,0 +1,382 @@
+//! End-to-end reconciles on the embedded local provider: real binary, real files, real hooks.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+const LOCAL_SPECS: [&str; 8] = [
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "ECC_NIST_EDWARDS25519",
+];
+
+fn name_of(spec: &str) -> String {
+    spec.to_lowercase().replace('_', "-")
+}
+
+#[test]
+fn every_spec_makes_a_pair_that_signs_and_verifies() {
+    let install = Install::new("");
+    for spec in LOCAL_SPECS {
+        install.manifest(
+            &format!("{}.yaml", name_of(spec)),
+            &manifest(&name_of(spec), spec, ""),
+        );
+    }
+    install.manifest("sm2.yaml", &manifest("sm2-key", "SM2", ""));
+    let run = install.run_once(1);
+    assert!(
+        run.stdout.contains("9 keys, 9 changed, 1 failed"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("sm2-key") && run.stderr.contains("SM2 key pairs need AWS KMS"),
+        "{}",
+        run.stderr
+    );
+    for spec in LOCAL_SPECS {
+        let dir = install.key_dir(&name_of(spec));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("current/meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["keyPairSpec"], spec);
+        assert_eq!(meta["generation"], 1);
+        let public = public_der(&dir);
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &public);
+        let sha: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(meta["publicKeySha256"], sha);
+        let private = decrypt(&install, &name_of(spec));
+        assert_pair_matches(spec, &private, &public);
+    }
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(
+        verify.code,
+        1,
+        "the SM2 key has no pair to verify: {}",
+        verify.all()
+    );
+    assert_eq!(verify.stdout.matches("ok ").count(), 8, "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("FAILED  sm2-key"),
+        "{}",
+        verify.stdout
+    );
+}
+
+#[test]
+fn converged_run_makes_no_provider_call_and_touches_nothing() {
+    let install = Install::new("");
+    install.manifest(
+        "a.yaml",
+        &manifest("alpha", "ECC_NIST_P256", "  rotation: {every: 30d}\n"),
+    );
+    install.manifest(
+        "b.yaml",
+        &manifest("beta", "ECC_NIST_P384", "  includePlaintext: true\n"),
+    );
+    install.run_once(0);
+    let before = snapshot(install.root());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let run = install.run_once(0);
+    assert!(
+        run.stdout
+            .contains("2 keys, 0 changed, 0 failed, 0 provider calls"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        before,
+        snapshot(install.root()),
+        "a no-op reconcile changed the tree"
+    );
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert_eq!(before, snapshot(install.root()), "plan changed the tree");
+}
+
+#[test]
+fn spec_change_makes_the_next_version_and_keep_is_honoured() {
+    let install = Install::new("");
+    let dir = install.key_dir("signer");
+    let with = |spec: &str, context: &str| {
+        manifest(
+            "signer",
+            spec,
+            &format!("  encryptionContext: {{app: {context}}}\n  rotation: {{keep: 1}}\n"),
+        )
+    };
+    install.manifest("s.yaml", &with("ECC_NIST_P256", "one"));
+    install.run_once(0);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    assert_eq!(link(&dir, "previous"), None);
+
+    install.manifest("s.yaml", &with("ECC_NIST_P384", "one"));
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 provider calls"), "{}", run.stdout);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
+    assert_eq!(versions(&dir), ["v0001", "v0002"]);
+
+    install.manifest("s.yaml", &with("ECC_NIST_P384", "two"));
+    install.run_once(0);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0003"));
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0002"));
+    assert_eq!(versions(&dir), ["v0002", "v0003"], "keep: 1 prunes v0001");
+    let private = decrypt(&install, "signer");
+    assert_pair_matches("ECC_NIST_P384", &private, &public_der(&dir));
+
+    // A metadata-only change (mode) repairs in place, without a new generation.
+    install.manifest(
+        "s.yaml",
+        &with("ECC_NIST_P384", "two").replace("    - file: {}", "    - file: {mode: \"0600\"}"),
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("0 provider calls"), "{}", run.stdout);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0003"));
+    let mode = std::fs::metadata(dir.join("current/public.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+fn hook_script(install: &Install) -> (std::path::PathBuf, std::path::PathBuf) {
+    let log = install.root().join("hook.log");
+    let script = install.root().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$KEYPROV_EVENT $KEYPROV_NAME $KEYPROV_GENERATION $KEYPROV_OUTPUT_DIRS\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+#[test]
+fn rotation_happens_when_due_and_not_before() {
+    let mut install = Install::new("");
+    let (script, log) = hook_script(&install);
+    install.extra_config = format!("hooks: {{allowed: [{}]}}", script.display());
+    install.write_config();
+    install.manifest(
+        "r.yaml",
+        &manifest(
+            "rotor",
+            "ECC_NIST_P256",
+            &format!(
+                "  rotation: {{every: 30d}}\n  onRotate:\n    - command: [\"{}\"]\n",
+                script.display()
+            ),
+        ),
+    );
+    let dir = install.key_dir("rotor");
+    let at = |time: &str| vec![("KEYPROV_TEST_NOW".to_string(), time.to_string())];
+    install.env = at("2030-01-01T00:00:00Z");
+    install.run_once(0);
+    install.env = at("2030-01-30T23:59:59Z");
+    let run = install.run_once(0);
+    assert!(
+        run.stdout.contains("0 changed"),
+        "not yet due: {}",
+        run.stdout
+    );
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    install.env = at("2030-01-31T00:00:00Z");
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 changed"), "due: {}", run.stdout);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
+    let hooks = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        hooks,
+        format!(
+            "activate rotor 1 {d}\nactivate rotor 2 {d}\n",
+            d = dir.display()
+        ),
+        "onRotate runs for the first generation and for each rotation"
+    );
+}
+
+#[test]
+fn staged_rotation_publishes_ahead_then_activates() {
+    let mut install = Install::new("");
+    let (script, log) = hook_script(&install);
+    install.extra_config = format!("hooks: {{allowed: [{}]}}", script.display());
+    install.write_config();
+    install.manifest(
+        "s.yaml",
+        &manifest(
+            "staged",
+            "ECC_NIST_P256",
+            &format!(
+                "  rotation: {{every: 30d, publishAhead: 7d}}\n  onRotate:\n    - command: [\"{}\"]\n      on: [publish, activate]\n",
+                script.display()
+            ),
+        ),
+    );
+    let dir = install.key_dir("staged");
+    let at = |time: &str| vec![("KEYPROV_TEST_NOW".to_string(), time.to_string())];
+    install.env = at("2030-01-01T00:00:00Z");
+    install.run_once(0);
+    install.env = at("2030-01-23T23:00:00Z");
+    install.run_once(0);
+    assert_eq!(
+        link(&dir, "next"),
+        None,
+        "publication starts 7 days before due"
+    );
+    install.env = at("2030-01-24T00:00:00Z");
+    install.run_once(0);
+    assert_eq!(
+        link(&dir, "current").as_deref(),
+        Some("v0001"),
+        "current unchanged while staged"
+    );
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("next/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["activatesAt"], "2030-01-31T00:00:00.000000Z");
+    let status = install.keyprov_env(
+        &["status", "--json"],
+        &[("KEYPROV_TEST_NOW", "2030-01-25T00:00:00Z")],
+    );
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["keys"][0]["generation"], 1);
+    assert_eq!(status["keys"][0]["next"], 2);
+    assert_eq!(status["keys"][0]["state"], "converged");
+
+    install.env = at("2030-01-30T23:59:59Z");
+    install.run_once(0);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    install.env = at("2030-01-31T00:00:00Z");
+    install.run_once(0);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
+    assert_eq!(link(&dir, "next"), None);
+    let hooks = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<String> = hooks
+        .lines()
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        events,
+        ["activate staged 1", "publish staged 2", "activate staged 2"]
+    );
+}
+
+#[test]
+fn rotate_command_stages_or_activates_now() {
+    let install = Install::new("");
+    install.manifest(
+        "s.yaml",
+        &manifest(
+            "manual",
+            "ECC_NIST_P256",
+            "  rotation: {publishAhead: 1d}\n",
+        ),
+    );
+    let dir = install.key_dir("manual");
+    install.run_once(0);
+    let run = install.keyprov(&["rotate", "manual"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    let run = install.keyprov(&["rotate", "manual", "--now"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(link(&dir, "next"), None);
+    let run = install.keyprov(&["rotate", "nosuch"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("no manifest defines key \"nosuch\""),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn plan_lists_pending_actions_and_exits_3() {
+    let install = Install::new("");
+    install.manifest("p.yaml", &manifest("planned", "ECC_NIST_P256", ""));
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("planned: generate generation 1 (new key)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!install.state().exists(), "plan changes nothing");
+    install.run_once(0);
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("No changes: 1 keys converged."),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn plaintext_private_keys_never_reach_the_logs() {
+    let install = Install::new("");
+    install.manifest(
+        "p.yaml",
+        &manifest("secretive", "RSA_2048", "  includePlaintext: true\n"),
+    );
+    let run = install.keyprov_env(&["run", "--once"], &[("KEYPROV_LOG", "trace")]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let dir = install.key_dir("secretive");
+    let mode = std::fs::metadata(dir.join("current/private.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let der = pem_der(&dir.join("current/private.pem"));
+    assert_eq!(decrypt(&install, "secretive"), der);
+    let status = install.keyprov_env(&["status", "--json"], &[("KEYPROV_LOG", "trace")]);
+    let logs = format!(
+        "{}{}{}",
+        run.all(),
+        status.all(),
+        install
+            .keyprov_env(&["verify"], &[("KEYPROV_LOG", "trace")])
+            .all()
+    );
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    // Any 24-byte window of the key, raw, base64 (PEM body) or hex, is a leak.
+    let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(logs.len() > 200, "trace logging produced output");
+    for window in b64.as_bytes().chunks(32) {
+        assert!(
+            !logs.contains(std::str::from_utf8(window).unwrap()),
+            "base64 of the private key in the logs"
+        );
+    }
+    for window in hex.as_bytes().chunks(48) {
+        assert!(
+            !logs.contains(std::str::from_utf8(window).unwrap()),
+            "hex of the private key in the logs"
+        );
+    }
+    let raw = logs.as_bytes();
+    for window in der.chunks(24) {
+        assert!(
+            !raw.windows(window.len()).any(|w| w == window),
+            "raw private key bytes in the logs"
+        );
+    }
+}
