@@ -240,7 +240,7 @@ impl<P: Provider> KeyContext<'_, P> {
                 include_plaintext: key.include_plaintext,
             })
             .await
-            .map_err(|e| format!("key {:?} (KMS key {}): {e}", key.name, key.kms_key_id))?;
+            .map_err(|e| format!("key {:?}: {e}", key.name))?;
         self.stats.generated.fetch_add(1, Ordering::Relaxed);
         let meta = VersionMeta::new(key, generation, &pair, self.now, activates_at);
         Ok(StoredVersion {

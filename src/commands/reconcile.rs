@@ -73,8 +73,9 @@ pub async fn reconcile(
     let observed = store::observe_all(&keys);
     for (name, result) in &observed {
         if let Err(err) = result {
-            tracing::error!(key = %name, "cannot observe: {err}");
-            report.failed.push((name.clone(), err.clone()));
+            let message = format!("key {name:?}: cannot read its outputs: {err}");
+            tracing::error!(key = %name, "{message}");
+            report.failed.push((name.clone(), message));
         }
     }
     let plans = plan::plan(&keys, &observed, now, rotate);
@@ -96,8 +97,8 @@ pub async fn reconcile(
 pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
     let report = reconcile(config, provider, rotate).await;
-    for (name, err) in &report.failed {
-        eprintln!("error: {name}: {err}");
+    for (_, err) in &report.failed {
+        eprintln!("error: {err}");
     }
     println!(
         "keyprov: {} keys, {} changed, {} failed, {} provider calls{}",

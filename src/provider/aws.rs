@@ -95,16 +95,12 @@ fn grants(tokens: &[String]) -> Option<Vec<String>> {
     (!tokens.is_empty()).then(|| tokens.to_vec())
 }
 
-/// Turns a KMS failure into a message naming the key, the KMS key and what to do.
-pub fn explain<E, R>(
-    err: &SdkError<E, R>,
-    name: &str,
-    kms_key: &str,
-    operation: &str,
-) -> ProviderError
+/// Turns a KMS failure into a message naming the KMS key and what to do. Raw responses are
+/// never shown: a response body may hold key material.
+pub fn explain<E, R>(err: &SdkError<E, R>, kms_key: &str, operation: &str) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let code = err.code().unwrap_or_default().to_string();
     let detail = err.message().unwrap_or_default().to_string();
@@ -139,14 +135,12 @@ where
             ),
             false,
         ),
-        "ValidationException"
-            if detail.contains("KeyPairSpec") || detail.contains("keyPairSpec") =>
-        {
-            (
-                format!("KMS rejected the keyPairSpec for key {kms_key}: {detail}"),
-                false,
-            )
-        }
+        "ValidationException" => (
+            format!(
+                "KMS rejected {operation} for key {kms_key}: {detail} (is the keyPairSpec supported by this KMS endpoint?)"
+            ),
+            false,
+        ),
         "AccessDeniedException" => (
             format!(
                 "access to KMS key {kms_key} denied: allow kms:{operation} for the daemon's identity in the key policy or IAM ({detail})"
@@ -166,21 +160,44 @@ where
             true,
         ),
         _ => match err {
-            SdkError::DispatchFailure(_)
-            | SdkError::TimeoutError(_)
-            | SdkError::ResponseError(_) => (
+            SdkError::DispatchFailure(failure) => (
                 format!(
-                    "cannot reach KMS for key {kms_key} after every retry: {} (check the network, aws.endpointUrl / AWS_ENDPOINT_URL and the timeouts)",
-                    aws_sdk_kms::error::DisplayErrorContext(err)
+                    "cannot reach KMS for key {kms_key} after every retry: {} (check the network, aws.endpointUrl / AWS_ENDPOINT_URL and aws.connectTimeout)",
+                    failure
+                        .as_connector_error()
+                        .map_or_else(|| "dispatch failure".to_string(), |e| error_chain(e))
                 ),
                 true,
+            ),
+            SdkError::TimeoutError(_) => (
+                format!(
+                    "KMS {operation} for key {kms_key} timed out after every retry (see aws.attemptTimeout and aws.operationTimeout)"
+                ),
+                true,
+            ),
+            SdkError::ResponseError(_) => (
+                format!(
+                    "KMS {operation} for key {kms_key}: the response could not be read (transport error or not a KMS endpoint)"
+                ),
+                true,
+            ),
+            SdkError::ConstructionFailure(_) => (
+                format!(
+                    "KMS {operation} for key {kms_key} could not be sent: {} (are credentials and region configured?)",
+                    error_chain(err)
+                ),
+                false,
+            ),
+            _ if !code.is_empty() => (
+                format!("KMS {operation} failed for key {kms_key}: {code}: {detail}"),
+                false,
             ),
             _ => (
                 format!(
                     "KMS {operation} failed for key {kms_key}: {}",
-                    aws_sdk_kms::error::DisplayErrorContext(err)
+                    error_chain(err)
                 ),
-                code.is_empty(),
+                true,
             ),
         },
     };
@@ -189,12 +206,26 @@ where
     } else {
         code
     };
-    let _ = name;
     ProviderError::Kms {
         code,
         message,
         transient,
     }
+}
+
+/// An error and its sources, joined with ": ".
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
 }
 
 impl Provider for AwsProvider {
@@ -218,7 +249,7 @@ impl Provider for AwsProvider {
                 .set_grant_tokens(grants(request.grant_tokens))
                 .send()
                 .await
-                .map_err(|err| explain(&err, request.name, request.kms_key_id, operation))?;
+                .map_err(|err| explain(&err, request.kms_key_id, operation))?;
             let private = PrivateKey::from_der(blob(
                 output.private_key_plaintext.take(),
                 "PrivateKeyPlaintext",
@@ -245,7 +276,7 @@ impl Provider for AwsProvider {
                 .set_grant_tokens(grants(request.grant_tokens))
                 .send()
                 .await
-                .map_err(|err| explain(&err, request.name, request.kms_key_id, operation))?;
+                .map_err(|err| explain(&err, request.kms_key_id, operation))?;
             Ok(GeneratedPair {
                 public_key_der: blob(output.public_key.take(), "PublicKey")?,
                 private_key_ciphertext: blob(
@@ -279,7 +310,7 @@ impl Provider for AwsProvider {
                         kms_key: request.kms_key_arn.to_string(),
                     }
                 }
-                _ => explain(&err, request.name, request.kms_key_arn, "Decrypt"),
+                _ => explain(&err, request.kms_key_arn, "Decrypt"),
             })?;
         Ok(PrivateKey::from_der(blob(
             output.plaintext.take(),
