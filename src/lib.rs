@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod logging;
 pub mod manifest;
 pub mod observed;
+pub mod parallel;
 pub mod plan;
 pub mod provider;
 pub mod schedule;

@@ -53,7 +53,9 @@ pub async fn reconcile(
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
 ) -> Report {
+    let started = std::time::Instant::now();
     let loaded = super::load_manifests(config);
+    tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
     let mut report = Report {
         invalid: !loaded.is_valid(),
         ..Default::default()
@@ -71,6 +73,7 @@ pub async fn reconcile(
     report.keys = keys.len();
     let now = clock::now();
     let observed = store::observe_all(&keys);
+    tracing::debug!(elapsed = ?started.elapsed(), "outputs observed");
     for (name, result) in &observed {
         if let Err(err) = result {
             let message = format!("key {name:?}: cannot read its outputs: {err}");
@@ -79,6 +82,7 @@ pub async fn reconcile(
         }
     }
     let plans = plan::plan(&keys, &observed, now, rotate);
+    tracing::debug!(elapsed = ?started.elapsed(), changed = plans.len(), "planned");
     report.changed = plans.len();
     let stats = Arc::new(Stats::default());
     let outcomes =

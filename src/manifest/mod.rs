@@ -11,7 +11,7 @@ pub mod paths;
 mod positions;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -288,7 +288,9 @@ fn serde_diagnostic(path: &Path, err: &serde_yaml::Error) -> Diagnostic {
 /// concerned are frozen.
 fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>) {
     let mut names: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut dirs: BTreeMap<PathBuf, (usize, usize, usize, String)> = BTreeMap::new();
+    // Directories taken, and every ancestor of one (mapped to the directory below it).
+    let mut dirs: HashMap<PathBuf, (usize, usize, usize, String)> = HashMap::new();
+    let mut ancestors: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut secrets: HashMap<String, (usize, usize, usize, String)> = HashMap::new();
     for f in 0..files.len() {
         for k in 0..files[f].keys.len() {
@@ -309,14 +311,16 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
                 let field = format!("spec.outputs[{o}]");
                 match output {
                     Output::File(file) => {
-                        let clash = dirs
-                            .range(..=file.dir.clone())
-                            .rev()
-                            .find(|(dir, _)| file.dir.starts_with(dir))
+                        // An ancestor (or the directory itself) already taken, or a taken
+                        // directory below this one: both would mix two keys' versions.
+                        let clash = file
+                            .dir
+                            .ancestors()
+                            .find_map(|a| dirs.get_key_value(a))
                             .or_else(|| {
-                                dirs.range(file.dir.clone()..)
-                                    .next()
-                                    .filter(|(dir, _)| dir.starts_with(&file.dir))
+                                ancestors
+                                    .get(&file.dir)
+                                    .and_then(|below| dirs.get_key_value(below))
                             })
                             .map(|(dir, owner)| (dir.clone(), owner.clone()));
                         if let Some((dir, (of, od, oo, other_name))) = clash {
@@ -334,6 +338,11 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
                             frozen.insert(name.clone());
                             frozen.insert(other_name);
                         } else {
+                            for ancestor in file.dir.ancestors().skip(1) {
+                                ancestors
+                                    .entry(ancestor.to_path_buf())
+                                    .or_insert_with(|| file.dir.clone());
+                            }
                             dirs.insert(file.dir.clone(), (f, doc, o, name.clone()));
                         }
                     }

@@ -45,42 +45,46 @@ pub fn resolve_output_dir(
     Ok((root.to_path_buf(), resolved))
 }
 
-/// Checks that the deepest existing ancestor of `path` still lies inside `root` once symlinks
-/// are followed. Called at validation and again just before writing.
+/// Checks that no symlink below `root` on the way to `path` leads outside `root`. Called at
+/// validation and again just before writing. Costs one `lstat` per existing component.
 pub fn ensure_no_symlink_escape(root: &Path, path: &Path) -> Result<(), String> {
-    let real_root = match root.canonicalize() {
-        Ok(real) => real,
-        // Nothing below a root that does not exist yet can be a symlink.
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(format!("cannot resolve {}: {err}", root.display())),
+    let Ok(relative) = path.strip_prefix(root) else {
+        return Err(format!(
+            "{} is not inside {}",
+            path.display(),
+            root.display()
+        ));
     };
-    let mut existing = path;
-    loop {
-        match existing.symlink_metadata() {
-            Ok(_) => break,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => match existing.parent() {
-                Some(parent) => existing = parent,
-                None => return Ok(()),
-            },
-            Err(err) => return Err(format!("cannot inspect {}: {err}", existing.display())),
+    let mut walked = root.to_path_buf();
+    for component in relative.components() {
+        walked.push(component);
+        match walked.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let real = walked.canonicalize().map_err(|err| {
+                    format!(
+                        "{} is a symlink that cannot be resolved: {err}",
+                        walked.display()
+                    )
+                })?;
+                let real_root = root
+                    .canonicalize()
+                    .map_err(|err| format!("cannot resolve {}: {err}", root.display()))?;
+                if !real.starts_with(&real_root) {
+                    return Err(format!(
+                        "{} leads through a symlink to {}, outside {}",
+                        walked.display(),
+                        real.display(),
+                        root.display()
+                    ));
+                }
+            }
+            Ok(_) => {}
+            // Nothing below a missing directory can be a symlink yet.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(format!("cannot inspect {}: {err}", walked.display())),
         }
     }
-    let real = existing.canonicalize().map_err(|err| {
-        format!(
-            "{} is a symlink that cannot be resolved: {err}",
-            existing.display()
-        )
-    })?;
-    if real.starts_with(&real_root) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} leads through a symlink to {}, outside {}",
-            existing.display(),
-            real.display(),
-            root.display()
-        ))
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         prunable: true,
         ..Default::default()
     };
+    let mut links = Vec::with_capacity(3);
     for entry in entries {
         let entry = entry.map_err(io_err("cannot list", dir))?;
         let name = entry.file_name();
@@ -176,11 +177,17 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             observed
                 .drift
                 .push(format!("leftover {name} from an interrupted write"));
+        } else if let Some(link) = [CURRENT, NEXT, PREVIOUS].into_iter().find(|l| *l == name) {
+            // Only links that exist are read: a converged key costs few system calls.
+            links.push(link);
         }
     }
     observed.versions.sort_unstable();
     let owner = ownership(output).ok();
     for (link, slot) in [(CURRENT, 0), (NEXT, 1), (PREVIOUS, 2)] {
+        if !links.contains(&link) {
+            continue;
+        }
         let Some(generation) = read_link_generation(dir, link)? else {
             continue;
         };

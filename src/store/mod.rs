@@ -156,25 +156,7 @@ pub fn observe_key(key: &KeyPair) -> Result<Vec<crate::observed::ObservedOutput>
 /// Observes every key, spread over the machine's cores (a no-op reconcile of a large fleet
 /// is dominated by these reads).
 pub fn observe_all(keys: &[KeyPair]) -> crate::observed::Observed {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(8);
-    let chunk = keys.len().div_ceil(threads).max(64);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = keys
-            .chunks(chunk)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|key| (key.name.clone(), observe_key(key)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("observer thread panicked"))
-            .collect()
-    })
+    crate::parallel::map(keys, |key| (key.name.clone(), observe_key(key)))
+        .into_iter()
+        .collect()
 }
