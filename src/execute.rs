@@ -53,7 +53,10 @@ pub async fn execute<P: Provider>(
     stats: Arc<Stats>,
 ) -> Vec<KeyOutcome> {
     let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
-    let semaphore = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    // Provider requests and disk writes are bounded separately, so that keys waiting on fsync
+    // never leave the provider idle.
+    let requests = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let writes = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let limiter = Arc::new(rate_limiter(limits.max_requests_per_second));
     let mut tasks = tokio::task::JoinSet::new();
     for plan in plans {
@@ -61,20 +64,19 @@ pub async fn execute<P: Provider>(
             continue;
         };
         let key = (*key).clone();
-        let (provider, semaphore, limiter, stats) = (
+        let (provider, requests, writes, limiter, stats) = (
             provider.clone(),
-            semaphore.clone(),
+            requests.clone(),
+            writes.clone(),
             limiter.clone(),
             stats.clone(),
         );
         tasks.spawn(async move {
-            let _permit = semaphore
-                .acquire_owned()
-                .await
-                .expect("semaphore is never closed");
             let ctx = KeyContext {
                 key: &key,
                 provider: &*provider,
+                requests: &requests,
+                writes: &writes,
                 limiter: &limiter,
                 stats: &stats,
                 now,
@@ -116,6 +118,8 @@ pub fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
 struct KeyContext<'a, P: Provider> {
     key: &'a KeyPair,
     provider: &'a P,
+    requests: &'a Semaphore,
+    writes: &'a Semaphore,
     limiter: &'a DefaultDirectRateLimiter,
     stats: &'a Stats,
     now: SystemTime,
@@ -150,16 +154,22 @@ impl<P: Provider> KeyContext<'_, P> {
                 } => {
                     tracing::info!(key = %name, generation, %reason, staged, "generating");
                     let version = self.generate(*generation, *activates_at).await?;
-                    for (_, output) in file_outputs(self.key) {
-                        self.write(output, &version)?;
-                    }
-                    for (_, output) in file_outputs(self.key) {
-                        self.link(
-                            output,
-                            *generation,
-                            if *staged { Link::Next } else { Link::Current },
-                        )?;
-                    }
+                    let link = if *staged { Link::Next } else { Link::Current };
+                    // fsync-heavy: let the runtime move other keys' requests to other workers.
+                    let _permit = self
+                        .writes
+                        .acquire()
+                        .await
+                        .expect("semaphore is never closed");
+                    tokio::task::block_in_place(|| -> Result<(), String> {
+                        for (_, output) in file_outputs(self.key) {
+                            self.write(output, &version)?;
+                        }
+                        for (_, output) in file_outputs(self.key) {
+                            self.link(output, *generation, link)?;
+                        }
+                        Ok(())
+                    })?;
                     events.push((
                         if *staged {
                             HookEvent::Publish
@@ -227,6 +237,11 @@ impl<P: Provider> KeyContext<'_, P> {
         activates_at: SystemTime,
     ) -> Result<StoredVersion, String> {
         let key = self.key;
+        let _permit = self
+            .requests
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         self.limiter.until_ready().await;
         self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
         let pair = self
@@ -256,6 +271,11 @@ impl<P: Provider> KeyContext<'_, P> {
     }
 
     async fn decrypt(&self, meta: &VersionMeta, ciphertext: &[u8]) -> Result<PrivateKey, String> {
+        let _permit = self
+            .requests
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         self.limiter.until_ready().await;
         self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
         self.provider

@@ -381,3 +381,40 @@ fn plaintext_private_keys_never_reach_the_logs() {
         );
     }
 }
+
+#[test]
+fn interrupted_writes_are_cleaned_up_and_the_key_converges() {
+    let install = Install::new("");
+    install.manifest("c.yaml", &manifest("crashy", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    let dir = install.key_dir("crashy");
+    // What a crash can leave: a half-written temporary version, a complete version that was
+    // never linked, and a temporary link.
+    std::fs::create_dir(dir.join(".tmp-v0002-4242")).unwrap();
+    std::fs::write(dir.join(".tmp-v0002-4242/public.pem"), "-----BEGIN PUB").unwrap();
+    std::fs::create_dir(dir.join("v0003")).unwrap();
+    for file in ["public.pem", "private.enc", "meta.json"] {
+        std::fs::copy(dir.join("v0001").join(file), dir.join("v0003").join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink("v0003", dir.join(".tmp-current-4242")).unwrap();
+    let before = public_der(&dir);
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("leftover .tmp-v0002-4242 from an interrupted write"),
+        "{}",
+        plan.stdout
+    );
+    install.run_once(0);
+    assert_eq!(
+        link(&dir, "current").as_deref(),
+        Some("v0001"),
+        "readers never saw the unlinked version"
+    );
+    assert_eq!(versions(&dir), ["v0001"]);
+    assert!(!dir.join(".tmp-v0002-4242").exists() && !dir.join(".tmp-current-4242").exists());
+    assert_eq!(public_der(&dir), before);
+    let again = install.run_once(0);
+    assert!(again.stdout.contains("0 changed"), "{}", again.stdout);
+}

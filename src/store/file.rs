@@ -292,12 +292,13 @@ fn check_version_files(
     }
 }
 
-fn write_file(
+/// Creates `path` with exactly `mode` and writes `bytes`.
+fn create_file(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     owner: (Option<Uid>, Option<Gid>),
-) -> Result<(), StoreError> {
+) -> Result<fs::File, StoreError> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -310,6 +311,16 @@ fn write_file(
     chown(path, owner)?;
     file.write_all(bytes)
         .map_err(io_err("cannot write", path))?;
+    Ok(file)
+}
+
+fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: (Option<Uid>, Option<Gid>),
+) -> Result<(), StoreError> {
+    let file = create_file(path, bytes, mode, owner)?;
     file.sync_all().map_err(io_err("cannot fsync", path))
 }
 
@@ -390,9 +401,10 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
     create_dir(&tmp, dir_mode(output.mode), owner)?;
     let result = (|| {
         let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
+        let public = encode_public(output.format, &version.public_key_der);
         write_file(
             &tmp.join(public_name(output.format)),
-            &encode_public(output.format, &version.public_key_der),
+            &public,
             output.mode,
             owner,
         )?;
@@ -403,9 +415,10 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
             owner,
         )?;
         if let Some(key) = &version.private_key {
+            let private = encode_private(output.format, key);
             write_file(
                 &tmp.join(private_name(output.format)),
-                &encode_private(output.format, key),
+                &private,
                 PLAINTEXT_MODE,
                 owner,
             )?;
