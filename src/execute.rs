@@ -39,8 +39,6 @@ pub struct KeyOutcome {
 pub struct Stats {
     /// Provider calls made (generate and decrypt).
     pub provider_calls: AtomicUsize,
-    /// Generations made.
-    pub generated: AtomicUsize,
 }
 
 /// Runs the plans; returns one outcome per planned key.
@@ -231,19 +229,26 @@ impl<P: Provider> KeyContext<'_, P> {
         Ok(())
     }
 
-    async fn generate(
-        &self,
-        generation: u32,
-        activates_at: SystemTime,
-    ) -> Result<StoredVersion, String> {
-        let key = self.key;
-        let _permit = self
+    /// Waits for a free request slot and the rate limit; counts the call. The slot is held
+    /// until the returned permit drops.
+    async fn provider_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        let permit = self
             .requests
             .acquire()
             .await
             .expect("semaphore is never closed");
         self.limiter.until_ready().await;
         self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
+        permit
+    }
+
+    async fn generate(
+        &self,
+        generation: u32,
+        activates_at: SystemTime,
+    ) -> Result<StoredVersion, String> {
+        let key = self.key;
+        let _slot = self.provider_slot().await;
         let pair = self
             .provider
             .generate(&GenerateRequest {
@@ -255,8 +260,10 @@ impl<P: Provider> KeyContext<'_, P> {
                 include_plaintext: key.include_plaintext,
             })
             .await
-            .map_err(|e| format!("key {:?}: {e}", key.name))?;
-        self.stats.generated.fetch_add(1, Ordering::Relaxed);
+            .map_err(|e| {
+                tracing::debug!(key = %key.name, kind = e.label(), "GenerateDataKeyPair failed");
+                format!("key {:?}: {e}", key.name)
+            })?;
         let meta = VersionMeta::new(key, generation, &pair, self.now, activates_at);
         Ok(StoredVersion {
             meta,
@@ -271,13 +278,7 @@ impl<P: Provider> KeyContext<'_, P> {
     }
 
     async fn decrypt(&self, meta: &VersionMeta, ciphertext: &[u8]) -> Result<PrivateKey, String> {
-        let _permit = self
-            .requests
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
-        self.limiter.until_ready().await;
-        self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
+        let _slot = self.provider_slot().await;
         self.provider
             .decrypt(&DecryptRequest {
                 name: &self.key.name,

@@ -9,43 +9,6 @@ use std::os::unix::fs::PermissionsExt;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use common::*;
 
-fn endpoint() -> Option<String> {
-    let endpoint = std::env::var("KEYPROV_LOCALSTACK_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4566".into());
-    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let reachable = std::net::TcpStream::connect_timeout(
-        &address.parse().expect("endpoint is host:port"),
-        std::time::Duration::from_secs(2),
-    )
-    .is_ok();
-    let required = std::env::var("KEYPROV_REQUIRE_LOCALSTACK").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true");
-    match (reachable, required) {
-        (true, _) => Some(endpoint),
-        (false, true) => panic!(
-            "LocalStack is required but not reachable at {endpoint}; run scripts/localstack start"
-        ),
-        (false, false) => {
-            eprintln!(
-                "skipping: LocalStack not reachable at {endpoint} (scripts/localstack start)"
-            );
-            None
-        }
-    }
-}
-
-async fn kms(endpoint: &str) -> aws_sdk_kms::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_kms::Client::new(&config)
-}
-
 /// Creates a symmetric encryption key and returns (key id, key ARN).
 async fn symmetric_key(kms: &aws_sdk_kms::Client) -> (String, String) {
     let meta = kms.create_key().send().await.unwrap().key_metadata.unwrap();
@@ -90,8 +53,8 @@ const LOCALSTACK_SPECS: [&str; 7] = [
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_supported_spec_reconciles_and_decrypts_through_kms() {
-    let Some(endpoint) = endpoint() else { return };
-    let kms = kms(&endpoint).await;
+    let Some(endpoint) = localstack() else { return };
+    let kms = kms_client(&endpoint).await;
     let (_, arn) = symmetric_key(&kms).await;
     let install = aws_install(&endpoint);
     for spec in LOCALSTACK_SPECS {
@@ -136,8 +99,8 @@ async fn every_supported_spec_reconciles_and_decrypts_through_kms() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_id_arn_alias_and_alias_arn_all_work() {
-    let Some(endpoint) = endpoint() else { return };
-    let kms = kms(&endpoint).await;
+    let Some(endpoint) = localstack() else { return };
+    let kms = kms_client(&endpoint).await;
     let (key_id, arn) = symmetric_key(&kms).await;
     let alias_name = alias(&kms, &key_id).await;
     let alias_arn = arn.replace(&format!("key/{key_id}"), &alias_name);
@@ -176,8 +139,8 @@ async fn key_id_arn_alias_and_alias_arn_all_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn encryption_context_is_enforced_on_decrypt() {
-    let Some(endpoint) = endpoint() else { return };
-    let kms = kms(&endpoint).await;
+    let Some(endpoint) = localstack() else { return };
+    let kms = kms_client(&endpoint).await;
     let (_, arn) = symmetric_key(&kms).await;
     let install = aws_install(&endpoint);
     install.manifest(
@@ -211,8 +174,8 @@ async fn encryption_context_is_enforced_on_decrypt() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn include_plaintext_writes_private_pem_0600_equal_to_the_decrypted_key() {
-    let Some(endpoint) = endpoint() else { return };
-    let kms = kms(&endpoint).await;
+    let Some(endpoint) = localstack() else { return };
+    let kms = kms_client(&endpoint).await;
     let (_, arn) = symmetric_key(&kms).await;
     let install = aws_install(&endpoint);
     install.manifest(
@@ -240,8 +203,8 @@ async fn include_plaintext_writes_private_pem_0600_equal_to_the_decrypted_key() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kms_key_problems_fail_only_their_key_with_a_precise_message() {
-    let Some(endpoint) = endpoint() else { return };
-    let kms = kms(&endpoint).await;
+    let Some(endpoint) = localstack() else { return };
+    let kms = kms_client(&endpoint).await;
     let (_, good) = symmetric_key(&kms).await;
     let (disabled_id, disabled) = symmetric_key(&kms).await;
     kms.disable_key().key_id(&disabled_id).send().await.unwrap();

@@ -112,40 +112,10 @@ fn proxy(upstream: &str, script: Script) -> Proxy {
     }
 }
 
-fn localstack() -> Option<String> {
-    let endpoint = std::env::var("KEYPROV_LOCALSTACK_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4566".into());
-    let address = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let reachable = TcpStream::connect(&address).is_ok();
-    let required = std::env::var("KEYPROV_REQUIRE_LOCALSTACK").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true");
-    match (reachable, required) {
-        (true, _) => Some(endpoint),
-        (false, true) => panic!(
-            "LocalStack is required but not reachable at {endpoint}; run scripts/localstack start"
-        ),
-        (false, false) => {
-            eprintln!("skipping: LocalStack not reachable at {endpoint}");
-            None
-        }
-    }
-}
-
 fn create_key(endpoint: &str) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_kms::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .load()
-            .await;
-        let kms = aws_sdk_kms::Client::new(&config);
+        let kms = kms_client(endpoint).await;
         kms.create_key()
             .send()
             .await

@@ -283,3 +283,42 @@ pub fn decrypt(install: &Install, name: &str) -> Vec<u8> {
     std::fs::remove_file(&out).unwrap();
     der
 }
+
+/// The LocalStack endpoint, or `None` (test skipped) when it is not reachable and not required.
+/// `KEYPROV_REQUIRE_LOCALSTACK=1` (set by scripts/test) or `CI=true` make its absence a failure.
+pub fn localstack() -> Option<String> {
+    let endpoint = std::env::var("KEYPROV_LOCALSTACK_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4566".into());
+    let address = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let reachable = std::net::TcpStream::connect(&address).is_ok();
+    let required = std::env::var("KEYPROV_REQUIRE_LOCALSTACK").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true");
+    match (reachable, required) {
+        (true, _) => Some(endpoint),
+        (false, true) => panic!(
+            "LocalStack is required but not reachable at {endpoint}; run scripts/localstack start"
+        ),
+        (false, false) => {
+            eprintln!(
+                "skipping: LocalStack not reachable at {endpoint} (scripts/localstack start)"
+            );
+            None
+        }
+    }
+}
+
+/// A KMS client of the tests themselves, for LocalStack.
+pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_kms::Client::new(&config)
+}
