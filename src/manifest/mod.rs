@@ -112,11 +112,14 @@ pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
         }
     }
     loaded.files = paths.len();
+    let started = std::time::Instant::now();
     let mut files: Vec<ManifestFile> = paths
         .into_iter()
         .map(|path| parse_file(path, ctx))
         .collect();
+    tracing::debug!(elapsed = ?started.elapsed(), files = files.len(), "manifest files parsed");
     check_across_files(&mut files, &mut loaded.frozen);
+    tracing::debug!(elapsed = ?started.elapsed(), "names and outputs checked across files");
     for file in files {
         if file.diagnostics.is_empty() {
             loaded
@@ -339,9 +342,11 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
                             frozen.insert(other_name);
                         } else {
                             for ancestor in file.dir.ancestors().skip(1) {
-                                ancestors
-                                    .entry(ancestor.to_path_buf())
-                                    .or_insert_with(|| file.dir.clone());
+                                if ancestors.contains_key(ancestor) {
+                                    // Its own ancestors are in already.
+                                    break;
+                                }
+                                ancestors.insert(ancestor.to_path_buf(), file.dir.clone());
                             }
                             dirs.insert(file.dir.clone(), (f, doc, o, name.clone()));
                         }

@@ -8,9 +8,14 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::os::fd::OwnedFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, fstatat};
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::{StoreError, StoredVersion, VersionMeta, public_key_pem};
@@ -133,7 +138,11 @@ fn read_link_generation(dir: &Path, link: &str) -> Result<Option<u32>, StoreErro
 pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError> {
     let path = dir.join(version_name(generation)).join(META);
     let bytes = fs::read(&path).map_err(io_err("cannot read", &path))?;
-    let meta: VersionMeta = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+    parse_meta(&bytes, &path, generation)
+}
+
+fn parse_meta(bytes: &[u8], path: &Path, generation: u32) -> Result<VersionMeta, StoreError> {
+    let meta: VersionMeta = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
@@ -149,28 +158,83 @@ pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError>
     Ok(meta)
 }
 
+/// An open key directory. Lookups relative to it walk one or two path components instead of
+/// the whole absolute path: a no-op reconcile of a large fleet is dominated by these lookups.
+struct KeyDir<'a> {
+    path: &'a Path,
+    fd: OwnedFd,
+}
+
+impl<'a> KeyDir<'a> {
+    /// Opens `path`; `None` when it does not exist.
+    fn open(path: &'a Path) -> Result<Option<Self>, StoreError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        match nix::fcntl::open(path, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(KeyDir { path, fd })),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(errno) => Err(io_err("cannot open", path)(errno.into())),
+        }
+    }
+
+    /// Names in the directory.
+    fn names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(self.path).map_err(io_err("cannot list", self.path))? {
+            let entry = entry.map_err(io_err("cannot list", self.path))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn read_link(&self, link: &str) -> Result<Option<u32>, StoreError> {
+        match nix::fcntl::readlinkat(&self.fd, link) {
+            Ok(target) => target
+                .to_str()
+                .and_then(parse_version_name)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.join(link).display().to_string(),
+                    message: format!("points at {target:?}, not at a version directory"),
+                }),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(errno) => Err(io_err("cannot read link", &self.path.join(link))(
+                errno.into(),
+            )),
+        }
+    }
+
+    fn stat(&self, relative: &str) -> Option<FileStat> {
+        fstatat(&self.fd, relative, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    }
+
+    fn read_meta(&self, generation: u32) -> Result<VersionMeta, StoreError> {
+        let relative = format!("{}/{META}", version_name(generation));
+        let path = self.path.join(&relative);
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            relative.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("cannot read", &path)(e.into()))?;
+        let mut bytes = Vec::with_capacity(2048);
+        io::Read::read_to_end(&mut fs::File::from(fd), &mut bytes)
+            .map_err(io_err("cannot read", &path))?;
+        parse_meta(&bytes, &path, generation)
+    }
+}
+
 /// Observes what the directory holds. A missing directory is an empty output.
 pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedOutput, StoreError> {
-    let dir = &output.dir;
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return Ok(ObservedOutput {
-                prunable: true,
-                ..Default::default()
-            });
-        }
-        Err(err) => return Err(io_err("cannot list", dir)(err)),
-    };
     let mut observed = ObservedOutput {
         prunable: true,
         ..Default::default()
     };
+    let Some(dir) = KeyDir::open(&output.dir)? else {
+        return Ok(observed);
+    };
     let mut links = Vec::with_capacity(3);
-    for entry in entries {
-        let entry = entry.map_err(io_err("cannot list", dir))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for name in dir.names()? {
         if let Some(generation) = parse_version_name(&name) {
             observed.versions.push(generation);
         } else if name.starts_with(TMP_PREFIX) {
@@ -184,11 +248,11 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
     }
     observed.versions.sort_unstable();
     let owner = ownership(output).ok();
-    for (link, slot) in [(CURRENT, 0), (NEXT, 1), (PREVIOUS, 2)] {
+    for link in [CURRENT, NEXT, PREVIOUS] {
         if !links.contains(&link) {
             continue;
         }
-        let Some(generation) = read_link_generation(dir, link)? else {
+        let Some(generation) = dir.read_link(link)? else {
             continue;
         };
         if !observed.versions.contains(&generation) {
@@ -198,13 +262,14 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             ));
             continue;
         }
-        if slot == 2 {
+        if link == PREVIOUS {
             observed.previous = Some(generation);
             continue;
         }
-        let meta = read_meta(dir, generation)?;
+        let meta = dir.read_meta(generation)?;
         let version = meta.observed().map_err(|message| StoreError::Corrupt {
-            path: dir
+            path: output
+                .dir
                 .join(version_name(generation))
                 .join(META)
                 .display()
@@ -212,13 +277,14 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             message,
         })?;
         check_version_files(
+            &dir,
             output,
             generation,
             include_plaintext,
             owner,
             &mut observed.drift,
         );
-        if slot == 0 {
+        if link == CURRENT {
             observed.current = Some(version);
         } else {
             observed.next = Some(version);
@@ -240,53 +306,56 @@ fn expected_files(output: &FileOutput, include_plaintext: bool) -> Vec<(String, 
     files
 }
 
-/// Files that must not be there: the other format's, and plaintext when not asked for.
+/// Private key files that must not be there: the other format's, and any plaintext when
+/// the manifest does not ask for it (a stale plaintext key is a leak).
 fn unwanted_files(output: &FileOutput, include_plaintext: bool) -> Vec<String> {
-    let other = match output.format {
+    [Format::Pem, Format::Der]
+        .into_iter()
+        .filter(|&format| !include_plaintext || format != output.format)
+        .map(private_name)
+        .collect()
+}
+
+/// Public key files of the other format, removed by repair once the right one is written.
+fn other_public_file(output: &FileOutput) -> String {
+    public_name(match output.format {
         Format::Pem => Format::Der,
         Format::Der => Format::Pem,
-    };
-    let mut files = vec![public_name(other), private_name(other)];
-    if !include_plaintext {
-        files.push(private_name(output.format));
-    }
-    files
+    })
 }
 
 fn check_version_files(
+    dir: &KeyDir<'_>,
     output: &FileOutput,
     generation: u32,
     include_plaintext: bool,
     owner: Option<(Option<Uid>, Option<Gid>)>,
     drift: &mut Vec<String>,
 ) {
-    let version = output.dir.join(version_name(generation));
     let vname = version_name(generation);
     for (name, mode) in expected_files(output, include_plaintext) {
-        match fs::symlink_metadata(version.join(&name)) {
-            Err(_) => drift.push(format!("{vname}/{name} is missing")),
-            Ok(meta) => {
-                let actual = meta.permissions().mode() & 0o7777;
-                if actual != mode {
-                    drift.push(format!(
-                        "{vname}/{name} has mode {actual:04o}, want {mode:04o}"
-                    ));
-                }
-                if let Some((uid, gid)) = owner
-                    && (uid.is_some_and(|u| u.as_raw() != meta.uid())
-                        || gid.is_some_and(|g| g.as_raw() != meta.gid()))
-                {
-                    drift.push(format!(
-                        "{vname}/{name} has owner {}:{}",
-                        meta.uid(),
-                        meta.gid()
-                    ));
-                }
-            }
+        let Some(stat) = dir.stat(&format!("{vname}/{name}")) else {
+            drift.push(format!("{vname}/{name} is missing"));
+            continue;
+        };
+        let actual = stat.st_mode & 0o7777;
+        if actual != mode {
+            drift.push(format!(
+                "{vname}/{name} has mode {actual:04o}, want {mode:04o}"
+            ));
+        }
+        if let Some((uid, gid)) = owner
+            && (uid.is_some_and(|u| u.as_raw() != stat.st_uid)
+                || gid.is_some_and(|g| g.as_raw() != stat.st_gid))
+        {
+            drift.push(format!(
+                "{vname}/{name} has owner {}:{}",
+                stat.st_uid, stat.st_gid
+            ));
         }
     }
     for name in unwanted_files(output, include_plaintext) {
-        if fs::symlink_metadata(version.join(&name)).is_ok() {
+        if dir.stat(&format!("{vname}/{name}")).is_some() {
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
@@ -595,7 +664,10 @@ pub fn repair(
                 )?;
             }
         }
-        for name in unwanted_files(output, include_plaintext) {
+        for name in unwanted_files(output, include_plaintext)
+            .into_iter()
+            .chain([other_public_file(output)])
+        {
             let path = vdir.join(name);
             if path.exists() {
                 fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
