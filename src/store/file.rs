@@ -471,28 +471,32 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
     let result = (|| {
         let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
         let public = encode_public(output.format, &version.public_key_der);
-        write_file(
-            &tmp.join(public_name(output.format)),
-            &public,
-            output.mode,
-            owner,
-        )?;
-        write_file(
-            &tmp.join(CIPHERTEXT),
-            &version.private_key_ciphertext,
-            output.mode,
-            owner,
-        )?;
+        let mut files: Vec<(String, zeroize::Zeroizing<Vec<u8>>, u32)> = vec![
+            (public_name(output.format), public.into(), output.mode),
+            (
+                CIPHERTEXT.to_string(),
+                version.private_key_ciphertext.clone().into(),
+                output.mode,
+            ),
+            (META.to_string(), meta.into(), output.mode),
+        ];
         if let Some(key) = &version.private_key {
-            let private = encode_private(output.format, key);
-            write_file(
-                &tmp.join(private_name(output.format)),
-                &private,
+            files.push((
+                private_name(output.format),
+                encode_private(output.format, key),
                 PLAINTEXT_MODE,
-                owner,
-            )?;
+            ));
         }
-        write_file(&tmp.join(META), &meta, output.mode, owner)?;
+        // All files are written before any is synced: the first fsync then commits them all
+        // in one journal transaction and the others find little left to flush.
+        let mut written = Vec::with_capacity(files.len());
+        for (name, bytes, mode) in &files {
+            let path = tmp.join(name);
+            written.push((create_file(&path, bytes, *mode, owner)?, path));
+        }
+        for (file, path) in written {
+            file.sync_all().map_err(io_err("cannot fsync", &path))?;
+        }
         sync_dir(&tmp).map_err(io_err("cannot fsync", &tmp))?;
         fs::rename(&tmp, &target).map_err(io_err("cannot rename into", &target))?;
         sync_dir(dir).map_err(io_err("cannot fsync", dir))
