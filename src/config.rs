@@ -192,11 +192,13 @@ impl Config {
         let doc: ConfigDoc = manifest::parse_single(&path, &text).map_err(|d| vec![d])?;
         let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut problems = Vec::new();
+        let index = manifest::PositionIndex::build(&text);
         let mut field_error = |field: &str, message: String| {
+            let position = index.find(0, field);
             problems.push(Diagnostic {
                 file: display_path(&path),
-                line: 0,
-                column: 0,
+                line: position.line,
+                column: position.column,
                 field: field.to_string(),
                 message,
             })

@@ -316,4 +316,24 @@ fn invalid_config_changes_nothing_and_exits_2() {
         run.stderr
     );
     assert_eq!(before, snapshot(&install.state()));
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\nreconcile:\n  concurrency: 0\n  resyncEvery: often\n",
+    )
+    .unwrap();
+    let run = install.keyprov(&["plan"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("keyprov.yaml:4:3: reconcile.concurrency: must be at least 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("keyprov.yaml:5:3: reconcile.resyncEvery: invalid duration \"often\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(before, snapshot(&install.state()));
 }
