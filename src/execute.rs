@@ -356,3 +356,26 @@ impl<P: Provider> KeyContext<'_, P> {
             .map_err(|e| format!("key {name:?}: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_one_second_of_burst_then_paces() {
+        let limiter = rate_limiter(5.0);
+        for i in 0..5 {
+            assert!(limiter.check().is_ok(), "request {i} of the burst");
+        }
+        assert!(
+            limiter.check().is_err(),
+            "the sixth request within the same instant waits"
+        );
+        let slow = rate_limiter(0.5);
+        assert!(slow.check().is_ok());
+        assert!(
+            slow.check().is_err(),
+            "below one per second the burst is one"
+        );
+    }
+}

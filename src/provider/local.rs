@@ -183,11 +183,8 @@ impl LocalProvider {
         Ok((format!("{ARN_PREFIX}{}", key.key_id), material))
     }
 
+    /// The material of an existing master key (decrypt never creates one).
     fn key_by_id(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-        self.master_key_existing(key_id)
-    }
-
-    fn master_key_existing(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         let mut guard = self
             .keyring
             .lock()
