@@ -435,11 +435,9 @@ fn ensure_key_dir(
     if let Some(parent) = output.dir.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
-    create_dir(&output.dir, dir_mode(output.mode), owner)?;
-    if let Some(parent) = output.dir.parent() {
-        sync_dir(parent).map_err(io_err("cannot fsync", parent))?;
-    }
-    Ok(())
+    // The parent is fsynced when the first link is made (see `sync_links`): until then a lost
+    // directory only means a key that does not exist yet, which the next run regenerates.
+    create_dir(&output.dir, dir_mode(output.mode), owner)
 }
 
 fn encode_public(format: Format, der: &[u8]) -> Vec<u8> {
@@ -503,7 +501,13 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
         }
         sync_dir(&tmp).map_err(io_err("cannot fsync", &tmp))?;
         fs::rename(&tmp, &target).map_err(io_err("cannot rename into", &target))?;
-        sync_dir(dir).map_err(io_err("cannot fsync", dir))
+        // Once a pair is current, the new version must be durable before any link moves to
+        // it. A key with no current pair yet has nothing a reader could see mixed: its first
+        // link is made durable together with the version (see `sync_links`).
+        if read_link_generation(dir, CURRENT)?.is_some() {
+            sync_dir(dir).map_err(io_err("cannot fsync", dir))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -586,6 +590,7 @@ fn present_versions(dir: &Path) -> Result<Vec<u32>, StoreError> {
 /// a `next` at or below it goes.
 pub fn link_current(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
     let dir = &output.dir;
+    let first = read_link_generation(dir, CURRENT)?.is_none();
     set_link(dir, CURRENT, Some(generation))?;
     let previous = present_versions(dir)?
         .into_iter()
@@ -595,13 +600,23 @@ pub fn link_current(output: &FileOutput, generation: u32) -> Result<(), StoreErr
     if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
         set_link(dir, NEXT, None)?;
     }
-    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+    sync_links(output, first)
 }
 
 /// Publishes `generation` as `next`.
 pub fn link_next(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
+    let first = read_link_generation(&output.dir, CURRENT)?.is_none();
     set_link(&output.dir, NEXT, Some(generation))?;
-    sync_dir(&output.dir).map_err(io_err("cannot fsync", &output.dir))
+    sync_links(output, first)
+}
+
+/// Makes links durable; for a key's first link also the key directory's own entry.
+fn sync_links(output: &FileOutput, first: bool) -> Result<(), StoreError> {
+    sync_dir(&output.dir).map_err(io_err("cannot fsync", &output.dir))?;
+    if let (true, Some(parent)) = (first, output.dir.parent()) {
+        sync_dir(parent).map_err(io_err("cannot fsync", parent))?;
+    }
+    Ok(())
 }
 
 /// Generations of kept versions (current, next, previous) that lack the plaintext private key.
