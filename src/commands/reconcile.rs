@@ -47,46 +47,76 @@ fn limits(config: &Config) -> Limits {
     }
 }
 
+/// What `plan` shows and `run` executes: the keys considered, their plans, and who could not
+/// be planned.
+struct Pending {
+    invalid: bool,
+    keys: Vec<KeyPair>,
+    now: std::time::SystemTime,
+    plans: Vec<KeyPlan>,
+    failed: Vec<(String, String)>,
+}
+
+/// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
+fn prepare(config: &Config, rotate: Option<&RotateRequest>) -> Pending {
+    let started = std::time::Instant::now();
+    let loaded = super::load_manifests(config);
+    tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
+    let mut pending = Pending {
+        invalid: !loaded.is_valid(),
+        keys: Vec::new(),
+        now: clock::now(),
+        plans: Vec::new(),
+        failed: Vec::new(),
+    };
+    pending.keys = match rotate {
+        Some(request) => match super::find_key(&loaded, &request.name) {
+            Ok(key) => vec![key.clone()],
+            Err(err) => {
+                pending.failed.push((request.name.clone(), err));
+                return pending;
+            }
+        },
+        None => loaded.keys,
+    };
+    let observed = store::observe_all(&pending.keys);
+    tracing::debug!(elapsed = ?started.elapsed(), "outputs observed");
+    for (name, result) in &observed {
+        if let Err(err) = result {
+            let message = format!("key {name:?}: cannot read its outputs: {err}");
+            tracing::error!(key = %name, "{message}");
+            pending.failed.push((name.clone(), message));
+        }
+    }
+    pending.plans = plan::plan(&pending.keys, &observed, pending.now, rotate);
+    tracing::debug!(elapsed = ?started.elapsed(), changed = pending.plans.len(), "planned");
+    pending
+}
+
 /// Reconciles every valid key once (or only `rotate.name` when rotating).
 pub async fn reconcile(
     config: &Config,
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
 ) -> Report {
-    let started = std::time::Instant::now();
-    let loaded = super::load_manifests(config);
-    tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
+    let pending = prepare(config, rotate);
     let mut report = Report {
-        invalid: !loaded.is_valid(),
-        ..Default::default()
+        keys: pending.keys.len(),
+        changed: pending.plans.len(),
+        failed: pending.failed,
+        invalid: pending.invalid,
+        provider_calls: 0,
     };
-    let keys: Vec<KeyPair> = match rotate {
-        Some(request) => match super::find_key(&loaded, &request.name) {
-            Ok(key) => vec![key.clone()],
-            Err(err) => {
-                report.failed.push((request.name.clone(), err));
-                return report;
-            }
-        },
-        None => loaded.keys,
-    };
-    report.keys = keys.len();
-    let now = clock::now();
-    let observed = store::observe_all(&keys);
-    tracing::debug!(elapsed = ?started.elapsed(), "outputs observed");
-    for (name, result) in &observed {
-        if let Err(err) = result {
-            let message = format!("key {name:?}: cannot read its outputs: {err}");
-            tracing::error!(key = %name, "{message}");
-            report.failed.push((name.clone(), message));
-        }
-    }
-    let plans = plan::plan(&keys, &observed, now, rotate);
-    tracing::debug!(elapsed = ?started.elapsed(), changed = plans.len(), "planned");
-    report.changed = plans.len();
     let stats = Arc::new(Stats::default());
-    let outcomes =
-        execute::execute(provider, &keys, plans, now, limits(config), stats.clone()).await;
+    let outcomes = execute::execute(
+        provider,
+        &pending.keys,
+        pending.plans,
+        pending.now,
+        limits(config),
+        stats.clone(),
+    )
+    .await;
     report.failed.extend(
         outcomes
             .into_iter()
@@ -121,35 +151,35 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>) -> Exit {
 
 /// `keyprov plan`: print what `run --once` would do. Exit 3 when changes are pending.
 pub fn plan(config: &Config) -> Exit {
-    let loaded = super::load_manifests(config);
-    let now = clock::now();
-    let observed = store::observe_all(&loaded.keys);
-    let mut exit = if loaded.is_valid() {
-        Exit::Ok
-    } else {
+    let pending = prepare(config, None);
+    let mut exit = if pending.invalid {
         Exit::Invalid
+    } else {
+        Exit::Ok
     };
-    for (name, result) in &observed {
-        if let Err(err) = result {
-            eprintln!("error: {name}: cannot observe: {err}");
-            exit = exit.max(Exit::KeyFailed);
-        }
+    for (_, err) in &pending.failed {
+        eprintln!("error: {err}");
+        exit = exit.max(Exit::KeyFailed);
     }
-    let plans = plan::plan(&loaded.keys, &observed, now, None);
-    print_plans(&loaded.keys, &plans);
-    let converged = loaded.keys.len() - plans.len();
-    if plans.is_empty() {
+    print_plans(&pending.keys, &pending.plans);
+    let converged = pending.keys.len() - pending.plans.len();
+    if pending.plans.is_empty() {
         println!("No changes: {converged} keys converged.");
     } else {
-        println!("{} keys to change, {converged} converged.", plans.len());
+        println!(
+            "{} keys to change, {converged} converged.",
+            pending.plans.len()
+        );
         exit = exit.max(Exit::ChangesPending);
     }
     exit
 }
 
 fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
+    let by_name: std::collections::HashMap<&str, &KeyPair> =
+        keys.iter().map(|k| (k.name.as_str(), k)).collect();
     for plan in plans {
-        let key = keys.iter().find(|k| k.name == plan.name);
+        let key = by_name.get(plan.name.as_str());
         for action in &plan.actions {
             let target = match action {
                 plan::Action::Repair { output, .. } | plan::Action::Prune { output, .. } => key

@@ -238,58 +238,47 @@ impl Provider for AwsProvider {
         request: &GenerateRequest<'_>,
     ) -> Result<GeneratedPair, ProviderError> {
         let client = self.client().await;
-        let spec = DataKeyPairSpec::from(request.spec.as_str());
-        if request.include_plaintext {
-            let operation = "GenerateDataKeyPair";
-            let mut output = client
-                .generate_data_key_pair()
-                .key_id(request.kms_key_id)
-                .key_pair_spec(spec)
-                .set_encryption_context(context_map(request.encryption_context))
-                .set_grant_tokens(grants(request.grant_tokens))
-                .send()
-                .await
-                .map_err(|err| explain(&err, request.kms_key_id, operation))?;
-            let private = PrivateKey::from_der(blob(
-                output.private_key_plaintext.take(),
-                "PrivateKeyPlaintext",
-            )?);
-            Ok(GeneratedPair {
-                public_key_der: blob(output.public_key.take(), "PublicKey")?,
-                private_key_ciphertext: blob(
-                    output.private_key_ciphertext_blob.take(),
-                    "PrivateKeyCiphertextBlob",
-                )?,
-                private_key: Some(private),
-                kms_key_arn: output
-                    .key_id
-                    .take()
-                    .unwrap_or_else(|| request.kms_key_id.to_string()),
-            })
-        } else {
-            let operation = "GenerateDataKeyPairWithoutPlaintext";
-            let mut output = client
-                .generate_data_key_pair_without_plaintext()
-                .key_id(request.kms_key_id)
-                .key_pair_spec(spec)
-                .set_encryption_context(context_map(request.encryption_context))
-                .set_grant_tokens(grants(request.grant_tokens))
-                .send()
-                .await
-                .map_err(|err| explain(&err, request.kms_key_id, operation))?;
-            Ok(GeneratedPair {
-                public_key_der: blob(output.public_key.take(), "PublicKey")?,
-                private_key_ciphertext: blob(
-                    output.private_key_ciphertext_blob.take(),
-                    "PrivateKeyCiphertextBlob",
-                )?,
-                private_key: None,
-                kms_key_arn: output
-                    .key_id
-                    .take()
-                    .unwrap_or_else(|| request.kms_key_id.to_string()),
-            })
+        // The two operations take the same request and return the same fields, but the SDK
+        // gives each its own builder and output type.
+        macro_rules! send {
+            ($builder:expr, $operation:literal) => {
+                $builder
+                    .key_id(request.kms_key_id)
+                    .key_pair_spec(DataKeyPairSpec::from(request.spec.as_str()))
+                    .set_encryption_context(context_map(request.encryption_context))
+                    .set_grant_tokens(grants(request.grant_tokens))
+                    .send()
+                    .await
+                    .map_err(|err| explain(&err, request.kms_key_id, $operation))?
+            };
         }
+        let (public, ciphertext, plaintext, key_id) = if request.include_plaintext {
+            let output = send!(client.generate_data_key_pair(), "GenerateDataKeyPair");
+            let plaintext = blob(output.private_key_plaintext, "PrivateKeyPlaintext")?;
+            (
+                output.public_key,
+                output.private_key_ciphertext_blob,
+                Some(PrivateKey::from_der(plaintext)),
+                output.key_id,
+            )
+        } else {
+            let output = send!(
+                client.generate_data_key_pair_without_plaintext(),
+                "GenerateDataKeyPairWithoutPlaintext"
+            );
+            (
+                output.public_key,
+                output.private_key_ciphertext_blob,
+                None,
+                output.key_id,
+            )
+        };
+        Ok(GeneratedPair {
+            public_key_der: blob(public, "PublicKey")?,
+            private_key_ciphertext: blob(ciphertext, "PrivateKeyCiphertextBlob")?,
+            private_key: plaintext,
+            kms_key_arn: key_id.unwrap_or_else(|| request.kms_key_id.to_string()),
+        })
     }
 
     async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {

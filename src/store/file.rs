@@ -119,8 +119,12 @@ fn chown(path: &Path, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreErro
 }
 
 fn read_link_generation(dir: &Path, link: &str) -> Result<Option<u32>, StoreError> {
-    let path = dir.join(link);
-    match fs::read_link(&path) {
+    link_generation(&dir.join(link), fs::read_link(dir.join(link)))
+}
+
+/// The generation a version link points at, from the result of reading the link.
+fn link_generation(path: &Path, target: io::Result<PathBuf>) -> Result<Option<u32>, StoreError> {
+    match target {
         Ok(target) => target
             .to_str()
             .and_then(parse_version_name)
@@ -130,7 +134,7 @@ fn read_link_generation(dir: &Path, link: &str) -> Result<Option<u32>, StoreErro
                 message: format!("points at {}, not at a version directory", target.display()),
             }),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(io_err("cannot read link", &path)(err)),
+        Err(err) => Err(io_err("cannot read link", path)(err)),
     }
 }
 
@@ -187,20 +191,10 @@ impl<'a> KeyDir<'a> {
     }
 
     fn read_link(&self, link: &str) -> Result<Option<u32>, StoreError> {
-        match nix::fcntl::readlinkat(&self.fd, link) {
-            Ok(target) => target
-                .to_str()
-                .and_then(parse_version_name)
-                .map(Some)
-                .ok_or_else(|| StoreError::Corrupt {
-                    path: self.path.join(link).display().to_string(),
-                    message: format!("points at {target:?}, not at a version directory"),
-                }),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(errno) => Err(io_err("cannot read link", &self.path.join(link))(
-                errno.into(),
-            )),
-        }
+        let target = nix::fcntl::readlinkat(&self.fd, link)
+            .map(PathBuf::from)
+            .map_err(io::Error::from);
+        link_generation(&self.path.join(link), target)
     }
 
     fn stat(&self, relative: &str) -> Option<FileStat> {
