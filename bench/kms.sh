@@ -34,10 +34,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now_ns() { date +%s%N; }
 
 keyprov_round() { # $1: round; prints seconds for N keys
-  # A fresh directory per round, removed at the end: re-creating thousands of files right where
-  # they were just deleted makes ext4's inode allocator, not keyprov, the bottleneck.
   local dir=$work/keyprov-$1
-  rm -rf "$dir" && mkdir -p "$dir/manifests.d"
+  mkdir -p "$dir/manifests.d"
   cat >"$dir/keyprov.yaml" <<YAML
 manifests: [manifests.d]
 stateDir: state
@@ -69,7 +67,7 @@ PY
 
 cli_round() { # $1: round; prints seconds for S keys
   local dir=$work/cli-$1
-  rm -rf "$dir" && mkdir -p "$dir"
+  mkdir -p "$dir"
   local start end
   start=$(now_ns)
   for i in $(seq "$sample"); do
@@ -89,7 +87,16 @@ cli_round() { # $1: round; prints seconds for S keys
 }
 
 keyprov_s=(); cli_s=(); ceiling=()
-rm -rf "$work"
+# Nothing is deleted while measuring. On ext4 without a journal (as on these machines) the inode
+# allocator skips every inode freed in the last 60 s (300 s while its table block is dirty) and
+# pays a buffer lookup for each: creating thousands of files right after deleting thousands made
+# ext4_create/ext4_mkdir (`recently_deleted`) the bottleneck, not keyprov or KMS. So the previous
+# run's files are removed first, flushed, and given time to age; this run's stay until the next.
+if [ -e "$work" ]; then
+  echo "removing the previous run's files, then waiting ${SETTLE:-65}s for ext4 to stop treating their inodes as recently deleted" >&2
+  rm -rf "$work" && sync && sleep "${SETTLE:-65}"
+fi
+mkdir -p "$work"
 ceiling_rate() { "$ceiling_bin" "$endpoint" "$key" ECC_NIST_P256 "$n" "$concurrency"; }
 for round in $(seq "$repeats"); do
   # LocalStack drifts during a run: the ceiling of a round is the mean of one measurement
@@ -100,7 +107,6 @@ for round in $(seq "$repeats"); do
   ceiling+=("$(echo "scale=1; ($before + $after) / 2" | bc)")
   cli_s+=("$(cli_round "$round")")
 done
-rm -rf "$work"
 kp=$(printf '%s\n' "${keyprov_s[@]}" | median)
 cli=$(printf '%s\n' "${cli_s[@]}" | median)
 ceil=$(printf '%s\n' "${ceiling[@]}" | median)

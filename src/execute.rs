@@ -1,5 +1,6 @@
 //! The executor: runs each key's actions, keys in parallel (bounded), provider calls paced by
-//! one shared rate limit. A failing key never stops the others.
+//! one shared rate limit, new versions written in batches by one writer ([`GroupCommit`]).
+//! A failing key never stops the others.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -10,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
+use crate::group_commit::{Committer, GroupCommit};
 use crate::hooks::{self, HookEvent};
 use crate::manifest::{FileOutput, KeyPair, Output};
 use crate::plan::{Action, KeyPlan, Link};
@@ -19,7 +21,7 @@ use crate::store::{StoredVersion, VersionMeta, file};
 /// How hard the executor may push.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Keys reconciled at once.
+    /// Provider requests in flight at once.
     pub concurrency: usize,
     /// Provider requests per second across all keys.
     pub max_requests_per_second: f64,
@@ -51,10 +53,10 @@ pub async fn execute<P: Provider>(
     stats: Arc<Stats>,
 ) -> Vec<KeyOutcome> {
     let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
-    // Provider requests and disk writes are bounded separately, so that keys waiting on fsync
-    // never leave the provider idle.
+    // Only provider requests are bounded here: new versions queue for the one writer, so keys
+    // waiting on the disk never leave the provider idle.
     let requests = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let writes = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let group_commit = GroupCommit::start();
     let limiter = Arc::new(rate_limiter(limits.max_requests_per_second));
     let mut tasks = tokio::task::JoinSet::new();
     for plan in plans {
@@ -62,10 +64,10 @@ pub async fn execute<P: Provider>(
             continue;
         };
         let key = (*key).clone();
-        let (provider, requests, writes, limiter, stats) = (
+        let (provider, requests, committer, limiter, stats) = (
             provider.clone(),
             requests.clone(),
-            writes.clone(),
+            group_commit.committer(),
             limiter.clone(),
             stats.clone(),
         );
@@ -74,7 +76,7 @@ pub async fn execute<P: Provider>(
                 key: &key,
                 provider: &*provider,
                 requests: &requests,
-                writes: &writes,
+                committer: &committer,
                 limiter: &limiter,
                 stats: &stats,
                 now,
@@ -99,6 +101,7 @@ pub async fn execute<P: Provider>(
             Err(err) => tracing::error!("a reconcile task panicked: {err}"),
         }
     }
+    group_commit.finish().await;
     outcomes.sort_by(|a, b| a.name.cmp(&b.name));
     outcomes
 }
@@ -117,7 +120,7 @@ struct KeyContext<'a, P: Provider> {
     key: &'a KeyPair,
     provider: &'a P,
     requests: &'a Semaphore,
-    writes: &'a Semaphore,
+    committer: &'a Committer,
     limiter: &'a DefaultDirectRateLimiter,
     stats: &'a Stats,
     now: SystemTime,
@@ -153,21 +156,11 @@ impl<P: Provider> KeyContext<'_, P> {
                     tracing::info!(key = %name, generation, %reason, staged, "generating");
                     let version = self.generate(*generation, *activates_at).await?;
                     let link = if *staged { Link::Next } else { Link::Current };
-                    // fsync-heavy: let the runtime move other keys' requests to other workers.
-                    let _permit = self
-                        .writes
-                        .acquire()
+                    let outputs = file_outputs(self.key).map(|(_, o)| o.clone()).collect();
+                    self.committer
+                        .commit(outputs, version, link)
                         .await
-                        .expect("semaphore is never closed");
-                    tokio::task::block_in_place(|| -> Result<(), String> {
-                        for (_, output) in file_outputs(self.key) {
-                            self.write(output, &version)?;
-                        }
-                        for (_, output) in file_outputs(self.key) {
-                            self.link(output, *generation, link)?;
-                        }
-                        Ok(())
-                    })?;
+                        .map_err(|e| format!("key {name:?}: {e}"))?;
                     events.push((
                         if *staged {
                             HookEvent::Publish
@@ -292,22 +285,11 @@ impl<P: Provider> KeyContext<'_, P> {
     }
 
     fn write(&self, output: &FileOutput, version: &StoredVersion) -> Result<(), String> {
-        self.contained(output)?;
         file::write_version(output, version).map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
 
     fn link(&self, output: &FileOutput, generation: u32, link: Link) -> Result<(), String> {
-        let result = match link {
-            Link::Current => file::link_current(output, generation),
-            Link::Next => file::link_next(output, generation),
-        };
-        result.map_err(|e| format!("key {:?}: {e}", self.key.name))
-    }
-
-    /// Re-checks containment just before writing: a symlink may have appeared since validation.
-    fn contained(&self, output: &FileOutput) -> Result<(), String> {
-        crate::manifest::paths::ensure_no_symlink_escape(&output.root, &output.dir)
-            .map_err(|e| format!("key {:?}: refusing to write: {e}", self.key.name))
+        file::link(output, generation, link).map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
 
     /// Copies `generation` from an output holding it to `targets`.

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod execute;
 pub mod exit;
+pub mod group_commit;
 pub mod hooks;
 pub mod logging;
 pub mod manifest;

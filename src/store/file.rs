@@ -5,11 +5,12 @@
 //! place, and only then linked; links are replaced with rename. A reader following `current/`
 //! sees the old pair or the new pair, never a mix.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use std::os::fd::OwnedFd;
 
@@ -21,6 +22,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::{StoreError, StoredVersion, VersionMeta, public_key_pem};
 use crate::manifest::{FileOutput, Format};
 use crate::observed::ObservedOutput;
+use crate::plan::Link;
 use crate::provider::PrivateKey;
 
 const CURRENT: &str = "current";
@@ -41,9 +43,67 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreE
     }
 }
 
-/// fsyncs a directory so that renames and creations in it are durable.
+/// fsyncs a file, or a directory so that renames and creations in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
+}
+
+/// Files and directories whose latest changes must reach the disk before the next step.
+///
+/// By default each path is fsynced. [`SyncSet::whole_filesystems`] makes the flush one
+/// `syncfs(2)` per filesystem instead: one flush for a whole batch of keys rather than several
+/// per key — the difference between a few flushes and several thousand when a fleet is
+/// provisioned at once — at the price of also flushing other writers' pending data on that
+/// filesystem. (Since Linux 5.8, `syncfs` reports writeback errors as `fsync` does.)
+#[derive(Debug, Default)]
+pub struct SyncSet {
+    paths: Vec<PathBuf>,
+    whole_filesystems: bool,
+}
+
+impl SyncSet {
+    /// An empty set flushed with `syncfs(2)`, once per filesystem.
+    pub fn whole_filesystems() -> Self {
+        SyncSet {
+            paths: Vec::new(),
+            whole_filesystems: true,
+        }
+    }
+
+    /// Adds a path to sync at the next flush.
+    pub fn add(&mut self, path: impl Into<PathBuf>) {
+        self.paths.push(path.into());
+    }
+
+    /// Adds every path of `other`.
+    pub fn extend(&mut self, other: SyncSet) {
+        self.paths.extend(other.paths);
+    }
+
+    /// Makes every added path durable, then forgets them.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        let mut paths = std::mem::take(&mut self.paths);
+        paths.sort_unstable();
+        paths.dedup();
+        if !self.whole_filesystems {
+            for path in &paths {
+                sync_dir(path).map_err(io_err("cannot fsync", path))?;
+            }
+            return Ok(());
+        }
+        let mut synced = HashSet::new();
+        for path in &paths {
+            let device = fs::symlink_metadata(path)
+                .map_err(io_err("cannot stat", path))?
+                .dev();
+            if synced.insert(device) {
+                let file = fs::File::open(path).map_err(io_err("cannot open", path))?;
+                nix::unistd::syncfs(&file)
+                    .map_err(|errno| io_err("cannot sync the filesystem of", path)(errno.into()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Directory name of a generation: `v0003`.
@@ -429,7 +489,7 @@ fn ensure_key_dir(
     if let Some(parent) = output.dir.parent() {
         fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
     }
-    // The parent is fsynced when the first link is made (see `sync_links`): until then a lost
+    // The parent is synced when the first link is made (see `move_links`): until then a lost
     // directory only means a key that does not exist yet, which the next run regenerates.
     create_dir(&output.dir, dir_mode(output.mode), owner)
 }
@@ -448,8 +508,35 @@ fn encode_private(format: Format, key: &PrivateKey) -> zeroize::Zeroizing<Vec<u8
     }
 }
 
-/// Writes `version` whole as its `vNNNN` directory; links nothing.
-pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(), StoreError> {
+/// A version written in full under a temporary name in its key directory: not visible yet.
+#[derive(Debug)]
+struct StagedVersion {
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl StagedVersion {
+    /// Renames it to its `vNNNN` name.
+    fn publish(self) -> Result<(), StoreError> {
+        fs::rename(&self.tmp, &self.target).map_err(io_err("cannot rename into", &self.target))
+    }
+
+    /// Removes it (best effort: a leftover is cleaned up by the next write or repair).
+    fn discard(self) {
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Writes `version` under a temporary name in the output's key directory, creating that
+/// directory if needed; adds to `sync` what must be durable before it is published.
+fn stage_version(
+    output: &FileOutput,
+    version: &StoredVersion,
+    sync: &mut SyncSet,
+) -> Result<StagedVersion, StoreError> {
+    // Checked again right before writing: a symlink may have appeared since validation.
+    crate::manifest::paths::ensure_no_symlink_escape(&output.root, &output.dir)
+        .map_err(|e| StoreError::Config(format!("refusing to write: {e}")))?;
     let owner = ownership(output)?;
     ensure_key_dir(output, owner)?;
     let dir = &output.dir;
@@ -464,6 +551,8 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
         fs::remove_dir_all(&tmp).map_err(io_err("cannot remove", &tmp))?;
     }
     create_dir(&tmp, dir_mode(output.mode), owner)?;
+    let staged = StagedVersion { tmp, target };
+    let mut written = SyncSet::default();
     let result = (|| {
         let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
         let public = encode_public(output.format, &version.public_key_der);
@@ -483,30 +572,135 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
                 PLAINTEXT_MODE,
             ));
         }
-        // All files are written before any is synced: the first fsync then commits them all
-        // in one journal transaction and the others find little left to flush.
-        let mut written = Vec::with_capacity(files.len());
         for (name, bytes, mode) in &files {
-            let path = tmp.join(name);
-            written.push((create_file(&path, bytes, *mode, owner)?, path));
+            let path = staged.tmp.join(name);
+            create_file(&path, bytes, *mode, owner)?;
+            written.add(path);
         }
-        for (file, path) in written {
-            file.sync_all().map_err(io_err("cannot fsync", &path))?;
-        }
-        sync_dir(&tmp).map_err(io_err("cannot fsync", &tmp))?;
-        fs::rename(&tmp, &target).map_err(io_err("cannot rename into", &target))?;
-        // Once a pair is current, the new version must be durable before any link moves to
-        // it. A key with no current pair yet has nothing a reader could see mixed: its first
-        // link is made durable together with the version (see `sync_links`).
-        if read_link_generation(dir, CURRENT)?.is_some() {
-            sync_dir(dir).map_err(io_err("cannot fsync", dir))?;
-        }
+        written.add(&staged.tmp);
         Ok(())
     })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
+    match result {
+        Ok(()) => {
+            sync.extend(written);
+            Ok(staged)
+        }
+        Err(err) => {
+            staged.discard();
+            Err(err)
+        }
     }
-    result
+}
+
+/// Writes `version` whole as its `vNNNN` directory, durably; links nothing.
+pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(), StoreError> {
+    let mut sync = SyncSet::default();
+    let staged = stage_version(output, version, &mut sync)?;
+    if let Err(err) = sync.flush() {
+        staged.discard();
+        return Err(err);
+    }
+    staged.publish()?;
+    sync.add(&output.dir);
+    sync.flush()
+}
+
+/// One key's new version: written to each of its file outputs, then given `link`.
+#[derive(Debug)]
+pub struct NewVersion<'a> {
+    /// The file outputs it goes to.
+    pub outputs: Vec<&'a FileOutput>,
+    /// The version.
+    pub version: &'a StoredVersion,
+    /// The link it gets once written.
+    pub link: Link,
+}
+
+/// Writes, publishes and links many keys' new versions together, with three flushes for the
+/// whole batch (`syncfs` when it holds more than one key, see [`SyncSet`]): every version is written under a temporary name and made durable, then renamed
+/// into place (durable), then linked (durable). So a link never points at a version that a
+/// crash could lose, and a reader never sees a half-written version. One result per item, in
+/// order; an item fails alone, but a failed flush fails every item still pending.
+pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> {
+    let mut sync = if batch.len() > 1 {
+        SyncSet::whole_filesystems()
+    } else {
+        SyncSet::default()
+    };
+    let mut items: Vec<Result<Vec<StagedVersion>, StoreError>> = batch
+        .iter()
+        .map(|item| {
+            let mut staged = Vec::with_capacity(item.outputs.len());
+            let mut written = SyncSet::default();
+            for output in &item.outputs {
+                match stage_version(output, item.version, &mut written) {
+                    Ok(version) => staged.push(version),
+                    Err(err) => {
+                        staged.into_iter().for_each(StagedVersion::discard);
+                        return Err(err);
+                    }
+                }
+            }
+            sync.extend(written);
+            Ok(staged)
+        })
+        .collect();
+    if let Err(err) = sync.flush() {
+        return fail_pending(items, err);
+    }
+    for (item, state) in batch.iter().zip(items.iter_mut()) {
+        let Ok(staged) = state else { continue };
+        let mut published = Ok(());
+        for version in std::mem::take(staged) {
+            if published.is_ok() {
+                published = version.publish();
+            } else {
+                version.discard();
+            }
+        }
+        match published {
+            Ok(()) => item.outputs.iter().for_each(|o| sync.add(&o.dir)),
+            Err(err) => *state = Err(err),
+        }
+    }
+    if let Err(err) = sync.flush() {
+        return fail_pending(items, err);
+    }
+    for (item, state) in batch.iter().zip(items.iter_mut()) {
+        if state.is_err() {
+            continue;
+        }
+        let generation = item.version.meta.generation;
+        if let Err(err) = item
+            .outputs
+            .iter()
+            .try_for_each(|output| move_links(output, generation, item.link, &mut sync))
+        {
+            *state = Err(err);
+        }
+    }
+    if let Err(err) = sync.flush() {
+        return fail_pending(items, err);
+    }
+    items.into_iter().map(|state| state.map(|_| ())).collect()
+}
+
+/// Fails every item that had not failed yet with `err`.
+fn fail_pending(
+    items: Vec<Result<Vec<StagedVersion>, StoreError>>,
+    err: StoreError,
+) -> Vec<Result<(), StoreError>> {
+    let err = Arc::new(err);
+    items
+        .into_iter()
+        .map(|state| match state {
+            Ok(staged) => {
+                staged.into_iter().for_each(StagedVersion::discard);
+                Err(StoreError::Shared(err.clone()))
+            }
+            Err(own) => Err(own),
+        })
+        .collect()
 }
 
 /// Reads a whole version back, for copying it to another output or decrypting it.
@@ -580,35 +774,41 @@ fn present_versions(dir: &Path) -> Result<Vec<u32>, StoreError> {
     Ok(versions)
 }
 
-/// Makes `generation` current: `current` moves first, then `previous` to the version below it;
-/// a `next` at or below it goes.
-pub fn link_current(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
+/// Points `link` at `generation`, durably. For `current`: `current` moves first, then
+/// `previous` to the version below it; a `next` at or below it goes.
+pub fn link(output: &FileOutput, generation: u32, link: Link) -> Result<(), StoreError> {
+    let mut sync = SyncSet::default();
+    move_links(output, generation, link, &mut sync)?;
+    sync.flush()
+}
+
+/// [`link`] without the flush: adds the key directory to `sync`, and for a key's first link
+/// also its parent, which holds the key directory's own entry.
+fn move_links(
+    output: &FileOutput,
+    generation: u32,
+    link: Link,
+    sync: &mut SyncSet,
+) -> Result<(), StoreError> {
     let dir = &output.dir;
     let first = read_link_generation(dir, CURRENT)?.is_none();
-    set_link(dir, CURRENT, Some(generation))?;
-    let previous = present_versions(dir)?
-        .into_iter()
-        .rev()
-        .find(|&v| v < generation);
-    set_link(dir, PREVIOUS, previous)?;
-    if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
-        set_link(dir, NEXT, None)?;
+    match link {
+        Link::Current => {
+            set_link(dir, CURRENT, Some(generation))?;
+            let previous = present_versions(dir)?
+                .into_iter()
+                .rev()
+                .find(|&v| v < generation);
+            set_link(dir, PREVIOUS, previous)?;
+            if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
+                set_link(dir, NEXT, None)?;
+            }
+        }
+        Link::Next => set_link(dir, NEXT, Some(generation))?,
     }
-    sync_links(output, first)
-}
-
-/// Publishes `generation` as `next`.
-pub fn link_next(output: &FileOutput, generation: u32) -> Result<(), StoreError> {
-    let first = read_link_generation(&output.dir, CURRENT)?.is_none();
-    set_link(&output.dir, NEXT, Some(generation))?;
-    sync_links(output, first)
-}
-
-/// Makes links durable; for a key's first link also the key directory's own entry.
-fn sync_links(output: &FileOutput, first: bool) -> Result<(), StoreError> {
-    sync_dir(&output.dir).map_err(io_err("cannot fsync", &output.dir))?;
-    if let (true, Some(parent)) = (first, output.dir.parent()) {
-        sync_dir(parent).map_err(io_err("cannot fsync", parent))?;
+    sync.add(dir);
+    if let (true, Some(parent)) = (first, dir.parent()) {
+        sync.add(parent);
     }
     Ok(())
 }
@@ -764,6 +964,136 @@ mod tests {
         assert_eq!(parse_version_name("v12345"), Some(12345));
         assert_eq!(parse_version_name("v03"), None);
         assert_eq!(parse_version_name(".tmp-v0003-1"), None);
+    }
+
+    fn output(root: &Path, name: &str) -> FileOutput {
+        FileOutput {
+            root: root.to_path_buf(),
+            dir: root.join(name),
+            format: Format::Pem,
+            mode: 0o640,
+            owner: None,
+            group: None,
+        }
+    }
+
+    fn version(name: &str, generation: u32) -> StoredVersion {
+        let der = format!("public key of {name} {generation}").into_bytes();
+        StoredVersion {
+            meta: VersionMeta {
+                api_version: "keyprov/v1".into(),
+                name: name.into(),
+                generation,
+                key_pair_spec: "ECC_NIST_P256".into(),
+                kms_key_arn: "arn:aws:kms:us-east-1:000000000000:key/test".into(),
+                encryption_context: Default::default(),
+                grant_tokens: vec![],
+                spec_fingerprint: "f".into(),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                activates_at: "2026-01-01T00:00:00Z".into(),
+                public_key_sha256: super::super::public_key_sha256(&der),
+            },
+            public_key_der: der,
+            private_key_ciphertext: vec![generation as u8; 16],
+            private_key: None,
+        }
+    }
+
+    fn no_leftovers(dir: &Path) -> bool {
+        fs::read_dir(dir).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(TMP_PREFIX)
+        })
+    }
+
+    #[test]
+    fn a_batch_is_written_linked_and_fails_only_where_it_must() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        // Several keys: the batch is flushed with syncfs.
+        let mut outputs: Vec<FileOutput> = (0..40)
+            .map(|i| output(root.path(), &format!("key-{i:02}")))
+            .collect();
+        outputs[7] = output(root.path(), "escape/key-07");
+        let versions: Vec<StoredVersion> = (0..40)
+            .map(|i| version(&format!("key-{i:02}"), 1))
+            .collect();
+        let batch: Vec<NewVersion<'_>> = outputs
+            .iter()
+            .zip(&versions)
+            .map(|(output, version)| NewVersion {
+                outputs: vec![output],
+                version,
+                link: Link::Current,
+            })
+            .collect();
+        let results = commit_versions(&batch);
+        assert_eq!(results.len(), 40);
+        for (i, (result, output)) in results.iter().zip(&outputs).enumerate() {
+            if i == 7 {
+                let err = result.as_ref().unwrap_err().to_string();
+                assert!(err.contains("refusing to write"), "{err}");
+                assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+                continue;
+            }
+            assert!(result.is_ok(), "key {i}: {result:?}");
+            assert_eq!(current_generation(output).unwrap(), Some(1));
+            let observed = observe(output, false).unwrap();
+            assert_eq!(observed.versions, vec![1]);
+            assert!(observed.drift.is_empty(), "{:?}", observed.drift);
+            let stored = read_version(output, 1).unwrap();
+            assert_eq!(stored.public_key_der, versions[i].public_key_der);
+            assert_eq!(stored.meta, versions[i].meta);
+            let mode = fs::metadata(output.dir.join("v0001/private.enc"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o640);
+            assert!(no_leftovers(&output.dir));
+        }
+    }
+
+    #[test]
+    fn staged_versions_become_next_then_current() {
+        let root = tempfile::tempdir().unwrap();
+        let out = output(root.path(), "k");
+        let (v1, v2) = (version("k", 1), version("k", 2));
+        let commit = |version, link| {
+            commit_versions(&[NewVersion {
+                outputs: vec![&out],
+                version,
+                link,
+            }])
+            .pop()
+            .unwrap()
+        };
+        commit(&v1, Link::Current).unwrap();
+        commit(&v2, Link::Next).unwrap();
+        let observed = observe(&out, false).unwrap();
+        assert_eq!(observed.current.map(|v| v.generation), Some(1));
+        assert_eq!(observed.next.map(|v| v.generation), Some(2));
+        link(&out, 2, Link::Current).unwrap();
+        let observed = observe(&out, false).unwrap();
+        assert_eq!(observed.current.map(|v| v.generation), Some(2));
+        assert_eq!(observed.previous, Some(1));
+        assert!(observed.next.is_none());
+        assert!(no_leftovers(&out.dir));
+    }
+
+    #[test]
+    fn an_unlinked_leftover_version_is_rewritten() {
+        let root = tempfile::tempdir().unwrap();
+        let out = output(root.path(), "k");
+        let stale = out.dir.join("v0001");
+        fs::create_dir_all(&stale).unwrap();
+        fs::write(stale.join("public.pem"), "half a key").unwrap();
+        write_version(&out, &version("k", 1)).unwrap();
+        link(&out, 1, Link::Current).unwrap();
+        let stored = read_version(&out, 1).unwrap();
+        assert_eq!(stored.public_key_der, version("k", 1).public_key_der);
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub enum StoreError {
     /// The store is not usable as configured.
     #[error("{0}")]
     Config(String),
+    /// One failure shared by several writes (e.g. a failed flush of a whole batch).
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 /// Observes every output of `key`, in manifest order.
