@@ -99,7 +99,15 @@ pub async fn reconcile(
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
 ) -> Report {
+    let warm_up = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.warm_up().await }
+    });
     let pending = prepare(config, rotate);
+    if pending.plans.is_empty() {
+        // Converged: no call will be made, so the client is not worth finishing.
+        warm_up.abort();
+    }
     let mut report = Report {
         keys: pending.keys.len(),
         changed: pending.plans.len(),

@@ -37,6 +37,21 @@ impl AwsProvider {
         }
     }
 
+    /// Builds the client ahead of the first call, when that needs no network: building it
+    /// resolves the region, and without one from the configuration or the environment the
+    /// SDK would ask the instance metadata service. Building it (about 10–40 ms, mostly
+    /// loading the system's trust roots) then overlaps manifest loading.
+    pub async fn warm_up(&self) {
+        let region_known = self.settings.region.is_some()
+            || ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+            || std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v == "true");
+        if region_known {
+            self.client().await;
+        }
+    }
+
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async { Client::new(&sdk_config(&self.settings).await) })

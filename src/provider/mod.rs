@@ -99,6 +99,14 @@ impl AnyProvider {
             }
         }
     }
+
+    /// Prepares what the first call needs when that can be done without the network
+    /// (see [`aws::AwsProvider::warm_up`]); the local provider needs nothing.
+    pub async fn warm_up(&self) {
+        if let AnyProvider::Aws(aws) = self {
+            aws.warm_up().await;
+        }
+    }
 }
 
 impl Provider for AnyProvider {
