@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod execute;
 pub mod exit;
 pub mod group_commit;

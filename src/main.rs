@@ -111,8 +111,7 @@ fn main() -> ExitCode {
             if once {
                 runtime().block_on(reconcile::run_once(&config, None))
             } else {
-                eprintln!("error: daemon mode is not built yet; use keyprov run --once");
-                Exit::Invalid
+                runtime().block_on(keyprov::daemon::run(config))
             }
         }),
         Command::Plan { config } => with_config(&config.path, |config| reconcile::plan(&config)),

@@ -153,6 +153,29 @@ pub fn next_rotation(key: &KeyPair, current: &ObservedVersion) -> Option<SystemT
     .map(|d| d.activate_at)
 }
 
+/// The next time after `now` at which [`plan_key`] would act on this key without anything
+/// else changing: a staged generation's activation, or the start of the next rotation
+/// (publication when publishAhead is set). `None` when the key never rotates and nothing waits.
+pub fn next_event(
+    key: &KeyPair,
+    outputs: &[ObservedOutput],
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let fingerprint = key.spec_fingerprint();
+    let (current, staged) = authoritative(outputs);
+    if let Some(staged) = staged.filter(|s| s.spec_fingerprint == fingerprint) {
+        return (staged.activates_at > now).then_some(staged.activates_at);
+    }
+    let current = current?;
+    schedule::due(
+        current.activates_at,
+        key.rotation.every,
+        key.rotation.publish_ahead,
+    )
+    .map(|due| due.publish_at)
+    .filter(|&at| at > now)
+}
+
 /// Plans one key.
 pub fn plan_key(
     key: &KeyPair,

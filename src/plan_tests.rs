@@ -537,3 +537,42 @@ fn activation_waits_for_its_time_even_after_restarts() {
     let actions = plan_key(&k, &state, t(90) + HOUR, None);
     assert_eq!(actions, vec![Action::Activate { generation: 2 }]);
 }
+
+#[test]
+fn next_events() {
+    let plain = key(None, None, 1, 1);
+    let rotating = key(Some(90), None, 1, 1);
+    let staged_key = key(Some(90), Some(7), 1, 1);
+    assert_eq!(next_event(&plain, &[output(&plain, &[1], 0)], t(5)), None);
+    assert_eq!(next_event(&plain, &[ObservedOutput::default()], t(5)), None);
+    assert_eq!(
+        next_event(&rotating, &[output(&rotating, &[1], 0)], t(5)),
+        Some(t(90))
+    );
+    assert_eq!(
+        next_event(&staged_key, &[output(&staged_key, &[1], 0)], t(5)),
+        Some(t(83)),
+        "publication starts publishAhead before the due time"
+    );
+    assert_eq!(
+        next_event(&rotating, &[output(&rotating, &[1], 0)], t(90)),
+        None,
+        "already due: the plan acts now, there is nothing to wait for"
+    );
+    let mut with_next = output(&staged_key, &[1, 2], 0);
+    with_next.current = Some(version(&staged_key, 1, 0));
+    with_next.next = Some(ObservedVersion {
+        activates_at: t(90),
+        ..version(&staged_key, 2, 83)
+    });
+    assert_eq!(
+        next_event(&staged_key, &[with_next], t(84)),
+        Some(t(90)),
+        "a staged generation waits for its activation"
+    );
+    // Whatever next_event says, nothing is planned before it and something is planned at it.
+    let out = [output(&staged_key, &[1], 0)];
+    let at = next_event(&staged_key, &out, t(5)).unwrap();
+    assert!(plan_key(&staged_key, &out, at - HOUR, None).is_empty());
+    assert!(!plan_key(&staged_key, &out, at, None).is_empty());
+}

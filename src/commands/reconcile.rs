@@ -1,5 +1,6 @@
 //! `keyprov run --once`, `keyprov plan` and `keyprov rotate`: load, observe, plan, execute.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,6 +26,8 @@ pub struct Report {
     pub provider_calls: usize,
     /// Some manifest was invalid.
     pub invalid: bool,
+    /// The earliest time a rotation or activation falls due (for the daemon's timer).
+    pub next_event: Option<std::time::SystemTime>,
 }
 
 impl Report {
@@ -55,6 +58,8 @@ struct Pending {
     now: std::time::SystemTime,
     plans: Vec<KeyPlan>,
     failed: Vec<(String, String)>,
+    /// The earliest next event among keys with nothing to do now.
+    next_event: Option<std::time::SystemTime>,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
@@ -68,6 +73,7 @@ fn prepare(config: &Config, rotate: Option<&RotateRequest>) -> Pending {
         now: clock::now(),
         plans: Vec::new(),
         failed: Vec::new(),
+        next_event: None,
     };
     pending.keys = match rotate {
         Some(request) => match super::find_key(&loaded, &request.name) {
@@ -89,15 +95,36 @@ fn prepare(config: &Config, rotate: Option<&RotateRequest>) -> Pending {
         }
     }
     pending.plans = plan::plan(&pending.keys, &observed, pending.now, rotate);
+    let planned: HashSet<&str> = pending.plans.iter().map(|p| p.name.as_str()).collect();
+    let converged = pending
+        .keys
+        .iter()
+        .filter(|key| !planned.contains(key.name.as_str()));
+    pending.next_event = next_event(converged, &observed, pending.now);
     tracing::debug!(elapsed = ?started.elapsed(), changed = pending.plans.len(), "planned");
     pending
 }
 
-/// Reconciles every valid key once (or only `rotate.name` when rotating).
+/// The earliest [`plan::next_event`] of `keys`.
+fn next_event<'a>(
+    keys: impl Iterator<Item = &'a KeyPair>,
+    observed: &crate::observed::Observed,
+    now: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    keys.filter_map(|key| match observed.get(&key.name) {
+        Some(Ok(outputs)) => plan::next_event(key, outputs, now),
+        _ => None,
+    })
+    .min()
+}
+
+/// Reconciles every valid key once (or only `rotate.name` when rotating). With `schedule`,
+/// the report's `next_event` also covers the keys just changed (one more observation of them).
 pub async fn reconcile(
     config: &Config,
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
+    schedule: bool,
 ) -> Report {
     let warm_up = tokio::spawn({
         let provider = provider.clone();
@@ -114,7 +141,9 @@ pub async fn reconcile(
         failed: pending.failed,
         invalid: pending.invalid,
         provider_calls: 0,
+        next_event: pending.next_event,
     };
+    let changed: Vec<String> = pending.plans.iter().map(|p| p.name.clone()).collect();
     let stats = Arc::new(Stats::default());
     let outcomes = execute::execute(
         provider,
@@ -132,13 +161,27 @@ pub async fn reconcile(
     );
     report.failed.sort();
     report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
+    if !schedule {
+        return report;
+    }
+    // What the changed keys wait for next can only be read after their changes.
+    let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
+    let changed_keys: Vec<KeyPair> = pending
+        .keys
+        .iter()
+        .filter(|key| changed.contains(key.name.as_str()))
+        .cloned()
+        .collect();
+    let observed = store::observe_all(&changed_keys);
+    let after = next_event(changed_keys.iter(), &observed, clock::now());
+    report.next_event = report.next_event.into_iter().chain(after).min();
     report
 }
 
 /// `keyprov run --once` / `keyprov rotate`: reconcile and print a summary line.
 pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
-    let report = reconcile(config, provider, rotate).await;
+    let report = reconcile(config, provider, rotate, false).await;
     for (_, err) in &report.failed {
         eprintln!("error: {err}");
     }
