@@ -292,3 +292,49 @@ fn staged_rotations_publish_and_activate_on_their_timers() {
     let (code, _) = daemon.stop();
     assert_eq!(code, 0);
 }
+
+#[test]
+fn sigterm_lets_the_reconcile_in_flight_finish() {
+    let install = Install::new("");
+    let done = install.root().join("hook-done");
+    let script = install.root().join("slow-hook.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nsleep 2\necho finished > {}\n", done.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        install.config(),
+        format!("{CONFIG}hooks: {{allowed: [{}]}}\n", script.display()),
+    )
+    .unwrap();
+    install.manifest(
+        "alpha.yaml",
+        &manifest(
+            "alpha",
+            "ECC_NIST_P256",
+            &format!("  onRotate:\n    - command: [\"{}\"]\n", script.display()),
+        ),
+    );
+    let daemon = Daemon::start(&install);
+    // The pair is in place and the hook is running: the first reconcile is not over yet.
+    daemon.wait_until("alpha exists", || {
+        current(&install, "alpha").as_deref() == Some("v0001")
+    });
+    assert!(
+        !done.exists(),
+        "the hook finished before the stop was asked for"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("letting the reconcile in flight finish"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&done).unwrap_or_default(),
+        "finished\n",
+        "the hook was cut short\n{log}"
+    );
+}
