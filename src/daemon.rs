@@ -126,8 +126,8 @@ async fn reconcile_until_stopped(
             report = &mut reconciling => break Some(report),
             wake = wakes.recv() => match wake {
                 None | Some(Wake::Stop) => {
+                    // systemd sent the signal, so it knows; STOPPING=1 follows in `run`.
                     tracing::info!("stopping: letting the reconcile in flight finish");
-                    notify(&[NotifyState::Stopping]);
                     if tokio::time::timeout(STOP_GRACE, &mut reconciling).await.is_err() {
                         tracing::warn!(
                             "the reconcile in flight did not finish within {STOP_GRACE:?}; \
@@ -168,16 +168,7 @@ fn next_wake(config: &Config, report: &Report) -> Duration {
 fn summary(report: &Report, wait: Duration) -> String {
     let next = SystemTime::now() + wait;
     format!(
-        "{} keys, {} changed, {} failed, {} provider calls{}; next reconcile at {}",
-        report.keys,
-        report.changed,
-        report.failed.len(),
-        report.provider_calls,
-        if report.invalid {
-            ", invalid manifests left untouched"
-        } else {
-            ""
-        },
+        "{report}; next reconcile at {}",
         humantime::format_rfc3339_seconds(next)
     )
 }

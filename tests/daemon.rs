@@ -279,7 +279,7 @@ fn staged_rotations_publish_and_activate_on_their_timers() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("v0002/meta.json")).unwrap()).unwrap();
     let activates_at =
-        humantime::parse_rfc3339_weak(meta["activatesAt"].as_str().unwrap()).unwrap();
+        keyprov::schedule::parse_time(meta["activatesAt"].as_str().unwrap()).unwrap();
 
     daemon.wait_until("v0002 becomes current", || {
         link(&dir, "current").as_deref() == Some("v0002")

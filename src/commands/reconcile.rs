@@ -30,6 +30,25 @@ pub struct Report {
     pub next_event: Option<std::time::SystemTime>,
 }
 
+impl std::fmt::Display for Report {
+    /// One line: `N keys, N changed, N failed, N provider calls[, invalid manifests ...]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} keys, {} changed, {} failed, {} provider calls{}",
+            self.keys,
+            self.changed,
+            self.failed.len(),
+            self.provider_calls,
+            if self.invalid {
+                ", invalid manifests left untouched"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 impl Report {
     /// The exit code this report calls for.
     pub fn exit(&self) -> Exit {
@@ -143,7 +162,12 @@ pub async fn reconcile(
         provider_calls: 0,
         next_event: pending.next_event,
     };
-    let changed: Vec<String> = pending.plans.iter().map(|p| p.name.clone()).collect();
+    // Only the daemon's timer needs to know which keys to look at again afterwards.
+    let changed: HashSet<String> = if schedule {
+        pending.plans.iter().map(|p| p.name.clone()).collect()
+    } else {
+        HashSet::new()
+    };
     let stats = Arc::new(Stats::default());
     let outcomes = execute::execute(
         provider,
@@ -161,19 +185,14 @@ pub async fn reconcile(
     );
     report.failed.sort();
     report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
-    if !schedule {
-        return report;
-    }
     // What the changed keys wait for next can only be read after their changes.
-    let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
-    let changed_keys: Vec<KeyPair> = pending
+    let now = clock::now();
+    let after = pending
         .keys
         .iter()
-        .filter(|key| changed.contains(key.name.as_str()))
-        .cloned()
-        .collect();
-    let observed = store::observe_all(&changed_keys);
-    let after = next_event(changed_keys.iter(), &observed, clock::now());
+        .filter(|key| changed.contains(&key.name))
+        .filter_map(|key| plan::next_event(key, &store::observe_key(key).ok()?, now))
+        .min();
     report.next_event = report.next_event.into_iter().chain(after).min();
     report
 }
@@ -185,18 +204,7 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>) -> Exit {
     for (_, err) in &report.failed {
         eprintln!("error: {err}");
     }
-    println!(
-        "keyprov: {} keys, {} changed, {} failed, {} provider calls{}",
-        report.keys,
-        report.changed,
-        report.failed.len(),
-        report.provider_calls,
-        if report.invalid {
-            ", invalid manifests left untouched"
-        } else {
-            ""
-        }
-    );
+    println!("keyprov: {report}");
     report.exit()
 }
 
