@@ -1,4 +1,4 @@
-//! Exit codes scripts can rely on; when several apply, the highest wins.
+//! Exit codes scripts can rely on; within 0-3, when several apply, the highest wins.
 
 /// What a command's exit status means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -11,6 +11,10 @@ pub enum Exit {
     Invalid = 2,
     /// `plan` only: changes are pending.
     ChangesPending = 3,
+    /// A usage error: unknown flag, missing argument (`EX_USAGE`).
+    Usage = 64,
+    /// The stateDir lock is held by another keyprov and `--no-wait` was given (`EX_TEMPFAIL`).
+    LockHeld = 75,
 }
 
 impl Exit {
