@@ -124,6 +124,19 @@ const CORPUS: &[(&str, &str)] = &[
         "list-document.yaml",
         ":1:1: invalid type: sequence, expected struct Document",
     ),
+    // Durations that once overflowed status and rotate (item 6).
+    (
+        "every-too-long.yaml",
+        ":9:5: spec.rotation.every: duration \"20000y\" is longer than the maximum of 100years",
+    ),
+    (
+        "publish-ahead-too-far.yaml",
+        ":10:5: spec.rotation.publishAhead: duration \"19000y\" is longer than the maximum of 100years",
+    ),
+    (
+        "hook-timeout-too-long.yaml",
+        ":12:7: spec.onRotate[0].timeout: duration \"2d\" is longer than the maximum of 1day",
+    ),
     // Typos that once hung keyprov with unbounded memory (issue 8, item 1).
     (
         "typo-mapping-value.yaml",
