@@ -215,9 +215,11 @@ impl<P: Provider> KeyContext<'_, P> {
             }
         }
         for (event, generation) in events {
-            hooks::run(self.key, event, generation).await.map_err(|e| {
-                format!("key {name:?}: generation {generation} is in place, but {e}")
-            })?;
+            hooks::run(self.key, event, generation, &[])
+                .await
+                .map_err(|e| {
+                    format!("key {name:?}: generation {generation} is in place, but {e}")
+                })?;
         }
         Ok(())
     }
