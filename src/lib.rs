@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod logging;
 pub mod manifest;
 pub mod observed;
+pub mod output;
 pub mod parallel;
 pub mod plan;
 pub mod provider;

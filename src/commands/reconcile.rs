@@ -202,9 +202,9 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
     let report = reconcile(config, provider, rotate, false).await;
     for (_, err) in &report.failed {
-        eprintln!("error: {err}");
+        crate::errln!("error: {err}");
     }
-    println!("keyprov: {report}");
+    crate::outln!("keyprov: {report}");
     report.exit()
 }
 
@@ -217,15 +217,15 @@ pub fn plan(config: &Config) -> Exit {
         Exit::Ok
     };
     for (_, err) in &pending.failed {
-        eprintln!("error: {err}");
+        crate::errln!("error: {err}");
         exit = exit.max(Exit::KeyFailed);
     }
     print_plans(&pending.keys, &pending.plans);
     let converged = pending.keys.len() - pending.plans.len();
     if pending.plans.is_empty() {
-        println!("No changes: {converged} keys converged.");
+        crate::outln!("No changes: {converged} keys converged.");
     } else {
-        println!(
+        crate::outln!(
             "{} keys to change, {converged} converged.",
             pending.plans.len()
         );
@@ -247,7 +247,7 @@ fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            println!("{}: {action}{target}", plan.name);
+            crate::outln!("{}: {action}{target}", plan.name);
         }
     }
 }
