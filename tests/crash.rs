@@ -55,7 +55,10 @@ impl Key {
         let format = if self.der { "der" } else { "pem" };
         let mut outputs = format!("    - file: {{format: {format}}}\n");
         if self.dirs.len() > 1 {
-            outputs += &format!("    - file: {{dir: mirror/{}, format: {format}}}\n", self.name);
+            outputs += &format!(
+                "    - file: {{dir: mirror/{}, format: {format}}}\n",
+                self.name
+            );
         }
         let rotation = if self.staged {
             format!("{{every: 3650d, publishAhead: 1d, keep: {}}}", self.keep)
@@ -169,7 +172,10 @@ fn check_link(key: &Key, dir: &Path, link: &str) -> Result<Option<Linked>, Strin
         std::panic::catch_unwind(move || assert_pair_matches(spec, &private, &public))
             .map_err(|_| format!("{}: private key does not match", version.display()))?;
     } else if private_path.exists() {
-        return Err(format!("{}: plaintext not asked for", private_path.display()));
+        return Err(format!(
+            "{}: plaintext not asked for",
+            private_path.display()
+        ));
     }
     let meta: serde_json::Value = serde_json::from_slice(&meta_bytes)
         .map_err(|e| format!("{}/meta.json: {e}", version.display()))?;
@@ -319,7 +325,10 @@ fn restart(install: &Install, keys: &[Key], round: u64, figures: &mut Figures) {
     let calls = provider_calls(&run.stdout);
     figures.restart_calls += calls.unwrap_or(0);
     if run.code != 0 {
-        fail(figures, format!("run --once exited {}: {}", run.code, run.all()));
+        fail(
+            figures,
+            format!("run --once exited {}: {}", run.code, run.all()),
+        );
     }
     if calls.is_none_or(|c| c > generate + copies) {
         fail(
@@ -340,11 +349,17 @@ fn restart(install: &Install, keys: &[Key], round: u64, figures: &mut Figures) {
             .take(5)
             .map(|l| l.trim())
             .collect();
-        fail(figures, format!("verify exited {}: {failed:?}", verify.code));
+        fail(
+            figures,
+            format!("verify exited {}: {failed:?}", verify.code),
+        );
     }
     let left = leftovers(&install.state());
     if !left.is_empty() {
-        fail(figures, format!("{} leftovers, e.g. {:?}", left.len(), left[0]));
+        fail(
+            figures,
+            format!("{} leftovers, e.g. {:?}", left.len(), left[0]),
+        );
     }
     for key in keys {
         let outputs: Vec<OutputState> = key.dirs.iter().map(|d| check_output(key, d)).collect();
@@ -367,7 +382,9 @@ fn restart(install: &Install, keys: &[Key], round: u64, figures: &mut Figures) {
         }
         let target = if key.staged { "next" } else { "current" };
         let wanted: Vec<Option<&Linked>> = outputs.iter().map(|o| o.links.get(target)).collect();
-        if wanted.iter().any(|l| l.is_none_or(|l| l.round != round_text))
+        if wanted
+            .iter()
+            .any(|l| l.is_none_or(|l| l.round != round_text))
             || wanted.windows(2).any(|w| w[0] != w[1])
         {
             fail(
@@ -377,7 +394,11 @@ fn restart(install: &Install, keys: &[Key], round: u64, figures: &mut Figures) {
         }
     }
     let again = install.keyprov(&["run", "--once"]);
-    if again.code != 0 || !again.stdout.contains(" 0 changed, 0 failed, 0 provider calls") {
+    if again.code != 0
+        || !again
+            .stdout
+            .contains(" 0 changed, 0 failed, 0 provider calls")
+    {
         fail(
             figures,
             format!("a second run was not a no-op: {}", again.all().trim()),

@@ -479,7 +479,9 @@ pub fn read_current(target: &ReadTarget) -> Result<ReadPair, String> {
         None
     };
     Ok(ReadPair {
-        generation: meta["generation"].as_u64().ok_or("meta.json: no generation")?,
+        generation: meta["generation"]
+            .as_u64()
+            .ok_or("meta.json: no generation")?,
         public_sha,
         private_sha,
     })
@@ -526,24 +528,27 @@ impl Reader {
                                 v.insert(material);
                                 None
                             }
-                            std::collections::hash_map::Entry::Occupied(o) => (o.get()
-                                != &material)
-                                .then(|| {
+                            // Reported once per change, not on every read after it.
+                            std::collections::hash_map::Entry::Occupied(mut o) => {
+                                (o.insert(material.clone()) != material).then(|| {
                                     format!(
                                         "generation {} changed its key material",
                                         pair.generation
                                     )
-                                }),
+                                })
+                            }
                         }
                     }
                 };
                 if let Some(problem) = problem {
                     report.failures += 1;
                     if report.first.len() < 10 {
-                        report.first.push(format!("{}: {problem}", target.dir.display()));
+                        report
+                            .first
+                            .push(format!("{}: {problem}", target.dir.display()));
                     }
                 }
-                std::thread::yield_now();
+                std::thread::sleep(std::time::Duration::from_micros(100));
             }
             report
         });
