@@ -472,6 +472,14 @@ fn sigkilled_runs_never_break_a_pair_and_a_restart_converges() {
         if kill_number % restart_every == 0 || kill_number == kills {
             restart(&install, &keys, round, &mut figures);
         }
+        if kill_number % 100 == 0 && kill_number < kills {
+            eprintln!(
+                "  {kill_number} kills in {:.0?}: {} broken links, {} restart failures",
+                harness.elapsed(),
+                figures.broken,
+                figures.restart_failures
+            );
+        }
     }
     let read = reader.finish();
     let elapsed = harness.elapsed();
