@@ -137,7 +137,7 @@ fn target(install: &Install, outside: &Path, kind: &str, round: usize) -> (PathB
     let dir = install.key_dir("alpha");
     let version = link(
         &dir,
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             "current"
         } else {
             "previous"
@@ -198,7 +198,7 @@ fn racing_symlink_swaps_never_make_keyprov_write_outside() {
         let slot = slots.join(kind);
         remove(&slot);
         std::os::unix::fs::symlink(&fake, &slot).unwrap();
-        let args: Vec<&str> = if round % 2 == 0 {
+        let args: Vec<&str> = if round.is_multiple_of(2) {
             vec!["rotate", "alpha", "--now"]
         } else {
             install.manifest("alpha.yaml", &alpha_manifest(round));
