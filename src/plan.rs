@@ -70,12 +70,17 @@ pub enum Action {
         /// Link it gets there.
         link: Link,
     },
-    /// Repair metadata of an output in place: modes, owners, format files, previous link.
+    /// Repair an output in place: modes, owners, format files, leftovers, damaged files of
+    /// linked versions (rewritten from an intact copy in another output), the previous link.
     Repair {
         /// Output index.
         output: usize,
         /// What is wrong.
         reasons: Vec<String>,
+        /// What `previous` must point at afterwards.
+        previous: Option<u32>,
+        /// Linked generations whose files are damaged here.
+        damaged: Vec<u32>,
     },
     /// Remove old versions beyond `rotation.keep`.
     Prune {
@@ -291,21 +296,46 @@ pub fn plan_key(
         let mut present: BTreeSet<u32> = output.versions.iter().copied().collect();
         present.insert(final_current);
         present.extend(final_next);
-        let kept = kept_versions(&present, final_current, final_next, key.rotation.keep);
+        let history = history(output, final_current, final_next);
+        let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();
-        let relinked = fresh.contains(&final_current)
-            || output.current.as_ref().map(|c| c.generation) != Some(final_current);
-        if !relinked && output.previous != expected_previous {
+        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
+        // What `previous` will be once the links have moved (it takes the old current) and
+        // the doomed versions are gone.
+        let old_current = output.current.as_ref().map(|c| c.generation);
+        let moved_previous = match old_current {
+            Some(old) if old < final_current => Some(old),
+            _ => output.previous,
+        };
+        let moved_previous = moved_previous.filter(|p| !doomed.contains(p));
+        if moved_previous != expected_previous {
             reasons.push(match expected_previous {
                 Some(p) => format!("previous should point at generation {p}"),
                 None => "previous should be removed".into(),
             });
         }
+        // Damage matters where the version stays linked and is not about to be written anew.
+        let damaged: Vec<u32> = output
+            .damaged
+            .iter()
+            .filter(|d| {
+                !fresh.contains(&d.generation)
+                    && (d.generation == final_current || Some(d.generation) == final_next)
+            })
+            .map(|d| {
+                reasons.extend(d.problems.iter().cloned());
+                d.generation
+            })
+            .collect();
         if !reasons.is_empty() {
-            actions.push(Action::Repair { output: i, reasons });
+            actions.push(Action::Repair {
+                output: i,
+                reasons,
+                previous: expected_previous,
+                damaged,
+            });
         }
-        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
         if output.prunable && !doomed.is_empty() {
             actions.push(Action::Prune {
                 output: i,
@@ -317,6 +347,33 @@ pub fn plan_key(
 }
 
 /// The versions an output keeps: current, next, and the `keep` newest below current.
+/// The versions of an output that were ever in use, plus the final current and next.
+///
+/// Links only move forward and `previous` always names the version that was current before,
+/// so a version above the lowest one linked here that is not linked itself was never in use:
+/// a crash left it between being renamed in and being linked. Such a version (and, on an
+/// output with no link at all, any version) is garbage: pruned, never adopted as history.
+pub fn history(output: &ObservedOutput, current: u32, next: Option<u32>) -> BTreeSet<u32> {
+    let linked: BTreeSet<u32> = [
+        output.current.as_ref().map(|c| c.generation),
+        output.next.as_ref().map(|n| n.generation),
+        output.previous,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let lowest = linked.first().copied();
+    let mut history: BTreeSet<u32> = output
+        .versions
+        .iter()
+        .copied()
+        .filter(|v| linked.contains(v) || lowest.is_some_and(|l| *v < l))
+        .collect();
+    history.insert(current);
+    history.extend(next);
+    history
+}
+
 pub fn kept_versions(
     present: &BTreeSet<u32>,
     current: u32,
@@ -368,7 +425,9 @@ impl fmt::Display for Action {
                     "copy generation {generation} as {link} to outputs {outputs:?}"
                 )
             }
-            Action::Repair { output, reasons } => {
+            Action::Repair {
+                output, reasons, ..
+            } => {
                 write!(f, "repair output {output}: {}", reasons.join("; "))
             }
             Action::Prune {

@@ -63,6 +63,7 @@ fn output(key: &KeyPair, versions: &[u32], activated_day: u64) -> ObservedOutput
         previous: versions.len().checked_sub(2).map(|i| versions[i]),
         versions: versions.to_vec(),
         drift: vec![],
+        damaged: vec![],
         prunable: true,
     }
 }
@@ -288,6 +289,8 @@ fn transitions() {
             vec![Action::Repair {
                 output: 0,
                 reasons: vec!["public.pem mode 0644, want 0640".into()],
+                previous: None,
+                damaged: vec![],
             }],
         ),
         (
@@ -299,6 +302,8 @@ fn transitions() {
             vec![Action::Repair {
                 output: 0,
                 reasons: vec!["previous should point at generation 1".into()],
+                previous: Some(1),
+                damaged: vec![],
             }],
         ),
         (
@@ -361,8 +366,15 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
             o.versions.sort();
         }
         let g = v.generation;
+        if let Some(old) = o
+            .current
+            .as_ref()
+            .map(|c| c.generation)
+            .filter(|&old| old < g)
+        {
+            o.previous = Some(old);
+        }
         o.current = Some(v);
-        o.previous = o.versions.iter().rev().find(|&&p| p < g).copied();
         if o.next.as_ref().is_some_and(|n| n.generation <= g) {
             o.next = None;
         }
@@ -423,11 +435,15 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     }
                 }
             }
-            Action::Repair { output, .. } => {
+            Action::Repair {
+                output, previous, ..
+            } => {
                 let o = &mut outputs[*output];
                 o.drift.clear();
-                let current = o.current.as_ref().map(|c| c.generation).unwrap_or(0);
-                o.previous = o.versions.iter().rev().find(|&&p| p < current).copied();
+                o.damaged.clear();
+                if o.current.is_some() {
+                    o.previous = previous.filter(|p| o.versions.contains(p));
+                }
             }
             Action::Prune {
                 output,
@@ -490,6 +506,7 @@ fn arb_output(universe: Vec<ObservedVersion>) -> impl Strategy<Value = ObservedO
                 previous,
                 versions,
                 drift: if drift { vec!["mode".into()] } else { vec![] },
+                damaged: vec![],
                 prunable: true,
             }
         })
