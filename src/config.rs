@@ -6,11 +6,26 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::manifest::{self, Diagnostic, absolute, display_path};
-use crate::schedule::parse_duration;
+use crate::manifest::{self, Diagnostic, absolute, display_path, scan, source};
+use crate::schedule::parse_bounded_duration;
 
 /// Default configuration path when neither `--config` nor `$KEYPROV_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/keyprov/keyprov.yaml";
+/// Configuration files larger than this are refused.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Accepted `reconcile.concurrency`.
+pub const CONCURRENCY: std::ops::RangeInclusive<usize> = 1..=1024;
+/// Accepted `reconcile.maxRequestsPerSecond`.
+pub const REQUESTS_PER_SECOND: std::ops::RangeInclusive<f64> = 0.01..=100_000.0;
+/// Accepted `aws.maxAttempts`.
+pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
+/// Longest `aws.connectTimeout`, `aws.attemptTimeout`, `aws.operationTimeout` and
+/// `reconcile.debounce`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest `reconcile.resyncEvery`.
+pub const MAX_RESYNC: Duration = Duration::from_secs(30 * 86_400);
+/// Environment variables hooks may never be given through `hooks.env`: keyprov's own.
+pub const RESERVED_ENV_PREFIX: &str = "KEYPROV_";
 
 /// Which provider generates key pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -60,6 +75,8 @@ struct ConfigDoc {
 struct HooksDoc {
     #[serde(default)]
     allowed: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +173,9 @@ pub struct Config {
     pub output_roots: Vec<PathBuf>,
     /// Programs onRotate may run.
     pub hooks_allowed: Vec<PathBuf>,
+    /// Names of extra environment variables hooks may see (`hooks.env`): valid names, none
+    /// starting with `KEYPROV_`.
+    pub hooks_env: Vec<String>,
     /// Provider.
     pub provider: ProviderKind,
     /// Keyring of the local provider.
@@ -171,28 +191,51 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and validates the configuration file; every problem is returned.
+    /// Reads and validates the configuration file; every problem is returned. Only a regular
+    /// file of at most [`MAX_FILE_BYTES`] is read (a FIFO is refused, not waited on).
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let whole = |message: String| {
-            vec![Diagnostic {
-                file: display_path(path),
-                line: 0,
-                column: 0,
-                field: String::new(),
-                message,
-            }]
-        };
         let path = std::path::absolute(path)
-            .map_err(|err| whole(format!("cannot resolve path: {err}")))?;
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            whole(format!(
-                "cannot read the configuration: {err} (pass --config or set KEYPROV_CONFIG)"
-            ))
+            .map_err(|err| whole(path, format!("cannot resolve path: {err}")))?;
+        let text = source::read_text(&path, MAX_FILE_BYTES).map_err(|err| {
+            whole(
+                &path,
+                format!(
+                    "cannot read the configuration: {err} (pass --config or set KEYPROV_CONFIG)"
+                ),
+            )
         })?;
-        let doc: ConfigDoc = manifest::parse_single(&path, &text).map_err(|d| vec![d])?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration file contents as if read from `path` (made absolute): the
+    /// entry point of the fuzz target and of tests that need no files.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, Vec<Diagnostic>> {
+        let path = std::path::absolute(path)
+            .map_err(|err| whole(path, format!("cannot resolve path: {err}")))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(whole(
+                &path,
+                format!("file is larger than {} MiB", MAX_FILE_BYTES >> 20),
+            ));
+        }
+        let text = source::decode(bytes.to_vec()).map_err(|err| whole(&path, err))?;
+        Self::parse(path, &text)
+    }
+
+    fn parse(path: PathBuf, text: &str) -> Result<Config, Vec<Diagnostic>> {
+        if let Err(refusal) = scan::scan(text, 1) {
+            return Err(vec![Diagnostic {
+                file: display_path(&path),
+                line: refusal.line,
+                column: refusal.column,
+                field: String::new(),
+                message: refusal.message,
+            }]);
+        }
+        let doc: ConfigDoc = manifest::parse_single(&path, text).map_err(|d| vec![d])?;
         let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut problems = Vec::new();
-        let index = manifest::PositionIndex::build(&text);
+        let index = manifest::PositionIndex::build(text);
         let mut field_error = |field: &str, message: String| {
             let position = index.find(0, field);
             problems.push(Diagnostic {
@@ -203,13 +246,14 @@ impl Config {
                 message,
             })
         };
-        let mut duration = |field: &str, text: &Option<String>, default: Duration| match text {
-            None => default,
-            Some(text) => parse_duration(text).unwrap_or_else(|message| {
-                field_error(field, message);
-                default
-            }),
-        };
+        let mut duration =
+            |field: &str, text: &Option<String>, default: Duration, max: Duration| match text {
+                None => default,
+                Some(text) => parse_bounded_duration(text, max).unwrap_or_else(|message| {
+                    field_error(field, message);
+                    default
+                }),
+            };
         let aws = AwsSettings {
             region: doc.aws.region,
             profile: doc.aws.profile,
@@ -218,16 +262,19 @@ impl Config {
                 "aws.connectTimeout",
                 &doc.aws.connect_timeout,
                 Duration::from_secs(3),
+                MAX_TIMEOUT,
             ),
             attempt_timeout: duration(
                 "aws.attemptTimeout",
                 &doc.aws.attempt_timeout,
                 Duration::from_secs(10),
+                MAX_TIMEOUT,
             ),
             operation_timeout: duration(
                 "aws.operationTimeout",
                 &doc.aws.operation_timeout,
                 Duration::from_secs(60),
+                MAX_TIMEOUT,
             ),
             max_attempts: doc.aws.max_attempts.unwrap_or(5),
             retry_mode: doc.aws.retry_mode.unwrap_or_default(),
@@ -239,26 +286,64 @@ impl Config {
                 "reconcile.resyncEvery",
                 &doc.reconcile.resync_every,
                 Duration::from_secs(600),
+                MAX_RESYNC,
             ),
             debounce: duration(
                 "reconcile.debounce",
                 &doc.reconcile.debounce,
                 Duration::from_millis(300),
+                MAX_TIMEOUT,
             ),
         };
         if reconcile.concurrency == 0 {
             field_error("reconcile.concurrency", "must be at least 1".into());
+        } else if !CONCURRENCY.contains(&reconcile.concurrency) {
+            field_error(
+                "reconcile.concurrency",
+                format!("must be at most {}", CONCURRENCY.end()),
+            );
         }
-        if !(reconcile.max_requests_per_second > 0.0
-            && reconcile.max_requests_per_second.is_finite())
-        {
+        // NaN and infinities are outside the range too.
+        if !REQUESTS_PER_SECOND.contains(&reconcile.max_requests_per_second) {
             field_error(
                 "reconcile.maxRequestsPerSecond",
-                "must be a positive number".into(),
+                format!(
+                    "{:?} is out of range: use {} to {}",
+                    reconcile.max_requests_per_second,
+                    REQUESTS_PER_SECOND.start(),
+                    REQUESTS_PER_SECOND.end()
+                ),
             );
         }
         if aws.max_attempts == 0 {
             field_error("aws.maxAttempts", "must be at least 1".into());
+        } else if !MAX_ATTEMPTS.contains(&aws.max_attempts) {
+            field_error(
+                "aws.maxAttempts",
+                format!("must be at most {}", MAX_ATTEMPTS.end()),
+            );
+        }
+        if doc.state_dir.trim().is_empty() {
+            field_error("stateDir", "must not be empty".into());
+        }
+        let mut not_empty = |field: String, value: &str| {
+            if value.trim().is_empty() {
+                field_error(&field, "must not be empty".into());
+            }
+        };
+        for (i, m) in doc.manifests.iter().enumerate() {
+            not_empty(format!("manifests[{i}]"), m);
+        }
+        for (i, r) in doc.output_roots.iter().enumerate() {
+            not_empty(format!("outputRoots[{i}]"), r);
+        }
+        if let Some(keyring) = &doc.local.keyring {
+            not_empty("local.keyring".into(), keyring);
+        }
+        for (i, name) in doc.hooks.env.iter().enumerate() {
+            if let Err(message) = check_env_name(name) {
+                field_error(&format!("hooks.env[{i}]"), message);
+            }
         }
         if doc.manifests.is_empty() {
             field_error(
@@ -302,6 +387,7 @@ impl Config {
                 .map(|r| absolute(&base, Path::new(r)))
                 .collect(),
             hooks_allowed,
+            hooks_env: doc.hooks.env,
             state_dir,
             provider: doc.provider,
             keyring,
@@ -320,5 +406,149 @@ impl Config {
             output_roots: &self.output_roots,
             hooks_allowed: &self.hooks_allowed,
         }
+    }
+}
+
+/// One whole-file diagnostic of the configuration at `path`.
+fn whole(path: &Path, message: String) -> Vec<Diagnostic> {
+    vec![Diagnostic {
+        file: display_path(path),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message,
+    }]
+}
+
+/// Checks a `hooks.env` entry: a portable variable name, not one of keyprov's own.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        ));
+    }
+    if name.starts_with(RESERVED_ENV_PREFIX) {
+        return Err(format!(
+            "{name:?}: {RESERVED_ENV_PREFIX}* variables are keyprov's own and never passed to hooks"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "manifests: [manifests.d]\nstateDir: state\n";
+
+    fn load(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        Config::from_bytes(Path::new("/etc/keyprov/keyprov.yaml"), text.as_bytes())
+    }
+
+    /// The one diagnostic of `text`, as `line:column: field: message`.
+    fn refused(text: &str) -> String {
+        let problems = load(text).expect_err(text);
+        assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+        let d = &problems[0];
+        format!("{}:{}: {}: {}", d.line, d.column, d.field, d.message)
+    }
+
+    #[test]
+    fn accepts_a_bom_and_the_bounds() {
+        let config = load(&format!(
+            "\u{feff}{BASE}reconcile: {{concurrency: 1024, maxRequestsPerSecond: 0.01}}\nhooks: {{env: [PATH, http_proxy, _X1]}}\naws: {{maxAttempts: 100, operationTimeout: 1h}}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.state_dir, Path::new("/etc/keyprov/state"));
+        assert_eq!(config.hooks_env, ["PATH", "http_proxy", "_X1"]);
+        assert_eq!(config.reconcile.concurrency, 1024);
+        assert!(load(BASE).unwrap().hooks_env.is_empty());
+    }
+
+    #[test]
+    fn refuses_what_would_hang_or_overflow() {
+        let cases = [
+            (
+                "stateDir: \"\"\nmanifests: [m]\n",
+                "1:1: stateDir: must not be empty",
+            ),
+            (
+                "stateDir: s\nmanifests: [\"\"]\n",
+                "2:13: manifests[0]: must not be empty",
+            ),
+            (
+                "reconcile: {maxRequestsPerSecond: 1e-300}\n",
+                "3:13: reconcile.maxRequestsPerSecond: 1e-300 is out of range: use 0.01 to 100000",
+            ),
+            (
+                "reconcile: {maxRequestsPerSecond: .nan}\n",
+                "3:13: reconcile.maxRequestsPerSecond: NaN is out of range",
+            ),
+            (
+                "reconcile: {maxRequestsPerSecond: .inf}\n",
+                "3:13: reconcile.maxRequestsPerSecond: inf is out of range",
+            ),
+            (
+                "reconcile: {concurrency: 100000}\n",
+                "3:13: reconcile.concurrency: must be at most 1024",
+            ),
+            (
+                "aws: {maxAttempts: 101}\n",
+                "3:7: aws.maxAttempts: must be at most 100",
+            ),
+            (
+                "reconcile: {resyncEvery: 20000y}\n",
+                "3:13: reconcile.resyncEvery: duration \"20000y\" is longer than the maximum of 30days",
+            ),
+            (
+                "aws: {attemptTimeout: 2h}\n",
+                "3:7: aws.attemptTimeout: duration \"2h\" is longer than the maximum of 1h",
+            ),
+            (
+                "hooks: {env: [KEYPROV_CONFIG]}\n",
+                "3:15: hooks.env[0]: \"KEYPROV_CONFIG\": KEYPROV_* variables are keyprov's own",
+            ),
+            (
+                "hooks: {env: [A, 1X]}\n",
+                "3:18: hooks.env[1]: \"1X\" is not an environment variable name",
+            ),
+            (
+                "hooks: {env: [\"A=B\"]}\n",
+                "3:15: hooks.env[0]: \"A=B\" is not",
+            ),
+            ("a: &x 1\nb: *y\n", "4:4: : alias *y refers to no anchor"),
+            (
+                "---\na: 1\n---\nb: 2\n",
+                "3:1: : more than 1 YAML documents",
+            ),
+        ];
+        for (extra, want) in cases {
+            let text = if extra.starts_with("stateDir") {
+                extra.to_string()
+            } else {
+                format!("{BASE}{extra}")
+            };
+            let got = refused(&text);
+            assert!(got.starts_with(want), "{extra}: got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_fifo_without_waiting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("keyprov.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let problems = Config::load(&fifo).unwrap_err();
+        assert!(
+            problems[0]
+                .message
+                .contains("is a FIFO; expected a regular file"),
+            "{problems:?}"
+        );
     }
 }

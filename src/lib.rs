@@ -12,6 +12,7 @@ pub mod execute;
 pub mod exit;
 pub mod group_commit;
 pub mod hooks;
+pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod observed;

@@ -35,6 +35,9 @@ enum Command {
         /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input.
         #[arg(long)]
         once: bool,
+        /// With --once: exit 75 at once when another keyprov holds the stateDir lock.
+        #[arg(long, requires = "once")]
+        no_wait: bool,
     },
     /// Show what `run --once` would do; changes nothing. Exit 3 when changes are pending.
     Plan {
@@ -65,6 +68,9 @@ enum Command {
         /// Activate at once, skipping publishAhead: the emergency path.
         #[arg(long)]
         now: bool,
+        /// Exit 75 at once when another keyprov holds the stateDir lock.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print the private key of NAME as PEM, decrypted by the provider.
     Decrypt {
@@ -95,6 +101,14 @@ fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exi
             body(config)
         }
         Err(exit) => exit,
+    }
+}
+
+fn lock_wait(no_wait: bool) -> reconcile::LockWait {
+    if no_wait {
+        reconcile::LockWait::NoWait
+    } else {
+        reconcile::LockWait::Wait
     }
 }
 
@@ -140,9 +154,13 @@ fn main() -> ExitCode {
         Err(exit) => return ExitCode::from(exit.code()),
     };
     let exit = match cli.command {
-        Command::Run { config, once } => with_config(&config.path, |config| {
+        Command::Run {
+            config,
+            once,
+            no_wait,
+        } => with_config(&config.path, |config| {
             if once {
-                runtime().block_on(reconcile::run_once(&config, None))
+                runtime().block_on(reconcile::run_once(&config, None, lock_wait(no_wait)))
             } else {
                 runtime().block_on(keyprov::daemon::run(config))
             }
@@ -155,9 +173,18 @@ fn main() -> ExitCode {
         Command::Status { config, json } => {
             with_config(&config.path, |config| status::status(&config, json))
         }
-        Command::Rotate { name, config, now } => with_config(&config.path, |config| {
+        Command::Rotate {
+            name,
+            config,
+            now,
+            no_wait,
+        } => with_config(&config.path, |config| {
             let request = RotateRequest { name, now };
-            runtime().block_on(reconcile::run_once(&config, Some(&request)))
+            runtime().block_on(reconcile::run_once(
+                &config,
+                Some(&request),
+                lock_wait(no_wait),
+            ))
         }),
         Command::Decrypt {
             name,

@@ -2,6 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
+/// Longest `rotation.every` and `rotation.publishAhead`: 100 years (of 365.25 days).
+pub const MAX_ROTATION: Duration = Duration::from_secs(36_525 * 86_400);
+
 /// Parses a manifest duration such as `90d`, `12h` or `1h 30m` (humantime syntax).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text.trim())
@@ -12,8 +15,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Formats a time the way meta.json and status print it: RFC 3339, UTC, microseconds.
+/// Parses a duration as [`parse_duration`] does and refuses one longer than `max`.
+pub fn parse_bounded_duration(text: &str, max: Duration) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration > max {
+        return Err(format!(
+            "duration {text:?} is longer than the maximum of {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+/// The latest time keyprov writes or computes: 9999-12-31T23:59:59.999999Z, the end of what
+/// RFC 3339 can say. Schedule arithmetic saturates here instead of overflowing.
+pub fn max_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_000)
+}
+
+/// `time + duration`, saturating at [`max_time`].
+pub fn add(time: SystemTime, duration: Duration) -> SystemTime {
+    time.checked_add(duration)
+        .map_or(max_time(), |t| t.min(max_time()))
+}
+
+/// Formats a time the way meta.json and status print it: RFC 3339, UTC, microseconds. Times
+/// outside 1970..=9999 (a clock or a meta.json far off) are clamped, never a panic.
 pub fn format_time(time: SystemTime) -> String {
+    let time = time.clamp(SystemTime::UNIX_EPOCH, max_time());
     humantime::format_rfc3339_micros(time).to_string()
 }
 
@@ -37,7 +66,7 @@ pub fn due(
     every: Option<Duration>,
     publish_ahead: Option<Duration>,
 ) -> Option<Due> {
-    let activate_at = current_activated_at.checked_add(every?)?;
+    let activate_at = add(current_activated_at, every?);
     let publish_at = activate_at
         .checked_sub(publish_ahead.unwrap_or_default())
         .unwrap_or(activate_at);
@@ -57,7 +86,7 @@ pub fn activation_time(
     let Some(ahead) = publish_ahead else {
         return now;
     };
-    let earliest = now + ahead;
+    let earliest = add(now, ahead);
     match due_at {
         Some(due_at) if due_at > earliest => due_at,
         _ => earliest,
@@ -106,6 +135,33 @@ mod tests {
         assert_eq!(d.publish_at, t0 + 83 * DAY);
         let d = due(t0, Some(90 * DAY), None).unwrap();
         assert_eq!(d.publish_at, d.activate_at);
+    }
+
+    #[test]
+    fn far_times_saturate_instead_of_panicking() {
+        let far = parse_time("9999-06-01T00:00:00Z").unwrap();
+        let d = due(far, Some(MAX_ROTATION), Some(MAX_ROTATION / 2)).unwrap();
+        assert_eq!(d.activate_at, max_time());
+        assert_eq!(format_time(d.activate_at), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(activation_time(far, None, Some(MAX_ROTATION)), max_time());
+        let beyond = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
+        assert_eq!(format_time(beyond), "9999-12-31T23:59:59.999999Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(format_time(before), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(add(max_time(), Duration::MAX), max_time());
+        assert_eq!(parse_time(&format_time(max_time())), Ok(max_time()));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(
+            parse_bounded_duration("100y", MAX_ROTATION),
+            Ok(MAX_ROTATION)
+        );
+        let err = parse_bounded_duration("20000y", MAX_ROTATION).unwrap_err();
+        assert!(err.contains("longer than the maximum of 100years"), "{err}");
+        let err = parse_bounded_duration("99999999999999999999y", MAX_ROTATION).unwrap_err();
+        assert!(err.contains("invalid duration"), "{err}");
     }
 
     #[test]

@@ -274,7 +274,7 @@ fn hooks_env_in_the_config_passes_only_the_listed_names() {
         &mut install,
         "env.sh",
         &format!("cat /proc/$$/environ > {}\n", env_file.display()),
-        ", env: [LANG, KEYPROV_TEST_UNSET]",
+        ", env: [LANG, HOOK_TEST_UNSET]",
     );
     key_with_hook(&install, &script, "1m");
     let (code, _, stderr) = run_measured(

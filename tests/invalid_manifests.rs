@@ -9,7 +9,7 @@ use common::*;
 const CORPUS: &[(&str, &str)] = &[
     (
         "syntax-error.yaml",
-        ":10:1: did not find expected ',' or ']', while parsing a flow sequence at line 9 column 19",
+        ":10:1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'",
     ),
     (
         "wrong-type-outputs.yaml",
@@ -118,11 +118,62 @@ const CORPUS: &[(&str, &str)] = &[
     ),
     (
         "tabs-and-garbage.yaml",
-        ":4:1: found character that cannot start any token",
+        ":4:2: YAML syntax error: tabs disallowed within this context (block indentation)",
     ),
     (
         "list-document.yaml",
         ":1:1: invalid type: sequence, expected struct Document",
+    ),
+    // Durations that once overflowed status and rotate (item 6).
+    (
+        "every-too-long.yaml",
+        ":9:5: spec.rotation.every: duration \"20000y\" is longer than the maximum of 100years",
+    ),
+    (
+        "publish-ahead-too-far.yaml",
+        ":10:5: spec.rotation.publishAhead: duration \"19000y\" is longer than the maximum of 100years",
+    ),
+    (
+        "hook-timeout-too-long.yaml",
+        ":12:7: spec.onRotate[0].timeout: duration \"2d\" is longer than the maximum of 1day",
+    ),
+    // Typos that once hung keyprov with unbounded memory (issue 8, item 1).
+    (
+        "typo-mapping-value.yaml",
+        ":4:17: YAML syntax error: mapping values are not allowed in this context",
+    ),
+    (
+        "typo-indented-key.yaml",
+        ":5:10: YAML syntax error: mapping values are not allowed in this context",
+    ),
+    (
+        "typo-sequence-entry.yaml",
+        ":5:12: YAML syntax error: block sequence entries are not allowed in this context",
+    ),
+    (
+        "two-yaml-directives.yaml",
+        ":2:1: YAML syntax error: duplicate version directive",
+    ),
+    // Anchors that once panicked serde_yaml, or that it resolves wrongly (item 2).
+    (
+        "undefined-alias.yaml",
+        ":5:7: alias *nope refers to no anchor defined before it in this document",
+    ),
+    (
+        "recursive-alias.yaml",
+        ":5:24: alias *l refers to no anchor defined before it in this document (or to a node that contains the alias)",
+    ),
+    (
+        "redefined-anchor.yaml",
+        ":5:15: anchor &n is defined again (first on line 4); give each anchor its own name",
+    ),
+    (
+        "alias-bomb.yaml",
+        ":11:14: aliases expand to more than 100000 nodes; refusing a possible alias bomb",
+    ),
+    (
+        "deep-nesting.yaml",
+        ":7:129: nested deeper than 64 levels; a manifest needs far fewer",
     ),
 ];
 
@@ -230,7 +281,7 @@ fn huge_and_binary_files_are_refused() {
     assert_rejected(
         &install,
         "huge.yaml",
-        ": file is larger than 4 MiB; split it into several manifests",
+        ": file is larger than 4 MiB; split it into several files",
     );
     std::fs::remove_file(install.manifests().join("huge.yaml")).unwrap();
 
@@ -242,7 +293,7 @@ fn huge_and_binary_files_are_refused() {
     assert_rejected(
         &install,
         "binary.yaml",
-        ": binary content (NUL byte at offset 7); a manifest is UTF-8 YAML text",
+        ": binary content (NUL byte at offset 7); expected UTF-8 YAML text",
     );
     std::fs::write(
         install.manifests().join("binary.yaml"),

@@ -9,11 +9,12 @@ pub mod document;
 mod model;
 pub mod paths;
 mod positions;
+pub mod scan;
+pub mod source;
 mod validate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -25,6 +26,8 @@ pub use validate::{API_VERSION, KIND, absolute, check_name, parse_mode};
 
 /// Manifest files larger than this are refused (a manifest is a few hundred bytes per key).
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// All manifest files together may hold at most this much; later files are refused.
+pub const MAX_TOTAL_BYTES: u64 = 256 << 20;
 
 /// What validation needs to know of the daemon's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -113,13 +116,51 @@ pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
     }
     loaded.files = paths.len();
     let started = std::time::Instant::now();
-    let mut files: Vec<ManifestFile> = paths
+    let mut budget = MAX_TOTAL_BYTES;
+    let files: Vec<ManifestFile> = paths
         .into_iter()
-        .map(|path| parse_file(path, ctx))
+        .map(|path| {
+            let text = source::read_text(&path, MAX_FILE_BYTES.min(budget)).map_err(|message| {
+                if budget < MAX_FILE_BYTES {
+                    format!(
+                        "{message} (manifests may hold {} MiB in all)",
+                        MAX_TOTAL_BYTES >> 20
+                    )
+                } else {
+                    message
+                }
+            });
+            if let Ok(text) = &text {
+                budget -= text.len() as u64;
+            }
+            parse_file(path, text, ctx)
+        })
         .collect();
     tracing::debug!(elapsed = ?started.elapsed(), files = files.len(), "manifest files parsed");
+    finish(files, loaded)
+}
+
+/// Loads and validates one manifest file given as bytes, as if read from `path`: the entry
+/// point of the fuzz targets and of tests that need no files.
+pub fn load_bytes(path: &Path, bytes: &[u8], ctx: &Context) -> Loaded {
+    let text = if bytes.len() as u64 > MAX_FILE_BYTES {
+        Err(format!(
+            "file is larger than {} MiB; split it into several files",
+            MAX_FILE_BYTES >> 20
+        ))
+    } else {
+        source::decode(bytes.to_vec())
+    };
+    let loaded = Loaded {
+        files: 1,
+        ..Loaded::default()
+    };
+    finish(vec![parse_file(path.to_path_buf(), text, ctx)], loaded)
+}
+
+/// Checks across parsed files, then gathers keys and diagnostics.
+fn finish(mut files: Vec<ManifestFile>, mut loaded: Loaded) -> Loaded {
     check_across_files(&mut files, &mut loaded.frozen);
-    tracing::debug!(elapsed = ?started.elapsed(), "names and outputs checked across files");
     for file in files {
         if file.diagnostics.is_empty() {
             loaded
@@ -157,7 +198,9 @@ fn list_manifest_files(source: &Path) -> Result<Vec<PathBuf>, String> {
             .path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if is_yaml && !name.starts_with('.') && path.is_file() {
+        // Anything else that is not a directory (a FIFO, a dangling symlink) is reported by
+        // the reader rather than silently skipped.
+        if is_yaml && !name.starts_with('.') && !path.is_dir() {
             files.push(path);
         }
     }
@@ -165,32 +208,7 @@ fn list_manifest_files(source: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-fn read_text(path: &Path) -> Result<String, String> {
-    let file = fs::File::open(path).map_err(|err| format!("cannot open: {err}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read: {err}"))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
-            "file is larger than {} MiB; split it into several manifests",
-            MAX_FILE_BYTES >> 20
-        ));
-    }
-    if let Some(at) = bytes.iter().position(|&b| b == 0) {
-        return Err(format!(
-            "binary content (NUL byte at offset {at}); a manifest is UTF-8 YAML text"
-        ));
-    }
-    String::from_utf8(bytes).map_err(|err| {
-        format!(
-            "not UTF-8 text (invalid byte at offset {}); a manifest is UTF-8 YAML text",
-            err.utf8_error().valid_up_to()
-        )
-    })
-}
-
-fn parse_file(path: PathBuf, ctx: &Context) -> ManifestFile {
+fn parse_file(path: PathBuf, text: Result<String, String>, ctx: &Context) -> ManifestFile {
     let mut file = ManifestFile {
         path,
         text: String::new(),
@@ -199,42 +217,24 @@ fn parse_file(path: PathBuf, ctx: &Context) -> ManifestFile {
         names: Vec::new(),
         index: None,
     };
-    match read_text(&file.path) {
-        Ok(text) => file.text = text,
+    let text = match text {
+        Ok(text) => text,
         Err(message) => {
             file.diagnostics.push(file_diagnostic(&file.path, message));
             return file;
         }
+    };
+    if let Err(refusal) = scan::scan(&text, scan::MAX_DOCUMENTS) {
+        file.diagnostics.push(Diagnostic {
+            file: display_path(&file.path),
+            line: refusal.line,
+            column: refusal.column,
+            field: String::new(),
+            message: refusal.message,
+        });
+        return file;
     }
-    let text = std::mem::take(&mut file.text);
-    let mut documents = 0;
-    for (doc, deserializer) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        match Option::<document::Document>::deserialize(deserializer) {
-            Ok(None) => {}
-            Ok(Some(document)) => {
-                documents += 1;
-                file.names.push(document.metadata.name.clone());
-                match validate::validate(document, &file.path, ctx) {
-                    Ok(key) => file.keys.push((doc, key)),
-                    Err(problems) => {
-                        file.text.clone_from(&text);
-                        for problem in problems {
-                            file.report(doc, &problem.field, problem.message);
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                documents += 1;
-                let syntax = is_syntax_error(&err);
-                file.diagnostics.push(serde_diagnostic(&file.path, &err));
-                if syntax {
-                    // The rest of the stream cannot be trusted after a syntax error.
-                    break;
-                }
-            }
-        }
-    }
+    let documents = parse_documents(&mut file, &text, ctx);
     file.text = text;
     if documents == 0 && file.diagnostics.is_empty() {
         file.diagnostics.push(file_diagnostic(
@@ -245,14 +245,75 @@ fn parse_file(path: PathBuf, ctx: &Context) -> ManifestFile {
     file
 }
 
-fn is_syntax_error(err: &serde_yaml::Error) -> bool {
-    let text = err.to_string();
-    // serde_yaml prefixes data errors with their field path ("spec.x: ..."); libyaml's
-    // scanner and parser errors name what they were parsing.
-    text.contains("while scanning")
-        || text.contains("while parsing")
-        || text.starts_with("did not find")
-        || text.contains("found character")
+/// Deserializes and validates every document of `text` into `file`; returns how many documents
+/// were not empty. Stops at the first error that is not a data error of one document.
+fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize {
+    let mut documents = 0;
+    // The scan bounds the documents; `take` keeps this loop bounded even if libyaml, which
+    // repeats its last error forever, disagreed with it.
+    let stream = serde_yaml::Deserializer::from_str(text).take(scan::MAX_DOCUMENTS + 1);
+    for (doc, deserializer) in stream.enumerate() {
+        // serde_yaml 0.9 has reachable panics; a hostile file must not take the daemon down.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Option::<document::Document>::deserialize(deserializer)
+        }));
+        let Ok(parsed) = parsed else {
+            file.diagnostics.push(file_diagnostic(
+                &file.path,
+                format!(
+                    "document {} could not be parsed (the YAML parser failed)",
+                    doc + 1
+                ),
+            ));
+            break;
+        };
+        match parsed {
+            Ok(None) => {}
+            Ok(Some(document)) => {
+                documents += 1;
+                file.names.push(document.metadata.name.clone());
+                match validate::validate(document, &file.path, ctx) {
+                    Ok(key) => file.keys.push((doc, key)),
+                    Err(problems) => {
+                        text.clone_into(&mut file.text);
+                        for problem in problems {
+                            file.report(doc, &problem.field, problem.message);
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                documents += 1;
+                file.diagnostics.push(serde_diagnostic(&file.path, &err));
+                if !is_data_error(&err) {
+                    // After a syntax error the rest of the stream cannot be trusted: libyaml
+                    // repeats the error forever, and serde_yaml may panic on what follows.
+                    break;
+                }
+            }
+        }
+    }
+    documents
+}
+
+/// True for an error in the data of one well-formed document (a wrong type, a missing or
+/// unknown field), after which the next document can still be read. Anything else (libyaml's
+/// syntax errors, unknown anchors, recursion or repetition limits, end of stream) ends the file.
+fn is_data_error(err: &serde_yaml::Error) -> bool {
+    // serde_yaml does not expose its error kinds: libyaml errors debug-print as a struct,
+    // serde messages as `Error("...")`.
+    let debug = format!("{err:?}");
+    let Some(message) = debug.strip_prefix("Error(\"") else {
+        return false;
+    };
+    const NOT_DATA: [&str; 5] = [
+        "unknown anchor",
+        "recursion limit exceeded",
+        "repetition limit exceeded",
+        "EOF while parsing a value",
+        "deserializing from YAML containing more than one document",
+    ];
+    !NOT_DATA.iter().any(|m| message.starts_with(m))
 }
 
 /// Splits serde_yaml's `path: message at line L column C` into a positioned diagnostic.
@@ -380,4 +441,51 @@ pub fn parse_single<T: serde::de::DeserializeOwned>(
     text: &str,
 ) -> Result<T, Diagnostic> {
     serde_yaml::from_str(text).map_err(|err| serde_diagnostic(path, &err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unscanned(text: &str) -> ManifestFile {
+        let state = PathBuf::from("/nonexistent-keyprov/state");
+        let ctx = Context {
+            state_dir: &state,
+            output_roots: &[],
+            hooks_allowed: &[],
+        };
+        let mut file = ManifestFile {
+            path: PathBuf::from("/x.yaml"),
+            text: String::new(),
+            keys: Vec::new(),
+            diagnostics: Vec::new(),
+            names: Vec::new(),
+            index: None,
+        };
+        parse_documents(&mut file, text, &ctx);
+        file
+    }
+
+    /// Even without the scan, libyaml's endlessly repeated errors and serde_yaml's panics
+    /// after an unknown anchor end the file with one diagnostic.
+    #[test]
+    fn the_document_loop_stops_at_any_error_but_a_data_error() {
+        for text in [
+            "a: b: c\n",
+            "key: v\n bad: 1\n",
+            "x: - a\n",
+            "%YAML 1.1\n%YAML 1.1\n---\na: 1\n",
+            "bogus: 1\nspec: *nope\n",
+            "spec: *nope\n",
+        ] {
+            let file = unscanned(text);
+            assert!(
+                !file.diagnostics.is_empty() && file.diagnostics.len() <= 2,
+                "{text:?}: {:?}",
+                file.diagnostics
+            );
+        }
+        let file = unscanned("kind: 1\n---\nkind: 2\n---\nkind: 3\n");
+        assert_eq!(file.diagnostics.len(), 3, "{:?}", file.diagnostics);
+    }
 }

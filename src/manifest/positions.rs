@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
+use super::scan::MAX_DEPTH;
+
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
@@ -25,11 +27,19 @@ pub struct PositionIndex {
 }
 
 impl PositionIndex {
-    /// Indexes `source`; a file that does not parse yields what was indexed before the error.
+    /// Indexes `source`; a file that does not parse yields what was indexed before the error,
+    /// and nothing is indexed deeper than [`MAX_DEPTH`] levels.
     pub fn build(source: &str) -> Self {
         let mut builder = Builder::default();
+        let mut parser = Parser::new_from_str(source);
+        // Events one by one: yaml-rust2's `load` recurses once per nesting level.
         // Syntax errors are reported by serde_yaml with their own position.
-        let _ = Parser::new_from_str(source).load(&mut builder, true);
+        while let Ok((event, mark)) = parser.next_token() {
+            if event == Event::StreamEnd || builder.stack.len() > MAX_DEPTH {
+                break;
+            }
+            builder.on_event(event, mark);
+        }
         PositionIndex {
             documents: builder.documents,
         }
@@ -188,6 +198,13 @@ metadata: {name: b}
                 column: 12
             }
         );
+    }
+
+    #[test]
+    fn deep_nesting_neither_recurses_nor_grows_paths() {
+        let index = PositionIndex::build(&format!("a:\n{}x\n", "- ".repeat(100_000)));
+        assert_eq!(index.find(0, "a"), Position { line: 1, column: 1 });
+        assert_eq!(index.find(0, "a[0][0]"), Position { line: 2, column: 5 });
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::Context;
 use super::document::{self, Document};
 use super::model::{FileOutput, Format, Hook, KeyPair, Output, Rotation, SecretsManagerOutput};
 use super::paths::resolve_output_dir;
-use crate::schedule::parse_duration;
+use crate::schedule::{MAX_ROTATION, parse_bounded_duration};
 use crate::spec::KeyPairSpec;
 
 /// The only manifest API version.
@@ -18,6 +18,8 @@ pub const KIND: &str = "KeyPair";
 pub const DEFAULT_MODE: u32 = 0o640;
 /// Default time limit of an onRotate command.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest time limit of an onRotate command: one day.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(86_400);
 const MAX_GRANT_TOKENS: usize = 10;
 
 /// A problem found in one document, before it is given a position.
@@ -141,14 +143,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 fn check_rotation(rotation: document::Rotation, problems: &mut Problems) -> Rotation {
-    let every = rotation
-        .every
-        .as_deref()
-        .and_then(|text| problems.check("spec.rotation.every", parse_duration(text)));
-    let publish_ahead = rotation
-        .publish_ahead
-        .as_deref()
-        .and_then(|text| problems.check("spec.rotation.publishAhead", parse_duration(text)));
+    let every = rotation.every.as_deref().and_then(|text| {
+        problems.check(
+            "spec.rotation.every",
+            parse_bounded_duration(text, MAX_ROTATION),
+        )
+    });
+    let publish_ahead = rotation.publish_ahead.as_deref().and_then(|text| {
+        problems.check(
+            "spec.rotation.publishAhead",
+            parse_bounded_duration(text, MAX_ROTATION),
+        )
+    });
     if let (Some(every), Some(ahead)) = (every, publish_ahead)
         && ahead >= every
     {
@@ -357,7 +363,10 @@ fn check_hook(
     }
     let timeout = match hook.timeout.as_deref() {
         None => Some(DEFAULT_HOOK_TIMEOUT),
-        Some(text) => problems.check(&format!("{field}.timeout"), parse_duration(text)),
+        Some(text) => problems.check(
+            &format!("{field}.timeout"),
+            parse_bounded_duration(text, MAX_HOOK_TIMEOUT),
+        ),
     };
     Some(Hook {
         command: program_ok.then_some(hook.command)?,
