@@ -66,7 +66,7 @@ pub fn acquire(state_dir: &Path, wait: bool) -> Result<StateLock, LockError> {
             if !wait {
                 return Err(LockError::Held { path, holder });
             }
-            eprintln!(
+            crate::errln!(
                 "keyprov: waiting for {} (held by another keyprov, pid {holder})",
                 path.display()
             );
