@@ -255,9 +255,12 @@ fn removing_the_lock_file_while_it_is_held_never_lets_a_second_writer_in() {
     let install = Install::new("");
     install.manifest("alpha.yaml", &key("alpha", "", &["file: {}"]));
     install.run_once(0);
+    // Held the way keyprov holds it: `.lock` and the stateDir itself.
     let held = std::fs::File::open(install.state().join(".lock")).unwrap();
-    // SAFETY: flock on a descriptor we own.
+    let held_dir = std::fs::File::open(install.state()).unwrap();
+    // SAFETY: flock on descriptors we own.
     assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert_eq!(unsafe { libc::flock(held_dir.as_raw_fd(), libc::LOCK_EX) }, 0);
     let run = install.keyprov(&["run", "--once", "--no-wait"]);
     assert_eq!(run.code, 75, "{}", run.all());
     std::fs::remove_file(install.state().join(".lock")).unwrap();
@@ -268,7 +271,7 @@ fn removing_the_lock_file_while_it_is_held_never_lets_a_second_writer_in() {
         "a second writer ran beside the holder: {}",
         run.all()
     );
-    drop(held);
+    drop((held, held_dir));
 }
 
 /// All outputs of a key hold the same pair (invariant 5). Two outputs holding different pairs
