@@ -197,7 +197,7 @@ impl<P: Provider> KeyContext<'_, P> {
                         .filter(|(_, o)| !file::has_version(o, *generation).unwrap_or(false))
                         .map(|(i, _)| i)
                         .collect();
-                    self.copy(*generation, &lacking).await?;
+                    self.copy(*generation, &lacking, Link::Current).await?;
                     for (_, output) in file_outputs(self.key) {
                         self.link(output, *generation, Link::Current)?;
                     }
@@ -217,7 +217,7 @@ impl<P: Provider> KeyContext<'_, P> {
                                 .is_ok_and(|o| !file::has_version(o, *generation).unwrap_or(false))
                         })
                         .collect();
-                    self.copy(*generation, &lacking).await?;
+                    self.copy(*generation, &lacking, *link).await?;
                     for &i in outputs {
                         self.link(self.file(i)?, *generation, *link)?;
                     }
@@ -313,10 +313,6 @@ impl<P: Provider> KeyContext<'_, P> {
             .map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
 
-    fn write(&self, output: &FileOutput, version: &StoredVersion) -> Result<(), String> {
-        file::write_version(output, version).map_err(|e| format!("key {:?}: {e}", self.key.name))
-    }
-
     fn link(&self, output: &FileOutput, generation: u32, link: Link) -> Result<(), String> {
         file::link(output, generation, link).map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
@@ -345,8 +341,9 @@ impl<P: Provider> KeyContext<'_, P> {
         })
     }
 
-    /// Copies `generation` from an output holding it intact to `targets`.
-    async fn copy(&self, generation: u32, targets: &[usize]) -> Result<(), String> {
+    /// Copies `generation` from an output holding it intact to `targets`, and gives it `link`
+    /// there (a new key directory appears only with its link).
+    async fn copy(&self, generation: u32, targets: &[usize], link: Link) -> Result<(), String> {
         if targets.is_empty() {
             return Ok(());
         }
@@ -357,11 +354,19 @@ impl<P: Provider> KeyContext<'_, P> {
                 .await?;
             version.private_key = Some(key);
         }
-        for &target in targets {
-            let output = self.file(target)?;
-            self.write(output, &version)?;
-        }
-        Ok(())
+        let outputs = targets
+            .iter()
+            .map(|&target| self.file(target))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = [file::NewVersion {
+            outputs,
+            version: &version,
+            link,
+        }];
+        file::commit_versions(&batch)
+            .pop()
+            .expect("one result per item")
+            .map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
 
     /// Repairs output `index`: `damaged` generations are rewritten from an intact copy in

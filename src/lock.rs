@@ -114,7 +114,6 @@ fn flock(file: File, path: &Path, wait: bool) -> Result<Flock<File>, LockError> 
         }
         Err((_, errno)) => Err(failed(errno.desc().to_string())),
     }
-
 }
 
 /// The pid of the process holding a flock on `file`, from `/proc/locks`, or `unknown`.

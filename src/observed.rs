@@ -14,6 +14,8 @@ pub struct ObservedVersion {
     pub created_at: SystemTime,
     /// When it became (or becomes) current.
     pub activates_at: SystemTime,
+    /// SHA-256 of its public key: the same generation must hold the same pair everywhere.
+    pub public_key_sha256: String,
 }
 
 /// The state of one output of a key.

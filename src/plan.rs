@@ -378,17 +378,71 @@ pub fn garbage(output: &ObservedOutput) -> BTreeSet<u32> {
         output.next.as_ref().map(|n| n.generation),
         output.previous,
     ];
-    let top = output
-        .current
-        .as_ref()
-        .map(|c| c.generation)
-        .or_else(|| linked.iter().flatten().copied().max());
+    // Without `current` nothing is known to be garbage: the link may have been lost (see
+    // [`unplannable`]); a key directory keyprov creates appears only with its `current`.
+    let Some(top) = output.current.as_ref().map(|c| c.generation) else {
+        return BTreeSet::new();
+    };
     output
         .versions
         .iter()
         .copied()
-        .filter(|v| !linked.contains(&Some(*v)) && top.is_none_or(|top| *v > top))
+        .filter(|v| !linked.contains(&Some(*v)) && *v > top)
         .collect()
+}
+
+/// Why a key must not be planned at all, when its outputs contradict each other or lost what
+/// keyprov relies on: acting would risk deleting or replacing the pair in use. The key fails
+/// with this message and nothing is changed.
+pub fn unplannable(key: &KeyPair, outputs: &[ObservedOutput]) -> Option<String> {
+    let name = &key.name;
+    let (current, staged) = authoritative(outputs);
+    if current.is_none() && staged.is_none() {
+        let orphaned: Vec<String> = key
+            .outputs
+            .iter()
+            .zip(outputs)
+            .filter(|(_, o)| !o.versions.is_empty())
+            .map(|(output, o)| {
+                let last = o.versions.last().copied().unwrap_or_default();
+                format!("{output} holds versions up to {last}")
+            })
+            .collect();
+        if !orphaned.is_empty() {
+            return Some(format!(
+                "key {name:?}: {} but no usable `current` link: it was removed or replaced \
+                 outside keyprov. Nothing was changed. Point `current` at the version in use \
+                 (ln -sfn vNNNN current, in that directory), or move the directory away to \
+                 start afresh",
+                orphaned.join(", ")
+            ));
+        }
+    }
+    for pick in [
+        (|o: &ObservedOutput| o.current.as_ref())
+            as fn(&ObservedOutput) -> Option<&ObservedVersion>,
+        |o: &ObservedOutput| o.next.as_ref(),
+    ] {
+        let mut seen: Vec<&ObservedVersion> = Vec::new();
+        for version in outputs.iter().filter_map(pick) {
+            if let Some(other) = seen.iter().find(|s| {
+                s.generation == version.generation
+                    && s.public_key_sha256 != version.public_key_sha256
+            }) {
+                return Some(format!(
+                    "key {name:?}: its outputs hold different key pairs as generation {} \
+                     (public keys {} and {}): one was replaced outside keyprov. Nothing was \
+                     changed. Move the wrong copy away (`keyprov verify` names both); keyprov \
+                     then copies the right one back",
+                    version.generation,
+                    &other.public_key_sha256[..other.public_key_sha256.len().min(12)],
+                    &version.public_key_sha256[..version.public_key_sha256.len().min(12)],
+                ));
+            }
+            seen.push(version);
+        }
+    }
+    None
 }
 
 pub fn kept_versions(

@@ -51,6 +51,7 @@ fn version(key: &KeyPair, generation: u32, activated_day: u64) -> ObservedVersio
         spec_fingerprint: key.spec_fingerprint(),
         created_at: t(activated_day),
         activates_at: t(activated_day),
+        public_key_sha256: format!("pair {generation}"),
     }
 }
 
@@ -407,6 +408,7 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     spec_fingerprint: key.spec_fingerprint(),
                     created_at: now,
                     activates_at: *activates_at,
+                    public_key_sha256: format!("pair {generation}"),
                 };
                 for o in outputs.iter_mut() {
                     if *staged {
@@ -481,6 +483,7 @@ fn arb_universe(fingerprint: String) -> impl Strategy<Value = Vec<ObservedVersio
                 },
                 created_at: t(day),
                 activates_at: t(day),
+                public_key_sha256: format!("pair {}", i + 1),
             })
             .collect()
     })
@@ -646,17 +649,22 @@ fn a_link_move_cut_short_keeps_the_old_current_as_previous() {
 }
 
 #[test]
-fn an_output_without_any_link_holds_only_garbage() {
+fn versions_without_a_current_link_are_never_planned() {
+    // keyprov creates a key directory only with its `current`: versions without one mean the
+    // link was lost, and the version in use is unknown.
     let k = key(None, None, 1, 1);
-    let mut first = output(&k, &[], 0);
-    first.versions = vec![1];
-    let actions = plan_key(&k, &[first], t(1), None);
-    assert_eq!(
-        actions[0],
-        Action::Prune {
-            output: 0,
-            generations: vec![1]
-        }
-    );
-    assert!(matches!(actions[1], Action::Generate { generation: 2, .. }));
+    let mut lost = output(&k, &[], 0);
+    lost.versions = vec![1, 2];
+    let message = crate::plan::unplannable(&k, &[lost]).unwrap();
+    assert!(message.contains("no usable `current` link"), "{message}");
+    assert!(crate::plan::unplannable(&k, &[output(&k, &[1, 2], 0)]).is_none());
+}
+
+#[test]
+fn outputs_holding_different_pairs_of_a_generation_are_never_planned() {
+    let k = key(None, None, 1, 2);
+    let mut other = output(&k, &[1], 0);
+    other.current.as_mut().unwrap().public_key_sha256 = "another pair".into();
+    let message = crate::plan::unplannable(&k, &[output(&k, &[1], 0), other]).unwrap();
+    assert!(message.contains("different key pairs"), "{message}");
 }

@@ -260,7 +260,10 @@ fn removing_the_lock_file_while_it_is_held_never_lets_a_second_writer_in() {
     let held_dir = std::fs::File::open(install.state()).unwrap();
     // SAFETY: flock on descriptors we own.
     assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
-    assert_eq!(unsafe { libc::flock(held_dir.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(held_dir.as_raw_fd(), libc::LOCK_EX) },
+        0
+    );
     let run = install.keyprov(&["run", "--once", "--no-wait"]);
     assert_eq!(run.code, 75, "{}", run.all());
     std::fs::remove_file(install.state().join(".lock")).unwrap();

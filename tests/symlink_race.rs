@@ -255,8 +255,24 @@ fn racing_symlink_swaps_never_make_keyprov_write_outside() {
         first_escapes.join("\n\n")
     );
 
-    // Unraced, the store converges again and every pair verifies.
+    // Unraced, the store converges again and every pair verifies. A race on `current` can
+    // leave it replaced by the racer's symlink; keyprov then refuses to guess which version
+    // was in use and says how to fix it, which an operator would do.
     install.manifest("alpha.yaml", &alpha_manifest(attempts + 1));
+    let first = install.keyprov(&["run", "--once"]);
+    if first.code != 0 {
+        assert!(
+            first.all().contains("no usable `current` link"),
+            "after the race: {}",
+            first.all()
+        );
+        let dir = install.key_dir("alpha");
+        let highest = common::versions(&dir)
+            .pop()
+            .expect("alpha keeps its versions");
+        remove(&dir.join("current"));
+        std::os::unix::fs::symlink(highest, dir.join("current")).unwrap();
+    }
     let run = install.keyprov(&["run", "--once"]);
     assert_eq!(run.code, 0, "after the race: {}", run.all());
     let verify = install.keyprov(&["verify"]);

@@ -110,11 +110,24 @@ fn prepare(config: &Config, rotate: Option<&RotateRequest>) -> Pending {
         },
         None => loaded.keys,
     };
-    let observed = store::observe_all(&pending.keys);
+    let mut observed = store::observe_all(&pending.keys);
     tracing::debug!(elapsed = ?started.elapsed(), "outputs observed");
+    for key in &pending.keys {
+        let unplannable = match observed.get(&key.name) {
+            Some(Ok(outputs)) => plan::unplannable(key, outputs),
+            _ => None,
+        };
+        if let Some(message) = unplannable {
+            observed.insert(key.name.clone(), Err(message));
+        }
+    }
     for (name, result) in &observed {
         if let Err(err) = result {
-            let message = format!("key {name:?}: cannot read its outputs: {err}");
+            let message = if err.starts_with("key ") {
+                err.clone()
+            } else {
+                format!("key {name:?}: cannot read its outputs: {err}")
+            };
             tracing::error!(key = %name, "{message}");
             pending.failed.push((name.clone(), message));
         }

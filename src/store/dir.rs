@@ -119,7 +119,8 @@ impl DirHandle {
         self.open_dir_os(OsStr::new(name))
     }
 
-    fn open_dir_os(&self, name: &OsStr) -> Result<Option<DirHandle>, StoreError> {
+    /// [`DirHandle::open_dir`] for a name that may not be UTF-8.
+    pub fn open_dir_os(&self, name: &OsStr) -> Result<Option<DirHandle>, StoreError> {
         let path = self.path.join(name);
         let fd = match nix::fcntl::openat(&self.fd, name, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
@@ -308,7 +309,8 @@ impl DirHandle {
             let entry = entry.map_err(list)?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
-                names.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string());
+                names
+                    .push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string());
             }
         }
         Ok(names)
@@ -417,13 +419,14 @@ mod tests {
             .unwrap()
             .unwrap();
         nix::sys::stat::umask(old);
-        for dir in [root.path().join("a"), root.path().join("a/b")] {
-            let mode = std::fs::metadata(&dir).unwrap().permissions();
-            assert_eq!(
-                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
-                0o750
-            );
-        }
+        let mode = |dir: &str| {
+            let permissions = std::fs::metadata(root.path().join(dir))
+                .unwrap()
+                .permissions();
+            std::os::unix::fs::PermissionsExt::mode(&permissions) & 0o7777
+        };
+        assert_eq!(mode("a"), 0o755, "a directory on the way");
+        assert_eq!(mode("a/b"), 0o750, "the directory walked to");
         made.create_file("f", b"x", 0o640, (None, None)).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
         let err = handle

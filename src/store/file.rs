@@ -194,44 +194,116 @@ fn ownership(output: &FileOutput) -> Result<Owner, StoreError> {
     Ok((uid, gid))
 }
 
-/// Opens the key directory of `output` below its root, creating it (and the directories on
-/// the way, with the output's directory mode) when `create` is given. `None` when it does
-/// not exist and is not created.
-fn open_key_dir(
-    output: &FileOutput,
-    create: Option<Owner>,
-) -> Result<Option<DirHandle>, StoreError> {
-    let Some(root) = DirHandle::open_root(&output.root, create.is_some())? else {
-        return Ok(None);
-    };
-    let relative = output
+/// The relative path of an output's key directory below its root.
+fn relative_dir(output: &FileOutput) -> Result<&Path, StoreError> {
+    output
         .dir
         .strip_prefix(&output.root)
         .map_err(|_| StoreError::Unsafe {
             path: output.dir.display().to_string(),
             message: format!("is not inside its output root {}", output.root.display()),
-        })?;
-    let mode = dir_mode(output.mode);
-    let dir = root.walk(relative, create.map(|owner| (mode, dir_owner(owner))))?;
+        })
+}
+
+/// Refuses a key directory that is not keyprov's own.
+fn check_owned(dir: &DirHandle) -> Result<(), StoreError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner = nix::sys::stat::fstat(dir)
+        .map_err(|e| StoreError::Io {
+            action: "cannot stat",
+            path: dir.path().display().to_string(),
+            source: e.into(),
+        })?
+        .st_uid;
+    if owner != euid {
+        return Err(StoreError::Unsafe {
+            path: dir.path().display().to_string(),
+            message: format!(
+                "is owned by uid {owner}, not by keyprov (uid {euid}); refusing to use it as a key directory"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Opens the key directory of `output` below its root; `None` when it does not exist.
+fn open_key_dir(output: &FileOutput) -> Result<Option<DirHandle>, StoreError> {
+    let Some(root) = DirHandle::open_root(&output.root, false)? else {
+        return Ok(None);
+    };
+    let dir = root.walk(relative_dir(output)?, None)?;
     if let Some(dir) = &dir {
-        let euid = nix::unistd::geteuid().as_raw();
-        let owner = nix::sys::stat::fstat(dir)
-            .map_err(|e| StoreError::Io {
-                action: "cannot stat",
-                path: output.dir.display().to_string(),
-                source: e.into(),
-            })?
-            .st_uid;
-        if owner != euid {
-            return Err(StoreError::Unsafe {
-                path: output.dir.display().to_string(),
-                message: format!(
-                    "is owned by uid {owner}, not by keyprov (uid {euid}); refusing to use it as a key directory"
-                ),
-            });
-        }
+        check_owned(dir)?;
     }
     Ok(dir)
+}
+
+/// A key directory being created: built under a temporary name in its parent, and given its
+/// own name only once its first version is linked, so that a key directory never exists
+/// without `current` (a crash before leaves only a temporary directory, removed next time).
+#[derive(Debug)]
+struct NewKeyDir {
+    parent: DirHandle,
+    tmp: String,
+    name: std::ffi::OsString,
+}
+
+/// Prefix of a key directory under construction: `.tmp-new-<pid>-<name>`.
+const NEW_DIR_PREFIX: &str = ".tmp-new-";
+
+/// Opens the key directory of `output`, or starts a new one (see [`NewKeyDir`]), creating the
+/// root and the directories on the way when missing.
+fn open_or_start_key_dir(
+    output: &FileOutput,
+    owner: Owner,
+) -> Result<(DirHandle, Option<NewKeyDir>), StoreError> {
+    let root = DirHandle::open_root(&output.root, true)?.ok_or_else(|| StoreError::Corrupt {
+        path: output.root.display().to_string(),
+        message: "vanished while it was being created".into(),
+    })?;
+    let relative = relative_dir(output)?;
+    let (Some(name), Some(parent_path)) = (relative.file_name(), relative.parent()) else {
+        return Err(StoreError::Unsafe {
+            path: output.dir.display().to_string(),
+            message: "is not a directory below its output root".into(),
+        });
+    };
+    let parent = if parent_path.as_os_str().is_empty() {
+        root
+    } else {
+        root.walk(parent_path, Some((0o755, (None, None))))?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: output.dir.display().to_string(),
+                message: "vanished while it was being created".into(),
+            })?
+    };
+    if let Some(dir) = parent.open_dir_os(name)? {
+        check_owned(&dir)?;
+        return Ok((dir, None));
+    }
+    // Leftovers of this process id are ours to reuse; others' are collected here too.
+    let suffix = format!("-{}", name.to_string_lossy());
+    for leftover in parent.names()? {
+        let text = leftover.to_string_lossy();
+        if text.starts_with(NEW_DIR_PREFIX) && text.ends_with(&suffix) {
+            let pid = &text[NEW_DIR_PREFIX.len()..text.len() - suffix.len()];
+            if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                parent.remove_tree(&leftover)?;
+            }
+        }
+    }
+    let tmp = format!("{NEW_DIR_PREFIX}{}{suffix}", std::process::id());
+    parent.create_dir(&tmp, dir_mode(output.mode), dir_owner(owner))?;
+    let dir = parent.open_dir(&tmp)?.ok_or_else(|| StoreError::Corrupt {
+        path: parent.child_path(&tmp).display().to_string(),
+        message: "vanished while it was being created".into(),
+    })?;
+    let new = NewKeyDir {
+        parent,
+        tmp,
+        name: name.to_os_string(),
+    };
+    Ok((dir, Some(new)))
 }
 
 /// The generation a link points at; `None` when there is no link of that name.
@@ -290,12 +362,16 @@ pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError>
 }
 
 /// Observes what the directory holds. A missing directory is an empty output.
-pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedOutput, StoreError> {
+pub fn observe(
+    output: &FileOutput,
+    key_name: &str,
+    include_plaintext: bool,
+) -> Result<ObservedOutput, StoreError> {
     let mut observed = ObservedOutput {
         prunable: true,
         ..Default::default()
     };
-    let Some(dir) = open_key_dir(output, None)? else {
+    let Some(dir) = open_key_dir(output)? else {
         return Ok(observed);
     };
     let mut links = Vec::with_capacity(3);
@@ -305,9 +381,13 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             if dir.is_dir(&raw) {
                 observed.versions.push(generation);
             } else {
-                observed
-                    .drift
-                    .push(format!("{name} is not a version directory"));
+                // Not keyprov's: never linked, never deleted, and the key waits for it to go.
+                return Err(StoreError::Unsafe {
+                    path: dir.child_path(&raw).display().to_string(),
+                    message: "is named like a version but is not a directory: keyprov did not \
+                              create it, and neither links nor deletes it. Move it away"
+                        .into(),
+                });
             }
         } else if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
             observed
@@ -345,7 +425,7 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         }
         let checked = open_version(&dir, generation).and_then(|version| {
             let meta = read_version_meta(&version, generation)?;
-            let problems = check_version_files(
+            let mut problems = check_version_files(
                 &version,
                 output,
                 &meta,
@@ -353,6 +433,16 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
                 owner,
                 &mut observed.drift,
             );
+            if meta.name != key_name {
+                problems.insert(
+                    0,
+                    format!(
+                        "{}/{META} belongs to key {:?}, not to {key_name:?}",
+                        version_name(generation),
+                        meta.name
+                    ),
+                );
+            }
             Ok((meta, problems))
         });
         let (meta, problems) = match checked {
@@ -383,6 +473,22 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             observed.current = Some(version);
         } else {
             observed.next = Some(version);
+        }
+    }
+    // A plaintext key must not outlive `includePlaintext: false` in any version kept.
+    let linked: Vec<u32> = [
+        observed.current.as_ref().map(|c| c.generation),
+        observed.next.as_ref().map(|n| n.generation),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for &generation in observed.versions.iter().filter(|g| !linked.contains(g)) {
+        for name in unwanted_files(output, include_plaintext) {
+            let path = format!("{}/{name}", version_name(generation));
+            if dir.stat(&path).is_some() {
+                observed.drift.push(format!("{path} should not be there"));
+            }
         }
     }
     Ok(observed)
@@ -584,6 +690,8 @@ struct StagedVersion {
     dir: DirHandle,
     tmp: String,
     name: String,
+    /// Set when the key directory itself is new: it is revealed after the first link.
+    new_dir: Option<NewKeyDir>,
 }
 
 impl StagedVersion {
@@ -601,9 +709,35 @@ impl StagedVersion {
         })
     }
 
-    /// Removes it (best effort: a leftover is cleaned up by the next repair).
+    /// Gives a new key directory its own name (never over an existing one); returns its
+    /// parent, to be flushed. Nothing to do for an existing key directory.
+    fn reveal(&self) -> Result<Option<&DirHandle>, StoreError> {
+        let Some(new) = &self.new_dir else {
+            return Ok(None);
+        };
+        let name = new.name.to_string_lossy();
+        if new.parent.rename_no_replace(&new.tmp, &name)? {
+            return Ok(Some(&new.parent));
+        }
+        let _ = new.parent.remove_tree(&new.tmp);
+        Err(StoreError::Conflict {
+            path: new.parent.child_path(&new.name).display().to_string(),
+            message: "appeared while keyprov was creating it: another writer? Nothing was \
+                      replaced (run again to reconcile from what is there)"
+                .into(),
+        })
+    }
+
+    /// Removes it (best effort: a leftover is cleaned up by the next repair or creation).
     fn discard(self) {
-        let _ = self.dir.remove_tree(&self.tmp);
+        match &self.new_dir {
+            Some(new) => {
+                let _ = new.parent.remove_tree(&new.tmp);
+            }
+            None => {
+                let _ = self.dir.remove_tree(&self.tmp);
+            }
+        }
     }
 }
 
@@ -615,10 +749,7 @@ fn stage_version(
     sync: &mut SyncSet,
 ) -> Result<StagedVersion, StoreError> {
     let owner = ownership(output)?;
-    let dir = open_key_dir(output, Some(owner))?.ok_or_else(|| StoreError::Corrupt {
-        path: output.dir.display().to_string(),
-        message: "vanished while it was being created".into(),
-    })?;
+    let (dir, new_dir) = open_or_start_key_dir(output, owner)?;
     let name = version_name(version.meta.generation);
     if dir.stat(&name).is_some() {
         return Err(StoreError::Conflict {
@@ -631,7 +762,12 @@ fn stage_version(
     let tmp = temporary_name(TMP_PREFIX, &name);
     dir.remove_tree(&tmp)?;
     dir.create_dir(&tmp, dir_mode(output.mode), dir_owner(owner))?;
-    let staged = StagedVersion { dir, tmp, name };
+    let staged = StagedVersion {
+        dir,
+        tmp,
+        name,
+        new_dir,
+    };
     let mut written = SyncSet::default();
     let result = (|| {
         let tmp_dir = staged
@@ -658,19 +794,6 @@ fn stage_version(
     }
 }
 
-/// Writes `version` whole as its `vNNNN` directory, durably; links nothing. A version of that
-/// generation already there is never replaced: this fails instead.
-pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(), StoreError> {
-    let mut sync = SyncSet::default();
-    let staged = stage_version(output, version, &mut sync)?;
-    if let Err(err) = sync.flush() {
-        staged.discard();
-        return Err(err);
-    }
-    staged.publish()?;
-    staged.dir.sync()
-}
-
 /// One key's new version: written to each of its file outputs, then given `link`.
 #[derive(Debug)]
 pub struct NewVersion<'a> {
@@ -683,7 +806,7 @@ pub struct NewVersion<'a> {
 }
 
 /// Writes, publishes and links many keys' new versions together, with three flushes for the
-/// whole batch (`syncfs` when it holds more than one key, see [`SyncSet`]): every version is
+/// whole batch (a fourth when it creates key directories, which appear only once linked) (`syncfs` when it holds more than one key, see [`SyncSet`]): every version is
 /// written under a temporary name and made durable, then renamed into place (durable), then
 /// linked (durable). So a link never points at a version that a crash could lose, and a
 /// reader never sees a half-written version. One result per item, in order; an item fails
@@ -748,6 +871,23 @@ pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> 
     if let Err(err) = sync.flush() {
         return fail_pending(items, err);
     }
+    let mut revealed = false;
+    for state in items.iter_mut() {
+        let Ok(staged) = state else { continue };
+        let result = staged.iter().try_for_each(|v| match v.reveal()? {
+            Some(parent) => {
+                revealed = true;
+                sync.add_dir(parent)
+            }
+            None => Ok(()),
+        });
+        if let Err(err) = result {
+            *state = Err(err);
+        }
+    }
+    if revealed && let Err(err) = sync.flush() {
+        return fail_pending(items, err);
+    }
     items.into_iter().map(|state| state.map(|_| ())).collect()
 }
 
@@ -771,7 +911,7 @@ fn fail_pending(
 }
 
 fn existing_key_dir(output: &FileOutput) -> Result<DirHandle, StoreError> {
-    open_key_dir(output, None)?.ok_or_else(|| StoreError::Corrupt {
+    open_key_dir(output)?.ok_or_else(|| StoreError::Corrupt {
         path: output.dir.display().to_string(),
         message: "does not exist".into(),
     })
@@ -779,7 +919,7 @@ fn existing_key_dir(output: &FileOutput) -> Result<DirHandle, StoreError> {
 
 /// True when the output holds a version directory of `generation`.
 pub fn has_version(output: &FileOutput, generation: u32) -> Result<bool, StoreError> {
-    Ok(open_key_dir(output, None)?.is_some_and(|dir| dir.is_dir(&version_name(generation))))
+    Ok(open_key_dir(output)?.is_some_and(|dir| dir.is_dir(version_name(generation))))
 }
 
 /// Reads a whole version back, for copying it to another output or decrypting it.
@@ -820,6 +960,18 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
         private_key_ciphertext,
         private_key: None,
     })
+}
+
+/// Generations of the version directories present.
+fn versions_present(dir: &DirHandle) -> Result<Vec<u32>, StoreError> {
+    let mut versions: Vec<u32> = dir
+        .names()?
+        .iter()
+        .filter_map(|name| parse_version_name(&name.to_string_lossy()))
+        .filter(|&g| dir.is_dir(version_name(g)))
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
 }
 
 /// Points `name` at `generation` (or removes it), atomically.
@@ -878,7 +1030,7 @@ pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
         if let Some(generation) = read_link_generation(&dir, link)? {
             let present = dir
                 .open_dir(&version_name(generation))?
-                .is_some_and(|v| v.stat(&private_name(output.format)).is_some());
+                .is_some_and(|v| v.stat(private_name(output.format)).is_some());
             if !present && !missing.contains(&generation) {
                 missing.push(generation);
             }
@@ -929,20 +1081,18 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
         let name = raw.to_string_lossy();
         if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
             dir.remove_tree(&raw)?;
-        } else if parse_version_name(&name).is_some() && !dir.is_dir(&raw) {
-            // A foreign entry where a version belongs: set aside, never linked.
-            let trash = temporary_name(TRASH_PREFIX, &name);
-            dir.rename(&raw, &trash)?;
-            dir.remove_tree(&trash)?;
         }
     }
     dir.set_mode_and_owner(dir_mode(output.mode), dir_owner(owner))?;
     let mut linked = Vec::new();
     for link in [CURRENT, NEXT, PREVIOUS] {
         match read_link_generation(&dir, link) {
-            Ok(Some(g)) if dir.is_dir(&version_name(g)) => linked.push(g),
+            Ok(Some(g)) if dir.is_dir(version_name(g)) => linked.push(g),
             Ok(None) => {}
-            // Pointing nowhere usable: removed; the plan links what must be linked.
+            // An unusable `current` is the operator's to fix (see `plan::unplannable`): which
+            // version was in use is not known.
+            _ if link == CURRENT => {}
+            // Other links pointing nowhere usable are removed; the plan relinks what it must.
             _ => set_link(&dir, link, None)?,
         }
     }
@@ -996,8 +1146,20 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
         }
         version.sync()?;
     }
+    for generation in versions_present(&dir)?
+        .into_iter()
+        .filter(|g| !linked.contains(g))
+    {
+        let Some(version) = dir.open_dir(&version_name(generation))? else {
+            continue;
+        };
+        for name in unwanted_files(output, input.include_plaintext) {
+            version.remove_file(&name)?;
+        }
+        version.sync()?;
+    }
     if read_link_generation(&dir, CURRENT)?.is_some() {
-        let wanted = input.previous.filter(|&g| dir.is_dir(&version_name(g)));
+        let wanted = input.previous.filter(|&g| dir.is_dir(version_name(g)));
         if read_link_generation(&dir, PREVIOUS)? != wanted {
             set_link(&dir, PREVIOUS, wanted)?;
         }
@@ -1048,7 +1210,7 @@ pub fn version_dir(output: &FileOutput, generation: u32) -> PathBuf {
 
 /// The generation `current` points at, if any.
 pub fn current_generation(output: &FileOutput) -> Result<Option<u32>, StoreError> {
-    match open_key_dir(output, None)? {
+    match open_key_dir(output)? {
         Some(dir) => read_link_generation(&dir, CURRENT),
         None => Ok(None),
     }
@@ -1106,6 +1268,16 @@ mod tests {
         }
     }
 
+    fn commit(out: &FileOutput, version: &StoredVersion, link: Link) -> Result<(), StoreError> {
+        commit_versions(&[NewVersion {
+            outputs: vec![out],
+            version,
+            link,
+        }])
+        .pop()
+        .unwrap()
+    }
+
     fn no_leftovers(dir: &Path) -> bool {
         fs::read_dir(dir).unwrap().all(|e| {
             !e.unwrap()
@@ -1148,7 +1320,7 @@ mod tests {
             }
             assert!(result.is_ok(), "key {i}: {result:?}");
             assert_eq!(current_generation(output).unwrap(), Some(1));
-            let observed = observe(output, false).unwrap();
+            let observed = observe(output, &format!("key-{i:02}"), false).unwrap();
             assert_eq!(observed.versions, vec![1]);
             assert!(observed.drift.is_empty(), "{:?}", observed.drift);
             let stored = read_version(output, 1).unwrap();
@@ -1179,11 +1351,11 @@ mod tests {
         };
         commit(&v1, Link::Current).unwrap();
         commit(&v2, Link::Next).unwrap();
-        let observed = observe(&out, false).unwrap();
+        let observed = observe(&out, "k", false).unwrap();
         assert_eq!(observed.current.map(|v| v.generation), Some(1));
         assert_eq!(observed.next.map(|v| v.generation), Some(2));
         link(&out, 2, Link::Current).unwrap();
-        let observed = observe(&out, false).unwrap();
+        let observed = observe(&out, "k", false).unwrap();
         assert_eq!(observed.current.map(|v| v.generation), Some(2));
         assert_eq!(observed.previous, Some(1));
         assert!(observed.next.is_none());
@@ -1194,11 +1366,11 @@ mod tests {
     fn a_version_once_in_place_is_never_replaced() {
         let root = tempfile::tempdir().unwrap();
         let out = output(root.path(), "k");
-        write_version(&out, &version("k", 1)).unwrap();
+        commit(&out, &version("k", 1), Link::Current).unwrap();
         let before = fs::read(out.dir.join("v0001/public.pem")).unwrap();
         let mut other = version("k", 1);
         other.public_key_der = b"another writer's key".to_vec();
-        let err = write_version(&out, &other).unwrap_err().to_string();
+        let err = commit(&out, &other, Link::Next).unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");
         assert_eq!(fs::read(out.dir.join("v0001/public.pem")).unwrap(), before);
         assert!(no_leftovers(&out.dir));
@@ -1208,15 +1380,14 @@ mod tests {
     fn observation_reports_damage_of_linked_versions() {
         let root = tempfile::tempdir().unwrap();
         let out = output(root.path(), "k");
-        write_version(&out, &version("k", 1)).unwrap();
-        link(&out, 1, Link::Current).unwrap();
-        assert!(observe(&out, false).unwrap().damaged.is_empty());
+        commit(&out, &version("k", 1), Link::Current).unwrap();
+        assert!(observe(&out, "k", false).unwrap().damaged.is_empty());
         fs::write(
             out.dir.join("v0001/public.pem"),
             public_key_pem(b"another key"),
         )
         .unwrap();
-        let observed = observe(&out, false).unwrap();
+        let observed = observe(&out, "k", false).unwrap();
         assert_eq!(observed.damaged.len(), 1, "{observed:?}");
         assert!(observed.damaged[0].problems[0].contains("publicKeySha256"));
         fs::write(
@@ -1225,7 +1396,7 @@ mod tests {
         )
         .unwrap();
         fs::write(out.dir.join("v0001/private.enc"), b"").unwrap();
-        assert_eq!(observe(&out, false).unwrap().damaged.len(), 1);
+        assert_eq!(observe(&out, "k", false).unwrap().damaged.len(), 1);
     }
 
     #[test]
@@ -1235,14 +1406,13 @@ mod tests {
         fs::write(outside.path().join("foreign"), "x").unwrap();
         let out = output(root.path(), "k");
         for g in 1..=3 {
-            write_version(&out, &version("k", g)).unwrap();
-            link(&out, g, Link::Current).unwrap();
+            commit(&out, &version("k", g), Link::Current).unwrap();
         }
         std::os::unix::fs::symlink(outside.path(), out.dir.join("v0001/planted")).unwrap();
         prune(&out, &[1]).unwrap();
         assert!(!out.dir.join("v0001").exists());
         assert!(outside.path().join("foreign").exists());
-        assert_eq!(observe(&out, false).unwrap().previous, Some(2));
+        assert_eq!(observe(&out, "k", false).unwrap().previous, Some(2));
         assert!(no_leftovers(&out.dir));
     }
 
@@ -1252,8 +1422,8 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("k")).unwrap();
         let out = output(root.path(), "k");
-        assert!(observe(&out, false).is_err());
-        assert!(write_version(&out, &version("k", 1)).is_err());
+        assert!(observe(&out, "k", false).is_err());
+        assert!(commit(&out, &version("k", 1), Link::Current).is_err());
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 

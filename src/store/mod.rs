@@ -79,6 +79,7 @@ impl VersionMeta {
             spec_fingerprint: self.spec_fingerprint.clone(),
             created_at: parse_time(&self.created_at)?,
             activates_at: parse_time(&self.activates_at)?,
+            public_key_sha256: self.public_key_sha256.clone(),
         })
     }
 }
@@ -168,7 +169,7 @@ pub fn observe_key(key: &KeyPair) -> Result<Vec<crate::observed::ObservedOutput>
         .iter()
         .map(|output| match output {
             crate::manifest::Output::File(file) => {
-                file::observe(file, key.include_plaintext).map_err(|e| e.to_string())
+                file::observe(file, &key.name, key.include_plaintext).map_err(|e| e.to_string())
             }
             crate::manifest::Output::SecretsManager(secret) => Err(format!(
                 "secretsManager output {}: not supported by this build yet",
