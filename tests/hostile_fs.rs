@@ -710,3 +710,24 @@ fn a_read_only_mount_fails_that_key_only_even_for_root() {
     assert_current_complete(&install.key_dir("alpha"));
     assert_current_complete(&frozen);
 }
+
+#[test]
+#[ignore = "the local provider opens its keyring without O_NONBLOCK or a file-type check: verify and rotate hang on a FIFO (reported in issue 8)"]
+fn a_fifo_as_the_local_keyring_never_hangs_keyprov() {
+    let install = Install::new("");
+    install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    let keyring = install.state().join("local-kms.keyring");
+    std::fs::remove_file(&keyring).unwrap();
+    nix::unistd::mkfifo(&keyring, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for args in [&["verify"][..], &["rotate", "alpha", "--now"]] {
+        let run = run_with_deadline(install.command(args), DEADLINE)
+            .unwrap_or_else(|| panic!("keyprov {args:?} hung on a FIFO keyring"));
+        assert_eq!(run.code, 1, "{args:?}: {}", run.all());
+        assert!(
+            run.stderr.contains(&*keyring.to_string_lossy()),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
