@@ -234,6 +234,15 @@ fn racing_symlink_swaps_never_make_keyprov_write_outside() {
             }
             baseline = now;
         }
+        if (round + 1) % 1000 == 0 {
+            let sum = |f: fn(&Tally) -> u64| tallies.iter().map(|(_, t)| f(t)).sum::<u64>();
+            println!(
+                "  progress: {} attempts, {} swaps, {} escapes",
+                round + 1,
+                sum(|t| t.swaps),
+                sum(|t| t.escapes)
+            );
+        }
     }
 
     let total = |f: fn(&Tally) -> u64| tallies.iter().map(|(_, t)| f(t)).sum::<u64>();
