@@ -18,13 +18,15 @@ use crate::plan::{Action, KeyPlan, Link};
 use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
 use crate::store::{StoredVersion, VersionMeta, file};
 
-/// How hard the executor may push.
-#[derive(Debug, Clone, Copy)]
+/// How hard the executor may push, and what hooks may see.
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Provider requests in flight at once.
     pub concurrency: usize,
     /// Provider requests per second across all keys.
     pub max_requests_per_second: f64,
+    /// Names of keyprov's environment variables that hooks also see (config `hooks.env`).
+    pub hooks_env: Arc<[String]>,
 }
 
 /// What happened to one key.
@@ -65,12 +67,13 @@ pub async fn execute<P: Provider>(
             continue;
         };
         let key = (*key).clone();
-        let (provider, requests, committer, limiter, stats) = (
+        let (provider, requests, committer, limiter, stats, hooks_env) = (
             provider.clone(),
             requests.clone(),
             group_commit.committer(),
             limiter.clone(),
             stats.clone(),
+            limits.hooks_env.clone(),
         );
         let task_name = key.name.clone();
         let handle = tasks.spawn(async move {
@@ -81,6 +84,7 @@ pub async fn execute<P: Provider>(
                 committer: &committer,
                 limiter: &limiter,
                 stats: &stats,
+                hooks_env: &hooks_env,
                 now,
             };
             let result = ctx.run(&plan.actions).await;
@@ -140,6 +144,7 @@ struct KeyContext<'a, P: Provider> {
     committer: &'a Committer,
     limiter: &'a DefaultDirectRateLimiter,
     stats: &'a Stats,
+    hooks_env: &'a [String],
     now: SystemTime,
 }
 
@@ -237,9 +242,11 @@ impl<P: Provider> KeyContext<'_, P> {
             }
         }
         for (event, generation) in events {
-            hooks::run(self.key, event, generation).await.map_err(|e| {
-                format!("key {name:?}: generation {generation} is in place, but {e}")
-            })?;
+            hooks::run(self.key, event, generation, self.hooks_env)
+                .await
+                .map_err(|e| {
+                    format!("key {name:?}: generation {generation} is in place, but {e}")
+                })?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use keyprov::commands::{self, keys, reconcile, status, validate};
 use keyprov::config::{self, Config};
@@ -118,8 +119,40 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot start the async runtime")
 }
 
+/// Keeps key material out of core dumps and away from same-user debuggers: no core file
+/// (RLIMIT_CORE 0, soft and hard, inherited by hooks) and not dumpable (which also makes
+/// /proc/PID/{environ,mem,...} root-owned and stops same-uid ptrace). Done first thing, before
+/// anything may hold a plaintext private key.
+fn harden() -> Result<(), String> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| format!("cannot set RLIMIT_CORE to 0: {e}"))?;
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| format!("cannot make the process non-dumpable (PR_SET_DUMPABLE): {e}"))
+}
+
+/// Parses the command line; `--help` and `--version` print and exit 0, usage errors exit 64.
+fn parse() -> Result<Cli, Exit> {
+    Cli::try_parse().map_err(|error| {
+        let exit = match error.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Exit::Ok,
+            _ => Exit::Usage,
+        };
+        // Help goes to stdout, errors to stderr; a closed pipe is not worth a panic.
+        let _ = error.print();
+        exit
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    if let Err(err) = harden() {
+        keyprov::errln!("error: {err}");
+        return ExitCode::from(Exit::KeyFailed.code());
+    }
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(exit) => return ExitCode::from(exit.code()),
+    };
     let exit = match cli.command {
         Command::Run {
             config,
@@ -165,6 +198,11 @@ fn main() -> ExitCode {
             runtime().block_on(keys::verify(&config))
         }),
         Command::Schema => validate::schema(),
+    };
+    let exit = if keyprov::output::stdout_failed() {
+        exit.max(Exit::KeyFailed)
+    } else {
+        exit
     };
     ExitCode::from(exit.code())
 }

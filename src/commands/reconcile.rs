@@ -71,6 +71,7 @@ fn limits(config: &Config) -> Limits {
     Limits {
         concurrency: config.reconcile.concurrency,
         max_requests_per_second: config.reconcile.max_requests_per_second,
+        hooks_env: config.hooks_env.clone().into(),
     }
 }
 
@@ -247,9 +248,9 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
         return report.exit();
     }
     for (_, err) in &report.failed {
-        eprintln!("error: {err}");
+        crate::errln!("error: {err}");
     }
-    println!("keyprov: {report}");
+    crate::outln!("keyprov: {report}");
     report.exit()
 }
 
@@ -262,15 +263,15 @@ pub fn plan(config: &Config) -> Exit {
         Exit::Ok
     };
     for (_, err) in &pending.failed {
-        eprintln!("error: {err}");
+        crate::errln!("error: {err}");
         exit = exit.max(Exit::KeyFailed);
     }
     print_plans(&pending.keys, &pending.plans);
     let converged = pending.keys.len() - pending.plans.len();
     if pending.plans.is_empty() {
-        println!("No changes: {converged} keys converged.");
+        crate::outln!("No changes: {converged} keys converged.");
     } else {
-        println!(
+        crate::outln!(
             "{} keys to change, {converged} converged.",
             pending.plans.len()
         );
@@ -292,7 +293,7 @@ fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            println!("{}: {action}{target}", plan.name);
+            crate::outln!("{}: {action}{target}", plan.name);
         }
     }
 }

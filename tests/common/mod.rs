@@ -568,3 +568,160 @@ impl Reader {
         self.handle.join().expect("reader thread")
     }
 }
+
+/// One entry of [`fingerprint`]: what an attacker-visible change to a file would alter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub inode: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub size: u64,
+    /// SHA-256 of a regular file's contents, a symlink's target; empty otherwise.
+    pub content: String,
+}
+
+/// Every entry below `root` (and `root` itself) with inode, type, mode, owner, mtime, ctime,
+/// size and a hash of its contents: a create, write, chmod, chown, rename or delete anywhere
+/// in the tree changes it. FIFOs and other special files are never opened.
+pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut map = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let file_type = meta.file_type();
+        let (kind, content) = if file_type.is_symlink() {
+            let target = std::fs::read_link(&path).unwrap_or_default();
+            ("symlink", target.display().to_string())
+        } else if file_type.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.map(|e| e.unwrap().path()));
+            }
+            ("dir", String::new())
+        } else if file_type.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+            ("file", hex(digest.as_ref()))
+        } else {
+            ("special", String::new())
+        };
+        map.insert(
+            path,
+            Entry {
+                kind,
+                inode: meta.ino(),
+                mode: meta.mode(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+                size: meta.size(),
+                content,
+            },
+        );
+    }
+    map
+}
+
+/// The differences between two [`fingerprint`]s, one line each (empty: identical).
+pub fn fingerprint_diff(
+    before: &BTreeMap<PathBuf, Entry>,
+    after: &BTreeMap<PathBuf, Entry>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (path, old) in before {
+        match after.get(path) {
+            None => lines.push(format!("deleted  {}", path.display())),
+            Some(new) if new != old => {
+                lines.push(format!("changed  {}: {old:?} -> {new:?}", path.display()))
+            }
+            Some(_) => {}
+        }
+    }
+    for path in after.keys().filter(|p| !before.contains_key(*p)) {
+        lines.push(format!("created  {}", path.display()));
+    }
+    lines
+}
+
+/// Runs `command`, which could hang: killed (and reported as `None`) if it has not exited
+/// after `deadline`.
+pub fn run_with_deadline(mut command: Command, deadline: std::time::Duration) -> Option<Run> {
+    use std::io::Read;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("keyprov starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    status.map(|status| Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    })
+}
+
+
+/// Whether this process may mount filesystems (root with CAP_SYS_ADMIN, as on the
+/// development machines): tried once with a tiny tmpfs.
+pub fn can_mount() -> bool {
+    let probe = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "keyprov-probe"])
+        .arg(probe.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let _ = Command::new("umount").arg(probe.path()).status();
+    }
+    mounted
+}
+
+/// A mount of the test, detached (`umount -l`) when dropped, also when the test panics.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// Mounts with `mount ARGS... <at>`; panics when mount fails.
+    pub fn new(args: &[&str], at: &Path) -> Mount {
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(status.success(), "mount {args:?} {}", at.display());
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
