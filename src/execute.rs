@@ -420,6 +420,7 @@ impl<P: Provider> KeyContext<'_, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn rate_limiter_allows_one_second_of_burst_then_paces() {
@@ -437,5 +438,63 @@ mod tests {
             slow.check().is_err(),
             "below one per second the burst is one"
         );
+    }
+
+    /// A provider with a bug: every call panics.
+    struct PanickingProvider;
+
+    impl Provider for PanickingProvider {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+
+        async fn generate(
+            &self,
+            _: &GenerateRequest<'_>,
+        ) -> Result<crate::provider::GeneratedPair, crate::provider::ProviderError> {
+            panic!("a bug in the provider")
+        }
+
+        async fn decrypt(
+            &self,
+            _: &DecryptRequest<'_>,
+        ) -> Result<PrivateKey, crate::provider::ProviderError> {
+            panic!("a bug in the provider")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_key_task_is_a_failed_key() {
+        let state = tempfile::tempdir().unwrap();
+        let manifest = "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: boom}\n\
+                        spec: {keyPairSpec: ECC_NIST_P256, kmsKeyId: alias/k, outputs: [{file: {}}]}\n";
+        let ctx = crate::manifest::Context {
+            state_dir: state.path(),
+            output_roots: &[],
+            hooks_allowed: &[],
+        };
+        let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
+        assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
+        let observed = crate::store::observe_all(&loaded.keys);
+        let now = SystemTime::now();
+        let plans = crate::plan::plan(&loaded.keys, &observed, now, None);
+        let limits = Limits {
+            concurrency: 2,
+            max_requests_per_second: 100.0,
+            hooks_env: Arc::from(Vec::new()),
+        };
+        let outcomes = execute(
+            Arc::new(PanickingProvider),
+            &loaded.keys,
+            plans,
+            now,
+            limits,
+            Arc::default(),
+        )
+        .await;
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].name, "boom");
+        let err = outcomes[0].result.as_ref().unwrap_err();
+        assert!(err.contains("panicked"), "{err}");
     }
 }

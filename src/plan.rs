@@ -200,6 +200,17 @@ pub fn plan_key(
         .unwrap_or(0);
     let staged_valid = staged.filter(|s| s.spec_fingerprint == fingerprint);
     let mut actions = Vec::new();
+    // Versions a crash left between being renamed in and being linked go first, before any
+    // new generation is linked above them (see [`garbage`]).
+    for (i, output) in outputs.iter().enumerate() {
+        let garbage = garbage(output);
+        if output.prunable && !garbage.is_empty() {
+            actions.push(Action::Prune {
+                output: i,
+                generations: garbage.into_iter().collect(),
+            });
+        }
+    }
     let mut generate = |reason: Reason, activates_at: SystemTime| {
         let generation = highest + 1;
         let staged = activates_at > now;
@@ -293,10 +304,16 @@ pub fn plan_key(
         return actions;
     };
     for (i, output) in outputs.iter().enumerate() {
-        let mut present: BTreeSet<u32> = output.versions.iter().copied().collect();
+        let garbage = garbage(output);
+        let mut present: BTreeSet<u32> = output
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| !garbage.contains(v))
+            .collect();
         present.insert(final_current);
         present.extend(final_next);
-        let history = history(output, final_current, final_next);
+        let history = present.clone();
         let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();
@@ -347,31 +364,31 @@ pub fn plan_key(
 }
 
 /// The versions an output keeps: current, next, and the `keep` newest below current.
-/// The versions of an output that were ever in use, plus the final current and next.
+/// Versions of an output that were never in use: a crash left them between being renamed in
+/// and being linked. They are removed before anything else, never adopted as history.
 ///
-/// Links only move forward and `previous` always names the version that was current before,
-/// so a version above the lowest one linked here that is not linked itself was never in use:
-/// a crash left it between being renamed in and being linked. Such a version (and, on an
-/// output with no link at all, any version) is garbage: pruned, never adopted as history.
-pub fn history(output: &ObservedOutput, current: u32, next: Option<u32>) -> BTreeSet<u32> {
-    let linked: BTreeSet<u32> = [
+/// Links move `current` first, then `previous` to the version that was current, and garbage
+/// is removed before a new generation is linked above it. So an unlinked version above the
+/// highest link was never linked; one between `previous` and `current` was current until a
+/// crash cut the link move short, and is the real previous. An output with no link at all
+/// has only garbage.
+pub fn garbage(output: &ObservedOutput) -> BTreeSet<u32> {
+    let linked = [
         output.current.as_ref().map(|c| c.generation),
         output.next.as_ref().map(|n| n.generation),
         output.previous,
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let lowest = linked.first().copied();
-    let mut history: BTreeSet<u32> = output
+    ];
+    let top = output
+        .current
+        .as_ref()
+        .map(|c| c.generation)
+        .or_else(|| linked.iter().flatten().copied().max());
+    output
         .versions
         .iter()
         .copied()
-        .filter(|v| linked.contains(v) || lowest.is_some_and(|l| *v < l))
-        .collect();
-    history.insert(current);
-    history.extend(next);
-    history
+        .filter(|v| !linked.contains(&Some(*v)) && top.is_none_or(|top| *v > top))
+        .collect()
 }
 
 pub fn kept_versions(

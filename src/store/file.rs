@@ -828,9 +828,9 @@ fn set_link(dir: &DirHandle, name: &str, generation: Option<u32>) -> Result<(), 
     }
 }
 
-/// Points `link` at `generation`, durably. For `current`: `previous` moves to the version
-/// that was current (so it only ever names a version that was in use), then `current` moves;
-/// a `next` at or below it goes.
+/// Points `link` at `generation`, durably. For `current`: `current` moves, then `previous` to
+/// the version that was current (so it only ever names a version that was in use); a `next`
+/// at or below it goes.
 pub fn link(output: &FileOutput, generation: u32, link: Link) -> Result<(), StoreError> {
     let dir = existing_key_dir(output)?;
     let mut sync = SyncSet::default();
@@ -847,11 +847,13 @@ fn move_links(
 ) -> Result<(), StoreError> {
     match link {
         Link::Current => {
+            // `current` first: a crash in between leaves `previous` below it, and the next
+            // run finds the version that was current between the two (see `plan::garbage`).
             let old = read_link_generation(dir, CURRENT)?;
+            set_link(dir, CURRENT, Some(generation))?;
             if let Some(old) = old.filter(|&old| old < generation) {
                 set_link(dir, PREVIOUS, Some(old))?;
             }
-            set_link(dir, CURRENT, Some(generation))?;
             if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
                 set_link(dir, NEXT, None)?;
             }

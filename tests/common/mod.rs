@@ -691,7 +691,6 @@ pub fn run_with_deadline(mut command: Command, deadline: std::time::Duration) ->
     })
 }
 
-
 /// Whether this process may mount filesystems (root with CAP_SYS_ADMIN, as on the
 /// development machines): tried once with a tiny tmpfs.
 pub fn can_mount() -> bool {
