@@ -35,10 +35,35 @@ enum Wake {
     Changed(Vec<PathBuf>),
 }
 
+/// The daemon's two sources of wakes. Signals come first: a flood of file events never
+/// delays a stop or a reload.
+struct Wakes {
+    signals: mpsc::UnboundedReceiver<Wake>,
+    changes: mpsc::UnboundedReceiver<Wake>,
+}
+
+impl Wakes {
+    /// The next wake, a pending signal before any file event; `None` when both sources are
+    /// gone.
+    async fn recv(&mut self) -> Option<Wake> {
+        tokio::select! {
+            biased;
+            Some(wake) = self.signals.recv() => Some(wake),
+            Some(wake) = self.changes.recv() => Some(wake),
+            else => None,
+        }
+    }
+}
+
 /// Runs until stopped; 0 on a clean stop.
 pub async fn run(mut config: Config) -> Exit {
-    let (wake_tx, mut wakes) = mpsc::unbounded_channel();
-    let signals = match forward_signals(wake_tx.clone()) {
+    let (wake_tx, changes) = mpsc::unbounded_channel();
+    let (signal_tx, signals_rx) = mpsc::unbounded_channel();
+    let mut wakes = Wakes {
+        signals: signals_rx,
+        changes,
+    };
+    let signals = match forward_signals(signal_tx) {
         Ok(handle) => handle,
         Err(err) => {
             tracing::error!("cannot install signal handlers: {err}");
@@ -115,7 +140,7 @@ pub async fn run(mut config: Config) -> Exit {
 async fn reconcile_until_stopped(
     config: &Config,
     provider: &Arc<AnyProvider>,
-    wakes: &mut mpsc::UnboundedReceiver<Wake>,
+    wakes: &mut Wakes,
     reload: &mut bool,
 ) -> Option<Report> {
     let reconciling = reconcile(config, provider.clone(), None, true, LockWait::Wait);

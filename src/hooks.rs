@@ -152,7 +152,7 @@ async fn run_one(
             Err(_) => lingered = true,
         }
     }
-    group.kill();
+    group.kill_and_release();
     // The group is dead; its pipes close unless a process left the group (setsid) with them.
     let (stdout, stderr) = match outputs {
         Some(done) => done,
@@ -168,7 +168,6 @@ async fn run_one(
         .wait()
         .await
         .map_err(|err| format!("onRotate {program}: {err}"))?;
-    drop(group);
 
     for (stream, captured) in [("stdout", stdout), ("stderr", stderr)] {
         let captured = captured.unwrap_or_default();
@@ -208,6 +207,13 @@ impl Group {
     fn kill(&self) {
         // ESRCH: the group is already empty. The leader is not reaped yet, so the id is ours.
         let _ = killpg(self.0, Signal::SIGKILL);
+    }
+
+    /// Kills the group for the last time. Once the leader is reaped, its id may become another
+    /// process group's, so nothing may signal it after that.
+    fn kill_and_release(self) {
+        self.kill();
+        std::mem::forget(self);
     }
 }
 

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 
 use crate::store::dir::DirHandle;
@@ -41,6 +41,7 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct StateLock {
     _file: Flock<File>,
+    _dir: Flock<File>,
 }
 
 /// Takes the lock of `state_dir` (creating the directory and the file when missing). When
@@ -55,28 +56,65 @@ pub fn acquire(state_dir: &Path, wait: bool) -> Result<StateLock, LockError> {
     let dir = DirHandle::open_root(state_dir, true)
         .map_err(|e| failed(e.to_string()))?
         .ok_or_else(|| failed("the state directory does not exist".into()))?;
+    loop {
+        let locked = lock_file(&dir, &path, wait)?;
+        // Someone may have removed or replaced the file while we waited for it: a lock on a
+        // file no longer at `.lock` excludes nobody. Take the one that is there now.
+        let held = nix::sys::stat::fstat(&*locked).map_err(|e| failed(e.desc().to_string()))?;
+        let there = nix::sys::stat::fstatat(&dir, LOCK_FILE, AtFlags::AT_SYMLINK_NOFOLLOW);
+        if there.is_ok_and(|s| s.st_dev == held.st_dev && s.st_ino == held.st_ino) {
+            // The stateDir itself is locked too: `.lock` can be deleted while held (and a new
+            // one created and locked by someone else); the directory cannot.
+            let dir_file = dir.file().map_err(|e| failed(e.to_string()))?;
+            let dir_lock = flock(dir_file, &path, wait)?;
+            return Ok(StateLock {
+                _file: locked,
+                _dir: dir_lock,
+            });
+        }
+        tracing::debug!(lock = %path.display(), "the lock file was replaced; locking again");
+    }
+}
+
+/// Opens (or creates) `.lock` in `dir` and flocks it.
+fn lock_file(dir: &DirHandle, path: &Path, wait: bool) -> Result<Flock<File>, LockError> {
+    let failed = |message: String| LockError::Failed {
+        path: path.to_path_buf(),
+        message,
+    };
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::openat(&dir, LOCK_FILE, flags, Mode::from_bits_truncate(0o600))
+    let fd = nix::fcntl::openat(dir, LOCK_FILE, flags, Mode::from_bits_truncate(0o600))
         .map_err(|e| failed(e.desc().to_string()))?;
-    let file = File::from(fd);
-    let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => locked,
+    flock(File::from(fd), path, wait)
+}
+
+/// flocks `file` exclusively; when another process holds it, waits (saying so) or fails.
+fn flock(file: File, path: &Path, wait: bool) -> Result<Flock<File>, LockError> {
+    let failed = |message: String| LockError::Failed {
+        path: path.to_path_buf(),
+        message,
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(locked),
         Err((file, Errno::EWOULDBLOCK)) => {
             let holder = holder(&file);
             if !wait {
-                return Err(LockError::Held { path, holder });
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder,
+                });
             }
-            eprintln!(
+            crate::errln!(
                 "keyprov: waiting for {} (held by another keyprov, pid {holder})",
                 path.display()
             );
             tracing::info!(lock = %path.display(), holder, "waiting for the stateDir lock");
             Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, errno)| failed(errno.desc().to_string()))?
+                .map_err(|(_, errno)| failed(errno.desc().to_string()))
         }
-        Err((_, errno)) => return Err(failed(errno.desc().to_string())),
-    };
-    Ok(StateLock { _file: locked })
+        Err((_, errno)) => Err(failed(errno.desc().to_string())),
+    }
+
 }
 
 /// The pid of the process holding a flock on `file`, from `/proc/locks`, or `unknown`.

@@ -8,12 +8,27 @@ use crate::config::LogFormat;
 /// Environment variable that overrides the log level.
 pub const LOG_ENV: &str = "KEYPROV_LOG";
 
+/// Crates that log every file-system event at trace level: capped at `info` unless the filter
+/// names them. The daemon watches the config's directory; a log file written there would
+/// otherwise make an event per line, logged as a line, without end.
+const FILE_WATCHERS: [&str; 2] = ["notify", "notify_debouncer_full"];
+
+/// The filter for `spec` (EnvFilter syntax), with [`FILE_WATCHERS`] capped; `None` if invalid.
+fn filter(spec: &str) -> Option<EnvFilter> {
+    let mut filter = EnvFilter::try_new(spec).ok()?;
+    for target in FILE_WATCHERS.iter().filter(|t| !spec.contains(*t)) {
+        filter = filter.add_directive(format!("{target}=info").parse().ok()?);
+    }
+    Some(filter)
+}
+
 /// Installs the global subscriber; later calls do nothing.
 pub fn init(format: LogFormat, level: &str) {
     let filter = std::env::var(LOG_ENV)
         .ok()
-        .and_then(|env| EnvFilter::try_new(env).ok())
-        .unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+        .and_then(|env| filter(&env))
+        .or_else(|| filter(level))
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -23,4 +38,18 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_watchers_are_capped_unless_named() {
+        let text = |spec: &str| filter(spec).unwrap().to_string();
+        assert!(text("trace").contains("notify=info"), "{}", text("trace"));
+        assert!(text("trace").contains("notify_debouncer_full=info"));
+        assert!(!text("notify=trace").contains("notify=info"));
+        assert!(filter("=garbage=").is_none());
+    }
 }

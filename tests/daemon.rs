@@ -338,3 +338,35 @@ fn sigterm_lets_the_reconcile_in_flight_finish() {
         "the hook was cut short\n{log}"
     );
 }
+
+#[test]
+fn sigterm_stops_the_daemon_during_a_flood_of_manifest_events() {
+    let install = daemon_install();
+    install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
+    let daemon = Daemon::start(&install);
+    daemon.wait_until("alpha exists", || current(&install, "alpha").is_some());
+    // New entries in the manifest directory as fast as possible (each name is debounced on
+    // its own, so events keep coming out): the daemon reconciles over and over.
+    let stop_flood = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, dir) = (stop_flood.clone(), install.manifests());
+        std::thread::spawn(move || {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = dir.join(format!(".noise-{}", writes % 512));
+                std::fs::write(&path, "x").unwrap();
+                writes += 1;
+            }
+            writes
+        })
+    };
+    daemon.wait_until("the flood is reconciled", || {
+        daemon.log().matches("manifests changed").count() >= 3
+    });
+    // `stop` sends SIGTERM and fails the test unless the daemon exits within PATIENCE.
+    let (code, log) = daemon.stop();
+    stop_flood.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = flood.join().unwrap();
+    assert_eq!(code, 0, "{log}");
+    assert!(writes > 0);
+}

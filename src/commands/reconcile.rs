@@ -244,7 +244,7 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
     let provider = Arc::new(AnyProvider::from_config(config));
     let report = reconcile(config, provider, rotate, false, wait).await;
     if let Some(held) = &report.lock_held {
-        eprintln!("error: {held}");
+        crate::errln!("error: {held}");
         return report.exit();
     }
     for (_, err) in &report.failed {

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -64,31 +64,61 @@ impl LocalProvider {
         }
     }
 
+    /// Reads the keyring: a regular file (never blocking on a FIFO or reading a device), at
+    /// most 1 MiB, readable by its owner only. Missing means empty.
     fn read_file(&self) -> Result<KeyringFile, ProviderError> {
-        match fs::read(&self.path) {
-            Ok(bytes) => {
-                let mode = fs::metadata(&self.path)
-                    .map_err(|e| self.error(e.to_string()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(self.error(format!(
-                        "mode {:04o} lets others read master keys; run chmod 600 on it",
-                        mode & 0o7777
-                    )));
-                }
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| self.error(format!("corrupt keyring: {e}")))
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(&self.path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(KeyringFile::default());
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(KeyringFile::default()),
-            Err(err) => Err(self.error(err.to_string())),
+            Err(err) => return Err(self.error(err.to_string())),
+        };
+        let meta = file.metadata().map_err(|e| self.error(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            let what = if meta.file_type().is_fifo() {
+                "a FIFO"
+            } else {
+                "not a regular file"
+            };
+            return Err(self.error(format!("is {what}; the keyring must be a regular file")));
         }
+        if meta.mode() & 0o077 != 0 {
+            return Err(self.error(format!(
+                "mode {:04o} lets others read master keys; run chmod 600 on it",
+                meta.mode() & 0o7777
+            )));
+        }
+        const MAX_KEYRING_BYTES: u64 = 1 << 20;
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_KEYRING_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.error(e.to_string()))?;
+        if bytes.len() as u64 > MAX_KEYRING_BYTES {
+            return Err(self.error("is larger than 1 MiB; it is not a keyprov keyring"));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| self.error(format!("corrupt keyring: {e}")))
+    }
+
+    /// Creates the keyring's directory (and parents) with mode 0700, whatever the umask.
+    fn create_dir(&self, dir: &Path) -> Result<(), ProviderError> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))
     }
 
     fn write_file(&self, keyring: &KeyringFile) -> Result<(), ProviderError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)
-            .map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))?;
+        self.create_dir(dir)?;
         let tmp = self
             .path
             .with_extension(format!("tmp-{}", std::process::id()));
@@ -157,8 +187,7 @@ impl LocalProvider {
     fn lock_file(&self) -> Result<nix::fcntl::Flock<fs::File>, ProviderError> {
         let path = self.path.with_extension("lock");
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)
-                .map_err(|e| self.error(format!("cannot create {}: {e}", dir.display())))?;
+            self.create_dir(dir)?;
         }
         let file = fs::OpenOptions::new()
             .create(true)
@@ -413,10 +442,9 @@ mod tests {
             .generate_blocking(&request(KeyPairSpec::EccNistP256, &context))
             .unwrap();
         assert!(pair.kms_key_arn.starts_with(ARN_PREFIX));
-        let mode = fs::metadata(tmp.path().join("kr"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(tmp.path().join("kr")).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
         let decrypt = |context| {
             provider.decrypt_blocking(&DecryptRequest {

@@ -129,8 +129,9 @@ impl DirHandle {
             Err(errno) => return Err(errno_error("cannot open", &path, errno)),
         };
         let stat = nix::sys::stat::fstat(&fd).map_err(|e| errno_error("cannot stat", &path, e))?;
+        // Only keyprov (or root, who could do anything anyway) may own a directory it walks.
         let euid = nix::unistd::geteuid().as_raw();
-        if stat.st_uid != euid {
+        if stat.st_uid != euid && stat.st_uid != 0 {
             return Err(StoreError::Unsafe {
                 path: path.display().to_string(),
                 message: format!(
@@ -164,7 +165,8 @@ impl DirHandle {
     }
 
     /// Walks `relative` (plain names only) from this directory, creating missing directories
-    /// with `mode` when `create` is set. `None` when a component is missing and not created.
+    /// when `create` is set: the last one with the given mode and owner, those on the way
+    /// 0755 and keyprov's own. `None` when a component is missing and not created.
     pub fn walk(
         &self,
         relative: &Path,
@@ -178,13 +180,19 @@ impl DirHandle {
             });
         }
         let mut current: Option<DirHandle> = None;
-        for component in components {
+        while let Some(component) = components.next() {
             let name = plain_name(component, relative)?;
             let parent = current.as_ref().unwrap_or(self);
+            let last = components.peek().is_none();
             let next = match parent.open_dir_os(name)? {
                 Some(dir) => dir,
                 None => match create {
                     Some((mode, owner)) => {
+                        let (mode, owner) = if last {
+                            (mode, owner)
+                        } else {
+                            (ROOT_MODE, (None, None))
+                        };
                         parent.create_dir_os(name, mode, owner)?;
                         parent.open_dir_os(name)?.ok_or_else(|| {
                             errno_error("cannot open", &parent.path.join(name), Errno::ENOENT)
@@ -277,18 +285,18 @@ impl DirHandle {
     }
 
     /// `lstat` of `name`; `None` when it does not exist or cannot be read.
-    pub fn stat(&self, name: &str) -> Option<FileStat> {
-        nix::sys::stat::fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    pub fn stat(&self, name: impl AsRef<OsStr>) -> Option<FileStat> {
+        nix::sys::stat::fstatat(&self.fd, name.as_ref(), AtFlags::AT_SYMLINK_NOFOLLOW).ok()
     }
 
     /// True when `name` is a real directory (not a symlink to one).
-    pub fn is_dir(&self, name: &str) -> bool {
+    pub fn is_dir(&self, name: impl AsRef<OsStr>) -> bool {
         self.stat(name)
             .is_some_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
     }
 
-    /// Names in the directory, `.` and `..` excluded.
-    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+    /// Names in the directory, `.` and `..` excluded, as they are (not necessarily UTF-8).
+    pub fn names(&self) -> Result<Vec<std::ffi::OsString>, StoreError> {
         let list = |e| errno_error("cannot list", &self.path, e);
         let fd = self
             .fd
@@ -300,7 +308,7 @@ impl DirHandle {
             let entry = entry.map_err(list)?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
-                names.push(String::from_utf8_lossy(name).into_owned());
+                names.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string());
             }
         }
         Ok(names)
@@ -327,8 +335,8 @@ impl DirHandle {
     }
 
     /// Renames `from` to `to` in this directory, replacing `to` (for links).
-    pub fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        nix::fcntl::renameat(&self.fd, from, &self.fd, to)
+    pub fn rename(&self, from: impl AsRef<OsStr>, to: &str) -> Result<(), StoreError> {
+        nix::fcntl::renameat(&self.fd, from.as_ref(), &self.fd, to)
             .map_err(|e| errno_error("cannot rename into", &self.path.join(to), e))
     }
 
@@ -346,7 +354,8 @@ impl DirHandle {
     }
 
     /// Removes the non-directory entry `name`; missing is fine.
-    pub fn remove_file(&self, name: &str) -> Result<(), StoreError> {
+    pub fn remove_file(&self, name: impl AsRef<OsStr>) -> Result<(), StoreError> {
+        let name = name.as_ref();
         match nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(errno) => Err(errno_error("cannot remove", &self.path.join(name), errno)),
@@ -355,11 +364,12 @@ impl DirHandle {
 
     /// Removes `name` and, when it is a real directory, everything below it, without
     /// following any symlink; missing is fine.
-    pub fn remove_tree(&self, name: &str) -> Result<(), StoreError> {
+    pub fn remove_tree(&self, name: impl AsRef<OsStr>) -> Result<(), StoreError> {
+        let name = name.as_ref();
         if !self.is_dir(name) {
             return self.remove_file(name);
         }
-        let Some(dir) = self.open_dir(name)? else {
+        let Some(dir) = self.open_dir_os(name)? else {
             return Ok(());
         };
         for child in dir.names()? {

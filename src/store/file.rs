@@ -153,6 +153,12 @@ fn temporary_name(prefix: &str, name: &str) -> String {
     format!("{prefix}{name}-{}", std::process::id())
 }
 
+/// What directories get of an output's `owner`/`group`: the group only. Directories stay
+/// keyprov's own, so no other user can ever plant an entry in them.
+fn dir_owner(owner: Owner) -> Owner {
+    (None, owner.1)
+}
+
 /// Numeric owner and group of an output, resolved from names or numbers.
 fn ownership(output: &FileOutput) -> Result<Owner, StoreError> {
     let uid = match &output.owner {
@@ -206,7 +212,7 @@ fn open_key_dir(
             message: format!("is not inside its output root {}", output.root.display()),
         })?;
     let mode = dir_mode(output.mode);
-    let dir = root.walk(relative, create.map(|owner| (mode, owner)))?;
+    let dir = root.walk(relative, create.map(|owner| (mode, dir_owner(owner))))?;
     if let Some(dir) = &dir {
         let euid = nix::unistd::geteuid().as_raw();
         let owner = nix::sys::stat::fstat(dir)
@@ -293,9 +299,10 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         return Ok(observed);
     };
     let mut links = Vec::with_capacity(3);
-    for name in dir.names()? {
+    for raw in dir.names()? {
+        let name = raw.to_string_lossy();
         if let Some(generation) = parse_version_name(&name) {
-            if dir.is_dir(&name) {
+            if dir.is_dir(&raw) {
                 observed.versions.push(generation);
             } else {
                 observed
@@ -623,7 +630,7 @@ fn stage_version(
     }
     let tmp = temporary_name(TMP_PREFIX, &name);
     dir.remove_tree(&tmp)?;
-    dir.create_dir(&tmp, dir_mode(output.mode), owner)?;
+    dir.create_dir(&tmp, dir_mode(output.mode), dir_owner(owner))?;
     let staged = StagedVersion { dir, tmp, name };
     let mut written = SyncSet::default();
     let result = (|| {
@@ -918,17 +925,18 @@ pub struct RepairInput<'a> {
 pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreError> {
     let owner = ownership(output)?;
     let dir = existing_key_dir(output)?;
-    for name in dir.names()? {
+    for raw in dir.names()? {
+        let name = raw.to_string_lossy();
         if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
-            dir.remove_tree(&name)?;
-        } else if parse_version_name(&name).is_some() && !dir.is_dir(&name) {
+            dir.remove_tree(&raw)?;
+        } else if parse_version_name(&name).is_some() && !dir.is_dir(&raw) {
             // A foreign entry where a version belongs: set aside, never linked.
             let trash = temporary_name(TRASH_PREFIX, &name);
-            dir.rename(&name, &trash)?;
+            dir.rename(&raw, &trash)?;
             dir.remove_tree(&trash)?;
         }
     }
-    dir.set_mode_and_owner(dir_mode(output.mode), owner)?;
+    dir.set_mode_and_owner(dir_mode(output.mode), dir_owner(owner))?;
     let mut linked = Vec::new();
     for link in [CURRENT, NEXT, PREVIOUS] {
         match read_link_generation(&dir, link) {
@@ -980,7 +988,7 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
         {
             version.remove_file(&name)?;
         }
-        version.set_mode_and_owner(dir_mode(output.mode), owner)?;
+        version.set_mode_and_owner(dir_mode(output.mode), dir_owner(owner))?;
         for (name, mode) in expected_files(output, input.include_plaintext) {
             if version.stat(&name).is_some() {
                 version.set_file_mode_and_owner(&name, mode, owner)?;
