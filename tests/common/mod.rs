@@ -373,6 +373,7 @@ impl Rng {
         (Rng(seed), seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -411,7 +412,9 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
 /// A key directory a [`Reader`] reads through `current`, as a service using the key would.
 #[derive(Clone, Debug)]
 pub struct ReadTarget {
+    /// Key name, as meta.json must record it.
     pub name: String,
+    /// The output directory holding `current`.
     pub dir: PathBuf,
     /// `format: der` (public.der / private.der) rather than pem.
     pub der: bool,
@@ -421,8 +424,11 @@ pub struct ReadTarget {
 
 /// One consistent read through `current`.
 pub struct ReadPair {
+    /// meta.json's generation.
     pub generation: u64,
+    /// SHA-256 of the public key DER (equal to meta.json's publicKeySha256).
     pub public_sha: String,
+    /// SHA-256 of the private key file, with includePlaintext.
     pub private_sha: Option<String>,
 }
 
@@ -506,6 +512,7 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// Starts reading `targets` (chosen at random from `seed`).
     pub fn start(targets: Vec<ReadTarget>, seed: u64) -> Reader {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -555,6 +562,7 @@ impl Reader {
         Reader { stop, handle }
     }
 
+    /// Stops the reader and returns what it saw.
     pub fn finish(self) -> ReaderReport {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().expect("reader thread")
