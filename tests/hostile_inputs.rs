@@ -420,3 +420,57 @@ fn the_daemon_survives_a_typo_with_bounded_memory_and_stops_on_sigterm() {
     let status = wait_or_kill(&mut daemon.child, DEADLINE).expect("the daemon stops on SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
 }
+
+/// Every file below `dirs` (relative to the repository), sorted.
+fn files_below(dirs: &[&str]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The fuzz targets' entry points (fuzz/fuzz_targets), replayed over their seeds and every
+/// past finding: the short mode of bench/fuzz.sh. A panic fails the test.
+#[test]
+fn fuzz_seeds_and_findings_replay_through_the_fuzz_entry_points() {
+    let state = PathBuf::from("/nonexistent-keyprov-fuzz/state");
+    let roots = [PathBuf::from("/nonexistent-keyprov-fuzz/ssl")];
+    let hooks = [PathBuf::from("/bin/echo")];
+    let ctx = keyprov::manifest::Context {
+        state_dir: &state,
+        output_roots: &roots,
+        hooks_allowed: &hooks,
+    };
+    let files = files_below(&["tests/corpus", "fuzz/seeds", "config"]);
+    assert!(files.len() > 40, "{files:?}");
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let loaded = keyprov::manifest::load_bytes(Path::new("/fuzz/m.yaml"), &bytes, &ctx);
+        assert!(
+            loaded.diagnostics.is_empty() || loaded.keys.is_empty(),
+            "{}",
+            file.display()
+        );
+        if let Err(diagnostics) =
+            keyprov::config::Config::from_bytes(Path::new("/fuzz/keyprov.yaml"), &bytes)
+        {
+            assert!(!diagnostics.is_empty(), "{}", file.display());
+        }
+    }
+}
