@@ -156,6 +156,18 @@ fn hostile_manifest_text_is_refused_in_bounded_time_and_memory() {
     let mut huge = manifest("huge", "ECC_NIST_P256", "");
     huge.push_str(&format!("# {}\n", "x".repeat(50 << 20)));
     let undefined = "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: a}\nspec: *nope\n";
+    // Once took 23 s and 330 MB (serde_yaml's event buffer, the position index).
+    let nodes = format!(
+        "{}  grantTokens: [{}t]\n",
+        manifest("nodes", "ECC_NIST_P256", ""),
+        "t,".repeat((4 << 20) / 2 - 200)
+    );
+    // A key of 4 MiB of dots, behind an alias so the position index lacks it: finding its
+    // position once cut it a dot at a time (quadratic), and the error quoted it whole.
+    let dots = format!(
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata:\n  name: dots\n  labels: {{x: &k \"{}\"}}\nspec:\n  keyPairSpec: ECC_NIST_P256\n  kmsKeyId: k\n  outputs: [{{file: {{}}}}]\n  encryptionContext:\n    ? *k\n    : \"\"\n",
+        ".".repeat((4 << 20) - 300)
+    );
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "bomb.yaml",
@@ -196,6 +208,16 @@ fn hostile_manifest_text_is_refused_in_bounded_time_and_memory() {
             "typo4.yaml",
             b"%YAML 1.1\n%YAML 1.1\n---\na: 1\n".to_vec(),
             ":2:1: YAML syntax error: duplicate version directive",
+        ),
+        (
+            "nodes.yaml",
+            nodes.into_bytes(),
+            ":10:199973: more than 100000 YAML nodes in one file",
+        ),
+        (
+            "dots.yaml",
+            dots.into_bytes(),
+            ":10:3: spec.encryptionContext.....",
         ),
         (
             "undefined-alias.yaml",
