@@ -14,7 +14,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::mpsc;
 
 use crate::clock;
-use crate::commands::reconcile::{Report, reconcile};
+use crate::commands::reconcile::{LockWait, Report, reconcile};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::provider::AnyProvider;
@@ -118,7 +118,7 @@ async fn reconcile_until_stopped(
     wakes: &mut mpsc::UnboundedReceiver<Wake>,
     reload: &mut bool,
 ) -> Option<Report> {
-    let reconciling = reconcile(config, provider.clone(), None, true);
+    let reconciling = reconcile(config, provider.clone(), None, true, LockWait::Wait);
     tokio::pin!(reconciling);
     let mut changed_meanwhile = Vec::new();
     let report = loop {

@@ -18,13 +18,15 @@ use crate::plan::{Action, KeyPlan, Link};
 use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
 use crate::store::{StoredVersion, VersionMeta, file};
 
-/// How hard the executor may push.
-#[derive(Debug, Clone, Copy)]
+/// How hard the executor may push, and what hooks may see.
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Provider requests in flight at once.
     pub concurrency: usize,
     /// Provider requests per second across all keys.
     pub max_requests_per_second: f64,
+    /// Names of keyprov's environment variables that hooks also see (config `hooks.env`).
+    pub hooks_env: Arc<[String]>,
 }
 
 /// What happened to one key.
@@ -59,19 +61,22 @@ pub async fn execute<P: Provider>(
     let group_commit = GroupCommit::start();
     let limiter = Arc::new(rate_limiter(limits.max_requests_per_second));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut names = HashMap::new();
     for plan in plans {
         let Some(key) = by_name.get(plan.name.as_str()) else {
             continue;
         };
         let key = (*key).clone();
-        let (provider, requests, committer, limiter, stats) = (
+        let (provider, requests, committer, limiter, stats, hooks_env) = (
             provider.clone(),
             requests.clone(),
             group_commit.committer(),
             limiter.clone(),
             stats.clone(),
+            limits.hooks_env.clone(),
         );
-        tasks.spawn(async move {
+        let task_name = key.name.clone();
+        let handle = tasks.spawn(async move {
             let ctx = KeyContext {
                 key: &key,
                 provider: &*provider,
@@ -79,6 +84,7 @@ pub async fn execute<P: Provider>(
                 committer: &committer,
                 limiter: &limiter,
                 stats: &stats,
+                hooks_env: &hooks_env,
                 now,
             };
             let result = ctx.run(&plan.actions).await;
@@ -93,12 +99,27 @@ pub async fn execute<P: Provider>(
                 result,
             }
         });
+        names.insert(handle.id(), task_name);
     }
     let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
+    while let Some(joined) = tasks.join_next_with_id().await {
         match joined {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(err) => tracing::error!("a reconcile task panicked: {err}"),
+            Ok((id, outcome)) => {
+                names.remove(&id);
+                outcomes.push(outcome);
+            }
+            Err(err) => {
+                // A panic is a bug, and the key it hit failed: never counted as success.
+                let name = names.remove(&err.id()).unwrap_or_default();
+                tracing::error!(key = %name, "the reconcile of this key panicked: {err}");
+                outcomes.push(KeyOutcome {
+                    result: Err(format!(
+                        "key {name:?}: internal error (the task panicked: {err}); nothing after \
+                         the failing step was done. Please report this bug"
+                    )),
+                    name,
+                });
+            }
         }
     }
     group_commit.finish().await;
@@ -123,6 +144,7 @@ struct KeyContext<'a, P: Provider> {
     committer: &'a Committer,
     limiter: &'a DefaultDirectRateLimiter,
     stats: &'a Stats,
+    hooks_env: &'a [String],
     now: SystemTime,
 }
 
@@ -172,7 +194,7 @@ impl<P: Provider> KeyContext<'_, P> {
                 }
                 Action::Activate { generation } => {
                     let lacking: Vec<usize> = file_outputs(self.key)
-                        .filter(|(_, o)| !file::version_dir(o, *generation).is_dir())
+                        .filter(|(_, o)| !file::has_version(o, *generation).unwrap_or(false))
                         .map(|(i, _)| i)
                         .collect();
                     self.copy(*generation, &lacking).await?;
@@ -192,7 +214,7 @@ impl<P: Provider> KeyContext<'_, P> {
                         .copied()
                         .filter(|&i| {
                             self.file(i)
-                                .is_ok_and(|o| !file::version_dir(o, *generation).is_dir())
+                                .is_ok_and(|o| !file::has_version(o, *generation).unwrap_or(false))
                         })
                         .collect();
                     self.copy(*generation, &lacking).await?;
@@ -200,9 +222,14 @@ impl<P: Provider> KeyContext<'_, P> {
                         self.link(self.file(i)?, *generation, *link)?;
                     }
                 }
-                Action::Repair { output, reasons } => {
+                Action::Repair {
+                    output,
+                    reasons,
+                    previous,
+                    damaged,
+                } => {
                     tracing::info!(key = %name, output, reasons = %reasons.join("; "), "repairing");
-                    self.repair(self.file(*output)?).await?;
+                    self.repair(*output, *previous, damaged).await?;
                 }
                 Action::Prune {
                     output,
@@ -215,9 +242,11 @@ impl<P: Provider> KeyContext<'_, P> {
             }
         }
         for (event, generation) in events {
-            hooks::run(self.key, event, generation).await.map_err(|e| {
-                format!("key {name:?}: generation {generation} is in place, but {e}")
-            })?;
+            hooks::run(self.key, event, generation, self.hooks_env)
+                .await
+                .map_err(|e| {
+                    format!("key {name:?}: generation {generation} is in place, but {e}")
+                })?;
         }
         Ok(())
     }
@@ -292,20 +321,36 @@ impl<P: Provider> KeyContext<'_, P> {
         file::link(output, generation, link).map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
 
-    /// Copies `generation` from an output holding it to `targets`.
+    /// Reads `generation` whole from the first output (other than `except`) holding an
+    /// intact copy of it.
+    fn read_intact(&self, generation: u32, except: Option<usize>) -> Result<StoredVersion, String> {
+        let name = &self.key.name;
+        let mut problems = Vec::new();
+        for (i, output) in file_outputs(self.key) {
+            if Some(i) == except || !file::has_version(output, generation).unwrap_or(false) {
+                continue;
+            }
+            match file::read_version(output, generation) {
+                Ok(version) => return Ok(version),
+                Err(err) => problems.push(err.to_string()),
+            }
+        }
+        Err(if problems.is_empty() {
+            format!("key {name:?}: no other output holds generation {generation} to copy from")
+        } else {
+            format!(
+                "key {name:?}: no output holds an intact copy of generation {generation} ({})",
+                problems.join("; ")
+            )
+        })
+    }
+
+    /// Copies `generation` from an output holding it intact to `targets`.
     async fn copy(&self, generation: u32, targets: &[usize]) -> Result<(), String> {
         if targets.is_empty() {
             return Ok(());
         }
-        let name = &self.key.name;
-        let source = file_outputs(self.key)
-            .map(|(_, o)| o)
-            .find(|o| file::version_dir(o, generation).is_dir())
-            .ok_or_else(|| {
-                format!("key {name:?}: no output holds generation {generation} to copy from")
-            })?;
-        let mut version =
-            file::read_version(source, generation).map_err(|e| format!("key {name:?}: {e}"))?;
+        let mut version = self.read_intact(generation, None)?;
         if self.key.include_plaintext {
             let key = self
                 .decrypt(&version.meta, &version.private_key_ciphertext)
@@ -319,29 +364,63 @@ impl<P: Provider> KeyContext<'_, P> {
         Ok(())
     }
 
-    async fn repair(&self, output: &FileOutput) -> Result<(), String> {
+    /// Repairs output `index`: `damaged` generations are rewritten from an intact copy in
+    /// another output; with none, the key fails and nothing is changed.
+    async fn repair(
+        &self,
+        index: usize,
+        previous: Option<u32>,
+        damaged: &[u32],
+    ) -> Result<(), String> {
         let name = &self.key.name;
-        let mut plaintext = HashMap::new();
+        let output = self.file(index)?;
+        let mut intact = Vec::with_capacity(damaged.len());
+        for &generation in damaged {
+            let mut version = self.read_intact(generation, Some(index)).map_err(|err| {
+                format!(
+                    "{err}. Generation {generation} in {} is damaged and nothing was changed: \
+                     restore its files from a backup, or replace the pair with \
+                     `keyprov rotate {name} --now`",
+                    output.dir.display()
+                )
+            })?;
+            if self.key.include_plaintext {
+                let key = self
+                    .decrypt(&version.meta, &version.private_key_ciphertext)
+                    .await?;
+                version.private_key = Some(key);
+            }
+            intact.push(version);
+        }
+        let mut input = file::RepairInput {
+            include_plaintext: self.key.include_plaintext,
+            plaintext: HashMap::new(),
+            intact: intact.iter().collect(),
+            previous,
+        };
         if self.key.include_plaintext {
             for generation in
                 file::missing_plaintext(output).map_err(|e| format!("key {name:?}: {e}"))?
             {
+                if damaged.contains(&generation) {
+                    continue;
+                }
                 let version = file::read_version(output, generation)
                     .map_err(|e| format!("key {name:?}: {e}"))?;
                 let key = self
                     .decrypt(&version.meta, &version.private_key_ciphertext)
                     .await?;
-                plaintext.insert(generation, key);
+                input.plaintext.insert(generation, key);
             }
         }
-        file::repair(output, self.key.include_plaintext, &plaintext)
-            .map_err(|e| format!("key {name:?}: {e}"))
+        file::repair(output, &input).map_err(|e| format!("key {name:?}: {e}"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn rate_limiter_allows_one_second_of_burst_then_paces() {
@@ -359,5 +438,63 @@ mod tests {
             slow.check().is_err(),
             "below one per second the burst is one"
         );
+    }
+
+    /// A provider with a bug: every call panics.
+    struct PanickingProvider;
+
+    impl Provider for PanickingProvider {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+
+        async fn generate(
+            &self,
+            _: &GenerateRequest<'_>,
+        ) -> Result<crate::provider::GeneratedPair, crate::provider::ProviderError> {
+            panic!("a bug in the provider")
+        }
+
+        async fn decrypt(
+            &self,
+            _: &DecryptRequest<'_>,
+        ) -> Result<PrivateKey, crate::provider::ProviderError> {
+            panic!("a bug in the provider")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_key_task_is_a_failed_key() {
+        let state = tempfile::tempdir().unwrap();
+        let manifest = "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: boom}\n\
+                        spec: {keyPairSpec: ECC_NIST_P256, kmsKeyId: alias/k, outputs: [{file: {}}]}\n";
+        let ctx = crate::manifest::Context {
+            state_dir: state.path(),
+            output_roots: &[],
+            hooks_allowed: &[],
+        };
+        let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
+        assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
+        let observed = crate::store::observe_all(&loaded.keys);
+        let now = SystemTime::now();
+        let plans = crate::plan::plan(&loaded.keys, &observed, now, None);
+        let limits = Limits {
+            concurrency: 2,
+            max_requests_per_second: 100.0,
+            hooks_env: Arc::from(Vec::new()),
+        };
+        let outcomes = execute(
+            Arc::new(PanickingProvider),
+            &loaded.keys,
+            plans,
+            now,
+            limits,
+            Arc::default(),
+        )
+        .await;
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].name, "boom");
+        let err = outcomes[0].result.as_ref().unwrap_err();
+        assert!(err.contains("panicked"), "{err}");
     }
 }

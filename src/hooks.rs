@@ -1,9 +1,39 @@
-//! onRotate hooks: the manifest's commands, run without a shell, with a time limit, their
-//! output captured into the log.
+//! onRotate hooks: the manifest's commands, run without a shell, in their own process group,
+//! with a minimal environment and a time limit, their output captured (capped) into the log.
+//!
+//! Lifetime of a hook: it is the process group it starts in. When the time limit passes, the
+//! whole group is killed (SIGKILL), so `sleep 777 &` inside a hook does not outlive it. When
+//! the hook itself exits, whatever it left in its group gets [`LINGER`] to finish writing and
+//! is then killed too: a hook is a notification, not a way to start services (hand those to
+//! the service manager, e.g. `systemctl`). A background process that keeps the hook's stdout
+//! or stderr open therefore cannot make keyprov wait past `LINGER`. The leader is reaped only
+//! after its group was killed, so the group id cannot be reused by an unrelated process group
+//! in between.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::process::Stdio;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
 
 use crate::manifest::{Hook, KeyPair, Output};
+
+/// `PATH` of every hook (list `PATH` in the config's `hooks.env` to pass keyprov's own
+/// instead): fixed, so that what a hook runs does not depend on how keyprov was started.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Bytes of each stream (stdout, stderr) kept for the log; the rest is read and counted.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+
+/// How long the rest of a hook's process group may keep running (and holding its output
+/// open) after the hook itself exited, before the group is killed.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// What happened to a generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +62,15 @@ impl HookEvent {
 }
 
 /// Runs every hook of `key` that listens to `event`, in order; stops at the first failure.
-pub async fn run(key: &KeyPair, event: HookEvent, generation: u32) -> Result<(), String> {
+///
+/// Hooks see `PATH` ([`DEFAULT_PATH`]), the `KEYPROV_*` variables, and the variables named in
+/// `extra_env` (the config's `hooks.env`) that are set in keyprov's own environment; nothing else.
+pub async fn run(
+    key: &KeyPair,
+    event: HookEvent,
+    generation: u32,
+    extra_env: &[String],
+) -> Result<(), String> {
     let dirs: Vec<String> = key
         .outputs
         .iter()
@@ -41,10 +79,37 @@ pub async fn run(key: &KeyPair, event: HookEvent, generation: u32) -> Result<(),
             Output::SecretsManager(_) => None,
         })
         .collect();
+    let keyprov = [
+        ("KEYPROV_NAME", key.name.clone()),
+        ("KEYPROV_GENERATION", generation.to_string()),
+        ("KEYPROV_EVENT", event.as_str().to_string()),
+        ("KEYPROV_OUTPUT_DIRS", dirs.join(":")),
+    ];
+    let env = environment(&keyprov, extra_env, |name| std::env::var_os(name));
     for hook in key.on_rotate.iter().filter(|h| event.selects(h)) {
-        run_one(key, hook, event, generation, &dirs.join(":")).await?;
+        run_one(key, hook, event, generation, &env).await?;
     }
     Ok(())
+}
+
+/// The whole environment of a hook: `PATH`, the names of `extra_env` that `lookup` finds, and
+/// `keyprov`'s variables, which win over both.
+fn environment(
+    keyprov: &[(&str, String)],
+    extra_env: &[String],
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> BTreeMap<String, OsString> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), DEFAULT_PATH.into());
+    for name in extra_env {
+        if let Some(value) = lookup(name) {
+            env.insert(name.clone(), value);
+        }
+    }
+    for (name, value) in keyprov {
+        env.insert(name.to_string(), value.into());
+    }
+    env
 }
 
 async fn run_one(
@@ -52,39 +117,188 @@ async fn run_one(
     hook: &Hook,
     event: HookEvent,
     generation: u32,
-    dirs: &str,
+    env: &BTreeMap<String, OsString>,
 ) -> Result<(), String> {
     let program = &hook.command[0];
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(&hook.command[1..])
-        .env("KEYPROV_NAME", &key.name)
-        .env("KEYPROV_GENERATION", generation.to_string())
-        .env("KEYPROV_EVENT", event.as_str())
-        .env("KEYPROV_OUTPUT_DIRS", dirs)
+        .env_clear()
+        .envs(env)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|err| format!("onRotate {program}: cannot start: {err}"))?;
-    let output = match tokio::time::timeout(hook.timeout, child.wait_with_output()).await {
-        Ok(result) => result.map_err(|err| format!("onRotate {program}: {err}"))?,
-        Err(_) => {
-            return Err(format!(
-                "onRotate {program}: killed after its timeout of {}",
-                humantime::format_duration(hook.timeout)
-            ));
-        }
-    };
-    for (stream, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
-        for line in String::from_utf8_lossy(bytes).lines() {
-            tracing::info!(key = %key.name, hook = %program, stream, "{line}");
+    let pid = child
+        .id()
+        .map(|id| Pid::from_raw(id as i32))
+        .ok_or_else(|| format!("onRotate {program}: exited before it could be watched"))?;
+    // Declared after `child`, so dropped before it: a cancelled hook loses its whole group.
+    let group = Group(pid);
+    let (stop, stopped) = watch::channel(false);
+    let stdout = tokio::spawn(capture(child.stdout.take(), stopped.clone()));
+    let stderr = tokio::spawn(capture(child.stderr.take(), stopped));
+    let exited = tokio::task::spawn_blocking(move || wait_exited(pid));
+
+    let timed_out = tokio::time::timeout(hook.timeout, exited).await.is_err();
+    let mut readers = Box::pin(async { (stdout.await, stderr.await) });
+    let mut outputs = None;
+    let mut lingered = false;
+    if !timed_out {
+        match tokio::time::timeout(LINGER, &mut readers).await {
+            Ok(done) => outputs = Some(done),
+            Err(_) => lingered = true,
         }
     }
-    if output.status.success() {
+    group.kill();
+    // The group is dead; its pipes close unless a process left the group (setsid) with them.
+    let (stdout, stderr) = match outputs {
+        Some(done) => done,
+        None => match tokio::time::timeout(LINGER, &mut readers).await {
+            Ok(done) => done,
+            Err(_) => {
+                let _ = stop.send(true);
+                readers.await
+            }
+        },
+    };
+    let status = child
+        .wait()
+        .await
+        .map_err(|err| format!("onRotate {program}: {err}"))?;
+    drop(group);
+
+    for (stream, captured) in [("stdout", stdout), ("stderr", stderr)] {
+        let captured = captured.unwrap_or_default();
+        for line in String::from_utf8_lossy(&captured.kept).lines() {
+            tracing::info!(key = %key.name, hook = %program, stream, "{line}");
+        }
+        if captured.dropped > 0 {
+            tracing::info!(key = %key.name, hook = %program, stream, "... {} more bytes truncated", captured.dropped);
+        }
+        if let Some(err) = captured.error {
+            tracing::warn!(key = %key.name, hook = %program, stream, "cannot read the hook's output: {err}");
+        }
+    }
+    if timed_out {
+        return Err(format!(
+            "onRotate {program}: killed (with its process group) after its timeout of {}",
+            humantime::format_duration(hook.timeout)
+        ));
+    }
+    if lingered {
+        tracing::warn!(key = %key.name, hook = %program,
+            "the hook exited but processes it started kept its output open; killed its process group");
+    }
+    if status.success() {
         tracing::info!(key = %key.name, hook = %program, event = event.as_str(), generation, "onRotate succeeded");
         Ok(())
     } else {
-        Err(format!("onRotate {program} failed with {}", output.status))
+        Err(format!("onRotate {program} failed with {status}"))
+    }
+}
+
+/// A hook's process group (its id is the hook's pid); killed on drop, in case the hook's
+/// future is cancelled.
+struct Group(Pid);
+
+impl Group {
+    fn kill(&self) {
+        // ESRCH: the group is already empty. The leader is not reaped yet, so the id is ours.
+        let _ = killpg(self.0, Signal::SIGKILL);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it (`WNOWAIT`): its process group id stays
+/// reserved until the caller reaps it.
+fn wait_exited(pid: Pid) {
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// A stream's output: the first [`OUTPUT_CAP`] bytes, and how many more were read.
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+    error: Option<std::io::Error>,
+}
+
+/// Reads `stream` to its end (or until `stop` turns true), keeping at most [`OUTPUT_CAP`] bytes.
+async fn capture(
+    stream: Option<impl AsyncRead + Unpin>,
+    mut stop: watch::Receiver<bool>,
+) -> Captured {
+    let mut captured = Captured::default();
+    let Some(mut stream) = stream else {
+        return captured;
+    };
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = stream.read(&mut buffer) => read,
+            _ = stop.wait_for(|stop| *stop) => return captured,
+        };
+        match read {
+            Ok(0) => return captured,
+            Ok(n) => {
+                let room = OUTPUT_CAP - captured.kept.len();
+                let keep = n.min(room);
+                captured.kept.extend_from_slice(&buffer[..keep]);
+                captured.dropped += (n - keep) as u64;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                captured.error = Some(err);
+                return captured;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_is_path_keyprov_and_the_listed_names_that_are_set() {
+        let keyprov = [("KEYPROV_NAME", "alpha".to_string())];
+        let extra: Vec<String> = ["LANG", "UNSET", "PATH", "KEYPROV_NAME"]
+            .map(String::from)
+            .to_vec();
+        let env = environment(&keyprov, &extra, |name| match name {
+            "LANG" => Some("C.UTF-8".into()),
+            "PATH" => Some("/opt/bin".into()),
+            "KEYPROV_NAME" => Some("spoofed".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".into()),
+            _ => None,
+        });
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("KEYPROV_NAME", "alpha"),
+                ("LANG", "C.UTF-8"),
+                ("PATH", "/opt/bin"),
+            ]
+        );
+        let default = environment(&[], &[], |_| Some("x".into()));
+        assert_eq!(default.len(), 1);
+        assert_eq!(default["PATH"], DEFAULT_PATH);
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use keyprov::commands::{self, keys, reconcile, status, validate};
 use keyprov::config::{self, Config};
@@ -34,6 +35,9 @@ enum Command {
         /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input.
         #[arg(long)]
         once: bool,
+        /// With --once: exit 75 at once when another keyprov holds the stateDir lock.
+        #[arg(long, requires = "once")]
+        no_wait: bool,
     },
     /// Show what `run --once` would do; changes nothing. Exit 3 when changes are pending.
     Plan {
@@ -64,6 +68,9 @@ enum Command {
         /// Activate at once, skipping publishAhead: the emergency path.
         #[arg(long)]
         now: bool,
+        /// Exit 75 at once when another keyprov holds the stateDir lock.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print the private key of NAME as PEM, decrypted by the provider.
     Decrypt {
@@ -97,6 +104,14 @@ fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exi
     }
 }
 
+fn lock_wait(no_wait: bool) -> reconcile::LockWait {
+    if no_wait {
+        reconcile::LockWait::NoWait
+    } else {
+        reconcile::LockWait::Wait
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,12 +119,48 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot start the async runtime")
 }
 
+/// Keeps key material out of core dumps and away from same-user debuggers: no core file
+/// (RLIMIT_CORE 0, soft and hard, inherited by hooks) and not dumpable (which also makes
+/// /proc/PID/{environ,mem,...} root-owned and stops same-uid ptrace). Done first thing, before
+/// anything may hold a plaintext private key.
+fn harden() -> Result<(), String> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| format!("cannot set RLIMIT_CORE to 0: {e}"))?;
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| format!("cannot make the process non-dumpable (PR_SET_DUMPABLE): {e}"))
+}
+
+/// Parses the command line; `--help` and `--version` print and exit 0, usage errors exit 64.
+fn parse() -> Result<Cli, Exit> {
+    Cli::try_parse().map_err(|error| {
+        let exit = match error.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Exit::Ok,
+            _ => Exit::Usage,
+        };
+        // Help goes to stdout, errors to stderr; a closed pipe is not worth a panic.
+        let _ = error.print();
+        exit
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    if let Err(err) = harden() {
+        keyprov::errln!("error: {err}");
+        return ExitCode::from(Exit::KeyFailed.code());
+    }
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(exit) => return ExitCode::from(exit.code()),
+    };
     let exit = match cli.command {
-        Command::Run { config, once } => with_config(&config.path, |config| {
+        Command::Run {
+            config,
+            once,
+            no_wait,
+        } => with_config(&config.path, |config| {
             if once {
-                runtime().block_on(reconcile::run_once(&config, None))
+                runtime().block_on(reconcile::run_once(&config, None, lock_wait(no_wait)))
             } else {
                 runtime().block_on(keyprov::daemon::run(config))
             }
@@ -122,9 +173,18 @@ fn main() -> ExitCode {
         Command::Status { config, json } => {
             with_config(&config.path, |config| status::status(&config, json))
         }
-        Command::Rotate { name, config, now } => with_config(&config.path, |config| {
+        Command::Rotate {
+            name,
+            config,
+            now,
+            no_wait,
+        } => with_config(&config.path, |config| {
             let request = RotateRequest { name, now };
-            runtime().block_on(reconcile::run_once(&config, Some(&request)))
+            runtime().block_on(reconcile::run_once(
+                &config,
+                Some(&request),
+                lock_wait(no_wait),
+            ))
         }),
         Command::Decrypt {
             name,
@@ -138,6 +198,11 @@ fn main() -> ExitCode {
             runtime().block_on(keys::verify(&config))
         }),
         Command::Schema => validate::schema(),
+    };
+    let exit = if keyprov::output::stdout_failed() {
+        exit.max(Exit::KeyFailed)
+    } else {
+        exit
     };
     ExitCode::from(exit.code())
 }

@@ -30,6 +30,9 @@ pub struct ObservedOutput {
     /// What differs from the manifest and can be repaired in place (modes, owners, files of
     /// the wrong format, leftovers); empty when all is well.
     pub drift: Vec<String>,
+    /// Linked versions (current, next) whose files readers rely on are damaged: a public key
+    /// that does not match its meta, a missing or altered ciphertext, unparseable files.
+    pub damaged: Vec<Damage>,
     /// False when this output cannot hold old versions to prune (Secrets Manager manages
     /// its own).
     pub prunable: bool,
@@ -37,3 +40,12 @@ pub struct ObservedOutput {
 
 /// Observations of every desired key: outputs in manifest order, or why they could not be read.
 pub type Observed = HashMap<String, Result<Vec<ObservedOutput>, String>>;
+
+/// A linked version whose files are damaged, and what is wrong with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The generation concerned.
+    pub generation: u32,
+    /// One line per problem, naming the file.
+    pub problems: Vec<String>,
+}

@@ -70,12 +70,17 @@ pub enum Action {
         /// Link it gets there.
         link: Link,
     },
-    /// Repair metadata of an output in place: modes, owners, format files, previous link.
+    /// Repair an output in place: modes, owners, format files, leftovers, damaged files of
+    /// linked versions (rewritten from an intact copy in another output), the previous link.
     Repair {
         /// Output index.
         output: usize,
         /// What is wrong.
         reasons: Vec<String>,
+        /// What `previous` must point at afterwards.
+        previous: Option<u32>,
+        /// Linked generations whose files are damaged here.
+        damaged: Vec<u32>,
     },
     /// Remove old versions beyond `rotation.keep`.
     Prune {
@@ -195,6 +200,17 @@ pub fn plan_key(
         .unwrap_or(0);
     let staged_valid = staged.filter(|s| s.spec_fingerprint == fingerprint);
     let mut actions = Vec::new();
+    // Versions a crash left between being renamed in and being linked go first, before any
+    // new generation is linked above them (see [`garbage`]).
+    for (i, output) in outputs.iter().enumerate() {
+        let garbage = garbage(output);
+        if output.prunable && !garbage.is_empty() {
+            actions.push(Action::Prune {
+                output: i,
+                generations: garbage.into_iter().collect(),
+            });
+        }
+    }
     let mut generate = |reason: Reason, activates_at: SystemTime| {
         let generation = highest + 1;
         let staged = activates_at > now;
@@ -288,24 +304,55 @@ pub fn plan_key(
         return actions;
     };
     for (i, output) in outputs.iter().enumerate() {
-        let mut present: BTreeSet<u32> = output.versions.iter().copied().collect();
+        let garbage = garbage(output);
+        let mut present: BTreeSet<u32> = output
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| !garbage.contains(v))
+            .collect();
         present.insert(final_current);
         present.extend(final_next);
-        let kept = kept_versions(&present, final_current, final_next, key.rotation.keep);
+        let history = present.clone();
+        let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();
-        let relinked = fresh.contains(&final_current)
-            || output.current.as_ref().map(|c| c.generation) != Some(final_current);
-        if !relinked && output.previous != expected_previous {
+        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
+        // What `previous` will be once the links have moved (it takes the old current) and
+        // the doomed versions are gone.
+        let old_current = output.current.as_ref().map(|c| c.generation);
+        let moved_previous = match old_current {
+            Some(old) if old < final_current => Some(old),
+            _ => output.previous,
+        };
+        let moved_previous = moved_previous.filter(|p| !doomed.contains(p));
+        if moved_previous != expected_previous {
             reasons.push(match expected_previous {
                 Some(p) => format!("previous should point at generation {p}"),
                 None => "previous should be removed".into(),
             });
         }
+        // Damage matters where the version stays linked and is not about to be written anew.
+        let damaged: Vec<u32> = output
+            .damaged
+            .iter()
+            .filter(|d| {
+                !fresh.contains(&d.generation)
+                    && (d.generation == final_current || Some(d.generation) == final_next)
+            })
+            .map(|d| {
+                reasons.extend(d.problems.iter().cloned());
+                d.generation
+            })
+            .collect();
         if !reasons.is_empty() {
-            actions.push(Action::Repair { output: i, reasons });
+            actions.push(Action::Repair {
+                output: i,
+                reasons,
+                previous: expected_previous,
+                damaged,
+            });
         }
-        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
         if output.prunable && !doomed.is_empty() {
             actions.push(Action::Prune {
                 output: i,
@@ -317,6 +364,33 @@ pub fn plan_key(
 }
 
 /// The versions an output keeps: current, next, and the `keep` newest below current.
+/// Versions of an output that were never in use: a crash left them between being renamed in
+/// and being linked. They are removed before anything else, never adopted as history.
+///
+/// Links move `current` first, then `previous` to the version that was current, and garbage
+/// is removed before a new generation is linked above it. So an unlinked version above the
+/// highest link was never linked; one between `previous` and `current` was current until a
+/// crash cut the link move short, and is the real previous. An output with no link at all
+/// has only garbage.
+pub fn garbage(output: &ObservedOutput) -> BTreeSet<u32> {
+    let linked = [
+        output.current.as_ref().map(|c| c.generation),
+        output.next.as_ref().map(|n| n.generation),
+        output.previous,
+    ];
+    let top = output
+        .current
+        .as_ref()
+        .map(|c| c.generation)
+        .or_else(|| linked.iter().flatten().copied().max());
+    output
+        .versions
+        .iter()
+        .copied()
+        .filter(|v| !linked.contains(&Some(*v)) && top.is_none_or(|top| *v > top))
+        .collect()
+}
+
 pub fn kept_versions(
     present: &BTreeSet<u32>,
     current: u32,
@@ -368,7 +442,9 @@ impl fmt::Display for Action {
                     "copy generation {generation} as {link} to outputs {outputs:?}"
                 )
             }
-            Action::Repair { output, reasons } => {
+            Action::Repair {
+                output, reasons, ..
+            } => {
                 write!(f, "repair output {output}: {}", reasons.join("; "))
             }
             Action::Prune {

@@ -63,6 +63,7 @@ fn output(key: &KeyPair, versions: &[u32], activated_day: u64) -> ObservedOutput
         previous: versions.len().checked_sub(2).map(|i| versions[i]),
         versions: versions.to_vec(),
         drift: vec![],
+        damaged: vec![],
         prunable: true,
     }
 }
@@ -288,6 +289,8 @@ fn transitions() {
             vec![Action::Repair {
                 output: 0,
                 reasons: vec!["public.pem mode 0644, want 0640".into()],
+                previous: None,
+                damaged: vec![],
             }],
         ),
         (
@@ -299,6 +302,8 @@ fn transitions() {
             vec![Action::Repair {
                 output: 0,
                 reasons: vec!["previous should point at generation 1".into()],
+                previous: Some(1),
+                damaged: vec![],
             }],
         ),
         (
@@ -361,8 +366,15 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
             o.versions.sort();
         }
         let g = v.generation;
+        if let Some(old) = o
+            .current
+            .as_ref()
+            .map(|c| c.generation)
+            .filter(|&old| old < g)
+        {
+            o.previous = Some(old);
+        }
         o.current = Some(v);
-        o.previous = o.versions.iter().rev().find(|&&p| p < g).copied();
         if o.next.as_ref().is_some_and(|n| n.generation <= g) {
             o.next = None;
         }
@@ -423,11 +435,15 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     }
                 }
             }
-            Action::Repair { output, .. } => {
+            Action::Repair {
+                output, previous, ..
+            } => {
                 let o = &mut outputs[*output];
                 o.drift.clear();
-                let current = o.current.as_ref().map(|c| c.generation).unwrap_or(0);
-                o.previous = o.versions.iter().rev().find(|&&p| p < current).copied();
+                o.damaged.clear();
+                if o.current.is_some() {
+                    o.previous = previous.filter(|p| o.versions.contains(p));
+                }
             }
             Action::Prune {
                 output,
@@ -490,6 +506,7 @@ fn arb_output(universe: Vec<ObservedVersion>) -> impl Strategy<Value = ObservedO
                 previous,
                 versions,
                 drift: if drift { vec!["mode".into()] } else { vec![] },
+                damaged: vec![],
                 prunable: true,
             }
         })
@@ -575,4 +592,71 @@ fn next_events() {
     let at = next_event(&staged_key, &out, t(5)).unwrap();
     assert!(plan_key(&staged_key, &out, at - HOUR, None).is_empty());
     assert!(!plan_key(&staged_key, &out, at, None).is_empty());
+}
+
+#[test]
+fn a_version_never_linked_is_removed_first_and_never_becomes_previous() {
+    // v0002 was renamed in but never linked (a crash), and rotation is due again.
+    let k = key(Some(90), None, 1, 1);
+    let mut crashed = output(&k, &[1], 0);
+    crashed.versions = vec![1, 2];
+    let actions = plan_key(&k, std::slice::from_ref(&crashed), t(100), None);
+    assert_eq!(
+        actions[0],
+        Action::Prune {
+            output: 0,
+            generations: vec![2]
+        },
+        "{actions:?}"
+    );
+    assert!(matches!(actions[1], Action::Generate { generation: 3, .. }));
+    let mut state = vec![crashed];
+    apply(&k, &mut state, &actions, t(100));
+    assert_eq!(state[0].current.as_ref().map(|c| c.generation), Some(3));
+    assert_eq!(
+        state[0].previous,
+        Some(1),
+        "the key that was in use stays previous"
+    );
+    assert_eq!(state[0].versions, vec![1, 3]);
+}
+
+#[test]
+fn a_link_move_cut_short_keeps_the_old_current_as_previous() {
+    // current moved to v9, the crash came before previous moved from v7 to v8.
+    let k = key(Some(90), None, 1, 1);
+    let mut cut = output(&k, &[7, 8, 9], 0);
+    cut.previous = Some(7);
+    let actions = plan_key(&k, std::slice::from_ref(&cut), t(1), None);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Repair {
+                output: 0,
+                reasons: vec!["previous should point at generation 8".into()],
+                previous: Some(8),
+                damaged: vec![],
+            },
+            Action::Prune {
+                output: 0,
+                generations: vec![7]
+            },
+        ]
+    );
+}
+
+#[test]
+fn an_output_without_any_link_holds_only_garbage() {
+    let k = key(None, None, 1, 1);
+    let mut first = output(&k, &[], 0);
+    first.versions = vec![1];
+    let actions = plan_key(&k, &[first], t(1), None);
+    assert_eq!(
+        actions[0],
+        Action::Prune {
+            output: 0,
+            generations: vec![1]
+        }
+    );
+    assert!(matches!(actions[1], Action::Generate { generation: 2, .. }));
 }

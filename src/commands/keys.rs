@@ -1,14 +1,19 @@
-//! `keyprov decrypt` and `keyprov verify`: private keys back through the provider's Decrypt.
+//! `keyprov decrypt` and `keyprov verify`: private keys back through the provider's Decrypt;
+//! `verify` checks every file of every output against the others.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::exit::Exit;
-use crate::manifest::{KeyPair, Output};
+use crate::manifest::{FileOutput, Format, KeyPair, Output};
 use crate::provider::{AnyProvider, DecryptRequest, PrivateKey, Provider, local};
-use crate::store::{StoredVersion, file};
+use crate::store::{StoredVersion, VersionMeta, file};
 
 /// Reads `generation` (default: current) of `key` from its first file output holding it.
 fn read_stored(key: &KeyPair, generation: Option<u32>) -> Result<StoredVersion, String> {
@@ -96,37 +101,344 @@ pub async fn decrypt(
         match out {
             Some(path) => write_private(path, pem.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display())),
-            None => std::io::stdout()
-                .write_all(pem.as_bytes())
-                .map_err(|e| format!("cannot write to stdout: {e}")),
+            None => {
+                let mut stdout = std::io::stdout().lock();
+                match stdout
+                    .write_all(pem.as_bytes())
+                    .and_then(|()| stdout.flush())
+                {
+                    // The reader went away (`| head`): nothing left to do, not a failure.
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(format!("cannot write to stdout: {e}"))
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
     .await;
     match result {
         Ok(()) => Exit::Ok,
         Err(err) => {
-            eprintln!("error: {err}");
+            crate::errln!("error: {err}");
             Exit::KeyFailed
         }
     }
 }
 
-/// Checks that a stored pair's private key (decrypted) matches its public key.
-async fn verify_key(provider: &AnyProvider, key: &KeyPair) -> Result<u32, String> {
-    let stored = read_stored(key, None)?;
-    let private = decrypt_stored(provider, key, &stored).await?;
-    let spec = stored.meta.key_pair_spec.parse().map_err(|e: String| e)?;
-    let derived = local::public_key_of(spec, private.der()).map_err(|e| e.to_string())?;
-    if derived != stored.public_key_der {
-        return Err("the private key does not match the stored public key".into());
-    }
-    if crate::store::public_key_sha256(&stored.public_key_der) != stored.meta.public_key_sha256 {
-        return Err("meta.json publicKeySha256 does not match the public key".into());
-    }
-    Ok(stored.meta.generation)
+/// Largest file `verify` reads; keyprov's own files are a few KiB.
+const MAX_FILE: u64 = 1 << 20;
+
+/// One thing `verify` found wrong: the file (or directory) concerned and what is wrong.
+struct Problem {
+    path: PathBuf,
+    message: String,
 }
 
-/// `keyprov verify`: decrypt every current pair and check it against its public key.
+/// Problems of one key, and what its versions decrypt to (one provider call per ciphertext).
+struct Findings {
+    problems: Vec<Problem>,
+    derived: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Findings {
+    fn add(&mut self, path: &Path, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_path_buf(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads a regular file without following a symlink in its last component, without blocking
+/// on a FIFO, and at most [`MAX_FILE`] bytes; the error says what is wrong.
+fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
+                "is a symbolic link, not a file keyprov wrote".to_string()
+            }
+            _ if e.kind() == std::io::ErrorKind::NotFound => "missing".to_string(),
+            _ => format!("cannot open: {e}"),
+        })?;
+    let metadata = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {MAX_FILE} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// Decodes a key file: the DER itself, or a PEM block that must carry `label`.
+fn decode(format: Format, bytes: &[u8], label: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    match format {
+        Format::Der => Ok(Zeroizing::new(bytes.to_vec())),
+        Format::Pem => {
+            let block = pem::parse(bytes).map_err(|e| format!("not PEM: {e}"))?;
+            if block.tag() != label {
+                return Err(format!("a PEM {:?} block, expected {label:?}", block.tag()));
+            }
+            Ok(Zeroizing::new(block.into_contents()))
+        }
+    }
+}
+
+/// The generation a link (`current`, `next`) of `output` points at; `None` when absent.
+fn link_generation(output: &FileOutput, link: &str) -> Result<Option<u32>, String> {
+    if link == "current" {
+        return file::current_generation(output).map_err(|e| e.to_string());
+    }
+    let path = output.dir.join(link);
+    match std::fs::read_link(&path) {
+        Ok(target) => target
+            .to_str()
+            .and_then(|t| t.strip_prefix('v'))
+            .filter(|d| d.len() >= 4 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("points at {}, not a version", target.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read the link: {e}")),
+    }
+}
+
+/// Checks every file of version `generation` of `output`; returns its public key when the
+/// version holds together (public key, meta.json and private key agree).
+async fn check_version(
+    provider: &AnyProvider,
+    key: &KeyPair,
+    output: &FileOutput,
+    generation: u32,
+    findings: &mut Findings,
+) -> Option<Vec<u8>> {
+    let dir = file::version_dir(output, generation);
+    let before = findings.problems.len();
+
+    let meta_path = dir.join("meta.json");
+    let meta = match read_file(&meta_path)
+        .and_then(|b| serde_json::from_slice::<VersionMeta>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(meta) => Some(meta),
+        Err(e) => {
+            findings.add(&meta_path, e);
+            None
+        }
+    };
+    let mut spec = key.spec;
+    if let Some(meta) = &meta {
+        if meta.name != key.name {
+            findings.add(
+                &meta_path,
+                format!("name is {:?}, expected {:?}", meta.name, key.name),
+            );
+        }
+        if meta.generation != generation {
+            let message = format!("generation is {}, expected {generation}", meta.generation);
+            findings.add(&meta_path, message);
+        }
+        match meta.key_pair_spec.parse() {
+            Ok(parsed) => spec = parsed,
+            Err(e) => findings.add(&meta_path, format!("keyPairSpec: {e}")),
+        }
+    }
+
+    let public_path = dir.join(format!("public.{}", output.format.extension()));
+    let public = read_file(&public_path)
+        .and_then(|b| decode(output.format, &b, "PUBLIC KEY"))
+        .map(|der| der.to_vec());
+    if let Err(e) = &public {
+        findings.add(&public_path, e.clone());
+    }
+    let public = public.ok();
+
+    let enc_path = dir.join("private.enc");
+    let derived = match (read_file(&enc_path), &meta) {
+        (Err(e), _) => {
+            findings.add(&enc_path, e);
+            None
+        }
+        (Ok(_), None) => None,
+        (Ok(ciphertext), Some(meta)) => {
+            let cache_key = [ciphertext.as_slice(), meta.kms_key_arn.as_bytes()].concat();
+            if !findings.derived.contains_key(&cache_key) {
+                let derived = derive_public(provider, key, meta, &ciphertext, spec).await;
+                if let Err(e) = &derived {
+                    findings.add(&enc_path, e.clone());
+                }
+                findings.derived.insert(cache_key.clone(), derived.ok());
+            }
+            findings.derived[&cache_key].clone()
+        }
+    };
+
+    let sha = |der: &[u8]| crate::store::public_key_sha256(der);
+    match (&public, &derived) {
+        (Some(public), Some(derived)) if public != derived => findings.add(
+            &public_path,
+            "does not match the private key in private.enc",
+        ),
+        (Some(public), None) => {
+            if let Some(meta) = meta.as_ref().filter(|m| m.public_key_sha256 != sha(public)) {
+                let message = format!(
+                    "publicKeySha256 {} is not the SHA-256 of {}",
+                    meta.public_key_sha256,
+                    public_path.display()
+                );
+                findings.add(&meta_path, message);
+            }
+        }
+        _ => {}
+    }
+    if let (Some(derived), Some(meta)) = (&derived, &meta)
+        && meta.public_key_sha256 != sha(derived)
+    {
+        let message = format!(
+            "publicKeySha256 {} is not the SHA-256 of the key pair's public key",
+            meta.public_key_sha256
+        );
+        findings.add(&meta_path, message);
+    }
+
+    if key.include_plaintext {
+        let plain_path = dir.join(format!("private.{}", output.format.extension()));
+        let reference = derived.as_ref().or(public.as_ref());
+        match read_file(&plain_path)
+            .and_then(|b| decode(output.format, &b, "PRIVATE KEY"))
+            .and_then(|der| local::public_key_of(spec, &der).map_err(|e| e.to_string()))
+        {
+            Err(e) => findings.add(&plain_path, e),
+            Ok(of_plain) if Some(&of_plain) != reference && reference.is_some() => {
+                findings.add(&plain_path, "is not the private key of this version")
+            }
+            Ok(_) => {}
+        }
+    }
+    (findings.problems.len() == before)
+        .then_some(derived)
+        .flatten()
+}
+
+/// Decrypts a version's private key through the provider and derives its public key.
+async fn derive_public(
+    provider: &AnyProvider,
+    key: &KeyPair,
+    meta: &VersionMeta,
+    ciphertext: &[u8],
+    spec: crate::spec::KeyPairSpec,
+) -> Result<Vec<u8>, String> {
+    let private = provider
+        .decrypt(&DecryptRequest {
+            name: &key.name,
+            ciphertext,
+            kms_key_arn: &meta.kms_key_arn,
+            encryption_context: &meta.encryption_context,
+            grant_tokens: &key.grant_tokens,
+        })
+        .await
+        .map_err(|e| format!("cannot decrypt through the provider: {e}"))?;
+    local::public_key_of(spec, private.der())
+        .map_err(|e| format!("decrypts to something that is not a private key: {e}"))
+}
+
+/// Checks every file output of `key`: `current` (and `next`) of every output, the same
+/// generations everywhere, holding the same pair. Returns the current generation and `next`.
+async fn verify_key(
+    provider: &AnyProvider,
+    key: &KeyPair,
+) -> Result<(u32, Option<u32>), Vec<Problem>> {
+    let outputs: Vec<&FileOutput> = key
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::File(f) => Some(f),
+            Output::SecretsManager(_) => None,
+        })
+        .collect();
+    let mut findings = Findings {
+        problems: Vec::new(),
+        derived: HashMap::new(),
+    };
+    let Some(first) = outputs.first() else {
+        findings.add(&key.source, "the key has no file output to verify");
+        return Err(findings.problems);
+    };
+    let mut heads = Vec::new();
+    for link in ["current", "next"] {
+        let mut seen: Option<(&Path, Option<u32>)> = None;
+        for output in &outputs {
+            let path = output.dir.join(link);
+            let generation = match link_generation(output, link) {
+                Ok(generation) => generation,
+                Err(e) => {
+                    findings.add(&path, e);
+                    continue;
+                }
+            };
+            match seen {
+                None => seen = Some((&output.dir, generation)),
+                Some((dir, other)) if other != generation => {
+                    let name = |g: Option<u32>| g.map_or("absent".into(), file::version_name);
+                    let message = format!(
+                        "{} here, {} in {}: every output must hold the same version",
+                        name(generation),
+                        name(other),
+                        dir.display()
+                    );
+                    findings.add(&path, message);
+                }
+                Some(_) => {}
+            }
+            if let Some(generation) = generation {
+                heads.push((*output, generation));
+            }
+        }
+        if link == "current" && heads.is_empty() && findings.problems.is_empty() {
+            findings.add(
+                &first.dir.join("current"),
+                "missing: no generation yet (run keyprov run --once)",
+            );
+        }
+    }
+    let mut publics: HashMap<u32, (PathBuf, Vec<u8>)> = HashMap::new();
+    for (output, generation) in heads {
+        let Some(public) = check_version(provider, key, output, generation, &mut findings).await
+        else {
+            continue;
+        };
+        let dir = file::version_dir(output, generation);
+        match publics.get(&generation) {
+            Some((other, theirs)) if *theirs != public => {
+                let message = format!("holds another key pair than {}", other.display());
+                findings.add(&dir, message);
+            }
+            Some(_) => {}
+            None => {
+                publics.insert(generation, (dir, public));
+            }
+        }
+    }
+    let current = link_generation(first, "current").ok().flatten();
+    let next = link_generation(first, "next").ok().flatten();
+    match current {
+        Some(current) if findings.problems.is_empty() => Ok((current, next)),
+        _ => Err(findings.problems),
+    }
+}
+
+/// `keyprov verify`: every file of `current` (and `next`) of every output of every key: the
+/// public key parses and matches meta.json's SHA-256 and the private key decrypted through the
+/// provider, `private.pem` (with includePlaintext) matches, and every output holds the same
+/// version. One line per problem, naming the file; exit 1 if there is any.
 pub async fn verify(config: &Config) -> Exit {
     let loaded = super::load_manifests(config);
     let provider = AnyProvider::from_config(config);
@@ -137,9 +449,19 @@ pub async fn verify(config: &Config) -> Exit {
     };
     for key in &loaded.keys {
         match verify_key(&provider, key).await {
-            Ok(generation) => println!("ok      {} generation {generation}", key.name),
-            Err(err) => {
-                println!("FAILED  {}: {err}", key.name);
+            Ok((generation, None)) => crate::outln!("ok      {} generation {generation}", key.name),
+            Ok((generation, Some(next))) => {
+                crate::outln!("ok      {} generation {generation} (next {next})", key.name)
+            }
+            Err(problems) => {
+                for problem in problems {
+                    crate::outln!(
+                        "FAILED  {}: {}: {}",
+                        key.name,
+                        problem.path.display(),
+                        problem.message
+                    );
+                }
                 exit = exit.max(Exit::KeyFailed);
             }
         }

@@ -14,7 +14,7 @@ use crate::manifest::{self, Diagnostic, KeyPair};
 /// Prints diagnostics to stderr, one per line, as `error: file:line:column: field: message`.
 pub fn report(diagnostics: &[Diagnostic]) {
     for diagnostic in diagnostics {
-        eprintln!("error: {diagnostic}");
+        crate::errln!("error: {diagnostic}");
     }
 }
 

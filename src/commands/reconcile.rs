@@ -8,6 +8,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::execute::{self, Limits, Stats};
 use crate::exit::Exit;
+use crate::lock;
 use crate::manifest::KeyPair;
 use crate::plan::{self, KeyPlan, RotateRequest};
 use crate::provider::AnyProvider;
@@ -28,6 +29,8 @@ pub struct Report {
     pub invalid: bool,
     /// The earliest time a rotation or activation falls due (for the daemon's timer).
     pub next_event: Option<std::time::SystemTime>,
+    /// The stateDir lock was held by another keyprov and not waited for: nothing was done.
+    pub lock_held: Option<String>,
 }
 
 impl std::fmt::Display for Report {
@@ -52,7 +55,9 @@ impl std::fmt::Display for Report {
 impl Report {
     /// The exit code this report calls for.
     pub fn exit(&self) -> Exit {
-        if self.invalid {
+        if self.lock_held.is_some() {
+            Exit::LockHeld
+        } else if self.invalid {
             Exit::Invalid
         } else if !self.failed.is_empty() {
             Exit::KeyFailed
@@ -66,6 +71,7 @@ fn limits(config: &Config) -> Limits {
     Limits {
         concurrency: config.reconcile.concurrency,
         max_requests_per_second: config.reconcile.max_requests_per_second,
+        hooks_env: config.hooks_env.clone().into(),
     }
 }
 
@@ -137,14 +143,49 @@ fn next_event<'a>(
     .min()
 }
 
-/// Reconciles every valid key once (or only `rotate.name` when rotating). With `schedule`,
-/// the report's `next_event` also covers the keys just changed (one more observation of them).
+/// Whether a reconcile waits for the stateDir lock held by another keyprov.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Wait, saying so on stderr.
+    Wait,
+    /// Give up at once (`--no-wait`): the report says who holds it.
+    NoWait,
+}
+
+/// Reconciles every valid key once (or only `rotate.name` when rotating), holding the
+/// stateDir lock throughout. With `schedule`, the report's `next_event` also covers the keys
+/// just changed (one more observation of them).
 pub async fn reconcile(
     config: &Config,
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
     schedule: bool,
+    wait: LockWait,
 ) -> Report {
+    let state_dir = config.state_dir.clone();
+    let wait_for_it = wait == LockWait::Wait;
+    let locked = tokio::task::spawn_blocking(move || lock::acquire(&state_dir, wait_for_it)).await;
+    let _lock = match locked {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(err @ lock::LockError::Held { .. })) => {
+            return Report {
+                lock_held: Some(err.to_string()),
+                ..Report::default()
+            };
+        }
+        Ok(Err(err)) => {
+            return Report {
+                failed: vec![("stateDir".into(), err.to_string())],
+                ..Report::default()
+            };
+        }
+        Err(err) => {
+            return Report {
+                failed: vec![("stateDir".into(), format!("cannot take the lock: {err}"))],
+                ..Report::default()
+            };
+        }
+    };
     let warm_up = tokio::spawn({
         let provider = provider.clone();
         async move { provider.warm_up().await }
@@ -161,6 +202,7 @@ pub async fn reconcile(
         invalid: pending.invalid,
         provider_calls: 0,
         next_event: pending.next_event,
+        lock_held: None,
     };
     // Only the daemon's timer needs to know which keys to look at again afterwards.
     let changed: HashSet<String> = if schedule {
@@ -198,13 +240,17 @@ pub async fn reconcile(
 }
 
 /// `keyprov run --once` / `keyprov rotate`: reconcile and print a summary line.
-pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>) -> Exit {
+pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: LockWait) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
-    let report = reconcile(config, provider, rotate, false).await;
-    for (_, err) in &report.failed {
-        eprintln!("error: {err}");
+    let report = reconcile(config, provider, rotate, false, wait).await;
+    if let Some(held) = &report.lock_held {
+        eprintln!("error: {held}");
+        return report.exit();
     }
-    println!("keyprov: {report}");
+    for (_, err) in &report.failed {
+        crate::errln!("error: {err}");
+    }
+    crate::outln!("keyprov: {report}");
     report.exit()
 }
 
@@ -217,15 +263,15 @@ pub fn plan(config: &Config) -> Exit {
         Exit::Ok
     };
     for (_, err) in &pending.failed {
-        eprintln!("error: {err}");
+        crate::errln!("error: {err}");
         exit = exit.max(Exit::KeyFailed);
     }
     print_plans(&pending.keys, &pending.plans);
     let converged = pending.keys.len() - pending.plans.len();
     if pending.plans.is_empty() {
-        println!("No changes: {converged} keys converged.");
+        crate::outln!("No changes: {converged} keys converged.");
     } else {
-        println!(
+        crate::outln!(
             "{} keys to change, {converged} converged.",
             pending.plans.len()
         );
@@ -247,7 +293,7 @@ fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            println!("{}: {action}{target}", plan.name);
+            crate::outln!("{}: {action}{target}", plan.name);
         }
     }
 }

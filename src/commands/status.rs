@@ -140,7 +140,7 @@ pub fn status(config: &Config, json: bool) -> Exit {
         keys,
     };
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&status).expect("status serializes")
         );
@@ -166,9 +166,14 @@ fn print_table(status: &Status, now: SystemTime) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    crate::outln!(
         "{:width$}  {:>4}  {:21}  {:>8}  {:27}  {:9}  OUTPUTS",
-        "NAME", "GEN", "SPEC", "AGE", "NEXT ROTATION", "STATE"
+        "NAME",
+        "GEN",
+        "SPEC",
+        "AGE",
+        "NEXT ROTATION",
+        "STATE"
     );
     for key in &status.keys {
         let age = key
@@ -200,7 +205,7 @@ fn print_table(status: &Status, now: SystemTime) {
                 )
             })
             .collect();
-        println!(
+        crate::outln!(
             "{:width$}  {:>4}  {:21}  {:>8}  {:27}  {:9}  {}",
             key.name,
             generation,
@@ -211,10 +216,10 @@ fn print_table(status: &Status, now: SystemTime) {
             outputs.join(", ")
         );
         if let Some(err) = &key.error {
-            println!("{:width$}  error: {err}", "");
+            crate::outln!("{:width$}  error: {err}", "");
         }
     }
     for orphan in &status.orphans {
-        println!("{orphan}: orphan (no manifest defines it; left in place)");
+        crate::outln!("{orphan}: orphan (no manifest defines it; left in place)");
     }
 }

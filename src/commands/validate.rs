@@ -40,14 +40,14 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
     let loaded = manifest::load(&sources, &ctx);
     super::report(&loaded.diagnostics);
     if loaded.is_valid() {
-        println!(
+        crate::outln!(
             "{} key pairs in {} files are valid",
             loaded.keys.len(),
             loaded.files
         );
         Exit::Ok
     } else {
-        eprintln!(
+        crate::errln!(
             "{} problems found; keys of invalid files are left exactly as they are by run",
             loaded.diagnostics.len()
         );
@@ -58,7 +58,7 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
 /// Prints the JSON Schema of a manifest document.
 pub fn schema() -> Exit {
     let schema = schemars::schema_for!(Document);
-    println!(
+    crate::outln!(
         "{}",
         serde_json::to_string_pretty(&schema).expect("schema serializes")
     );

@@ -1,27 +1,24 @@
 //! The file store: a directory per key with `vNNNN/` version directories and relative
 //! `current`, `previous` and `next` symlinks.
 //!
-//! A version is written whole under a temporary name (files and directory fsynced), renamed into
-//! place, and only then linked; links are replaced with rename. A reader following `current/`
-//! sees the old pair or the new pair, never a mix.
+//! A version is written whole under a temporary name and made durable, renamed into place
+//! (never over an existing version) and made durable, and only then linked; links are replaced
+//! with rename. Removing a version renames it aside first. Every call goes through directory
+//! handles ([`DirHandle`]): nothing is ever followed through a symlink. A reader following
+//! `current/` sees the old pair or the new pair, never a mix.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::os::fd::OwnedFd;
-
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, Mode, fstatat};
+use nix::sys::stat::FileStat;
 use nix::unistd::{Gid, Group, Uid, User};
 
-use super::{StoreError, StoredVersion, VersionMeta, public_key_pem};
+use super::dir::{DirHandle, Owner};
+use super::{StoreError, StoredVersion, VersionMeta, public_key_pem, public_key_sha256};
 use crate::manifest::{FileOutput, Format};
-use crate::observed::ObservedOutput;
+use crate::observed::{Damage, ObservedOutput};
 use crate::plan::Link;
 use crate::provider::PrivateKey;
 
@@ -31,33 +28,26 @@ const NEXT: &str = "next";
 const META: &str = "meta.json";
 const CIPHERTEXT: &str = "private.enc";
 const TMP_PREFIX: &str = ".tmp-";
+const TRASH_PREFIX: &str = ".trash-";
 /// Mode of the plaintext private key, whatever the manifest says.
 pub const PLAINTEXT_MODE: u32 = 0o600;
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
-    let path = path.display().to_string();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
+/// fsyncs a directory (or file) by path, so that renames and creations in it are durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
-/// fsyncs a file, or a directory so that renames and creations in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Files and directories whose latest changes must reach the disk before the next step.
+/// Files and directories whose latest changes must reach the disk before the next step, held
+/// open (never re-resolved by path).
 ///
-/// By default each path is fsynced. [`SyncSet::whole_filesystems`] makes the flush one
+/// By default each one is fsynced. [`SyncSet::whole_filesystems`] makes the flush one
 /// `syncfs(2)` per filesystem instead: one flush for a whole batch of keys rather than several
-/// per key — the difference between a few flushes and several thousand when a fleet is
-/// provisioned at once — at the price of also flushing other writers' pending data on that
-/// filesystem. (Since Linux 5.8, `syncfs` reports writeback errors as `fsync` does.)
+/// per key, at the price of also flushing other writers' pending data on that filesystem.
+/// (Since Linux 5.8, `syncfs` reports writeback errors as `fsync` does.)
 #[derive(Debug, Default)]
 pub struct SyncSet {
-    paths: Vec<PathBuf>,
+    files: Vec<File>,
+    devices: HashSet<u64>,
     whole_filesystems: bool,
 }
 
@@ -65,42 +55,61 @@ impl SyncSet {
     /// An empty set flushed with `syncfs(2)`, once per filesystem.
     pub fn whole_filesystems() -> Self {
         SyncSet {
-            paths: Vec::new(),
             whole_filesystems: true,
+            ..Default::default()
         }
     }
 
-    /// Adds a path to sync at the next flush.
-    pub fn add(&mut self, path: impl Into<PathBuf>) {
-        self.paths.push(path.into());
+    /// Adds an open file or directory to flush at the next [`SyncSet::flush`].
+    pub fn add(&mut self, file: File) -> Result<(), StoreError> {
+        if self.whole_filesystems {
+            let device = nix::sys::stat::fstat(&file)
+                .map_err(|e| StoreError::Io {
+                    action: "cannot stat",
+                    path: "a file to flush".into(),
+                    source: e.into(),
+                })?
+                .st_dev;
+            if !self.devices.insert(device) {
+                return Ok(());
+            }
+        }
+        self.files.push(file);
+        Ok(())
     }
 
-    /// Adds every path of `other`.
+    /// Adds a directory to flush.
+    pub fn add_dir(&mut self, dir: &DirHandle) -> Result<(), StoreError> {
+        self.add(dir.file()?)
+    }
+
+    /// Adds everything of `other`.
     pub fn extend(&mut self, other: SyncSet) {
-        self.paths.extend(other.paths);
+        for file in other.files {
+            // Whole-filesystem sets dedupe by device; errors only lose a dedupe.
+            if self.whole_filesystems {
+                let _ = self.add(file);
+            } else {
+                self.files.push(file);
+            }
+        }
     }
 
-    /// Makes every added path durable, then forgets them.
+    /// Makes everything added durable, then forgets it.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let mut paths = std::mem::take(&mut self.paths);
-        paths.sort_unstable();
-        paths.dedup();
-        if !self.whole_filesystems {
-            for path in &paths {
-                sync_dir(path).map_err(io_err("cannot fsync", path))?;
-            }
-            return Ok(());
-        }
-        let mut synced = HashSet::new();
-        for path in &paths {
-            let device = fs::symlink_metadata(path)
-                .map_err(io_err("cannot stat", path))?
-                .dev();
-            if synced.insert(device) {
-                let file = fs::File::open(path).map_err(io_err("cannot open", path))?;
-                nix::unistd::syncfs(&file)
-                    .map_err(|errno| io_err("cannot sync the filesystem of", path)(errno.into()))?;
-            }
+        let files = std::mem::take(&mut self.files);
+        self.devices.clear();
+        for file in &files {
+            let result = if self.whole_filesystems {
+                nix::unistd::syncfs(file).map_err(std::io::Error::from)
+            } else {
+                file.sync_all()
+            };
+            result.map_err(|source| StoreError::Io {
+                action: "cannot flush",
+                path: "the versions just written".into(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -126,14 +135,26 @@ fn private_name(format: Format) -> String {
     format!("private.{}", format.extension())
 }
 
+fn other_format(format: Format) -> Format {
+    match format {
+        Format::Pem => Format::Der,
+        Format::Der => Format::Pem,
+    }
+}
+
 /// Directories get execute where files get read, so a group that may read the keys may
 /// also traverse to them.
 fn dir_mode(mode: u32) -> u32 {
     0o700 | (mode & 0o044) | ((mode & 0o044) >> 2)
 }
 
+/// A temporary name in a key directory, unique to this process.
+fn temporary_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}{name}-{}", std::process::id())
+}
+
 /// Numeric owner and group of an output, resolved from names or numbers.
-fn ownership(output: &FileOutput) -> Result<(Option<Uid>, Option<Gid>), StoreError> {
+fn ownership(output: &FileOutput) -> Result<Owner, StoreError> {
     let uid = match &output.owner {
         None => None,
         Some(owner) => Some(match owner.parse::<u32>() {
@@ -167,42 +188,59 @@ fn ownership(output: &FileOutput) -> Result<(Option<Uid>, Option<Gid>), StoreErr
     Ok((uid, gid))
 }
 
-fn chown(path: &Path, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
-    if owner.0.is_none() && owner.1.is_none() {
-        return Ok(());
+/// Opens the key directory of `output` below its root, creating it (and the directories on
+/// the way, with the output's directory mode) when `create` is given. `None` when it does
+/// not exist and is not created.
+fn open_key_dir(
+    output: &FileOutput,
+    create: Option<Owner>,
+) -> Result<Option<DirHandle>, StoreError> {
+    let Some(root) = DirHandle::open_root(&output.root, create.is_some())? else {
+        return Ok(None);
+    };
+    let relative = output
+        .dir
+        .strip_prefix(&output.root)
+        .map_err(|_| StoreError::Unsafe {
+            path: output.dir.display().to_string(),
+            message: format!("is not inside its output root {}", output.root.display()),
+        })?;
+    let mode = dir_mode(output.mode);
+    let dir = root.walk(relative, create.map(|owner| (mode, owner)))?;
+    if let Some(dir) = &dir {
+        let euid = nix::unistd::geteuid().as_raw();
+        let owner = nix::sys::stat::fstat(dir)
+            .map_err(|e| StoreError::Io {
+                action: "cannot stat",
+                path: output.dir.display().to_string(),
+                source: e.into(),
+            })?
+            .st_uid;
+        if owner != euid {
+            return Err(StoreError::Unsafe {
+                path: output.dir.display().to_string(),
+                message: format!(
+                    "is owned by uid {owner}, not by keyprov (uid {euid}); refusing to use it as a key directory"
+                ),
+            });
+        }
     }
-    nix::unistd::chown(path, owner.0, owner.1).map_err(|e| StoreError::Io {
-        action: "cannot chown",
-        path: path.display().to_string(),
-        source: e.into(),
-    })
+    Ok(dir)
 }
 
-fn read_link_generation(dir: &Path, link: &str) -> Result<Option<u32>, StoreError> {
-    link_generation(&dir.join(link), fs::read_link(dir.join(link)))
-}
-
-/// The generation a version link points at, from the result of reading the link.
-fn link_generation(path: &Path, target: io::Result<PathBuf>) -> Result<Option<u32>, StoreError> {
-    match target {
-        Ok(target) => target
-            .to_str()
-            .and_then(parse_version_name)
-            .map(Some)
-            .ok_or_else(|| StoreError::Corrupt {
-                path: path.display().to_string(),
-                message: format!("points at {}, not at a version directory", target.display()),
-            }),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(io_err("cannot read link", path)(err)),
-    }
-}
-
-/// Reads the meta.json of `generation`.
-pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError> {
-    let path = dir.join(version_name(generation)).join(META);
-    let bytes = fs::read(&path).map_err(io_err("cannot read", &path))?;
-    parse_meta(&bytes, &path, generation)
+/// The generation a link points at; `None` when there is no link of that name.
+fn read_link_generation(dir: &DirHandle, link: &str) -> Result<Option<u32>, StoreError> {
+    let Some(target) = dir.read_link(link)? else {
+        return Ok(None);
+    };
+    target
+        .to_str()
+        .and_then(parse_version_name)
+        .map(Some)
+        .ok_or_else(|| StoreError::Corrupt {
+            path: dir.child_path(link).display().to_string(),
+            message: format!("points at {}, not at a version directory", target.display()),
+        })
 }
 
 fn parse_meta(bytes: &[u8], path: &Path, generation: u32) -> Result<VersionMeta, StoreError> {
@@ -222,60 +260,27 @@ fn parse_meta(bytes: &[u8], path: &Path, generation: u32) -> Result<VersionMeta,
     Ok(meta)
 }
 
-/// An open key directory. Lookups relative to it walk one or two path components instead of
-/// the whole absolute path: a no-op reconcile of a large fleet is dominated by these lookups.
-struct KeyDir<'a> {
-    path: &'a Path,
-    fd: OwnedFd,
+/// Opens the version directory of `generation`; an error when it is missing.
+fn open_version(dir: &DirHandle, generation: u32) -> Result<DirHandle, StoreError> {
+    let name = version_name(generation);
+    dir.open_dir(&name)?.ok_or_else(|| StoreError::Corrupt {
+        path: dir.child_path(&name).display().to_string(),
+        message: "is missing".into(),
+    })
 }
 
-impl<'a> KeyDir<'a> {
-    /// Opens `path`; `None` when it does not exist.
-    fn open(path: &'a Path) -> Result<Option<Self>, StoreError> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        match nix::fcntl::open(path, flags, Mode::empty()) {
-            Ok(fd) => Ok(Some(KeyDir { path, fd })),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(errno) => Err(io_err("cannot open", path)(errno.into())),
-        }
-    }
+fn read_version_meta(version: &DirHandle, generation: u32) -> Result<VersionMeta, StoreError> {
+    let bytes = version.read_file(META)?;
+    parse_meta(&bytes, &version.child_path(META), generation)
+}
 
-    /// Names in the directory.
-    fn names(&self) -> Result<Vec<String>, StoreError> {
-        let mut names = Vec::new();
-        for entry in fs::read_dir(self.path).map_err(io_err("cannot list", self.path))? {
-            let entry = entry.map_err(io_err("cannot list", self.path))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        Ok(names)
-    }
-
-    fn read_link(&self, link: &str) -> Result<Option<u32>, StoreError> {
-        let target = nix::fcntl::readlinkat(&self.fd, link)
-            .map(PathBuf::from)
-            .map_err(io::Error::from);
-        link_generation(&self.path.join(link), target)
-    }
-
-    fn stat(&self, relative: &str) -> Option<FileStat> {
-        fstatat(&self.fd, relative, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
-    }
-
-    fn read_meta(&self, generation: u32) -> Result<VersionMeta, StoreError> {
-        let relative = format!("{}/{META}", version_name(generation));
-        let path = self.path.join(&relative);
-        let fd = nix::fcntl::openat(
-            &self.fd,
-            relative.as_str(),
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("cannot read", &path)(e.into()))?;
-        let mut bytes = Vec::with_capacity(2048);
-        io::Read::read_to_end(&mut fs::File::from(fd), &mut bytes)
-            .map_err(io_err("cannot read", &path))?;
-        parse_meta(&bytes, &path, generation)
-    }
+/// Reads the meta.json of `generation` in the key directory `dir`.
+pub fn read_meta(dir: &Path, generation: u32) -> Result<VersionMeta, StoreError> {
+    let key_dir = DirHandle::open_root(dir, false)?.ok_or_else(|| StoreError::Corrupt {
+        path: dir.display().to_string(),
+        message: "does not exist".into(),
+    })?;
+    read_version_meta(&open_version(&key_dir, generation)?, generation)
 }
 
 /// Observes what the directory holds. A missing directory is an empty output.
@@ -284,14 +289,20 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         prunable: true,
         ..Default::default()
     };
-    let Some(dir) = KeyDir::open(&output.dir)? else {
+    let Some(dir) = open_key_dir(output, None)? else {
         return Ok(observed);
     };
     let mut links = Vec::with_capacity(3);
     for name in dir.names()? {
         if let Some(generation) = parse_version_name(&name) {
-            observed.versions.push(generation);
-        } else if name.starts_with(TMP_PREFIX) {
+            if dir.is_dir(&name) {
+                observed.versions.push(generation);
+            } else {
+                observed
+                    .drift
+                    .push(format!("{name} is not a version directory"));
+            }
+        } else if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
             observed
                 .drift
                 .push(format!("leftover {name} from an interrupted write"));
@@ -306,8 +317,13 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
         if !links.contains(&link) {
             continue;
         }
-        let Some(generation) = dir.read_link(link)? else {
-            continue;
+        let generation = match read_link_generation(&dir, link) {
+            Ok(Some(generation)) => generation,
+            Ok(None) => continue,
+            Err(err) => {
+                observed.drift.push(format!("{link} is unusable ({err})"));
+                continue;
+            }
         };
         if !observed.versions.contains(&generation) {
             observed.drift.push(format!(
@@ -320,24 +336,42 @@ pub fn observe(output: &FileOutput, include_plaintext: bool) -> Result<ObservedO
             observed.previous = Some(generation);
             continue;
         }
-        let meta = dir.read_meta(generation)?;
+        let checked = open_version(&dir, generation).and_then(|version| {
+            let meta = read_version_meta(&version, generation)?;
+            let problems = check_version_files(
+                &version,
+                output,
+                &meta,
+                include_plaintext,
+                owner,
+                &mut observed.drift,
+            );
+            Ok((meta, problems))
+        });
+        let (meta, problems) = match checked {
+            Ok(checked) => checked,
+            Err(err) => {
+                observed.damaged.push(Damage {
+                    generation,
+                    problems: vec![err.to_string()],
+                });
+                continue;
+            }
+        };
+        if !problems.is_empty() {
+            observed.damaged.push(Damage {
+                generation,
+                problems,
+            });
+        }
         let version = meta.observed().map_err(|message| StoreError::Corrupt {
-            path: output
-                .dir
-                .join(version_name(generation))
+            path: dir
+                .child_path(version_name(generation))
                 .join(META)
                 .display()
                 .to_string(),
             message,
         })?;
-        check_version_files(
-            &dir,
-            output,
-            generation,
-            include_plaintext,
-            owner,
-            &mut observed.drift,
-        );
         if link == CURRENT {
             observed.current = Some(version);
         } else {
@@ -370,32 +404,45 @@ fn unwanted_files(output: &FileOutput, include_plaintext: bool) -> Vec<String> {
         .collect()
 }
 
-/// Public key files of the other format, removed by repair once the right one is written.
-fn other_public_file(output: &FileOutput) -> String {
-    public_name(match output.format {
-        Format::Pem => Format::Der,
-        Format::Der => Format::Pem,
-    })
+fn is_regular(stat: &FileStat) -> bool {
+    use nix::sys::stat::SFlag;
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
 }
 
+/// Checks what a linked version's readers rely on: the public key parses and matches
+/// `publicKeySha256`, the ciphertext is there (and matches its recorded hash), the plaintext
+/// key parses. Returns those problems (damage, repaired from another output); modes, owners
+/// and files of the wrong format go to `drift` (repaired in place).
 fn check_version_files(
-    dir: &KeyDir<'_>,
+    version: &DirHandle,
     output: &FileOutput,
-    generation: u32,
+    meta: &VersionMeta,
     include_plaintext: bool,
-    owner: Option<(Option<Uid>, Option<Gid>)>,
+    owner: Option<Owner>,
     drift: &mut Vec<String>,
-) {
-    let vname = version_name(generation);
+) -> Vec<String> {
+    let vname = version_name(meta.generation);
+    let mut problems = Vec::new();
+    let mut present = Vec::new();
     // meta.json was just read, and shares its mode with public.*: a mode change shows there.
-    let checked = expected_files(output, include_plaintext)
-        .into_iter()
-        .filter(|(name, _)| name != META);
-    for (name, mode) in checked {
-        let Some(stat) = dir.stat(&format!("{vname}/{name}")) else {
-            drift.push(format!("{vname}/{name} is missing"));
+    for (name, mode) in expected_files(output, include_plaintext) {
+        let Some(stat) = version.stat(&name) else {
+            if name == public_name(output.format) {
+                // May be rewritten from the other format's file (a format change).
+                drift.push(format!("{vname}/{name} is missing"));
+            } else {
+                problems.push(format!("{vname}/{name} is missing"));
+            }
             continue;
         };
+        if !is_regular(&stat) {
+            problems.push(format!("{vname}/{name} is not a regular file"));
+            continue;
+        }
+        present.push(name.clone());
+        if name == META {
+            continue;
+        }
         let actual = stat.st_mode & 0o7777;
         if actual != mode {
             drift.push(format!(
@@ -412,86 +459,56 @@ fn check_version_files(
             ));
         }
     }
+    let public = public_name(output.format);
+    if present.contains(&public) {
+        match version
+            .read_file(&public)
+            .and_then(|bytes| decode_public(output.format, &bytes, &version.child_path(&public)))
+        {
+            Ok(der) if public_key_sha256(&der) == meta.public_key_sha256 => {}
+            Ok(_) => problems.push(format!(
+                "{vname}/{public} does not match publicKeySha256 of meta.json"
+            )),
+            Err(err) => problems.push(format!("{vname}/{public}: {err}")),
+        }
+    }
+    if present.iter().any(|n| n == CIPHERTEXT) {
+        match version.read_file(CIPHERTEXT) {
+            Ok(bytes) if bytes.is_empty() => {
+                problems.push(format!("{vname}/{CIPHERTEXT} is empty"))
+            }
+            Ok(bytes) => {
+                if let Some(expected) = &meta.private_key_ciphertext_sha256
+                    && public_key_sha256(&bytes) != *expected
+                {
+                    problems.push(format!(
+                        "{vname}/{CIPHERTEXT} does not match privateKeyCiphertextSha256 of meta.json"
+                    ));
+                }
+            }
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
+    let private = private_name(output.format);
+    if include_plaintext && present.contains(&private) {
+        let parsed = version
+            .read_file(&private)
+            .map(|bytes| match output.format {
+                Format::Pem => pem::parse(&bytes).is_ok_and(|p| p.tag() == "PRIVATE KEY"),
+                Format::Der => !bytes.is_empty(),
+            });
+        match parsed {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!("{vname}/{private} is not a private key")),
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
     for name in unwanted_files(output, include_plaintext) {
-        if dir.stat(&format!("{vname}/{name}")).is_some() {
+        if version.stat(&name).is_some() {
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-}
-
-/// Creates `path` with exactly `mode` and writes `bytes`.
-fn create_file(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: (Option<Uid>, Option<Gid>),
-) -> Result<fs::File, StoreError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err("cannot create", path))?;
-    // The umask may have narrowed the mode; set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err("cannot chmod", path))?;
-    chown(path, owner)?;
-    file.write_all(bytes)
-        .map_err(io_err("cannot write", path))?;
-    Ok(file)
-}
-
-fn write_file(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: (Option<Uid>, Option<Gid>),
-) -> Result<(), StoreError> {
-    let file = create_file(path, bytes, mode, owner)?;
-    file.sync_all().map_err(io_err("cannot fsync", path))
-}
-
-/// Writes one file atomically into an existing directory (temporary name, fsync, rename).
-fn replace_file(
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-    mode: u32,
-    owner: (Option<Uid>, Option<Gid>),
-) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    write_file(&tmp, bytes, mode, owner)?;
-    let path = dir.join(name);
-    fs::rename(&tmp, &path).map_err(io_err("cannot rename into", &path))?;
-    sync_dir(dir).map_err(io_err("cannot fsync", dir))
-}
-
-fn create_dir(path: &Path, mode: u32, owner: (Option<Uid>, Option<Gid>)) -> Result<(), StoreError> {
-    match fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(err) => return Err(io_err("cannot create", path)(err)),
-    }
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_err("cannot chmod", path))?;
-    chown(path, owner)
-}
-
-/// Creates the key directory (and its parents) when it does not exist yet.
-fn ensure_key_dir(
-    output: &FileOutput,
-    owner: (Option<Uid>, Option<Gid>),
-) -> Result<(), StoreError> {
-    if output.dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = output.dir.parent() {
-        fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
-    }
-    // The parent is synced when the first link is made (see `move_links`): until then a lost
-    // directory only means a key that does not exist yet, which the next run regenerates.
-    create_dir(&output.dir, dir_mode(output.mode), owner)
+    problems
 }
 
 fn encode_public(format: Format, der: &[u8]) -> Vec<u8> {
@@ -508,22 +525,78 @@ fn encode_private(format: Format, key: &PrivateKey) -> zeroize::Zeroizing<Vec<u8
     }
 }
 
+fn decode_public(format: Format, bytes: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        path: path.display().to_string(),
+        message,
+    };
+    match format {
+        Format::Der if bytes.is_empty() => Err(corrupt("is empty".into())),
+        Format::Der => Ok(bytes.to_vec()),
+        Format::Pem => match pem::parse(bytes) {
+            Ok(p) if p.tag() == "PUBLIC KEY" => Ok(p.into_contents()),
+            Ok(p) => Err(corrupt(format!("holds a {:?}, not a PUBLIC KEY", p.tag()))),
+            Err(e) => Err(corrupt(e.to_string())),
+        },
+    }
+}
+
+/// The files of a version for `output`, encoded, with their modes.
+fn version_files(
+    output: &FileOutput,
+    version: &StoredVersion,
+) -> Vec<(String, zeroize::Zeroizing<Vec<u8>>, u32)> {
+    let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
+    let mut files = vec![
+        (
+            public_name(output.format),
+            encode_public(output.format, &version.public_key_der).into(),
+            output.mode,
+        ),
+        (
+            CIPHERTEXT.to_string(),
+            version.private_key_ciphertext.clone().into(),
+            output.mode,
+        ),
+        (META.to_string(), meta.into(), output.mode),
+    ];
+    if let Some(key) = &version.private_key {
+        files.push((
+            private_name(output.format),
+            encode_private(output.format, key),
+            PLAINTEXT_MODE,
+        ));
+    }
+    files
+}
+
 /// A version written in full under a temporary name in its key directory: not visible yet.
+/// It holds the key directory's handle until it is linked.
 #[derive(Debug)]
 struct StagedVersion {
-    tmp: PathBuf,
-    target: PathBuf,
+    dir: DirHandle,
+    tmp: String,
+    name: String,
 }
 
 impl StagedVersion {
-    /// Renames it to its `vNNNN` name.
-    fn publish(self) -> Result<(), StoreError> {
-        fs::rename(&self.tmp, &self.target).map_err(io_err("cannot rename into", &self.target))
+    /// Renames it to its `vNNNN` name, never over an existing version.
+    fn publish(&self) -> Result<(), StoreError> {
+        if self.dir.rename_no_replace(&self.tmp, &self.name)? {
+            return Ok(());
+        }
+        let _ = self.dir.remove_tree(&self.tmp);
+        Err(StoreError::Conflict {
+            path: self.dir.child_path(&self.name).display().to_string(),
+            message: "already exists: another writer made this generation; nothing was \
+                      replaced (run again to reconcile from what is there)"
+                .into(),
+        })
     }
 
-    /// Removes it (best effort: a leftover is cleaned up by the next write or repair).
+    /// Removes it (best effort: a leftover is cleaned up by the next repair).
     fn discard(self) {
-        let _ = fs::remove_dir_all(&self.tmp);
+        let _ = self.dir.remove_tree(&self.tmp);
     }
 }
 
@@ -534,51 +607,37 @@ fn stage_version(
     version: &StoredVersion,
     sync: &mut SyncSet,
 ) -> Result<StagedVersion, StoreError> {
-    // Checked again right before writing: a symlink may have appeared since validation.
-    crate::manifest::paths::ensure_no_symlink_escape(&output.root, &output.dir)
-        .map_err(|e| StoreError::Config(format!("refusing to write: {e}")))?;
     let owner = ownership(output)?;
-    ensure_key_dir(output, owner)?;
-    let dir = &output.dir;
+    let dir = open_key_dir(output, Some(owner))?.ok_or_else(|| StoreError::Corrupt {
+        path: output.dir.display().to_string(),
+        message: "vanished while it was being created".into(),
+    })?;
     let name = version_name(version.meta.generation);
-    let target = dir.join(&name);
-    if target.exists() {
-        // Left by an interrupted run that never linked it: it is rewritten from scratch.
-        fs::remove_dir_all(&target).map_err(io_err("cannot remove", &target))?;
+    if dir.stat(&name).is_some() {
+        return Err(StoreError::Conflict {
+            path: dir.child_path(&name).display().to_string(),
+            message: "already exists: another writer made this generation; nothing was \
+                      replaced (run again to reconcile from what is there)"
+                .into(),
+        });
     }
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_err("cannot remove", &tmp))?;
-    }
-    create_dir(&tmp, dir_mode(output.mode), owner)?;
-    let staged = StagedVersion { tmp, target };
+    let tmp = temporary_name(TMP_PREFIX, &name);
+    dir.remove_tree(&tmp)?;
+    dir.create_dir(&tmp, dir_mode(output.mode), owner)?;
+    let staged = StagedVersion { dir, tmp, name };
     let mut written = SyncSet::default();
     let result = (|| {
-        let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
-        let public = encode_public(output.format, &version.public_key_der);
-        let mut files: Vec<(String, zeroize::Zeroizing<Vec<u8>>, u32)> = vec![
-            (public_name(output.format), public.into(), output.mode),
-            (
-                CIPHERTEXT.to_string(),
-                version.private_key_ciphertext.clone().into(),
-                output.mode,
-            ),
-            (META.to_string(), meta.into(), output.mode),
-        ];
-        if let Some(key) = &version.private_key {
-            files.push((
-                private_name(output.format),
-                encode_private(output.format, key),
-                PLAINTEXT_MODE,
-            ));
+        let tmp_dir = staged
+            .dir
+            .open_dir(&staged.tmp)?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: staged.dir.child_path(&staged.tmp).display().to_string(),
+                message: "vanished while it was being written".into(),
+            })?;
+        for (name, bytes, mode) in version_files(output, version) {
+            written.add(tmp_dir.create_file(&name, &bytes, mode, owner)?)?;
         }
-        for (name, bytes, mode) in &files {
-            let path = staged.tmp.join(name);
-            create_file(&path, bytes, *mode, owner)?;
-            written.add(path);
-        }
-        written.add(&staged.tmp);
-        Ok(())
+        written.add_dir(&tmp_dir)
     })();
     match result {
         Ok(()) => {
@@ -592,7 +651,8 @@ fn stage_version(
     }
 }
 
-/// Writes `version` whole as its `vNNNN` directory, durably; links nothing.
+/// Writes `version` whole as its `vNNNN` directory, durably; links nothing. A version of that
+/// generation already there is never replaced: this fails instead.
 pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(), StoreError> {
     let mut sync = SyncSet::default();
     let staged = stage_version(output, version, &mut sync)?;
@@ -601,8 +661,7 @@ pub fn write_version(output: &FileOutput, version: &StoredVersion) -> Result<(),
         return Err(err);
     }
     staged.publish()?;
-    sync.add(&output.dir);
-    sync.flush()
+    staged.dir.sync()
 }
 
 /// One key's new version: written to each of its file outputs, then given `link`.
@@ -617,10 +676,11 @@ pub struct NewVersion<'a> {
 }
 
 /// Writes, publishes and links many keys' new versions together, with three flushes for the
-/// whole batch (`syncfs` when it holds more than one key, see [`SyncSet`]): every version is written under a temporary name and made durable, then renamed
-/// into place (durable), then linked (durable). So a link never points at a version that a
-/// crash could lose, and a reader never sees a half-written version. One result per item, in
-/// order; an item fails alone, but a failed flush fails every item still pending.
+/// whole batch (`syncfs` when it holds more than one key, see [`SyncSet`]): every version is
+/// written under a temporary name and made durable, then renamed into place (durable), then
+/// linked (durable). So a link never points at a version that a crash could lose, and a
+/// reader never sees a half-written version. One result per item, in order; an item fails
+/// alone, but a failed flush fails every item still pending.
 pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> {
     let mut sync = if batch.len() > 1 {
         SyncSet::whole_filesystems()
@@ -648,18 +708,20 @@ pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> 
     if let Err(err) = sync.flush() {
         return fail_pending(items, err);
     }
-    for (item, state) in batch.iter().zip(items.iter_mut()) {
+    for state in items.iter_mut() {
         let Ok(staged) = state else { continue };
         let mut published = Ok(());
+        let mut kept = Vec::with_capacity(staged.len());
         for version in std::mem::take(staged) {
             if published.is_ok() {
                 published = version.publish();
+                kept.push(version);
             } else {
                 version.discard();
             }
         }
-        match published {
-            Ok(()) => item.outputs.iter().for_each(|o| sync.add(&o.dir)),
+        match published.and_then(|()| kept.iter().try_for_each(|v| sync.add_dir(&v.dir))) {
+            Ok(()) => *staged = kept,
             Err(err) => *state = Err(err),
         }
     }
@@ -667,14 +729,11 @@ pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> 
         return fail_pending(items, err);
     }
     for (item, state) in batch.iter().zip(items.iter_mut()) {
-        if state.is_err() {
-            continue;
-        }
+        let Ok(staged) = state else { continue };
         let generation = item.version.meta.generation;
-        if let Err(err) = item
-            .outputs
+        if let Err(err) = staged
             .iter()
-            .try_for_each(|output| move_links(output, generation, item.link, &mut sync))
+            .try_for_each(|v| move_links(&v.dir, generation, item.link, &mut sync))
         {
             *state = Err(err);
         }
@@ -685,7 +744,8 @@ pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> 
     items.into_iter().map(|state| state.map(|_| ())).collect()
 }
 
-/// Fails every item that had not failed yet with `err`.
+/// Fails every item that had not failed yet with `err`. Versions already renamed into place
+/// stay: they are unlinked, and the next run removes them.
 fn fail_pending(
     items: Vec<Result<Vec<StagedVersion>, StoreError>>,
     err: StoreError,
@@ -703,126 +763,116 @@ fn fail_pending(
         .collect()
 }
 
+fn existing_key_dir(output: &FileOutput) -> Result<DirHandle, StoreError> {
+    open_key_dir(output, None)?.ok_or_else(|| StoreError::Corrupt {
+        path: output.dir.display().to_string(),
+        message: "does not exist".into(),
+    })
+}
+
+/// True when the output holds a version directory of `generation`.
+pub fn has_version(output: &FileOutput, generation: u32) -> Result<bool, StoreError> {
+    Ok(open_key_dir(output, None)?.is_some_and(|dir| dir.is_dir(&version_name(generation))))
+}
+
 /// Reads a whole version back, for copying it to another output or decrypting it.
 pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersion, StoreError> {
-    let dir = output.dir.join(version_name(generation));
-    let meta = read_meta(&output.dir, generation)?;
-    let read = |name: &str| {
-        let path = dir.join(name);
-        fs::read(&path).map_err(io_err("cannot read", &path))
+    let dir = existing_key_dir(output)?;
+    let version = open_version(&dir, generation)?;
+    let meta = read_version_meta(&version, generation)?;
+    let read_public = |format: Format| {
+        let name = public_name(format);
+        version
+            .read_file(&name)
+            .and_then(|bytes| decode_public(format, &bytes, &version.child_path(&name)))
     };
-    let public_key_der = match read(&public_name(output.format)) {
-        Ok(bytes) => decode_public(output.format, &bytes, &dir)?,
-        // The format may have changed since this version was written.
-        Err(_) => {
-            let other = if output.format == Format::Pem {
-                Format::Der
-            } else {
-                Format::Pem
-            };
-            decode_public(other, &read(&public_name(other))?, &dir)?
-        }
-    };
+    // The format may have changed since this version was written.
+    let public_key_der =
+        read_public(output.format).or_else(|_| read_public(other_format(output.format)))?;
+    if public_key_sha256(&public_key_der) != meta.public_key_sha256 {
+        return Err(StoreError::Corrupt {
+            path: version.path().display().to_string(),
+            message: "its public key does not match publicKeySha256 of meta.json".into(),
+        });
+    }
+    let private_key_ciphertext = version.read_file(CIPHERTEXT)?;
+    if private_key_ciphertext.is_empty()
+        || meta
+            .private_key_ciphertext_sha256
+            .as_ref()
+            .is_some_and(|h| *h != public_key_sha256(&private_key_ciphertext))
+    {
+        return Err(StoreError::Corrupt {
+            path: version.child_path(CIPHERTEXT).display().to_string(),
+            message: "is empty or does not match privateKeyCiphertextSha256 of meta.json".into(),
+        });
+    }
     Ok(StoredVersion {
         meta,
         public_key_der,
-        private_key_ciphertext: read(CIPHERTEXT)?,
+        private_key_ciphertext,
         private_key: None,
     })
 }
 
-fn decode_public(format: Format, bytes: &[u8], dir: &Path) -> Result<Vec<u8>, StoreError> {
-    match format {
-        Format::Der => Ok(bytes.to_vec()),
-        Format::Pem => {
-            pem::parse(bytes)
-                .map(pem::Pem::into_contents)
-                .map_err(|e| StoreError::Corrupt {
-                    path: dir.join(public_name(format)).display().to_string(),
-                    message: e.to_string(),
-                })
-        }
-    }
-}
-
-fn set_link(dir: &Path, link: &str, generation: Option<u32>) -> Result<(), StoreError> {
-    let path = dir.join(link);
+/// Points `name` at `generation` (or removes it), atomically.
+fn set_link(dir: &DirHandle, name: &str, generation: Option<u32>) -> Result<(), StoreError> {
     match generation {
         Some(generation) => {
-            let tmp = dir.join(format!("{TMP_PREFIX}{link}-{}", std::process::id()));
-            let _ = fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(version_name(generation), &tmp)
-                .map_err(io_err("cannot create link", &tmp))?;
-            fs::rename(&tmp, &path).map_err(io_err("cannot replace link", &path))?;
+            let tmp = temporary_name(TMP_PREFIX, name);
+            dir.remove_file(&tmp)?;
+            dir.symlink(&version_name(generation), &tmp)?;
+            dir.rename(&tmp, name)
         }
-        None => match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(io_err("cannot remove link", &path)(err)),
-        },
+        None => dir.remove_file(name),
     }
-    Ok(())
 }
 
-fn present_versions(dir: &Path) -> Result<Vec<u32>, StoreError> {
-    let mut versions: Vec<u32> = fs::read_dir(dir)
-        .map_err(io_err("cannot list", dir))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| parse_version_name(&e.file_name().to_string_lossy()))
-        .collect();
-    versions.sort_unstable();
-    Ok(versions)
-}
-
-/// Points `link` at `generation`, durably. For `current`: `current` moves first, then
-/// `previous` to the version below it; a `next` at or below it goes.
+/// Points `link` at `generation`, durably. For `current`: `current` moves, then `previous` to
+/// the version that was current (so it only ever names a version that was in use); a `next`
+/// at or below it goes.
 pub fn link(output: &FileOutput, generation: u32, link: Link) -> Result<(), StoreError> {
+    let dir = existing_key_dir(output)?;
     let mut sync = SyncSet::default();
-    move_links(output, generation, link, &mut sync)?;
+    move_links(&dir, generation, link, &mut sync)?;
     sync.flush()
 }
 
-/// [`link`] without the flush: adds the key directory to `sync`, and for a key's first link
-/// also its parent, which holds the key directory's own entry.
+/// [`link`] without the flush: adds the key directory to `sync`.
 fn move_links(
-    output: &FileOutput,
+    dir: &DirHandle,
     generation: u32,
     link: Link,
     sync: &mut SyncSet,
 ) -> Result<(), StoreError> {
-    let dir = &output.dir;
-    let first = read_link_generation(dir, CURRENT)?.is_none();
     match link {
         Link::Current => {
+            // `current` first: a crash in between leaves `previous` below it, and the next
+            // run finds the version that was current between the two (see `plan::garbage`).
+            let old = read_link_generation(dir, CURRENT)?;
             set_link(dir, CURRENT, Some(generation))?;
-            let previous = present_versions(dir)?
-                .into_iter()
-                .rev()
-                .find(|&v| v < generation);
-            set_link(dir, PREVIOUS, previous)?;
+            if let Some(old) = old.filter(|&old| old < generation) {
+                set_link(dir, PREVIOUS, Some(old))?;
+            }
             if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
                 set_link(dir, NEXT, None)?;
             }
         }
         Link::Next => set_link(dir, NEXT, Some(generation))?,
     }
-    sync.add(dir);
-    if let (true, Some(parent)) = (first, dir.parent()) {
-        sync.add(parent);
-    }
-    Ok(())
+    sync.add_dir(dir)
 }
 
 /// Generations of kept versions (current, next, previous) that lack the plaintext private key.
 pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
+    let dir = existing_key_dir(output)?;
     let mut missing = Vec::new();
     for link in [CURRENT, NEXT, PREVIOUS] {
-        if let Some(generation) = read_link_generation(&output.dir, link)? {
-            let path = output
-                .dir
-                .join(version_name(generation))
-                .join(private_name(output.format));
-            if !path.exists() && !missing.contains(&generation) {
+        if let Some(generation) = read_link_generation(&dir, link)? {
+            let present = dir
+                .open_dir(&version_name(generation))?
+                .is_some_and(|v| v.stat(&private_name(output.format)).is_some());
+            if !present && !missing.contains(&generation) {
                 missing.push(generation);
             }
         }
@@ -830,131 +880,177 @@ pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
     Ok(missing)
 }
 
-/// Repairs an output in place: leftovers removed, modes and owners set, files of the right
-/// format and plaintext presence, `previous` pointing at the version below `current`.
-/// `plaintext` holds decrypted keys for versions that lack them (see [`missing_plaintext`]).
-pub fn repair(
-    output: &FileOutput,
-    include_plaintext: bool,
-    plaintext: &HashMap<u32, PrivateKey>,
+/// Replaces one file of a version atomically (temporary name, fsync, rename).
+fn replace_file(
+    version: &DirHandle,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    owner: Owner,
 ) -> Result<(), StoreError> {
+    let tmp = temporary_name(TMP_PREFIX, name);
+    version.remove_file(&tmp)?;
+    let file = version.create_file(&tmp, bytes, mode, owner)?;
+    file.sync_all().map_err(|source| StoreError::Io {
+        action: "cannot fsync",
+        path: version.child_path(&tmp).display().to_string(),
+        source,
+    })?;
+    version.rename(&tmp, name)
+}
+
+/// What a repair is given: the settings to apply and what to rewrite.
+#[derive(Debug, Default)]
+pub struct RepairInput<'a> {
+    /// Whether the plaintext private key belongs in every kept version.
+    pub include_plaintext: bool,
+    /// Decrypted keys for versions that lack their plaintext (see [`missing_plaintext`]).
+    pub plaintext: HashMap<u32, PrivateKey>,
+    /// Intact copies (from another output) of damaged versions, rewritten file by file.
+    pub intact: Vec<&'a StoredVersion>,
+    /// What `previous` must point at.
+    pub previous: Option<u32>,
+}
+
+/// Repairs an output in place: leftovers removed, modes and owners set, files of the right
+/// format and plaintext presence, damaged files rewritten from intact copies, `previous` as
+/// the plan says.
+pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreError> {
     let owner = ownership(output)?;
-    let dir = &output.dir;
-    for entry in fs::read_dir(dir).map_err(io_err("cannot list", dir))? {
-        let entry = entry.map_err(io_err("cannot list", dir))?;
-        if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-            let path = entry.path();
-            let removed = if path.is_dir() && !path.is_symlink() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            removed.map_err(io_err("cannot remove", &path))?;
+    let dir = existing_key_dir(output)?;
+    for name in dir.names()? {
+        if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+            dir.remove_tree(&name)?;
+        } else if parse_version_name(&name).is_some() && !dir.is_dir(&name) {
+            // A foreign entry where a version belongs: set aside, never linked.
+            let trash = temporary_name(TRASH_PREFIX, &name);
+            dir.rename(&name, &trash)?;
+            dir.remove_tree(&trash)?;
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(output.mode)))
-        .map_err(io_err("cannot chmod", dir))?;
-    chown(dir, owner)?;
-    let versions = present_versions(dir)?;
-    for &generation in &versions {
-        let vdir = dir.join(version_name(generation));
-        let public = vdir.join(public_name(output.format));
-        if !public.exists() {
+    dir.set_mode_and_owner(dir_mode(output.mode), owner)?;
+    let mut linked = Vec::new();
+    for link in [CURRENT, NEXT, PREVIOUS] {
+        match read_link_generation(&dir, link) {
+            Ok(Some(g)) if dir.is_dir(&version_name(g)) => linked.push(g),
+            Ok(None) => {}
+            // Pointing nowhere usable: removed; the plan links what must be linked.
+            _ => set_link(&dir, link, None)?,
+        }
+    }
+    for &generation in &linked {
+        let version = open_version(&dir, generation)?;
+        if let Some(intact) = input
+            .intact
+            .iter()
+            .find(|v| v.meta.generation == generation)
+        {
+            for (name, bytes, mode) in version_files(output, intact) {
+                replace_file(&version, &name, &bytes, mode, owner)?;
+            }
+        }
+        let public = public_name(output.format);
+        if version.stat(&public).is_none() {
             let stored = read_version(output, generation)?;
             replace_file(
-                &vdir,
-                &public_name(output.format),
+                &version,
+                &public,
                 &encode_public(output.format, &stored.public_key_der),
                 output.mode,
                 owner,
             )?;
         }
-        if include_plaintext {
-            let private = vdir.join(private_name(output.format));
-            if let (false, Some(key)) = (private.exists(), plaintext.get(&generation)) {
-                replace_file(
-                    &vdir,
-                    &private_name(output.format),
-                    &encode_private(output.format, key),
-                    PLAINTEXT_MODE,
-                    owner,
-                )?;
-            }
+        let private = private_name(output.format);
+        if let (true, None, Some(key)) = (
+            input.include_plaintext,
+            version.stat(&private),
+            input.plaintext.get(&generation),
+        ) {
+            replace_file(
+                &version,
+                &private,
+                &encode_private(output.format, key),
+                PLAINTEXT_MODE,
+                owner,
+            )?;
         }
-        for name in unwanted_files(output, include_plaintext)
+        for name in unwanted_files(output, input.include_plaintext)
             .into_iter()
-            .chain([other_public_file(output)])
+            .chain([public_name(other_format(output.format))])
         {
-            let path = vdir.join(name);
-            if path.exists() {
-                fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+            version.remove_file(&name)?;
+        }
+        version.set_mode_and_owner(dir_mode(output.mode), owner)?;
+        for (name, mode) in expected_files(output, input.include_plaintext) {
+            if version.stat(&name).is_some() {
+                version.set_file_mode_and_owner(&name, mode, owner)?;
             }
         }
-        fs::set_permissions(&vdir, fs::Permissions::from_mode(dir_mode(output.mode)))
-            .map_err(io_err("cannot chmod", &vdir))?;
-        chown(&vdir, owner)?;
-        for (name, mode) in expected_files(output, include_plaintext) {
-            let path = vdir.join(name);
-            if path.exists() {
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(io_err("cannot chmod", &path))?;
-                chown(&path, owner)?;
-            }
-        }
-        sync_dir(&vdir).map_err(io_err("cannot fsync", &vdir))?;
+        version.sync()?;
     }
-    for link in [CURRENT, NEXT, PREVIOUS] {
-        if read_link_generation(dir, link)?.is_some_and(|g| !versions.contains(&g)) {
-            set_link(dir, link, None)?;
+    if read_link_generation(&dir, CURRENT)?.is_some() {
+        let wanted = input.previous.filter(|&g| dir.is_dir(&version_name(g)));
+        if read_link_generation(&dir, PREVIOUS)? != wanted {
+            set_link(&dir, PREVIOUS, wanted)?;
         }
     }
-    if let Some(current) = read_link_generation(dir, CURRENT)? {
-        let previous = versions.iter().rev().find(|&&v| v < current).copied();
-        if read_link_generation(dir, PREVIOUS)? != previous {
-            set_link(dir, PREVIOUS, previous)?;
-        }
-    }
-    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+    dir.sync()
 }
 
-/// Removes old versions; links to them go too.
+/// Removes old or never-linked versions; links to them go first. Each is renamed aside
+/// (durably) before it is deleted, so a crash leaves garbage to collect, never a half-deleted
+/// version under its own name.
 pub fn prune(output: &FileOutput, generations: &[u32]) -> Result<(), StoreError> {
-    let dir = &output.dir;
+    let dir = existing_key_dir(output)?;
+    if let Some(current) = read_link_generation(&dir, CURRENT)?
+        && generations.contains(&current)
+    {
+        return Err(StoreError::Corrupt {
+            path: dir.path().display().to_string(),
+            message: format!("refusing to prune the current generation {current}"),
+        });
+    }
     for link in [PREVIOUS, NEXT] {
-        if read_link_generation(dir, link)?.is_some_and(|g| generations.contains(&g)) {
-            set_link(dir, link, None)?;
+        if read_link_generation(&dir, link)?.is_some_and(|g| generations.contains(&g)) {
+            set_link(&dir, link, None)?;
         }
     }
+    let mut trash = Vec::new();
     for &generation in generations {
-        if read_link_generation(dir, CURRENT)? == Some(generation) {
-            return Err(StoreError::Corrupt {
-                path: dir.display().to_string(),
-                message: format!("refusing to prune the current generation {generation}"),
-            });
+        let name = version_name(generation);
+        if dir.stat(&name).is_none() {
+            continue;
         }
-        let path = dir.join(version_name(generation));
-        match fs::remove_dir_all(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io_err("cannot remove", &path)(err)),
-        }
+        let aside = temporary_name(TRASH_PREFIX, &name);
+        dir.remove_tree(&aside)?;
+        dir.rename(&name, &aside)?;
+        trash.push(aside);
     }
-    sync_dir(dir).map_err(io_err("cannot fsync", dir))
+    dir.sync()?;
+    for aside in trash {
+        dir.remove_tree(&aside)?;
+    }
+    dir.sync()
 }
 
-/// The directory of a version, for decrypt and status.
+/// The directory of a version, for messages and status.
 pub fn version_dir(output: &FileOutput, generation: u32) -> PathBuf {
     output.dir.join(version_name(generation))
 }
 
 /// The generation `current` points at, if any.
 pub fn current_generation(output: &FileOutput) -> Result<Option<u32>, StoreError> {
-    read_link_generation(&output.dir, CURRENT)
+    match open_key_dir(output, None)? {
+        Some(dir) => read_link_generation(&dir, CURRENT),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn version_names() {
@@ -992,6 +1088,9 @@ mod tests {
                 created_at: "2026-01-01T00:00:00Z".into(),
                 activates_at: "2026-01-01T00:00:00Z".into(),
                 public_key_sha256: super::super::public_key_sha256(&der),
+                private_key_ciphertext_sha256: Some(super::super::public_key_sha256(
+                    &[generation as u8; 16],
+                )),
             },
             public_key_der: der,
             private_key_ciphertext: vec![generation as u8; 16],
@@ -1035,7 +1134,7 @@ mod tests {
         for (i, (result, output)) in results.iter().zip(&outputs).enumerate() {
             if i == 7 {
                 let err = result.as_ref().unwrap_err().to_string();
-                assert!(err.contains("refusing to write"), "{err}");
+                assert!(err.contains("symlink"), "{err}");
                 assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
                 continue;
             }
@@ -1084,16 +1183,70 @@ mod tests {
     }
 
     #[test]
-    fn an_unlinked_leftover_version_is_rewritten() {
+    fn a_version_once_in_place_is_never_replaced() {
         let root = tempfile::tempdir().unwrap();
         let out = output(root.path(), "k");
-        let stale = out.dir.join("v0001");
-        fs::create_dir_all(&stale).unwrap();
-        fs::write(stale.join("public.pem"), "half a key").unwrap();
+        write_version(&out, &version("k", 1)).unwrap();
+        let before = fs::read(out.dir.join("v0001/public.pem")).unwrap();
+        let mut other = version("k", 1);
+        other.public_key_der = b"another writer's key".to_vec();
+        let err = write_version(&out, &other).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(fs::read(out.dir.join("v0001/public.pem")).unwrap(), before);
+        assert!(no_leftovers(&out.dir));
+    }
+
+    #[test]
+    fn observation_reports_damage_of_linked_versions() {
+        let root = tempfile::tempdir().unwrap();
+        let out = output(root.path(), "k");
         write_version(&out, &version("k", 1)).unwrap();
         link(&out, 1, Link::Current).unwrap();
-        let stored = read_version(&out, 1).unwrap();
-        assert_eq!(stored.public_key_der, version("k", 1).public_key_der);
+        assert!(observe(&out, false).unwrap().damaged.is_empty());
+        fs::write(
+            out.dir.join("v0001/public.pem"),
+            public_key_pem(b"another key"),
+        )
+        .unwrap();
+        let observed = observe(&out, false).unwrap();
+        assert_eq!(observed.damaged.len(), 1, "{observed:?}");
+        assert!(observed.damaged[0].problems[0].contains("publicKeySha256"));
+        fs::write(
+            out.dir.join("v0001/public.pem"),
+            public_key_pem(b"public key of k 1"),
+        )
+        .unwrap();
+        fs::write(out.dir.join("v0001/private.enc"), b"").unwrap();
+        assert_eq!(observe(&out, false).unwrap().damaged.len(), 1);
+    }
+
+    #[test]
+    fn prune_sets_versions_aside_and_never_follows_links() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("foreign"), "x").unwrap();
+        let out = output(root.path(), "k");
+        for g in 1..=3 {
+            write_version(&out, &version("k", g)).unwrap();
+            link(&out, g, Link::Current).unwrap();
+        }
+        std::os::unix::fs::symlink(outside.path(), out.dir.join("v0001/planted")).unwrap();
+        prune(&out, &[1]).unwrap();
+        assert!(!out.dir.join("v0001").exists());
+        assert!(outside.path().join("foreign").exists());
+        assert_eq!(observe(&out, false).unwrap().previous, Some(2));
+        assert!(no_leftovers(&out.dir));
+    }
+
+    #[test]
+    fn a_key_directory_that_is_a_symlink_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("k")).unwrap();
+        let out = output(root.path(), "k");
+        assert!(observe(&out, false).is_err());
+        assert!(write_version(&out, &version("k", 1)).is_err());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
     #[test]

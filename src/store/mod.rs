@@ -1,6 +1,7 @@
 //! Stores hold the versions of a key pair: a directory per key (`file`), or a Secrets Manager
 //! secret (`secrets_manager`). Both record each version's [`VersionMeta`].
 
+pub mod dir;
 pub mod file;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,10 @@ pub struct VersionMeta {
     pub activates_at: String,
     /// Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo.
     pub public_key_sha256: String,
+    /// Lowercase hex SHA-256 of the private key ciphertext, so that a damaged `private.enc`
+    /// is seen without a Decrypt call (absent in versions written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_ciphertext_sha256: Option<String>,
 }
 
 impl VersionMeta {
@@ -63,6 +68,7 @@ impl VersionMeta {
             created_at: format_time(created_at),
             activates_at: format_time(activates_at),
             public_key_sha256: public_key_sha256(&pair.public_key_der),
+            private_key_ciphertext_sha256: Some(public_key_sha256(&pair.private_key_ciphertext)),
         }
     }
 
@@ -77,7 +83,7 @@ impl VersionMeta {
     }
 }
 
-/// Lowercase hex SHA-256 of a DER public key.
+/// Lowercase hex SHA-256 of some bytes (a DER public key, a ciphertext).
 pub fn public_key_sha256(der: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
@@ -130,6 +136,22 @@ pub enum StoreError {
         /// Path concerned.
         path: String,
         /// What is wrong.
+        message: String,
+    },
+    /// An entry keyprov will not write through: a symlink, a foreign owner, not a directory.
+    #[error("{path} {message}")]
+    Unsafe {
+        /// Path concerned.
+        path: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// Another writer got there first; nothing was replaced.
+    #[error("{path} {message}")]
+    Conflict {
+        /// Path concerned.
+        path: String,
+        /// What happened.
         message: String,
     },
     /// The store is not usable as configured.

@@ -322,3 +322,397 @@ pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
         .await;
     aws_sdk_kms::Client::new(&config)
 }
+
+impl Install {
+    /// `keyprov ARGS --config <config>` as a command to spawn (for processes a test kills or
+    /// runs side by side), with the same clean environment as [`Install::keyprov`].
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keyprov"));
+        command.args(args).arg("--config").arg(self.config());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("AWS_") || name.starts_with("KEYPROV_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command.env("AWS_EC2_METADATA_DISABLED", "true");
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command.current_dir(self.root());
+        command
+    }
+}
+
+/// The provider calls of a `keyprov: N keys, N changed, N failed, N provider calls` summary.
+pub fn provider_calls(stdout: &str) -> Option<usize> {
+    let line = stdout.lines().find(|l| l.starts_with("keyprov: "))?;
+    let before = &line[..line.find(" provider calls")?];
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+/// Lowercase hex SHA-256, as `meta.json`'s `publicKeySha256`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+/// A small deterministic PRNG (splitmix64) for harnesses that print their seed to be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from `var` when set, else from the clock; returns the seed too.
+    pub fn from_env(var: &str) -> (Rng, u64) {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        (Rng(seed), seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Every entry below `root` (symlinks not followed) whose name starts with `.tmp` or `.trash`.
+pub fn leftovers(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp") || name.starts_with(".trash") {
+                found.push(entry.path());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// A key directory a [`Reader`] reads through `current`, as a service using the key would.
+#[derive(Clone, Debug)]
+pub struct ReadTarget {
+    pub name: String,
+    pub dir: PathBuf,
+    /// `format: der` (public.der / private.der) rather than pem.
+    pub der: bool,
+    /// includePlaintext: the version holds the private key file too.
+    pub plaintext: bool,
+}
+
+/// One consistent read through `current`.
+pub struct ReadPair {
+    pub generation: u64,
+    pub public_sha: String,
+    pub private_sha: Option<String>,
+}
+
+fn read_at(dir: &std::fs::File, name: &str) -> Result<Vec<u8>, String> {
+    use nix::fcntl::{OFlag, openat};
+    use std::io::Read as _;
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("{name}: {e}"))?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.is_empty() {
+        return Err(format!("{name}: empty"));
+    }
+    Ok(bytes)
+}
+
+/// Opens `<target.dir>/current` once as a directory and reads meta.json, the public key and
+/// (includePlaintext) the private key file from it: the pair must be whole and consistent.
+pub fn read_current(target: &ReadTarget) -> Result<ReadPair, String> {
+    let current = target.dir.join("current");
+    let dir = std::fs::File::open(&current).map_err(|e| format!("current: {e}"))?;
+    let meta = read_at(&dir, "meta.json")?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&meta).map_err(|e| format!("meta.json: {e}"))?;
+    let ext = if target.der { "der" } else { "pem" };
+    let public = read_at(&dir, &format!("public.{ext}"))?;
+    let public = if target.der {
+        public
+    } else {
+        pem::parse(&public)
+            .map_err(|e| format!("public.pem: {e}"))?
+            .into_contents()
+    };
+    let public_sha = sha256_hex(&public);
+    if meta["publicKeySha256"].as_str() != Some(public_sha.as_str()) {
+        return Err(format!(
+            "meta.json publicKeySha256 {} but public.{ext} hashes to {public_sha}",
+            meta["publicKeySha256"]
+        ));
+    }
+    if meta["name"].as_str() != Some(target.name.as_str()) {
+        return Err(format!("meta.json names {}", meta["name"]));
+    }
+    let private_sha = if target.plaintext {
+        Some(sha256_hex(&read_at(&dir, &format!("private.{ext}"))?))
+    } else {
+        None
+    };
+    Ok(ReadPair {
+        generation: meta["generation"]
+            .as_u64()
+            .ok_or("meta.json: no generation")?,
+        public_sha,
+        private_sha,
+    })
+}
+
+/// What a [`Reader`] saw.
+#[derive(Debug, Default)]
+pub struct ReaderReport {
+    /// Reads attempted.
+    pub reads: u64,
+    /// Reads that failed or saw a generation with other key material than before.
+    pub failures: u64,
+    /// The first few failures, for the message.
+    pub first: Vec<String>,
+}
+
+/// A background thread reading random keys through `current` until finished; every read must
+/// succeed, and a generation, once seen, must always hold the same key material.
+pub struct Reader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<ReaderReport>,
+}
+
+impl Reader {
+    pub fn start(targets: Vec<ReadTarget>, seed: u64) -> Reader {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut rng = Rng(seed);
+            let mut report = ReaderReport::default();
+            let mut seen: std::collections::HashMap<(usize, u64), (String, Option<String>)> =
+                std::collections::HashMap::new();
+            while !flag.load(Ordering::Relaxed) && !targets.is_empty() {
+                let index = rng.below(targets.len() as u64) as usize;
+                let target = &targets[index];
+                report.reads += 1;
+                let problem = match read_current(target) {
+                    Err(err) => Some(err),
+                    Ok(pair) => {
+                        let material = (pair.public_sha, pair.private_sha);
+                        match seen.entry((index, pair.generation)) {
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(material);
+                                None
+                            }
+                            // Reported once per change, not on every read after it.
+                            std::collections::hash_map::Entry::Occupied(mut o) => {
+                                (o.insert(material.clone()) != material).then(|| {
+                                    format!(
+                                        "generation {} changed its key material",
+                                        pair.generation
+                                    )
+                                })
+                            }
+                        }
+                    }
+                };
+                if let Some(problem) = problem {
+                    report.failures += 1;
+                    if report.first.len() < 10 {
+                        report
+                            .first
+                            .push(format!("{}: {problem}", target.dir.display()));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            report
+        });
+        Reader { stop, handle }
+    }
+
+    pub fn finish(self) -> ReaderReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("reader thread")
+    }
+}
+
+/// One entry of [`fingerprint`]: what an attacker-visible change to a file would alter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub inode: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub size: u64,
+    /// SHA-256 of a regular file's contents, a symlink's target; empty otherwise.
+    pub content: String,
+}
+
+/// Every entry below `root` (and `root` itself) with inode, type, mode, owner, mtime, ctime,
+/// size and a hash of its contents: a create, write, chmod, chown, rename or delete anywhere
+/// in the tree changes it. FIFOs and other special files are never opened.
+pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut map = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let file_type = meta.file_type();
+        let (kind, content) = if file_type.is_symlink() {
+            let target = std::fs::read_link(&path).unwrap_or_default();
+            ("symlink", target.display().to_string())
+        } else if file_type.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.map(|e| e.unwrap().path()));
+            }
+            ("dir", String::new())
+        } else if file_type.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+            ("file", hex(digest.as_ref()))
+        } else {
+            ("special", String::new())
+        };
+        map.insert(
+            path,
+            Entry {
+                kind,
+                inode: meta.ino(),
+                mode: meta.mode(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+                size: meta.size(),
+                content,
+            },
+        );
+    }
+    map
+}
+
+/// The differences between two [`fingerprint`]s, one line each (empty: identical).
+pub fn fingerprint_diff(
+    before: &BTreeMap<PathBuf, Entry>,
+    after: &BTreeMap<PathBuf, Entry>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (path, old) in before {
+        match after.get(path) {
+            None => lines.push(format!("deleted  {}", path.display())),
+            Some(new) if new != old => {
+                lines.push(format!("changed  {}: {old:?} -> {new:?}", path.display()))
+            }
+            Some(_) => {}
+        }
+    }
+    for path in after.keys().filter(|p| !before.contains_key(*p)) {
+        lines.push(format!("created  {}", path.display()));
+    }
+    lines
+}
+
+/// Runs `command`, which could hang: killed (and reported as `None`) if it has not exited
+/// after `deadline`.
+pub fn run_with_deadline(mut command: Command, deadline: std::time::Duration) -> Option<Run> {
+    use std::io::Read;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("keyprov starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    status.map(|status| Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    })
+}
+
+/// Whether this process may mount filesystems (root with CAP_SYS_ADMIN, as on the
+/// development machines): tried once with a tiny tmpfs.
+pub fn can_mount() -> bool {
+    let probe = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "keyprov-probe"])
+        .arg(probe.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let _ = Command::new("umount").arg(probe.path()).status();
+    }
+    mounted
+}
+
+/// A mount of the test, detached (`umount -l`) when dropped, also when the test panics.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// Mounts with `mount ARGS... <at>`; panics when mount fails.
+    pub fn new(args: &[&str], at: &Path) -> Mount {
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(status.success(), "mount {args:?} {}", at.display());
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -1,0 +1,120 @@
+//! The stateDir lock: writers on one stateDir (`run --once`, `rotate`, each daemon reconcile)
+//! are serialised by an advisory lock on `<stateDir>/.lock` (flock(2)). The kernel drops it
+//! when its holder exits, even by SIGKILL, so a crash never leaves a stale lock. The file is
+//! never written (a no-op reconcile changes no mtime); the holder's pid, for the message to a
+//! waiting user, is read from `/proc/locks`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::store::dir::DirHandle;
+
+/// Name of the lock file in the stateDir.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another keyprov holds it and we were asked not to wait.
+    #[error("{path} is held by another keyprov (pid {holder}); it was not waited for (--no-wait)")]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid, or `unknown`.
+        holder: String,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {path}: {message}")]
+    Failed {
+        /// The lock file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A held lock; released when dropped.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: Flock<File>,
+}
+
+/// Takes the lock of `state_dir` (creating the directory and the file when missing). When
+/// another process holds it: with `wait`, says so on stderr and waits; without, fails with
+/// [`LockError::Held`].
+pub fn acquire(state_dir: &Path, wait: bool) -> Result<StateLock, LockError> {
+    let path = state_dir.join(LOCK_FILE);
+    let failed = |message: String| LockError::Failed {
+        path: path.clone(),
+        message,
+    };
+    let dir = DirHandle::open_root(state_dir, true)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed("the state directory does not exist".into()))?;
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(&dir, LOCK_FILE, flags, Mode::from_bits_truncate(0o600))
+        .map_err(|e| failed(e.desc().to_string()))?;
+    let file = File::from(fd);
+    let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((file, Errno::EWOULDBLOCK)) => {
+            let holder = holder(&file);
+            if !wait {
+                return Err(LockError::Held { path, holder });
+            }
+            eprintln!(
+                "keyprov: waiting for {} (held by another keyprov, pid {holder})",
+                path.display()
+            );
+            tracing::info!(lock = %path.display(), holder, "waiting for the stateDir lock");
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| failed(errno.desc().to_string()))?
+        }
+        Err((_, errno)) => return Err(failed(errno.desc().to_string())),
+    };
+    Ok(StateLock { _file: locked })
+}
+
+/// The pid of the process holding a flock on `file`, from `/proc/locks`, or `unknown`.
+fn holder(file: &File) -> String {
+    let Ok(stat) = nix::sys::stat::fstat(file) else {
+        return "unknown".into();
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(stat.st_dev),
+        nix::sys::stat::minor(stat.st_dev),
+    );
+    let id = format!("{major:02x}:{minor:02x}:{}", stat.st_ino);
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"
+    locks
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str()))
+        .and_then(|fields| fields.get(4).map(|pid| pid.to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_without_waiting_and_named() {
+        let state = tempfile::tempdir().unwrap();
+        let first = acquire(state.path(), false).unwrap();
+        // flock locks belong to open files: a second open in this process conflicts too.
+        match acquire(state.path(), false) {
+            Err(LockError::Held { holder, .. }) => {
+                assert_eq!(holder, std::process::id().to_string())
+            }
+            other => panic!("expected Held, got {other:?}"),
+        }
+        drop(first);
+        acquire(state.path(), false).unwrap();
+    }
+}

@@ -1,0 +1,58 @@
+//! What the CLI prints on stdout and stderr: writes that never panic. A reader that goes away
+//! (`keyprov verify | head -1`: EPIPE) silences the rest of that stream; the command still
+//! finishes and exits with its own code. keyprov ignores SIGPIPE (as every Rust program does)
+//! and keeps it ignored: the daemon must not die because its log reader did.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+static STDERR_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Prints a line on stdout, like `println!`, through [`out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::out(format_args!("{}\n", format_args!($($arg)*)).to_string().as_bytes())
+    };
+}
+
+/// Prints a line on stderr, like `eprintln!`, through [`err`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::err(format_args!("{}\n", format_args!($($arg)*)).to_string().as_bytes())
+    };
+}
+
+/// Writes `bytes` to stdout. A closed pipe silences stdout from then on; another error (a
+/// full disk behind a redirection) is reported once on stderr and makes [`stdout_failed`] true.
+pub fn out(bytes: &[u8]) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if error.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            err(format!("error: cannot write to stdout: {error}\n").as_bytes());
+        }
+    }
+}
+
+/// Writes `bytes` to stderr; errors silence stderr (there is nowhere left to report them).
+pub fn err(bytes: &[u8]) {
+    if STDERR_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if std::io::stderr().lock().write_all(bytes).is_err() {
+        STDERR_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// True when something meant for stdout was lost to an error other than a closed pipe.
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(Ordering::Relaxed)
+}

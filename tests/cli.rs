@@ -1,0 +1,150 @@
+//! The command line itself: exit codes of usage errors, help and version; output into a pipe
+//! whose reader went away (`keyprov verify | head -1`).
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn keyprov(args: &[&str]) -> Run {
+    Command::new(env!("CARGO_BIN_EXE_keyprov"))
+        .args(args)
+        .env_remove("KEYPROV_CONFIG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("keyprov runs")
+        .into()
+}
+
+#[test]
+fn usage_errors_exit_64_help_and_version_exit_0() {
+    for args in [
+        &["--bogus"][..],
+        &[],
+        &["rotate"],
+        &["run", "--once", "--bogus"],
+        &["decrypt", "alpha", "--version"],
+        &["decrypt", "alpha", "--version", "x"],
+        &["frobnicate"],
+    ] {
+        let run = keyprov(args);
+        assert_eq!(run.code, 64, "keyprov {args:?}: {}", run.all());
+        assert!(
+            run.stderr.starts_with("error: ") || run.stderr.contains("Usage: keyprov"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stdout, "", "{args:?}: usage errors go to stderr");
+        assert!(!run.all().contains("panicked"), "{}", run.all());
+    }
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["--version"],
+        &["-V"],
+        &["help"],
+        &["help", "run"],
+        &["verify", "--help"],
+    ] {
+        let run = keyprov(args);
+        assert_eq!(run.code, 0, "keyprov {args:?}: {}", run.all());
+        assert!(!run.stdout.is_empty(), "{args:?} prints on stdout");
+        assert_eq!(run.stderr, "", "{args:?}");
+    }
+}
+
+#[test]
+fn an_invalid_config_still_exits_2() {
+    let install = Install::new("bogusField: 1");
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    let run = install.keyprov(&["status"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+}
+
+/// Runs `keyprov ARGS --config <config>` (no --config for schema and --help) with its stdout a pipe whose read end is already
+/// closed, so that every write to stdout fails with EPIPE.
+fn into_closed_pipe(install: &Install, args: &[&str]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyprov"));
+    command.args(args);
+    if !matches!(args, ["schema"] | ["--help"]) {
+        command.arg("--config").arg(install.config());
+    }
+    let mut child = command
+        .env_remove("KEYPROV_LOG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .current_dir(install.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap().into()
+}
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_crash() {
+    let install = Install::new("");
+    for name in ["alpha", "beta", "gamma"] {
+        install.manifest(
+            &format!("{name}.yaml"),
+            &manifest(name, "ECC_NIST_P256", "  rotation: {every: 30d}\n"),
+        );
+    }
+    install.run_once(0);
+    for (args, code) in [
+        (&["verify"][..], 0),
+        (&["status"], 0),
+        (&["status", "--json"], 0),
+        (&["plan"], 0),
+        (&["validate"], 0),
+        (&["run", "--once"], 0),
+        (&["rotate", "alpha"], 0),
+        (&["decrypt", "beta"], 0),
+        (&["schema"], 0),
+        (&["--help"], 0),
+    ] {
+        let run = into_closed_pipe(&install, args);
+        assert_eq!(run.code, code, "keyprov {args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("panicked") && !run.stderr.contains("Broken pipe"),
+            "keyprov {args:?}: {}",
+            run.stderr
+        );
+    }
+    // The command's own verdict survives: a failing verify still exits 1.
+    let current = install.key_dir("gamma").join("current");
+    std::fs::write(current.join("public.pem"), "garbage").unwrap();
+    let run = into_closed_pipe(&install, &["verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
+
+#[test]
+fn verify_into_head_prints_one_line_and_no_panic() {
+    let install = Install::new("");
+    for i in 0..40 {
+        let name = format!("key{i:02}");
+        install.manifest(
+            &format!("{name}.yaml"),
+            &manifest(&name, "ECC_NIST_P256", ""),
+        );
+    }
+    install.run_once(0);
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' verify --config '{}' | head -1",
+            env!("CARGO_BIN_EXE_keyprov"),
+            install.config().display()
+        ))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let run = Run::from(output);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.stdout, "ok      key00 generation 1\n");
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
