@@ -25,10 +25,25 @@ impl fmt::Display for Diagnostic {
             write!(f, ":{}:{}", self.line, self.column)?;
         }
         if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
+            write!(f, ": {}", shorten(&self.field, MAX_SHOWN))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", shorten(&self.message, 4 * MAX_SHOWN))
     }
+}
+
+/// Longest field shown; fields and messages quote the input, which may be megabytes long.
+const MAX_SHOWN: usize = 256;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked with `…` when cut.
+fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}… ({} bytes)", &text[..cut], text.len()).into()
 }
 
 /// Shows `path` relative to the working directory when it lies below it.
@@ -37,4 +52,25 @@ pub fn display_path(path: &Path) -> PathBuf {
         .ok()
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
         .unwrap_or_else(|| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_and_messages_are_shortened() {
+        let d = Diagnostic {
+            file: PathBuf::from("m.yaml"),
+            line: 3,
+            column: 1,
+            field: format!("spec.encryptionContext.{}", "é".repeat(1000)),
+            message: "x".repeat(5000),
+        };
+        let shown = d.to_string();
+        assert!(shown.len() < 1500, "{}", shown.len());
+        assert!(shown.starts_with("m.yaml:3:1: spec.encryptionContext.éé"));
+        assert!(shown.contains("… (2023 bytes): xxx"), "{shown}");
+        assert!(shown.ends_with("… (5000 bytes)"));
+    }
 }

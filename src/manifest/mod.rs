@@ -121,9 +121,9 @@ pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
         .into_iter()
         .map(|path| {
             let text = source::read_text(&path, MAX_FILE_BYTES.min(budget)).map_err(|message| {
-                if budget < MAX_FILE_BYTES {
+                if budget < MAX_FILE_BYTES && message.starts_with("file is larger") {
                     format!(
-                        "{message} (manifests may hold {} MiB in all)",
+                        "not read: the manifests before it hold nearly {} MiB, the most read in all",
                         MAX_TOTAL_BYTES >> 20
                     )
                 } else {

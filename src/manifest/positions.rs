@@ -50,16 +50,24 @@ impl PositionIndex {
         let Some(fields) = self.documents.get(doc) else {
             return Position::default();
         };
-        let mut path = path;
-        loop {
-            if let Some(position) = fields.get(path) {
-                return *position;
-            }
-            match path.rfind(['.', '[']) {
-                Some(cut) => path = &path[..cut],
-                None => return fields.get("").copied().unwrap_or_default(),
+        if let Some(position) = fields.get(path) {
+            return *position;
+        }
+        // The longest indexed prefix, walking from the front: keys may hold dots, and cutting
+        // a 4 MiB key one dot at a time from the back would take quadratic time. Every level
+        // of a real path is indexed, and there are at most MAX_DEPTH of them.
+        let mut found = fields.get("").copied().unwrap_or_default();
+        let cuts = path
+            .match_indices(['.', '['])
+            .map(|(at, _)| at)
+            .skip_while(|&at| at == 0);
+        for cut in cuts.take(2 * MAX_DEPTH) {
+            match fields.get(&path[..cut]) {
+                Some(position) => found = *position,
+                None => break,
             }
         }
+        found
     }
 }
 
@@ -80,6 +88,19 @@ impl Builder {
             line: mark.line(),
             column: mark.col() + 1,
         }
+    }
+
+    /// The path of an alias or collection that starts now. As a mapping key (`? [a, b]`,
+    /// `*alias :`) it gets a path no field has, and the value that follows stays a value.
+    fn node_path(&mut self) -> String {
+        if let Some(path) = self.value_path() {
+            return path;
+        }
+        let Some(Frame::Mapping { path, key }) = self.stack.last_mut() else {
+            return String::new();
+        };
+        *key = Some("?".into());
+        format!("{path}.?")
     }
 
     /// The path of the node that starts now; `None` when it is a mapping key.
@@ -137,17 +158,16 @@ impl MarkedEventReceiver for Builder {
                 }
             },
             Event::Alias(_) => {
-                if let Some(path) = self.value_path() {
-                    self.record(&path, &mark);
-                }
+                let path = self.node_path();
+                self.record(&path, &mark);
             }
             Event::MappingStart(..) => {
                 // Block mappings start where their first key is; that key records the path.
-                let path = self.value_path().unwrap_or_default();
+                let path = self.node_path();
                 self.stack.push(Frame::Mapping { path, key: None });
             }
             Event::SequenceStart(..) => {
-                let path = self.value_path().unwrap_or_default();
+                let path = self.node_path();
                 self.record(&path, &mark);
                 self.stack.push(Frame::Sequence { path, next: 0 });
             }
@@ -205,6 +225,21 @@ metadata: {name: b}
         let index = PositionIndex::build(&format!("a:\n{}x\n", "- ".repeat(100_000)));
         assert_eq!(index.find(0, "a"), Position { line: 1, column: 1 });
         assert_eq!(index.find(0, "a[0][0]"), Position { line: 2, column: 5 });
+    }
+
+    #[test]
+    fn complex_and_alias_keys_keep_values_in_place() {
+        let index = PositionIndex::build("a: &k x\nb:\n  ? *k\n  : 1\n  ? [p, q]\n  : 2\n  c: 3\n");
+        assert_eq!(index.find(0, "b.c"), Position { line: 7, column: 3 });
+        // Aliases are not resolved: a field behind one falls back to its mapping.
+        assert_eq!(index.find(0, "b.x"), Position { line: 2, column: 1 });
+    }
+
+    #[test]
+    fn a_dotted_key_missing_from_the_index_is_not_cut_a_dot_at_a_time() {
+        let index = PositionIndex::build("a: 1\n");
+        let path = format!("a.{}", ".".repeat(1 << 20));
+        assert_eq!(index.find(0, &path), Position { line: 1, column: 1 });
     }
 
     #[test]

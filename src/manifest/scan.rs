@@ -11,7 +11,10 @@ use yaml_rust2::scanner::{Marker, Scanner, Token, TokenType};
 /// Deepest nesting of sequences and mappings accepted (a manifest needs about 6).
 pub const MAX_DEPTH: usize = 64;
 /// Most YAML documents accepted in one manifest file.
-pub const MAX_DOCUMENTS: usize = 10_000;
+pub const MAX_DOCUMENTS: usize = 1_000;
+/// Most nodes (scalars, aliases, sequences, mappings) in one file, aliases unexpanded: a key
+/// takes about 40. Bounds serde_yaml's per-document event buffer and the position index.
+pub const MAX_NODES: usize = 100_000;
 /// Most nodes that aliases may add to a file once expanded (a billion-laughs bomb adds 10^9).
 pub const MAX_ALIAS_NODES: u64 = 100_000;
 
@@ -42,6 +45,7 @@ pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
     let mut anchors: HashMap<usize, u64> = HashMap::new();
     let mut added: u64 = 0;
     let mut documents = 0;
+    let mut nodes = 0;
     loop {
         let (event, mark) = parser.next_token().map_err(|err| {
             if err.info().ends_with("found unknown anchor") {
@@ -58,6 +62,20 @@ pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
             column: mark.col() + 1,
             message,
         };
+        if matches!(
+            event,
+            Event::Scalar(..)
+                | Event::Alias(_)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+        ) {
+            nodes += 1;
+            if nodes > MAX_NODES {
+                return Err(refuse(format!(
+                    "more than {MAX_NODES} YAML nodes in one file; split it"
+                )));
+            }
+        }
         let (size, anchor) = match event {
             Event::StreamEnd => break,
             Event::DocumentStart => {
@@ -230,9 +248,23 @@ mod tests {
     #[test]
     fn refuses_too_many_documents() {
         let refusal = refused(&"---\n".repeat(MAX_DOCUMENTS + 1));
-        assert!(refusal.message.contains("more than 10000"), "{refusal:?}");
+        assert!(
+            refusal.message.contains("more than 1000 YAML"),
+            "{refusal:?}"
+        );
         assert_eq!(refusal.line, MAX_DOCUMENTS + 1);
         assert!(scan("a: 1\n---\nb: 2\n", 1).is_err());
+    }
+
+    #[test]
+    fn refuses_too_many_nodes() {
+        let text = format!("a: [{}x]\n", "x, ".repeat(MAX_NODES));
+        let refusal = refused(&text);
+        assert!(
+            refusal.message.contains("more than 100000 YAML nodes"),
+            "{refusal:?}"
+        );
+        scan(&format!("a: [{}x]\n", "x, ".repeat(MAX_NODES - 4)), 1).unwrap();
     }
 
     #[test]
