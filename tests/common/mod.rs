@@ -91,22 +91,12 @@ impl Install {
         self.keyprov_env(args, &[])
     }
 
+    /// [`Install::keyprov`] with extra environment variables.
     pub fn keyprov_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keyprov"));
-        command.args(args).arg("--config").arg(self.config());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("AWS_") || name.starts_with("KEYPROV_") || name == "RUST_LOG" {
-                command.env_remove(name);
-            }
-        }
-        command.env("AWS_EC2_METADATA_DISABLED", "true");
-        for (k, v) in &self.env {
-            command.env(k, v);
-        }
+        let mut command = self.command(args);
         for (k, v) in env {
             command.env(k, v);
         }
-        command.current_dir(self.root());
         command.output().expect("keyprov runs").into()
     }
 
