@@ -7,7 +7,7 @@
 #   bench/fuzz.sh [SECONDS]
 # Environment: TARGETS (default "manifest config"), MAX_LEN (default 16384 bytes),
 #   SANITIZER (default none: the stable toolchain cannot link ASan; "address" needs
-#   RUSTC_BOOTSTRAP=1), JOBS nice level NICE (default 19).
+#   RUSTC_BOOTSTRAP=1), NICE (nice level, default 19).
 # Seeds: fuzz/seeds/<target>, tests/corpus (invalid manifests and past findings) and config/.
 # The growing corpus lives in fuzz/corpus/<target> (git-ignored). A finding becomes a
 # regression test: copy it to tests/corpus/fuzz/<target>/ and give it an expectation in
@@ -54,11 +54,11 @@ for target in $targets; do
   last=$(grep -E '^#[0-9]+' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
   ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
-  corpus=$(ls "corpus/$target" | wc -l)
+  corpus=$(grep -o 'corp: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
   found=$(ls "artifacts/$target" | grep -Ev '^fuzz.log$' || true)
   after=$(wc -w <<<"$found")
   summary+=("$(printf '%-9s %-8s %12s %8s %6s %7s %7s %8s %s' "$target" "$result" "${execs:-?}" \
-    "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corpus" "${rss:-?}" \
+    "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corpus:-?}" "${rss:-?}" \
     "$( ((after > before)) && echo "$found" | tr '\n' ' ')")")
   if [ "$result" != clean ]; then
     grep -E 'ERROR: libFuzzer|panicked at|SUMMARY|Test unit written' "$log" | head -5 >&2 || true

@@ -361,7 +361,9 @@ impl Config {
             }
         }
         let level = doc.log.level.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        // tracing-subscriber 0.3 panics on some non-ASCII filters (it slices at char counts).
+        let printable = level.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        if !printable || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             field_error(
                 "log.level",
                 format!("invalid level {level:?}, expected error, warn, info, debug or trace"),
@@ -522,6 +524,11 @@ mod tests {
                 "3:15: hooks.env[0]: \"A=B\" is not",
             ),
             ("a: &x 1\nb: *y\n", "4:4: : alias *y refers to no anchor"),
+            // A fuzz finding: tracing-subscriber panicked on it.
+            (
+                "log: {level: \"a, de2\u{a5}22\u{a5}2\u{a5} \u{a5} \u{a5}\u{a5}22\u{a5}2\u{a5} \u{a5} \u{a5}[\u{a5}\"}\n",
+                "3:7: log.level: invalid level",
+            ),
             (
                 "---\na: 1\n---\nb: 2\n",
                 "3:1: : more than 1 YAML documents",

@@ -18,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::DeserializeSeed;
 
 pub use diagnostics::{Diagnostic, display_path};
 pub use model::{FileOutput, Format, Hook, KeyPair, Output, Rotation, SecretsManagerOutput};
@@ -246,26 +247,45 @@ fn parse_file(path: PathBuf, text: Result<String, String>, ctx: &Context) -> Man
 }
 
 /// Deserializes and validates every document of `text` into `file`; returns how many documents
-/// were not empty. Stops at the first error that is not a data error of one document.
+/// were not empty.
+///
+/// Two passes. The first walks each document as serde_yaml sees it (any YAML, limits
+/// checked, see [`scan::Walk`]) and stops at the first error: a syntax error, or a limit.
+/// serde_yaml reports a document's syntax error only after its data errors, and after an
+/// unknown anchor the next document starts in the middle of the broken one, where serde_yaml
+/// panics; so only the documents before the first error are deserialized, in the second pass,
+/// where every error is a data error of its document and the next one can still be read.
 fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize {
+    let budget = std::cell::Cell::new(0);
+    let mut sound = 0;
+    let mut broken = None;
+    // The scan bounds the documents; `take` bounds this loop even if libyaml disagreed with it
+    // (after an error libyaml repeats it forever).
+    for deserializer in serde_yaml::Deserializer::from_str(text).take(scan::MAX_DOCUMENTS + 1) {
+        match guarded(|| scan::Walk::new(&budget).deserialize(deserializer)) {
+            Ok(Ok(())) => sound += 1,
+            Ok(Err(err)) => {
+                broken = Some(serde_diagnostic(&file.path, &err));
+                break;
+            }
+            Err(message) => {
+                broken = Some(file_diagnostic(&file.path, message));
+                break;
+            }
+        }
+    }
     let mut documents = 0;
-    // The scan bounds the documents; `take` keeps this loop bounded even if libyaml, which
-    // repeats its last error forever, disagreed with it.
-    let stream = serde_yaml::Deserializer::from_str(text).take(scan::MAX_DOCUMENTS + 1);
+    let stream = serde_yaml::Deserializer::from_str(text).take(sound);
     for (doc, deserializer) in stream.enumerate() {
-        // serde_yaml 0.9 has reachable panics; a hostile file must not take the daemon down.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Option::<document::Document>::deserialize(deserializer)
-        }));
-        let Ok(parsed) = parsed else {
-            file.diagnostics.push(file_diagnostic(
-                &file.path,
-                format!(
-                    "document {} could not be parsed (the YAML parser failed)",
-                    doc + 1
-                ),
-            ));
-            break;
+        let parsed = match guarded(|| Option::<document::Document>::deserialize(deserializer)) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                file.diagnostics.push(file_diagnostic(
+                    &file.path,
+                    format!("document {}: {message}", doc + 1),
+                ));
+                break;
+            }
         };
         match parsed {
             Ok(None) => {}
@@ -285,35 +305,21 @@ fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize 
             Err(err) => {
                 documents += 1;
                 file.diagnostics.push(serde_diagnostic(&file.path, &err));
-                if !is_data_error(&err) {
-                    // After a syntax error the rest of the stream cannot be trusted: libyaml
-                    // repeats the error forever, and serde_yaml may panic on what follows.
-                    break;
-                }
             }
         }
+    }
+    if let Some(diagnostic) = broken {
+        documents += 1;
+        file.diagnostics.push(diagnostic);
     }
     documents
 }
 
-/// True for an error in the data of one well-formed document (a wrong type, a missing or
-/// unknown field), after which the next document can still be read. Anything else (libyaml's
-/// syntax errors, unknown anchors, recursion or repetition limits, end of stream) ends the file.
-fn is_data_error(err: &serde_yaml::Error) -> bool {
-    // serde_yaml does not expose its error kinds: libyaml errors debug-print as a struct,
-    // serde messages as `Error("...")`.
-    let debug = format!("{err:?}");
-    let Some(message) = debug.strip_prefix("Error(\"") else {
-        return false;
-    };
-    const NOT_DATA: [&str; 5] = [
-        "unknown anchor",
-        "recursion limit exceeded",
-        "repetition limit exceeded",
-        "EOF while parsing a value",
-        "deserializing from YAML containing more than one document",
-    ];
-    !NOT_DATA.iter().any(|m| message.starts_with(m))
+/// Runs `parse`, turning a panic into a message: serde_yaml 0.9 has reachable panics, and a
+/// hostile file must not take the daemon down (the fuzz targets still see the panic).
+fn guarded<T>(parse: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .map_err(|_| "the YAML parser failed on this document (internal error)".to_string())
 }
 
 /// Splits serde_yaml's `path: message at line L column C` into a positioned diagnostic.

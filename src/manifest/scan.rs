@@ -178,6 +178,134 @@ fn undefined_alias(text: &str, mark: &Marker) -> Refusal {
     }
 }
 
+/// Most nodes serde_yaml may visit in one file, aliases expanded: [`MAX_NODES`] plus
+/// [`MAX_ALIAS_NODES`].
+pub const MAX_EXPANDED_NODES: usize = MAX_NODES + MAX_ALIAS_NODES as usize;
+
+/// A seed that walks one document as serde_yaml (libyaml) sees it, aliases expanded, counting
+/// nodes against a budget shared by the documents of a file and refusing nesting deeper than
+/// [`MAX_DEPTH`]. It accepts any YAML, so an error it returns is a limit or a syntax error,
+/// never a data error. yaml-rust2 and libyaml do not always agree (a `--- |` line inside a
+/// block scalar, libyaml's 1024-character limit on implicit keys), so [`scan`] alone cannot
+/// vouch for what serde_yaml will see.
+#[derive(Clone, Copy)]
+pub struct Walk<'a> {
+    budget: &'a std::cell::Cell<usize>,
+    depth: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// A walk of a new document drawing on `budget` (nodes visited so far in the file).
+    pub fn new(budget: &'a std::cell::Cell<usize>) -> Self {
+        Walk { budget, depth: 0 }
+    }
+
+    fn child<E: serde::de::Error>(&self) -> Result<Walk<'a>, E> {
+        let visited = self.budget.get() + 1;
+        if visited > MAX_EXPANDED_NODES {
+            return Err(E::custom(format!(
+                "more than {MAX_EXPANDED_NODES} YAML nodes once aliases are expanded; split the file"
+            )));
+        }
+        if self.depth >= MAX_DEPTH {
+            return Err(E::custom(format!(
+                "nested deeper than {MAX_DEPTH} levels; a manifest needs far fewer"
+            )));
+        }
+        self.budget.set(visited);
+        Ok(Walk {
+            budget: self.budget,
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.child().map(drop)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let child = self.child()?;
+        while seq.next_element_seed(child)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let child = self.child()?;
+        while map.next_key_seed(child)?.is_some() {
+            map.next_value_seed(child)?;
+        }
+        Ok(())
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        // A tagged node (`!tag value`): the tag, then the value.
+        let child = self.child()?;
+        let ((), value) = data.variant_seed(child)?;
+        value.newtype_variant_seed(child)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
