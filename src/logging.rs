@@ -14,7 +14,11 @@ pub const LOG_ENV: &str = "KEYPROV_LOG";
 const FILE_WATCHERS: [&str; 2] = ["notify", "notify_debouncer_full"];
 
 /// The filter for `spec` (EnvFilter syntax), with [`FILE_WATCHERS`] capped; `None` if invalid.
+/// Only printable ASCII is parsed: EnvFilter panics on some other input (found by fuzzing).
 fn filter(spec: &str) -> Option<EnvFilter> {
+    if !spec.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return None;
+    }
     let mut filter = EnvFilter::try_new(spec).ok()?;
     for target in FILE_WATCHERS.iter().filter(|t| !spec.contains(*t)) {
         filter = filter.add_directive(format!("{target}=info").parse().ok()?);
@@ -51,5 +55,6 @@ mod tests {
         assert!(text("trace").contains("notify_debouncer_full=info"));
         assert!(!text("notify=trace").contains("notify=info"));
         assert!(filter("=garbage=").is_none());
+        assert!(filter("info,\u{1F511}=trace").is_none());
     }
 }
