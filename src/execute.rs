@@ -127,6 +127,37 @@ pub async fn execute<P: Provider>(
     outcomes
 }
 
+/// A whole version of key `name` from the intact files of several outputs, if they add up to
+/// one.
+fn assemble(name: &str, parts: &[file::VersionParts]) -> Option<StoredVersion> {
+    let meta = parts
+        .iter()
+        .filter_map(|p| p.meta.as_ref().ok())
+        .find(|m| m.name == name)?;
+    let agree = |m: &VersionMeta| m.public_key_sha256 == meta.public_key_sha256;
+    if parts
+        .iter()
+        .filter_map(|p| p.meta.as_ref().ok())
+        .any(|m| !agree(m))
+    {
+        return None;
+    }
+    let public_key_der = parts
+        .iter()
+        .filter_map(|p| p.public_key_der.as_ref().ok())
+        .find(|der| crate::store::public_key_sha256(der) == meta.public_key_sha256)?;
+    let private_key_ciphertext = parts
+        .iter()
+        .filter_map(|p| p.private_key_ciphertext.as_ref().ok())
+        .find(|c| file::ciphertext_matches(meta, c))?;
+    Some(StoredVersion {
+        meta: meta.clone(),
+        public_key_der: public_key_der.clone(),
+        private_key_ciphertext: private_key_ciphertext.clone(),
+        private_key: None,
+    })
+}
+
 /// A token bucket of one second's worth of requests.
 pub fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
     let per_second = per_second.clamp(0.001, 1_000_000.0);
@@ -229,7 +260,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     damaged,
                 } => {
                     tracing::info!(key = %name, output, reasons = %reasons.join("; "), "repairing");
-                    self.repair(*output, *previous, damaged).await?;
+                    self.repair(*output, *previous, damaged, reasons).await?;
                 }
                 Action::Prune {
                     output,
@@ -318,18 +349,28 @@ impl<P: Provider> KeyContext<'_, P> {
     }
 
     /// Reads `generation` whole from the first output (other than `except`) holding an
-    /// intact copy of it.
+    /// intact copy of it; failing that, puts it together from the intact files of every
+    /// output (each checked against a meta.json that shares the generation's public key hash).
     fn read_intact(&self, generation: u32, except: Option<usize>) -> Result<StoredVersion, String> {
         let name = &self.key.name;
         let mut problems = Vec::new();
+        let mut parts = Vec::new();
         for (i, output) in file_outputs(self.key) {
-            if Some(i) == except || !file::has_version(output, generation).unwrap_or(false) {
+            if !file::has_version(output, generation).unwrap_or(false) {
                 continue;
             }
-            match file::read_version(output, generation) {
-                Ok(version) => return Ok(version),
-                Err(err) => problems.push(err.to_string()),
+            if Some(i) != except {
+                match file::read_version(output, generation) {
+                    Ok(version) => return Ok(version),
+                    Err(err) => problems.push(err.to_string()),
+                }
             }
+            if let Ok(found) = file::read_parts(output, generation) {
+                parts.push(found);
+            }
+        }
+        if let Some(version) = assemble(name, &parts) {
+            return Ok(version);
         }
         Err(if problems.is_empty() {
             format!("key {name:?}: no other output holds generation {generation} to copy from")
@@ -376,6 +417,7 @@ impl<P: Provider> KeyContext<'_, P> {
         index: usize,
         previous: Option<u32>,
         damaged: &[u32],
+        reasons: &[String],
     ) -> Result<(), String> {
         let name = &self.key.name;
         let output = self.file(index)?;
@@ -383,10 +425,11 @@ impl<P: Provider> KeyContext<'_, P> {
         for &generation in damaged {
             let mut version = self.read_intact(generation, Some(index)).map_err(|err| {
                 format!(
-                    "{err}. Generation {generation} in {} is damaged and nothing was changed: \
-                     restore its files from a backup, or replace the pair with \
+                    "{err}. Generation {generation} in {} is damaged ({}) and nothing was \
+                     changed: restore its files from a backup, or replace the pair with \
                      `keyprov rotate {name} --now`",
-                    output.dir.display()
+                    output.dir.display(),
+                    reasons.join("; ")
                 )
             })?;
             if self.key.include_plaintext {

@@ -305,3 +305,48 @@ fn outputs_holding_different_pairs_of_one_generation_are_never_reported_converge
         run.all()
     );
 }
+
+/// Issue 8 item 7: a file deleted in one output is copied back from the other, and with no
+/// intact copy the key fails naming the file, changing nothing.
+#[test]
+fn deleted_files_are_restored_from_the_other_output_or_the_key_fails() {
+    let install = Install::new("");
+    install.manifest(
+        "alpha.yaml",
+        &key("alpha", "", &["file: {}", "file: {dir: alpha-copy}"]),
+    );
+    install.manifest("beta.yaml", &key("beta", "", &["file: {}"]));
+    install.run_once(0);
+    let (first, second) = (install.key_dir("alpha"), install.state().join("alpha-copy"));
+    let public = std::fs::read(first.join("v0001/public.pem")).unwrap();
+    let ciphertext = std::fs::read(second.join("v0001/private.enc")).unwrap();
+    std::fs::remove_file(first.join("v0001/public.pem")).unwrap();
+    std::fs::remove_file(second.join("v0001/private.enc")).unwrap();
+    let beta = install.key_dir("beta");
+    std::fs::remove_file(beta.join("v0001/private.enc")).unwrap();
+    let before = snapshot(&beta);
+
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.all()
+            .contains("keys/beta is damaged (v0001/private.enc is missing)"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        snapshot(&beta),
+        before,
+        "a key without an intact copy changed"
+    );
+    assert_eq!(
+        std::fs::read(first.join("v0001/public.pem")).unwrap(),
+        public
+    );
+    assert_eq!(
+        std::fs::read(second.join("v0001/private.enc")).unwrap(),
+        ciphertext
+    );
+    let again = install.keyprov(&["run", "--once"]);
+    assert!(again.stdout.contains("1 changed"), "{}", again.all());
+}

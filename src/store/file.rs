@@ -540,8 +540,9 @@ fn check_version_files(
     // meta.json was just read, and shares its mode with public.*: a mode change shows there.
     for (name, mode) in expected_files(output, include_plaintext) {
         let Some(stat) = version.stat(&name) else {
-            if name == public_name(output.format) {
-                // May be rewritten from the other format's file (a format change).
+            let other_public = public_name(other_format(output.format));
+            if name == public_name(output.format) && version.stat(&other_public).is_some() {
+                // A format change: rewritten from the other format's file.
                 drift.push(format!("{vname}/{name} is missing"));
             } else {
                 problems.push(format!("{vname}/{name} is missing"));
@@ -924,33 +925,22 @@ pub fn has_version(output: &FileOutput, generation: u32) -> Result<bool, StoreEr
 
 /// Reads a whole version back, for copying it to another output or decrypting it.
 pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersion, StoreError> {
-    let dir = existing_key_dir(output)?;
-    let version = open_version(&dir, generation)?;
-    let meta = read_version_meta(&version, generation)?;
-    let read_public = |format: Format| {
-        let name = public_name(format);
-        version
-            .read_file(&name)
-            .and_then(|bytes| decode_public(format, &bytes, &version.child_path(&name)))
-    };
-    // The format may have changed since this version was written.
-    let public_key_der =
-        read_public(output.format).or_else(|_| read_public(other_format(output.format)))?;
+    let parts = read_parts(output, generation)?;
+    let meta = parts.meta?;
+    let public_key_der = parts.public_key_der?;
     if public_key_sha256(&public_key_der) != meta.public_key_sha256 {
         return Err(StoreError::Corrupt {
-            path: version.path().display().to_string(),
+            path: version_dir(output, generation).display().to_string(),
             message: "its public key does not match publicKeySha256 of meta.json".into(),
         });
     }
-    let private_key_ciphertext = version.read_file(CIPHERTEXT)?;
-    if private_key_ciphertext.is_empty()
-        || meta
-            .private_key_ciphertext_sha256
-            .as_ref()
-            .is_some_and(|h| *h != public_key_sha256(&private_key_ciphertext))
-    {
+    let private_key_ciphertext = parts.private_key_ciphertext?;
+    if !ciphertext_matches(&meta, &private_key_ciphertext) {
         return Err(StoreError::Corrupt {
-            path: version.child_path(CIPHERTEXT).display().to_string(),
+            path: version_dir(output, generation)
+                .join(CIPHERTEXT)
+                .display()
+                .to_string(),
             message: "is empty or does not match privateKeyCiphertextSha256 of meta.json".into(),
         });
     }
@@ -959,6 +949,48 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
         public_key_der,
         private_key_ciphertext,
         private_key: None,
+    })
+}
+
+/// True when `ciphertext` is one `meta` can vouch for: non-empty, and matching its recorded
+/// hash when there is one.
+pub fn ciphertext_matches(meta: &VersionMeta, ciphertext: &[u8]) -> bool {
+    !ciphertext.is_empty()
+        && meta
+            .private_key_ciphertext_sha256
+            .as_ref()
+            .is_none_or(|h| *h == public_key_sha256(ciphertext))
+}
+
+/// The files of one stored version, each read on its own: a version damaged in one file in
+/// one output and in another file in another output can still be put together whole.
+#[derive(Debug)]
+pub struct VersionParts {
+    /// meta.json.
+    pub meta: Result<VersionMeta, StoreError>,
+    /// The public key (either format), as DER.
+    pub public_key_der: Result<Vec<u8>, StoreError>,
+    /// private.enc.
+    pub private_key_ciphertext: Result<Vec<u8>, StoreError>,
+}
+
+/// Reads the files of `generation` each on its own; fails only when the version directory
+/// cannot be opened.
+pub fn read_parts(output: &FileOutput, generation: u32) -> Result<VersionParts, StoreError> {
+    let dir = existing_key_dir(output)?;
+    let version = open_version(&dir, generation)?;
+    let read_public = |format: Format| {
+        let name = public_name(format);
+        version
+            .read_file(&name)
+            .and_then(|bytes| decode_public(format, &bytes, &version.child_path(&name)))
+    };
+    Ok(VersionParts {
+        meta: read_version_meta(&version, generation),
+        // The format may have changed since this version was written.
+        public_key_der: read_public(output.format)
+            .or_else(|_| read_public(other_format(output.format))),
+        private_key_ciphertext: version.read_file(CIPHERTEXT),
     })
 }
 
