@@ -162,7 +162,12 @@ fn main() -> ExitCode {
             if once {
                 runtime().block_on(reconcile::run_once(&config, None, lock_wait(no_wait)))
             } else {
-                runtime().block_on(keyprov::daemon::run(config))
+                let runtime = runtime();
+                let exit = runtime.block_on(keyprov::daemon::run(config));
+                // A blocking task may still wait for the stateDir lock held by another
+                // keyprov; a stop must not wait for it.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                exit
             }
         }),
         Command::Plan { config } => with_config(&config.path, |config| reconcile::plan(&config)),
