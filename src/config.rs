@@ -361,12 +361,14 @@ impl Config {
             }
         }
         let level = doc.log.level.unwrap_or_else(|| "info".into());
-        // tracing-subscriber 0.3 panics on some non-ASCII filters (it slices at char counts).
-        let printable = level.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-        if !printable || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        let plain = crate::logging::is_plain_filter(&level);
+        if !plain || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             field_error(
                 "log.level",
-                format!("invalid level {level:?}, expected error, warn, info, debug or trace"),
+                format!(
+                    "invalid level {level:?}: expected error, warn, info, debug or trace, or \
+                     comma-separated TARGET=LEVEL directives"
+                ),
             );
         }
         if !problems.is_empty() {

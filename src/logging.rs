@@ -13,10 +13,34 @@ pub const LOG_ENV: &str = "KEYPROV_LOG";
 /// otherwise make an event per line, logged as a line, without end.
 const FILE_WATCHERS: [&str; 2] = ["notify", "notify_debouncer_full"];
 
-/// The filter for `spec` (EnvFilter syntax), with [`FILE_WATCHERS`] capped; `None` if invalid.
-/// Only printable ASCII is parsed: EnvFilter panics on some other input (found by fuzzing).
+/// Levels a filter directive may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// True when `spec` is a plain filter: at most 1 KiB of comma-separated `LEVEL` or
+/// `TARGET=LEVEL` directives (targets: letters, digits, `_`, `-`, `:`). EnvFilter's span and
+/// field matchers (`[span{field=value}]`) compile regexes, which some inputs make take seconds,
+/// and it panics on some non-ASCII input (both found by fuzzing): they are not accepted.
+pub fn is_plain_filter(spec: &str) -> bool {
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let target = |t: &str| {
+        let t = t.trim();
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
+    };
+    spec.len() <= 1024
+        && spec
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                Some((t, l)) => target(t) && level(l),
+                None => level(directive) || target(directive),
+            })
+}
+
+/// The filter for `spec` (EnvFilter syntax, plain directives only: [`is_plain_filter`]), with
+/// [`FILE_WATCHERS`] capped; `None` if invalid.
 fn filter(spec: &str) -> Option<EnvFilter> {
-    if !spec.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+    if !is_plain_filter(spec) {
         return None;
     }
     let mut filter = EnvFilter::try_new(spec).ok()?;
@@ -56,5 +80,10 @@ mod tests {
         assert!(!text("notify=trace").contains("notify=info"));
         assert!(filter("=garbage=").is_none());
         assert!(filter("info,\u{1F511}=trace").is_none());
+        assert!(filter("info,keyprov=debug,aws_smithy_runtime=warn").is_some());
+        assert!(
+            filter("[span{field=x}]=trace").is_none(),
+            "no span or field matchers"
+        );
     }
 }
