@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::manifest::{FileOutput, Format, KeyPair, Output};
+use crate::plan::Link;
 use crate::provider::{AnyProvider, DecryptRequest, PrivateKey, Provider, local};
 use crate::store::{StoredVersion, VersionMeta, file};
 
@@ -193,25 +194,6 @@ fn decode(format: Format, bytes: &[u8], label: &str) -> Result<Zeroizing<Vec<u8>
     }
 }
 
-/// The generation a link (`current`, `next`) of `output` points at; `None` when absent.
-fn link_generation(output: &FileOutput, link: &str) -> Result<Option<u32>, String> {
-    if link == "current" {
-        return file::current_generation(output).map_err(|e| e.to_string());
-    }
-    let path = output.dir.join(link);
-    match std::fs::read_link(&path) {
-        Ok(target) => target
-            .to_str()
-            .and_then(|t| t.strip_prefix('v'))
-            .filter(|d| d.len() >= 4 && d.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|d| d.parse().ok())
-            .map(Some)
-            .ok_or_else(|| format!("points at {}, not a version", target.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read the link: {e}")),
-    }
-}
-
 /// Checks every file of version `generation` of `output`; returns its public key when the
 /// version holds together (public key, meta.json and private key agree).
 async fn check_version(
@@ -373,14 +355,14 @@ async fn verify_key(
         return Err(findings.problems);
     };
     let mut heads = Vec::new();
-    for link in ["current", "next"] {
+    for (link, which) in [("current", Link::Current), ("next", Link::Next)] {
         let mut seen: Option<(&Path, Option<u32>)> = None;
         for output in &outputs {
             let path = output.dir.join(link);
-            let generation = match link_generation(output, link) {
+            let generation = match file::linked_generation(output, which) {
                 Ok(generation) => generation,
                 Err(e) => {
-                    findings.add(&path, e);
+                    findings.add(&path, e.to_string());
                     continue;
                 }
             };
@@ -427,8 +409,8 @@ async fn verify_key(
             }
         }
     }
-    let current = link_generation(first, "current").ok().flatten();
-    let next = link_generation(first, "next").ok().flatten();
+    let current = file::linked_generation(first, Link::Current).ok().flatten();
+    let next = file::linked_generation(first, Link::Next).ok().flatten();
     match current {
         Some(current) if findings.problems.is_empty() => Ok((current, next)),
         _ => Err(findings.problems),

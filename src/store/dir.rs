@@ -129,19 +129,33 @@ impl DirHandle {
             Err(Errno::ENOTDIR) => return Err(not_followed(&path, "not a directory")),
             Err(errno) => return Err(errno_error("cannot open", &path, errno)),
         };
-        let stat = nix::sys::stat::fstat(&fd).map_err(|e| errno_error("cannot stat", &path, e))?;
+        let dir = DirHandle { fd, path };
         // Only keyprov (or root, who could do anything anyway) may own a directory it walks.
+        dir.check_owner(true)?;
+        Ok(Some(dir))
+    }
+
+    /// Refuses this directory unless keyprov's effective user owns it (a key directory).
+    pub fn check_owned_by_us(&self) -> Result<(), StoreError> {
+        self.check_owner(false)
+    }
+
+    /// Refuses this directory unless keyprov's effective user (or, with `or_root`, root)
+    /// owns it.
+    fn check_owner(&self, or_root: bool) -> Result<(), StoreError> {
+        let stat = nix::sys::stat::fstat(&self.fd)
+            .map_err(|e| errno_error("cannot stat", &self.path, e))?;
         let euid = nix::unistd::geteuid().as_raw();
-        if stat.st_uid != euid && stat.st_uid != 0 {
-            return Err(StoreError::Unsafe {
-                path: path.display().to_string(),
-                message: format!(
-                    "is owned by uid {}, not by keyprov (uid {euid}); refusing to write into it",
-                    stat.st_uid
-                ),
-            });
+        if stat.st_uid == euid || (or_root && stat.st_uid == 0) {
+            return Ok(());
         }
-        Ok(Some(DirHandle { fd, path }))
+        Err(StoreError::Unsafe {
+            path: self.path.display().to_string(),
+            message: format!(
+                "is owned by uid {}, not by keyprov (uid {euid}); refusing to write into it",
+                stat.st_uid
+            ),
+        })
     }
 
     /// Creates the directory `name` with exactly `mode` (and `owner`); `Ok(false)` when

@@ -205,27 +205,6 @@ fn relative_dir(output: &FileOutput) -> Result<&Path, StoreError> {
         })
 }
 
-/// Refuses a key directory that is not keyprov's own.
-fn check_owned(dir: &DirHandle) -> Result<(), StoreError> {
-    let euid = nix::unistd::geteuid().as_raw();
-    let owner = nix::sys::stat::fstat(dir)
-        .map_err(|e| StoreError::Io {
-            action: "cannot stat",
-            path: dir.path().display().to_string(),
-            source: e.into(),
-        })?
-        .st_uid;
-    if owner != euid {
-        return Err(StoreError::Unsafe {
-            path: dir.path().display().to_string(),
-            message: format!(
-                "is owned by uid {owner}, not by keyprov (uid {euid}); refusing to use it as a key directory"
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// Opens the key directory of `output` below its root; `None` when it does not exist.
 fn open_key_dir(output: &FileOutput) -> Result<Option<DirHandle>, StoreError> {
     let Some(root) = DirHandle::open_root(&output.root, false)? else {
@@ -233,7 +212,7 @@ fn open_key_dir(output: &FileOutput) -> Result<Option<DirHandle>, StoreError> {
     };
     let dir = root.walk(relative_dir(output)?, None)?;
     if let Some(dir) = &dir {
-        check_owned(dir)?;
+        dir.check_owned_by_us()?;
     }
     Ok(dir)
 }
@@ -278,7 +257,7 @@ fn open_or_start_key_dir(
             })?
     };
     if let Some(dir) = parent.open_dir_os(name)? {
-        check_owned(&dir)?;
+        dir.check_owned_by_us()?;
         return Ok((dir, None));
     }
     // Leftovers of this process id are ours to reuse; others' are collected here too.
@@ -1242,8 +1221,17 @@ pub fn version_dir(output: &FileOutput, generation: u32) -> PathBuf {
 
 /// The generation `current` points at, if any.
 pub fn current_generation(output: &FileOutput) -> Result<Option<u32>, StoreError> {
+    linked_generation(output, Link::Current)
+}
+
+/// The generation `link` (`current` or `next`) points at, if any.
+pub fn linked_generation(output: &FileOutput, link: Link) -> Result<Option<u32>, StoreError> {
+    let name = match link {
+        Link::Current => CURRENT,
+        Link::Next => NEXT,
+    };
     match open_key_dir(output)? {
-        Some(dir) => read_link_generation(&dir, CURRENT),
+        Some(dir) => read_link_generation(&dir, name),
         None => Ok(None),
     }
 }
