@@ -11,12 +11,11 @@ use std::time::{Duration, SystemTime};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
-use crate::group_commit::{Committer, GroupCommit};
 use crate::hooks::{self, HookEvent};
-use crate::manifest::{FileOutput, KeyPair, Output};
+use crate::manifest::KeyPair;
 use crate::plan::{Action, KeyPlan, Link};
 use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
-use crate::store::{StoredVersion, VersionMeta, file};
+use crate::store::{RepairInput, StoreError, StoredVersion, Stores, VersionMeta, VersionParts};
 
 /// How hard the executor may push, and what hooks may see.
 #[derive(Debug, Clone)]
@@ -48,6 +47,7 @@ pub struct Stats {
 /// Runs the plans; returns one outcome per planned key.
 pub async fn execute<P: Provider>(
     provider: Arc<P>,
+    stores: Arc<Stores>,
     keys: &[KeyPair],
     plans: Vec<KeyPlan>,
     now: SystemTime,
@@ -58,8 +58,7 @@ pub async fn execute<P: Provider>(
     // Only provider requests are bounded here: new versions queue for the one writer, so keys
     // waiting on the disk never leave the provider idle.
     let requests = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let group_commit = GroupCommit::start();
-    let limiter = Arc::new(rate_limiter(limits.max_requests_per_second));
+    let limiter = stores.limiter().clone();
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = HashMap::new();
     for plan in plans {
@@ -67,10 +66,10 @@ pub async fn execute<P: Provider>(
             continue;
         };
         let key = (*key).clone();
-        let (provider, requests, committer, limiter, stats, hooks_env) = (
+        let (provider, requests, stores, limiter, stats, hooks_env) = (
             provider.clone(),
             requests.clone(),
-            group_commit.committer(),
+            stores.clone(),
             limiter.clone(),
             stats.clone(),
             limits.hooks_env.clone(),
@@ -81,7 +80,7 @@ pub async fn execute<P: Provider>(
                 key: &key,
                 provider: &*provider,
                 requests: &requests,
-                committer: &committer,
+                stores: &stores,
                 limiter: &limiter,
                 stats: &stats,
                 hooks_env: &hooks_env,
@@ -122,14 +121,13 @@ pub async fn execute<P: Provider>(
             }
         }
     }
-    group_commit.finish().await;
     outcomes.sort_by(|a, b| a.name.cmp(&b.name));
     outcomes
 }
 
 /// A whole version of key `name` from the intact files of several outputs, if they add up to
 /// one.
-fn assemble(name: &str, parts: &[file::VersionParts]) -> Option<StoredVersion> {
+fn assemble(name: &str, parts: &[VersionParts]) -> Option<StoredVersion> {
     let meta = parts
         .iter()
         .filter_map(|p| p.meta.as_ref().ok())
@@ -149,7 +147,7 @@ fn assemble(name: &str, parts: &[file::VersionParts]) -> Option<StoredVersion> {
     let private_key_ciphertext = parts
         .iter()
         .filter_map(|p| p.private_key_ciphertext.as_ref().ok())
-        .find(|c| file::ciphertext_matches(meta, c))?;
+        .find(|c| meta.ciphertext_matches(c))?;
     Some(StoredVersion {
         meta: meta.clone(),
         public_key_der: public_key_der.clone(),
@@ -172,26 +170,38 @@ struct KeyContext<'a, P: Provider> {
     key: &'a KeyPair,
     provider: &'a P,
     requests: &'a Semaphore,
-    committer: &'a Committer,
+    stores: &'a Stores,
     limiter: &'a DefaultDirectRateLimiter,
     stats: &'a Stats,
     hooks_env: &'a [String],
     now: SystemTime,
 }
 
-fn file_outputs(key: &KeyPair) -> impl Iterator<Item = (usize, &FileOutput)> {
-    key.outputs.iter().enumerate().filter_map(|(i, o)| match o {
-        Output::File(file) => Some((i, file)),
-        Output::SecretsManager(_) => None,
-    })
-}
-
 impl<P: Provider> KeyContext<'_, P> {
-    fn file(&self, index: usize) -> Result<&FileOutput, String> {
-        match &self.key.outputs[index] {
-            Output::File(file) => Ok(file),
-            other => Err(format!("{other}: not supported by this build yet")),
+    /// Every output index of the key.
+    fn all_outputs(&self) -> Vec<usize> {
+        (0..self.key.outputs.len()).collect()
+    }
+
+    /// A store failure as this key's error.
+    fn fail(&self, err: impl std::fmt::Display) -> String {
+        format!("key {:?}: {err}", self.key.name)
+    }
+
+    /// The outputs among `indices` that lack `generation`.
+    async fn lacking(&self, indices: &[usize], generation: u32) -> Vec<usize> {
+        let mut lacking = Vec::new();
+        for &i in indices {
+            if !self
+                .stores
+                .has_version(self.key, i, generation)
+                .await
+                .unwrap_or(false)
+            {
+                lacking.push(i);
+            }
         }
+        lacking
     }
 
     async fn run(&self, actions: &[Action]) -> Result<(), String> {
@@ -209,11 +219,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     tracing::info!(key = %name, generation, %reason, staged, "generating");
                     let version = self.generate(*generation, *activates_at).await?;
                     let link = if *staged { Link::Next } else { Link::Current };
-                    let outputs = file_outputs(self.key).map(|(_, o)| o.clone()).collect();
-                    self.committer
-                        .commit(outputs, version, link)
-                        .await
-                        .map_err(|e| format!("key {name:?}: {e}"))?;
+                    self.write_or_adopt(version, link).await?;
                     events.push((
                         if *staged {
                             HookEvent::Publish
@@ -224,13 +230,11 @@ impl<P: Provider> KeyContext<'_, P> {
                     ));
                 }
                 Action::Activate { generation } => {
-                    let lacking: Vec<usize> = file_outputs(self.key)
-                        .filter(|(_, o)| !file::has_version(o, *generation).unwrap_or(false))
-                        .map(|(i, _)| i)
-                        .collect();
+                    let all = self.all_outputs();
+                    let lacking = self.lacking(&all, *generation).await;
                     self.copy(*generation, &lacking, Link::Current).await?;
-                    for (_, output) in file_outputs(self.key) {
-                        self.link(output, *generation, Link::Current)?;
+                    for i in all {
+                        self.link(i, *generation, Link::Current).await?;
                     }
                     tracing::info!(key = %name, generation, "activated staged generation");
                     events.push((HookEvent::Activate, *generation));
@@ -240,17 +244,10 @@ impl<P: Provider> KeyContext<'_, P> {
                     outputs,
                     link,
                 } => {
-                    let lacking: Vec<usize> = outputs
-                        .iter()
-                        .copied()
-                        .filter(|&i| {
-                            self.file(i)
-                                .is_ok_and(|o| !file::has_version(o, *generation).unwrap_or(false))
-                        })
-                        .collect();
+                    let lacking = self.lacking(outputs, *generation).await;
                     self.copy(*generation, &lacking, *link).await?;
                     for &i in outputs {
-                        self.link(self.file(i)?, *generation, *link)?;
+                        self.link(i, *generation, *link).await?;
                     }
                 }
                 Action::Repair {
@@ -267,8 +264,10 @@ impl<P: Provider> KeyContext<'_, P> {
                     generations,
                 } => {
                     tracing::info!(key = %name, output, ?generations, "pruning");
-                    let out = self.file(*output)?;
-                    file::prune(out, generations).map_err(|e| format!("key {name:?}: {e}"))?;
+                    self.stores
+                        .prune(self.key, *output, generations)
+                        .await
+                        .map_err(|e| self.fail(e))?;
                 }
             }
         }
@@ -344,28 +343,80 @@ impl<P: Provider> KeyContext<'_, P> {
             .map_err(|e| format!("key {:?}: {e}", self.key.name))
     }
 
-    fn link(&self, output: &FileOutput, generation: u32, link: Link) -> Result<(), String> {
-        file::link(output, generation, link).map_err(|e| format!("key {:?}: {e}", self.key.name))
+    async fn link(&self, index: usize, generation: u32, link: Link) -> Result<(), String> {
+        self.stores
+            .link(self.key, index, generation, link)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Writes a newly generated version to every output and links it. When a secret already
+    /// holds another pair as this generation (another host won the race to rotate), that pair
+    /// is adopted: read back, decrypted when the plaintext is wanted, written everywhere; the
+    /// new pair is dropped unseen.
+    async fn write_or_adopt(&self, version: StoredVersion, link: Link) -> Result<(), String> {
+        let all = self.all_outputs();
+        let generation = version.meta.generation;
+        match self
+            .stores
+            .write_version(self.key, &all, Arc::new(version), link)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err((Some(winner), StoreError::Taken { location, .. })) => {
+                tracing::info!(key = %self.key.name, generation, %location,
+                    "another writer stored this generation first: adopting its pair");
+                let mut adopted = self
+                    .stores
+                    .read_version(self.key, winner, generation)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                if self.key.include_plaintext {
+                    let key = self
+                        .decrypt(&adopted.meta, &adopted.private_key_ciphertext)
+                        .await?;
+                    adopted.private_key = Some(key);
+                }
+                self.stores
+                    .write_version(self.key, &all, Arc::new(adopted), link)
+                    .await
+                    .map_err(|(_, e)| self.fail(e))?;
+                for i in all {
+                    self.link(i, generation, link).await?;
+                }
+                Ok(())
+            }
+            Err((_, err)) => Err(self.fail(err)),
+        }
     }
 
     /// Reads `generation` whole from the first output (other than `except`) holding an
     /// intact copy of it; failing that, puts it together from the intact files of every
     /// output (each checked against a meta.json that shares the generation's public key hash).
-    fn read_intact(&self, generation: u32, except: Option<usize>) -> Result<StoredVersion, String> {
+    async fn read_intact(
+        &self,
+        generation: u32,
+        except: Option<usize>,
+    ) -> Result<StoredVersion, String> {
         let name = &self.key.name;
         let mut problems = Vec::new();
         let mut parts = Vec::new();
-        for (i, output) in file_outputs(self.key) {
-            if !file::has_version(output, generation).unwrap_or(false) {
+        for i in self.all_outputs() {
+            if !self
+                .stores
+                .has_version(self.key, i, generation)
+                .await
+                .unwrap_or(false)
+            {
                 continue;
             }
             if Some(i) != except {
-                match file::read_version(output, generation) {
+                match self.stores.read_version(self.key, i, generation).await {
                     Ok(version) => return Ok(version),
                     Err(err) => problems.push(err.to_string()),
                 }
             }
-            if let Ok(found) = file::read_parts(output, generation) {
+            if let Ok(found) = self.stores.read_parts(self.key, i, generation).await {
                 parts.push(found);
             }
         }
@@ -388,26 +439,17 @@ impl<P: Provider> KeyContext<'_, P> {
         if targets.is_empty() {
             return Ok(());
         }
-        let mut version = self.read_intact(generation, None)?;
+        let mut version = self.read_intact(generation, None).await?;
         if self.key.include_plaintext {
             let key = self
                 .decrypt(&version.meta, &version.private_key_ciphertext)
                 .await?;
             version.private_key = Some(key);
         }
-        let outputs = targets
-            .iter()
-            .map(|&target| self.file(target))
-            .collect::<Result<Vec<_>, _>>()?;
-        let batch = [file::NewVersion {
-            outputs,
-            version: &version,
-            link,
-        }];
-        file::commit_versions(&batch)
-            .pop()
-            .expect("one result per item")
-            .map_err(|e| format!("key {:?}: {e}", self.key.name))
+        self.stores
+            .write_version(self.key, targets, Arc::new(version), link)
+            .await
+            .map_err(|(_, e)| self.fail(e))
     }
 
     /// Repairs output `index`: `damaged` generations are rewritten from an intact copy in
@@ -420,18 +462,21 @@ impl<P: Provider> KeyContext<'_, P> {
         reasons: &[String],
     ) -> Result<(), String> {
         let name = &self.key.name;
-        let output = self.file(index)?;
+        let output = &self.key.outputs[index];
         let mut intact = Vec::with_capacity(damaged.len());
         for &generation in damaged {
-            let mut version = self.read_intact(generation, Some(index)).map_err(|err| {
-                format!(
-                    "{err}. Generation {generation} in {} is damaged ({}) and nothing was \
-                     changed: restore its files from a backup, or replace the pair with \
-                     `keyprov rotate {name} --now`",
-                    output.dir.display(),
-                    reasons.join("; ")
-                )
-            })?;
+            let mut version = self
+                .read_intact(generation, Some(index))
+                .await
+                .map_err(|err| {
+                    format!(
+                        "{err}. Generation {generation} in {} is damaged ({}) and nothing was \
+                         changed: restore it from a backup, or replace the pair with \
+                         `keyprov rotate {name} --now`",
+                        output.location(),
+                        reasons.join("; ")
+                    )
+                })?;
             if self.key.include_plaintext {
                 let key = self
                     .decrypt(&version.meta, &version.private_key_ciphertext)
@@ -440,28 +485,37 @@ impl<P: Provider> KeyContext<'_, P> {
             }
             intact.push(version);
         }
-        let mut input = file::RepairInput {
+        let mut input = RepairInput {
             include_plaintext: self.key.include_plaintext,
             plaintext: HashMap::new(),
             intact: intact.iter().collect(),
             previous,
         };
         if self.key.include_plaintext {
-            for generation in
-                file::missing_plaintext(output).map_err(|e| format!("key {name:?}: {e}"))?
-            {
+            let missing = self
+                .stores
+                .missing_plaintext(self.key, index)
+                .await
+                .map_err(|e| self.fail(e))?;
+            for generation in missing {
                 if damaged.contains(&generation) {
                     continue;
                 }
-                let version = file::read_version(output, generation)
-                    .map_err(|e| format!("key {name:?}: {e}"))?;
+                let version = self
+                    .stores
+                    .read_version(self.key, index, generation)
+                    .await
+                    .map_err(|e| self.fail(e))?;
                 let key = self
                     .decrypt(&version.meta, &version.private_key_ciphertext)
                     .await?;
                 input.plaintext.insert(generation, key);
             }
         }
-        file::repair(output, &input).map_err(|e| format!("key {name:?}: {e}"))
+        self.stores
+            .repair(self.key, index, &input)
+            .await
+            .map_err(|e| self.fail(e))
     }
 }
 
@@ -523,7 +577,14 @@ mod tests {
         };
         let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
         assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
-        let observed = crate::store::observe_all(&loaded.keys);
+        let limiter = Arc::new(rate_limiter(100.0));
+        let config = crate::config::Config::from_bytes(
+            Path::new("c.yaml"),
+            b"manifests: [m]\nstateDir: /tmp/s\n",
+        )
+        .unwrap();
+        let stores = Arc::new(Stores::new(config.aws, limiter));
+        let observed = stores.observe_all(&loaded.keys).await;
         let now = SystemTime::now();
         let plans = crate::plan::plan(&loaded.keys, &observed, now, None);
         let limits = Limits {
@@ -533,6 +594,7 @@ mod tests {
         };
         let outcomes = execute(
             Arc::new(PanickingProvider),
+            stores,
             &loaded.keys,
             plans,
             now,

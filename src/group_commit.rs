@@ -3,6 +3,8 @@
 //! then costs a few flushes per batch instead of several per key, and the writes never hold up
 //! the provider requests of other keys.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::manifest::FileOutput;
@@ -15,7 +17,7 @@ const MAX_BATCH: usize = 256;
 /// One key's request: its version, the file outputs it goes to, the link it then gets.
 struct Job {
     outputs: Vec<FileOutput>,
-    version: StoredVersion,
+    version: Arc<StoredVersion>,
     link: Link,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -61,7 +63,7 @@ impl Committer {
     pub async fn commit(
         &self,
         outputs: Vec<FileOutput>,
-        version: StoredVersion,
+        version: Arc<StoredVersion>,
         link: Link,
     ) -> Result<(), StoreError> {
         let stopped = || StoreError::Config("the version writer stopped".into());

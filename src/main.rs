@@ -170,14 +170,16 @@ fn main() -> ExitCode {
                 exit
             }
         }),
-        Command::Plan { config } => with_config(&config.path, |config| reconcile::plan(&config)),
+        Command::Plan { config } => with_config(&config.path, |config| {
+            runtime().block_on(reconcile::plan(&config))
+        }),
         Command::Validate { config, paths } => {
             keyprov::logging::init(Default::default(), "warn");
             validate::validate(&config.path, &paths)
         }
-        Command::Status { config, json } => {
-            with_config(&config.path, |config| status::status(&config, json))
-        }
+        Command::Status { config, json } => with_config(&config.path, |config| {
+            runtime().block_on(status::status(&config, json))
+        }),
         Command::Rotate {
             name,
             config,

@@ -12,7 +12,7 @@ use crate::lock;
 use crate::manifest::KeyPair;
 use crate::plan::{self, KeyPlan, RotateRequest};
 use crate::provider::AnyProvider;
-use crate::store;
+use crate::store::Stores;
 
 /// The result of one reconcile, for the daemon and for `run --once`.
 #[derive(Debug, Default)]
@@ -67,6 +67,13 @@ impl Report {
     }
 }
 
+/// The stores of one reconcile, their AWS requests paced by `reconcile.maxRequestsPerSecond`
+/// (shared with the provider).
+pub fn new_stores(config: &Config) -> Stores {
+    let limiter = execute::rate_limiter(config.reconcile.max_requests_per_second);
+    Stores::new(config.aws.clone(), Arc::new(limiter))
+}
+
 fn limits(config: &Config) -> Limits {
     Limits {
         concurrency: config.reconcile.concurrency,
@@ -88,7 +95,7 @@ struct Pending {
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
-fn prepare(config: &Config, rotate: Option<&RotateRequest>) -> Pending {
+async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest>) -> Pending {
     let started = std::time::Instant::now();
     let loaded = super::load_manifests(config);
     tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
@@ -110,7 +117,7 @@ fn prepare(config: &Config, rotate: Option<&RotateRequest>) -> Pending {
         },
         None => loaded.keys,
     };
-    let mut observed = store::observe_all(&pending.keys);
+    let mut observed = stores.observe_all(&pending.keys).await;
     tracing::debug!(elapsed = ?started.elapsed(), "outputs observed");
     for key in &pending.keys {
         let unplannable = match observed.get(&key.name) {
@@ -203,7 +210,8 @@ pub async fn reconcile(
         let provider = provider.clone();
         async move { provider.warm_up().await }
     });
-    let pending = prepare(config, rotate);
+    let stores = Arc::new(new_stores(config));
+    let pending = prepare(config, &stores, rotate).await;
     if pending.plans.is_empty() {
         // Converged: no call will be made, so the client is not worth finishing.
         warm_up.abort();
@@ -226,6 +234,7 @@ pub async fn reconcile(
     let stats = Arc::new(Stats::default());
     let outcomes = execute::execute(
         provider,
+        stores.clone(),
         &pending.keys,
         pending.plans,
         pending.now,
@@ -242,12 +251,20 @@ pub async fn reconcile(
     report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
     // What the changed keys wait for next can only be read after their changes.
     let now = clock::now();
-    let after = pending
+    let mut after = None;
+    for key in pending
         .keys
         .iter()
         .filter(|key| changed.contains(&key.name))
-        .filter_map(|key| plan::next_event(key, &store::observe_key(key).ok()?, now))
-        .min();
+    {
+        if let Ok(outputs) = stores.observe_key(key).await {
+            after = after
+                .into_iter()
+                .chain(plan::next_event(key, &outputs, now))
+                .min();
+        }
+    }
+    stores.finish().await;
     report.next_event = report.next_event.into_iter().chain(after).min();
     report
 }
@@ -268,8 +285,9 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
 }
 
 /// `keyprov plan`: print what `run --once` would do. Exit 3 when changes are pending.
-pub fn plan(config: &Config) -> Exit {
-    let pending = prepare(config, None);
+pub async fn plan(config: &Config) -> Exit {
+    let stores = Arc::new(new_stores(config));
+    let pending = prepare(config, &stores, None).await;
     let mut exit = if pending.invalid {
         Exit::Invalid
     } else {

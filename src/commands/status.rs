@@ -13,7 +13,7 @@ use crate::manifest::{KeyPair, Output};
 use crate::observed::ObservedOutput;
 use crate::plan;
 use crate::schedule::format_time;
-use crate::store::{self, file};
+use crate::store::file;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,10 +126,11 @@ fn orphans(config: &Config, keys: &[KeyPair], frozen: &BTreeSet<String>) -> Vec<
 }
 
 /// Prints the status table, or JSON with `--json`. Exit 1 when a key failed to observe.
-pub fn status(config: &Config, json: bool) -> Exit {
+pub async fn status(config: &Config, json: bool) -> Exit {
     let loaded = super::load_manifests(config);
     let now = clock::now();
-    let observed = store::observe_all(&loaded.keys);
+    let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
+    let observed = stores.observe_all(&loaded.keys).await;
     let keys: Vec<KeyStatus> = loaded
         .keys
         .iter()

@@ -7,7 +7,7 @@
 //! handles ([`DirHandle`]): nothing is ever followed through a symlink. A reader following
 //! `current/` sees the old pair or the new pair, never a mix.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use nix::sys::stat::FileStat;
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::dir::{DirHandle, Owner};
+pub use super::{RepairInput, VersionParts};
 use super::{StoreError, StoredVersion, VersionMeta, public_key_pem, public_key_sha256};
 use crate::manifest::{FileOutput, Format};
 use crate::observed::{Damage, ObservedOutput};
@@ -914,7 +915,7 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
         });
     }
     let private_key_ciphertext = parts.private_key_ciphertext?;
-    if !ciphertext_matches(&meta, &private_key_ciphertext) {
+    if !meta.ciphertext_matches(&private_key_ciphertext) {
         return Err(StoreError::Corrupt {
             path: version_dir(output, generation)
                 .join(CIPHERTEXT)
@@ -929,28 +930,6 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
         private_key_ciphertext,
         private_key: None,
     })
-}
-
-/// True when `ciphertext` is one `meta` can vouch for: non-empty, and matching its recorded
-/// hash when there is one.
-pub fn ciphertext_matches(meta: &VersionMeta, ciphertext: &[u8]) -> bool {
-    !ciphertext.is_empty()
-        && meta
-            .private_key_ciphertext_sha256
-            .as_ref()
-            .is_none_or(|h| *h == public_key_sha256(ciphertext))
-}
-
-/// The files of one stored version, each read on its own: a version damaged in one file in
-/// one output and in another file in another output can still be put together whole.
-#[derive(Debug)]
-pub struct VersionParts {
-    /// meta.json.
-    pub meta: Result<VersionMeta, StoreError>,
-    /// The public key (either format), as DER.
-    pub public_key_der: Result<Vec<u8>, StoreError>,
-    /// private.enc.
-    pub private_key_ciphertext: Result<Vec<u8>, StoreError>,
 }
 
 /// Reads the files of `generation` each on its own; fails only when the version directory
@@ -1067,19 +1046,6 @@ fn replace_file(
         source,
     })?;
     version.rename(&tmp, name)
-}
-
-/// What a repair is given: the settings to apply and what to rewrite.
-#[derive(Debug, Default)]
-pub struct RepairInput<'a> {
-    /// Whether the plaintext private key belongs in every kept version.
-    pub include_plaintext: bool,
-    /// Decrypted keys for versions that lack their plaintext (see [`missing_plaintext`]).
-    pub plaintext: HashMap<u32, PrivateKey>,
-    /// Intact copies (from another output) of damaged versions, rewritten file by file.
-    pub intact: Vec<&'a StoredVersion>,
-    /// What `previous` must point at.
-    pub previous: Option<u32>,
 }
 
 /// Repairs an output in place: leftovers removed, modes and owners set, files of the right

@@ -3,15 +3,25 @@
 
 pub mod dir;
 pub mod file;
+mod file_store;
+pub mod secrets_manager;
+mod stores;
 
-use std::collections::BTreeMap;
+pub use file_store::FileStore;
+pub use secrets_manager::SecretsManagerStore;
+pub use stores::Stores;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{API_VERSION, KeyPair};
-use crate::observed::ObservedVersion;
+use crate::observed::{ObservedOutput, ObservedVersion};
+use crate::plan::Link;
 use crate::provider::{GeneratedPair, PrivateKey};
 use crate::schedule::{format_time, parse_time};
 
@@ -70,6 +80,16 @@ impl VersionMeta {
             public_key_sha256: public_key_sha256(&pair.public_key_der),
             private_key_ciphertext_sha256: Some(public_key_sha256(&pair.private_key_ciphertext)),
         }
+    }
+
+    /// Whether `ciphertext` is this version's private key ciphertext (by its recorded hash;
+    /// any non-empty ciphertext for versions written before the hash was recorded).
+    pub fn ciphertext_matches(&self, ciphertext: &[u8]) -> bool {
+        !ciphertext.is_empty()
+            && self
+                .private_key_ciphertext_sha256
+                .as_ref()
+                .is_none_or(|h| *h == public_key_sha256(ciphertext))
     }
 
     /// The planner's view of this version.
@@ -158,31 +178,134 @@ pub enum StoreError {
     /// The store is not usable as configured.
     #[error("{0}")]
     Config(String),
+    /// Another writer (another host) already stored a different pair as this generation
+    /// under the same request token: nothing was written; the caller adopts the stored one.
+    #[error(
+        "{location}: generation {generation} was already stored by another writer with a different key pair"
+    )]
+    Taken {
+        /// Secret (or path) concerned.
+        location: String,
+        /// The generation concerned.
+        generation: u32,
+    },
     /// One failure shared by several writes (e.g. a failed flush of a whole batch).
     #[error(transparent)]
     Shared(std::sync::Arc<StoreError>),
 }
 
-/// Observes every output of `key`, in manifest order.
-pub fn observe_key(key: &KeyPair) -> Result<Vec<crate::observed::ObservedOutput>, String> {
-    key.outputs
-        .iter()
-        .map(|output| match output {
-            crate::manifest::Output::File(file) => {
-                file::observe(file, &key.name, key.include_plaintext).map_err(|e| e.to_string())
-            }
-            crate::manifest::Output::SecretsManager(secret) => Err(format!(
-                "secretsManager output {}: not supported by this build yet",
-                secret.secret_id
-            )),
-        })
-        .collect()
+/// The files of one stored version, each read on its own: a version damaged in one file in
+/// one output and in another file in another output can still be put together whole.
+#[derive(Debug)]
+pub struct VersionParts {
+    /// meta.json.
+    pub meta: Result<VersionMeta, StoreError>,
+    /// The public key (either format), as DER.
+    pub public_key_der: Result<Vec<u8>, StoreError>,
+    /// private.enc.
+    pub private_key_ciphertext: Result<Vec<u8>, StoreError>,
 }
 
-/// Observes every key, spread over the machine's cores (a no-op reconcile of a large fleet
-/// is dominated by these reads).
-pub fn observe_all(keys: &[KeyPair]) -> crate::observed::Observed {
-    crate::parallel::map(keys, |key| (key.name.clone(), observe_key(key)))
-        .into_iter()
-        .collect()
+/// What a repair is given: the settings to apply and what to rewrite.
+#[derive(Debug, Default)]
+pub struct RepairInput<'a> {
+    /// Whether the plaintext private key belongs in every kept version.
+    pub include_plaintext: bool,
+    /// Decrypted keys for versions that lack their plaintext (see [`Store::missing_plaintext`]).
+    pub plaintext: HashMap<u32, PrivateKey>,
+    /// Intact copies (from another output) of damaged versions, rewritten file by file.
+    pub intact: Vec<&'a StoredVersion>,
+    /// What `previous` must point at.
+    pub previous: Option<u32>,
+}
+
+/// The verbs every kind of output has. The executor and the commands drive outputs only
+/// through [`Stores`], which hands each output to the implementation of its kind; a new kind
+/// of output is one new module implementing this trait plus one arm in [`Stores`].
+///
+/// Every method names the key (for its name, `includePlaintext` and labels) and the output's
+/// manifest settings. Generations are those of [`VersionMeta::generation`].
+pub trait Store: Send + Sync {
+    /// The manifest's settings of one output of this kind.
+    type Output: Send + Sync;
+
+    /// What the output holds for `key`: links, versions present, drift from the manifest,
+    /// damaged linked versions. An output that does not exist yet is empty, not an error.
+    fn observe(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+    ) -> impl Future<Output = Result<ObservedOutput, StoreError>> + Send;
+
+    /// Whether a complete `generation` is present.
+    fn has_version(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+        generation: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads `generation` whole, checked against its meta (public key and ciphertext hashes);
+    /// the plaintext private key is not read.
+    fn read_version(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+        generation: u32,
+    ) -> impl Future<Output = Result<StoredVersion, StoreError>> + Send;
+
+    /// Whatever parts of `generation` can be read, each on its own, so that a version can be
+    /// put together from the intact parts of several outputs.
+    fn read_parts(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+        generation: u32,
+    ) -> impl Future<Output = Result<VersionParts, StoreError>> + Send;
+
+    /// Writes `version` to each of `outputs` durably and gives it `link` there, each output
+    /// all or nothing. A generation once stored is never replaced: a different pair already
+    /// stored as this generation is [`StoreError::Taken`]; the same pair is a no-op.
+    fn write_version(
+        &self,
+        key: &KeyPair,
+        outputs: &[&Self::Output],
+        version: Arc<StoredVersion>,
+        link: Link,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Points `link` at the present `generation`. For [`Link::Current`] `previous` follows to
+    /// the version that was current, and a `next` at or below it goes. Idempotent.
+    fn link(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+        generation: u32,
+        link: Link,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Generations of kept versions that lack the plaintext private key (only asked with
+    /// `includePlaintext`).
+    fn missing_plaintext(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+    ) -> impl Future<Output = Result<Vec<u32>, StoreError>> + Send;
+
+    /// Repairs the output in place as [`RepairInput`] says (drift, damaged linked versions
+    /// rewritten from intact copies, the previous link).
+    fn repair(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+        input: &RepairInput<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes `generations` (never the current one). Idempotent.
+    fn prune(
+        &self,
+        key: &KeyPair,
+        output: &Self::Output,
+        generations: &[u32],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -1,0 +1,223 @@
+//! [`Stores`]: every kind of store of one reconcile, and the one place that hands each output
+//! of a key to the store of its kind.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::{
+    FileStore, RepairInput, SecretsManagerStore, Store, StoreError, StoredVersion, VersionParts,
+    secrets_manager::Limiter,
+};
+use crate::config::AwsSettings;
+use crate::manifest::{KeyPair, Output};
+use crate::observed::{Observed, ObservedOutput};
+use crate::plan::Link;
+
+/// Secrets Manager observations in flight at once.
+const OBSERVE_CONCURRENCY: usize = 32;
+
+/// The stores of one reconcile. [`Stores::finish`] waits for writes handed to a batch writer.
+pub struct Stores {
+    files: FileStore,
+    secrets: SecretsManagerStore,
+    limiter: Arc<Limiter>,
+}
+
+impl Stores {
+    /// The stores, with AWS `settings` for Secrets Manager (its client is built on first use)
+    /// and `limiter` pacing its requests.
+    pub fn new(settings: AwsSettings, limiter: Arc<Limiter>) -> Self {
+        Stores {
+            files: FileStore::start(),
+            secrets: SecretsManagerStore::new(settings, limiter.clone()),
+            limiter,
+        }
+    }
+
+    /// The rate limit every AWS request of this reconcile waits for (KMS and Secrets Manager).
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Waits until every write handed to a batch writer is done (when this is the last
+    /// handle; otherwise the writer stops when the last one goes).
+    pub async fn finish(self: Arc<Self>) {
+        if let Ok(stores) = Arc::try_unwrap(self) {
+            stores.files.finish().await;
+        }
+    }
+
+    /// Observes every output of `key`, in manifest order.
+    pub async fn observe_key(&self, key: &KeyPair) -> Result<Vec<ObservedOutput>, String> {
+        let mut observed = Vec::with_capacity(key.outputs.len());
+        for output in &key.outputs {
+            let one = match output {
+                Output::File(file) => self.files.observe(key, file).await,
+                Output::SecretsManager(secret) => self.secrets.observe(key, secret).await,
+            };
+            observed.push(one.map_err(|e| e.to_string())?);
+        }
+        Ok(observed)
+    }
+
+    /// Observes every key: file outputs on all cores, secrets concurrently (bounded).
+    pub async fn observe_all(&self, keys: &[KeyPair]) -> Observed {
+        let files: Vec<Result<Vec<Option<ObservedOutput>>, String>> =
+            crate::parallel::map(keys, |key| {
+                key.outputs
+                    .iter()
+                    .map(|output| match output {
+                        Output::File(file) => FileStore::observe_now(key, file)
+                            .map(Some)
+                            .map_err(|e| e.to_string()),
+                        Output::SecretsManager(_) => Ok(None),
+                    })
+                    .collect()
+            });
+        futures_util::stream::iter(keys.iter().zip(files))
+            .map(|(key, files)| async move { (key.name.clone(), self.add_secrets(key, files).await) })
+            .buffer_unordered(OBSERVE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Fills the secret slots of one key's observation.
+    async fn add_secrets(
+        &self,
+        key: &KeyPair,
+        files: Result<Vec<Option<ObservedOutput>>, String>,
+    ) -> Result<Vec<ObservedOutput>, String> {
+        let mut slots = files?;
+        for (slot, output) in slots.iter_mut().zip(&key.outputs) {
+            if let Output::SecretsManager(secret) = output {
+                let observed = self.secrets.observe(key, secret).await;
+                *slot = Some(observed.map_err(|e| e.to_string())?);
+            }
+        }
+        Ok(slots.into_iter().flatten().collect())
+    }
+
+    /// Whether output `index` of `key` holds a complete `generation`.
+    pub async fn has_version(
+        &self,
+        key: &KeyPair,
+        index: usize,
+        generation: u32,
+    ) -> Result<bool, StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.has_version(key, o, generation).await,
+            Output::SecretsManager(o) => self.secrets.has_version(key, o, generation).await,
+        }
+    }
+
+    /// [`Store::read_version`] of output `index`.
+    pub async fn read_version(
+        &self,
+        key: &KeyPair,
+        index: usize,
+        generation: u32,
+    ) -> Result<StoredVersion, StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.read_version(key, o, generation).await,
+            Output::SecretsManager(o) => self.secrets.read_version(key, o, generation).await,
+        }
+    }
+
+    /// [`Store::read_parts`] of output `index`.
+    pub async fn read_parts(
+        &self,
+        key: &KeyPair,
+        index: usize,
+        generation: u32,
+    ) -> Result<VersionParts, StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.read_parts(key, o, generation).await,
+            Output::SecretsManager(o) => self.secrets.read_parts(key, o, generation).await,
+        }
+    }
+
+    /// Writes `version` to outputs `indices` of `key` and links it there. Secrets go first:
+    /// a secret is shared by every host, so it decides which pair a generation holds. When
+    /// one already holds another pair as this generation, nothing else is written and
+    /// [`StoreError::Taken`] comes back with that output's index, for the caller to adopt it.
+    pub async fn write_version(
+        &self,
+        key: &KeyPair,
+        indices: &[usize],
+        version: Arc<StoredVersion>,
+        link: Link,
+    ) -> Result<(), (Option<usize>, StoreError)> {
+        for &index in indices {
+            if let Output::SecretsManager(secret) = &key.outputs[index] {
+                self.secrets
+                    .write_version(key, &[secret], version.clone(), link)
+                    .await
+                    .map_err(|e| (Some(index), e))?;
+            }
+        }
+        let files: Vec<_> = indices
+            .iter()
+            .filter_map(|&i| match &key.outputs[i] {
+                Output::File(file) => Some(file),
+                Output::SecretsManager(_) => None,
+            })
+            .collect();
+        self.files
+            .write_version(key, &files, version, link)
+            .await
+            .map_err(|e| (None, e))
+    }
+
+    /// [`Store::link`] of output `index`.
+    pub async fn link(
+        &self,
+        key: &KeyPair,
+        index: usize,
+        generation: u32,
+        link: Link,
+    ) -> Result<(), StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.link(key, o, generation, link).await,
+            Output::SecretsManager(o) => self.secrets.link(key, o, generation, link).await,
+        }
+    }
+
+    /// [`Store::missing_plaintext`] of output `index`.
+    pub async fn missing_plaintext(
+        &self,
+        key: &KeyPair,
+        index: usize,
+    ) -> Result<Vec<u32>, StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.missing_plaintext(key, o).await,
+            Output::SecretsManager(o) => self.secrets.missing_plaintext(key, o).await,
+        }
+    }
+
+    /// [`Store::repair`] of output `index`.
+    pub async fn repair(
+        &self,
+        key: &KeyPair,
+        index: usize,
+        input: &RepairInput<'_>,
+    ) -> Result<(), StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.repair(key, o, input).await,
+            Output::SecretsManager(o) => self.secrets.repair(key, o, input).await,
+        }
+    }
+
+    /// [`Store::prune`] of output `index`.
+    pub async fn prune(
+        &self,
+        key: &KeyPair,
+        index: usize,
+        generations: &[u32],
+    ) -> Result<(), StoreError> {
+        match &key.outputs[index] {
+            Output::File(o) => self.files.prune(key, o, generations).await,
+            Output::SecretsManager(o) => self.secrets.prune(key, o, generations).await,
+        }
+    }
+}
