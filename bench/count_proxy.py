@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""A counting HTTP proxy for benchmarks: forwards every request to UPSTREAM and, on SIGTERM or
+when stdin closes, prints how many requests it saw per `X-Amz-Target` (e.g.
+`secretsmanager.GetSecretValue`, `TrentService.GenerateDataKeyPairWithoutPlaintext`).
+
+    count_proxy.py LISTEN_PORT UPSTREAM_URL
+"""
+import collections
+import http.client
+import http.server
+import signal
+import sys
+import threading
+import urllib.parse
+
+port, upstream = int(sys.argv[1]), urllib.parse.urlparse(sys.argv[2])
+counts = collections.Counter()
+lock = threading.Lock()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with lock:
+            counts[self.headers.get("X-Amz-Target", self.command + " " + self.path)] += 1
+        conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(self.command, self.path, body, headers)
+        reply = conn.getresponse()
+        data = reply.read()
+        self.send_response(reply.status)
+        for k, v in reply.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+def report(*_):
+    for target, n in sorted(counts.items()):
+        print(f"{n} {target}", flush=True)
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, report)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
+signal.pause()
