@@ -60,7 +60,8 @@ async fn main() {
             // A body of keyprov's size: both keys base64, plus room for the meta fields.
             use base64::Engine;
             let b64 = |b: Option<&aws_sdk_kms::primitives::Blob>| {
-                base64::engine::general_purpose::STANDARD.encode(b.map(|b| b.as_ref()).unwrap_or(&[]))
+                base64::engine::general_purpose::STANDARD
+                    .encode(b.map(|b| b.as_ref()).unwrap_or(&[]))
             };
             let body = format!(
                 "{{\"publicKey\":\"{}\",\"privateKeyCiphertext\":\"{}\",\"meta\":\"{}\"}}",

@@ -14,31 +14,46 @@ use crate::exit::Exit;
 use crate::manifest::{FileOutput, Format, KeyPair, Output};
 use crate::plan::Link;
 use crate::provider::{AnyProvider, DecryptRequest, PrivateKey, Provider, local};
-use crate::store::{StoredVersion, VersionMeta, file};
+use crate::store::{StoredVersion, Stores, VersionMeta, file};
 
-/// Reads `generation` (default: current) of `key` from its first file output holding it.
-fn read_stored(key: &KeyPair, generation: Option<u32>) -> Result<StoredVersion, String> {
-    let files = key.outputs.iter().filter_map(|o| match o {
-        Output::File(f) => Some(f),
-        Output::SecretsManager(_) => None,
-    });
-    let mut last_error = format!("key {:?} has no file output to read from", key.name);
-    for output in files {
-        let generation = match generation {
-            Some(g) => g,
-            None => match file::current_generation(output) {
-                Ok(Some(g)) => g,
-                Ok(None) => {
-                    last_error = format!(
+/// Reads `generation` (default: current) of `key` from the first output holding it intact,
+/// files or secrets.
+async fn read_stored(
+    stores: &Stores,
+    key: &KeyPair,
+    generation: Option<u32>,
+) -> Result<StoredVersion, String> {
+    let generation = match generation {
+        Some(g) => g,
+        None => {
+            let observed = stores
+                .observe_key(key)
+                .await
+                .map_err(|e| format!("key {:?}: {e}", key.name))?;
+            match crate::plan::authoritative(&observed).0 {
+                Some(current) => current.generation,
+                None => {
+                    return Err(format!(
                         "key {:?} has no current generation yet (run keyprov run --once)",
                         key.name
-                    );
-                    continue;
+                    ));
                 }
-                Err(e) => return Err(e.to_string()),
-            },
-        };
-        match file::read_version(output, generation) {
+            }
+        }
+    };
+    let mut last_error = format!(
+        "key {:?}: no output holds generation {generation}",
+        key.name
+    );
+    for index in 0..key.outputs.len() {
+        if !stores
+            .has_version(key, index, generation)
+            .await
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        match stores.read_version(key, index, generation).await {
             Ok(version) => return Ok(version),
             Err(e) => last_error = format!("key {:?}: {e}", key.name),
         }
@@ -95,7 +110,8 @@ pub async fn decrypt(
     let loaded = super::load_manifests(config);
     let result = async {
         let key = super::find_key(&loaded, name)?;
-        let stored = read_stored(key, generation)?;
+        let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
+        let stored = read_stored(&stores, key, generation).await?;
         let provider = AnyProvider::from_config(config);
         let private = decrypt_stored(&provider, key, &stored).await?;
         let pem = private.to_pem();
