@@ -1,0 +1,267 @@
+//! What a keyprov secret holds: the SecretString JSON of a version, the request token of a
+//! generation, and keyprov's own staging and tag names.
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::store::{StoreError, StoredVersion, VersionMeta, VersionParts, public_key_pem};
+
+/// Staging label of the version in use.
+pub const CURRENT: &str = "AWSCURRENT";
+/// Staging label Secrets Manager gives the version that was current before.
+pub const PREVIOUS: &str = "AWSPREVIOUS";
+/// Staging label of a published (staged) generation.
+pub const PENDING: &str = "AWSPENDING";
+/// Tag marking a secret keyprov created and may write.
+pub const MANAGED_TAG: &str = "keyprov:managed";
+/// Tag naming the key pair a secret holds.
+pub const NAME_TAG: &str = "keyprov:name";
+/// Largest SecretString keyprov reads (Secrets Manager's own limit).
+pub const MAX_SECRET_STRING: usize = 64 * 1024;
+/// Most versions of a secret keyprov considers.
+pub const MAX_VERSIONS: usize = 100;
+
+/// Namespace of the request tokens (UUIDv5): fixed forever, so every host and every release
+/// derives the same token for the same generation.
+const TOKEN_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1b7c3e-2a4d-5e8f-9b0c-1d2e3f4a5b6c");
+
+/// keyprov's staging label of `generation`, held by every kept version (`keyprov-v0003`).
+pub fn generation_label(generation: u32) -> String {
+    format!("keyprov-{}", crate::store::file::version_name(generation))
+}
+
+/// The generation of a `keyprov-vNNNN` label.
+pub fn parse_generation_label(label: &str) -> Option<u32> {
+    let digits = label.strip_prefix("keyprov-v")?;
+    (digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// `ClientRequestToken` (= VersionId) of `generation` of key `name`: UUIDv5 of
+/// `<name>/<generation>`.
+pub fn version_id(name: &str, generation: u32) -> String {
+    uuid::Uuid::new_v5(&TOKEN_NAMESPACE, format!("{name}/{generation}").as_bytes()).to_string()
+}
+
+/// The SecretString of a version: meta.json's fields, `publicKeyPem`, `privateKeyCiphertext`
+/// (base64) and, only when the version carries it, `privateKeyPem`. Zeroized on drop.
+pub fn secret_string(version: &StoredVersion) -> Result<Zeroizing<String>, StoreError> {
+    use base64::Engine;
+    let meta = serde_json::to_string(&version.meta)
+        .map_err(|e| StoreError::Config(format!("cannot encode the version: {e}")))?;
+    let mut out = Zeroizing::new(String::with_capacity(meta.len() + 4096));
+    out.push_str(meta.strip_suffix('}').unwrap_or(&meta));
+    let quote = |s: &str| serde_json::to_string(s).expect("a string always encodes");
+    out.push_str(",\"publicKeyPem\":");
+    out.push_str(&quote(&public_key_pem(&version.public_key_der)));
+    out.push_str(",\"privateKeyCiphertext\":");
+    out.push_str(&quote(
+        &base64::engine::general_purpose::STANDARD.encode(&version.private_key_ciphertext),
+    ));
+    if let Some(private) = &version.private_key {
+        let pem = private.to_pem();
+        let quoted = Zeroizing::new(quote(&pem));
+        out.push_str(",\"privateKeyPem\":");
+        out.push_str(&quoted);
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// The fields of a SecretString besides the meta.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Keys {
+    public_key_pem: Option<String>,
+    private_key_ciphertext: Option<String>,
+    /// Never kept: only whether it is there.
+    private_key_pem: Option<serde::de::IgnoredAny>,
+}
+
+/// The parts of a SecretString, each checked on its own; `Err` when it is not JSON at all.
+pub fn parse(text: &str, location: &str, generation: u32) -> Result<VersionParts, StoreError> {
+    use base64::Engine;
+    let corrupt = |message: String| StoreError::Corrupt {
+        path: format!("{location} (generation {generation})"),
+        message,
+    };
+    if text.len() > MAX_SECRET_STRING {
+        return Err(corrupt(format!(
+            "the secret value is over {MAX_SECRET_STRING} bytes: not written by keyprov"
+        )));
+    }
+    let mut value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| corrupt(format!("the secret value is not JSON: {e}")))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| corrupt("the secret value is not a JSON object".into()))?;
+    for field in ["publicKeyPem", "privateKeyCiphertext", "privateKeyPem"] {
+        if field == "privateKeyPem" {
+            // The plaintext is dropped from the parsed copy at once.
+            if let Some(serde_json::Value::String(s)) = object.get_mut(field) {
+                zeroize::Zeroize::zeroize(s);
+            }
+        }
+    }
+    let keys: Keys = serde_json::from_value(value.clone())
+        .map_err(|e| corrupt(format!("the secret value is not keyprov's: {e}")))?;
+    let _ = keys.private_key_pem;
+    if let Some(object) = value.as_object_mut() {
+        for field in ["publicKeyPem", "privateKeyCiphertext", "privateKeyPem"] {
+            object.remove(field);
+        }
+    }
+    let meta = serde_json::from_value::<VersionMeta>(value)
+        .map_err(|e| corrupt(format!("the meta fields are not keyprov's: {e}")))
+        .and_then(|meta| {
+            if meta.generation == generation {
+                Ok(meta)
+            } else {
+                Err(corrupt(format!(
+                    "it records generation {}, not {generation}",
+                    meta.generation
+                )))
+            }
+        });
+    let public_key_der = keys
+        .public_key_pem
+        .ok_or_else(|| corrupt("publicKeyPem is missing".into()))
+        .and_then(|text| {
+            pem::parse(text.as_bytes())
+                .ok()
+                .filter(|p| p.tag() == "PUBLIC KEY")
+                .map(|p| p.into_contents())
+                .ok_or_else(|| corrupt("publicKeyPem is not a PEM public key".into()))
+        });
+    let private_key_ciphertext = keys
+        .private_key_ciphertext
+        .ok_or_else(|| corrupt("privateKeyCiphertext is missing".into()))
+        .and_then(|text| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| corrupt(format!("privateKeyCiphertext is not base64: {e}")))
+        });
+    Ok(VersionParts {
+        meta,
+        public_key_der,
+        private_key_ciphertext,
+    })
+}
+
+/// Whether a SecretString carries `privateKeyPem`.
+pub fn has_plaintext(text: &str) -> bool {
+    serde_json::from_str::<Keys>(text).is_ok_and(|k| k.private_key_pem.is_some())
+}
+
+/// A whole version from its parts, checked: the public key and ciphertext match the meta's
+/// hashes and the meta names `name`.
+pub fn whole(parts: VersionParts, name: &str, location: &str) -> Result<StoredVersion, StoreError> {
+    let meta = parts.meta?;
+    let corrupt = |message: &str| StoreError::Corrupt {
+        path: format!("{location} (generation {})", meta.generation),
+        message: message.into(),
+    };
+    if meta.name != name {
+        return Err(corrupt("it holds another key pair (its name differs)"));
+    }
+    let public_key_der = parts.public_key_der?;
+    if crate::store::public_key_sha256(&public_key_der) != meta.public_key_sha256 {
+        return Err(corrupt("its public key does not match publicKeySha256"));
+    }
+    let private_key_ciphertext = parts.private_key_ciphertext?;
+    if !meta.ciphertext_matches(&private_key_ciphertext) {
+        return Err(corrupt(
+            "its private key ciphertext does not match privateKeyCiphertextSha256",
+        ));
+    }
+    Ok(StoredVersion {
+        meta,
+        public_key_der,
+        private_key_ciphertext,
+        private_key: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn version(plaintext: bool) -> StoredVersion {
+        let public_key_der = vec![0x30, 0x59, 1, 2, 3];
+        let private_key_ciphertext = vec![9, 8, 7];
+        StoredVersion {
+            meta: VersionMeta {
+                api_version: "keyprov/v1".into(),
+                name: "k".into(),
+                generation: 3,
+                key_pair_spec: "ECC_NIST_P256".into(),
+                kms_key_arn: "arn:k".into(),
+                encryption_context: BTreeMap::new(),
+                grant_tokens: vec![],
+                spec_fingerprint: "f".into(),
+                created_at: "2026-01-01T00:00:00.000000Z".into(),
+                activates_at: "2026-01-01T00:00:00.000000Z".into(),
+                public_key_sha256: crate::store::public_key_sha256(&public_key_der),
+                private_key_ciphertext_sha256: Some(crate::store::public_key_sha256(
+                    &private_key_ciphertext,
+                )),
+            },
+            public_key_der,
+            private_key_ciphertext,
+            private_key: plaintext.then(|| crate::provider::PrivateKey::from_der(vec![0x30, 1])),
+        }
+    }
+
+    #[test]
+    fn a_version_round_trips_through_its_secret_string() {
+        for plaintext in [false, true] {
+            let text = secret_string(&version(plaintext)).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["generation"], 3);
+            assert_eq!(value["privateKeyCiphertext"], "CQgH");
+            assert!(
+                value["publicKeyPem"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("-----BEGIN PUBLIC KEY-----\n")
+            );
+            assert_eq!(value.get("privateKeyPem").is_some(), plaintext);
+            assert_eq!(has_plaintext(&text), plaintext);
+            let back = whole(parse(&text, "s", 3).unwrap(), "k", "s").unwrap();
+            assert_eq!(back.meta, version(false).meta);
+            assert_eq!(back.public_key_der, version(false).public_key_der);
+            assert!(back.private_key.is_none());
+        }
+    }
+
+    #[test]
+    fn a_tampered_secret_string_is_refused_part_by_part() {
+        let text = secret_string(&version(false)).unwrap();
+        let swapped = text.replace("CQgH", "AAAA");
+        let parts = parse(&swapped, "s", 3).unwrap();
+        assert!(parts.meta.is_ok() && parts.public_key_der.is_ok());
+        let err = whole(parts, "k", "s").unwrap_err().to_string();
+        assert!(err.contains("ciphertext"), "{err}");
+        assert!(whole(parse(&text, "s", 3).unwrap(), "other", "s").is_err());
+        assert!(
+            parse(&text, "s", 4).unwrap().meta.is_err(),
+            "generation checked"
+        );
+        assert!(parse("not json", "s", 3).is_err());
+        assert!(parse(&"x".repeat(MAX_SECRET_STRING + 1), "s", 3).is_err());
+    }
+
+    #[test]
+    fn tokens_and_labels_are_stable() {
+        assert_eq!(version_id("k", 3), version_id("k", 3));
+        assert_ne!(version_id("k", 3), version_id("k", 4));
+        assert_ne!(version_id("k", 3), version_id("l", 3));
+        assert_eq!(generation_label(3), "keyprov-v0003");
+        assert_eq!(parse_generation_label("keyprov-v0003"), Some(3));
+        assert_eq!(parse_generation_label("keyprov-v12345"), Some(12345));
+        assert_eq!(parse_generation_label("AWSCURRENT"), None);
+        assert_eq!(parse_generation_label("keyprov-v3"), None);
+    }
+}

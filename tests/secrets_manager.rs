@@ -1,0 +1,398 @@
+//! Secrets Manager outputs against LocalStack, through the real binary: versions and staging
+//! labels after each step of a key's life, convergence of a file and a secret output by copy,
+//! a foreign secret left alone, and several hosts racing to rotate one secret.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_secretsmanager::Client;
+use common::*;
+
+async fn client(endpoint: &str) -> Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+fn install(endpoint: &str) -> Install {
+    let mut install = Install::new(&format!(
+        "provider: local\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}"
+    ));
+    install.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ];
+    install
+}
+
+fn unique(prefix: &str) -> String {
+    format!("keyprov-test/{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+/// A manifest with a file output and a secret output.
+fn with_secret(name: &str, spec: &str, secret: &str, extra: &str) -> String {
+    manifest(name, spec, extra).replace(
+        "    - file: {}\n",
+        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\", tags: {{env: test}}}}\n"),
+    )
+}
+
+fn at(install: &Install, now: &str, expected: i32) -> Run {
+    let run = install.keyprov_env(&["run", "--once"], &[("KEYPROV_TEST_NOW", now)]);
+    assert_eq!(run.code, expected, "run at {now}: {}", run.all());
+    run
+}
+
+/// Generation label -> staging labels of every labelled version, and the count of all
+/// versions (deprecated included).
+async fn labels(client: &Client, secret: &str) -> (BTreeMap<String, BTreeSet<String>>, usize) {
+    let described = client
+        .describe_secret()
+        .secret_id(secret)
+        .send()
+        .await
+        .unwrap();
+    let mut by_generation = BTreeMap::new();
+    for (_, stages) in described
+        .version_ids_to_stages()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if stages.is_empty() {
+            continue;
+        }
+        let own = stages
+            .iter()
+            .find(|s| s.starts_with("keyprov-v"))
+            .cloned()
+            .unwrap_or_else(|| format!("unlabelled {stages:?}"));
+        by_generation.insert(own, stages.into_iter().collect());
+    }
+    let all = client
+        .list_secret_version_ids()
+        .secret_id(secret)
+        .include_deprecated(true)
+        .send()
+        .await
+        .unwrap();
+    (by_generation, all.versions().len())
+}
+
+fn expect(entries: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+    entries
+        .iter()
+        .map(|(generation, stages)| {
+            let mut set: BTreeSet<String> = stages.iter().map(|s| s.to_string()).collect();
+            set.insert(generation.to_string());
+            (generation.to_string(), set)
+        })
+        .collect()
+}
+
+async fn current_json(client: &Client, secret: &str) -> serde_json::Value {
+    let value = client
+        .get_secret_value()
+        .secret_id(secret)
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_str(value.secret_string().unwrap()).unwrap()
+}
+
+fn file_meta(install: &Install, name: &str) -> serde_json::Value {
+    let text = std::fs::read(install.key_dir(name).join("current/meta.json")).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let secret = unique("life");
+    let install = install(&endpoint);
+    let write = |extra: &str, spec: &str| {
+        install.manifest("k.yaml", &with_secret("life", spec, &secret, extra));
+    };
+    write("  rotation: {every: 1d, keep: 1}\n", "ECC_NIST_P256");
+
+    let run = at(&install, "2030-01-01T00:00:00Z", 0);
+    assert_eq!(provider_calls(&run.stdout), Some(1), "{}", run.stdout);
+    assert_eq!(
+        labels(&sm, &secret).await,
+        (expect(&[("keyprov-v0001", &["AWSCURRENT"])]), 1)
+    );
+    let json = current_json(&sm, &secret).await;
+    assert_eq!(json["generation"], 1);
+    assert_eq!(json["name"], "life");
+    assert!(json.get("privateKeyPem").is_none());
+    assert_eq!(
+        json["publicKeySha256"],
+        file_meta(&install, "life")["publicKeySha256"]
+    );
+    let tags: BTreeMap<String, String> = sm
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .unwrap()
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().into(), t.value().unwrap().into()))
+        .collect();
+    assert_eq!(tags["keyprov:managed"], "true");
+    assert_eq!(tags["keyprov:name"], "life");
+    assert_eq!(tags["env"], "test");
+
+    // No-op: nothing generated, no new version.
+    let run = at(&install, "2030-01-01T12:00:00Z", 0);
+    assert!(
+        run.stdout
+            .contains("1 keys, 0 changed, 0 failed, 0 provider calls"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(labels(&sm, &secret).await.1, 1);
+
+    // Due rotation, keep 1.
+    at(&install, "2030-01-02T00:00:01Z", 0);
+    assert_eq!(
+        labels(&sm, &secret).await,
+        (
+            expect(&[
+                ("keyprov-v0001", &["AWSPREVIOUS"]),
+                ("keyprov-v0002", &["AWSCURRENT"])
+            ]),
+            2
+        )
+    );
+    at(&install, "2030-01-03T00:00:02Z", 0);
+    // v1 lost its labels (keep 1): Secrets Manager deprecates it (LocalStack drops it at once,
+    // AWS later), so only the labelled versions are compared.
+    assert_eq!(
+        labels(&sm, &secret).await.0,
+        expect(&[
+            ("keyprov-v0002", &["AWSPREVIOUS"]),
+            ("keyprov-v0003", &["AWSCURRENT"])
+        ]),
+    );
+
+    // keep 3: nothing more is dropped.
+    write("  rotation: {every: 1d, keep: 3}\n", "ECC_NIST_P256");
+    at(&install, "2030-01-04T00:00:03Z", 0);
+    at(&install, "2030-01-05T00:00:04Z", 0);
+    assert_eq!(
+        labels(&sm, &secret).await.0,
+        expect(&[
+            ("keyprov-v0002", &[]),
+            ("keyprov-v0003", &[]),
+            ("keyprov-v0004", &["AWSPREVIOUS"]),
+            ("keyprov-v0005", &["AWSCURRENT"])
+        ]),
+    );
+
+    // A spec change makes a new version at once.
+    write("  rotation: {every: 1d, keep: 3}\n", "ECC_NIST_P384");
+    let run = at(&install, "2030-01-05T01:00:00Z", 0);
+    assert_eq!(provider_calls(&run.stdout), Some(1), "{}", run.stdout);
+    let json = current_json(&sm, &secret).await;
+    assert_eq!(
+        (json["generation"].as_u64(), json["keyPairSpec"].as_str()),
+        (Some(6), Some("ECC_NIST_P384"))
+    );
+
+    // Staged rotation: published with AWSPENDING, activated later by moving AWSCURRENT.
+    write(
+        "  rotation: {every: 1d, publishAhead: 6h, keep: 1}\n",
+        "ECC_NIST_P384",
+    );
+    at(&install, "2030-01-05T20:00:00Z", 0);
+    let (labelled, _) = labels(&sm, &secret).await;
+    assert_eq!(
+        labelled["keyprov-v0007"],
+        ["AWSPENDING", "keyprov-v0007"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert!(labelled["keyprov-v0006"].contains("AWSCURRENT"));
+    assert_eq!(
+        std::fs::read_link(install.key_dir("life").join("next")).unwrap(),
+        std::path::PathBuf::from("v0007")
+    );
+    let run = at(&install, "2030-01-06T02:00:01Z", 0);
+    assert_eq!(
+        provider_calls(&run.stdout),
+        Some(0),
+        "activation generates nothing: {}",
+        run.stdout
+    );
+    assert_eq!(
+        labels(&sm, &secret).await.0,
+        expect(&[
+            ("keyprov-v0006", &["AWSPREVIOUS"]),
+            ("keyprov-v0007", &["AWSCURRENT"])
+        ])
+    );
+    assert_eq!(file_meta(&install, "life")["generation"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_and_a_secret_output_restore_each_other_without_generating() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let secret = unique("pair");
+    let install = install(&endpoint);
+    install.manifest("k.yaml", &with_secret("pair", "ECC_NIST_P256", &secret, ""));
+    install.run_once(0);
+    let first = file_meta(&install, "pair");
+
+    std::fs::remove_dir_all(install.key_dir("pair")).unwrap();
+    let run = install.run_once(0);
+    assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.stdout);
+    assert_eq!(
+        file_meta(&install, "pair")["publicKeySha256"],
+        first["publicKeySha256"]
+    );
+    assert_eq!(file_meta(&install, "pair")["generation"], 1);
+
+    sm.delete_secret()
+        .secret_id(&secret)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let run = install.run_once(0);
+    assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.stdout);
+    let json = current_json(&sm, &secret).await;
+    assert_eq!(json["publicKeySha256"], first["publicKeySha256"]);
+    assert_eq!(json["generation"], 1);
+    let run = install.run_once(0);
+    assert!(
+        run.stdout.contains("0 changed"),
+        "converged: {}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_secret_is_never_written_and_fails_only_its_key() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let foreign = unique("foreign");
+    sm.create_secret()
+        .name(&foreign)
+        .secret_string("someone else's")
+        .send()
+        .await
+        .unwrap();
+    let before = labels(&sm, &foreign).await;
+    let install = install(&endpoint);
+    install.manifest(
+        "a.yaml",
+        &with_secret("intruder", "ECC_NIST_P256", &foreign, ""),
+    );
+    install.manifest(
+        "b.yaml",
+        &with_secret("fine", "ECC_NIST_P256", &unique("fine"), ""),
+    );
+    let run = install.run_once(1);
+    assert!(
+        run.stderr.contains("not created by keyprov"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout.contains("2 keys, 1 changed, 1 failed"),
+        "{}",
+        run.stdout
+    );
+    let value = sm
+        .get_secret_value()
+        .secret_id(&foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(value.secret_string(), Some("someone else's"));
+    assert_eq!(labels(&sm, &foreign).await, before);
+    let tags = sm
+        .describe_secret()
+        .secret_id(&foreign)
+        .send()
+        .await
+        .unwrap();
+    assert!(tags.tags().is_empty(), "no tag added");
+    assert!(
+        !install.key_dir("intruder").exists(),
+        "the failed key wrote nothing"
+    );
+    assert!(install.key_dir("fine").join("current").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_racing_to_rotate_leave_one_version_per_round() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let secret = unique("race");
+    let hosts: Vec<Install> = (0..3).map(|_| install(&endpoint)).collect();
+    for host in &hosts {
+        host.manifest(
+            "k.yaml",
+            &with_secret(
+                "race",
+                "ECC_NIST_P256",
+                &secret,
+                "  rotation: {every: 1h, keep: 30}\n",
+            ),
+        );
+    }
+    let rounds: u32 = std::env::var("KEYPROV_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut adopted = 0;
+    for round in 0..=rounds {
+        let now = format!("2031-01-01T{:02}:00:01Z", round);
+        let children: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let mut command = host.command(&["run", "--once"]);
+                command.env("KEYPROV_TEST_NOW", &now);
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                command.spawn().unwrap()
+            })
+            .collect();
+        for child in children {
+            let run: Run = child.wait_with_output().unwrap().into();
+            assert_eq!(run.code, 0, "round {round}: {}", run.all());
+            if run.stderr.contains("adopting") || run.stdout.contains("adopting") {
+                adopted += 1;
+            }
+        }
+        let (_, versions) = labels(&sm, &secret).await;
+        assert_eq!(
+            versions as u32,
+            round + 1,
+            "round {round}: exactly one new version"
+        );
+        let json = current_json(&sm, &secret).await;
+        assert_eq!(json["generation"].as_u64(), Some(u64::from(round) + 1));
+        for host in &hosts {
+            let meta = file_meta(host, "race");
+            assert_eq!(meta["generation"], json["generation"], "round {round}");
+            assert_eq!(
+                meta["publicKeySha256"], json["publicKeySha256"],
+                "round {round}"
+            );
+        }
+    }
+    eprintln!("{rounds} rounds, {adopted} runs adopted another host's version");
+}
