@@ -101,6 +101,9 @@ struct AwsDoc {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ReconcileDoc {
+    prune: Option<bool>,
+    scope: Option<String>,
+    prune_recovery_window_days: Option<i64>,
     concurrency: Option<usize>,
     max_requests_per_second: Option<f64>,
     resync_every: Option<String>,
@@ -158,6 +161,15 @@ pub struct ReconcileSettings {
     pub resync_every: Duration,
     /// Quiet time after a manifest change before reloading.
     pub debounce: Duration,
+    /// Remove orphans (outputs keyprov made for keys no manifest defines any more): files
+    /// moved aside, secrets scheduled for deletion. Never in a run with an invalid manifest.
+    pub prune: bool,
+    /// Recovery window of a pruned secret, 7 to 30 days.
+    pub prune_recovery_window_days: i64,
+    /// Which keyprov installation the secrets belong to (tag `keyprov:scope`): orphan secrets
+    /// are looked for only among secrets of this scope, so installations sharing an AWS
+    /// account never prune each other's. Every host of one fleet uses the same scope.
+    pub scope: String,
 }
 
 /// The validated configuration, every path absolute.
@@ -280,6 +292,9 @@ impl Config {
             retry_mode: doc.aws.retry_mode.unwrap_or_default(),
         };
         let reconcile = ReconcileSettings {
+            prune: doc.reconcile.prune.unwrap_or(false),
+            scope: doc.reconcile.scope.unwrap_or_else(|| "default".into()),
+            prune_recovery_window_days: doc.reconcile.prune_recovery_window_days.unwrap_or(30),
             concurrency: doc.reconcile.concurrency.unwrap_or(8),
             max_requests_per_second: doc.reconcile.max_requests_per_second.unwrap_or(20.0),
             resync_every: duration(
@@ -295,6 +310,24 @@ impl Config {
                 MAX_TIMEOUT,
             ),
         };
+        if reconcile.scope.is_empty()
+            || reconcile.scope.len() > 128
+            || !reconcile
+                .scope
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        {
+            field_error(
+                "reconcile.scope",
+                "must be 1 to 128 characters of letters, digits, - _ . /".into(),
+            );
+        }
+        if !(7..=30).contains(&reconcile.prune_recovery_window_days) {
+            field_error(
+                "reconcile.pruneRecoveryWindowDays",
+                "must be 7 to 30 (days Secrets Manager keeps a deleted secret restorable)".into(),
+            );
+        }
         if reconcile.concurrency == 0 {
             field_error("reconcile.concurrency", "must be at least 1".into());
         } else if !CONCURRENCY.contains(&reconcile.concurrency) {

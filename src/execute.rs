@@ -583,7 +583,7 @@ mod tests {
             b"manifests: [m]\nstateDir: /tmp/s\n",
         )
         .unwrap();
-        let stores = Arc::new(Stores::new(config.aws, limiter));
+        let stores = Arc::new(Stores::new(config.aws, "default".into(), limiter));
         let observed = stores.observe_all(&loaded.keys).await;
         let now = SystemTime::now();
         let plans = crate::plan::plan(&loaded.keys, &observed, now, None);

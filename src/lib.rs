@@ -16,6 +16,7 @@ pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod observed;
+pub mod orphans;
 pub mod output;
 pub mod parallel;
 pub mod plan;

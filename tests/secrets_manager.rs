@@ -396,3 +396,135 @@ async fn three_hosts_racing_to_rotate_leave_one_version_per_round() {
     }
     eprintln!("{rounds} rounds, {adopted} runs adopted another host's version");
 }
+
+/// Rewrites the config with `reconcile` settings of the test's own.
+fn reconcile_settings(install: &Install, endpoint: &str, reconcile: &str) {
+    std::fs::write(
+        install.config(),
+        format!(
+            "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
+             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n\
+             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000, {reconcile}}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_are_listed_and_removed_only_with_prune_and_every_manifest_valid() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let scope = format!("test-{}", uuid::Uuid::new_v4());
+    let install = install(&endpoint);
+    reconcile_settings(&install, &endpoint, &format!("scope: {scope}"));
+    let gone_secret = unique("gone");
+    install.manifest(
+        "gone.yaml",
+        &with_secret("gone", "ECC_NIST_P256", &gone_secret, ""),
+    );
+    install.manifest(
+        "kept.yaml",
+        &with_secret("kept", "ECC_NIST_P256", &unique("kept"), ""),
+    );
+    install.run_once(0);
+    // Not keyprov's: a directory without a current link.
+    std::fs::create_dir_all(install.key_dir("stranger")).unwrap();
+    std::fs::remove_file(install.manifests().join("gone.yaml")).unwrap();
+
+    let status = install.keyprov(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let orphans: BTreeSet<(String, String)> = json["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap().into(),
+                o["location"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let gone_dir = install.key_dir("gone").display().to_string();
+    assert_eq!(
+        orphans,
+        BTreeSet::from([
+            ("file".to_string(), gone_dir.clone()),
+            ("secretsManager".to_string(), gone_secret.clone())
+        ])
+    );
+    let table = install.keyprov(&["status"]);
+    assert!(
+        table
+            .stdout
+            .contains("orphan (no manifest defines its key; left in place)"),
+        "{}",
+        table.stdout
+    );
+    install.run_once(0);
+    assert!(
+        install.key_dir("gone").join("current").exists(),
+        "left in place without prune"
+    );
+
+    // prune, but a manifest is broken: nothing is removed.
+    reconcile_settings(
+        &install,
+        &endpoint,
+        &format!("scope: {scope}, prune: true, pruneRecoveryWindowDays: 7"),
+    );
+    install.manifest(
+        "broken.yaml",
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: [\n",
+    );
+    let run = install.run_once(2);
+    assert!(
+        run.stderr.contains("reconcile.prune skipped"),
+        "{}",
+        run.all()
+    );
+    assert!(install.key_dir("gone").join("current").exists());
+    let described = sm
+        .describe_secret()
+        .secret_id(&gone_secret)
+        .send()
+        .await
+        .unwrap();
+    assert!(described.deleted_date().is_none());
+
+    // Every manifest valid: the orphans go, the stranger stays.
+    std::fs::remove_file(install.manifests().join("broken.yaml")).unwrap();
+    install.run_once(0);
+    assert!(!install.key_dir("gone").exists());
+    let aside: Vec<String> = std::fs::read_dir(install.state().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".orphaned-gone-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside, not deleted");
+    assert!(
+        install
+            .state()
+            .join("keys")
+            .join(&aside[0])
+            .join("current/meta.json")
+            .exists()
+    );
+    assert!(install.key_dir("stranger").exists());
+    assert!(install.key_dir("kept").join("current").exists());
+    let described = sm
+        .describe_secret()
+        .secret_id(&gone_secret)
+        .send()
+        .await
+        .unwrap();
+    assert!(described.deleted_date().is_some(), "scheduled for deletion");
+    let status = install.keyprov(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        json["orphans"].as_array().unwrap().len(),
+        0,
+        "{}",
+        status.stdout
+    );
+}

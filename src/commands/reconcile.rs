@@ -71,7 +71,11 @@ impl Report {
 /// (shared with the provider).
 pub fn new_stores(config: &Config) -> Stores {
     let limiter = execute::rate_limiter(config.reconcile.max_requests_per_second);
-    Stores::new(config.aws.clone(), Arc::new(limiter))
+    Stores::new(
+        config.aws.clone(),
+        config.reconcile.scope.clone(),
+        Arc::new(limiter),
+    )
 }
 
 fn limits(config: &Config) -> Limits {
@@ -92,6 +96,8 @@ struct Pending {
     failed: Vec<(String, String)>,
     /// The earliest next event among keys with nothing to do now.
     next_event: Option<std::time::SystemTime>,
+    /// Keys whose manifest did not load.
+    frozen: std::collections::BTreeSet<String>,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
@@ -106,6 +112,7 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         plans: Vec::new(),
         failed: Vec::new(),
         next_event: None,
+        frozen: loaded.frozen.clone(),
     };
     pending.keys = match rotate {
         Some(request) => match super::find_key(&loaded, &request.name) {
@@ -247,6 +254,17 @@ pub async fn reconcile(
             .into_iter()
             .filter_map(|o| o.result.err().map(|e| (o.name, e))),
     );
+    if config.reconcile.prune && rotate.is_none() {
+        prune_orphans(
+            config,
+            &stores,
+            &pending.keys,
+            &pending.frozen,
+            pending.invalid,
+            &mut report,
+        )
+        .await;
+    }
     report.failed.sort();
     report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
     // What the changed keys wait for next can only be read after their changes.
@@ -267,6 +285,42 @@ pub async fn reconcile(
     stores.finish().await;
     report.next_event = report.next_event.into_iter().chain(after).min();
     report
+}
+
+/// `reconcile.prune`: removes the orphans, unless some manifest did not load (its keys might
+/// look like orphans).
+async fn prune_orphans(
+    config: &Config,
+    stores: &Stores,
+    keys: &[KeyPair],
+    frozen: &std::collections::BTreeSet<String>,
+    invalid: bool,
+    report: &mut Report,
+) {
+    if invalid || !frozen.is_empty() {
+        tracing::warn!(
+            "reconcile.prune skipped: a manifest failed to load, so its keys could look like orphans; fix it first"
+        );
+        return;
+    }
+    let orphans = match crate::orphans::find(config, keys, frozen, stores.secrets()).await {
+        Ok(orphans) => orphans,
+        Err(err) => {
+            report
+                .failed
+                .push(("orphans".into(), format!("cannot list orphans: {err}")));
+            return;
+        }
+    };
+    for (orphan, result) in crate::orphans::prune(config, &orphans, stores.secrets()).await {
+        match result {
+            Ok(()) => tracing::info!(%orphan, "pruned an orphan (no manifest defines its key)"),
+            Err(err) => report.failed.push((
+                orphan.to_string(),
+                format!("cannot prune orphan {orphan}: {err}"),
+            )),
+        }
+    }
 }
 
 /// `keyprov run --once` / `keyprov rotate`: reconcile and print a summary line.

@@ -1,7 +1,6 @@
 //! `keyprov status`: every key's generation, spec, age, next rotation and outputs, and the
 //! orphans whose manifest is gone.
 
-use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -41,7 +40,7 @@ struct OutputStatus {
 #[derive(Serialize)]
 struct Status {
     keys: Vec<KeyStatus>,
-    orphans: Vec<String>,
+    orphans: Vec<OrphanStatus>,
 }
 
 fn key_status(
@@ -102,27 +101,11 @@ fn key_status(
     status
 }
 
-/// Key directories under `<stateDir>/keys` that no valid or frozen manifest claims.
-fn orphans(config: &Config, keys: &[KeyPair], frozen: &BTreeSet<String>) -> Vec<String> {
-    let claimed: BTreeSet<_> = keys
-        .iter()
-        .flat_map(|k| k.outputs.iter())
-        .filter_map(|o| match o {
-            Output::File(f) => Some(f.dir.clone()),
-            Output::SecretsManager(_) => None,
-        })
-        .collect();
-    let Ok(entries) = std::fs::read_dir(config.state_dir.join("keys")) else {
-        return Vec::new();
-    };
-    let mut orphans: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && !claimed.contains(&e.path()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !frozen.contains(name))
-        .collect();
-    orphans.sort();
-    orphans
+/// An orphan as `status --json` shows it.
+#[derive(Serialize)]
+struct OrphanStatus {
+    kind: &'static str,
+    location: String,
 }
 
 /// Prints the status table, or JSON with `--json`. Exit 1 when a key failed to observe.
@@ -131,22 +114,34 @@ pub async fn status(config: &Config, json: bool) -> Exit {
     let now = clock::now();
     let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
     let observed = stores.observe_all(&loaded.keys).await;
+    let mut failed_orphans = None;
+    let orphans =
+        match crate::orphans::find(config, &loaded.keys, &loaded.frozen, stores.secrets()).await {
+            Ok(found) => found
+                .iter()
+                .map(|o| OrphanStatus {
+                    kind: o.kind(),
+                    location: o.location(),
+                })
+                .collect(),
+            Err(err) => {
+                failed_orphans = Some(format!("cannot list orphan secrets: {err}"));
+                Vec::new()
+            }
+        };
     let keys: Vec<KeyStatus> = loaded
         .keys
         .iter()
         .map(|key| key_status(key, &observed[&key.name], now))
         .collect();
-    let status = Status {
-        orphans: orphans(config, &loaded.keys, &loaded.frozen),
-        keys,
-    };
+    let status = Status { orphans, keys };
     if json {
         crate::outln!(
             "{}",
             serde_json::to_string_pretty(&status).expect("status serializes")
         );
     } else {
-        print_table(&status, now);
+        print_table(&status, now, config.reconcile.prune);
     }
     let mut exit = if loaded.is_valid() {
         Exit::Ok
@@ -156,10 +151,14 @@ pub async fn status(config: &Config, json: bool) -> Exit {
     if status.keys.iter().any(|k| k.state == "failed") {
         exit = exit.max(Exit::KeyFailed);
     }
+    if let Some(err) = failed_orphans {
+        crate::errln!("error: {err}");
+        exit = exit.max(Exit::KeyFailed);
+    }
     exit
 }
 
-fn print_table(status: &Status, now: SystemTime) {
+fn print_table(status: &Status, now: SystemTime, prune: bool) {
     let width = status
         .keys
         .iter()
@@ -221,6 +220,15 @@ fn print_table(status: &Status, now: SystemTime) {
         }
     }
     for orphan in &status.orphans {
-        crate::outln!("{orphan}: orphan (no manifest defines it; left in place)");
+        crate::outln!(
+            "{}:{}: orphan (no manifest defines its key; {})",
+            orphan.kind,
+            orphan.location,
+            if prune {
+                "reconcile.prune removes it"
+            } else {
+                "left in place"
+            }
+        );
     }
 }

@@ -121,7 +121,8 @@ pub fn version_name(generation: u32) -> String {
     format!("v{generation:04}")
 }
 
-fn parse_version_name(name: &str) -> Option<u32> {
+/// The generation of a `vNNNN` directory name.
+pub fn parse_version_name(name: &str) -> Option<u32> {
     let digits = name.strip_prefix('v')?;
     (digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())

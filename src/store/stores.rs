@@ -27,12 +27,17 @@ pub struct Stores {
 impl Stores {
     /// The stores, with AWS `settings` for Secrets Manager (its client is built on first use)
     /// and `limiter` pacing its requests.
-    pub fn new(settings: AwsSettings, limiter: Arc<Limiter>) -> Self {
+    pub fn new(settings: AwsSettings, scope: String, limiter: Arc<Limiter>) -> Self {
         Stores {
             files: FileStore::start(),
-            secrets: SecretsManagerStore::new(settings, limiter.clone()),
+            secrets: SecretsManagerStore::new(settings, scope, limiter.clone()),
             limiter,
         }
+    }
+
+    /// The Secrets Manager store (for orphan listing and pruning).
+    pub fn secrets(&self) -> &SecretsManagerStore {
+        &self.secrets
     }
 
     /// The rate limit every AWS request of this reconcile waits for (KMS and Secrets Manager).

@@ -14,6 +14,8 @@ pub const PREVIOUS: &str = "AWSPREVIOUS";
 pub const PENDING: &str = "AWSPENDING";
 /// Tag marking a secret keyprov created and may write.
 pub const MANAGED_TAG: &str = "keyprov:managed";
+/// Tag naming the installation (config `reconcile.scope`) a secret belongs to.
+pub const SCOPE_TAG: &str = "keyprov:scope";
 /// Tag naming the key pair a secret holds.
 pub const NAME_TAG: &str = "keyprov:name";
 /// Largest SecretString keyprov reads (Secrets Manager's own limit).

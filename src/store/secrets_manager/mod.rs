@@ -19,7 +19,7 @@ use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use tokio::sync::OnceCell;
 
 use self::errors::{Failure, explain};
-use self::layout::{CURRENT, MANAGED_TAG, NAME_TAG, PENDING, PREVIOUS};
+use self::layout::{CURRENT, MANAGED_TAG, NAME_TAG, PENDING, PREVIOUS, SCOPE_TAG};
 use super::{RepairInput, Store, StoreError, StoredVersion, VersionParts};
 use crate::config::AwsSettings;
 use crate::manifest::{KeyPair, SecretsManagerOutput};
@@ -33,6 +33,7 @@ pub type Limiter = governor::DefaultDirectRateLimiter;
 /// run without secrets never builds it.
 pub struct SecretsManagerStore {
     settings: AwsSettings,
+    scope: String,
     limiter: Arc<Limiter>,
     client: OnceCell<Client>,
     /// Secrets this reconcile has seen to be keyprov's (so a write need not describe again).
@@ -89,10 +90,12 @@ impl Described {
 }
 
 impl SecretsManagerStore {
-    /// A store with these settings, its requests paced by `limiter`.
-    pub fn new(settings: AwsSettings, limiter: Arc<Limiter>) -> Self {
+    /// A store with these settings, its requests paced by `limiter`; the secrets it creates
+    /// carry `scope` (config `reconcile.scope`).
+    pub fn new(settings: AwsSettings, scope: String, limiter: Arc<Limiter>) -> Self {
         SecretsManagerStore {
             settings,
+            scope,
             limiter,
             client: OnceCell::new(),
             managed: Mutex::new(HashMap::new()),
@@ -162,7 +165,7 @@ impl SecretsManagerStore {
                 key.name
             ))
             .set_kms_key_id(output.kms_key_id.clone())
-            .set_tags(Some(wanted_tags(key, output)))
+            .set_tags(Some(wanted_tags(&self.scope, key, output)))
             .send()
             .await;
         match created {
@@ -354,7 +357,8 @@ impl SecretsManagerStore {
         }
     }
 
-    /// Managed secrets (`keyprov:managed=true`), for orphan listing; at most 10,000.
+    /// Managed secrets (`keyprov:managed=true`) of this store's scope, for orphan listing; at
+    /// most 10,000.
     pub async fn list_managed(&self) -> Result<Vec<ManagedSecret>, StoreError> {
         let mut found = Vec::new();
         let mut token = None;
@@ -366,7 +370,7 @@ impl SecretsManagerStore {
                 .filters(
                     Filter::builder()
                         .key(FilterNameStringType::TagKey)
-                        .values(MANAGED_TAG)
+                        .values(SCOPE_TAG)
                         .build(),
                 )
                 .max_results(100)
@@ -376,7 +380,9 @@ impl SecretsManagerStore {
                 .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())?;
             for secret in page.secret_list() {
                 let tags = tag_map(secret.tags());
-                if tags.get(MANAGED_TAG).map(String::as_str) == Some("true") {
+                if tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
+                    && tags.get(SCOPE_TAG) == Some(&self.scope)
+                {
                     found.push(ManagedSecret {
                         name: secret.name().unwrap_or_default().to_string(),
                         arn: secret.arn().unwrap_or_default().to_string(),
@@ -430,15 +436,16 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
 }
 
 /// The tags keyprov sets on the secret of `key`.
-fn wanted(key: &KeyPair, output: &SecretsManagerOutput) -> BTreeMap<String, String> {
+fn wanted(scope: &str, key: &KeyPair, output: &SecretsManagerOutput) -> BTreeMap<String, String> {
     let mut tags = output.tags.clone();
+    tags.insert(SCOPE_TAG.into(), scope.into());
     tags.insert(MANAGED_TAG.into(), "true".into());
     tags.insert(NAME_TAG.into(), key.name.clone());
     tags
 }
 
-fn wanted_tags(key: &KeyPair, output: &SecretsManagerOutput) -> Vec<Tag> {
-    wanted(key, output)
+fn wanted_tags(scope: &str, key: &KeyPair, output: &SecretsManagerOutput) -> Vec<Tag> {
+    wanted(scope, key, output)
         .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
@@ -547,7 +554,7 @@ impl Store for SecretsManagerStore {
                 .observe_version(key, secret, &described, id, &mut observed)
                 .await?;
         }
-        for (name, value) in wanted(key, output) {
+        for (name, value) in wanted(&self.scope, key, output) {
             match described.tags.get(&name) {
                 Some(have) if *have == value => {}
                 _ => observed
@@ -720,13 +727,13 @@ impl Store for SecretsManagerStore {
             });
         }
         let described = self.describe_existing(&key.name, secret).await?;
-        let wanted = wanted(key, output);
+        let wanted = wanted(&self.scope, key, output);
         if wanted.iter().any(|(k, v)| described.tags.get(k) != Some(v)) {
             self.client()
                 .await
                 .tag_resource()
                 .secret_id(secret)
-                .set_tags(Some(wanted_tags(key, output)))
+                .set_tags(Some(wanted_tags(&self.scope, key, output)))
                 .send()
                 .await
                 .map_err(|err| explain(&err, secret, "TagResource").into_error())?;
