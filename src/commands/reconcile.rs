@@ -347,17 +347,39 @@ pub async fn plan(config: &Config) -> Exit {
     } else {
         Exit::Ok
     };
+    let mut unobserved = 0;
     for (_, err) in &pending.failed {
-        crate::errln!("error: {err}");
-        exit = exit.max(Exit::KeyFailed);
+        // A plan needs no credentials: keys whose secrets cannot be read without them are
+        // shown as not planned, not as failures.
+        if err.contains(crate::store::secrets_manager::NO_CREDENTIALS) {
+            crate::errln!("note: not planned: {err}");
+            unobserved += 1;
+        } else {
+            crate::errln!("error: {err}");
+            exit = exit.max(Exit::KeyFailed);
+        }
     }
     print_plans(&pending.keys, &pending.plans);
-    let converged = pending.keys.len() - pending.plans.len();
+    let failed: HashSet<&str> = pending.failed.iter().map(|(n, _)| n.as_str()).collect();
+    let converged = pending
+        .keys
+        .iter()
+        .filter(|k| !failed.contains(k.name.as_str()))
+        .count()
+        - pending.plans.len();
+    let not_planned = if failed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} not planned ({unobserved} for lack of AWS credentials)",
+            failed.len()
+        )
+    };
     if pending.plans.is_empty() {
-        crate::outln!("No changes: {converged} keys converged.");
+        crate::outln!("No changes: {converged} keys converged{not_planned}.");
     } else {
         crate::outln!(
-            "{} keys to change, {converged} converged.",
+            "{} keys to change, {converged} converged{not_planned}.",
             pending.plans.len()
         );
         exit = exit.max(Exit::ChangesPending);

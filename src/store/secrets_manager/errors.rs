@@ -1,9 +1,13 @@
 //! Secrets Manager failures as messages that name the secret and say what to do. Raw response
 //! bodies are never shown.
 
-use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::store::StoreError;
+
+/// How a failure for lack of AWS credentials begins (`plan` reports those keys as not
+/// observable rather than failed).
+pub const NO_CREDENTIALS: &str = "no AWS credentials";
 
 /// A classified failure.
 pub enum Failure {
@@ -66,13 +70,29 @@ where
              reconcile.maxRequestsPerSecond ({detail})"
         ),
         "" => match err {
-            SdkError::DispatchFailure(failure) => format!(
-                "cannot reach Secrets Manager for {secret} after every retry: {} (check the \
-                 network, aws.endpointUrl / AWS_ENDPOINT_URL and credentials)",
-                failure
-                    .as_connector_error()
-                    .map_or_else(|| "dispatch failure".to_string(), |e| e.to_string())
-            ),
+            SdkError::DispatchFailure(_) => {
+                let full = DisplayErrorContext(err).to_string();
+                // The context ends in a debug dump of the whole chain: its first line says it.
+                let cause: String = full
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect();
+                if full.contains("no credentials found") || full.contains("CredentialsNotLoaded") {
+                    format!(
+                        "{NO_CREDENTIALS} to read or write secret {secret}: none found in the \
+                         environment, profile, web identity, ECS or instance metadata; configure \
+                         them as for the AWS CLI"
+                    )
+                } else {
+                    format!(
+                        "cannot reach Secrets Manager for {secret} after every retry: {cause} \
+                         (check the network and aws.endpointUrl / AWS_ENDPOINT_URL)"
+                    )
+                }
+            }
             SdkError::TimeoutError(_) => format!(
                 "Secrets Manager {operation} on {secret} timed out after every retry (see \
                  aws.attemptTimeout and aws.operationTimeout)"

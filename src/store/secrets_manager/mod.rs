@@ -8,6 +8,7 @@
 //! version, so Secrets Manager never deprecates it; pruning removes that label.
 
 mod errors;
+pub use errors::NO_CREDENTIALS;
 pub mod layout;
 
 use std::collections::{BTreeMap, HashMap};
