@@ -54,5 +54,5 @@ def report(*_):
 signal.signal(signal.SIGTERM, report)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-print("ready", flush=True)
+print("ready", file=sys.stderr, flush=True)
 signal.pause()

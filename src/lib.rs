@@ -4,14 +4,17 @@
 //!
 //! Data flow: [`manifest::load`] -> [`observe`] -> [`plan::plan`] (pure) -> [`execute`].
 
+pub mod aws_sdk;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod execute;
 pub mod exit;
 pub mod group_commit;
 pub mod hooks;
+pub mod key_material;
 pub mod lock;
 pub mod logging;
 pub mod manifest;

@@ -348,7 +348,7 @@ async fn three_hosts_racing_to_rotate_leave_one_version_per_round() {
                 "race",
                 "ECC_NIST_P256",
                 &secret,
-                "  rotation: {every: 1h, keep: 30}\n",
+                "  rotation: {every: 1h, keep: 500}\n",
             ),
         );
     }
@@ -358,7 +358,7 @@ async fn three_hosts_racing_to_rotate_leave_one_version_per_round() {
         .unwrap_or(20);
     let mut adopted = 0;
     for round in 0..=rounds {
-        let now = format!("2031-01-01T{:02}:00:01Z", round);
+        let now = format!("2031-01-{:02}T{:02}:00:01Z", 1 + round / 24, round % 24);
         let children: Vec<_> = hosts
             .iter()
             .map(|host| {

@@ -7,9 +7,6 @@
 
 use std::collections::HashMap;
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
@@ -20,7 +17,8 @@ use super::{
     DecryptRequest, GenerateRequest, GeneratedPair, PrivateKey, Provider, ProviderError,
     canonical_context,
 };
-use crate::config::{AwsSettings, RetryMode};
+use crate::aws_sdk::sdk_config;
+use crate::config::AwsSettings;
 
 /// KMS through aws-sdk-kms.
 pub struct AwsProvider {
@@ -57,33 +55,6 @@ impl AwsProvider {
             .get_or_init(|| async { Client::new(&sdk_config(&self.settings).await) })
             .await
     }
-}
-
-/// Loads the SDK configuration: the standard chain plus this configuration's overrides.
-pub async fn sdk_config(settings: &AwsSettings) -> aws_config::SdkConfig {
-    let retry = match settings.retry_mode {
-        RetryMode::Standard => RetryConfig::standard(),
-        RetryMode::Adaptive => RetryConfig::adaptive(),
-    }
-    .with_max_attempts(settings.max_attempts);
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(settings.connect_timeout)
-        .operation_attempt_timeout(settings.attempt_timeout)
-        .operation_timeout(settings.operation_timeout)
-        .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(retry)
-        .timeout_config(timeouts);
-    if let Some(region) = &settings.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(profile) = &settings.profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(endpoint) = &settings.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    loader.load().await
 }
 
 fn blob(blob: Option<Blob>, what: &str) -> Result<Vec<u8>, ProviderError> {

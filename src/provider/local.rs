@@ -137,7 +137,7 @@ impl LocalProvider {
             let _ = fs::remove_file(&tmp);
             return Err(self.error(err.to_string()));
         }
-        crate::store::file::sync_dir(dir).map_err(|e| self.error(e.to_string()))
+        crate::durable::sync_dir(dir).map_err(|e| self.error(e.to_string()))
     }
 
     /// Finds the master key named by `reference` (key id, alias or either's ARN), creating it

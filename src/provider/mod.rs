@@ -6,13 +6,12 @@
 pub mod aws;
 mod error;
 pub mod local;
-mod secret;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
+pub use crate::key_material::{GeneratedPair, PrivateKey};
 pub use error::ProviderError;
-pub use secret::PrivateKey;
 
 use crate::spec::KeyPairSpec;
 
@@ -31,19 +30,6 @@ pub struct GenerateRequest<'a> {
     pub grant_tokens: &'a [String],
     /// Also return the plaintext private key.
     pub include_plaintext: bool,
-}
-
-/// A freshly generated pair.
-#[derive(Debug)]
-pub struct GeneratedPair {
-    /// DER SubjectPublicKeyInfo.
-    pub public_key_der: Vec<u8>,
-    /// Opaque ciphertext of the DER PKCS#8 private key.
-    pub private_key_ciphertext: Vec<u8>,
-    /// DER PKCS#8 private key, only when asked for.
-    pub private_key: Option<PrivateKey>,
-    /// ARN of the KMS key that encrypted the private key.
-    pub kms_key_arn: String,
 }
 
 /// What to decrypt: the KMS `Decrypt` request.

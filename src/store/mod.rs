@@ -3,11 +3,10 @@
 
 pub mod dir;
 pub mod file;
-mod file_store;
 pub mod secrets_manager;
 mod stores;
 
-pub use file_store::FileStore;
+pub use file::FileStore;
 pub use secrets_manager::SecretsManagerStore;
 pub use stores::Stores;
 
@@ -19,10 +18,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::key_material::{GeneratedPair, PrivateKey};
 use crate::manifest::{API_VERSION, KeyPair};
 use crate::observed::{ObservedOutput, ObservedVersion};
 use crate::plan::Link;
-use crate::provider::{GeneratedPair, PrivateKey};
 use crate::schedule::{format_time, parse_time};
 
 /// What a version records about itself (`meta.json`).

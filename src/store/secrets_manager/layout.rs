@@ -212,7 +212,8 @@ mod tests {
             },
             public_key_der,
             private_key_ciphertext,
-            private_key: plaintext.then(|| crate::provider::PrivateKey::from_der(vec![0x30, 1])),
+            private_key: plaintext
+                .then(|| crate::key_material::PrivateKey::from_der(vec![0x30, 1])),
         }
     }
 

@@ -108,7 +108,7 @@ impl SecretsManagerStore {
         let client = self
             .client
             .get_or_init(|| async {
-                Client::new(&crate::provider::aws::sdk_config(&self.settings).await)
+                Client::new(&crate::aws_sdk::sdk_config(&self.settings).await)
             })
             .await;
         self.limiter.until_ready().await;
@@ -272,6 +272,20 @@ impl SecretsManagerStore {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Whether the version stored under `version`'s token holds `version`'s pair (read back
+    /// after a write).
+    async fn holds(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        version: &StoredVersion,
+    ) -> Result<bool, StoreError> {
+        let (parts, _) = self.read(key, secret, version.meta.generation).await?;
+        Ok(parts
+            .meta
+            .is_ok_and(|m| m.public_key_sha256 == version.meta.public_key_sha256))
     }
 
     /// Reads the SecretString of a version (by id) into its parts.
@@ -634,6 +648,15 @@ impl Store for SecretsManagerStore {
                 .send()
                 .await;
             match put {
+                Ok(_) if !self.holds(key, secret, &version).await? => {
+                    // Another writer's pair is stored under this generation's token: a backend
+                    // whose token check is not atomic (LocalStack's is not) let both calls
+                    // through. The stored one wins, as if the call had been refused.
+                    return Err(StoreError::Taken {
+                        location: format!("secret {secret}"),
+                        generation,
+                    });
+                }
                 Ok(answer) => {
                     if !answer.version_stages().iter().any(|l| l == label) {
                         // The same pair written before (a retry): the call did nothing, so

@@ -1,4 +1,5 @@
-//! Plaintext private key material: zeroized on drop, never printed.
+//! Key material shared by providers (which make it) and stores (which keep it): a generated
+//! pair, and the plaintext private key, zeroized on drop and never printed.
 
 use std::fmt;
 
@@ -31,6 +32,19 @@ impl PrivateKey {
         zeroize::Zeroize::zeroize(&mut contents);
         text
     }
+}
+
+/// A freshly generated pair.
+#[derive(Debug)]
+pub struct GeneratedPair {
+    /// DER SubjectPublicKeyInfo.
+    pub public_key_der: Vec<u8>,
+    /// Opaque ciphertext of the DER PKCS#8 private key.
+    pub private_key_ciphertext: Vec<u8>,
+    /// DER PKCS#8 private key, only when asked for.
+    pub private_key: Option<PrivateKey>,
+    /// ARN of the KMS key that encrypted the private key.
+    pub kms_key_arn: String,
 }
 
 impl fmt::Debug for PrivateKey {

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{RepairInput, Store, StoreError, StoredVersion, VersionParts, file};
 use crate::group_commit::GroupCommit;
 use crate::manifest::{FileOutput, KeyPair};
 use crate::observed::ObservedOutput;
 use crate::plan::Link;
+use crate::store::{RepairInput, Store, StoreError, StoredVersion, VersionParts, file};
 
 /// The file store of one reconcile; its writer runs until [`FileStore::finish`].
 pub struct FileStore {

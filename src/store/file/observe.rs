@@ -1,0 +1,267 @@
+//! Observing a key directory: links, versions, drift from the manifest, damaged files.
+
+use super::*;
+
+/// Observes what the directory holds. A missing directory is an empty output.
+pub fn observe(
+    output: &FileOutput,
+    key_name: &str,
+    include_plaintext: bool,
+) -> Result<ObservedOutput, StoreError> {
+    let mut observed = ObservedOutput {
+        prunable: true,
+        ..Default::default()
+    };
+    let Some(dir) = open_key_dir(output)? else {
+        return Ok(observed);
+    };
+    let mut links = Vec::with_capacity(3);
+    for raw in dir.names()? {
+        let name = raw.to_string_lossy();
+        if let Some(generation) = parse_version_name(&name) {
+            if dir.is_dir(&raw) {
+                observed.versions.push(generation);
+            } else {
+                // Not keyprov's: never linked, never deleted, and the key waits for it to go.
+                return Err(StoreError::Unsafe {
+                    path: dir.child_path(&raw).display().to_string(),
+                    message: "is named like a version but is not a directory: keyprov did not \
+                              create it, and neither links nor deletes it. Move it away"
+                        .into(),
+                });
+            }
+        } else if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+            observed
+                .drift
+                .push(format!("leftover {name} from an interrupted write"));
+        } else if let Some(link) = [CURRENT, NEXT, PREVIOUS].into_iter().find(|l| *l == name) {
+            // Only links that exist are read: a converged key costs few system calls.
+            links.push(link);
+        }
+    }
+    observed.versions.sort_unstable();
+    let owner = ownership(output).ok();
+    for link in [CURRENT, NEXT, PREVIOUS] {
+        if !links.contains(&link) {
+            continue;
+        }
+        let generation = match read_link_generation(&dir, link) {
+            Ok(Some(generation)) => generation,
+            Ok(None) => continue,
+            Err(err) => {
+                observed.drift.push(format!("{link} is unusable ({err})"));
+                continue;
+            }
+        };
+        if !observed.versions.contains(&generation) {
+            observed.drift.push(format!(
+                "{link} points at missing {}",
+                version_name(generation)
+            ));
+            continue;
+        }
+        if link == PREVIOUS {
+            observed.previous = Some(generation);
+            continue;
+        }
+        let checked = open_version(&dir, generation).and_then(|version| {
+            let meta = read_version_meta(&version, generation)?;
+            let mut problems = check_version_files(
+                &version,
+                output,
+                &meta,
+                include_plaintext,
+                owner,
+                &mut observed.drift,
+            );
+            if meta.name != key_name {
+                problems.insert(
+                    0,
+                    format!(
+                        "{}/{META} belongs to key {:?}, not to {key_name:?}",
+                        version_name(generation),
+                        meta.name
+                    ),
+                );
+            }
+            Ok((meta, problems))
+        });
+        let (meta, problems) = match checked {
+            Ok(checked) => checked,
+            Err(err) => {
+                observed.damaged.push(Damage {
+                    generation,
+                    problems: vec![err.to_string()],
+                });
+                continue;
+            }
+        };
+        if !problems.is_empty() {
+            observed.damaged.push(Damage {
+                generation,
+                problems,
+            });
+        }
+        let version = meta.observed().map_err(|message| StoreError::Corrupt {
+            path: dir
+                .child_path(version_name(generation))
+                .join(META)
+                .display()
+                .to_string(),
+            message,
+        })?;
+        if link == CURRENT {
+            observed.current = Some(version);
+        } else {
+            observed.next = Some(version);
+        }
+    }
+    // A plaintext key must not outlive `includePlaintext: false` in any version kept.
+    let linked: Vec<u32> = [
+        observed.current.as_ref().map(|c| c.generation),
+        observed.next.as_ref().map(|n| n.generation),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for &generation in observed.versions.iter().filter(|g| !linked.contains(g)) {
+        for name in unwanted_files(output, include_plaintext) {
+            let path = format!("{}/{name}", version_name(generation));
+            if dir.stat(&path).is_some() {
+                observed.drift.push(format!("{path} should not be there"));
+            }
+        }
+    }
+    Ok(observed)
+}
+
+/// The files a version must hold for `output`, with their modes.
+pub(super) fn expected_files(output: &FileOutput, include_plaintext: bool) -> Vec<(String, u32)> {
+    let mut files = vec![
+        (public_name(output.format), output.mode),
+        (CIPHERTEXT.to_string(), output.mode),
+        (META.to_string(), output.mode),
+    ];
+    if include_plaintext {
+        files.push((private_name(output.format), PLAINTEXT_MODE));
+    }
+    files
+}
+
+/// Private key files that must not be there: the other format's, and any plaintext when
+/// the manifest does not ask for it (a stale plaintext key is a leak).
+pub(super) fn unwanted_files(output: &FileOutput, include_plaintext: bool) -> Vec<String> {
+    [Format::Pem, Format::Der]
+        .into_iter()
+        .filter(|&format| !include_plaintext || format != output.format)
+        .map(private_name)
+        .collect()
+}
+
+fn is_regular(stat: &FileStat) -> bool {
+    use nix::sys::stat::SFlag;
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+/// Checks what a linked version's readers rely on: the public key parses and matches
+/// `publicKeySha256`, the ciphertext is there (and matches its recorded hash), the plaintext
+/// key parses. Returns those problems (damage, repaired from another output); modes, owners
+/// and files of the wrong format go to `drift` (repaired in place).
+fn check_version_files(
+    version: &DirHandle,
+    output: &FileOutput,
+    meta: &VersionMeta,
+    include_plaintext: bool,
+    owner: Option<Owner>,
+    drift: &mut Vec<String>,
+) -> Vec<String> {
+    let vname = version_name(meta.generation);
+    let mut problems = Vec::new();
+    let mut present = Vec::new();
+    // meta.json was just read, and shares its mode with public.*: a mode change shows there.
+    for (name, mode) in expected_files(output, include_plaintext) {
+        let Some(stat) = version.stat(&name) else {
+            let other_public = public_name(other_format(output.format));
+            if name == public_name(output.format) && version.stat(&other_public).is_some() {
+                // A format change: rewritten from the other format's file.
+                drift.push(format!("{vname}/{name} is missing"));
+            } else {
+                problems.push(format!("{vname}/{name} is missing"));
+            }
+            continue;
+        };
+        if !is_regular(&stat) {
+            problems.push(format!("{vname}/{name} is not a regular file"));
+            continue;
+        }
+        present.push(name.clone());
+        if name == META {
+            continue;
+        }
+        let actual = stat.st_mode & 0o7777;
+        if actual != mode {
+            drift.push(format!(
+                "{vname}/{name} has mode {actual:04o}, want {mode:04o}"
+            ));
+        }
+        if let Some((uid, gid)) = owner
+            && (uid.is_some_and(|u| u.as_raw() != stat.st_uid)
+                || gid.is_some_and(|g| g.as_raw() != stat.st_gid))
+        {
+            drift.push(format!(
+                "{vname}/{name} has owner {}:{}",
+                stat.st_uid, stat.st_gid
+            ));
+        }
+    }
+    let public = public_name(output.format);
+    if present.contains(&public) {
+        match version
+            .read_file(&public)
+            .and_then(|bytes| decode_public(output.format, &bytes, &version.child_path(&public)))
+        {
+            Ok(der) if public_key_sha256(&der) == meta.public_key_sha256 => {}
+            Ok(_) => problems.push(format!(
+                "{vname}/{public} does not match publicKeySha256 of meta.json"
+            )),
+            Err(err) => problems.push(format!("{vname}/{public}: {err}")),
+        }
+    }
+    if present.iter().any(|n| n == CIPHERTEXT) {
+        match version.read_file(CIPHERTEXT) {
+            Ok(bytes) if bytes.is_empty() => {
+                problems.push(format!("{vname}/{CIPHERTEXT} is empty"))
+            }
+            Ok(bytes) => {
+                if let Some(expected) = &meta.private_key_ciphertext_sha256
+                    && public_key_sha256(&bytes) != *expected
+                {
+                    problems.push(format!(
+                        "{vname}/{CIPHERTEXT} does not match privateKeyCiphertextSha256 of meta.json"
+                    ));
+                }
+            }
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
+    let private = private_name(output.format);
+    if include_plaintext && present.contains(&private) {
+        let parsed = version
+            .read_file(&private)
+            .map(|bytes| match output.format {
+                Format::Pem => pem::parse(&bytes).is_ok_and(|p| p.tag() == "PRIVATE KEY"),
+                Format::Der => !bytes.is_empty(),
+            });
+        match parsed {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!("{vname}/{private} is not a private key")),
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
+    for name in unwanted_files(output, include_plaintext) {
+        if version.stat(&name).is_some() {
+            drift.push(format!("{vname}/{name} should not be there"));
+        }
+    }
+    problems
+}

@@ -1,0 +1,137 @@
+//! Repairing a key directory in place: modes, owners, formats, plaintext, damaged files,
+//! the previous link.
+
+use super::observe::{expected_files, unwanted_files};
+use super::*;
+
+/// Generations of kept versions (current, next, previous) that lack the plaintext private key.
+pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
+    let dir = existing_key_dir(output)?;
+    let mut missing = Vec::new();
+    for link in [CURRENT, NEXT, PREVIOUS] {
+        if let Some(generation) = read_link_generation(&dir, link)? {
+            let present = dir
+                .open_dir(&version_name(generation))?
+                .is_some_and(|v| v.stat(private_name(output.format)).is_some());
+            if !present && !missing.contains(&generation) {
+                missing.push(generation);
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Replaces one file of a version atomically (temporary name, fsync, rename).
+fn replace_file(
+    version: &DirHandle,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    owner: Owner,
+) -> Result<(), StoreError> {
+    let tmp = temporary_name(TMP_PREFIX, name);
+    version.remove_file(&tmp)?;
+    let file = version.create_file(&tmp, bytes, mode, owner)?;
+    file.sync_all().map_err(|source| StoreError::Io {
+        action: "cannot fsync",
+        path: version.child_path(&tmp).display().to_string(),
+        source,
+    })?;
+    version.rename(&tmp, name)
+}
+
+/// Repairs an output in place: leftovers removed, modes and owners set, files of the right
+/// format and plaintext presence, damaged files rewritten from intact copies, `previous` as
+/// the plan says.
+pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreError> {
+    let owner = ownership(output)?;
+    let dir = existing_key_dir(output)?;
+    for raw in dir.names()? {
+        let name = raw.to_string_lossy();
+        if name.starts_with(TMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+            dir.remove_tree(&raw)?;
+        }
+    }
+    dir.set_mode_and_owner(dir_mode(output.mode), dir_owner(owner))?;
+    let mut linked = Vec::new();
+    for link in [CURRENT, NEXT, PREVIOUS] {
+        match read_link_generation(&dir, link) {
+            Ok(Some(g)) if dir.is_dir(version_name(g)) => linked.push(g),
+            Ok(None) => {}
+            // An unusable `current` is the operator's to fix (see `plan::unplannable`): which
+            // version was in use is not known.
+            _ if link == CURRENT => {}
+            // Other links pointing nowhere usable are removed; the plan relinks what it must.
+            _ => set_link(&dir, link, None)?,
+        }
+    }
+    for &generation in &linked {
+        let version = open_version(&dir, generation)?;
+        if let Some(intact) = input
+            .intact
+            .iter()
+            .find(|v| v.meta.generation == generation)
+        {
+            for (name, bytes, mode) in version_files(output, intact) {
+                replace_file(&version, &name, &bytes, mode, owner)?;
+            }
+        }
+        let public = public_name(output.format);
+        if version.stat(&public).is_none() {
+            let stored = read_version(output, generation)?;
+            replace_file(
+                &version,
+                &public,
+                &encode_public(output.format, &stored.public_key_der),
+                output.mode,
+                owner,
+            )?;
+        }
+        let private = private_name(output.format);
+        if let (true, None, Some(key)) = (
+            input.include_plaintext,
+            version.stat(&private),
+            input.plaintext.get(&generation),
+        ) {
+            replace_file(
+                &version,
+                &private,
+                &encode_private(output.format, key),
+                PLAINTEXT_MODE,
+                owner,
+            )?;
+        }
+        for name in unwanted_files(output, input.include_plaintext)
+            .into_iter()
+            .chain([public_name(other_format(output.format))])
+        {
+            version.remove_file(&name)?;
+        }
+        version.set_mode_and_owner(dir_mode(output.mode), dir_owner(owner))?;
+        for (name, mode) in expected_files(output, input.include_plaintext) {
+            if version.stat(&name).is_some() {
+                version.set_file_mode_and_owner(&name, mode, owner)?;
+            }
+        }
+        version.sync()?;
+    }
+    for generation in versions_present(&dir)?
+        .into_iter()
+        .filter(|g| !linked.contains(g))
+    {
+        let Some(version) = dir.open_dir(&version_name(generation))? else {
+            continue;
+        };
+        for name in unwanted_files(output, input.include_plaintext) {
+            version.remove_file(&name)?;
+        }
+        version.sync()?;
+    }
+    if read_link_generation(&dir, CURRENT)?.is_some() {
+        let wanted = input.previous.filter(|&g| dir.is_dir(version_name(g)));
+        if read_link_generation(&dir, PREVIOUS)? != wanted {
+            set_link(&dir, PREVIOUS, wanted)?;
+        }
+    }
+    dir.sync()
+}
