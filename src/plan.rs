@@ -412,8 +412,9 @@ pub fn unplannable(key: &KeyPair, outputs: &[ObservedOutput]) -> Option<String> 
             return Some(format!(
                 "key {name:?}: {} but no usable `current` link: it was removed or replaced \
                  outside keyprov. Nothing was changed. Point `current` at the version in use \
-                 (ln -sfn vNNNN current, in that directory), or move the directory away to \
-                 start afresh",
+                 (a directory: ln -sfn vNNNN current in it; a secret: move AWSCURRENT back \
+                 to the version labelled keyprov-vNNNN with aws secretsmanager \
+                 update-secret-version-stage), or move the directory away to start afresh",
                 orphaned.join(", ")
             ));
         }

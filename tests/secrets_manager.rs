@@ -528,3 +528,62 @@ async fn orphans_are_listed_and_removed_only_with_prune_and_every_manifest_valid
         status.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let secret = unique("only");
+    let install = install(&endpoint);
+    install.manifest(
+        "k.yaml",
+        &manifest("only", "ECC_NIST_P256", "").replace(
+            "    - file: {}\n",
+            &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
+        ),
+    );
+    install.run_once(0);
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(
+        verify.stdout.contains("ok      only generation 1"),
+        "{}",
+        verify.stdout
+    );
+    let decrypt = install.keyprov(&["decrypt", "only"]);
+    assert_eq!(decrypt.code, 0, "{}", decrypt.all());
+    let json = current_json(&sm, &secret).await;
+    let public = pem::parse(json["publicKeyPem"].as_str().unwrap()).unwrap();
+    let private = pem::parse(decrypt.stdout.as_bytes()).unwrap();
+    assert_pair_matches("ECC_NIST_P256", private.contents(), public.contents());
+
+    // Someone swaps the public key of the current version by hand (a new version, same labels).
+    let mut tampered = json.clone();
+    let other = current_json(&sm, &secret).await["publicKeyPem"]
+        .as_str()
+        .unwrap()
+        .replace('A', "B");
+    tampered["publicKeyPem"] = serde_json::Value::String(other);
+    sm.put_secret_value()
+        .secret_id(&secret)
+        .secret_string(tampered.to_string())
+        .version_stages("AWSCURRENT")
+        .version_stages("keyprov-v0001")
+        .send()
+        .await
+        .unwrap();
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(
+        verify.stdout.contains("FAILED  only: secretsManager:"),
+        "{}",
+        verify.stdout
+    );
+    let run = install.run_once(1);
+    assert!(run.stderr.contains("move AWSCURRENT back"), "{}", run.all());
+    assert_eq!(
+        provider_calls(&run.stdout),
+        Some(0),
+        "nothing generated over a tampered secret"
+    );
+}

@@ -352,6 +352,7 @@ async fn derive_public(
 /// generations everywhere, holding the same pair. Returns the current generation and `next`.
 async fn verify_key(
     provider: &AnyProvider,
+    stores: &Stores,
     key: &KeyPair,
 ) -> Result<(u32, Option<u32>), Vec<Problem>> {
     let outputs: Vec<&FileOutput> = key
@@ -366,9 +367,12 @@ async fn verify_key(
         problems: Vec::new(),
         derived: HashMap::new(),
     };
+    let secrets = verify_secrets(provider, stores, key, &mut findings).await;
     let Some(first) = outputs.first() else {
-        findings.add(&key.source, "the key has no file output to verify");
-        return Err(findings.problems);
+        return match secrets {
+            Some((current, next)) if findings.problems.is_empty() => Ok((current, next)),
+            _ => Err(findings.problems),
+        };
     };
     let mut heads = Vec::new();
     for (link, which) in [("current", Link::Current), ("next", Link::Next)] {
@@ -427,10 +431,127 @@ async fn verify_key(
     }
     let current = file::linked_generation(first, Link::Current).ok().flatten();
     let next = file::linked_generation(first, Link::Next).ok().flatten();
+    if let Some((secret_current, secret_next)) = secrets
+        && (Some(secret_current), secret_next) != (current, next)
+    {
+        findings.add(
+            &first.dir,
+            format!(
+                "holds current {current:?} / next {next:?}, the secrets {secret_current} / \
+                 {secret_next:?}: every output must hold the same version"
+            ),
+        );
+    }
+    for (generation, public) in &publics_by_generation(&publics) {
+        if let Some(theirs) = secret_publics(stores, key, *generation).await
+            && theirs != *public
+        {
+            findings.add(
+                &file::version_dir(first, *generation),
+                "holds another key pair than the secret for this generation",
+            );
+        }
+    }
     match current {
         Some(current) if findings.problems.is_empty() => Ok((current, next)),
         _ => Err(findings.problems),
     }
+}
+
+/// The public keys found per generation in the file outputs.
+fn publics_by_generation(publics: &HashMap<u32, (PathBuf, Vec<u8>)>) -> Vec<(u32, Vec<u8>)> {
+    publics
+        .iter()
+        .map(|(generation, (_, public))| (*generation, public.clone()))
+        .collect()
+}
+
+/// The public key of `generation` as the first secret output holding it intact has it.
+async fn secret_publics(stores: &Stores, key: &KeyPair, generation: u32) -> Option<Vec<u8>> {
+    for (index, output) in key.outputs.iter().enumerate() {
+        if matches!(output, Output::SecretsManager(_))
+            && let Ok(version) = stores.read_version(key, index, generation).await
+        {
+            return Some(version.public_key_der);
+        }
+    }
+    None
+}
+
+/// Checks every secret output of `key`: its current (and next) version reads back whole and
+/// hash-checked, and its private key decrypts to its public key. Returns the secrets'
+/// current and next generation when they agree.
+async fn verify_secrets(
+    provider: &AnyProvider,
+    stores: &Stores,
+    key: &KeyPair,
+    findings: &mut Findings,
+) -> Option<(u32, Option<u32>)> {
+    if !key
+        .outputs
+        .iter()
+        .any(|o| matches!(o, Output::SecretsManager(_)))
+    {
+        return None;
+    }
+    let observed = match stores.observe_key(key).await {
+        Ok(observed) => observed,
+        Err(err) => {
+            findings.add(&key.source, err);
+            return None;
+        }
+    };
+    let mut heads = None;
+    for ((index, output), seen) in key.outputs.iter().enumerate().zip(&observed) {
+        let Output::SecretsManager(secret) = output else {
+            continue;
+        };
+        let place = PathBuf::from(format!("secretsManager:{}", secret.secret_id));
+        for damage in &seen.damaged {
+            for problem in &damage.problems {
+                findings.add(&place, problem.clone());
+            }
+        }
+        let Some(current) = seen.current.as_ref().map(|c| c.generation) else {
+            findings.add(&place, "no current version (run keyprov run --once)");
+            continue;
+        };
+        let next = seen.next.as_ref().map(|n| n.generation);
+        match heads {
+            None => heads = Some((current, next)),
+            Some(other) if other != (current, next) => findings.add(
+                &place,
+                "holds another current or next version than the other secret outputs",
+            ),
+            Some(_) => {}
+        }
+        for generation in std::iter::once(current).chain(next) {
+            match stores.read_version(key, index, generation).await {
+                Ok(version) => {
+                    match derive_public(
+                        provider,
+                        key,
+                        &version.meta,
+                        &version.private_key_ciphertext,
+                        version.meta.key_pair_spec.parse().unwrap_or(key.spec),
+                    )
+                    .await
+                    {
+                        Ok(public) if public == version.public_key_der => {}
+                        Ok(_) => findings.add(
+                            &place,
+                            format!(
+                                "generation {generation}: the private key does not match the public key"
+                            ),
+                        ),
+                        Err(err) => findings.add(&place, format!("generation {generation}: {err}")),
+                    }
+                }
+                Err(err) => findings.add(&place, err.to_string()),
+            }
+        }
+    }
+    heads
 }
 
 /// `keyprov verify`: every file of `current` (and `next`) of every output of every key: the
@@ -440,13 +561,14 @@ async fn verify_key(
 pub async fn verify(config: &Config) -> Exit {
     let loaded = super::load_manifests(config);
     let provider = AnyProvider::from_config(config);
+    let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
     let mut exit = if loaded.is_valid() {
         Exit::Ok
     } else {
         Exit::Invalid
     };
     for key in &loaded.keys {
-        match verify_key(&provider, key).await {
+        match verify_key(&provider, &stores, key).await {
             Ok((generation, None)) => crate::outln!("ok      {} generation {generation}", key.name),
             Ok((generation, Some(next))) => {
                 crate::outln!("ok      {} generation {generation} (next {next})", key.name)
