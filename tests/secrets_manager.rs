@@ -543,6 +543,14 @@ async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
         ),
     );
     install.run_once(0);
+    let status = install.keyprov(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(json["keys"][0]["generation"], 1, "{}", status.stdout);
+    assert!(
+        json["keys"][0]["kmsKeyArn"].is_string(),
+        "read from the secret: {}",
+        status.stdout
+    );
     let verify = install.keyprov(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
     assert!(

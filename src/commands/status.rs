@@ -46,6 +46,7 @@ struct Status {
 fn key_status(
     key: &KeyPair,
     observed: &Result<Vec<ObservedOutput>, String>,
+    secret_meta: Option<crate::store::VersionMeta>,
     now: SystemTime,
 ) -> KeyStatus {
     let mut status = KeyStatus {
@@ -84,10 +85,14 @@ fn key_status(
         status.generation = Some(current.generation);
         status.created_at = Some(format_time(current.created_at));
         status.next_rotation = plan::next_rotation(key, current).map(format_time);
-        let meta = key.outputs.iter().find_map(|o| match o {
-            Output::File(f) => file::read_meta(&f.dir, current.generation).ok(),
-            Output::SecretsManager(_) => None,
-        });
+        let meta = key
+            .outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::File(f) => file::read_meta(&f.dir, current.generation).ok(),
+                Output::SecretsManager(_) => None,
+            })
+            .or(secret_meta);
         if let Some(meta) = meta {
             status.key_pair_spec = meta.key_pair_spec;
             status.kms_key_arn = Some(meta.kms_key_arn);
@@ -99,6 +104,25 @@ fn key_status(
         "pending"
     };
     status
+}
+
+/// The meta of the current version of a key without file outputs, read from its secret (a
+/// key with a file output reads its meta.json instead).
+async fn secret_only_meta(
+    stores: &crate::store::Stores,
+    key: &KeyPair,
+    observed: &Result<Vec<ObservedOutput>, String>,
+) -> Option<crate::store::VersionMeta> {
+    if key.outputs.iter().any(|o| matches!(o, Output::File(_))) {
+        return None;
+    }
+    let current = plan::authoritative(observed.as_ref().ok()?).0?.generation;
+    for index in 0..key.outputs.len() {
+        if let Ok(version) = stores.read_version(key, index, current).await {
+            return Some(version.meta);
+        }
+    }
+    None
 }
 
 /// An orphan as `status --json` shows it.
@@ -129,11 +153,11 @@ pub async fn status(config: &Config, json: bool) -> Exit {
                 Vec::new()
             }
         };
-    let keys: Vec<KeyStatus> = loaded
-        .keys
-        .iter()
-        .map(|key| key_status(key, &observed[&key.name], now))
-        .collect();
+    let mut keys = Vec::with_capacity(loaded.keys.len());
+    for key in &loaded.keys {
+        let secret_meta = secret_only_meta(&stores, key, &observed[&key.name]).await;
+        keys.push(key_status(key, &observed[&key.name], secret_meta, now));
+    }
     let status = Status { orphans, keys };
     if json {
         crate::outln!(
