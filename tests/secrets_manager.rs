@@ -595,3 +595,72 @@ async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
         "nothing generated over a tampered secret"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_in_the_middle_of_writing_secrets_converges_on_rerun() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let install = install(&endpoint);
+    let prefix = unique("kill");
+    let keys = 30;
+    for i in 0..keys {
+        install.manifest(
+            &format!("k{i}.yaml"),
+            &with_secret(
+                &format!("kill-{i}"),
+                "ECC_NIST_P256",
+                &format!("{prefix}/{i}"),
+                "",
+            ),
+        );
+    }
+    let (mut rng, seed) = Rng::from_env("KEYPROV_KILL_SEED");
+    let mut killed = 0;
+    for _ in 0..8 {
+        let mut child = install
+            .command(&["run", "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + rng.below(300)));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.code().is_none() {
+            killed += 1;
+        }
+    }
+    eprintln!("seed {seed}: {killed} of 8 runs killed by SIGKILL");
+    assert!(
+        killed > 0,
+        "seed {seed}: no run was killed: the harness proved nothing"
+    );
+    let run = install.run_once(0);
+    assert!(
+        run.stdout.contains("0 failed"),
+        "seed {seed}: {}",
+        run.stdout
+    );
+    eprintln!(
+        "seed {seed}: the rerun after the kills: {}",
+        run.stdout.trim()
+    );
+    let run = install.run_once(0);
+    assert!(
+        run.stdout.contains("0 changed, 0 failed, 0 provider calls"),
+        "seed {seed}: converged: {}",
+        run.stdout
+    );
+    for i in 0..keys {
+        let secret = format!("{prefix}/{i}");
+        let json = current_json(&sm, &secret).await;
+        let meta = file_meta(&install, &format!("kill-{i}"));
+        assert_eq!(json["generation"], 1, "seed {seed}: key {i}");
+        assert_eq!(
+            meta["publicKeySha256"], json["publicKeySha256"],
+            "seed {seed}: key {i}"
+        );
+        let (_, versions) = labels(&sm, &secret).await;
+        assert_eq!(versions, 1, "seed {seed}: key {i}: one version");
+    }
+}
