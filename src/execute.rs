@@ -366,17 +366,12 @@ impl<P: Provider> KeyContext<'_, P> {
             Err((Some(winner), StoreError::Taken { location, .. })) => {
                 tracing::info!(key = %self.key.name, generation, %location,
                     "another writer stored this generation first: adopting its pair");
-                let mut adopted = self
+                let adopted = self
                     .stores
                     .read_version(self.key, winner, generation)
                     .await
                     .map_err(|e| self.fail(e))?;
-                if self.key.include_plaintext {
-                    let key = self
-                        .decrypt(&adopted.meta, &adopted.private_key_ciphertext)
-                        .await?;
-                    adopted.private_key = Some(key);
-                }
+                let adopted = self.prove(adopted).await?;
                 self.stores
                     .write_version(self.key, &all, Arc::new(adopted), link)
                     .await
@@ -388,6 +383,40 @@ impl<P: Provider> KeyContext<'_, P> {
             }
             Err((_, err)) => Err(self.fail(err)),
         }
+    }
+
+    /// Whether output `index` is a secret: shared with other hosts and writable by anyone
+    /// with `secretsmanager:PutSecretValue`, so what it holds is proven before it is copied.
+    fn is_secret(&self, index: usize) -> bool {
+        matches!(
+            self.key.outputs[index],
+            crate::manifest::Output::SecretsManager(_)
+        )
+    }
+
+    /// Proves a version read from a secret: its private key ciphertext decrypts (through the
+    /// provider, with its encryption context) to the private key of its public key. A
+    /// version forged by someone who can write the secret but not encrypt with the KMS key
+    /// is refused. Keeps the plaintext when the key includes it.
+    async fn prove(&self, mut version: StoredVersion) -> Result<StoredVersion, String> {
+        let private = self
+            .decrypt(&version.meta, &version.private_key_ciphertext)
+            .await?;
+        let spec = version.meta.key_pair_spec.parse().unwrap_or(self.key.spec);
+        let derived = crate::provider::local::public_key_of(spec, private.der());
+        if derived.as_deref().ok() != Some(version.public_key_der.as_slice()) {
+            return Err(format!(
+                "key {:?}: generation {} in its secret holds a public key that is not the one \
+                 of its private key: it was written outside keyprov, and nothing was copied \
+                 from it. Restore the secret's version or replace the pair with `keyprov \
+                 rotate {} --now`",
+                self.key.name, version.meta.generation, self.key.name
+            ));
+        }
+        if self.key.include_plaintext {
+            version.private_key = Some(private);
+        }
+        Ok(version)
     }
 
     /// Reads `generation` whole from the first output (other than `except`) holding an
@@ -412,6 +441,7 @@ impl<P: Provider> KeyContext<'_, P> {
             }
             if Some(i) != except {
                 match self.stores.read_version(self.key, i, generation).await {
+                    Ok(version) if self.is_secret(i) => return self.prove(version).await,
                     Ok(version) => return Ok(version),
                     Err(err) => problems.push(err.to_string()),
                 }
@@ -421,6 +451,9 @@ impl<P: Provider> KeyContext<'_, P> {
             }
         }
         if let Some(version) = assemble(name, &parts) {
+            if (0..self.key.outputs.len()).any(|i| self.is_secret(i)) {
+                return self.prove(version).await;
+            }
             return Ok(version);
         }
         Err(if problems.is_empty() {
@@ -440,7 +473,7 @@ impl<P: Provider> KeyContext<'_, P> {
             return Ok(());
         }
         let mut version = self.read_intact(generation, None).await?;
-        if self.key.include_plaintext {
+        if self.key.include_plaintext && version.private_key.is_none() {
             let key = self
                 .decrypt(&version.meta, &version.private_key_ciphertext)
                 .await?;
@@ -477,7 +510,7 @@ impl<P: Provider> KeyContext<'_, P> {
                         reasons.join("; ")
                     )
                 })?;
-            if self.key.include_plaintext {
+            if self.key.include_plaintext && version.private_key.is_none() {
                 let key = self
                     .decrypt(&version.meta, &version.private_key_ciphertext)
                     .await?;

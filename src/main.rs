@@ -145,6 +145,10 @@ fn parse() -> Result<Cli, Exit> {
 }
 
 fn main() -> ExitCode {
+    // The AWS SDK logs whole request bodies at trace level when LOG_SIGNABLE_BODY=true; a
+    // PutSecretValue body holds the plaintext private key with includePlaintext.
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { std::env::remove_var("LOG_SIGNABLE_BODY") };
     if let Err(err) = harden() {
         keyprov::errln!("error: {err}");
         return ExitCode::from(Exit::KeyFailed.code());

@@ -22,8 +22,13 @@ async fn client(endpoint: &str) -> Client {
 }
 
 fn install(endpoint: &str) -> Install {
+    install_with(endpoint, "")
+}
+
+/// [`install`] with more config lines (e.g. a keyring shared by several hosts, as KMS is).
+fn install_with(endpoint: &str, extra: &str) -> Install {
     let mut install = Install::new(&format!(
-        "provider: local\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}"
+        "provider: local\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n{extra}"
     ));
     install.env = vec![
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),
@@ -255,7 +260,9 @@ async fn a_file_and_a_secret_output_restore_each_other_without_generating() {
 
     std::fs::remove_dir_all(install.key_dir("pair")).unwrap();
     let run = install.run_once(0);
-    assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.stdout);
+    // One Decrypt: a pair copied out of a secret is proven first; no GenerateDataKeyPair.
+    assert_eq!(provider_calls(&run.stdout), Some(1), "{}", run.stdout);
+    assert!(!run.stderr.contains("generating"), "{}", run.stderr);
     assert_eq!(
         file_meta(&install, "pair")["publicKeySha256"],
         first["publicKeySha256"]
@@ -340,7 +347,14 @@ async fn three_hosts_racing_to_rotate_leave_one_version_per_round() {
     let Some(endpoint) = localstack() else { return };
     let sm = client(&endpoint).await;
     let secret = unique("race");
-    let hosts: Vec<Install> = (0..3).map(|_| install(&endpoint)).collect();
+    // One keyring for all hosts, as one KMS key serves a fleet: a host proves an adopted pair
+    // by decrypting it.
+    let keyring = tempfile::tempdir().unwrap();
+    let shared = format!(
+        "local: {{keyring: \"{}\"}}",
+        keyring.path().join("k").display()
+    );
+    let hosts: Vec<Install> = (0..3).map(|_| install_with(&endpoint, &shared)).collect();
     for host in &hosts {
         host.manifest(
             "k.yaml",
@@ -663,4 +677,52 @@ async fn a_kill_in_the_middle_of_writing_secrets_converges_on_rerun() {
         let (_, versions) = labels(&sm, &secret).await;
         assert_eq!(versions, 1, "seed {seed}: key {i}: one version");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_secret_version_is_never_copied_into_the_files() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let (victim, other) = (unique("victim"), unique("other"));
+    let install = install(&endpoint);
+    install.manifest(
+        "v.yaml",
+        &with_secret("victim", "ECC_NIST_P256", &victim, ""),
+    );
+    install.manifest("o.yaml", &with_secret("other", "ECC_NIST_P256", &other, ""));
+    install.run_once(0);
+    // Someone with PutSecretValue (no KMS rights) writes generation 2 under keyprov's token:
+    // the real ciphertext, another public key.
+    let mut forged = current_json(&sm, &victim).await;
+    let theirs = current_json(&sm, &other).await;
+    forged["generation"] = 2.into();
+    forged["publicKeyPem"] = theirs["publicKeyPem"].clone();
+    forged["publicKeySha256"] = theirs["publicKeySha256"].clone();
+    sm.put_secret_value()
+        .secret_id(&victim)
+        .client_request_token(keyprov::store::secrets_manager::layout::version_id(
+            "victim", 2,
+        ))
+        .secret_string(forged.to_string())
+        .version_stages("AWSCURRENT")
+        .version_stages("keyprov-v0002")
+        .send()
+        .await
+        .unwrap();
+    let before = std::fs::read(install.key_dir("victim").join("current/public.pem")).unwrap();
+    let run = install.run_once(1);
+    assert!(
+        run.stderr.contains("not the one of its private key"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        std::fs::read_link(install.key_dir("victim").join("current")).unwrap(),
+        std::path::PathBuf::from("v0001")
+    );
+    assert_eq!(
+        std::fs::read(install.key_dir("victim").join("current/public.pem")).unwrap(),
+        before
+    );
+    assert!(!install.key_dir("victim").join("v0002").exists());
 }

@@ -135,7 +135,7 @@ impl SecretsManagerStore {
                 };
             }
         };
-        let described = check_ours(key, secret, &output)?;
+        let described = check_ours(&self.scope, key, secret, &output)?;
         self.managed
             .lock()
             .expect("never poisoned")
@@ -468,6 +468,7 @@ fn wanted_tags(scope: &str, key: &KeyPair, output: &SecretsManagerOutput) -> Vec
 
 /// Refuses a secret keyprov did not create for `key`, or one scheduled for deletion.
 fn check_ours(
+    scope: &str,
     key: &str,
     secret: &str,
     output: &DescribeSecretOutput,
@@ -480,6 +481,15 @@ fn check_ours(
                 "exists but was not created by keyprov (no tag {MANAGED_TAG}=true): keyprov never \
                  writes it. Point the output at another secretId, or delete that secret if it \
                  is not in use"
+            ),
+        });
+    }
+    if let Some(other) = tags.get(SCOPE_TAG).filter(|s| !s.is_empty() && *s != scope) {
+        return Err(StoreError::Unsafe {
+            path: format!("secret {secret}"),
+            message: format!(
+                "belongs to keyprov scope {other:?}, not this installation's {scope:?} \
+                 (reconcile.scope): keyprov never writes another installation's secret"
             ),
         });
     }
