@@ -17,6 +17,8 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 pub const CONCURRENCY: std::ops::RangeInclusive<usize> = 1..=1024;
 /// Accepted `reconcile.maxRequestsPerSecond`.
 pub const REQUESTS_PER_SECOND: std::ops::RangeInclusive<f64> = 0.01..=100_000.0;
+/// `reconcile.maxRequestsPerSecond` with `provider: aws` when unset (none with `local`).
+pub const DEFAULT_AWS_REQUESTS_PER_SECOND: f64 = 20.0;
 /// Accepted `aws.maxAttempts`.
 pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
 /// Longest `aws.connectTimeout`, `aws.attemptTimeout`, `aws.operationTimeout` and
@@ -108,6 +110,8 @@ struct ReconcileDoc {
     max_requests_per_second: Option<f64>,
     resync_every: Option<String>,
     debounce: Option<String>,
+    retry_backoff: Option<String>,
+    retry_backoff_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +165,8 @@ pub struct ReconcileSettings {
     pub resync_every: Duration,
     /// Quiet time after a manifest change before reloading.
     pub debounce: Duration,
+    /// How the daemon retries a failed key or hook: first delay, doubling up to a cap.
+    pub retry_backoff: crate::retry::Backoff,
     /// Remove orphans (outputs keyprov made for keys no manifest defines any more): files
     /// moved aside, secrets scheduled for deletion. Never in a run with an invalid manifest.
     pub prune: bool,
@@ -296,7 +302,13 @@ impl Config {
             scope: doc.reconcile.scope.unwrap_or_else(|| "default".into()),
             prune_recovery_window_days: doc.reconcile.prune_recovery_window_days.unwrap_or(30),
             concurrency: doc.reconcile.concurrency.unwrap_or(8),
-            max_requests_per_second: doc.reconcile.max_requests_per_second.unwrap_or(20.0),
+            // The limit protects the account's KMS quota; the embedded provider has none.
+            max_requests_per_second: doc.reconcile.max_requests_per_second.unwrap_or(
+                match doc.provider {
+                    ProviderKind::Aws => DEFAULT_AWS_REQUESTS_PER_SECOND,
+                    ProviderKind::Local => *REQUESTS_PER_SECOND.end(),
+                },
+            ),
             resync_every: duration(
                 "reconcile.resyncEvery",
                 &doc.reconcile.resync_every,
@@ -309,7 +321,27 @@ impl Config {
                 Duration::from_millis(300),
                 MAX_TIMEOUT,
             ),
+            retry_backoff: crate::retry::Backoff {
+                initial: duration(
+                    "reconcile.retryBackoff",
+                    &doc.reconcile.retry_backoff,
+                    Duration::from_secs(30),
+                    MAX_TIMEOUT,
+                ),
+                max: duration(
+                    "reconcile.retryBackoffMax",
+                    &doc.reconcile.retry_backoff_max,
+                    Duration::from_secs(3600),
+                    MAX_RESYNC,
+                ),
+            },
         };
+        if reconcile.retry_backoff.max < reconcile.retry_backoff.initial {
+            field_error(
+                "reconcile.retryBackoffMax",
+                "must not be shorter than reconcile.retryBackoff".into(),
+            );
+        }
         if reconcile.scope.is_empty()
             || reconcile.scope.len() > 128
             || !reconcile

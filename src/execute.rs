@@ -14,18 +14,26 @@ use tokio::sync::Semaphore;
 use crate::hooks::{self, HookEvent};
 use crate::manifest::KeyPair;
 use crate::plan::{Action, KeyPlan, Link};
+use crate::retry::Journal;
 use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
 use crate::store::{RepairInput, StoreError, StoredVersion, Stores, VersionMeta, VersionParts};
 
-/// How hard the executor may push, and what hooks may see.
+/// How hard the executor may push.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Provider requests in flight at once.
     pub concurrency: usize,
     /// Provider requests per second across all keys.
     pub max_requests_per_second: f64,
-    /// Names of keyprov's environment variables that hooks also see (config `hooks.env`).
-    pub hooks_env: Arc<[String]>,
+}
+
+/// Where the executor keeps account: call counters, and the retry records of the keys.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    /// Counters of this execution.
+    pub stats: Arc<Stats>,
+    /// Retry records; hooks are recorded here before their event happens.
+    pub journal: Arc<Journal>,
 }
 
 /// What happened to one key.
@@ -52,8 +60,9 @@ pub async fn execute<P: Provider>(
     plans: Vec<KeyPlan>,
     now: SystemTime,
     limits: Limits,
-    stats: Arc<Stats>,
+    ledger: Ledger,
 ) -> Vec<KeyOutcome> {
+    let Ledger { stats, journal } = ledger;
     let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
     // Only provider requests are bounded here: new versions queue for the one writer, so keys
     // waiting on the disk never leave the provider idle.
@@ -66,13 +75,13 @@ pub async fn execute<P: Provider>(
             continue;
         };
         let key = (*key).clone();
-        let (provider, requests, stores, limiter, stats, hooks_env) = (
+        let (provider, requests, stores, limiter, stats, journal) = (
             provider.clone(),
             requests.clone(),
             stores.clone(),
             limiter.clone(),
             stats.clone(),
-            limits.hooks_env.clone(),
+            journal.clone(),
         );
         let task_name = key.name.clone();
         let handle = tasks.spawn(async move {
@@ -83,7 +92,7 @@ pub async fn execute<P: Provider>(
                 stores: &stores,
                 limiter: &limiter,
                 stats: &stats,
-                hooks_env: &hooks_env,
+                journal: &journal,
                 now,
             };
             let result = ctx.run(&plan.actions).await;
@@ -173,7 +182,7 @@ struct KeyContext<'a, P: Provider> {
     stores: &'a Stores,
     limiter: &'a DefaultDirectRateLimiter,
     stats: &'a Stats,
-    hooks_env: &'a [String],
+    journal: &'a Journal,
     now: SystemTime,
 }
 
@@ -204,10 +213,22 @@ impl<P: Provider> KeyContext<'_, P> {
         lacking
     }
 
+    /// Records, durably, that the hooks of `event` must run for `generation` (before the
+    /// event happens, so a crash in between still runs them after a restart).
+    async fn expect_hooks(&self, event: HookEvent, generation: u32) -> Result<(), String> {
+        if !hooks::listens(self.key, event) {
+            return Ok(());
+        }
+        self.journal
+            .update(&self.key.name, |r| r.add_hook(event, generation, self.now))
+            .await
+            .map_err(|e| self.fail(format!("{e}; nothing was changed")))
+    }
+
     async fn run(&self, actions: &[Action]) -> Result<(), String> {
         let name = &self.key.name;
-        let mut events = Vec::new();
         for action in actions {
+            crate::progress::beat();
             tracing::debug!(key = %name, %action, "executing");
             match action {
                 Action::Generate {
@@ -217,19 +238,17 @@ impl<P: Provider> KeyContext<'_, P> {
                     reason,
                 } => {
                     tracing::info!(key = %name, generation, %reason, staged, "generating");
+                    let (link, event) = if *staged {
+                        (Link::Next, HookEvent::Publish)
+                    } else {
+                        (Link::Current, HookEvent::Activate)
+                    };
+                    self.expect_hooks(event, *generation).await?;
                     let version = self.generate(*generation, *activates_at).await?;
-                    let link = if *staged { Link::Next } else { Link::Current };
                     self.write_or_adopt(version, link).await?;
-                    events.push((
-                        if *staged {
-                            HookEvent::Publish
-                        } else {
-                            HookEvent::Activate
-                        },
-                        *generation,
-                    ));
                 }
                 Action::Activate { generation } => {
+                    self.expect_hooks(HookEvent::Activate, *generation).await?;
                     let all = self.all_outputs();
                     let lacking = self.lacking(&all, *generation).await;
                     self.copy(*generation, &lacking, Link::Current).await?;
@@ -237,7 +256,6 @@ impl<P: Provider> KeyContext<'_, P> {
                         self.link(i, *generation, Link::Current).await?;
                     }
                     tracing::info!(key = %name, generation, "activated staged generation");
-                    events.push((HookEvent::Activate, *generation));
                 }
                 Action::Copy {
                     generation,
@@ -271,13 +289,7 @@ impl<P: Provider> KeyContext<'_, P> {
                 }
             }
         }
-        for (event, generation) in events {
-            hooks::run(self.key, event, generation, self.hooks_env)
-                .await
-                .map_err(|e| {
-                    format!("key {name:?}: generation {generation} is in place, but {e}")
-                })?;
-        }
+        crate::progress::beat();
         Ok(())
     }
 
@@ -623,7 +635,12 @@ mod tests {
         let limits = Limits {
             concurrency: 2,
             max_requests_per_second: 100.0,
-            hooks_env: Arc::from(Vec::new()),
+        };
+        let ledger = Ledger {
+            stats: Arc::default(),
+            journal: Arc::new(crate::retry::Journal::load(crate::retry::RetryStore::new(
+                state.path(),
+            ))),
         };
         let outcomes = execute(
             Arc::new(PanickingProvider),
@@ -632,7 +649,7 @@ mod tests {
             plans,
             now,
             limits,
-            Arc::default(),
+            ledger,
         )
         .await;
         assert_eq!(outcomes.len(), 1);

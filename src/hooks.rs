@@ -36,7 +36,8 @@ pub const OUTPUT_CAP: usize = 64 * 1024;
 pub const LINGER: Duration = Duration::from_secs(1);
 
 /// What happened to a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HookEvent {
     /// A staged generation was published as next.
     Publish,
@@ -61,7 +62,27 @@ impl HookEvent {
     }
 }
 
-/// Runs every hook of `key` that listens to `event`, in order; stops at the first failure.
+/// Identifies one hook of a key's `onRotate` list across runs: its position and command.
+pub fn hook_id(index: usize, hook: &Hook) -> String {
+    format!("{index}:{}", hook.command.join(" "))
+}
+
+/// Whether `key` has a hook listening to `event`.
+pub fn listens(key: &KeyPair, event: HookEvent) -> bool {
+    key.on_rotate.iter().any(|h| event.selects(h))
+}
+
+/// What [`run`] did.
+#[derive(Debug)]
+pub struct HookRun {
+    /// [`hook_id`]s of the hooks that succeeded in this run.
+    pub succeeded: Vec<String>,
+    /// `Err` naming the first hook that failed (the ones after it did not run).
+    pub result: Result<(), String>,
+}
+
+/// Runs every hook of `key` that listens to `event`, in order, except those whose
+/// [`hook_id`] is in `done` (they succeeded in an earlier run); stops at the first failure.
 ///
 /// Hooks see `PATH` ([`DEFAULT_PATH`]), the `KEYPROV_*` variables, and the variables named in
 /// `extra_env` (the config's `hooks.env`) that are set in keyprov's own environment; nothing else.
@@ -70,7 +91,8 @@ pub async fn run(
     event: HookEvent,
     generation: u32,
     extra_env: &[String],
-) -> Result<(), String> {
+    done: &[String],
+) -> HookRun {
     let dirs: Vec<String> = key
         .outputs
         .iter()
@@ -86,10 +108,28 @@ pub async fn run(
         ("KEYPROV_OUTPUT_DIRS", dirs.join(":")),
     ];
     let env = environment(&keyprov, extra_env, |name| std::env::var_os(name));
-    for hook in key.on_rotate.iter().filter(|h| event.selects(h)) {
-        run_one(key, hook, event, generation, &env).await?;
+    let mut succeeded = Vec::new();
+    for (index, hook) in key.on_rotate.iter().enumerate() {
+        let id = hook_id(index, hook);
+        if !event.selects(hook) || done.contains(&id) {
+            continue;
+        }
+        // A hook may run up to its time limit without keyprov making a step.
+        crate::progress::allow_quiet(hook.timeout + LINGER + std::time::Duration::from_secs(2));
+        let result = run_one(key, hook, event, generation, &env).await;
+        crate::progress::beat();
+        if let Err(err) = result {
+            return HookRun {
+                succeeded,
+                result: Err(err),
+            };
+        }
+        succeeded.push(id);
     }
-    Ok(())
+    HookRun {
+        succeeded,
+        result: Ok(()),
+    }
 }
 
 /// The whole environment of a hook: `PATH`, the names of `extra_env` that `lookup` finds, and

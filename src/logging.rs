@@ -11,7 +11,7 @@ pub const LOG_ENV: &str = "KEYPROV_LOG";
 /// Crates that log every file-system event at trace level: capped at `info` unless the filter
 /// names them. The daemon watches the config's directory; a log file written there would
 /// otherwise make an event per line, logged as a line, without end.
-const FILE_WATCHERS: [&str; 2] = ["notify", "notify_debouncer_full"];
+const FILE_WATCHERS: [&str; 1] = ["notify"];
 
 /// Levels a filter directive may name.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -50,22 +50,54 @@ fn filter(spec: &str) -> Option<EnvFilter> {
     Some(filter)
 }
 
-/// Installs the global subscriber; later calls do nothing.
-pub fn init(format: LogFormat, level: &str) {
-    let filter = std::env::var(LOG_ENV)
+/// Swaps the filter of the installed subscriber (see [`set_level`]).
+type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static RELOADER: std::sync::OnceLock<Reloader> = std::sync::OnceLock::new();
+
+/// The filter for the configured `level`, unless `KEYPROV_LOG` overrides it.
+fn effective_filter(level: &str) -> EnvFilter {
+    std::env::var(LOG_ENV)
         .ok()
         .and_then(|env| filter(&env))
         .or_else(|| filter(level))
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+/// Installs the global subscriber; later calls do nothing.
+pub fn init(format: LogFormat, level: &str) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder
+                .with_env_filter(effective_filter(level))
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(ansi)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| {
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as Reloader
+            })
+        }};
+    }
+    let installed = match format {
+        LogFormat::Text => install!(tracing_subscriber::fmt()),
+        LogFormat::Json => install!(tracing_subscriber::fmt().json().flatten_event(true)),
     };
+    if let Ok(reloader) = installed {
+        let _ = RELOADER.set(reloader);
+    }
+}
+
+/// Applies a reloaded configuration's `log.level` (the format stays as started);
+/// `KEYPROV_LOG`, when set, still wins.
+pub fn set_level(level: &str) {
+    if let Some(reload) = RELOADER.get()
+        && let Err(err) = reload(effective_filter(level))
+    {
+        tracing::warn!("cannot apply log.level {level:?}: {err}");
+    }
 }
 
 #[cfg(test)]
@@ -76,7 +108,6 @@ mod tests {
     fn file_watchers_are_capped_unless_named() {
         let text = |spec: &str| filter(spec).unwrap().to_string();
         assert!(text("trace").contains("notify=info"), "{}", text("trace"));
-        assert!(text("trace").contains("notify_debouncer_full=info"));
         assert!(!text("notify=trace").contains("notify=info"));
         assert!(filter("=garbage=").is_none());
         assert!(filter("info,\u{1F511}=trace").is_none());

@@ -1,13 +1,16 @@
 //! `keyprov run --once`, `keyprov plan` and `keyprov rotate`: load, observe, plan, execute.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use crate::clock;
 use crate::config::Config;
 use crate::execute::{self, Limits, Stats};
 use crate::exit::Exit;
+use crate::hooks;
+use crate::retry::{self, HookState, Journal, RetryStore};
 use crate::lock;
 use crate::manifest::KeyPair;
 use crate::plan::{self, KeyPlan, RotateRequest};
@@ -31,6 +34,8 @@ pub struct Report {
     pub next_event: Option<std::time::SystemTime>,
     /// The stateDir lock was held by another keyprov and not waited for: nothing was done.
     pub lock_held: Option<String>,
+    /// Failed keys the daemon left alone in this pass: their retry time has not come.
+    pub waiting: usize,
 }
 
 impl std::fmt::Display for Report {
@@ -38,11 +43,16 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} keys, {} changed, {} failed, {} provider calls{}",
+            "{} keys, {} changed, {} failed, {} provider calls{}{}",
             self.keys,
             self.changed,
             self.failed.len(),
             self.provider_calls,
+            if self.waiting > 0 {
+                format!(", {} waiting to retry", self.waiting)
+            } else {
+                String::new()
+            },
             if self.invalid {
                 ", invalid manifests left untouched"
             } else {
@@ -82,7 +92,6 @@ fn limits(config: &Config) -> Limits {
     Limits {
         concurrency: config.reconcile.concurrency,
         max_requests_per_second: config.reconcile.max_requests_per_second,
-        hooks_env: config.hooks_env.clone().into(),
     }
 }
 
@@ -98,6 +107,8 @@ struct Pending {
     next_event: Option<std::time::SystemTime>,
     /// Keys whose manifest did not load.
     frozen: std::collections::BTreeSet<String>,
+    /// What each key's outputs held before any change.
+    observed: crate::observed::Observed,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
@@ -113,6 +124,7 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         failed: Vec::new(),
         next_event: None,
         frozen: loaded.frozen.clone(),
+        observed: Default::default(),
     };
     pending.keys = match rotate {
         Some(request) => match super::find_key(&loaded, &request.name) {
@@ -154,6 +166,8 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         .filter(|key| !planned.contains(key.name.as_str()));
     pending.next_event = next_event(converged, &observed, pending.now);
     tracing::debug!(elapsed = ?started.elapsed(), changed = pending.plans.len(), "planned");
+    pending.observed = observed;
+    crate::progress::beat();
     pending
 }
 
@@ -179,14 +193,27 @@ pub enum LockWait {
     NoWait,
 }
 
+/// Who asks for a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `run --once`, `rotate`: every key and every pending hook is tried now.
+    Once,
+    /// The daemon. With `honor_backoff`, failed keys and hooks wait for their retry time
+    /// (unless the key's manifest changed). The report's `next_event` covers the keys just
+    /// changed too (one more observation of them) and the retries.
+    Daemon {
+        /// Leave failed keys alone until their retry time.
+        honor_backoff: bool,
+    },
+}
+
 /// Reconciles every valid key once (or only `rotate.name` when rotating), holding the
-/// stateDir lock throughout. With `schedule`, the report's `next_event` also covers the keys
-/// just changed (one more observation of them).
+/// stateDir lock throughout; then runs the `onRotate` hooks that are due.
 pub async fn reconcile(
     config: &Config,
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
-    schedule: bool,
+    mode: Mode,
     wait: LockWait,
 ) -> Report {
     let state_dir = config.state_dir.clone();
@@ -213,12 +240,21 @@ pub async fn reconcile(
             };
         }
     };
+    crate::progress::beat();
     let warm_up = tokio::spawn({
         let provider = provider.clone();
         async move { provider.warm_up().await }
     });
     let stores = Arc::new(new_stores(config));
-    let pending = prepare(config, &stores, rotate).await;
+    let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
+    let mut pending = prepare(config, &stores, rotate).await;
+    let waiting = if mode == (Mode::Daemon { honor_backoff: true }) {
+        in_backoff(&pending.keys, &journal, pending.now)
+    } else {
+        BTreeSet::new()
+    };
+    pending.plans.retain(|p| !waiting.contains(&p.name));
+    pending.failed.retain(|(name, _)| !waiting.contains(name));
     if pending.plans.is_empty() {
         // Converged: no call will be made, so the client is not worth finishing.
         warm_up.abort();
@@ -226,18 +262,14 @@ pub async fn reconcile(
     let mut report = Report {
         keys: pending.keys.len(),
         changed: pending.plans.len(),
-        failed: pending.failed,
+        failed: pending.failed.clone(),
         invalid: pending.invalid,
         provider_calls: 0,
         next_event: pending.next_event,
         lock_held: None,
+        waiting: waiting.len(),
     };
-    // Only the daemon's timer needs to know which keys to look at again afterwards.
-    let changed: HashSet<String> = if schedule {
-        pending.plans.iter().map(|p| p.name.clone()).collect()
-    } else {
-        HashSet::new()
-    };
+    let changed: HashSet<String> = pending.plans.iter().map(|p| p.name.clone()).collect();
     let stats = Arc::new(Stats::default());
     let outcomes = execute::execute(
         provider,
@@ -246,9 +278,13 @@ pub async fn reconcile(
         pending.plans,
         pending.now,
         limits(config),
-        stats.clone(),
+        execute::Ledger {
+            stats: stats.clone(),
+            journal: journal.clone(),
+        },
     )
     .await;
+    record_outcomes(config, &pending.keys, &outcomes, &pending.failed, &journal).await;
     report.failed.extend(
         outcomes
             .into_iter()
@@ -265,26 +301,239 @@ pub async fn reconcile(
         )
         .await;
     }
-    report.failed.sort();
-    report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
-    // What the changed keys wait for next can only be read after their changes.
+    // What the changed keys hold now, for their hooks and (daemon) their next event.
     let now = clock::now();
-    let mut after = None;
-    for key in pending
-        .keys
-        .iter()
-        .filter(|key| changed.contains(&key.name))
-    {
-        if let Ok(outputs) = stores.observe_key(key).await {
-            after = after
+    let mut after = crate::observed::Observed::new();
+    let with_hooks: HashSet<String> = journal
+        .snapshot()
+        .into_iter()
+        .filter(|(_, r)| !r.hooks.is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    for key in pending.keys.iter().filter(|key| {
+        changed.contains(&key.name)
+            && (matches!(mode, Mode::Daemon { .. }) || with_hooks.contains(&key.name))
+    }) {
+        after.insert(key.name.clone(), stores.observe_key(key).await);
+        crate::progress::beat();
+    }
+    for (name, outputs) in &after {
+        if let (Ok(outputs), Some(key)) = (outputs, pending.keys.iter().find(|k| &k.name == name)) {
+            report.next_event = report
+                .next_event
                 .into_iter()
-                .chain(plan::next_event(key, &outputs, now))
+                .chain(plan::next_event(key, outputs, now))
                 .min();
         }
     }
+    let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
+    let hook_failures = run_due_hooks(config, &pending.keys, &journal, mode, observed).await;
+    report.failed.extend(hook_failures);
+    if rotate.is_none() && !pending.invalid && pending.frozen.is_empty() {
+        forget_unknown_keys(&pending.keys, &journal).await;
+    }
+    if matches!(mode, Mode::Daemon { .. }) {
+        report.next_event = report
+            .next_event
+            .into_iter()
+            .chain(next_retry(&journal))
+            .min();
+    }
+    report.failed.sort();
+    report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
     stores.finish().await;
-    report.next_event = report.next_event.into_iter().chain(after).min();
     report
+}
+
+/// Failed keys whose retry time has not come and whose manifest did not change since.
+fn in_backoff(keys: &[KeyPair], journal: &Journal, now: SystemTime) -> BTreeSet<String> {
+    keys.iter()
+        .filter(|key| {
+            journal.get(&key.name).failure.is_some_and(|f| {
+                f.next_attempt() > now && f.manifest_digest == retry::manifest_digest(key)
+            })
+        })
+        .map(|key| key.name.clone())
+        .collect()
+}
+
+/// Records each key's success (its failure is forgotten) or failure (its backoff grows).
+async fn record_outcomes(
+    config: &Config,
+    keys: &[KeyPair],
+    outcomes: &[execute::KeyOutcome],
+    unobserved: &[(String, String)],
+    journal: &Journal,
+) {
+    let now = clock::now();
+    let backoff = config.reconcile.retry_backoff;
+    let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
+    let results = outcomes
+        .iter()
+        .map(|o| (o.name.as_str(), o.result.as_ref().err()))
+        .chain(unobserved.iter().map(|(name, err)| (name.as_str(), Some(err))));
+    for (name, error) in results {
+        let Some(key) = by_name.get(name) else {
+            continue;
+        };
+        let recorded = journal
+            .update(name, |record| match error {
+                None => record.failure = None,
+                Some(error) => record.fail(key, error, now, &backoff),
+            })
+            .await;
+        if let Err(err) = recorded {
+            tracing::error!(key = %name, "{err}");
+        }
+    }
+}
+
+/// Runs the hooks of every key whose recorded event happened and whose retry time has come
+/// (at once outside the daemon's backoff); drops the superseded ones. Keys run in parallel,
+/// each key's hooks in order. Returns the failures.
+async fn run_due_hooks<'a>(
+    config: &Config,
+    keys: &[KeyPair],
+    journal: &Arc<Journal>,
+    mode: Mode,
+    observed: impl Fn(&str) -> Option<&'a Result<Vec<crate::observed::ObservedOutput>, String>>,
+) -> Vec<(String, String)> {
+    let now = clock::now();
+    let honor_backoff = mode == (Mode::Daemon { honor_backoff: true });
+    let records = journal.snapshot();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.reconcile.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for key in keys {
+        let Some(record) = records.get(&key.name).filter(|r| !r.hooks.is_empty()) else {
+            continue;
+        };
+        let Some(Ok(outputs)) = observed(&key.name) else {
+            continue;
+        };
+        let (current, next) = plan::authoritative(outputs);
+        let (current, next) = (current.map(|v| v.generation), next.map(|v| v.generation));
+        let mut due = Vec::new();
+        let mut superseded = Vec::new();
+        for hook in &record.hooks {
+            match hook.state(current, next) {
+                HookState::Superseded => superseded.push((hook.event, hook.generation)),
+                HookState::Due if !honor_backoff || hook.next_attempt() <= now => {
+                    due.push(hook.clone())
+                }
+                HookState::Due | HookState::Waiting => {}
+            }
+        }
+        if superseded.is_empty() && due.is_empty() {
+            continue;
+        }
+        let (key, journal, slots) = (key.clone(), journal.clone(), slots.clone());
+        let (backoff, hooks_env) = (config.reconcile.retry_backoff, config.hooks_env.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            let mut failures = Vec::new();
+            let dropped = journal
+                .update(&key.name, |r| {
+                    r.hooks
+                        .retain(|h| !superseded.contains(&(h.event, h.generation)))
+                })
+                .await;
+            if let Err(err) = dropped {
+                tracing::error!(key = %key.name, "{err}");
+            }
+            for hook in due {
+                let ran = hooks::run(&key, hook.event, hook.generation, &hooks_env, &hook.done).await;
+                let attempts = hook.attempts + 1;
+                let retry_at = clock::now() + backoff.jittered(attempts);
+                let message = ran.result.as_ref().err().map(|err| {
+                    format!(
+                        "key {:?}: generation {} is in place, but {err} (attempt {attempts}; \
+                         the daemon retries from {}, `run --once` at once)",
+                        key.name,
+                        hook.generation,
+                        humantime::format_rfc3339_seconds(retry_at),
+                    )
+                });
+                let recorded = journal
+                    .update(&key.name, |r| {
+                        let Some(entry) = r
+                            .hooks
+                            .iter_mut()
+                            .find(|h| h.event == hook.event && h.generation == hook.generation)
+                        else {
+                            return;
+                        };
+                        match &ran.result {
+                            Ok(()) => {
+                                r.hooks.retain(|h| {
+                                    !(h.event == hook.event && h.generation == hook.generation)
+                                });
+                            }
+                            Err(err) => {
+                                entry.attempts = attempts;
+                                entry.done.extend(ran.succeeded.iter().cloned());
+                                entry.last_error = Some(err.clone());
+                                entry.next_attempt = crate::schedule::format_time(retry_at);
+                            }
+                        }
+                    })
+                    .await;
+                if let Err(err) = recorded {
+                    tracing::error!(key = %key.name, "{err}");
+                }
+                match message {
+                    Some(message) => {
+                        tracing::error!(key = %key.name, "{message}");
+                        failures.push((key.name.clone(), message));
+                        break;
+                    }
+                    None => tracing::info!(
+                        key = %key.name,
+                        event = hook.event.as_str(),
+                        generation = hook.generation,
+                        "onRotate hooks succeeded"
+                    ),
+                }
+            }
+            failures
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(mut failed) => failures.append(&mut failed),
+            Err(err) => failures.push(("hooks".into(), format!("a hook task failed: {err}"))),
+        }
+    }
+    failures
+}
+
+/// Removes the retry records of keys no manifest defines any more.
+async fn forget_unknown_keys(keys: &[KeyPair], journal: &Journal) {
+    let known: HashSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    for name in journal.snapshot().into_keys() {
+        if !known.contains(name.as_str())
+            && let Err(err) = journal.update(&name, |r| *r = Default::default()).await
+        {
+            tracing::error!(key = %name, "{err}");
+        }
+    }
+}
+
+/// The earliest retry of a failed key or hook.
+fn next_retry(journal: &Journal) -> Option<SystemTime> {
+    journal
+        .snapshot()
+        .values()
+        .flat_map(|record| {
+            let failure = record.failure.as_ref().map(retry::Failure::next_attempt);
+            let hooks = record
+                .hooks
+                .iter()
+                .filter(|h| h.attempts > 0)
+                .map(retry::PendingHook::next_attempt);
+            failure.into_iter().chain(hooks)
+        })
+        .min()
 }
 
 /// `reconcile.prune`: removes the orphans, unless some manifest did not load (its keys might
@@ -326,7 +575,7 @@ async fn prune_orphans(
 /// `keyprov run --once` / `keyprov rotate`: reconcile and print a summary line.
 pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: LockWait) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
-    let report = reconcile(config, provider, rotate, false, wait).await;
+    let report = reconcile(config, provider, rotate, Mode::Once, wait).await;
     if let Some(held) = &report.lock_held {
         crate::errln!("error: {held}");
         return report.exit();

@@ -41,6 +41,13 @@ pub fn resolve_output_dir(
             allowed.join(", ")
         ));
     };
+    let reserved = state_dir.join(crate::retry::RETRY_DIR);
+    if resolved.starts_with(&reserved) {
+        return Err(format!(
+            "{dir:?} is {}, which keyprov keeps its retry records in; choose another directory",
+            reserved.display()
+        ));
+    }
     ensure_no_symlink_escape(root, &resolved)?;
     Ok((root.to_path_buf(), resolved))
 }

@@ -1,0 +1,397 @@
+//! The daemon (`keyprov run`): reconciles at start, then whenever a manifest changes
+//! (debounced), a rotation, activation or retry falls due, `resyncEvery` passes, or the
+//! configuration is reloaded (SIGHUP, or its file changed); stops cleanly on SIGTERM or
+//! SIGINT. Speaks sd_notify for systemd `Type=notify-reload`: READY, RELOADING, STOPPING,
+//! STATUS, and WATCHDOG pings when `WatchdogSec=` is set.
+//!
+//! Between reconciles the daemon sleeps on one timer, set to the earliest of: the next
+//! scheduled event, a due watchdog ping, the end of a debounce. Nothing else wakes it.
+
+mod debounce;
+mod watch;
+mod watchdog;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::clock;
+use crate::commands::reconcile::{LockWait, Mode, Report, reconcile};
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::provider::AnyProvider;
+
+use debounce::Debounce;
+use watch::ManifestWatcher;
+use watchdog::Watchdog;
+
+/// How long a reconcile in flight may take to finish once a stop is asked for.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// A signal the daemon acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGHUP: reload the configuration and reconcile.
+    Reload,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// Why the daemon reconciles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pass {
+    /// Start-up, or a configuration reload: every key, backoff ignored.
+    Everything,
+    /// A timer (schedule, retry, resync) or a manifest change: keys in backoff wait.
+    Scheduled,
+}
+
+/// What the daemon listens to.
+struct Inputs {
+    signals: mpsc::UnboundedReceiver<Signal>,
+    changes: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    changes_tx: mpsc::UnboundedSender<Vec<PathBuf>>,
+    watcher: Option<ManifestWatcher>,
+    watchdog: Option<Watchdog>,
+}
+
+impl Inputs {
+    /// When the watchdog wants its next ping (far in the future without a watchdog).
+    fn watchdog_deadline(&self) -> Instant {
+        self.watchdog
+            .as_ref()
+            .map_or_else(far_future, Watchdog::deadline)
+    }
+
+    /// (Re)starts the watch of `config`'s files; on failure the previous watch stays.
+    fn watch(&mut self, config: &Config) -> Result<(), String> {
+        match ManifestWatcher::start(config, self.changes_tx.clone()) {
+            Ok(watcher) => {
+                self.watcher = Some(watcher);
+                Ok(())
+            }
+            Err(err) => Err(format!("cannot watch the manifests: {err}")),
+        }
+    }
+
+    /// Sorts changed paths: `(config changed, watch must be rebuilt)`.
+    fn classify(&self, paths: &[PathBuf]) -> (bool, bool) {
+        let Some(watcher) = &self.watcher else {
+            return (false, false);
+        };
+        let set = watcher.set();
+        (
+            paths.iter().any(|p| set.is_config(p)),
+            paths.iter().any(|p| set.needs_rewatch(p)),
+        )
+    }
+}
+
+/// Runs until stopped; 0 on a clean stop.
+pub async fn run(mut config: Config) -> Exit {
+    let (signal_tx, signals) = mpsc::unbounded_channel();
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let signal_thread = match forward_signals(signal_tx) {
+        Ok(handle) => handle,
+        Err(err) => {
+            tracing::error!("cannot install signal handlers: {err}");
+            return Exit::KeyFailed;
+        }
+    };
+    let mut inputs = Inputs {
+        signals,
+        changes,
+        changes_tx,
+        watcher: None,
+        watchdog: Watchdog::from_env(slowest_step(&config)),
+    };
+    if let Err(err) = inputs.watch(&config) {
+        tracing::error!("{err}");
+        signal_thread.close();
+        return Exit::KeyFailed;
+    }
+    let mut provider = Arc::new(AnyProvider::from_config(&config));
+    log_start(&config, &inputs);
+    let mut pass = Pass::Everything;
+    let mut reload = false;
+    let exit = loop {
+        if reload {
+            reload = false;
+            if let Some(new) = reload_config(&config, &mut inputs) {
+                provider = Arc::new(AnyProvider::from_config(&new));
+                config = new;
+            }
+            pass = Pass::Everything;
+        }
+        let mode = Mode::Daemon {
+            honor_backoff: pass == Pass::Scheduled,
+        };
+        let Some(report) = reconcile_watched(&config, &provider, mode, &mut inputs, &mut reload).await
+        else {
+            break Exit::Ok;
+        };
+        let wait = next_wake(&config, &report);
+        let status = summary(&report, wait);
+        tracing::info!("{status}");
+        // The first READY=1 ends start-up; later ones end a reload.
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        if reload {
+            continue;
+        }
+        pass = Pass::Scheduled;
+        match sleep(&config, &mut inputs, Instant::now() + wait).await {
+            Wake::Stop => break Exit::Ok,
+            Wake::Reload => reload = true,
+            Wake::Timer => tracing::debug!("timer: reconciling"),
+            Wake::Changed(paths) => {
+                tracing::info!(paths = ?paths, "manifests changed: reconciling")
+            }
+        }
+    };
+    notify(&[NotifyState::Stopping]);
+    tracing::info!("stopped");
+    signal_thread.close();
+    exit
+}
+
+/// The longest a single step of a reconcile may legitimately take: one AWS operation.
+fn slowest_step(config: &Config) -> Duration {
+    config.aws.operation_timeout + Duration::from_secs(5)
+}
+
+fn log_start(config: &Config, inputs: &Inputs) {
+    let watched: Vec<String> = inputs
+        .watcher
+        .as_ref()
+        .map(|w| w.set().watched_dirs())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    let keys = crate::commands::load_manifests(config).keys.len();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.path.display(),
+        provider = ?config.provider,
+        state_dir = %config.state_dir.display(),
+        watched = ?watched,
+        keys,
+        watchdog = ?inputs.watchdog.as_ref().map(Watchdog::period),
+        "keyprov {} starting: {keys} keys, provider {:?}",
+        env!("CARGO_PKG_VERSION"),
+        config.provider,
+    );
+}
+
+/// Re-reads the configuration: the new one (applied to logging and the watch), or `None`
+/// when it is invalid and the running one stays in force.
+fn reload_config(config: &Config, inputs: &mut Inputs) -> Option<Config> {
+    notify(&[
+        NotifyState::Reloading,
+        NotifyState::MonotonicUsec(monotonic_usec()),
+    ]);
+    match Config::load(&config.path) {
+        Ok(new) => {
+            crate::logging::set_level(&new.log_level);
+            tracing::info!(config = %new.path.display(), "configuration reloaded");
+            if let Err(err) = inputs.watch(&new) {
+                tracing::error!("{err}");
+            }
+            if let Some(watchdog) = &mut inputs.watchdog {
+                watchdog.set_slowest_step(slowest_step(&new));
+            }
+            Some(new)
+        }
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                tracing::error!("{diagnostic}");
+            }
+            tracing::error!("configuration not reloaded: the previous one stays in force");
+            None
+        }
+    }
+}
+
+/// What ended a sleep.
+#[derive(Debug)]
+enum Wake {
+    Stop,
+    Reload,
+    Timer,
+    Changed(Vec<PathBuf>),
+}
+
+/// Sleeps until `until`, a signal, or debounced manifest changes; pings the watchdog on the
+/// way. Signals come first: a flood of file events never delays a stop or a reload.
+async fn sleep(config: &Config, inputs: &mut Inputs, until: Instant) -> Wake {
+    let mut debounce = Debounce::new(config.reconcile.debounce);
+    loop {
+        let wake_at = [Some(until), Some(inputs.watchdog_deadline()), debounce.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(until);
+        tokio::select! {
+            biased;
+            signal = inputs.signals.recv() => match signal {
+                Some(Signal::Reload) => return Wake::Reload,
+                Some(Signal::Stop) | None => return Wake::Stop,
+            },
+            Some(paths) = inputs.changes.recv() => {
+                let (_, rewatch) = inputs.classify(&paths);
+                if rewatch && let Err(err) = inputs.watch(config) {
+                    tracing::error!("{err}");
+                }
+                debounce.add(paths, Instant::now());
+            }
+            () = tokio::time::sleep_until(wake_at) => {
+                let now = Instant::now();
+                if let Some(watchdog) = &mut inputs.watchdog {
+                    watchdog.ping_if_due();
+                }
+                if let Some(paths) = debounce.take_if_due(now) {
+                    if inputs.classify(&paths).0 {
+                        tracing::info!("the configuration file changed: reloading");
+                        return Wake::Reload;
+                    }
+                    return Wake::Changed(paths);
+                }
+                if now >= until {
+                    return Wake::Timer;
+                }
+            }
+        }
+    }
+}
+
+/// Reconciles once, pinging the watchdog while the reconcile makes progress. A stop request
+/// lets the reconcile finish within [`STOP_GRACE`] and returns `None`. Other wakes during the
+/// reconcile are not lost: SIGHUP sets `reload`, a manifest change makes the report's next
+/// event "now", so another pass follows at once.
+async fn reconcile_watched(
+    config: &Config,
+    provider: &Arc<AnyProvider>,
+    mode: Mode,
+    inputs: &mut Inputs,
+    reload: &mut bool,
+) -> Option<Report> {
+    crate::progress::beat();
+    let reconciling = reconcile(config, provider.clone(), None, mode, LockWait::Wait);
+    tokio::pin!(reconciling);
+    let mut changed_meanwhile = Vec::new();
+    let mut stopping: Option<Instant> = None;
+    let report = loop {
+        let grace_end = stopping.map_or_else(far_future, |at| at + STOP_GRACE);
+        let ping_at = inputs.watchdog_deadline();
+        tokio::select! {
+            biased;
+            report = &mut reconciling => break Some(report),
+            signal = inputs.signals.recv(), if stopping.is_none() => match signal {
+                Some(Signal::Reload) => *reload = true,
+                Some(Signal::Stop) | None => {
+                    // systemd sent the signal, so it knows; STOPPING=1 follows in `run`.
+                    tracing::info!("stopping: letting the reconcile in flight finish");
+                    stopping = Some(Instant::now());
+                }
+            },
+            Some(paths) = inputs.changes.recv() => changed_meanwhile.extend(paths),
+            () = tokio::time::sleep_until(ping_at) => {
+                if let Some(watchdog) = &mut inputs.watchdog {
+                    watchdog.ping_if_progressing();
+                }
+            }
+            () = tokio::time::sleep_until(grace_end) => {
+                tracing::warn!(
+                    "the reconcile in flight did not finish within {STOP_GRACE:?}; \
+                     abandoning it (no version is left half-written)"
+                );
+                break None;
+            }
+        }
+    };
+    if stopping.is_some() {
+        return None;
+    }
+    if changed_meanwhile.is_empty() {
+        return report;
+    }
+    let (config_changed, rewatch) = inputs.classify(&changed_meanwhile);
+    if config_changed {
+        *reload = true;
+    }
+    if rewatch && let Err(err) = inputs.watch(config) {
+        tracing::error!("{err}");
+    }
+    tracing::info!(paths = ?changed_meanwhile, "manifests changed during the reconcile");
+    report.map(|mut r| {
+        r.next_event = Some(clock::now());
+        r
+    })
+}
+
+/// A deadline that never comes (tokio's timer wheel holds about two years).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// How long to sleep after a reconcile: until the next rotation, activation or retry, or
+/// `resyncEvery`, whichever comes first.
+fn next_wake(config: &Config, report: &Report) -> Duration {
+    let mut wait = config.reconcile.resync_every;
+    if let Some(at) = report.next_event {
+        let until = at.duration_since(clock::now()).unwrap_or_default();
+        wait = wait.min(until);
+    }
+    wait
+}
+
+fn summary(report: &Report, wait: Duration) -> String {
+    let next = SystemTime::now() + wait;
+    format!(
+        "{report}; next reconcile at {}",
+        humantime::format_rfc3339_seconds(next)
+    )
+}
+
+/// Sends a state to systemd when run under it (`NOTIFY_SOCKET`); a failure is logged only.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::warn!("sd_notify failed: {err}");
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as `Type=notify-reload` wants with RELOADING=1.
+fn monotonic_usec() -> i128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_nsec()) / 1_000)
+        .unwrap_or_default()
+}
+
+/// Turns SIGHUP, SIGTERM and SIGINT into [`Signal`]s, on a thread of their own (blocked in
+/// the kernel until a signal comes).
+fn forward_signals(
+    signals_tx: mpsc::UnboundedSender<Signal>,
+) -> std::io::Result<signal_hook::iterator::Handle> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("keyprov-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let signal = if signal == SIGHUP {
+                    Signal::Reload
+                } else {
+                    Signal::Stop
+                };
+                if signals_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(handle)
+}
