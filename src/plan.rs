@@ -148,14 +148,21 @@ pub fn authoritative(
     (current, next)
 }
 
+/// The rotation schedule of a key whose current generation activated at
+/// `current_activates_at`, its [`schedule::spread`] included.
+pub fn rotation_due(key: &KeyPair, current_activates_at: SystemTime) -> Option<schedule::Due> {
+    let every = key.rotation.every?;
+    schedule::due(
+        current_activates_at,
+        Some(every),
+        key.rotation.publish_ahead,
+        schedule::spread(&key.name, every),
+    )
+}
+
 /// When the next rotation of `current` is due to activate, if the key rotates.
 pub fn next_rotation(key: &KeyPair, current: &ObservedVersion) -> Option<SystemTime> {
-    schedule::due(
-        current.activates_at,
-        key.rotation.every,
-        key.rotation.publish_ahead,
-    )
-    .map(|d| d.activate_at)
+    rotation_due(key, current.activates_at).map(|d| d.activate_at)
 }
 
 /// The next time after `now` at which [`plan_key`] would act on this key without anything
@@ -172,12 +179,8 @@ pub fn next_event(
         return (staged.activates_at > now).then_some(staged.activates_at);
     }
     let current = current?;
-    schedule::due(
-        current.activates_at,
-        key.rotation.every,
-        key.rotation.publish_ahead,
-    )
-    .map(|due| due.publish_at)
+    rotation_due(key, current.activates_at)
+        .map(|due| due.publish_at)
     .filter(|&at| at > now)
 }
 
@@ -244,7 +247,7 @@ pub fn plan_key(
         }
         (Some(c), Some(s)) => (Some(c.generation), Some(s.generation)),
         (Some(c), None) => {
-            let due = schedule::due(c.activates_at, key.rotation.every, ahead);
+            let due = rotation_due(key, c.activates_at);
             let when = |due_at| {
                 if force_now {
                     now

@@ -10,6 +10,11 @@ use crate::spec::KeyPairSpec;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// `t(days)` plus the rotation spread of the test key (`k`, every 90 days).
+fn due(days: u64) -> SystemTime {
+    t(days) + crate::schedule::spread("k", Duration::from_secs(90 * 86_400))
+}
+
 fn t(days: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_secs(days * 86_400)
 }
@@ -149,9 +154,9 @@ fn transitions() {
             "rotation due",
             rotating.clone(),
             vec![output(&rotating, &[1], 0)],
-            t(90),
+            due(90),
             None,
-            vec![generate(2, t(90), false, Reason::RotationDue)],
+            vec![generate(2, due(90), false, Reason::RotationDue)],
         ),
         (
             "staged rotation not yet publishing",
@@ -165,9 +170,9 @@ fn transitions() {
             "staged rotation publishes ahead",
             staged_key.clone(),
             vec![output(&staged_key, &[1], 0)],
-            t(83),
+            due(83),
             None,
-            vec![generate(2, t(90), true, Reason::RotationDue)],
+            vec![generate(2, due(90), true, Reason::RotationDue)],
         ),
         (
             "late publication keeps the full window",
@@ -322,10 +327,10 @@ fn transitions() {
             "keep 0 prunes the old generation after rotation",
             key(Some(90), None, 0, 1),
             vec![output(&rotating, &[1], 0)],
-            t(90),
+            due(90),
             None,
             vec![
-                generate(2, t(90), false, Reason::RotationDue),
+                generate(2, due(90), false, Reason::RotationDue),
                 Action::Prune {
                     output: 0,
                     generations: vec![1],
@@ -336,10 +341,10 @@ fn transitions() {
             "keep 2 keeps two",
             key(Some(90), None, 2, 1),
             vec![output(&rotating, &[1, 2, 3], 0)],
-            t(90),
+            due(90),
             None,
             vec![
-                generate(4, t(90), false, Reason::RotationDue),
+                generate(4, due(90), false, Reason::RotationDue),
                 Action::Prune {
                     output: 0,
                     generations: vec![1],
@@ -567,15 +572,15 @@ fn next_events() {
     assert_eq!(next_event(&plain, &[ObservedOutput::default()], t(5)), None);
     assert_eq!(
         next_event(&rotating, &[output(&rotating, &[1], 0)], t(5)),
-        Some(t(90))
+        Some(due(90))
     );
     assert_eq!(
         next_event(&staged_key, &[output(&staged_key, &[1], 0)], t(5)),
-        Some(t(83)),
+        Some(due(83)),
         "publication starts publishAhead before the due time"
     );
     assert_eq!(
-        next_event(&rotating, &[output(&rotating, &[1], 0)], t(90)),
+        next_event(&rotating, &[output(&rotating, &[1], 0)], due(90)),
         None,
         "already due: the plan acts now, there is nothing to wait for"
     );

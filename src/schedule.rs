@@ -60,13 +60,34 @@ pub struct Due {
     pub publish_at: SystemTime,
 }
 
+/// Longest rotation spread (see [`spread`]).
+pub const MAX_SPREAD: Duration = Duration::from_secs(3600);
+
+/// The spread of key `name`'s rotations: a fixed offset, derived from the name alone (so every
+/// host agrees), of up to 1% of `every` and at most [`MAX_SPREAD`], added to each due time.
+/// Keys created together (1,000 manifests applied at once) thus fall due spread over that
+/// window instead of all in the same second, every `every` after.
+pub fn spread(name: &str, every: Duration) -> Duration {
+    let window = (every / 100).min(MAX_SPREAD);
+    let window_nanos = window.as_nanos() as u64;
+    if window_nanos == 0 {
+        return Duration::ZERO;
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    Duration::from_nanos(u64::from_be_bytes(first) % window_nanos)
+}
+
 /// The rotation schedule of the current generation, or `None` when the key never rotates.
+/// `spread` is the key's [`spread`].
 pub fn due(
     current_activated_at: SystemTime,
     every: Option<Duration>,
     publish_ahead: Option<Duration>,
+    spread: Duration,
 ) -> Option<Due> {
-    let activate_at = add(current_activated_at, every?);
+    let activate_at = add(add(current_activated_at, every?), spread);
     let publish_at = activate_at
         .checked_sub(publish_ahead.unwrap_or_default())
         .unwrap_or(activate_at);
@@ -96,6 +117,20 @@ pub fn activation_time(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_is_fixed_per_name_and_within_one_percent_capped() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(spread("a", day), spread("a", day), "deterministic");
+        let names: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
+        let spreads: Vec<Duration> = names.iter().map(|n| spread(n, day)).collect();
+        assert!(spreads.iter().all(|s| *s < day / 100));
+        let distinct_seconds: std::collections::BTreeSet<u64> =
+            spreads.iter().map(Duration::as_secs).collect();
+        assert!(distinct_seconds.len() > 500, "{}", distinct_seconds.len());
+        assert!(names.iter().all(|n| spread(n, 90 * day) < MAX_SPREAD));
+        assert!(spread("a", Duration::from_secs(1)) < Duration::from_millis(10));
+    }
 
     const DAY: Duration = Duration::from_secs(86_400);
 
@@ -129,18 +164,18 @@ mod tests {
     #[test]
     fn due_subtracts_publish_ahead() {
         let t0 = SystemTime::UNIX_EPOCH + 1000 * DAY;
-        assert_eq!(due(t0, None, Some(DAY)), None);
-        let d = due(t0, Some(90 * DAY), Some(7 * DAY)).unwrap();
+        assert_eq!(due(t0, None, Some(DAY), Duration::ZERO), None);
+        let d = due(t0, Some(90 * DAY), Some(7 * DAY), Duration::ZERO).unwrap();
         assert_eq!(d.activate_at, t0 + 90 * DAY);
         assert_eq!(d.publish_at, t0 + 83 * DAY);
-        let d = due(t0, Some(90 * DAY), None).unwrap();
+        let d = due(t0, Some(90 * DAY), None, Duration::ZERO).unwrap();
         assert_eq!(d.publish_at, d.activate_at);
     }
 
     #[test]
     fn far_times_saturate_instead_of_panicking() {
         let far = parse_time("9999-06-01T00:00:00Z").unwrap();
-        let d = due(far, Some(MAX_ROTATION), Some(MAX_ROTATION / 2)).unwrap();
+        let d = due(far, Some(MAX_ROTATION), Some(MAX_ROTATION / 2), Duration::ZERO).unwrap();
         assert_eq!(d.activate_at, max_time());
         assert_eq!(format_time(d.activate_at), "9999-12-31T23:59:59.999999Z");
         assert_eq!(activation_time(far, None, Some(MAX_ROTATION)), max_time());

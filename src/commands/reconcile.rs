@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::clock;
 use crate::config::Config;
@@ -609,6 +609,7 @@ pub async fn plan(config: &Config) -> Exit {
         }
     }
     print_plans(&pending.keys, &pending.plans);
+    print_next_rotations(&pending);
     let failed: HashSet<&str> = pending.failed.iter().map(|(n, _)| n.as_str()).collect();
     let converged = pending
         .keys
@@ -634,6 +635,33 @@ pub async fn plan(config: &Config) -> Exit {
         exit = exit.max(Exit::ChangesPending);
     }
     exit
+}
+
+/// For each converged key that rotates: when its next rotation is due, and the spread
+/// ([`crate::schedule::spread`]) included in that time.
+fn print_next_rotations(pending: &Pending) {
+    let planned: HashSet<&str> = pending.plans.iter().map(|p| p.name.as_str()).collect();
+    for key in pending.keys.iter().filter(|k| !planned.contains(k.name.as_str())) {
+        let (Some(every), Some(Ok(outputs))) =
+            (key.rotation.every, pending.observed.get(&key.name))
+        else {
+            continue;
+        };
+        let Some(current) = plan::authoritative(outputs).0 else {
+            continue;
+        };
+        let Some(due) = plan::rotation_due(key, current.activates_at) else {
+            continue;
+        };
+        let spread = crate::schedule::spread(&key.name, every);
+        crate::outln!(
+            "{}: no change; next rotation due {} (spread +{} of up to {})",
+            key.name,
+            humantime::format_rfc3339_seconds(due.activate_at),
+            humantime::format_duration(Duration::from_secs(spread.as_secs())),
+            humantime::format_duration((every / 100).min(crate::schedule::MAX_SPREAD)),
+        );
+    }
 }
 
 fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {

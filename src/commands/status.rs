@@ -27,6 +27,10 @@ struct KeyStatus {
     state: &'static str,
     error: Option<String>,
     outputs: Vec<OutputStatus>,
+    /// The key's retry record: its last failure and the daemon's next attempt, and hooks
+    /// that have not succeeded yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry: Option<crate::retry::RetryRecord>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +63,7 @@ fn key_status(
         next: None,
         state: "failed",
         error: None,
+        retry: None,
         outputs: key
             .outputs
             .iter()
@@ -153,10 +158,13 @@ pub async fn status(config: &Config, json: bool) -> Exit {
                 Vec::new()
             }
         };
+    let mut retries = crate::retry::RetryStore::new(&config.state_dir).load_all();
     let mut keys = Vec::with_capacity(loaded.keys.len());
     for key in &loaded.keys {
         let secret_meta = secret_only_meta(&stores, key, &observed[&key.name]).await;
-        keys.push(key_status(key, &observed[&key.name], secret_meta, now));
+        let mut status = key_status(key, &observed[&key.name], secret_meta, now);
+        status.retry = retries.remove(&key.name);
+        keys.push(status);
     }
     let status = Status { orphans, keys };
     if json {
@@ -180,6 +188,35 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         exit = exit.max(Exit::KeyFailed);
     }
     exit
+}
+
+/// The lines under a key with something to retry.
+fn print_retry(retry: &crate::retry::RetryRecord, width: usize) {
+    if let Some(failure) = &retry.failure {
+        crate::outln!(
+            "{:width$}  failing: {} attempt(s) in a row, last at {}; the daemon tries again at {}: {}",
+            "",
+            failure.attempts,
+            failure.last_attempt,
+            failure.next_attempt,
+            failure.last_error
+        );
+    }
+    for hook in &retry.hooks {
+        let state = match &hook.last_error {
+            None => "pending".to_string(),
+            Some(err) => format!(
+                "failed {} time(s), next attempt at {}: {err}",
+                hook.attempts, hook.next_attempt
+            ),
+        };
+        crate::outln!(
+            "{:width$}  onRotate {} hooks of generation {}: {state}",
+            "",
+            hook.event.as_str(),
+            hook.generation
+        );
+    }
 }
 
 fn print_table(status: &Status, now: SystemTime, prune: bool) {
@@ -241,6 +278,9 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
         );
         if let Some(err) = &key.error {
             crate::outln!("{:width$}  error: {err}", "");
+        }
+        if let Some(retry) = &key.retry {
+            print_retry(retry, width);
         }
     }
     for orphan in &status.orphans {
