@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use crate::hooks::{self, HookEvent};
 use crate::manifest::KeyPair;
 use crate::plan::{Action, KeyPlan, Link};
-use crate::retry::Journal;
 use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
+use crate::retry::Journal;
 use crate::store::{RepairInput, StoreError, StoredVersion, Stores, VersionMeta, VersionParts};
 
 /// How hard the executor may push.

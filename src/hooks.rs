@@ -36,7 +36,9 @@ pub const OUTPUT_CAP: usize = 64 * 1024;
 pub const LINGER: Duration = Duration::from_secs(1);
 
 /// What happened to a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HookEvent {
     /// A staged generation was published as next.

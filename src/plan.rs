@@ -181,7 +181,7 @@ pub fn next_event(
     let current = current?;
     rotation_due(key, current.activates_at)
         .map(|due| due.publish_at)
-    .filter(|&at| at > now)
+        .filter(|&at| at > now)
 }
 
 /// Plans one key.

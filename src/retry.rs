@@ -92,9 +92,7 @@ impl PendingHook {
         let newest = current.max(next);
         let happened = match self.event {
             HookEvent::Activate => current == Some(self.generation),
-            HookEvent::Publish => {
-                current == Some(self.generation) || next == Some(self.generation)
-            }
+            HookEvent::Publish => current == Some(self.generation) || next == Some(self.generation),
         };
         if happened {
             HookState::Due
@@ -169,7 +167,8 @@ fn truncate(error: &str) -> String {
 
 /// A fingerprint of a key's manifest: a failed key whose manifest changed is tried at once.
 pub fn manifest_digest(key: &KeyPair) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{key:?}").as_bytes());
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{key:?}").as_bytes());
     hex::encode(&digest.as_ref()[..12])
 }
 
@@ -300,7 +299,8 @@ impl RetryStore {
     }
 
     fn open_dir(&self, create: bool) -> Result<Option<DirHandle>, String> {
-        let Some(root) = DirHandle::open_root(&self.state_dir, create).map_err(|e| e.to_string())?
+        let Some(root) =
+            DirHandle::open_root(&self.state_dir, create).map_err(|e| e.to_string())?
         else {
             return Ok(None);
         };
@@ -402,7 +402,11 @@ mod tests {
         let activate = hook(HookEvent::Activate);
         assert_eq!(activate.state(Some(5), None), HookState::Due);
         assert_eq!(activate.state(Some(4), Some(5)), HookState::Waiting);
-        assert_eq!(activate.state(Some(4), None), HookState::Waiting, "crashed before it");
+        assert_eq!(
+            activate.state(Some(4), None),
+            HookState::Waiting,
+            "crashed before it"
+        );
         assert_eq!(activate.state(Some(6), None), HookState::Superseded);
         let publish = hook(HookEvent::Publish);
         assert_eq!(publish.state(Some(4), Some(5)), HookState::Due);
@@ -420,8 +424,11 @@ mod tests {
         record.add_hook(HookEvent::Activate, 2, now);
         record.add_hook(HookEvent::Activate, 3, now);
         record.add_hook(HookEvent::Activate, 3, now);
-        let kept: Vec<(HookEvent, u32)> =
-            record.hooks.iter().map(|h| (h.event, h.generation)).collect();
+        let kept: Vec<(HookEvent, u32)> = record
+            .hooks
+            .iter()
+            .map(|h| (h.event, h.generation))
+            .collect();
         assert_eq!(kept, [(HookEvent::Publish, 3), (HookEvent::Activate, 3)]);
     }
 
@@ -433,7 +440,9 @@ mod tests {
         record.add_hook(HookEvent::Activate, 1, SystemTime::UNIX_EPOCH);
         store.save("web", &record).unwrap();
         let path = dir.path().join("retry/web.json");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(store.load_all().get("web"), Some(&record));
         store.save("web", &RetryRecord::default()).unwrap();

@@ -175,7 +175,13 @@ mod tests {
     #[test]
     fn far_times_saturate_instead_of_panicking() {
         let far = parse_time("9999-06-01T00:00:00Z").unwrap();
-        let d = due(far, Some(MAX_ROTATION), Some(MAX_ROTATION / 2), Duration::ZERO).unwrap();
+        let d = due(
+            far,
+            Some(MAX_ROTATION),
+            Some(MAX_ROTATION / 2),
+            Duration::ZERO,
+        )
+        .unwrap();
         assert_eq!(d.activate_at, max_time());
         assert_eq!(format_time(d.activate_at), "9999-12-31T23:59:59.999999Z");
         assert_eq!(activation_time(far, None, Some(MAX_ROTATION)), max_time());

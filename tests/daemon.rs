@@ -17,15 +17,32 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// A running daemon with the systemd side of sd_notify.
 struct Daemon {
     child: Child,
-    notify: UnixDatagram,
+    /// sd_notify messages with their arrival times, read as they come by a thread (as
+    /// systemd does: a full socket queue would block the daemon's sends).
+    notify: std::sync::mpsc::Receiver<(Instant, String)>,
     log: std::path::PathBuf,
 }
 
 impl Daemon {
     fn start(install: &Install) -> Daemon {
+        Daemon::start_with(install, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. `WATCHDOG_USEC`).
+    fn start_with(install: &Install, env: &[(&str, &str)]) -> Daemon {
         let socket = install.root().join("notify.sock");
-        let notify = UnixDatagram::bind(&socket).unwrap();
-        notify.set_read_timeout(Some(PATIENCE)).unwrap();
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixDatagram::bind(&socket).unwrap();
+        let (notify_tx, notify) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = listener.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if notify_tx.send((Instant::now(), message)).is_err() {
+                    break;
+                }
+            }
+        });
         let log = install.root().join("daemon.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_keyprov"));
         command
@@ -37,7 +54,14 @@ impl Daemon {
             .env("KEYPROV_LOG", "info")
             .env_remove("KEYPROV_TEST_NOW")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            );
+        command.envs(env.iter().copied());
         Daemon {
             child: command.spawn().expect("keyprov run starts"),
             notify,
@@ -48,13 +72,11 @@ impl Daemon {
     /// Waits for a notification containing `want`; returns every message read meanwhile.
     fn expect_notify(&self, want: &str) -> Vec<String> {
         let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
         let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            let Ok(n) = self.notify.recv(&mut buf) else {
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok((_, message)) = self.notify.recv_timeout(left) else {
                 break;
             };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             let done = message.contains(want);
             seen.push(message);
             if done {
@@ -65,6 +87,23 @@ impl Daemon {
             "no sd_notify message with {want:?}; got {seen:?}\nlog:\n{}",
             self.log()
         );
+    }
+
+    /// Every sd_notify message that arrives within `window`, with its arrival time.
+    fn notifications_for(&self, window: Duration) -> Vec<(Instant, String)> {
+        while self.notify.try_recv().is_ok() {}
+        let mut seen = Vec::new();
+        let end = Instant::now() + window;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            if let Ok(message) = self.notify.recv_timeout(left) {
+                seen.push(message);
+            }
+        }
+        seen
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     fn log(&self) -> String {
@@ -369,4 +408,355 @@ fn sigterm_stops_the_daemon_during_a_flood_of_manifest_events() {
     let writes = flood.join().unwrap();
     assert_eq!(code, 0, "{log}");
     assert!(writes > 0);
+}
+
+/// Watchdog pings in `messages`, as arrival times.
+fn pings(messages: &[(Instant, String)]) -> Vec<Instant> {
+    messages
+        .iter()
+        .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(at, _)| *at)
+        .collect()
+}
+
+#[test]
+fn watchdog_pings_at_half_its_interval_and_stop_while_the_work_is_stuck() {
+    let install = daemon_install();
+    // The stall limit is the longer of WATCHDOG_USEC and an AWS operation (+5 s): 6 s here.
+    std::fs::write(
+        install.config(),
+        format!("{CONFIG}aws: {{operationTimeout: 1s}}\n"),
+    )
+    .unwrap();
+    install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
+    let daemon = Daemon::start_with(&install, &[("WATCHDOG_USEC", "1000000")]);
+    daemon.expect_notify("READY=1");
+
+    // Idle: a ping every 500 ms.
+    let idle = pings(&daemon.notifications_for(Duration::from_secs(3)));
+    assert!((4..=8).contains(&idle.len()), "{} pings in 3 s", idle.len());
+    let mut gaps: Vec<Duration> = idle.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median >= Duration::from_millis(350) && median <= Duration::from_millis(700),
+        "median gap {median:?}"
+    );
+
+    // Stuck: another process holds the stateDir lock, and a manifest edit starts a
+    // reconcile that waits for it without end.
+    let lock = keyprov::lock::acquire(&install.state(), false).expect("lock is free");
+    replace(
+        &install.manifests().join("beta.yaml"),
+        &manifest("beta", "ECC_NIST_P256", ""),
+    );
+    daemon.wait_until("the daemon withholds its pings", || {
+        daemon.log().contains("withholding the watchdog ping")
+    });
+    let stuck = pings(&daemon.notifications_for(Duration::from_secs(2)));
+    assert!(stuck.is_empty(), "{} pings while stuck", stuck.len());
+    assert_eq!(current(&install, "beta"), None);
+
+    // Unstuck: pings resume and the reconcile completes.
+    drop(lock);
+    daemon.wait_until("beta exists", || current(&install, "beta").is_some());
+    let resumed = pings(&daemon.notifications_for(Duration::from_secs(2)));
+    assert!(
+        resumed.len() >= 2,
+        "{} pings after the lock was released",
+        resumed.len()
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+/// The `attempts` of a retry record, if any.
+fn retry_attempts(install: &Install, name: &str) -> Option<u64> {
+    let path = install.state().join("retry").join(format!("{name}.json"));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    record["failure"]["attempts"].as_u64()
+}
+
+fn meta_time(dir: &Path, version: &str, field: &str) -> SystemTime {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(version).join("meta.json")).unwrap())
+            .unwrap();
+    keyprov::schedule::parse_time(meta[field].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_failing_key_backs_off_while_a_healthy_key_rotates_on_time() {
+    let install = daemon_install();
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\nreconcile: {debounce: 100ms, \
+         resyncEvery: 1h, retryBackoff: 400ms, retryBackoffMax: 20s}\n",
+    )
+    .unwrap();
+    install.manifest(
+        "healthy.yaml",
+        &manifest(
+            "healthy",
+            "ECC_NIST_P256",
+            "  rotation: {every: 2s, keep: 10}\n",
+        ),
+    );
+    install.manifest("broken.yaml", &manifest("broken", "ECC_NIST_P256", ""));
+    // A regular file where broken's key directory must be: every attempt fails.
+    std::fs::create_dir_all(install.state().join("keys")).unwrap();
+    std::fs::write(install.key_dir("broken"), "not a directory").unwrap();
+
+    let daemon = Daemon::start(&install);
+    daemon.expect_notify("READY=1");
+    let started = Instant::now();
+    let mut increments = Vec::new();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(8) {
+        let attempts = retry_attempts(&install, "broken");
+        if attempts != last {
+            increments.push((Instant::now(), attempts));
+            last = attempts;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Attempts 2, 3, 4, ... after growing delays (400 ms doubling, less up to 25% jitter).
+    let times: Vec<Instant> = increments.iter().map(|(at, _)| *at).collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 3, "retries: {increments:?}\n{}", daemon.log());
+    for pair in gaps.windows(2) {
+        assert!(pair[1] > pair[0], "delays do not grow: {gaps:?}");
+    }
+    let nominal = [400u64, 800, 1600, 3200];
+    for (gap, nominal) in gaps.iter().zip(nominal.iter()) {
+        let nominal = Duration::from_millis(*nominal);
+        assert!(
+            *gap >= nominal.mul_f64(0.7) && *gap <= nominal + Duration::from_millis(400),
+            "delay {gap:?} for a nominal {nominal:?}: {gaps:?}"
+        );
+    }
+
+    // Meanwhile the healthy key rotated every 2 s, each generation made on time.
+    let dir = install.key_dir("healthy");
+    let versions = common::versions(&dir);
+    assert!(versions.len() >= 4, "{versions:?}");
+    for pair in versions.windows(2) {
+        let due = meta_time(&dir, &pair[0], "activatesAt") + Duration::from_secs(2);
+        let made = meta_time(&dir, &pair[1], "createdAt");
+        let late = made.duration_since(due).unwrap_or_default();
+        assert!(
+            late < Duration::from_millis(500),
+            "{} made {late:?} late",
+            pair[1]
+        );
+    }
+
+    // status tells when the next attempt is.
+    let status = install.keyprov(&["status"]);
+    assert!(
+        status.stdout.contains("the daemon tries again at"),
+        "{}",
+        status.all()
+    );
+    let json = install.keyprov(&["status", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let broken = parsed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "broken")
+        .unwrap();
+    assert!(
+        broken["retry"]["failure"]["nextAttempt"].is_string(),
+        "{broken}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+/// An installation whose `alpha` key has one activate hook, `script`.
+fn install_with_hook(script_body: &str) -> (Install, std::path::PathBuf) {
+    let install = daemon_install();
+    let script = install.root().join("hook.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n{script_body}")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        install.config(),
+        format!(
+            "manifests: [manifests.d]\nstateDir: state\nreconcile: {{debounce: 100ms, \
+             resyncEvery: 1h, retryBackoff: 300ms, retryBackoffMax: 5s}}\n\
+             hooks: {{allowed: [{}]}}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    install.manifest(
+        "alpha.yaml",
+        &manifest(
+            "alpha",
+            "ECC_NIST_P256",
+            &format!(
+                "  onRotate:\n    - command: [\"{}\"]\n      on: [activate]\n      timeout: 30s\n",
+                script.display()
+            ),
+        ),
+    );
+    let root = install.root().to_path_buf();
+    (install, root)
+}
+
+fn lines(path: &Path, word: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == word)
+        .count()
+}
+
+#[test]
+fn a_hook_that_fails_twice_then_succeeds_runs_exactly_three_times() {
+    let (install, root) = install_with_hook(
+        "echo run >> \"$(dirname \"$0\")/runs\"\n\
+         [ \"$(wc -l < \"$(dirname \"$0\")/runs\")\" -ge 3 ]\n",
+    );
+    let runs = root.join("runs");
+    let daemon = Daemon::start(&install);
+    daemon.expect_notify("READY=1");
+    daemon.wait_until("the hook ran three times", || lines(&runs, "run") >= 3);
+    // Its backoff would have come round again within 2.4 s had the success not been recorded.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lines(&runs, "run"), 3, "{}", daemon.log());
+    assert!(!install.state().join("retry/alpha.json").exists());
+    assert_eq!(current(&install, "alpha").as_deref(), Some("v0001"));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn a_hook_cut_by_sigkill_runs_once_after_the_restart() {
+    let (install, root) = install_with_hook(
+        "echo $$ > \"$(dirname \"$0\")/hook.pid\"\n\
+         echo start >> \"$(dirname \"$0\")/runs\"\n\
+         sleep 2\n\
+         echo done >> \"$(dirname \"$0\")/runs\"\n",
+    );
+    let runs = root.join("runs");
+    let daemon = Daemon::start(&install);
+    daemon.wait_until("the hook started", || lines(&runs, "start") == 1);
+    // The host dies: keyprov and the hook with it, the hook unfinished.
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGKILL).unwrap();
+    let hook_pid: i32 = std::fs::read_to_string(root.join("hook.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = kill(Pid::from_raw(-hook_pid), Signal::SIGKILL);
+    drop(daemon);
+    assert_eq!(lines(&runs, "done"), 0);
+    assert_eq!(current(&install, "alpha").as_deref(), Some("v0001"));
+    assert!(install.state().join("retry/alpha.json").exists());
+
+    let daemon = Daemon::start(&install);
+    daemon.expect_notify("READY=1");
+    assert_eq!(lines(&runs, "start"), 2, "{}", daemon.log());
+    assert_eq!(lines(&runs, "done"), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lines(&runs, "start"), 2, "ran again: {}", daemon.log());
+    assert!(!install.state().join("retry/alpha.json").exists());
+    assert_eq!(
+        current(&install, "alpha").as_deref(),
+        Some("v0001"),
+        "no new generation"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+/// Context switches of every thread of `pid`, by thread id.
+fn context_switches(pid: i32) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let switches: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        counts.insert(task.file_name().to_string_lossy().into_owned(), switches);
+    }
+    counts
+}
+
+#[test]
+fn an_idle_daemon_does_not_wake_up() {
+    let install = daemon_install();
+    for i in 0..50 {
+        install.manifest(
+            &format!("k{i}.yaml"),
+            &manifest(
+                &format!("k{i}"),
+                "ECC_NIST_P256",
+                "  rotation: {every: 90d}\n",
+            ),
+        );
+    }
+    let daemon = Daemon::start(&install);
+    daemon.expect_notify("READY=1");
+    // The runtime's spare blocking threads exit 10 s after their last job; then all is quiet.
+    std::thread::sleep(Duration::from_secs(11));
+    let before = context_switches(daemon.pid());
+    std::thread::sleep(Duration::from_secs(5));
+    let after = context_switches(daemon.pid());
+    let woken: u64 = after
+        .iter()
+        .map(|(tid, n)| n - before.get(tid).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        woken <= 1 && before.len() == after.len(),
+        "{woken} wake-ups in 5 s; threads {before:?} -> {after:?}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn a_manifest_directory_created_after_start_is_watched() {
+    let install = daemon_install();
+    std::fs::write(
+        install.config(),
+        "manifests: [later/manifests.d]\nstateDir: state\n\
+         reconcile: {debounce: 100ms, resyncEvery: 1h}\nlog: {level: info}\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(&install, &[("KEYPROV_LOG", "")]);
+    daemon.expect_notify("READY=1");
+    let dir = install.root().join("later/manifests.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    replace(
+        &dir.join("alpha.yaml"),
+        &manifest("alpha", "ECC_NIST_P256", ""),
+    );
+    daemon.wait_until("alpha exists", || current(&install, "alpha").is_some());
+    assert!(
+        daemon.log().contains("keyprov 0.1.0 starting: 0 keys"),
+        "{}",
+        daemon.log()
+    );
+
+    // A reload applies log.level: debug lines appear only after it.
+    assert!(!daemon.log().contains("DEBUG"), "{}", daemon.log());
+    std::fs::write(
+        install.config(),
+        "manifests: [later/manifests.d]\nstateDir: state\n\
+         reconcile: {debounce: 100ms, resyncEvery: 1h}\nlog: {level: debug}\n",
+    )
+    .unwrap();
+    daemon.wait_until("debug lines appear", || daemon.log().contains("DEBUG"));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
 }

@@ -10,11 +10,11 @@ use crate::config::Config;
 use crate::execute::{self, Limits, Stats};
 use crate::exit::Exit;
 use crate::hooks;
-use crate::retry::{self, HookState, Journal, RetryStore};
 use crate::lock;
 use crate::manifest::KeyPair;
 use crate::plan::{self, KeyPlan, RotateRequest};
 use crate::provider::AnyProvider;
+use crate::retry::{self, HookState, Journal, RetryStore};
 use crate::store::Stores;
 
 /// The result of one reconcile, for the daemon and for `run --once`.
@@ -154,7 +154,6 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
             } else {
                 format!("key {name:?}: cannot read its outputs: {err}")
             };
-            tracing::error!(key = %name, "{message}");
             pending.failed.push((name.clone(), message));
         }
     }
@@ -248,13 +247,19 @@ pub async fn reconcile(
     let stores = Arc::new(new_stores(config));
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
     let mut pending = prepare(config, &stores, rotate).await;
-    let waiting = if mode == (Mode::Daemon { honor_backoff: true }) {
+    let waiting = if mode
+        == (Mode::Daemon {
+            honor_backoff: true,
+        }) {
         in_backoff(&pending.keys, &journal, pending.now)
     } else {
         BTreeSet::new()
     };
     pending.plans.retain(|p| !waiting.contains(&p.name));
     pending.failed.retain(|(name, _)| !waiting.contains(name));
+    for (name, message) in &pending.failed {
+        tracing::error!(key = %name, "{message}");
+    }
     if pending.plans.is_empty() {
         // Converged: no call will be made, so the client is not worth finishing.
         warm_up.abort();
@@ -371,7 +376,11 @@ async fn record_outcomes(
     let results = outcomes
         .iter()
         .map(|o| (o.name.as_str(), o.result.as_ref().err()))
-        .chain(unobserved.iter().map(|(name, err)| (name.as_str(), Some(err))));
+        .chain(
+            unobserved
+                .iter()
+                .map(|(name, err)| (name.as_str(), Some(err))),
+        );
     for (name, error) in results {
         let Some(key) = by_name.get(name) else {
             continue;
@@ -399,9 +408,14 @@ async fn run_due_hooks<'a>(
     observed: impl Fn(&str) -> Option<&'a Result<Vec<crate::observed::ObservedOutput>, String>>,
 ) -> Vec<(String, String)> {
     let now = clock::now();
-    let honor_backoff = mode == (Mode::Daemon { honor_backoff: true });
+    let honor_backoff = mode
+        == (Mode::Daemon {
+            honor_backoff: true,
+        });
     let records = journal.snapshot();
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.reconcile.concurrency.max(1)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        config.reconcile.concurrency.max(1),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for key in keys {
         let Some(record) = records.get(&key.name).filter(|r| !r.hooks.is_empty()) else {
@@ -441,7 +455,8 @@ async fn run_due_hooks<'a>(
                 tracing::error!(key = %key.name, "{err}");
             }
             for hook in due {
-                let ran = hooks::run(&key, hook.event, hook.generation, &hooks_env, &hook.done).await;
+                let ran =
+                    hooks::run(&key, hook.event, hook.generation, &hooks_env, &hook.done).await;
                 let attempts = hook.attempts + 1;
                 let retry_at = clock::now() + backoff.jittered(attempts);
                 let message = ran.result.as_ref().err().map(|err| {
@@ -641,7 +656,11 @@ pub async fn plan(config: &Config) -> Exit {
 /// ([`crate::schedule::spread`]) included in that time.
 fn print_next_rotations(pending: &Pending) {
     let planned: HashSet<&str> = pending.plans.iter().map(|p| p.name.as_str()).collect();
-    for key in pending.keys.iter().filter(|k| !planned.contains(k.name.as_str())) {
+    for key in pending
+        .keys
+        .iter()
+        .filter(|k| !planned.contains(k.name.as_str()))
+    {
         let (Some(every), Some(Ok(outputs))) =
             (key.rotation.every, pending.observed.get(&key.name))
         else {

@@ -68,10 +68,15 @@ mod tests {
         let mut debounce = Debounce::new(QUIET);
         assert_eq!(debounce.deadline(), None, "nothing changed: no timer");
         debounce.add([PathBuf::from("/m/a.yaml")], t0);
-        debounce.add([PathBuf::from("/m/b.yaml")], t0 + Duration::from_millis(200));
+        debounce.add(
+            [PathBuf::from("/m/b.yaml")],
+            t0 + Duration::from_millis(200),
+        );
         assert_eq!(debounce.deadline(), Some(t0 + Duration::from_millis(500)));
         assert_eq!(debounce.take_if_due(t0 + Duration::from_millis(499)), None);
-        let paths = debounce.take_if_due(t0 + Duration::from_millis(500)).unwrap();
+        let paths = debounce
+            .take_if_due(t0 + Duration::from_millis(500))
+            .unwrap();
         assert_eq!(paths, [PathBuf::from("/m/a.yaml"), "/m/b.yaml".into()]);
         assert_eq!(debounce.deadline(), None, "emptied");
     }
@@ -81,7 +86,10 @@ mod tests {
         let t0 = Instant::now();
         let mut debounce = Debounce::new(QUIET);
         for i in 0..100 {
-            debounce.add([PathBuf::from("/m/a.yaml")], t0 + Duration::from_millis(100 * i));
+            debounce.add(
+                [PathBuf::from("/m/a.yaml")],
+                t0 + Duration::from_millis(100 * i),
+            );
         }
         assert_eq!(debounce.deadline(), Some(t0 + QUIET * MAX_WAIT_FACTOR));
     }

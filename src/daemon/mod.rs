@@ -131,7 +131,8 @@ pub async fn run(mut config: Config) -> Exit {
         let mode = Mode::Daemon {
             honor_backoff: pass == Pass::Scheduled,
         };
-        let Some(report) = reconcile_watched(&config, &provider, mode, &mut inputs, &mut reload).await
+        let Some(report) =
+            reconcile_watched(&config, &provider, mode, &mut inputs, &mut reload).await
         else {
             break Exit::Ok;
         };
@@ -231,11 +232,15 @@ enum Wake {
 async fn sleep(config: &Config, inputs: &mut Inputs, until: Instant) -> Wake {
     let mut debounce = Debounce::new(config.reconcile.debounce);
     loop {
-        let wake_at = [Some(until), Some(inputs.watchdog_deadline()), debounce.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(until);
+        let wake_at = [
+            Some(until),
+            Some(inputs.watchdog_deadline()),
+            debounce.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(until);
         tokio::select! {
             biased;
             signal = inputs.signals.recv() => match signal {

@@ -77,7 +77,11 @@ impl WatchSet {
             .chain(self.sources.iter().filter(|s| s.exists()))
             .filter_map(parent)
             .chain(self.dirs.iter().cloned())
-            .chain(self.missing.iter().filter_map(|m| nearest_existing_ancestor(m)))
+            .chain(
+                self.missing
+                    .iter()
+                    .filter_map(|m| nearest_existing_ancestor(m)),
+            )
             .collect();
         watched.sort();
         watched.dedup();
@@ -101,23 +105,30 @@ pub struct ManifestWatcher {
 impl ManifestWatcher {
     /// Starts watching `config`'s files; concerning changes are sent, unfiltered by time, to
     /// `changes` (the daemon debounces them).
-    pub fn start(config: &Config, changes: mpsc::UnboundedSender<Vec<PathBuf>>) -> notify::Result<Self> {
+    pub fn start(
+        config: &Config,
+        changes: mpsc::UnboundedSender<Vec<PathBuf>>,
+    ) -> notify::Result<Self> {
         let set = WatchSet::of(config);
         let filter = set.clone();
-        let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
-            match result {
-                // Opening and reading (keyprov's own loads included) changes nothing.
-                Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
-                Ok(event) => {
-                    let paths: Vec<PathBuf> =
-                        event.paths.into_iter().filter(|p| filter.concerns(p)).collect();
-                    if !paths.is_empty() {
-                        let _ = changes.send(paths);
+        let mut watcher =
+            notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+                match result {
+                    // Opening and reading (keyprov's own loads included) changes nothing.
+                    Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+                    Ok(event) => {
+                        let paths: Vec<PathBuf> = event
+                            .paths
+                            .into_iter()
+                            .filter(|p| filter.concerns(p))
+                            .collect();
+                        if !paths.is_empty() {
+                            let _ = changes.send(paths);
+                        }
                     }
+                    Err(err) => tracing::warn!("watching the manifests: {err}"),
                 }
-                Err(err) => tracing::warn!("watching the manifests: {err}"),
-            }
-        })?;
+            })?;
         for dir in set.watched_dirs() {
             watcher
                 .watch(&dir, RecursiveMode::NonRecursive)
