@@ -69,14 +69,15 @@ pub const MAX_SPREAD: Duration = Duration::from_secs(3600);
 /// window instead of all in the same second, every `every` after.
 pub fn spread(name: &str, every: Duration) -> Duration {
     let window = (every / 100).min(MAX_SPREAD);
-    let window_nanos = window.as_nanos() as u64;
-    if window_nanos == 0 {
+    // Whole microseconds, the precision of meta.json times.
+    let window_micros = window.as_micros() as u64;
+    if window_micros == 0 {
         return Duration::ZERO;
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_ref()[..8]);
-    Duration::from_nanos(u64::from_be_bytes(first) % window_nanos)
+    Duration::from_micros(u64::from_be_bytes(first) % window_micros)
 }
 
 /// The rotation schedule of the current generation, or `None` when the key never rotates.

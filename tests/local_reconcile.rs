@@ -185,7 +185,9 @@ fn rotation_happens_when_due_and_not_before() {
     let at = |time: &str| vec![("KEYPROV_TEST_NOW".to_string(), time.to_string())];
     install.env = at("2030-01-01T00:00:00Z");
     install.run_once(0);
-    install.env = at("2030-01-30T23:59:59Z");
+    // Due 30 days on, plus the key's fixed spread (see schedule::spread).
+    let due = at_spread("rotor", "2030-01-31T00:00:00Z", 30);
+    install.env = at(&shifted(due, -1));
     let run = install.run_once(0);
     assert!(
         run.stdout.contains("0 changed"),
@@ -193,7 +195,7 @@ fn rotation_happens_when_due_and_not_before() {
         run.stdout
     );
     assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
-    install.env = at("2030-01-31T00:00:00Z");
+    install.env = at(&shifted(due, 0));
     let run = install.run_once(0);
     assert!(run.stdout.contains("1 changed"), "due: {}", run.stdout);
     assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
@@ -237,7 +239,8 @@ fn staged_rotation_publishes_ahead_then_activates() {
         None,
         "publication starts 7 days before due"
     );
-    install.env = at("2030-01-24T00:00:00Z");
+    let due = at_spread("staged", "2030-01-31T00:00:00Z", 30);
+    install.env = at(&shifted(due, -7 * 86_400));
     install.run_once(0);
     assert_eq!(
         link(&dir, "current").as_deref(),
@@ -247,7 +250,7 @@ fn staged_rotation_publishes_ahead_then_activates() {
     assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("next/meta.json")).unwrap()).unwrap();
-    assert_eq!(meta["activatesAt"], "2030-01-31T00:00:00.000000Z");
+    assert_eq!(meta["activatesAt"], keyprov::schedule::format_time(due));
     let status = install.keyprov_env(
         &["status", "--json"],
         &[("KEYPROV_TEST_NOW", "2030-01-25T00:00:00Z")],
@@ -257,10 +260,10 @@ fn staged_rotation_publishes_ahead_then_activates() {
     assert_eq!(status["keys"][0]["next"], 2);
     assert_eq!(status["keys"][0]["state"], "converged");
 
-    install.env = at("2030-01-30T23:59:59Z");
+    install.env = at(&shifted(due, -1));
     install.run_once(0);
     assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
-    install.env = at("2030-01-31T00:00:00Z");
+    install.env = at(&shifted(due, 0));
     install.run_once(0);
     assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
     assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
@@ -417,4 +420,20 @@ fn interrupted_writes_are_cleaned_up_and_the_key_converges() {
     assert_eq!(public_der(&dir), before);
     let again = install.run_once(0);
     assert!(again.stdout.contains("0 changed"), "{}", again.stdout);
+}
+
+/// `time` plus the rotation spread of key `name` rotating every `days` days.
+fn at_spread(name: &str, time: &str, days: u64) -> std::time::SystemTime {
+    keyprov::schedule::parse_time(time).unwrap()
+        + keyprov::schedule::spread(name, std::time::Duration::from_secs(days * 86_400))
+}
+
+/// `time` moved by `seconds`, formatted for KEYPROV_TEST_NOW.
+fn shifted(time: std::time::SystemTime, seconds: i64) -> String {
+    let moved = if seconds < 0 {
+        time - std::time::Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        time + std::time::Duration::from_secs(seconds as u64)
+    };
+    keyprov::schedule::format_time(moved)
 }
