@@ -166,7 +166,7 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
     assert_eq!(labels(&sm, &secret).await.1, 1);
 
     // Due rotation, keep 1.
-    at(&install, "2030-01-02T00:00:01Z", 0);
+    at(&install, "2030-01-02T00:15:00Z", 0);
     assert_eq!(
         labels(&sm, &secret).await,
         (
@@ -177,7 +177,7 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
             2
         )
     );
-    at(&install, "2030-01-03T00:00:02Z", 0);
+    at(&install, "2030-01-03T00:30:00Z", 0);
     // v1 lost its labels (keep 1): Secrets Manager deprecates it (LocalStack drops it at once,
     // AWS later), so only the labelled versions are compared.
     assert_eq!(
@@ -190,8 +190,8 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
 
     // keep 3: nothing more is dropped.
     write("  rotation: {every: 1d, keep: 3}\n", "ECC_NIST_P256");
-    at(&install, "2030-01-04T00:00:03Z", 0);
-    at(&install, "2030-01-05T00:00:04Z", 0);
+    at(&install, "2030-01-04T00:45:00Z", 0);
+    at(&install, "2030-01-05T01:00:00Z", 0);
     assert_eq!(
         labels(&sm, &secret).await.0,
         expect(&[
@@ -204,7 +204,7 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
 
     // A spec change makes a new version at once.
     write("  rotation: {every: 1d, keep: 3}\n", "ECC_NIST_P384");
-    let run = at(&install, "2030-01-05T01:00:00Z", 0);
+    let run = at(&install, "2030-01-05T02:00:00Z", 0);
     assert_eq!(provider_calls(&run.stdout), Some(1), "{}", run.stdout);
     let json = current_json(&sm, &secret).await;
     assert_eq!(
@@ -217,7 +217,7 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
         "  rotation: {every: 1d, publishAhead: 6h, keep: 1}\n",
         "ECC_NIST_P384",
     );
-    at(&install, "2030-01-05T20:00:00Z", 0);
+    at(&install, "2030-01-05T20:15:00Z", 0);
     let (labelled, _) = labels(&sm, &secret).await;
     assert_eq!(
         labelled["keyprov-v0007"],
@@ -231,7 +231,7 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
         std::fs::read_link(install.key_dir("life").join("next")).unwrap(),
         std::path::PathBuf::from("v0007")
     );
-    let run = at(&install, "2030-01-06T02:00:01Z", 0);
+    let run = at(&install, "2030-01-06T02:15:00Z", 0);
     assert_eq!(
         provider_calls(&run.stdout),
         Some(0),
@@ -372,7 +372,11 @@ async fn three_hosts_racing_to_rotate_leave_one_version_per_round() {
         .unwrap_or(20);
     let mut adopted = 0;
     for round in 0..=rounds {
-        let now = format!("2031-01-{:02}T{:02}:00:01Z", 1 + round / 24, round % 24);
+        // An hour and a minute apart: every rotation is due, its spread (< 36 s) included.
+        let now = keyprov::schedule::format_time(
+            keyprov::schedule::parse_time("2031-01-01T00:00:01Z").unwrap()
+                + std::time::Duration::from_secs(u64::from(round) * 3660),
+        );
         let children: Vec<_> = hosts
             .iter()
             .map(|host| {

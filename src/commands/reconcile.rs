@@ -501,11 +501,11 @@ async fn run_due_hooks<'a>(
                         failures.push((key.name.clone(), message));
                         break;
                     }
-                    None => tracing::info!(
+                    None => tracing::debug!(
                         key = %key.name,
                         event = hook.event.as_str(),
                         generation = hook.generation,
-                        "onRotate hooks succeeded"
+                        "onRotate hooks of the event done"
                     ),
                 }
             }
