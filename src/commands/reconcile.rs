@@ -36,6 +36,9 @@ pub struct Report {
     pub lock_held: Option<String>,
     /// Failed keys the daemon left alone in this pass: their retry time has not come.
     pub waiting: usize,
+    /// Something failed that is not a key with a retry record (the stateDir, orphans): the
+    /// daemon tries again after `reconcile.retryBackoff`.
+    pub failed_outside_keys: bool,
 }
 
 impl std::fmt::Display for Report {
@@ -229,12 +232,14 @@ pub async fn reconcile(
         Ok(Err(err)) => {
             return Report {
                 failed: vec![("stateDir".into(), err.to_string())],
+                failed_outside_keys: true,
                 ..Report::default()
             };
         }
         Err(err) => {
             return Report {
                 failed: vec![("stateDir".into(), format!("cannot take the lock: {err}"))],
+                failed_outside_keys: true,
                 ..Report::default()
             };
         }
@@ -251,7 +256,7 @@ pub async fn reconcile(
         == (Mode::Daemon {
             honor_backoff: true,
         }) {
-        in_backoff(&pending.keys, &journal, pending.now)
+        in_backoff(config, &pending.keys, &journal, pending.now)
     } else {
         BTreeSet::new()
     };
@@ -273,6 +278,7 @@ pub async fn reconcile(
         next_event: pending.next_event,
         lock_held: None,
         waiting: waiting.len(),
+        failed_outside_keys: false,
     };
     let changed: HashSet<String> = pending.plans.iter().map(|p| p.name.clone()).collect();
     let stats = Arc::new(Stats::default());
@@ -338,24 +344,42 @@ pub async fn reconcile(
         forget_unknown_keys(&pending.keys, &journal).await;
     }
     if matches!(mode, Mode::Daemon { .. }) {
+        let latest = clock::now() + config.reconcile.retry_backoff.max;
         report.next_event = report
             .next_event
             .into_iter()
-            .chain(next_retry(&journal))
+            .chain(next_retry(&journal).map(|at| at.min(latest)))
             .min();
     }
     report.failed.sort();
+    let key_names: HashSet<&str> = pending.keys.iter().map(|k| k.name.as_str()).collect();
+    report.failed_outside_keys = report
+        .failed
+        .iter()
+        .any(|(name, _)| !key_names.contains(name.as_str()));
     report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
     stores.finish().await;
     report
 }
 
+/// Whether a retry at `at` is still to come at `now`. A time further ahead than the longest
+/// backoff was recorded under a clock that was wrong (far in the future): it is due now.
+fn retry_later(at: SystemTime, now: SystemTime, config: &Config) -> bool {
+    at > now && at <= now + config.reconcile.retry_backoff.max
+}
+
 /// Failed keys whose retry time has not come and whose manifest did not change since.
-fn in_backoff(keys: &[KeyPair], journal: &Journal, now: SystemTime) -> BTreeSet<String> {
+fn in_backoff(
+    config: &Config,
+    keys: &[KeyPair],
+    journal: &Journal,
+    now: SystemTime,
+) -> BTreeSet<String> {
     keys.iter()
         .filter(|key| {
             journal.get(&key.name).failure.is_some_and(|f| {
-                f.next_attempt() > now && f.manifest_digest == retry::manifest_digest(key)
+                retry_later(f.next_attempt(), now, config)
+                    && f.manifest_digest == retry::manifest_digest(key)
             })
         })
         .map(|key| key.name.clone())
@@ -431,7 +455,9 @@ async fn run_due_hooks<'a>(
         for hook in &record.hooks {
             match hook.state(current, next) {
                 HookState::Superseded => superseded.push((hook.event, hook.generation)),
-                HookState::Due if !honor_backoff || hook.next_attempt() <= now => {
+                HookState::Due
+                    if !honor_backoff || !retry_later(hook.next_attempt(), now, config) =>
+                {
                     due.push(hook.clone())
                 }
                 HookState::Due | HookState::Waiting => {}
@@ -698,5 +724,27 @@ fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
             };
             crate::outln!("{}: {action}{target}", plan.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_recorded_under_a_clock_far_ahead_is_due_now() {
+        let config = Config::from_bytes(
+            std::path::Path::new("c.yaml"),
+            b"manifests: [m]\nstateDir: s\n",
+        )
+        .unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        assert!(retry_later(now + Duration::from_secs(60), now, &config));
+        assert!(!retry_later(now, now, &config));
+        assert!(!retry_later(
+            now + Duration::from_secs(86_400 * 365 * 70),
+            now,
+            &config
+        ));
     }
 }

@@ -344,10 +344,14 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// How long to sleep after a reconcile: until the next rotation, activation or retry, or
-/// `resyncEvery`, whichever comes first.
+/// How long to sleep after a reconcile: until the next rotation, activation or retry (a
+/// failure outside any key, such as an unusable stateDir, is retried after
+/// `reconcile.retryBackoff`), or `resyncEvery`, whichever comes first.
 fn next_wake(config: &Config, report: &Report) -> Duration {
     let mut wait = config.reconcile.resync_every;
+    if report.failed_outside_keys || report.lock_held.is_some() {
+        wait = wait.min(config.reconcile.retry_backoff.initial);
+    }
     if let Some(at) = report.next_event {
         let until = at.duration_since(clock::now()).unwrap_or_default();
         wait = wait.min(until);
