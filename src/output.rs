@@ -10,6 +10,15 @@ static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
 static STDERR_CLOSED: AtomicBool = AtomicBool::new(false);
 
+/// `N word` or `N words`: "1 key", "0 keys", "3 keys".
+pub fn count(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// Prints a line on stdout, like `println!`, through [`out`].
 #[macro_export]
 macro_rules! outln {

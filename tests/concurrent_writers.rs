@@ -312,7 +312,7 @@ fn no_wait_exits_75_naming_the_holder_and_run_once_waits_for_it() {
     let waited = Run::from(waiter.take().wait_with_output().unwrap());
     assert_eq!(waited.code, 0, "{}", waited.all());
     assert!(
-        waited.stdout.contains("1 keys, 0 changed"),
+        waited.stdout.contains("1 key, 0 changed"),
         "the waiter found the holder's work done: {}",
         waited.stdout
     );

@@ -283,7 +283,7 @@ fn throttling_unavailability_and_dropped_connections_are_retried() {
     let run = install.run_once(0);
     assert!(
         run.stdout
-            .contains("1 keys, 1 changed, 0 failed, 1 provider calls"),
+            .contains("1 key, 1 changed, 0 failed, 1 provider call"),
         "{}",
         run.all()
     );
@@ -322,13 +322,13 @@ fn a_key_whose_kms_calls_keep_failing_fails_alone_after_its_retries() {
     );
     let run = install.run_once(1);
     assert!(
-        run.stdout.contains("2 keys, 2 changed, 1 failed"),
+        run.stdout.contains("2 keys, 1 changed, 1 failed"),
         "{}",
         run.all()
     );
     assert!(
         run.stderr.contains(&format!(
-            "error: key \"unlucky\": KMS was unavailable (KMSInternalException) for key {bad} after every retry"
+            "key \"unlucky\": KMS was unavailable (KMSInternalException) for key {bad} after every retry"
         )),
         "{}",
         run.stderr

@@ -159,7 +159,7 @@ async fn a_secrets_life_create_noop_rotation_keep_spec_change_staged() {
     let run = at(&install, "2030-01-01T12:00:00Z", 0);
     assert!(
         run.stdout
-            .contains("1 keys, 0 changed, 0 failed, 0 provider calls"),
+            .contains("1 key, 0 changed, 0 failed, 0 provider calls"),
         "{}",
         run.stdout
     );

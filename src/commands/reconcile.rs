@@ -42,15 +42,16 @@ pub struct Report {
 }
 
 impl std::fmt::Display for Report {
-    /// One line: `N keys, N changed, N failed, N provider calls[, invalid manifests ...]`.
+    /// One line: `N keys, N changed, N failed, N provider calls[, ...]`, "1 key" for one.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::output::count;
         write!(
             f,
-            "{} keys, {} changed, {} failed, {} provider calls{}{}",
-            self.keys,
+            "{}, {} changed, {} failed, {}{}{}",
+            count(self.keys, "key"),
             self.changed,
             self.failed.len(),
-            self.provider_calls,
+            count(self.provider_calls, "provider call"),
             if self.waiting > 0 {
                 format!(", {} waiting to retry", self.waiting)
             } else {
@@ -230,6 +231,7 @@ pub async fn reconcile(
             };
         }
         Ok(Err(err)) => {
+            tracing::error!("{err}");
             return Report {
                 failed: vec![("stateDir".into(), err.to_string())],
                 failed_outside_keys: true,
@@ -237,6 +239,7 @@ pub async fn reconcile(
             };
         }
         Err(err) => {
+            tracing::error!("cannot take the stateDir lock: {err}");
             return Report {
                 failed: vec![("stateDir".into(), format!("cannot take the lock: {err}"))],
                 failed_outside_keys: true,
@@ -296,6 +299,8 @@ pub async fn reconcile(
     )
     .await;
     record_outcomes(config, &pending.keys, &outcomes, &pending.failed, &journal).await;
+    // A key whose actions failed is a failed key, not a changed one.
+    report.changed = outcomes.iter().filter(|o| o.result.is_ok()).count();
     report.failed.extend(
         outcomes
             .into_iter()
@@ -542,7 +547,10 @@ async fn run_due_hooks<'a>(
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(mut failed) => failures.append(&mut failed),
-            Err(err) => failures.push(("hooks".into(), format!("a hook task failed: {err}"))),
+            Err(err) => {
+                tracing::error!("a hook task failed: {err}");
+                failures.push(("hooks".into(), format!("a hook task failed: {err}")));
+            }
         }
     }
     failures
@@ -596,6 +604,7 @@ async fn prune_orphans(
     let orphans = match crate::orphans::find(config, keys, frozen, stores.secrets()).await {
         Ok(orphans) => orphans,
         Err(err) => {
+            tracing::error!("cannot list orphans: {err}");
             report
                 .failed
                 .push(("orphans".into(), format!("cannot list orphans: {err}")));
@@ -605,10 +614,13 @@ async fn prune_orphans(
     for (orphan, result) in crate::orphans::prune(config, &orphans, stores.secrets()).await {
         match result {
             Ok(()) => tracing::info!(%orphan, "pruned an orphan (no manifest defines its key)"),
-            Err(err) => report.failed.push((
-                orphan.to_string(),
-                format!("cannot prune orphan {orphan}: {err}"),
-            )),
+            Err(err) => {
+                tracing::error!(%orphan, "cannot prune orphan {orphan}: {err}");
+                report.failed.push((
+                    orphan.to_string(),
+                    format!("cannot prune orphan {orphan}: {err}"),
+                ));
+            }
         }
     }
 }
@@ -621,9 +633,7 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
         crate::errln!("error: {held}");
         return report.exit();
     }
-    for (_, err) in &report.failed {
-        crate::errln!("error: {err}");
-    }
+    // Every failure was logged once where it happened; the summary counts them.
     crate::outln!("keyprov: {report}");
     report.exit()
 }
@@ -658,22 +668,38 @@ pub async fn plan(config: &Config) -> Exit {
         .filter(|k| !failed.contains(k.name.as_str()))
         .count()
         - pending.plans.len();
-    let not_planned = if failed.is_empty() {
-        String::new()
-    } else {
-        format!(
-            ", {} not planned ({unobserved} for lack of AWS credentials)",
-            failed.len()
-        )
-    };
-    if pending.plans.is_empty() {
-        crate::outln!("No changes: {converged} keys converged{not_planned}.");
-    } else {
+    let mut summary = vec![format!("{converged} converged")];
+    let failed_count = failed.len() - unobserved;
+    if failed_count > 0 {
+        summary.push(format!("{failed_count} failed (see the errors above)"));
+    }
+    if unobserved > 0 {
+        summary.push(format!(
+            "{unobserved} not planned for lack of AWS credentials"
+        ));
+    }
+    if pending.invalid {
+        summary.push("invalid manifests: their keys are left as they are (see above)".into());
+    }
+    let clean = failed.is_empty() && !pending.invalid;
+    if pending.plans.is_empty() && clean {
         crate::outln!(
-            "{} keys to change, {converged} converged{not_planned}.",
-            pending.plans.len()
+            "No changes: {} converged.",
+            crate::output::count(converged, "key")
         );
-        exit = exit.max(Exit::ChangesPending);
+    } else {
+        let head = if pending.plans.is_empty() {
+            "No changes planned".to_string()
+        } else {
+            format!(
+                "{} to change",
+                crate::output::count(pending.plans.len(), "key")
+            )
+        };
+        crate::outln!("{head}: {}.", summary.join(", "));
+        if !pending.plans.is_empty() {
+            exit = exit.max(Exit::ChangesPending);
+        }
     }
     exit
 }

@@ -274,8 +274,10 @@ pub fn decrypt(install: &Install, name: &str) -> Vec<u8> {
     der
 }
 
-/// The LocalStack endpoint, or `None` (test skipped) when it is not reachable and not required.
-/// `KEYPROV_REQUIRE_LOCALSTACK=1` (set by scripts/test) or `CI=true` make its absence a failure.
+/// The LocalStack endpoint, or `None` (test skipped) when it is not reachable and skipping was
+/// asked for.
+/// Its absence is a failure, unless `KEYPROV_SKIP_LOCALSTACK=1` asks to skip (never under
+/// `CI=true`).
 pub fn localstack() -> Option<String> {
     let endpoint = std::env::var("KEYPROV_LOCALSTACK_ENDPOINT")
         .unwrap_or_else(|_| "http://127.0.0.1:4566".into());
@@ -283,21 +285,19 @@ pub fn localstack() -> Option<String> {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let reachable = std::net::TcpStream::connect(&address).is_ok();
-    let required = std::env::var("KEYPROV_REQUIRE_LOCALSTACK").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true");
-    match (reachable, required) {
-        (true, _) => Some(endpoint),
-        (false, true) => panic!(
-            "LocalStack is required but not reachable at {endpoint}; run scripts/localstack start"
-        ),
-        (false, false) => {
-            eprintln!(
-                "skipping: LocalStack not reachable at {endpoint} (scripts/localstack start)"
-            );
-            None
-        }
+    if std::net::TcpStream::connect(&address).is_ok() {
+        return Some(endpoint);
     }
+    let skip = std::env::var("KEYPROV_SKIP_LOCALSTACK").is_ok_and(|v| v == "1")
+        && std::env::var("CI").map_or(true, |ci| ci != "true");
+    if skip {
+        eprintln!("skipping: LocalStack not reachable at {endpoint} (KEYPROV_SKIP_LOCALSTACK=1)");
+        return None;
+    }
+    panic!(
+        "LocalStack is required but not reachable at {endpoint}: start it with \
+         `scripts/localstack start` (or skip these tests with KEYPROV_SKIP_LOCALSTACK=1)"
+    )
 }
 
 /// A KMS client of the tests themselves, for LocalStack.
@@ -336,7 +336,7 @@ impl Install {
 /// The provider calls of a `keyprov: N keys, N changed, N failed, N provider calls` summary.
 pub fn provider_calls(stdout: &str) -> Option<usize> {
     let line = stdout.lines().find(|l| l.starts_with("keyprov: "))?;
-    let before = &line[..line.find(" provider calls")?];
+    let before = &line[..line.find(" provider call")?];
     before.rsplit(' ').next()?.parse().ok()
 }
 
