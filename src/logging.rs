@@ -50,6 +50,18 @@ fn filter(spec: &str) -> Option<EnvFilter> {
     Some(filter)
 }
 
+/// Checks `KEYPROV_LOG` when it is set: `Err` with what is wrong (an invalid filter would
+/// otherwise be ignored without a word).
+pub fn check_env() -> Result<(), String> {
+    match std::env::var(LOG_ENV) {
+        Ok(spec) if !spec.trim().is_empty() && filter(&spec).is_none() => Err(format!(
+            "{LOG_ENV}={spec:?} is not a valid log filter: use a level (error, warn, info, \
+             debug, trace, off) or comma-separated TARGET=LEVEL directives"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Swaps the filter of the installed subscriber (see [`set_level`]).
 type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 

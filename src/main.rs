@@ -97,6 +97,10 @@ enum Command {
 fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exit {
     match commands::load_config(path) {
         Ok(config) => {
+            if let Err(err) = keyprov::logging::check_env() {
+                keyprov::errln!("error: {err}");
+                return Exit::Invalid;
+            }
             keyprov::logging::init(config.log_format, &config.log_level);
             body(config)
         }

@@ -50,7 +50,10 @@ fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 pub fn display_path(path: &Path) -> PathBuf {
     std::env::current_dir()
         .ok()
+        // From `/`, a path relative to it would read as relative to wherever the reader is.
+        .filter(|cwd| cwd.parent().is_some())
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .filter(|relative| !relative.as_os_str().is_empty())
         .unwrap_or_else(|| path.to_path_buf())
 }
 

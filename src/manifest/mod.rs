@@ -188,7 +188,14 @@ fn file_diagnostic(path: &Path, message: String) -> Diagnostic {
 }
 
 fn list_manifest_files(source: &Path) -> Result<Vec<PathBuf>, String> {
-    let meta = fs::metadata(source).map_err(|err| format!("cannot read manifest source: {err}"))?;
+    let meta = fs::metadata(source).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            "does not exist: this path is listed under `manifests` in the configuration; \
+             create it or fix the path"
+                .to_string()
+        }
+        _ => format!("cannot read this manifest path: {err}"),
+    })?;
     if !meta.is_dir() {
         return Ok(vec![source.to_path_buf()]);
     }

@@ -1,0 +1,67 @@
+//! What a new user reads: summaries, plan, and errors, each shown once and telling the truth.
+
+mod common;
+
+use common::{Install, manifest};
+
+#[test]
+fn a_failed_key_is_not_a_changed_key_and_its_error_is_printed_once() {
+    let install = Install::new("");
+    install.manifest("sm2.yaml", &manifest("sm2-key", "SM2", ""));
+    let run = install.run_once(1);
+    assert!(
+        run.stdout
+            .contains("keyprov: 1 key, 0 changed, 1 failed, 1 provider call\n"),
+        "{}",
+        run.all()
+    );
+    let mentions = run
+        .stderr
+        .matches("key \"sm2-key\": SM2 key pairs need AWS KMS")
+        .count();
+    assert_eq!(mentions, 1, "{}", run.stderr);
+}
+
+#[test]
+fn plan_never_says_no_changes_when_a_manifest_is_invalid() {
+    let install = Install::new("");
+    install.manifest("good.yaml", &manifest("good", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    install.manifest("bad.yaml", &manifest("bad", "ECC_NIST_P999", ""));
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(!plan.stdout.contains("No changes:"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("No changes planned: 1 converged, invalid manifests"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn a_missing_manifest_directory_is_an_error_naming_its_whole_path() {
+    let install = Install::new("");
+    std::fs::remove_dir_all(install.manifests()).unwrap();
+    let mut command = install.command(&["run", "--once"]);
+    command.current_dir("/");
+    let run: common::Run = command.output().unwrap().into();
+    assert_eq!(run.code, 2, "{}", run.all());
+    let wanted = format!("{}: does not exist", install.manifests().display());
+    assert!(run.stderr.contains(&wanted), "{}", run.stderr);
+    assert!(!run.stdout.contains("No changes"), "{}", run.stdout);
+}
+
+#[test]
+fn an_invalid_keyprov_log_is_an_error() {
+    let install = Install::new("");
+    let run = install.keyprov_env(&["plan"], &[("KEYPROV_LOG", "[span{x=1}]=trace")]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("KEYPROV_LOG=") && run.stderr.contains("is not a valid log filter"),
+        "{}",
+        run.stderr
+    );
+    let fine = install.keyprov_env(&["plan"], &[("KEYPROV_LOG", "debug")]);
+    assert_eq!(fine.code, 0, "{}", fine.all());
+}
