@@ -65,3 +65,69 @@ fn an_invalid_keyprov_log_is_an_error() {
     let fine = install.keyprov_env(&["plan"], &[("KEYPROV_LOG", "debug")]);
     assert_eq!(fine.code, 0, "{}", fine.all());
 }
+
+#[test]
+fn status_shows_invalid_keys_staged_activation_and_ages_in_seconds() {
+    let install = Install::new("");
+    install.manifest(
+        "good.yaml",
+        &manifest("good", "ECC_NIST_P256", "  rotation: {publishAhead: 1d}\n"),
+    );
+    install.run_once(0);
+    let rotate = install.keyprov(&["rotate", "good"]);
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    install.manifest("broken.yaml", &manifest("broken", "ECC_NIST_P999", ""));
+
+    let table = install.keyprov(&["status"]);
+    assert_eq!(table.code, 2, "{}", table.all());
+    let broken = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("broken "))
+        .unwrap();
+    assert!(broken.contains("invalid"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("its manifest is invalid (")
+            && table.stdout.contains("broken.yaml:6)"),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains("orphan"), "{}", table.stdout);
+    let good = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("good "))
+        .unwrap();
+    assert!(good.contains("gen 2 at "), "{good}");
+    // Seconds old: shown in seconds (it used to be rounded down to minutes, so `0s`).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let later = install.keyprov(&["status"]);
+    let good_later = later
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("good "))
+        .unwrap();
+    let age = good_later.split_whitespace().nth(3).unwrap();
+    assert!(age.ends_with('s') && age != "0s", "{good_later}");
+
+    let json = install.keyprov(&["status", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let keys = parsed["keys"].as_array().unwrap();
+    let broken = keys.iter().find(|k| k["name"] == "broken").unwrap();
+    assert_eq!(broken["state"], "invalid");
+    assert!(parsed["orphans"].as_array().unwrap().is_empty());
+    let good = keys.iter().find(|k| k["name"] == "good").unwrap();
+    assert_eq!(good["next"], 2);
+    assert!(good["nextActivatesAt"].is_string(), "{good}");
+
+    let rotate = install.keyprov(&["rotate", "broken"]);
+    assert_ne!(rotate.code, 0);
+    assert!(
+        rotate
+            .stderr
+            .contains("key \"broken\" is defined in an invalid manifest (")
+            && !rotate.stderr.contains("no manifest defines"),
+        "{}",
+        rotate.stderr
+    );
+}

@@ -43,7 +43,11 @@ pub fn load_manifests(config: &Config) -> manifest::Loaded {
 pub fn find_key<'a>(loaded: &'a manifest::Loaded, name: &str) -> Result<&'a KeyPair, String> {
     loaded.keys.iter().find(|k| k.name == name).ok_or_else(|| {
         if loaded.frozen.contains(name) {
-            format!("key {name:?} is in an invalid manifest; fix it first (keyprov validate)")
+            let at = loaded.invalid_at.get(name).map_or("", String::as_str);
+            format!(
+                "key {name:?} is defined in an invalid manifest ({at}); fix it first \
+                 (keyprov validate)"
+            )
         } else {
             format!("no manifest defines key {name:?}")
         }

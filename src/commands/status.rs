@@ -24,6 +24,8 @@ struct KeyStatus {
     created_at: Option<String>,
     next_rotation: Option<String>,
     next: Option<u32>,
+    /// When the staged generation (`next`) becomes current.
+    next_activates_at: Option<String>,
     state: &'static str,
     error: Option<String>,
     outputs: Vec<OutputStatus>,
@@ -61,6 +63,7 @@ fn key_status(
         created_at: None,
         next_rotation: None,
         next: None,
+        next_activates_at: None,
         state: "failed",
         error: None,
         retry: None,
@@ -86,6 +89,7 @@ fn key_status(
     }
     let (current, next) = plan::authoritative(outputs);
     status.next = next.map(|n| n.generation);
+    status.next_activates_at = next.map(|n| format_time(n.activates_at));
     if let Some(current) = current {
         status.generation = Some(current.generation);
         status.created_at = Some(format_time(current.created_at));
@@ -166,6 +170,31 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         status.retry = retries.remove(&key.name);
         keys.push(status);
     }
+    // Keys of invalid manifests stay visible: left exactly as they are, never orphans.
+    for name in &loaded.frozen {
+        if keys.iter().any(|k| &k.name == name) {
+            continue;
+        }
+        let at = loaded.invalid_at.get(name).cloned().unwrap_or_default();
+        keys.push(KeyStatus {
+            name: name.clone(),
+            generation: None,
+            key_pair_spec: "-".into(),
+            kms_key_arn: None,
+            created_at: None,
+            next_rotation: None,
+            next: None,
+            next_activates_at: None,
+            state: "invalid",
+            error: Some(format!(
+                "its manifest is invalid ({at}): the key is left exactly as it is until it is \
+                 fixed (keyprov validate)"
+            )),
+            outputs: Vec::new(),
+            retry: None,
+        });
+    }
+    keys.sort_by(|a, b| a.name.cmp(&b.name));
     let status = Status { orphans, keys };
     if json {
         crate::outln!(
@@ -188,6 +217,25 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         exit = exit.max(Exit::KeyFailed);
     }
     exit
+}
+
+/// An age in its two largest units: `20s`, `5m 3s`, `4h 12m`, `12d 3h`.
+fn age(elapsed: std::time::Duration) -> String {
+    let seconds = elapsed.as_secs();
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let Some(first) = units.iter().position(|(size, _)| seconds >= *size) else {
+        return "0s".into();
+    };
+    units[first..]
+        .iter()
+        .take(2)
+        .scan(seconds, |left, (size, unit)| {
+            let amount = *left / size;
+            *left %= size;
+            Some(format!("{amount}{unit}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The lines under a key with something to retry.
@@ -242,15 +290,14 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
             .as_deref()
             .and_then(|c| crate::schedule::parse_time(c).ok())
             .and_then(|c| now.duration_since(c).ok())
-            .map(|d| {
-                humantime::format_duration(std::time::Duration::from_secs(d.as_secs() / 60 * 60))
-                    .to_string()
-            })
-            .map(|s| s.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .map(age)
             .unwrap_or_else(|| "-".into());
         let generation = key.generation.map_or("-".into(), |g| g.to_string());
         let next = match (&key.next_rotation, key.next) {
-            (_, Some(n)) => format!("gen {n} staged"),
+            (_, Some(n)) => match &key.next_activates_at {
+                Some(at) => format!("gen {n} at {}", &at[..at.len().min(19)]),
+                None => format!("gen {n} staged"),
+            },
             (Some(at), None) => at.clone(),
             (None, None) => "never".into(),
         };
@@ -294,5 +341,21 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
                 "left in place"
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_shown_in_their_two_largest_units() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(age(s(0)), "0s");
+        assert_eq!(age(s(20)), "20s");
+        assert_eq!(age(s(303)), "5m 3s");
+        assert_eq!(age(s(4 * 3600 + 12 * 60 + 9)), "4h 12m");
+        assert_eq!(age(s(12 * 86_400 + 3 * 3600)), "12d 3h");
+        assert_eq!(age(s(86_400)), "1d 0h");
     }
 }

@@ -13,7 +13,7 @@ pub mod scan;
 pub mod source;
 mod validate;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +50,8 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Names that must be left exactly as they are: those of invalid files and duplicated names.
     pub frozen: BTreeSet<String>,
+    /// Where each frozen name's problem is: `file:line` of the first problem of its file.
+    pub invalid_at: BTreeMap<String, String>,
     /// Number of manifest files read.
     pub files: usize,
 }
@@ -168,6 +170,14 @@ fn finish(mut files: Vec<ManifestFile>, mut loaded: Loaded) -> Loaded {
                 .keys
                 .extend(file.keys.into_iter().map(|(_, key)| key));
         } else {
+            let first = &file.diagnostics[0];
+            let at = format!("{}:{}", first.file.display(), first.line);
+            for name in &file.names {
+                loaded
+                    .invalid_at
+                    .entry(name.clone())
+                    .or_insert_with(|| at.clone());
+            }
             loaded.frozen.extend(file.names);
             loaded.diagnostics.extend(file.diagnostics);
         }
