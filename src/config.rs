@@ -474,6 +474,7 @@ impl Config {
             state_dir: &self.state_dir,
             output_roots: &self.output_roots,
             hooks_allowed: &self.hooks_allowed,
+            check_hooks_allowed: true,
         }
     }
 }

@@ -619,6 +619,7 @@ mod tests {
             state_dir: state.path(),
             output_roots: &[],
             hooks_allowed: &[],
+            check_hooks_allowed: true,
         };
         let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
         assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);

@@ -500,6 +500,7 @@ fn fuzz_seeds_and_findings_replay_through_the_fuzz_entry_points() {
         state_dir: &state,
         output_roots: &roots,
         hooks_allowed: &hooks,
+        check_hooks_allowed: true,
     };
     let files = files_below(&["tests/corpus", "fuzz/seeds", "config"]);
     assert!(files.len() > 40, "{files:?}");

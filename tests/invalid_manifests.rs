@@ -325,7 +325,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
     ] {
         assert!(run.stderr.contains(want), "missing {want}: {}", run.stderr);
     }
-    assert!(run.stderr.contains("5 problems found"), "{}", run.stderr);
+    assert!(run.stderr.contains("5 problems found;"), "{}", run.stderr);
 }
 
 #[test]

@@ -131,3 +131,44 @@ fn status_shows_invalid_keys_staged_activation_and_ages_in_seconds() {
         rotate.stderr
     );
 }
+
+#[test]
+fn decrypt_of_a_generation_that_does_not_exist_lists_those_that_do() {
+    let install = Install::new("");
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    let run = install.keyprov(&["decrypt", "k", "--version", "7"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("no output holds generation 7; generations held: 1"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn validate_without_a_configuration_checks_the_shipped_example_and_says_what_it_skipped() {
+    let empty = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/manifests.d");
+    let run: common::Run = std::process::Command::new(env!("CARGO_BIN_EXE_keyprov"))
+        .args(["validate"])
+        .arg(&example)
+        .current_dir(empty.path())
+        .env("KEYPROV_CONFIG", empty.path().join("none.yaml"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout.contains("3 key pairs in 2 files are valid"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("checked everything but hooks.allowed and outputRoots"),
+        "{}",
+        run.stderr
+    );
+}

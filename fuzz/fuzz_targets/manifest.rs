@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         state_dir: &state,
         output_roots: &roots,
         hooks_allowed: &hooks,
+        check_hooks_allowed: true,
     };
     let loaded = manifest::load_bytes(Path::new("/fuzz/manifests.d/m.yaml"), data, &ctx);
     // A file either yields keys or says why not, never both.

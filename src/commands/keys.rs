@@ -41,10 +41,30 @@ async fn read_stored(
             }
         }
     };
-    let mut last_error = format!(
-        "key {:?}: no output holds generation {generation}",
-        key.name
-    );
+    let mut last_error = match stores.observe_key(key).await {
+        Ok(observed) => {
+            let mut held: Vec<u32> = observed
+                .iter()
+                .flat_map(|o| o.versions.iter().copied())
+                .collect();
+            held.sort_unstable();
+            held.dedup();
+            let held: Vec<String> = held.iter().map(u32::to_string).collect();
+            format!(
+                "key {:?}: no output holds generation {generation}; generations held: {}",
+                key.name,
+                if held.is_empty() {
+                    "none".to_string()
+                } else {
+                    held.join(", ")
+                }
+            )
+        }
+        Err(_) => format!(
+            "key {:?}: no output holds generation {generation}",
+            key.name
+        ),
+    };
     for index in 0..key.outputs.len() {
         if !stores
             .has_version(key, index, generation)

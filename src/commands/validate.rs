@@ -18,14 +18,26 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
         None
     };
     let default_state = PathBuf::from("/var/lib/keyprov");
+    // Without a configuration, what depends on it is not checked: any absolute output
+    // directory is accepted (outputRoots unknown), any hook program (hooks.allowed unknown).
+    let anywhere = [PathBuf::from("/")];
     let ctx = config
         .as_ref()
         .map(Config::manifest_context)
         .unwrap_or(manifest::Context {
             state_dir: &default_state,
-            output_roots: &[],
+            output_roots: &anywhere,
             hooks_allowed: &[],
+            check_hooks_allowed: false,
         });
+    if config.is_none() {
+        crate::errln!(
+            "note: no configuration at {} (--config or KEYPROV_CONFIG): checked everything but \
+             hooks.allowed and outputRoots; relative output directories were resolved under {}",
+            config_path.display(),
+            default_state.display()
+        );
+    }
     let sources: Vec<PathBuf> = if paths.is_empty() {
         config
             .as_ref()
@@ -41,15 +53,18 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
     super::report(&loaded.diagnostics);
     if loaded.is_valid() {
         crate::outln!(
-            "{} key pairs in {} files are valid",
-            loaded.keys.len(),
-            loaded.files
+            "{} in {} valid",
+            crate::output::count(loaded.keys.len(), "key pair"),
+            match loaded.files {
+                1 => "1 file is".to_string(),
+                n => format!("{n} files are"),
+            }
         );
         Exit::Ok
     } else {
         crate::errln!(
-            "{} problems found; keys of invalid files are left exactly as they are by run",
-            loaded.diagnostics.len()
+            "{} found; keys of invalid files are left exactly as they are by run",
+            crate::output::count(loaded.diagnostics.len(), "problem")
         );
         Exit::Invalid
     }

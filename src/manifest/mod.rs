@@ -39,6 +39,9 @@ pub struct Context<'a> {
     pub output_roots: &'a [PathBuf],
     /// Absolute programs that onRotate may run.
     pub hooks_allowed: &'a [PathBuf],
+    /// Whether hook programs are checked against `hooks_allowed` (not when validating
+    /// without a configuration).
+    pub check_hooks_allowed: bool,
 }
 
 /// The outcome of loading every manifest.
@@ -476,6 +479,7 @@ mod tests {
             state_dir: &state,
             output_roots: &[],
             hooks_allowed: &[],
+            check_hooks_allowed: true,
         };
         let mut file = ManifestFile {
             path: PathBuf::from("/x.yaml"),

@@ -326,10 +326,11 @@ fn check_hook(
             false
         }
         Some(program)
-            if !ctx
-                .hooks_allowed
-                .iter()
-                .any(|allowed| allowed == Path::new(program)) =>
+            if ctx.check_hooks_allowed
+                && !ctx
+                    .hooks_allowed
+                    .iter()
+                    .any(|allowed| allowed == Path::new(program)) =>
         {
             problems.add(
                 format!("{field}.command[0]"),
