@@ -117,9 +117,10 @@ pub async fn run(
             continue;
         }
         // A hook may run up to its time limit without keyprov making a step.
-        crate::progress::allow_quiet(hook.timeout + LINGER + std::time::Duration::from_secs(2));
+        let quiet =
+            crate::progress::allow_quiet(hook.timeout + LINGER + std::time::Duration::from_secs(2));
         let result = run_one(key, hook, event, generation, &env).await;
-        crate::progress::beat();
+        drop(quiet);
         if let Err(err) = result {
             return HookRun {
                 succeeded,

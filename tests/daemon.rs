@@ -425,10 +425,18 @@ fn watchdog_pings_at_half_its_interval_and_stop_while_the_work_is_stuck() {
     // The stall limit is the longer of WATCHDOG_USEC and an AWS operation (+5 s): 6 s here.
     std::fs::write(
         install.config(),
-        format!("{CONFIG}aws: {{operationTimeout: 1s}}\n"),
+        format!("{CONFIG}aws: {{operationTimeout: 1s}}\nhooks: {{allowed: [/usr/bin/true]}}\n"),
     )
     .unwrap();
-    install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
+    // A hook (60 s time limit) runs first: its quiet time must end with it.
+    install.manifest(
+        "alpha.yaml",
+        &manifest(
+            "alpha",
+            "ECC_NIST_P256",
+            "  onRotate: [{command: [/usr/bin/true], timeout: 60s}]\n",
+        ),
+    );
     let daemon = Daemon::start_with(&install, &[("WATCHDOG_USEC", "1000000")]);
     daemon.expect_notify("READY=1");
 
