@@ -109,6 +109,28 @@ impl ManifestWatcher {
         config: &Config,
         changes: mpsc::UnboundedSender<Vec<PathBuf>>,
     ) -> notify::Result<Self> {
+        // A missing path may appear between looking and watching (`mkdir -p a/b` right after
+        // `a` was seen): watch again until what is missing stays the same.
+        let mut attempt = 0;
+        loop {
+            let watcher = Self::start_once(config, changes.clone())?;
+            attempt += 1;
+            if WatchSet::of(config).missing == watcher.set.missing || attempt == 5 {
+                for missing in watcher.set.missing() {
+                    tracing::warn!(
+                        path = %missing.display(),
+                        "manifest path does not exist (yet): watched from the moment it appears"
+                    );
+                }
+                return Ok(watcher);
+            }
+        }
+    }
+
+    fn start_once(
+        config: &Config,
+        changes: mpsc::UnboundedSender<Vec<PathBuf>>,
+    ) -> notify::Result<Self> {
         let set = WatchSet::of(config);
         let filter = set.clone();
         let mut watcher =
@@ -136,12 +158,6 @@ impl ManifestWatcher {
                     notify::Error::generic(&format!("cannot watch {}: {err}", dir.display()))
                 })?;
             tracing::debug!(dir = %dir.display(), "watching");
-        }
-        for missing in set.missing() {
-            tracing::warn!(
-                path = %missing.display(),
-                "manifest path does not exist (yet): watched from the moment it appears"
-            );
         }
         Ok(ManifestWatcher {
             set,
