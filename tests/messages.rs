@@ -172,3 +172,52 @@ fn validate_without_a_configuration_checks_the_shipped_example_and_says_what_it_
         run.stderr
     );
 }
+
+#[test]
+fn validate_reports_every_problem_of_a_document_in_the_users_words() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: k}\nspec:\n  \
+         keyPairSpec: ECC_NIST_P999\n  kmsKeyId: alias/k\n  rotaton: {every: 1d}\n  \
+         rotation: {keep: -1, every: 5}\n  includePlaintext: yes\n  outputs: [{file: {}}]\n",
+    );
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    for want in [
+        "k.yaml:7:3: spec.rotaton: unknown field `rotaton`; did you mean `rotation`?",
+        "k.yaml:8:14: spec.rotation.keep: must be a whole number >= 0",
+        "k.yaml:8:24: spec.rotation.every: must be a text, not the number 5; quote it: \"5\"",
+        "k.yaml:9:3: spec.includePlaintext: must be true or false",
+        "k.yaml:5:3: spec.keyPairSpec: unknown value \"ECC_NIST_P999\"",
+        "5 problems found",
+    ] {
+        assert!(
+            run.stderr.contains(want),
+            "missing {want:?} in\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("expected u32"), "{}", run.stderr);
+}
+
+#[test]
+fn a_duplicated_key_is_reported_at_its_own_line() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &format!(
+            "{}spec:\n  keyPairSpec: RSA_2048\n",
+            manifest("k", "ECC_NIST_P256", "")
+        ),
+    );
+    let lines = manifest("k", "ECC_NIST_P256", "").lines().count() + 1;
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    let want = format!("k.yaml:{lines}:1: spec: duplicate key `spec`");
+    assert!(
+        run.stderr.contains(&want),
+        "missing {want:?} in\n{}",
+        run.stderr
+    );
+}

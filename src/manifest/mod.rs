@@ -10,6 +10,7 @@ mod model;
 pub mod paths;
 mod positions;
 pub mod scan;
+mod shape;
 pub mod source;
 mod validate;
 
@@ -297,7 +298,7 @@ fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize 
     let mut documents = 0;
     let stream = serde_yaml::Deserializer::from_str(text).take(sound);
     for (doc, deserializer) in stream.enumerate() {
-        let parsed = match guarded(|| Option::<document::Document>::deserialize(deserializer)) {
+        let parsed = match guarded(|| Option::<serde_yaml::Value>::deserialize(deserializer)) {
             Ok(parsed) => parsed,
             Err(message) => {
                 file.diagnostics.push(file_diagnostic(
@@ -307,24 +308,62 @@ fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize 
                 break;
             }
         };
-        match parsed {
-            Ok(None) => {}
-            Ok(Some(document)) => {
-                documents += 1;
-                file.names.push(document.metadata.name.clone());
-                match validate::validate(document, &file.path, ctx) {
-                    Ok(key) => file.keys.push((doc, key)),
-                    Err(problems) => {
-                        text.clone_into(&mut file.text);
-                        for problem in problems {
-                            file.report(doc, &problem.field, problem.message);
-                        }
-                    }
-                }
-            }
+        let mut value = match parsed {
+            Ok(None) => continue,
+            Ok(Some(value)) => value,
             Err(err) => {
                 documents += 1;
-                file.diagnostics.push(serde_diagnostic(&file.path, &err));
+                text.clone_into(&mut file.text);
+                let diagnostic = duplicate_key_diagnostic(file, doc, &err)
+                    .unwrap_or_else(|| serde_diagnostic(&file.path, &err));
+                file.diagnostics.push(diagnostic);
+                continue;
+            }
+        };
+        documents += 1;
+        if let Some(name) = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(serde_yaml::Value::as_str)
+        {
+            file.names.push(name.to_string());
+        }
+        let shape = shape::check(&mut value);
+        if !shape.is_empty() {
+            text.clone_into(&mut file.text);
+        }
+        for problem in &shape {
+            file.report(doc, &problem.field, problem.message.clone());
+        }
+        // What is left after the shape's problems were taken out is still validated, so one
+        // problem never hides another.
+        let document = match guarded(|| serde_yaml::from_value::<document::Document>(value)) {
+            Ok(Ok(document)) => document,
+            Ok(Err(err)) => {
+                if shape.is_empty() {
+                    text.clone_into(&mut file.text);
+                    file.report(doc, "", err.to_string());
+                }
+                continue;
+            }
+            Err(message) => {
+                file.diagnostics.push(file_diagnostic(
+                    &file.path,
+                    format!("document {}: {message}", doc + 1),
+                ));
+                continue;
+            }
+        };
+        match validate::validate(document, &file.path, ctx) {
+            Ok(key) if shape.is_empty() => file.keys.push((doc, key)),
+            Ok(_) => {}
+            Err(problems) => {
+                text.clone_into(&mut file.text);
+                for problem in problems {
+                    if !shape.iter().any(|s| s.field == problem.field) {
+                        file.report(doc, &problem.field, problem.message);
+                    }
+                }
             }
         }
     }
@@ -343,6 +382,37 @@ fn guarded<T>(parse: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// Splits serde_yaml's `path: message at line L column C` into a positioned diagnostic.
+/// A duplicated key (`spec:` twice, a later edit appending a second block), reported at the
+/// duplicate's own line.
+fn duplicate_key_diagnostic(
+    file: &mut ManifestFile,
+    doc: usize,
+    err: &serde_yaml::Error,
+) -> Option<Diagnostic> {
+    let message = err.to_string();
+    let key = message
+        .split("duplicate entry with key ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .to_string();
+    let index = file
+        .index
+        .get_or_insert_with(|| PositionIndex::build(&file.text));
+    let duplicate = index.find_duplicate(doc, &key)?;
+    Some(Diagnostic {
+        file: display_path(&file.path),
+        line: duplicate.1.line,
+        column: duplicate.1.column,
+        field: duplicate.0,
+        message: format!(
+            "duplicate key `{key}`: it is already set above; a YAML mapping holds each key once \
+             (merge the two blocks)"
+        ),
+    })
+}
+
 fn serde_diagnostic(path: &Path, err: &serde_yaml::Error) -> Diagnostic {
     let (line, column) = err
         .location()
@@ -512,7 +582,15 @@ mod tests {
                 file.diagnostics
             );
         }
+        // Data errors do not stop the loop: every document reports all of its problems.
         let file = unscanned("kind: 1\n---\nkind: 2\n---\nkind: 3\n");
-        assert_eq!(file.diagnostics.len(), 3, "{:?}", file.diagnostics);
+        let lines: std::collections::BTreeSet<usize> =
+            file.diagnostics.iter().map(|d| d.line).collect();
+        assert_eq!(lines, [1, 3, 5].into(), "{:?}", file.diagnostics);
+        assert_eq!(
+            file.diagnostics.len(),
+            12,
+            "kind, apiVersion, metadata, spec of each"
+        );
     }
 }

@@ -11,6 +11,9 @@ use yaml_rust2::scanner::Marker;
 
 use super::scan::MAX_DEPTH;
 
+/// Suffix of the path under which a duplicated key's second occurrence is indexed.
+pub const DUPLICATE: &str = "#duplicate";
+
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
@@ -71,6 +74,21 @@ impl PositionIndex {
     }
 }
 
+impl PositionIndex {
+    /// The first duplicated key named `key` in document `doc`: its path and position.
+    pub fn find_duplicate(&self, doc: usize, key: &str) -> Option<(String, Position)> {
+        let fields = self.documents.get(doc)?;
+        fields
+            .iter()
+            .filter_map(|(path, position)| {
+                let path = path.strip_suffix(DUPLICATE)?;
+                let last = path.rsplit(['.', ']']).next().unwrap_or(path);
+                (last == key).then(|| (path.to_string(), *position))
+            })
+            .min_by_key(|(_, p)| (p.line, p.column))
+    }
+}
+
 enum Frame {
     Mapping { path: String, key: Option<String> },
     Sequence { path: String, next: usize },
@@ -123,11 +141,27 @@ impl Builder {
         }
     }
 
+    /// Records where `path` starts (its first mention wins).
     fn record(&mut self, path: &str, mark: &Marker) {
         if let Some(fields) = self.documents.last_mut() {
             fields
                 .entry(path.to_string())
                 .or_insert(Self::position(mark));
+        }
+    }
+
+    /// Records the key of field `path`; a second key of the same field (a duplicated key) is
+    /// recorded as `path#duplicate`.
+    fn record_key(&mut self, path: &str, mark: &Marker) {
+        let Some(fields) = self.documents.last_mut() else {
+            return;
+        };
+        if fields.contains_key(path) {
+            fields
+                .entry(format!("{path}{DUPLICATE}"))
+                .or_insert(Self::position(mark));
+        } else {
+            fields.insert(path.to_string(), Self::position(mark));
         }
     }
 }
@@ -154,7 +188,7 @@ impl MarkedEventReceiver for Builder {
                     };
                     *key = Some(value);
                     self.record(&parent, &mark);
-                    self.record(&field, &mark);
+                    self.record_key(&field, &mark);
                 }
             },
             Event::Alias(_) => {

@@ -1,0 +1,331 @@
+//! The shape of a document, checked against the manifest's JSON Schema before it is
+//! deserialized: every unknown field (with a "did you mean" suggestion) and every value of the
+//! wrong kind, in the user's words, all at once. Offending entries are removed from the value,
+//! so that the rest can still be deserialized and validated and its problems reported too.
+
+use std::sync::OnceLock;
+
+use serde_json::Value as Schema;
+use serde_yaml::Value;
+
+/// One problem: the dotted field path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeProblem {
+    /// `spec.rotation.keep`, `spec.outputs[0].file.mode`, ...
+    pub field: String,
+    /// In the user's words.
+    pub message: String,
+}
+
+/// The manifest's JSON Schema, as JSON.
+fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        serde_json::to_value(schemars::schema_for!(super::document::Document))
+            .expect("the schema serializes")
+    })
+}
+
+/// Checks `document` against the manifest schema; removes what is wrong from it and returns
+/// the problems.
+pub fn check(document: &mut Value) -> Vec<ShapeProblem> {
+    let root = schema();
+    let mut problems = Vec::new();
+    walk(document, root, root, "", &mut problems);
+    problems
+}
+
+/// The schema `schema` stands for: `$ref` and single-entry `allOf` followed; of an `anyOf`
+/// (an optional value: the schema or null), the schema.
+fn resolve<'a>(schema: &'a Schema, root: &'a Schema) -> &'a Schema {
+    if let Some(reference) = schema.get("$ref").and_then(Schema::as_str) {
+        let name = reference.trim_start_matches("#/definitions/");
+        return resolve(&root["definitions"][name], root);
+    }
+    if let Some(any) = schema.get("anyOf").and_then(Schema::as_array)
+        && let Some(not_null) = any
+            .iter()
+            .find(|s| s.get("type") != Some(&Schema::from("null")))
+    {
+        return resolve(not_null, root);
+    }
+    match schema.get("allOf").and_then(Schema::as_array) {
+        Some(all) if all.len() == 1 => resolve(&all[0], root),
+        _ => schema,
+    }
+}
+
+/// Whether `schema` (before [`resolve`]) also allows null.
+fn nullable(schema: &Schema) -> bool {
+    schema
+        .get("anyOf")
+        .and_then(Schema::as_array)
+        .is_some_and(|any| {
+            any.iter()
+                .any(|s| s.get("type") == Some(&Schema::from("null")))
+        })
+}
+
+/// The JSON types `schema` allows.
+fn types(schema: &Schema) -> Vec<&str> {
+    match schema.get("type") {
+        Some(Schema::String(t)) => vec![t.as_str()],
+        Some(Schema::Array(ts)) => ts.iter().filter_map(Schema::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Checks `value` at `path` against `schema`; returns false when `value` is of the wrong
+/// kind (its parent removes it).
+fn walk(
+    value: &mut Value,
+    schema: &Schema,
+    root: &Schema,
+    path: &str,
+    problems: &mut Vec<ShapeProblem>,
+) -> bool {
+    if value.is_null() && nullable(schema) {
+        return true;
+    }
+    let schema = resolve(schema, root);
+    let allowed = types(schema);
+    if allowed.is_empty() || (value.is_null() && allowed.contains(&"null")) {
+        return true;
+    }
+    let mut problem = |message: String| {
+        problems.push(ShapeProblem {
+            field: path.to_string(),
+            message,
+        })
+    };
+    if allowed.contains(&"object") {
+        let Value::Mapping(mapping) = value else {
+            problem(format!(
+                "must be a mapping (`key: value` lines), not {}",
+                describe(value)
+            ));
+            return false;
+        };
+        check_mapping(mapping, schema, root, path, problems);
+        return true;
+    }
+    if allowed.contains(&"array") {
+        let Value::Sequence(items) = value else {
+            problem(format!(
+                "must be a list (`- item` lines or `[a, b]`), not {}",
+                describe(value)
+            ));
+            return false;
+        };
+        let item_schema = schema.get("items").unwrap_or(&Schema::Null);
+        let mut index = 0;
+        items.retain_mut(|item| {
+            let kept = walk(
+                item,
+                item_schema,
+                root,
+                &format!("{path}[{index}]"),
+                problems,
+            );
+            index += 1;
+            kept
+        });
+        return true;
+    }
+    if allowed.contains(&"string") {
+        return match value {
+            Value::String(_) => true,
+            Value::Number(_) | Value::Bool(_) => {
+                let text = serde_yaml::to_string(value).unwrap_or_default();
+                problem(format!(
+                    "must be a text, not {}; quote it: \"{}\"",
+                    describe(value),
+                    text.trim()
+                ));
+                false
+            }
+            _ => {
+                problem(format!("must be a text, not {}", describe(value)));
+                false
+            }
+        };
+    }
+    if allowed.contains(&"boolean") {
+        if value.is_bool() {
+            return true;
+        }
+        problem(format!("must be true or false, not {}", describe(value)));
+        return false;
+    }
+    if allowed.contains(&"integer") {
+        if value.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) {
+            return true;
+        }
+        problem(format!(
+            "must be a whole number >= 0 (at most {}), not {}",
+            u32::MAX,
+            describe(value)
+        ));
+        return false;
+    }
+    true
+}
+
+fn check_mapping(
+    mapping: &mut serde_yaml::Mapping,
+    schema: &Schema,
+    root: &Schema,
+    path: &str,
+    problems: &mut Vec<ShapeProblem>,
+) {
+    let properties = schema.get("properties").and_then(Schema::as_object);
+    let additional = schema.get("additionalProperties");
+    let known: Vec<&str> = properties
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut remove = Vec::new();
+    for (key, entry) in mapping.iter_mut() {
+        let Some(name) = key.as_str() else {
+            problems.push(ShapeProblem {
+                field: path.to_string(),
+                message: format!("has a key that is not a text: {}", describe(key)),
+            });
+            remove.push(key.clone());
+            continue;
+        };
+        let field = join(path, name);
+        let entry_schema = match (properties.and_then(|p| p.get(name)), additional) {
+            (Some(property), _) => property,
+            (None, Some(Schema::Bool(false))) => {
+                problems.push(ShapeProblem {
+                    field,
+                    message: unknown_field(name, &known),
+                });
+                remove.push(key.clone());
+                continue;
+            }
+            (None, Some(additional @ Schema::Object(_))) => additional,
+            (None, _) => continue,
+        };
+        if !walk(entry, entry_schema, root, &field, problems) {
+            remove.push(key.clone());
+        }
+    }
+    for key in remove {
+        mapping.remove(&key);
+    }
+    for required in schema
+        .get("required")
+        .and_then(Schema::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Schema::as_str)
+    {
+        let reported = problems.iter().any(|p| p.field == join(path, required));
+        if !mapping.contains_key(required) && !reported {
+            problems.push(ShapeProblem {
+                field: join(path, required),
+                message: "is required".into(),
+            });
+        }
+    }
+}
+
+/// "unknown field `x`; did you mean `y`? (fields: ...)".
+fn unknown_field(name: &str, known: &[&str]) -> String {
+    let closest = known
+        .iter()
+        .map(|k| {
+            (
+                strsim::levenshtein(&name.to_lowercase(), &k.to_lowercase()),
+                *k,
+            )
+        })
+        .min();
+    let suggestion = match closest {
+        Some((distance, k)) if distance <= (k.len() / 3).max(2) => {
+            format!("; did you mean `{k}`?")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "unknown field `{name}`{suggestion} (fields here: {})",
+        known.join(", ")
+    )
+}
+
+/// What a value is, for messages: `the number -1`, `the text "x"`, `a list`, ...
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing (null)".into(),
+        Value::Bool(b) => format!("{b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) if s.chars().count() > 40 => "a text".into(),
+        Value::String(s) => format!("the text {s:?}"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<(String, String)> {
+        let mut value: Value = serde_yaml::from_str(yaml).unwrap();
+        check(&mut value)
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_of_a_document_at_once_in_the_users_words() {
+        let found = problems(
+            "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: a, labels: {team: 5}}\n\
+             spec:\n  keyPairSpec: ECC_NIST_P256\n  kmsKeyId: alias/k\n  rotaton: {every: 1d}\n\
+             \x20 rotation: {keep: -1, every: 5}\n  includePlaintext: yes-please\n\
+             \x20 outputs: [{file: {mode: 640}}]\n",
+        );
+        let fields: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.labels.team",
+                "spec.rotaton",
+                "spec.rotation.keep",
+                "spec.rotation.every",
+                "spec.includePlaintext",
+                "spec.outputs[0].file.mode",
+            ],
+            "{found:#?}"
+        );
+        let message = |field: &str| &found.iter().find(|(f, _)| f == field).unwrap().1;
+        assert!(message("spec.rotaton").contains("did you mean `rotation`?"));
+        assert!(message("spec.rotation.keep").contains("must be a whole number >= 0"));
+        assert!(message("spec.rotation.every").contains("quote it: \"5\""));
+        assert!(message("spec.includePlaintext").contains("must be true or false"));
+        assert!(message("spec.outputs[0].file.mode").contains("quote it: \"640\""));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let found = problems("apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {}\n");
+        assert_eq!(
+            found,
+            [
+                ("metadata.name".to_string(), "is required".to_string()),
+                ("spec".to_string(), "is required".to_string())
+            ]
+        );
+    }
+}
