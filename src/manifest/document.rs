@@ -4,7 +4,73 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
+use schemars::r#gen::SchemaGenerator;
+use schemars::schema::{InstanceType, Metadata as SchemaMetadata, Schema, SchemaObject};
 use serde::Deserialize;
+
+/// A string schema allowing only `values`, described by `description`.
+fn one_of(values: &[&str], description: &str) -> Schema {
+    SchemaObject {
+        instance_type: Some(InstanceType::String.into()),
+        enum_values: Some(values.iter().map(|v| serde_json::json!(v)).collect()),
+        metadata: Some(Box::new(SchemaMetadata {
+            description: Some(description.into()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .into()
+}
+
+fn api_version_schema(_: &mut SchemaGenerator) -> Schema {
+    one_of(&[super::validate::API_VERSION], "Always `keyprov/v1`.")
+}
+
+fn kind_schema(_: &mut SchemaGenerator) -> Schema {
+    one_of(&[super::validate::KIND], "Always `KeyPair`.")
+}
+
+fn key_pair_spec_schema(_: &mut SchemaGenerator) -> Schema {
+    let specs: Vec<&str> = crate::spec::KeyPairSpec::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    one_of(&specs, "The key pair's type.")
+}
+
+/// `schema` that also allows null (an optional field left empty).
+fn or_null(schema: Schema) -> Schema {
+    let Schema::Object(mut object) = schema else {
+        return schema;
+    };
+    if let Some(values) = &mut object.enum_values {
+        values.push(serde_json::Value::Null);
+    }
+    if let Some(schemars::schema::SingleOrVec::Single(kind)) = object.instance_type.take() {
+        object.instance_type = Some(vec![*kind, InstanceType::Null].into());
+    }
+    object.into()
+}
+
+fn format_schema(_: &mut SchemaGenerator) -> Schema {
+    or_null(one_of(&["pem", "der"], "`pem` (default) or `der`."))
+}
+
+fn hook_events_schema(_: &mut SchemaGenerator) -> Schema {
+    let events = SchemaObject {
+        instance_type: Some(InstanceType::Array.into()),
+        array: Some(Box::new(schemars::schema::ArrayValidation {
+            items: Some(one_of(&["activate", "publish"], "A hook event.").into()),
+            ..Default::default()
+        })),
+        metadata: Some(Box::new(SchemaMetadata {
+            description: Some("`activate` (default) and/or `publish`.".into()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    or_null(events.into())
+}
 
 /// One YAML document of a manifest file.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -12,8 +78,10 @@ use serde::Deserialize;
 #[schemars(title = "keyprov KeyPair manifest")]
 pub struct Document {
     /// Always `keyprov/v1`.
+    #[schemars(schema_with = "api_version_schema")]
     pub api_version: String,
     /// Always `KeyPair`.
+    #[schemars(schema_with = "kind_schema")]
     pub kind: String,
     /// Name and labels.
     pub metadata: Metadata,
@@ -38,6 +106,7 @@ pub struct Metadata {
 pub struct Spec {
     /// RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521,
     /// ECC_SECG_P256K1, ECC_NIST_EDWARDS25519 or SM2.
+    #[schemars(schema_with = "key_pair_spec_schema")]
     pub key_pair_spec: String,
     /// Symmetric KMS key: key id, key ARN, alias name or alias ARN.
     pub kms_key_id: String,
@@ -89,6 +158,8 @@ pub struct FileOutput {
     /// Default `<stateDir>/keys/<name>`; relative paths are under stateDir.
     pub dir: Option<String>,
     /// `pem` (default) or `der`.
+    #[serde(default)]
+    #[schemars(schema_with = "format_schema")]
     pub format: Option<String>,
     /// Octal mode of public.* and private.enc, default "0640".
     pub mode: Option<String>,
@@ -118,6 +189,8 @@ pub struct Hook {
     /// Program and arguments, no shell; the program must be in the config's `hooks.allowed`.
     pub command: Vec<String>,
     /// `activate` (default) and/or `publish`.
+    #[serde(default)]
+    #[schemars(schema_with = "hook_events_schema")]
     pub on: Option<Vec<String>>,
     /// Time limit, default 60s.
     pub timeout: Option<String>,
