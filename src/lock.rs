@@ -104,10 +104,12 @@ fn flock(file: File, path: &Path, wait: bool) -> Result<Flock<File>, LockError> 
                     holder,
                 });
             }
-            crate::errln!(
-                "keyprov: waiting for {} (held by another keyprov, pid {holder})",
-                path.display()
-            );
+            if !crate::output::json_logs() {
+                crate::errln!(
+                    "keyprov: waiting for {} (held by another keyprov, pid {holder})",
+                    path.display()
+                );
+            }
             tracing::info!(lock = %path.display(), holder, "waiting for the stateDir lock");
             Flock::lock(file, FlockArg::LockExclusive)
                 .map_err(|(_, errno)| failed(errno.desc().to_string()))

@@ -99,6 +99,7 @@ pub fn init(format: LogFormat, level: &str) {
     };
     if let Ok(reloader) = installed {
         let _ = RELOADER.set(reloader);
+        crate::output::set_json_logs(format == LogFormat::Json);
     }
 }
 

@@ -181,10 +181,7 @@ fn main() -> ExitCode {
         Command::Plan { config } => with_config(&config.path, |config| {
             runtime().block_on(reconcile::plan(&config))
         }),
-        Command::Validate { config, paths } => {
-            keyprov::logging::init(Default::default(), "warn");
-            validate::validate(&config.path, &paths)
-        }
+        Command::Validate { config, paths } => validate::validate(&config.path, &paths),
         Command::Status { config, json } => with_config(&config.path, |config| {
             runtime().block_on(status::status(&config, json))
         }),

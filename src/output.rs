@@ -10,6 +10,37 @@ static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
 static STDERR_CLOSED: AtomicBool = AtomicBool::new(false);
 
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`error`] and [`note`] log events (JSON with `log.format: json`) instead of lines.
+pub fn set_json_logs(json: bool) {
+    JSON_LOGS.store(json, Ordering::Relaxed);
+}
+
+/// Reports a problem on stderr: `error: MESSAGE`, or an error event with `log.format: json`,
+/// so that everything on stderr is in one format.
+pub fn error(message: impl std::fmt::Display) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::error!("{message}");
+    } else {
+        err(format!("error: {message}\n").as_bytes());
+    }
+}
+
+/// Says something worth knowing on stderr: `note: MESSAGE`, or a warning event in JSON.
+pub fn note(message: impl std::fmt::Display) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::warn!("{message}");
+    } else {
+        err(format!("note: {message}\n").as_bytes());
+    }
+}
+
+/// Whether stderr speaks JSON ([`set_json_logs`]).
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
+
 /// `N word` or `N words`: "1 key", "0 keys", "3 keys".
 pub fn count(n: usize, word: &str) -> String {
     if n == 1 {

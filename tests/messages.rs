@@ -190,7 +190,6 @@ fn validate_reports_every_problem_of_a_document_in_the_users_words() {
         "k.yaml:8:24: spec.rotation.every: must be a text, not the number 5; quote it: \"5\"",
         "k.yaml:9:3: spec.includePlaintext: must be true or false",
         "k.yaml:5:3: spec.keyPairSpec: unknown value \"ECC_NIST_P999\"",
-        "5 problems found",
     ] {
         assert!(
             run.stderr.contains(want),
@@ -198,6 +197,7 @@ fn validate_reports_every_problem_of_a_document_in_the_users_words() {
             run.stderr
         );
     }
+    assert!(run.stdout.contains("5 problems found"), "{}", run.stdout);
     assert!(!run.stderr.contains("expected u32"), "{}", run.stderr);
 }
 
@@ -220,4 +220,39 @@ fn a_duplicated_key_is_reported_at_its_own_line() {
         "missing {want:?} in\n{}",
         run.stderr
     );
+}
+
+#[test]
+fn with_json_logs_everything_on_stderr_is_json_and_the_summary_is_on_stdout() {
+    let install = Install::new("log: {format: json, level: info}");
+    install.manifest("good.yaml", &manifest("good", "ECC_NIST_P256", ""));
+    install.manifest("bad.yaml", &manifest("bad", "ECC_NIST_P999", ""));
+    install.manifest("sm2.yaml", &manifest("sm2-key", "SM2", ""));
+    for args in [
+        &["run", "--once"][..],
+        &["plan"],
+        &["validate"],
+        &["status"],
+    ] {
+        let run = install.keyprov(args);
+        assert_ne!(run.code, 0, "{args:?}: {}", run.all());
+        assert!(!run.stderr.trim().is_empty(), "{args:?}");
+        for line in run.stderr.lines() {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+            assert!(event["level"].is_string(), "{line}");
+        }
+        let diagnostic = run
+            .stderr
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["field"] == "spec.keyPairSpec");
+        if args != ["status"] {
+            let diagnostic = diagnostic.unwrap_or_else(|| panic!("{args:?}: {}", run.stderr));
+            assert!(diagnostic["file"].as_str().unwrap().ends_with("bad.yaml"));
+            assert!(diagnostic["line"].as_u64().unwrap() > 0);
+        }
+    }
+    let run = install.keyprov(&["run", "--once"]);
+    assert!(run.stdout.starts_with("keyprov: "), "{}", run.stdout);
 }

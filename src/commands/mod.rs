@@ -13,8 +13,19 @@ use crate::manifest::{self, Diagnostic, KeyPair};
 
 /// Prints diagnostics to stderr, one per line, as `error: file:line:column: field: message`.
 pub fn report(diagnostics: &[Diagnostic]) {
-    for diagnostic in diagnostics {
-        crate::errln!("error: {diagnostic}");
+    for d in diagnostics {
+        if crate::output::json_logs() {
+            tracing::error!(
+                file = %d.file.display(),
+                line = d.line,
+                column = d.column,
+                field = %d.field,
+                "{}",
+                d.message
+            );
+        } else {
+            crate::errln!("error: {d}");
+        }
     }
 }
 

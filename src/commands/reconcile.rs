@@ -630,7 +630,7 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
     let provider = Arc::new(AnyProvider::from_config(config));
     let report = reconcile(config, provider, rotate, Mode::Once, wait).await;
     if let Some(held) = &report.lock_held {
-        crate::errln!("error: {held}");
+        crate::output::error(held);
         return report.exit();
     }
     // Every failure was logged once where it happened; the summary counts them.
@@ -652,10 +652,10 @@ pub async fn plan(config: &Config) -> Exit {
         // A plan needs no credentials: keys whose secrets cannot be read without them are
         // shown as not planned, not as failures.
         if err.contains(crate::store::secrets_manager::NO_CREDENTIALS) {
-            crate::errln!("note: not planned: {err}");
+            crate::output::note(format!("not planned: {err}"));
             unobserved += 1;
         } else {
-            crate::errln!("error: {err}");
+            crate::output::error(&err);
             exit = exit.max(Exit::KeyFailed);
         }
     }

@@ -17,6 +17,11 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
     } else {
         None
     };
+    // Problems go to stderr in the configured log format (JSON with `log.format: json`).
+    crate::logging::init(
+        config.as_ref().map(|c| c.log_format).unwrap_or_default(),
+        "warn",
+    );
     let default_state = PathBuf::from("/var/lib/keyprov");
     // Without a configuration, what depends on it is not checked: any absolute output
     // directory is accepted (outputRoots unknown), any hook program (hooks.allowed unknown).
@@ -31,12 +36,12 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
             check_hooks_allowed: false,
         });
     if config.is_none() {
-        crate::errln!(
-            "note: no configuration at {} (--config or KEYPROV_CONFIG): checked everything but \
+        crate::output::note(format!(
+            "no configuration at {} (--config or KEYPROV_CONFIG): checked everything but \
              hooks.allowed and outputRoots; relative output directories were resolved under {}",
             config_path.display(),
             default_state.display()
-        );
+        ));
     }
     let sources: Vec<PathBuf> = if paths.is_empty() {
         config
@@ -62,7 +67,7 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
         );
         Exit::Ok
     } else {
-        crate::errln!(
+        crate::outln!(
             "{} found; keys of invalid files are left exactly as they are by run",
             crate::output::count(loaded.diagnostics.len(), "problem")
         );
