@@ -157,7 +157,7 @@ pub async fn decrypt(
     match result {
         Ok(()) => Exit::Ok,
         Err(err) => {
-            crate::output::error(&err);
+            crate::output::error(err);
             Exit::KeyFailed
         }
     }

@@ -655,7 +655,7 @@ pub async fn plan(config: &Config) -> Exit {
             crate::output::note(format!("not planned: {err}"));
             unobserved += 1;
         } else {
-            crate::output::error(&err);
+            crate::output::error(err);
             exit = exit.max(Exit::KeyFailed);
         }
     }

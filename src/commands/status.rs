@@ -213,7 +213,7 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         exit = exit.max(Exit::KeyFailed);
     }
     if let Some(err) = failed_orphans {
-        crate::output::error(&err);
+        crate::output::error(err);
         exit = exit.max(Exit::KeyFailed);
     }
     exit
