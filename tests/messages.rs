@@ -256,3 +256,42 @@ fn with_json_logs_everything_on_stderr_is_json_and_the_summary_is_on_stdout() {
     let run = install.keyprov(&["run", "--once"]);
     assert!(run.stdout.starts_with("keyprov: "), "{}", run.stdout);
 }
+
+#[test]
+fn bad_indentation_is_explained_once_at_its_line() {
+    let install = Install::new("");
+    install.manifest(
+        "over.yaml",
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata:\n  name: a\nspec:\n  \
+         keyPairSpec: ECC_NIST_P256\n   kmsKeyId: alias/k\n  outputs: [{file: {}}]\n",
+    );
+    install.manifest(
+        "under.yaml",
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata:\n  name: b\nspec:\n  \
+         keyPairSpec: ECC_NIST_P256\n  kmsKeyId: alias/k\n  outputs:\n  - file:\n    dir: x\n",
+    );
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    let over: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("over.yaml"))
+        .collect();
+    assert_eq!(over.len(), 1, "{over:?}");
+    assert!(
+        over[0].contains("over.yaml:7:12: YAML syntax error:")
+            && over[0].contains("indented more than the keys above it"),
+        "{over:?}"
+    );
+    let under: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("under.yaml"))
+        .collect();
+    assert_eq!(under.len(), 1, "{under:?}");
+    assert!(
+        under[0].contains("under.yaml:10:5: spec.outputs[0].dir:")
+            && under[0].contains("indent `dir` under `file`"),
+        "{under:?}"
+    );
+}

@@ -359,8 +359,9 @@ fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize 
             Ok(_) => {}
             Err(problems) => {
                 text.clone_into(&mut file.text);
+                // A field whose shape was wrong (or one of its parts) is reported once.
                 for problem in problems {
-                    if !shape.iter().any(|s| s.field == problem.field) {
+                    if !shape.iter().any(|s| s.field.starts_with(&problem.field)) {
                         file.report(doc, &problem.field, problem.message);
                     }
                 }

@@ -54,7 +54,11 @@ pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
             Refusal {
                 line: err.marker().line(),
                 column: err.marker().col() + 1,
-                message: format!("YAML syntax error: {}", err.info()),
+                message: format!(
+                    "YAML syntax error: {}{}",
+                    err.info(),
+                    syntax_hint(err.info())
+                ),
             }
         })?;
         let refuse = |message: String| Refusal {
@@ -181,6 +185,42 @@ fn undefined_alias(text: &str, mark: &Marker) -> Refusal {
 /// Most nodes serde_yaml may visit in one file, aliases expanded: [`MAX_NODES`] plus
 /// [`MAX_ALIAS_NODES`].
 pub const MAX_EXPANDED_NODES: usize = MAX_NODES + MAX_ALIAS_NODES as usize;
+
+/// What a parser's complaint usually means in a manifest, in the user's words.
+fn syntax_hint(info: &str) -> &'static str {
+    const HINTS: [(&str, &str); 6] = [
+        (
+            "mapping values are not allowed",
+            " (a `key: value` where none can be: this line is probably indented more than the \
+             keys above it, or a value holds `: ` and needs quotes)",
+        ),
+        (
+            "did not find expected key",
+            " (a line is indented differently from the keys it belongs with: align it)",
+        ),
+        (
+            "did not find expected '-' indicator",
+            " (a list item is indented differently from the items before it: align the `-`)",
+        ),
+        (
+            "could not find expected ':'",
+            " (a key without `: ` after it, or a value spread over lines that needs quotes)",
+        ),
+        (
+            "found character that cannot start any plain scalar",
+            " (a tab or a character such as `@` or a backquote starts a value: indent with \
+             spaces, quote the value)",
+        ),
+        (
+            "found a tab character",
+            " (YAML indents with spaces only: replace the tabs)",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(cause, _)| info.contains(cause))
+        .map_or("", |(_, hint)| hint)
+}
 
 /// A seed that walks one document as serde_yaml (libyaml) sees it, aliases expanded, counting
 /// nodes against a budget shared by the documents of a file and refusing nesting deeper than

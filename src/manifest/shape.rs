@@ -191,6 +191,18 @@ fn check_mapping(
     let known: Vec<&str> = properties
         .map(|p| p.keys().map(String::as_str).collect())
         .unwrap_or_default();
+    // Keys left empty whose own fields include an unknown sibling: `file:` followed by
+    // `dir:` at the same indentation instead of under it.
+    let empty_parents: Vec<(String, Vec<String>)> = mapping
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .filter_map(|(k, _)| {
+            let name = k.as_str()?;
+            let property = resolve(properties?.get(name)?, root);
+            let fields = property.get("properties")?.as_object()?;
+            Some((name.to_string(), fields.keys().cloned().collect()))
+        })
+        .collect();
     let mut remove = Vec::new();
     for (key, entry) in mapping.iter_mut() {
         let Some(name) = key.as_str() else {
@@ -205,10 +217,17 @@ fn check_mapping(
         let entry_schema = match (properties.and_then(|p| p.get(name)), additional) {
             (Some(property), _) => property,
             (None, Some(Schema::Bool(false))) => {
-                problems.push(ShapeProblem {
-                    field,
-                    message: unknown_field(name, &known),
-                });
+                let parent = empty_parents
+                    .iter()
+                    .find(|(_, fields)| fields.iter().any(|f| f == name));
+                let message = match parent {
+                    Some((parent, _)) => format!(
+                        "unknown field `{name}` here: it is a field of `{parent}`, which is \
+                         empty; indent `{name}` under `{parent}`"
+                    ),
+                    None => unknown_field(name, &known),
+                };
+                problems.push(ShapeProblem { field, message });
                 remove.push(key.clone());
                 continue;
             }
@@ -315,6 +334,20 @@ mod tests {
         assert!(message("spec.rotation.every").contains("quote it: \"5\""));
         assert!(message("spec.includePlaintext").contains("must be true or false"));
         assert!(message("spec.outputs[0].file.mode").contains("quote it: \"640\""));
+    }
+
+    #[test]
+    fn a_field_indented_like_its_parent_is_pointed_at_it() {
+        let found = problems(
+            "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: a}\nspec:\n  \
+             keyPairSpec: RSA_2048\n  kmsKeyId: k\n  outputs:\n  - file:\n    dir: x\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "spec.outputs[0].dir");
+        assert!(
+            found[0].1.contains("indent `dir` under `file`"),
+            "{found:?}"
+        );
     }
 
     #[test]
