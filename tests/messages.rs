@@ -295,3 +295,19 @@ fn bad_indentation_is_explained_once_at_its_line() {
         "{under:?}"
     );
 }
+
+#[test]
+fn plan_shows_a_spec_change_old_to_new() {
+    let install = Install::new("");
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    install.manifest("k.yaml", &manifest("k", "RSA_2048", ""));
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("k: generate generation 2 (keyPairSpec, kmsKeyId or encryptionContext changed): keyPairSpec ECC_NIST_P256 -> RSA_2048"),
+        "{}",
+        plan.stdout
+    );
+}

@@ -659,7 +659,8 @@ pub async fn plan(config: &Config) -> Exit {
             exit = exit.max(Exit::KeyFailed);
         }
     }
-    print_plans(&pending.keys, &pending.plans);
+    let changes = spec_changes(&pending, &stores).await;
+    print_plans(&pending.keys, &pending.plans, &changes);
     print_next_rotations(&pending);
     let failed: HashSet<&str> = pending.failed.iter().map(|(n, _)| n.as_str()).collect();
     let converged = pending
@@ -735,7 +736,65 @@ fn print_next_rotations(pending: &Pending) {
     }
 }
 
-fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
+/// For each key about to be regenerated because its spec changed: what changed, old -> new,
+/// read from the current version's meta.
+async fn spec_changes(pending: &Pending, stores: &Stores) -> HashMap<String, String> {
+    let mut changes = HashMap::new();
+    for plan in &pending.plans {
+        let changed = plan.actions.iter().any(|a| {
+            matches!(
+                a,
+                plan::Action::Generate {
+                    reason: plan::Reason::SpecChanged,
+                    ..
+                }
+            )
+        });
+        let Some(key) = pending.keys.iter().find(|k| k.name == plan.name) else {
+            continue;
+        };
+        let Some(Ok(outputs)) = pending.observed.get(&key.name) else {
+            continue;
+        };
+        let Some(current) = plan::authoritative(outputs).0.filter(|_| changed) else {
+            continue;
+        };
+        let mut meta = None;
+        for index in 0..key.outputs.len() {
+            if let Ok(version) = stores.read_version(key, index, current.generation).await {
+                meta = Some(version.meta);
+                break;
+            }
+        }
+        let Some(meta) = meta else {
+            continue;
+        };
+        let mut parts = Vec::new();
+        if meta.key_pair_spec != key.spec.as_str() {
+            parts.push(format!(
+                "keyPairSpec {} -> {}",
+                meta.key_pair_spec,
+                key.spec.as_str()
+            ));
+        }
+        if meta.encryption_context != key.encryption_context {
+            parts.push(format!(
+                "encryptionContext {:?} -> {:?}",
+                meta.encryption_context, key.encryption_context
+            ));
+        }
+        if parts.is_empty() {
+            parts.push(format!(
+                "kmsKeyId (generation {} was made with {}) -> {}",
+                current.generation, meta.kms_key_arn, key.kms_key_id
+            ));
+        }
+        changes.insert(key.name.clone(), parts.join("; "));
+    }
+    changes
+}
+
+fn print_plans(keys: &[KeyPair], plans: &[KeyPlan], changes: &HashMap<String, String>) {
     let by_name: std::collections::HashMap<&str, &KeyPair> =
         keys.iter().map(|k| (k.name.as_str(), k)).collect();
     for plan in plans {
@@ -745,6 +804,13 @@ fn print_plans(keys: &[KeyPair], plans: &[KeyPlan]) {
                 plan::Action::Repair { output, .. } | plan::Action::Prune { output, .. } => key
                     .and_then(|k| k.outputs.get(*output))
                     .map(|o| format!(" [{o}]"))
+                    .unwrap_or_default(),
+                plan::Action::Generate {
+                    reason: plan::Reason::SpecChanged,
+                    ..
+                } => changes
+                    .get(&plan.name)
+                    .map(|c| format!(": {c}"))
                     .unwrap_or_default(),
                 _ => String::new(),
             };
