@@ -311,3 +311,26 @@ fn plan_shows_a_spec_change_old_to_new() {
         plan.stdout
     );
 }
+
+#[test]
+fn missing_aws_credentials_say_so_and_where_the_chain_looked() {
+    // Nothing listens on port 9 of loopback; the credentials are missing before any request.
+    let install = Install::new(
+        "provider: aws\naws: {region: us-east-1, endpointUrl: \"http://127.0.0.1:9\"}",
+    );
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", ""));
+    let home = tempfile::tempdir().unwrap();
+    let run = install.keyprov_env(
+        &["run", "--once"],
+        &[("HOME", home.path().to_str().unwrap())],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("no AWS credentials to call KMS for key alias/k")
+            && run.stderr.contains("Where the chain looked: Environment:")
+            && !run.stderr.contains("check the network"),
+        "{}",
+        run.stderr
+    );
+}

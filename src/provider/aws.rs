@@ -146,6 +146,27 @@ where
             true,
         ),
         _ => match err {
+            SdkError::DispatchFailure(_)
+                if error_chain(err).contains("no credentials found")
+                    || error_chain(err).contains("CredentialsNotLoaded") =>
+            {
+                (
+                    format!(
+                        "no AWS credentials to call KMS for key {kms_key}: configure them as for \
+                         the AWS CLI (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, \
+                         web identity, ECS or instance metadata). Where the chain looked: {}",
+                        error_chain(err)
+                            .split_once("Attempted:")
+                            .map_or_else(|| error_chain(err), |(_, tried)| tried.to_string())
+                            .split('\n')
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    false,
+                )
+            }
             SdkError::DispatchFailure(failure) => (
                 format!(
                     "cannot reach KMS for key {kms_key} after every retry: {} (check the network, aws.endpointUrl / AWS_ENDPOINT_URL and aws.connectTimeout)",
