@@ -327,7 +327,7 @@ fn missing_aws_credentials_say_so_and_where_the_chain_looked() {
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(
         run.stderr
-            .contains("no AWS credentials to call KMS for key alias/k")
+            .contains("no AWS credentials to call KMS for key alias/test")
             && run.stderr.contains("Where the chain looked: Environment:")
             && !run.stderr.contains("check the network"),
         "{}",
