@@ -13,6 +13,11 @@ pub const LOG_ENV: &str = "KEYPROV_LOG";
 /// otherwise make an event per line, logged as a line, without end.
 const FILE_WATCHERS: [&str; 1] = ["notify"];
 
+/// The SDK's retry strategy: it says at debug level which attempt failed, why, and how long
+/// it waits before the next. Shown at any level but `error`/`off` unless the filter names it,
+/// so that an unreachable endpoint is not silent while the retries run.
+const RETRIES: &str = "aws_smithy_runtime::client::retries::strategy";
+
 /// Levels a filter directive may name.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
@@ -46,6 +51,10 @@ fn filter(spec: &str) -> Option<EnvFilter> {
     let mut filter = EnvFilter::try_new(spec).ok()?;
     for target in FILE_WATCHERS.iter().filter(|t| !spec.contains(*t)) {
         filter = filter.add_directive(format!("{target}=info").parse().ok()?);
+    }
+    let quiet = ["error", "off"].contains(&spec.trim().to_ascii_lowercase().as_str());
+    if !quiet && !spec.contains(RETRIES) {
+        filter = filter.add_directive(format!("{RETRIES}=debug").parse().ok()?);
     }
     Some(filter)
 }

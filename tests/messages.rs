@@ -334,3 +334,29 @@ fn missing_aws_credentials_say_so_and_where_the_chain_looked() {
         run.stderr
     );
 }
+
+#[test]
+fn an_unreachable_endpoint_logs_each_retry() {
+    let install = Install::new(
+        "provider: aws\naws: {region: us-east-1, endpointUrl: \"http://127.0.0.1:9\", maxAttempts: 3}",
+    );
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", ""));
+    let run = install.keyprov_env(
+        &["run", "--once"],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    for attempt in 1..=2 {
+        let retry = format!("attempt #{attempt} failed with");
+        let line = run.stderr.lines().find(|l| l.contains(&retry));
+        assert!(
+            line.is_some_and(|l| l.contains("; retrying after")),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(run.stderr.contains("cannot reach KMS"), "{}", run.stderr);
+}
