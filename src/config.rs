@@ -30,7 +30,7 @@ pub const MAX_RESYNC: Duration = Duration::from_secs(30 * 86_400);
 pub const RESERVED_ENV_PREFIX: &str = "KEYPROV_";
 
 /// Which provider generates key pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// The embedded provider: a local keyring, no AWS needed.
@@ -41,7 +41,7 @@ pub enum ProviderKind {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable text.
@@ -51,7 +51,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigDoc {
     manifests: Vec<String>,
@@ -72,7 +72,7 @@ struct ConfigDoc {
     log: LogDoc,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct HooksDoc {
     #[serde(default)]
@@ -81,13 +81,13 @@ struct HooksDoc {
     env: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct LocalDoc {
     keyring: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct AwsDoc {
     region: Option<String>,
@@ -100,7 +100,7 @@ struct AwsDoc {
     retry_mode: Option<RetryMode>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ReconcileDoc {
     prune: Option<bool>,
@@ -114,7 +114,7 @@ struct ReconcileDoc {
     retry_backoff_max: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct LogDoc {
     #[serde(default)]
@@ -123,7 +123,7 @@ struct LogDoc {
 }
 
 /// SDK retry strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryMode {
     /// Exponential backoff with jitter.
@@ -250,9 +250,8 @@ impl Config {
                 message: refusal.message,
             }]);
         }
-        let doc: ConfigDoc = manifest::parse_single(&path, text).map_err(|d| vec![d])?;
+        let (doc, mut problems): (ConfigDoc, _) = manifest::parse_checked(&path, text)?;
         let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let mut problems = Vec::new();
         let index = manifest::PositionIndex::build(text);
         let mut field_error = |field: &str, message: String| {
             let position = index.find(0, field);

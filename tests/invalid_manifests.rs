@@ -361,7 +361,7 @@ fn invalid_config_changes_nothing_and_exits_2() {
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(
         run.stderr.contains(
-            "keyprov.yaml:3:11: provider: unknown variant `gcp`, expected `local` or `aws`"
+            "keyprov.yaml:3:1: provider: unknown value \"gcp\", expected one of local, aws"
         ),
         "{}",
         run.stderr

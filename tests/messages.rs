@@ -360,3 +360,43 @@ fn an_unreachable_endpoint_logs_each_retry() {
     }
     assert!(run.stderr.contains("cannot reach KMS"), "{}", run.stderr);
 }
+
+#[test]
+fn the_configuration_reports_every_problem_at_once() {
+    let install = Install::new("");
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\nprovidr: aws\n\
+         reconcile: {concurrency: -3, debounce: 5, prune: maybe}\nlog: {format: xml}\n",
+    )
+    .unwrap();
+    let run = install.keyprov(&["plan"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    for want in [
+        "keyprov.yaml:3:1: providr: unknown field `providr`; did you mean `provider`?",
+        "keyprov.yaml:4:13: reconcile.concurrency: must be a whole number >= 0",
+        "keyprov.yaml:4:30: reconcile.debounce: must be a text, not the number 5",
+        "keyprov.yaml:4:43: reconcile.prune: must be true or false",
+        "keyprov.yaml:5:7: log.format: unknown value \"xml\", expected one of text, json",
+    ] {
+        assert!(
+            run.stderr.contains(want),
+            "missing {want:?} in\n{}",
+            run.stderr
+        );
+    }
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\nreconcile: {concurrency: 2}\n\
+         reconcile: {debounce: 1s}\n",
+    )
+    .unwrap();
+    let run = install.keyprov(&["plan"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("keyprov.yaml:4:1: reconcile: duplicate key `reconcile`"),
+        "{}",
+        run.stderr
+    );
+}

@@ -540,6 +540,53 @@ pub fn parse_single<T: serde::de::DeserializeOwned>(
     serde_yaml::from_str(text).map_err(|err| serde_diagnostic(path, &err))
 }
 
+/// Parses a single-document file (the configuration) into `T`, first checking its shape
+/// against `T`'s JSON Schema so that every unknown field and value of the wrong kind is
+/// reported at once. `Ok` holds `T` (from what is left) and those problems; `Err` every
+/// problem when `T` cannot be had.
+pub fn parse_checked<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
+    path: &Path,
+    text: &str,
+) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            let mut file = ManifestFile {
+                path: path.to_path_buf(),
+                text: text.to_string(),
+                keys: Vec::new(),
+                diagnostics: Vec::new(),
+                names: Vec::new(),
+                index: None,
+            };
+            let diagnostic = duplicate_key_diagnostic(&mut file, 0, &err)
+                .unwrap_or_else(|| serde_diagnostic(path, &err));
+            return Err(vec![diagnostic]);
+        }
+    };
+    let schema = serde_json::to_value(schemars::schema_for!(T)).expect("the schema serializes");
+    let problems = shape::check_against(&mut value, &schema);
+    let index = PositionIndex::build(text);
+    let diagnostics: Vec<Diagnostic> = problems
+        .into_iter()
+        .map(|problem| {
+            let position = index.find(0, &problem.field);
+            Diagnostic {
+                file: display_path(path),
+                line: position.line,
+                column: position.column,
+                field: problem.field,
+                message: problem.message,
+            }
+        })
+        .collect();
+    match serde_yaml::from_value::<T>(value) {
+        Ok(parsed) => Ok((parsed, diagnostics)),
+        Err(err) if diagnostics.is_empty() => Err(vec![serde_diagnostic(path, &err)]),
+        Err(_) => Err(diagnostics),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,9 +29,14 @@ fn schema() -> &'static Schema {
 /// Checks `document` against the manifest schema; removes what is wrong from it and returns
 /// the problems.
 pub fn check(document: &mut Value) -> Vec<ShapeProblem> {
-    let root = schema();
+    check_against(document, schema())
+}
+
+/// Checks `document` against `schema` (a JSON Schema as JSON, from schemars); removes what is
+/// wrong from it and returns the problems.
+pub fn check_against(document: &mut Value, schema: &Schema) -> Vec<ShapeProblem> {
     let mut problems = Vec::new();
-    walk(document, root, root, "", &mut problems);
+    walk(document, schema, schema, "", &mut problems);
     problems
 }
 
@@ -96,6 +101,32 @@ fn walk(
         return true;
     }
     let schema = resolve(schema, root);
+    // An enum whose values carry their own descriptions: `oneOf` single-value enums.
+    if let Some(variants) = schema.get("oneOf").and_then(Schema::as_array) {
+        let choices: Vec<&str> = variants
+            .iter()
+            .filter_map(|v| v.get("enum")?.as_array())
+            .flatten()
+            .filter_map(Schema::as_str)
+            .collect();
+        if !choices.is_empty() {
+            if value.as_str().is_some_and(|v| choices.contains(&v)) {
+                return true;
+            }
+            problems.push(ShapeProblem {
+                field: path.to_string(),
+                message: format!(
+                    "unknown value {}, expected one of {}",
+                    match value.as_str() {
+                        Some(text) => format!("{text:?}"),
+                        None => describe(value),
+                    },
+                    choices.join(", ")
+                ),
+            });
+            return false;
+        }
+    }
     let allowed = types(schema);
     if allowed.is_empty() || (value.is_null() && allowed.contains(&"null")) {
         return true;
@@ -142,7 +173,21 @@ fn walk(
     }
     if allowed.contains(&"string") {
         return match value {
-            Value::String(_) => true,
+            Value::String(text) => {
+                let choices: Vec<&str> = schema
+                    .get("enum")
+                    .and_then(Schema::as_array)
+                    .map(|e| e.iter().filter_map(Schema::as_str).collect())
+                    .unwrap_or_default();
+                if choices.is_empty() || choices.contains(&text.as_str()) || !check_enums(path) {
+                    return true;
+                }
+                problem(format!(
+                    "unknown value {text:?}, expected one of {}",
+                    choices.join(", ")
+                ));
+                false
+            }
             Value::Number(_) | Value::Bool(_) => {
                 let text = serde_yaml::to_string(value).unwrap_or_default();
                 problem(format!(
@@ -166,17 +211,48 @@ fn walk(
         return false;
     }
     if allowed.contains(&"integer") {
-        if value.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) {
+        let unsigned = schema
+            .get("minimum")
+            .and_then(Schema::as_f64)
+            .is_some_and(|m| m >= 0.0);
+        let max = match schema.get("format").and_then(Schema::as_str) {
+            Some("uint32") => u64::from(u32::MAX),
+            _ => u64::MAX,
+        };
+        let fits = if unsigned {
+            value.as_u64().is_some_and(|n| n <= max)
+        } else {
+            value.as_i64().is_some()
+        };
+        if fits {
             return true;
         }
-        problem(format!(
-            "must be a whole number >= 0 (at most {}), not {}",
-            u32::MAX,
-            describe(value)
-        ));
+        problem(if unsigned && max == u64::from(u32::MAX) {
+            format!(
+                "must be a whole number >= 0 (at most {max}), not {}",
+                describe(value)
+            )
+        } else if unsigned {
+            format!("must be a whole number >= 0, not {}", describe(value))
+        } else {
+            format!("must be a whole number, not {}", describe(value))
+        });
+        return false;
+    }
+    if allowed.contains(&"number") {
+        if value.is_number() {
+            return true;
+        }
+        problem(format!("must be a number, not {}", describe(value)));
         return false;
     }
     true
+}
+
+/// Whether a string's allowed values are checked here: everywhere but the manifest fields
+/// whose values validation checks itself, with its own messages.
+fn check_enums(path: &str) -> bool {
+    !path.starts_with("spec.") && !matches!(path, "apiVersion" | "kind")
 }
 
 fn check_mapping(
