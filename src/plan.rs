@@ -136,10 +136,12 @@ pub fn plan(
 pub fn authoritative(
     outputs: &[ObservedOutput],
 ) -> (Option<&ObservedVersion>, Option<&ObservedVersion>) {
+    // Of one generation, the earliest activation any output saw (a file output knows when an
+    // early `rotate --now` activated it).
     let current = outputs
         .iter()
         .filter_map(|o| o.current.as_ref())
-        .max_by_key(|v| v.generation);
+        .max_by_key(|v| (v.generation, std::cmp::Reverse(v.activates_at)));
     let next = outputs
         .iter()
         .filter_map(|o| o.next.as_ref())

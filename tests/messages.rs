@@ -400,3 +400,40 @@ fn the_configuration_reports_every_problem_at_once() {
         run.stderr
     );
 }
+
+#[test]
+fn rotate_now_counts_the_next_rotation_from_the_real_activation() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &manifest(
+            "k",
+            "ECC_NIST_P256",
+            "  rotation: {every: 30d, publishAhead: 7d}\n",
+        ),
+    );
+    install.run_once(0);
+    let staged = install.keyprov(&["rotate", "k"]);
+    assert_eq!(staged.code, 0, "{}", staged.all());
+    let now = install.keyprov(&["rotate", "k", "--now"]);
+    assert_eq!(now.code, 0, "{}", now.all());
+    let status = install.keyprov(&["status", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(parsed["keys"][0]["generation"], 2);
+    let next =
+        keyprov::schedule::parse_time(parsed["keys"][0]["nextRotation"].as_str().unwrap()).unwrap();
+    let from_now = next
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
+    let day = 86_400;
+    // 30 days (+ spread of at most 1 h) from now, not from the planned activation 7 days on.
+    assert!(
+        from_now > 29 * day && from_now < 30 * day + 3600,
+        "next rotation in {} days",
+        from_now as f64 / day as f64
+    );
+    // And nothing is due: the key stays converged.
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+}

@@ -111,6 +111,20 @@ pub fn observe(
             message,
         })?;
         if link == CURRENT {
+            let mut version = version;
+            // Activated before its planned time (`rotate --now`): the link was made then, and
+            // the next rotation counts from it.
+            if let Some(linked_at) = dir.stat(CURRENT).map(|stat| {
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::new(
+                        stat.st_mtime.max(0) as u64,
+                        stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+                    )
+            }) && linked_at < version.activates_at
+                && linked_at >= version.created_at
+            {
+                version.activates_at = linked_at;
+            }
             observed.current = Some(version);
         } else {
             observed.next = Some(version);
