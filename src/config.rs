@@ -122,6 +122,26 @@ struct LogDoc {
     level: Option<String>,
 }
 
+/// The `log.format` a configuration file asks for, read as leniently as possible (for
+/// reporting the problems of an invalid one); text when it cannot be read.
+pub fn log_format_hint(path: &Path) -> LogFormat {
+    // The same bounded, non-blocking read and scan as a load: a FIFO, a huge file or an alias
+    // bomb is text.
+    let Ok(text) = source::read_text(path, MAX_FILE_BYTES) else {
+        return LogFormat::Text;
+    };
+    if manifest::scan::scan(&text, 1).is_err() {
+        return LogFormat::Text;
+    }
+    let format = serde_yaml::from_str::<serde_yaml::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("log")?.get("format")?.as_str().map(str::to_string));
+    match format.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
 /// SDK retry strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -437,3 +437,37 @@ fn rotate_now_counts_the_next_rotation_from_the_real_activation() {
     let plan = install.keyprov(&["plan"]);
     assert_eq!(plan.code, 0, "{}", plan.all());
 }
+
+#[test]
+fn an_invalid_configuration_asking_for_json_logs_is_reported_in_json() {
+    let install = Install::new("");
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\nlog: {format: json}\nprovidr: aws\n",
+    )
+    .unwrap();
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    let event: serde_json::Value = serde_json::from_str(run.stderr.lines().next().unwrap())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.stderr));
+    assert_eq!(event["field"], "providr", "{event}");
+    assert_eq!(event["line"], 4, "{event}");
+}
+
+#[test]
+fn a_duplicate_name_is_reported_in_the_file_that_added_it_naming_both() {
+    let install = Install::new("");
+    install.manifest("z-first.yaml", &manifest("twin", "ECC_NIST_P256", ""));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Added later, though it sorts first.
+    install.manifest("a-later.yaml", &manifest("twin", "RSA_2048", ""));
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "manifests.d/a-later.yaml:4:3: metadata.name: duplicate name \"twin\", also defined at manifests.d/z-first.yaml:4:3"
+        ),
+        "{}",
+        run.stderr
+    );
+}

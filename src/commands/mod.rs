@@ -30,8 +30,11 @@ pub fn report(diagnostics: &[Diagnostic]) {
 }
 
 /// Loads the configuration, reporting its problems; `Err(Exit::Invalid)` when it is invalid.
+/// Even an invalid configuration is reported in its own `log.format` when that much can be
+/// read, so that a JSON log stays JSON.
 pub fn load_config(path: &Path) -> Result<Config, Exit> {
     Config::load(path).map_err(|diagnostics| {
+        crate::logging::init(crate::config::log_format_hint(path), "warn");
         report(&diagnostics);
         Exit::Invalid
     })

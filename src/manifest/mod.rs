@@ -457,9 +457,21 @@ fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>)
         for k in 0..files[f].keys.len() {
             let (doc, name) = (files[f].keys[k].0, files[f].keys[k].1.name.clone());
             if let Some(&(of, od)) = names.get(&name) {
-                let other = files[of].location(od, "metadata.name");
-                files[f].report(
-                    doc,
+                // Reported where it was added: in the file changed last (the other, earlier
+                // definition is named in the message).
+                let modified = |i: usize| {
+                    std::fs::metadata(&files[i].path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                };
+                let (at, at_doc, other, other_doc) = if of != f && modified(of) > modified(f) {
+                    (of, od, f, doc)
+                } else {
+                    (f, doc, of, od)
+                };
+                let other = files[other].location(other_doc, "metadata.name");
+                files[at].report(
+                    at_doc,
                     "metadata.name",
                     format!("duplicate name {name:?}, also defined at {other}"),
                 );
