@@ -104,7 +104,8 @@ fn flock(file: File, path: &Path, wait: bool) -> Result<Flock<File>, LockError> 
                     holder,
                 });
             }
-            if !crate::output::json_logs() {
+            // For a person at a terminal; a log (the journal) has the line below.
+            if !crate::output::json_logs() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 crate::errln!(
                     "keyprov: waiting for {} (held by another keyprov, pid {holder})",
                     path.display()
