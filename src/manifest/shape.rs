@@ -338,6 +338,8 @@ fn check_mapping(
 fn unknown_field(name: &str, known: &[&str]) -> String {
     let closest = known
         .iter()
+        // A suggestion only for a name that could be a typo (bounded work for a hostile key).
+        .filter(|_| name.len() <= 64)
         .map(|k| {
             (
                 strsim::levenshtein(&name.to_lowercase(), &k.to_lowercase()),
