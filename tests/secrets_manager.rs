@@ -730,3 +730,55 @@ async fn a_forged_secret_version_is_never_copied_into_the_files() {
     );
     assert!(!install.key_dir("victim").join("v0002").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_now_of_a_secret_only_key_counts_the_next_rotation_from_the_real_activation() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let secret = unique("early");
+    let install = install(&endpoint);
+    install.manifest(
+        "k.yaml",
+        &manifest(
+            "early",
+            "ECC_NIST_P256",
+            "  rotation: {every: 30d, publishAhead: 7d}\n",
+        )
+        .replace(
+            "    - file: {}\n",
+            &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
+        ),
+    );
+    install.run_once(0);
+    for args in [&["rotate", "early"][..], &["rotate", "early", "--now"]] {
+        let run = install.keyprov(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.all());
+    }
+    let described = sm
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .unwrap();
+    let activated = described
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("keyprov:activated"))
+        .and_then(|t| t.value())
+        .unwrap_or_default()
+        .to_string();
+    assert!(activated.starts_with("keyprov-v0002@"), "{activated:?}");
+    let status = install.keyprov(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(json["keys"][0]["generation"], 2, "{}", status.stdout);
+    let next =
+        keyprov::schedule::parse_time(json["keys"][0]["nextRotation"].as_str().unwrap()).unwrap();
+    let days = next
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs_f64()
+        / 86_400.0;
+    assert!(days > 29.0 && days < 30.1, "next rotation in {days} days");
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+}

@@ -18,6 +18,25 @@ pub const MANAGED_TAG: &str = "keyprov:managed";
 pub const SCOPE_TAG: &str = "keyprov:scope";
 /// Tag naming the key pair a secret holds.
 pub const NAME_TAG: &str = "keyprov:name";
+/// Tag recording when the current generation was activated: `keyprov-vNNNN@<RFC 3339>`
+/// (an early `rotate --now` activation counts the next rotation from it).
+pub const ACTIVATED_TAG: &str = "keyprov:activated";
+
+/// The [`ACTIVATED_TAG`] value for `generation` activated at `at`.
+pub fn activated_tag(generation: u32, at: std::time::SystemTime) -> String {
+    format!(
+        "{}@{}",
+        generation_label(generation),
+        crate::schedule::format_time(at)
+    )
+}
+
+/// The generation and time of an [`ACTIVATED_TAG`] value.
+pub fn parse_activated_tag(value: &str) -> Option<(u32, std::time::SystemTime)> {
+    let (label, at) = value.split_once('@')?;
+    let generation = label.strip_prefix("keyprov-v")?.parse().ok()?;
+    Some((generation, crate::schedule::parse_time(at).ok()?))
+}
 /// Largest SecretString keyprov reads (Secrets Manager's own limit).
 pub const MAX_SECRET_STRING: usize = 64 * 1024;
 /// Most versions of a secret keyprov considers.

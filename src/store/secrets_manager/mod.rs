@@ -233,6 +233,23 @@ impl SecretsManagerStore {
     /// Moves `label` onto `version_id` (from whichever version holds it), or removes it from its
     /// holder with `None`. Another host may move the same label at the same moment: a failed
     /// move is re-described and succeeds when the label is already where it should be.
+    /// Tags the secret with when `generation` became current ([`layout::ACTIVATED_TAG`]).
+    async fn record_activation(&self, secret: &str, generation: u32) -> Result<(), StoreError> {
+        let tag = Tag::builder()
+            .key(layout::ACTIVATED_TAG)
+            .value(layout::activated_tag(generation, crate::clock::now()))
+            .build();
+        self.client()
+            .await
+            .tag_resource()
+            .secret_id(secret)
+            .tags(tag)
+            .send()
+            .await
+            .map_err(|err| explain(&err, secret, "TagResource").into_error())?;
+        Ok(())
+    }
+
     async fn set_label(
         &self,
         key: &str,
@@ -565,6 +582,19 @@ impl Store for SecretsManagerStore {
             observed.current = self
                 .observe_version(key, secret, &described, id, &mut observed)
                 .await?;
+            // Activated before its planned time (`rotate --now`): the next rotation counts
+            // from the recorded activation.
+            if let Some(current) = &mut observed.current
+                && let Some((generation, at)) = described
+                    .tags
+                    .get(layout::ACTIVATED_TAG)
+                    .and_then(|v| layout::parse_activated_tag(v))
+                && generation == current.generation
+                && at < current.activates_at
+                && at >= current.created_at
+            {
+                current.activates_at = at;
+            }
             if let Some(current) = &observed.current
                 && !observed.versions.contains(&current.generation)
             {
@@ -728,6 +758,9 @@ impl Store for SecretsManagerStore {
                     .map(|old| (old.to_string(), described.generation_of(old)));
                 self.set_label(&key.name, secret, CURRENT, Some(&id))
                     .await?;
+                if old.is_some() || described.holder(CURRENT).is_none() {
+                    self.record_activation(secret, generation).await?;
+                }
                 self.settle(&key.name, secret, generation, old).await
             }
         }
