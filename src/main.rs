@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keyprov::commands::{self, keys, reconcile, status, validate};
 use keyprov::config::{self, Config};
 use keyprov::exit::Exit;
@@ -12,8 +12,16 @@ use keyprov::plan::RotateRequest;
 
 /// Declarative key provisioning: AWS KMS data key pairs into files and Secrets Manager,
 /// rotated on schedule.
+/// `keyprov --version`: the package version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KEYPROV_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "keyprov", version, about, long_about = None)]
+#[command(name = "keyprov", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,6 +100,13 @@ enum Command {
     },
     /// Print the JSON Schema of the manifest (for editors).
     Schema,
+    /// Print a shell completion script (bash: `source <(keyprov completions bash)`).
+    Completions {
+        /// bash, zsh or fish.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `keyprov man | man -l -`.
+    Man,
 }
 
 fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exit {
@@ -210,6 +225,25 @@ fn main() -> ExitCode {
             runtime().block_on(keys::verify(&config))
         }),
         Command::Schema => validate::schema(),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "keyprov", &mut script);
+            keyprov::output::out(&script);
+            Exit::Ok
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    keyprov::output::out(&page);
+                    Exit::Ok
+                }
+                Err(err) => {
+                    keyprov::errln!("error: cannot render the man page: {err}");
+                    Exit::KeyFailed
+                }
+            }
+        }
     };
     let exit = if keyprov::output::stdout_failed() {
         exit.max(Exit::KeyFailed)

@@ -148,3 +148,79 @@ fn verify_into_head_prints_one_line_and_no_panic() {
     assert_eq!(run.stdout, "ok      key00 generation 1\n");
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
+
+#[test]
+fn completions_load_in_bash_and_the_man_page_renders() {
+    let keyprov = env!("CARGO_BIN_EXE_keyprov");
+    let bash = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source <(\"{keyprov}\" completions bash) && complete -p keyprov"
+        ))
+        .output()
+        .unwrap();
+    let registered = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        bash.status.success() && registered.contains("keyprov"),
+        "{registered}{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    for (shell, marker) in [("zsh", "#compdef keyprov"), ("fish", "complete -c keyprov")] {
+        let out = Command::new(keyprov)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(marker),
+            "{shell}"
+        );
+    }
+    let page = Command::new(keyprov).arg("man").output().unwrap();
+    assert!(page.status.success());
+    let roff = String::from_utf8(page.stdout).unwrap();
+    assert!(
+        roff.starts_with(".ie") || roff.contains(".TH keyprov 1"),
+        "{roff}"
+    );
+    for subcommand in ["validate", "run", "status", "rotate", "completions"] {
+        assert!(
+            roff.contains(subcommand),
+            "{subcommand} missing from the man page"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyprov.1");
+    std::fs::write(&file, &roff).unwrap();
+    let rendered = Command::new("man")
+        .arg("-l")
+        .arg(&file)
+        .env("MANPAGER", "cat")
+        .env("PAGER", "cat")
+        .output()
+        .expect("man(1) is installed");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success() && text.contains("NAME") && text.contains("SYNOPSIS"),
+        "{text}{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+}
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyprov"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let revision = text
+        .trim()
+        .strip_prefix(concat!("keyprov ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+}
