@@ -51,6 +51,9 @@ enum Command {
     Plan {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print one JSON document (changes, failures, problems, next rotations).
+        #[arg(long)]
+        json: bool,
     },
     /// Check manifests offline; no credentials needed.
     Validate {
@@ -58,6 +61,9 @@ enum Command {
         config: ConfigArg,
         /// Manifest files or directories (default: the configuration's).
         paths: Vec<PathBuf>,
+        /// Print one JSON document (valid, counts, every problem).
+        #[arg(long)]
+        json: bool,
     },
     /// Every key: generation, spec, age, next rotation, outputs.
     Status {
@@ -193,10 +199,14 @@ fn main() -> ExitCode {
                 exit
             }
         }),
-        Command::Plan { config } => with_config(&config.path, |config| {
-            runtime().block_on(reconcile::plan(&config))
+        Command::Plan { config, json } => with_config(&config.path, |config| {
+            runtime().block_on(reconcile::plan(&config, json))
         }),
-        Command::Validate { config, paths } => validate::validate(&config.path, &paths),
+        Command::Validate {
+            config,
+            paths,
+            json,
+        } => validate::validate(&config.path, &paths, json),
         Command::Status { config, json } => with_config(&config.path, |config| {
             runtime().block_on(status::status(&config, json))
         }),

@@ -11,6 +11,18 @@ static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
 static STDERR_CLOSED: AtomicBool = AtomicBool::new(false);
 
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+static JSON_STDOUT: AtomicBool = AtomicBool::new(false);
+
+/// `--json`: the command's result, problems included, is one JSON document on stdout, so
+/// [`error`], [`note`] and manifest diagnostics are not printed on stderr as well.
+pub fn set_json_stdout(json: bool) {
+    JSON_STDOUT.store(json, Ordering::Relaxed);
+}
+
+/// Whether the result goes to stdout as JSON ([`set_json_stdout`]).
+pub fn json_stdout() -> bool {
+    JSON_STDOUT.load(Ordering::Relaxed)
+}
 
 /// Makes [`error`] and [`note`] log events (JSON with `log.format: json`) instead of lines.
 pub fn set_json_logs(json: bool) {
@@ -20,6 +32,9 @@ pub fn set_json_logs(json: bool) {
 /// Reports a problem on stderr: `error: MESSAGE`, or an error event with `log.format: json`,
 /// so that everything on stderr is in one format.
 pub fn error(message: impl std::fmt::Display) {
+    if json_stdout() {
+        return;
+    }
     if JSON_LOGS.load(Ordering::Relaxed) {
         tracing::error!("{message}");
     } else {
@@ -29,6 +44,9 @@ pub fn error(message: impl std::fmt::Display) {
 
 /// Says something worth knowing on stderr: `note: MESSAGE`, or a warning event in JSON.
 pub fn note(message: impl std::fmt::Display) {
+    if json_stdout() {
+        return;
+    }
     if JSON_LOGS.load(Ordering::Relaxed) {
         tracing::warn!("{message}");
     } else {

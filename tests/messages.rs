@@ -471,3 +471,52 @@ fn a_duplicate_name_is_reported_in_the_file_that_added_it_naming_both() {
         run.stderr
     );
 }
+
+#[test]
+fn plan_and_validate_speak_json_for_ci() {
+    let install = Install::new("");
+    install.manifest(
+        "good.yaml",
+        &manifest("good", "ECC_NIST_P256", "  rotation: {every: 30d}\n"),
+    );
+    install.run_once(0);
+    install.manifest("new.yaml", &manifest("new", "RSA_2048", ""));
+    install.manifest("bad.yaml", &manifest("bad", "ECC_NIST_P999", ""));
+
+    let plan = install.keyprov(&["plan", "--json"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stderr.trim().is_empty() || !plan.stderr.contains("error:"),
+        "{}",
+        plan.stderr
+    );
+    let doc: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(doc["changes"][0]["key"], "new", "{doc}");
+    assert!(
+        doc["changes"][0]["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("generate generation 1 (new key)"),
+        "{doc}"
+    );
+    assert_eq!(doc["converged"], 1);
+    assert_eq!(doc["invalid"], true);
+    assert_eq!(doc["problems"][0]["field"], "spec.keyPairSpec", "{doc}");
+    assert!(
+        doc["problems"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("bad.yaml")
+    );
+    assert_eq!(doc["nextRotations"][0]["key"], "good");
+    assert_eq!(doc["exitCode"], 3);
+
+    let validate = install.keyprov(&["validate", "--json"]);
+    assert_eq!(validate.code, 2, "{}", validate.all());
+    assert!(!validate.stderr.contains("error:"), "{}", validate.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&validate.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert_eq!(doc["files"], 3);
+    assert_eq!(doc["problems"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["problems"][0]["line"], 6, "{doc}");
+}

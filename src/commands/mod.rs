@@ -13,6 +13,9 @@ use crate::manifest::{self, Diagnostic, KeyPair};
 
 /// Prints diagnostics to stderr, one per line, as `error: file:line:column: field: message`.
 pub fn report(diagnostics: &[Diagnostic]) {
+    if crate::output::json_stdout() {
+        return;
+    }
     for d in diagnostics {
         if crate::output::json_logs() {
             tracing::error!(
@@ -51,6 +54,17 @@ pub fn load_manifests(config: &Config) -> manifest::Loaded {
         );
     }
     loaded
+}
+
+/// A manifest problem as `--json` output shows it.
+pub fn diagnostic_json(d: &Diagnostic) -> serde_json::Value {
+    serde_json::json!({
+        "file": d.file.display().to_string(),
+        "line": d.line,
+        "column": d.column,
+        "field": d.field,
+        "message": d.message,
+    })
 }
 
 /// Finds a valid key by name, or says why it cannot be used.

@@ -113,6 +113,8 @@ struct Pending {
     frozen: std::collections::BTreeSet<String>,
     /// What each key's outputs held before any change.
     observed: crate::observed::Observed,
+    /// Every manifest problem.
+    diagnostics: Vec<crate::manifest::Diagnostic>,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
@@ -129,6 +131,7 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         next_event: None,
         frozen: loaded.frozen.clone(),
         observed: Default::default(),
+        diagnostics: loaded.diagnostics.clone(),
     };
     pending.keys = match rotate {
         Some(request) => match super::find_key(&loaded, &request.name) {
@@ -638,8 +641,10 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
     report.exit()
 }
 
-/// `keyprov plan`: print what `run --once` would do. Exit 3 when changes are pending.
-pub async fn plan(config: &Config) -> Exit {
+/// `keyprov plan`: print what `run --once` would do (with `json`, one JSON document on
+/// stdout). Exit 3 when changes are pending.
+pub async fn plan(config: &Config, json: bool) -> Exit {
+    crate::output::set_json_stdout(json);
     let stores = Arc::new(new_stores(config));
     let pending = prepare(config, &stores, None).await;
     let mut exit = if pending.invalid {
@@ -660,8 +665,6 @@ pub async fn plan(config: &Config) -> Exit {
         }
     }
     let changes = spec_changes(&pending, &stores).await;
-    print_plans(&pending.keys, &pending.plans, &changes);
-    print_next_rotations(&pending);
     let failed: HashSet<&str> = pending.failed.iter().map(|(n, _)| n.as_str()).collect();
     let converged = pending
         .keys
@@ -669,6 +672,45 @@ pub async fn plan(config: &Config) -> Exit {
         .filter(|k| !failed.contains(k.name.as_str()))
         .count()
         - pending.plans.len();
+    if json {
+        if !pending.plans.is_empty() {
+            exit = exit.max(Exit::ChangesPending);
+        }
+        let is_unobserved = |err: &str| err.contains(crate::store::secrets_manager::NO_CREDENTIALS);
+        let document = serde_json::json!({
+            "changes": plan_lines(&pending.keys, &pending.plans, &changes)
+                .into_iter()
+                .map(|(key, action)| serde_json::json!({"key": key, "action": action}))
+                .collect::<Vec<_>>(),
+            "converged": converged,
+            "failed": pending.failed.iter().filter(|(_, e)| !is_unobserved(e))
+                .map(|(key, error)| serde_json::json!({"key": key, "error": error}))
+                .collect::<Vec<_>>(),
+            "notPlanned": pending.failed.iter().filter(|(_, e)| is_unobserved(e))
+                .map(|(key, error)| serde_json::json!({"key": key, "reason": error}))
+                .collect::<Vec<_>>(),
+            "invalid": pending.invalid,
+            "problems": pending.diagnostics.iter().map(super::diagnostic_json).collect::<Vec<_>>(),
+            "nextRotations": next_rotations(&pending)
+                .into_iter()
+                .map(|(key, due, spread)| serde_json::json!({
+                    "key": key,
+                    "dueAt": crate::schedule::format_time(due),
+                    "spreadSeconds": spread.as_secs(),
+                }))
+                .collect::<Vec<_>>(),
+            "exitCode": exit.code(),
+        });
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&document).expect("plan serializes")
+        );
+        return exit;
+    }
+    for (key, action) in plan_lines(&pending.keys, &pending.plans, &changes) {
+        crate::outln!("{key}: {action}");
+    }
+    print_next_rotations(&pending);
     let mut summary = vec![format!("{converged} converged")];
     let failed_count = failed.len() - unobserved;
     if failed_count > 0 {
@@ -707,8 +749,9 @@ pub async fn plan(config: &Config) -> Exit {
 
 /// For each converged key that rotates: when its next rotation is due, and the spread
 /// ([`crate::schedule::spread`]) included in that time.
-fn print_next_rotations(pending: &Pending) {
+fn next_rotations(pending: &Pending) -> Vec<(String, SystemTime, Duration)> {
     let planned: HashSet<&str> = pending.plans.iter().map(|p| p.name.as_str()).collect();
+    let mut found = Vec::new();
     for key in pending
         .keys
         .iter()
@@ -725,11 +768,26 @@ fn print_next_rotations(pending: &Pending) {
         let Some(due) = plan::rotation_due(key, current.activates_at) else {
             continue;
         };
-        let spread = crate::schedule::spread(&key.name, every);
+        found.push((
+            key.name.clone(),
+            due.activate_at,
+            crate::schedule::spread(&key.name, every),
+        ));
+    }
+    found
+}
+
+fn print_next_rotations(pending: &Pending) {
+    for (name, due, spread) in next_rotations(pending) {
+        let every = pending
+            .keys
+            .iter()
+            .find(|k| k.name == name)
+            .and_then(|k| k.rotation.every)
+            .unwrap_or_default();
         crate::outln!(
-            "{}: no change; next rotation due {} (spread +{} of up to {})",
-            key.name,
-            humantime::format_rfc3339_seconds(due.activate_at),
+            "{name}: no change; next rotation due {} (spread +{} of up to {})",
+            humantime::format_rfc3339_seconds(due),
             humantime::format_duration(Duration::from_secs(spread.as_secs())),
             humantime::format_duration((every / 100).min(crate::schedule::MAX_SPREAD)),
         );
@@ -794,9 +852,15 @@ async fn spec_changes(pending: &Pending, stores: &Stores) -> HashMap<String, Str
     changes
 }
 
-fn print_plans(keys: &[KeyPair], plans: &[KeyPlan], changes: &HashMap<String, String>) {
+/// One line per planned action, as `(key, action)`.
+fn plan_lines(
+    keys: &[KeyPair],
+    plans: &[KeyPlan],
+    changes: &HashMap<String, String>,
+) -> Vec<(String, String)> {
     let by_name: std::collections::HashMap<&str, &KeyPair> =
         keys.iter().map(|k| (k.name.as_str(), k)).collect();
+    let mut lines = Vec::new();
     for plan in plans {
         let key = by_name.get(plan.name.as_str());
         for action in &plan.actions {
@@ -814,9 +878,10 @@ fn print_plans(keys: &[KeyPair], plans: &[KeyPlan], changes: &HashMap<String, St
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            crate::outln!("{}: {action}{target}", plan.name);
+            lines.push((plan.name.clone(), format!("{action}{target}")));
         }
     }
+    lines
 }
 
 #[cfg(test)]

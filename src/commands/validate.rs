@@ -8,7 +8,8 @@ use crate::manifest::{self, document::Document};
 
 /// Validates the configuration's manifests, or `paths` when given (checked against the
 /// configuration when it can be read, else against the defaults).
-pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
+pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
+    crate::output::set_json_stdout(json);
     let config = if paths.is_empty() || config_path.exists() {
         match super::load_config(config_path) {
             Ok(config) => Some(config),
@@ -55,6 +56,24 @@ pub fn validate(config_path: &Path, paths: &[PathBuf]) -> Exit {
             .collect()
     };
     let loaded = manifest::load(&sources, &ctx);
+    if json {
+        let document = serde_json::json!({
+            "valid": loaded.is_valid(),
+            "keys": loaded.keys.len(),
+            "files": loaded.files,
+            "configuration": config.as_ref().map(|c| c.path.display().to_string()),
+            "problems": loaded.diagnostics.iter().map(super::diagnostic_json).collect::<Vec<_>>(),
+        });
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&document).expect("validation serializes")
+        );
+        return if loaded.is_valid() {
+            Exit::Ok
+        } else {
+            Exit::Invalid
+        };
+    }
     super::report(&loaded.diagnostics);
     if loaded.is_valid() {
         crate::outln!(
