@@ -194,9 +194,7 @@ impl Backoff {
             .min(self.max);
         base.saturating_sub(base.mul_f64(jitter.clamp(0.0, 1.0) / 4.0))
     }
-}
 
-impl Backoff {
     /// [`Backoff::delay`] with a random jitter.
     pub fn jittered(&self, attempts: u32) -> Duration {
         self.delay(attempts, jitter())

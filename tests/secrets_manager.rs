@@ -10,15 +10,7 @@ use aws_sdk_secretsmanager::Client;
 use common::*;
 
 async fn client(endpoint: &str) -> Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await;
-    Client::new(&config)
+    Client::new(&localstack_sdk_config(endpoint).await)
 }
 
 fn install(endpoint: &str) -> Install {
@@ -46,6 +38,14 @@ fn with_secret(name: &str, spec: &str, secret: &str, extra: &str) -> String {
     manifest(name, spec, extra).replace(
         "    - file: {}\n",
         &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\", tags: {{env: test}}}}\n"),
+    )
+}
+
+/// A manifest whose only output is a secret.
+fn secret_only(name: &str, spec: &str, secret: &str, extra: &str) -> String {
+    manifest(name, spec, extra).replace(
+        "    - file: {}\n",
+        &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
     )
 }
 
@@ -553,13 +553,7 @@ async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
     let sm = client(&endpoint).await;
     let secret = unique("only");
     let install = install(&endpoint);
-    install.manifest(
-        "k.yaml",
-        &manifest("only", "ECC_NIST_P256", "").replace(
-            "    - file: {}\n",
-            &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
-        ),
-    );
+    install.manifest("k.yaml", &secret_only("only", "ECC_NIST_P256", &secret, ""));
     install.run_once(0);
     let status = install.keyprov(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
@@ -739,14 +733,11 @@ async fn rotate_now_of_a_secret_only_key_counts_the_next_rotation_from_the_real_
     let install = install(&endpoint);
     install.manifest(
         "k.yaml",
-        &manifest(
+        &secret_only(
             "early",
             "ECC_NIST_P256",
+            &secret,
             "  rotation: {every: 30d, publishAhead: 7d}\n",
-        )
-        .replace(
-            "    - file: {}\n",
-            &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
         ),
     );
     install.run_once(0);

@@ -35,6 +35,26 @@ struct KeyStatus {
     retry: Option<crate::retry::RetryRecord>,
 }
 
+impl KeyStatus {
+    /// A key in `state` about which nothing has been observed yet.
+    fn unknown(name: &str, spec: &str, state: &'static str) -> Self {
+        KeyStatus {
+            name: name.to_string(),
+            generation: None,
+            key_pair_spec: spec.into(),
+            kms_key_arn: None,
+            created_at: None,
+            next_rotation: None,
+            next: None,
+            next_activates_at: None,
+            state,
+            error: None,
+            outputs: Vec::new(),
+            retry: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct OutputStatus {
@@ -55,28 +75,16 @@ fn key_status(
     secret_meta: Option<crate::store::VersionMeta>,
     now: SystemTime,
 ) -> KeyStatus {
-    let mut status = KeyStatus {
-        name: key.name.clone(),
-        generation: None,
-        key_pair_spec: key.spec.as_str().into(),
-        kms_key_arn: None,
-        created_at: None,
-        next_rotation: None,
-        next: None,
-        next_activates_at: None,
-        state: "failed",
-        error: None,
-        retry: None,
-        outputs: key
-            .outputs
-            .iter()
-            .map(|o| OutputStatus {
-                kind: o.kind(),
-                location: o.location(),
-                generation: None,
-            })
-            .collect(),
-    };
+    let mut status = KeyStatus::unknown(&key.name, key.spec.as_str(), "failed");
+    status.outputs = key
+        .outputs
+        .iter()
+        .map(|o| OutputStatus {
+            kind: o.kind(),
+            location: o.location(),
+            generation: None,
+        })
+        .collect();
     let outputs = match observed {
         Ok(outputs) => outputs,
         Err(err) => {
@@ -176,23 +184,12 @@ pub async fn status(config: &Config, json: bool) -> Exit {
             continue;
         }
         let at = loaded.invalid_at.get(name).cloned().unwrap_or_default();
-        keys.push(KeyStatus {
-            name: name.clone(),
-            generation: None,
-            key_pair_spec: "-".into(),
-            kms_key_arn: None,
-            created_at: None,
-            next_rotation: None,
-            next: None,
-            next_activates_at: None,
-            state: "invalid",
-            error: Some(format!(
-                "its manifest is invalid ({at}): the key is left exactly as it is until it is \
-                 fixed (keyprov validate)"
-            )),
-            outputs: Vec::new(),
-            retry: None,
-        });
+        let mut status = KeyStatus::unknown(name, "-", "invalid");
+        status.error = Some(format!(
+            "its manifest is invalid ({at}): the key is left exactly as it is until it is \
+             fixed (keyprov validate)"
+        ));
+        keys.push(status);
     }
     keys.sort_by(|a, b| a.name.cmp(&b.name));
     let status = Status { orphans, keys };

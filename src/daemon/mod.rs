@@ -174,7 +174,10 @@ fn log_start(config: &Config, inputs: &Inputs) {
         .iter()
         .map(|d| d.display().to_string())
         .collect();
-    let keys = crate::commands::load_manifests(config).keys.len();
+    // Counted without reporting: the first reconcile, right after, reports the problems.
+    let keys = crate::manifest::load(&config.manifests, &config.manifest_context())
+        .keys
+        .len();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.path.display(),

@@ -314,7 +314,8 @@ fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize 
             Err(err) => {
                 documents += 1;
                 text.clone_into(&mut file.text);
-                let diagnostic = duplicate_key_diagnostic(file, doc, &err)
+                let index = file.index.get_or_insert_with(|| PositionIndex::build(text));
+                let diagnostic = duplicate_key_diagnostic(&file.path, index, doc, &err)
                     .unwrap_or_else(|| serde_diagnostic(&file.path, &err));
                 file.diagnostics.push(diagnostic);
                 continue;
@@ -386,7 +387,8 @@ fn guarded<T>(parse: impl FnOnce() -> T) -> Result<T, String> {
 /// A duplicated key (`spec:` twice, a later edit appending a second block), reported at the
 /// duplicate's own line.
 fn duplicate_key_diagnostic(
-    file: &mut ManifestFile,
+    path: &Path,
+    index: &PositionIndex,
     doc: usize,
     err: &serde_yaml::Error,
 ) -> Option<Diagnostic> {
@@ -398,15 +400,12 @@ fn duplicate_key_diagnostic(
         .next()?
         .trim_matches('"')
         .to_string();
-    let index = file
-        .index
-        .get_or_insert_with(|| PositionIndex::build(&file.text));
-    let duplicate = index.find_duplicate(doc, &key)?;
+    let (field, position) = index.find_duplicate(doc, &key)?;
     Some(Diagnostic {
-        file: display_path(&file.path),
-        line: duplicate.1.line,
-        column: duplicate.1.column,
-        field: duplicate.0,
+        file: display_path(path),
+        line: position.line,
+        column: position.column,
+        field,
         message: format!(
             "duplicate key `{key}`: it is already set above; a YAML mapping holds each key once \
              (merge the two blocks)"
@@ -563,15 +562,8 @@ pub fn parse_checked<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
     let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(value) => value,
         Err(err) => {
-            let mut file = ManifestFile {
-                path: path.to_path_buf(),
-                text: text.to_string(),
-                keys: Vec::new(),
-                diagnostics: Vec::new(),
-                names: Vec::new(),
-                index: None,
-            };
-            let diagnostic = duplicate_key_diagnostic(&mut file, 0, &err)
+            let index = PositionIndex::build(text);
+            let diagnostic = duplicate_key_diagnostic(path, &index, 0, &err)
                 .unwrap_or_else(|| serde_diagnostic(path, &err));
             return Err(vec![diagnostic]);
         }

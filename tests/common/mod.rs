@@ -300,17 +300,21 @@ pub fn localstack() -> Option<String> {
     )
 }
 
-/// A KMS client of the tests themselves, for LocalStack.
-pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// The SDK configuration of the tests' own AWS clients, for LocalStack.
+pub async fn localstack_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_kms::config::Credentials::new(
             "test", "test", None, None, "test",
         ))
         .load()
-        .await;
-    aws_sdk_kms::Client::new(&config)
+        .await
+}
+
+/// A KMS client of the tests themselves, for LocalStack.
+pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
+    aws_sdk_kms::Client::new(&localstack_sdk_config(endpoint).await)
 }
 
 impl Install {
