@@ -25,6 +25,7 @@ pub mod parallel;
 pub mod plan;
 pub mod progress;
 pub mod provider;
+pub mod public_formats;
 pub mod retry;
 pub mod schedule;
 pub mod spec;

@@ -40,6 +40,7 @@ fn key(every: Option<u64>, ahead: Option<u64>, keep: u32, outputs: usize) -> Key
                     dir: PathBuf::from(format!("/s/{i}")),
                     format: Format::Pem,
                     mode: 0o640,
+                    public_formats: Vec::new(),
                     owner: None,
                     group: None,
                 })

@@ -7,21 +7,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The Python of the LocalStack virtualenv (it has `jsonschema` and `yaml`).
-fn python() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::env::var_os("KEYPROV_LOCALSTACK_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join(".venv-localstack"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `scripts/localstack install` (scripts/test does)",
-        python.display()
-    );
-    python
-}
-
 const VALIDATE: &str = r#"
 import json, re, sys, yaml, jsonschema
 
@@ -57,7 +42,7 @@ fn validate(files: &[PathBuf]) -> Vec<String> {
     assert!(schema.status.success());
     let schema_path = dir.path().join("schema.json");
     std::fs::write(&schema_path, &schema.stdout).unwrap();
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .args(["-c", VALIDATE])
         .arg(&schema_path)
         .args(files)

@@ -56,6 +56,26 @@ fn format_schema(_: &mut SchemaGenerator) -> Schema {
     or_null(one_of(&["pem", "der"], "`pem` (default) or `der`."))
 }
 
+fn public_formats_schema(_: &mut SchemaGenerator) -> Schema {
+    let formats = SchemaObject {
+        instance_type: Some(InstanceType::Array.into()),
+        array: Some(Box::new(schemars::schema::ArrayValidation {
+            items: Some(one_of(&["jwk", "openssh"], "A public key format.").into()),
+            ..Default::default()
+        })),
+        metadata: Some(Box::new(SchemaMetadata {
+            description: Some(
+                "Public key files beside PEM/DER: `jwk` (public.jwk, and jwks.json beside \
+                 `current`), `openssh` (public.pub)."
+                    .into(),
+            ),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    or_null(formats.into())
+}
+
 fn hook_events_schema(_: &mut SchemaGenerator) -> Schema {
     let events = SchemaObject {
         instance_type: Some(InstanceType::Array.into()),
@@ -163,6 +183,10 @@ pub struct FileOutput {
     pub format: Option<String>,
     /// Octal mode of public.* and private.enc, default "0640".
     pub mode: Option<String>,
+    /// Extra public key formats: `jwk`, `openssh`.
+    #[serde(default)]
+    #[schemars(schema_with = "public_formats_schema")]
+    pub public_formats: Option<Vec<String>>,
     /// Owning user.
     pub owner: Option<String>,
     /// Owning group.

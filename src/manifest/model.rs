@@ -132,6 +132,8 @@ pub struct FileOutput {
     pub format: Format,
     /// Mode of public.* and private.enc and meta.json.
     pub mode: u32,
+    /// Extra public key files of every version (sorted, each once).
+    pub public_formats: Vec<crate::public_formats::PublicFormat>,
     /// Owning user name or numeric id.
     pub owner: Option<String>,
     /// Owning group name or numeric id.

@@ -7,6 +7,7 @@ use super::Context;
 use super::document::{self, Document};
 use super::model::{FileOutput, Format, Hook, KeyPair, Output, Rotation, SecretsManagerOutput};
 use super::paths::resolve_output_dir;
+use crate::public_formats::PublicFormat;
 use crate::schedule::{MAX_ROTATION, parse_bounded_duration};
 use crate::spec::KeyPairSpec;
 
@@ -98,6 +99,9 @@ pub fn validate(doc: Document, source: &Path, ctx: &Context) -> Result<KeyPair, 
         .map(|rotation| check_rotation(rotation, &mut problems))
         .unwrap_or_default();
     let outputs = check_outputs(spec.outputs, &name, ctx, &mut problems);
+    if let Some(key_spec) = key_spec {
+        check_public_formats(&outputs, &name, key_spec, &mut problems);
+    }
     let on_rotate = spec
         .on_rotate
         .into_iter()
@@ -227,6 +231,32 @@ fn check_outputs(
     checked
 }
 
+/// Refuses public formats that cannot hold keys of `key_spec` (no OpenSSH type for secp256k1
+/// or SM2, no JOSE curve for SM2), naming the key.
+fn check_public_formats(
+    outputs: &[Output],
+    name: &str,
+    key_spec: KeyPairSpec,
+    problems: &mut Problems,
+) {
+    for (i, output) in outputs.iter().enumerate() {
+        let Output::File(file) = output else { continue };
+        for format in &file.public_formats {
+            if let Some(why) = format.unsupported(key_spec) {
+                problems.add(
+                    format!("spec.outputs[{i}].file.publicFormats"),
+                    format!(
+                        "key {name:?} ({}) cannot have {} public keys: {why}; remove {:?}",
+                        key_spec.as_str(),
+                        format.as_str(),
+                        format.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn check_file_output(
     file: document::FileOutput,
     name: &str,
@@ -258,12 +288,28 @@ fn check_file_output(
             problems.add(format!("{field}.{what}"), "must not be empty");
         }
     }
+    let mut public_formats = Vec::new();
+    for (i, text) in file.public_formats.unwrap_or_default().iter().enumerate() {
+        match PublicFormat::parse(text) {
+            Some(format) if public_formats.contains(&format) => problems.add(
+                format!("{field}.publicFormats[{i}]"),
+                format!("{text:?} is listed twice"),
+            ),
+            Some(format) => public_formats.push(format),
+            None => problems.add(
+                format!("{field}.publicFormats[{i}]"),
+                format!("unknown value {text:?}, expected one of jwk, openssh"),
+            ),
+        }
+    }
+    public_formats.sort_unstable();
     let (root, dir) = resolved?;
     Some(FileOutput {
         root,
         dir,
         format: format?,
         mode: mode?,
+        public_formats,
         owner: file.owner,
         group: file.group,
     })

@@ -718,3 +718,19 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The Python of the LocalStack virtualenv that `scripts/test` installs (it has `jsonschema`,
+/// `yaml`, `cryptography` and `joserfc`): independent checkers of what keyprov writes.
+pub fn python() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = std::env::var_os("KEYPROV_LOCALSTACK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv-localstack"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `scripts/localstack install` (scripts/test does)",
+        python.display()
+    );
+    python
+}

@@ -18,6 +18,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::dir::{DirHandle, Owner};
 mod observe;
 mod prune;
+mod public;
 mod repair;
 mod store;
 
@@ -376,11 +377,14 @@ fn decode_public(format: Format, bytes: &[u8], path: &Path) -> Result<Vec<u8>, S
     }
 }
 
+/// A file of a version: name, contents (wiped when dropped) and mode.
+type VersionFile = (String, zeroize::Zeroizing<Vec<u8>>, u32);
+
 /// The files of a version for `output`, encoded, with their modes.
 fn version_files(
     output: &FileOutput,
     version: &StoredVersion,
-) -> Vec<(String, zeroize::Zeroizing<Vec<u8>>, u32)> {
+) -> Result<Vec<VersionFile>, StoreError> {
     let meta = serde_json::to_vec_pretty(&version.meta).expect("meta serializes");
     let mut files = vec![
         (
@@ -395,6 +399,9 @@ fn version_files(
         ),
         (META.to_string(), meta.into(), output.mode),
     ];
+    for (name, bytes) in public::format_files(output, &version.meta, &version.public_key_der)? {
+        files.push((name.to_string(), bytes.into(), output.mode));
+    }
     if let Some(key) = &version.private_key {
         files.push((
             private_name(output.format),
@@ -402,7 +409,7 @@ fn version_files(
             PLAINTEXT_MODE,
         ));
     }
-    files
+    Ok(files)
 }
 
 /// A version written in full under a temporary name in its key directory: not visible yet.
@@ -499,7 +506,7 @@ fn stage_version(
                 path: staged.dir.child_path(&staged.tmp).display().to_string(),
                 message: "vanished while it was being written".into(),
             })?;
-        for (name, bytes, mode) in version_files(output, version) {
+        for (name, bytes, mode) in version_files(output, version)? {
             written.add(tmp_dir.create_file(&name, &bytes, mode, owner)?)?;
         }
         written.add_dir(&tmp_dir)
@@ -585,7 +592,10 @@ pub fn commit_versions(batch: &[NewVersion<'_>]) -> Vec<Result<(), StoreError>> 
         let generation = item.version.meta.generation;
         if let Err(err) = staged
             .iter()
-            .try_for_each(|v| move_links(&v.dir, generation, item.link, &mut sync))
+            .zip(&item.outputs)
+            .try_for_each(|(v, output)| {
+                move_links(&v.dir, output, generation, item.link, &mut sync)
+            })
         {
             *state = Err(err);
         }
@@ -678,17 +688,10 @@ pub fn read_version(output: &FileOutput, generation: u32) -> Result<StoredVersio
 pub fn read_parts(output: &FileOutput, generation: u32) -> Result<VersionParts, StoreError> {
     let dir = existing_key_dir(output)?;
     let version = open_version(&dir, generation)?;
-    let read_public = |format: Format| {
-        let name = public_name(format);
-        version
-            .read_file(&name)
-            .and_then(|bytes| decode_public(format, &bytes, &version.child_path(&name)))
-    };
     Ok(VersionParts {
         meta: read_version_meta(&version, generation),
         // The format may have changed since this version was written.
-        public_key_der: read_public(output.format)
-            .or_else(|_| read_public(other_format(output.format))),
+        public_key_der: public::read_public_der(&version, output.format),
         private_key_ciphertext: version.read_file(CIPHERTEXT),
     })
 }
@@ -724,13 +727,14 @@ fn set_link(dir: &DirHandle, name: &str, generation: Option<u32>) -> Result<(), 
 pub fn link(output: &FileOutput, generation: u32, link: Link) -> Result<(), StoreError> {
     let dir = existing_key_dir(output)?;
     let mut sync = SyncSet::default();
-    move_links(&dir, generation, link, &mut sync)?;
+    move_links(&dir, output, generation, link, &mut sync)?;
     sync.flush()
 }
 
-/// [`link`] without the flush: adds the key directory to `sync`.
+/// [`link`] without the flush: adds the key directory (and a rewritten `jwks.json`) to `sync`.
 fn move_links(
     dir: &DirHandle,
+    output: &FileOutput,
     generation: u32,
     link: Link,
     sync: &mut SyncSet,
@@ -750,6 +754,7 @@ fn move_links(
         }
         Link::Next => set_link(dir, NEXT, Some(generation))?,
     }
+    public::write_jwks(dir, output, sync)?;
     sync.add_dir(dir)
 }
 
@@ -797,6 +802,7 @@ mod tests {
             dir: root.join(name),
             format: Format::Pem,
             mode: 0o640,
+            public_formats: Vec::new(),
             owner: None,
             group: None,
         }

@@ -130,6 +130,7 @@ pub fn observe(
             observed.next = Some(version);
         }
     }
+    public::jwks_drift(&dir, output, &mut observed.drift);
     // A plaintext key must not outlive `includePlaintext: false` in any version kept.
     let linked: Vec<u32> = [
         observed.current.as_ref().map(|c| c.generation),
@@ -277,5 +278,44 @@ fn check_version_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
+    check_public_format_files(version, output, meta, drift);
     problems
+}
+
+/// Drift of a linked version's public format files (derived from its public key, so
+/// rewritten in place): missing, altered, or no longer listed.
+fn check_public_format_files(
+    version: &DirHandle,
+    output: &FileOutput,
+    meta: &VersionMeta,
+    drift: &mut Vec<String>,
+) {
+    let vname = version_name(meta.generation);
+    if !output.public_formats.is_empty() {
+        let wanted = public::read_public_der(version, output.format)
+            .and_then(|der| public::format_files(output, meta, &der));
+        // An unreadable public key is reported as damage.
+        if let Ok(files) = wanted {
+            for (name, bytes) in files {
+                match version.read_file(name) {
+                    Ok(actual) if actual == bytes => {
+                        let mode = version.stat(name).map(|s| s.st_mode & 0o7777);
+                        if let Some(mode) = mode.filter(|&m| m != output.mode) {
+                            drift.push(format!(
+                                "{vname}/{name} has mode {mode:04o}, want {:04o}",
+                                output.mode
+                            ));
+                        }
+                    }
+                    Ok(_) => drift.push(format!("{vname}/{name} does not match its public key")),
+                    Err(_) => drift.push(format!("{vname}/{name} is missing")),
+                }
+            }
+        }
+    }
+    for name in public::unwanted_format_files(output) {
+        if version.stat(name).is_some() {
+            drift.push(format!("{vname}/{name} should not be there"));
+        }
+    }
 }

@@ -40,6 +40,31 @@ fn replace_file(
     version.rename(&tmp, name)
 }
 
+/// Makes a linked version's public format files what the manifest asks: missing or altered
+/// ones rewritten from its public key, unlisted ones removed.
+fn public_format_files(
+    version: &DirHandle,
+    output: &FileOutput,
+    generation: u32,
+    owner: Owner,
+) -> Result<(), StoreError> {
+    if !output.public_formats.is_empty() {
+        let meta = read_version_meta(version, generation)?;
+        let der = public::read_public_der(version, output.format)?;
+        for (name, bytes) in public::format_files(output, &meta, &der)? {
+            if version.read_file(name).ok().as_ref() != Some(&bytes) {
+                replace_file(version, name, &bytes, output.mode, owner)?;
+            } else {
+                version.set_file_mode_and_owner(name, output.mode, owner)?;
+            }
+        }
+    }
+    for name in public::unwanted_format_files(output) {
+        version.remove_file(name)?;
+    }
+    Ok(())
+}
+
 /// Repairs an output in place: leftovers removed, modes and owners set, files of the right
 /// format and plaintext presence, damaged files rewritten from intact copies, `previous` as
 /// the plan says.
@@ -72,7 +97,7 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
             .iter()
             .find(|v| v.meta.generation == generation)
         {
-            for (name, bytes, mode) in version_files(output, intact) {
+            for (name, bytes, mode) in version_files(output, intact)? {
                 replace_file(&version, &name, &bytes, mode, owner)?;
             }
         }
@@ -87,6 +112,7 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
                 owner,
             )?;
         }
+        public_format_files(&version, output, generation, owner)?;
         let private = private_name(output.format);
         if let (true, None, Some(key)) = (
             input.include_plaintext,
@@ -133,5 +159,11 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
             set_link(&dir, PREVIOUS, wanted)?;
         }
     }
+    let mut sync = SyncSet::default();
+    public::write_jwks(&dir, output, &mut sync)?;
+    if dir.stat(public::JWKS).is_some() {
+        dir.set_file_mode_and_owner(public::JWKS, output.mode, owner)?;
+    }
+    sync.flush()?;
     dir.sync()
 }

@@ -1,0 +1,143 @@
+//! The public key formats of a file output beyond PEM/DER (`publicFormats`): `public.jwk` and
+//! `public.pub` in every version, and `jwks.json` beside `current` holding next + current +
+//! previous, rewritten atomically whenever the links move.
+
+use super::*;
+use crate::public_formats::{self, PublicFormat};
+
+/// The JWK Set beside `current`.
+pub(super) const JWKS: &str = "jwks.json";
+
+/// The comment of a version's OpenSSH key line: `keyprov:<name>:v0003`.
+fn ssh_comment(meta: &VersionMeta) -> String {
+    format!("keyprov:{}:{}", meta.name, version_name(meta.generation))
+}
+
+/// The public format files `output` asks of a version: name and contents.
+pub(super) fn format_files(
+    output: &FileOutput,
+    meta: &VersionMeta,
+    der: &[u8],
+) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
+    output
+        .public_formats
+        .iter()
+        .map(|&format| {
+            public_formats::encode(format, der, &ssh_comment(meta))
+                .map(|bytes| (format.file_name(), bytes))
+                .map_err(|message| StoreError::Corrupt {
+                    path: version_dir(output, meta.generation).display().to_string(),
+                    message: format!(
+                        "cannot write its public key as {}: {message}",
+                        format.as_str()
+                    ),
+                })
+        })
+        .collect()
+}
+
+/// Public format files a version must not hold: those the manifest no longer lists.
+pub(super) fn unwanted_format_files(output: &FileOutput) -> impl Iterator<Item = &'static str> {
+    PublicFormat::ALL
+        .into_iter()
+        .filter(|f| !output.public_formats.contains(f))
+        .map(PublicFormat::file_name)
+}
+
+/// Reads a version's public key as DER, from the output's format or the other one.
+pub(super) fn read_public_der(version: &DirHandle, format: Format) -> Result<Vec<u8>, StoreError> {
+    let read = |format: Format| {
+        let name = public_name(format);
+        version
+            .read_file(&name)
+            .and_then(|bytes| decode_public(format, &bytes, &version.child_path(&name)))
+    };
+    read(format).or_else(|err| read(other_format(format)).map_err(|_| err))
+}
+
+/// What `jwks.json` must hold now: the JWKs of the versions `next`, `current` and `previous`
+/// point at, in that order; `None` when the output does not ask for `jwk`. Links that point
+/// nowhere usable are left out (observation reports them).
+pub(super) fn expected_jwks(
+    dir: &DirHandle,
+    output: &FileOutput,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if !output.public_formats.contains(&PublicFormat::Jwk) {
+        return Ok(None);
+    }
+    let mut keys = Vec::with_capacity(3);
+    let mut seen = Vec::with_capacity(3);
+    for link in [NEXT, CURRENT, PREVIOUS] {
+        let Ok(Some(generation)) = read_link_generation(dir, link) else {
+            continue;
+        };
+        if seen.contains(&generation) {
+            continue;
+        }
+        let Some(version) = dir.open_dir(&version_name(generation))? else {
+            continue;
+        };
+        seen.push(generation);
+        let der = read_public_der(&version, output.format)?;
+        let jwk = public_formats::jwk(&der).map_err(|message| StoreError::Corrupt {
+            path: version.path().display().to_string(),
+            message: format!("its public key has no JWK form: {message}"),
+        })?;
+        keys.push(jwk);
+    }
+    Ok(Some(public_formats::jwks(&keys)))
+}
+
+/// Makes `jwks.json` what the links say (or removes it when the output has no `jwk`):
+/// written under a temporary name and renamed over the old one, so a verifier reads the old
+/// set or the new one. The file and the directory go to `sync`.
+pub(super) fn write_jwks(
+    dir: &DirHandle,
+    output: &FileOutput,
+    sync: &mut SyncSet,
+) -> Result<(), StoreError> {
+    let Some(bytes) = expected_jwks(dir, output)? else {
+        if dir.stat(JWKS).is_some() {
+            dir.remove_file(JWKS)?;
+            sync.add_dir(dir)?;
+        }
+        return Ok(());
+    };
+    if dir.read_file(JWKS).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let tmp = temporary_name(TMP_PREFIX, JWKS);
+    dir.remove_file(&tmp)?;
+    let file = dir.create_file(&tmp, &bytes, output.mode, ownership(output)?)?;
+    sync.add(file)?;
+    dir.rename(&tmp, JWKS)?;
+    sync.add_dir(dir)
+}
+
+/// Drift of `jwks.json`: missing, out of date, unwanted, or with the wrong mode.
+pub(super) fn jwks_drift(dir: &DirHandle, output: &FileOutput, drift: &mut Vec<String>) {
+    let expected = match expected_jwks(dir, output) {
+        Ok(expected) => expected,
+        Err(err) => {
+            drift.push(format!("{JWKS} cannot be made: {err}"));
+            return;
+        }
+    };
+    match (expected, dir.stat(JWKS)) {
+        (None, None) => {}
+        (None, Some(_)) => drift.push(format!("{JWKS} should not be there")),
+        (Some(_), None) => drift.push(format!("{JWKS} is missing")),
+        (Some(bytes), Some(stat)) => {
+            if stat.st_mode & 0o7777 != output.mode {
+                drift.push(format!(
+                    "{JWKS} has mode {:04o}, want {:04o}",
+                    stat.st_mode & 0o7777,
+                    output.mode
+                ));
+            }
+            if dir.read_file(JWKS).ok() != Some(bytes) {
+                drift.push(format!("{JWKS} does not hold next, current and previous"));
+            }
+        }
+    }
+}

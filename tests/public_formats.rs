@@ -1,0 +1,317 @@
+//! `publicFormats: [jwk, openssh]` checked by independent tools: `ssh-keygen` fingerprints of
+//! `public.pub` against those it derives from `public.pem`, and Python's joserfc verifying a
+//! JWT signed with the decrypted private key against `jwks.json` (key picked by `kid`), the
+//! thumbprint recomputed in Python. A staged rotation shows the next key in `jwks.json` before
+//! it becomes current, and the previous one after.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Install, manifest};
+
+const FORMATS: &str = "  rotation: {every: 30d, publishAhead: 7d}\n";
+
+fn with_formats(name: &str, spec: &str, formats: &str) -> String {
+    manifest(name, spec, FORMATS).replace(
+        "    - file: {}\n",
+        &format!("    - file: {{publicFormats: [{formats}]}}\n"),
+    )
+}
+
+/// `ssh-keygen -l -f FILE`: bits, fingerprint and key type, without the comment.
+fn ssh_fingerprint(file: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-f"])
+        .arg(file)
+        .output()
+        .expect("ssh-keygen runs (Debian's openssh-client)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "ssh-keygen -l -f {}: {text}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words: Vec<&str> = text.split_whitespace().collect();
+    format!("{} {} {}", words[0], words[1], words[words.len() - 1])
+}
+
+/// The OpenSSH form of a PEM public key, made without keyprov: `ssh-keygen -i -m PKCS8`, or
+/// Python's cryptography for Ed25519 (which this ssh-keygen cannot import from PKCS#8).
+fn openssh_of_pem(pem: &Path, out: &Path) {
+    let converted = Command::new("ssh-keygen")
+        .args(["-i", "-m", "PKCS8", "-f"])
+        .arg(pem)
+        .output()
+        .unwrap();
+    let line = if converted.status.success() {
+        converted.stdout
+    } else {
+        let script = "import sys\nfrom cryptography.hazmat.primitives import serialization as s\n\
+                      k = s.load_pem_public_key(open(sys.argv[1], 'rb').read())\n\
+                      sys.stdout.buffer.write(k.public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH))";
+        let out = Command::new(common::python())
+            .args(["-c", script])
+            .arg(pem)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    std::fs::write(out, line).unwrap();
+}
+
+/// Runs tests/scripts/jose_check.py: thumbprint, numbers, and a JWT round trip through
+/// `jwks.json`. Returns its JSON report.
+fn jose_check(install: &Install, name: &str, version: &str) -> serde_json::Value {
+    let dir = install.key_dir(name);
+    let private = install.root().join(format!("{name}.key.pem"));
+    let decrypt = install.keyprov(&[
+        "decrypt",
+        name,
+        "--version",
+        version.trim_start_matches("v0").trim_start_matches('0'),
+        "--out",
+        private.to_str().unwrap(),
+    ]);
+    assert_eq!(decrypt.code, 0, "{}", decrypt.all());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/jose_check.py");
+    let out = Command::new(common::python())
+        .arg("-W")
+        .arg("ignore")
+        .arg(script)
+        .arg(dir.join("jwks.json"))
+        .arg(dir.join(version).join("public.jwk"))
+        .arg(&private)
+        .arg(dir.join(version).join("public.pem"))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&private).unwrap();
+    assert!(
+        out.status.success(),
+        "jose_check {name} {version}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn jwks_kids(install: &Install, name: &str) -> Vec<String> {
+    let text = std::fs::read(install.key_dir(name).join("jwks.json")).unwrap();
+    let set: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn kid_of(install: &Install, name: &str, version: &str) -> String {
+    let path = install.key_dir(name).join(version).join("public.jwk");
+    let jwk: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    jwk["kid"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn openssh_keys_have_the_fingerprints_ssh_keygen_derives_from_the_pem() {
+    let install = Install::new("");
+    let specs = [
+        ("rsa", "RSA_2048", "ssh-rsa", "(RSA)"),
+        ("p256", "ECC_NIST_P256", "ecdsa-sha2-nistp256", "(ECDSA)"),
+        ("p384", "ECC_NIST_P384", "ecdsa-sha2-nistp384", "(ECDSA)"),
+        ("p521", "ECC_NIST_P521", "ecdsa-sha2-nistp521", "(ECDSA)"),
+        ("ed", "ECC_NIST_EDWARDS25519", "ssh-ed25519", "(ED25519)"),
+    ];
+    for (name, spec, _, _) in specs {
+        install.manifest(
+            &format!("{name}.yaml"),
+            &with_formats(name, spec, "openssh"),
+        );
+    }
+    install.run_once(0);
+    for (name, _, kind, label) in specs {
+        let version = install.key_dir(name).join("v0001");
+        let line = std::fs::read_to_string(version.join("public.pub")).unwrap();
+        assert!(line.starts_with(&format!("{kind} ")), "{line}");
+        assert!(
+            line.ends_with(&format!(" keyprov:{name}:v0001\n")),
+            "{line}"
+        );
+        let converted = install.root().join(format!("{name}.converted.pub"));
+        openssh_of_pem(&version.join("public.pem"), &converted);
+        let ours = ssh_fingerprint(&version.join("public.pub"));
+        assert_eq!(ours, ssh_fingerprint(&converted), "{name}");
+        assert!(ours.ends_with(label), "{ours}");
+        // Mode as public.pem; no jwk asked, so no JWKS.
+        assert!(!version.join("public.jwk").exists());
+        assert!(!install.key_dir(name).join("jwks.json").exists());
+    }
+}
+
+#[test]
+fn a_jwt_signed_with_each_key_verifies_against_jwks_json() {
+    let install = Install::new("");
+    let specs = [
+        ("rsa", "RSA_2048", "RS256"),
+        ("rsa4096", "RSA_4096", "RS256"),
+        ("p256", "ECC_NIST_P256", "ES256"),
+        ("p384", "ECC_NIST_P384", "ES384"),
+        ("p521", "ECC_NIST_P521", "ES512"),
+        ("k1", "ECC_SECG_P256K1", "ES256K"),
+        ("ed", "ECC_NIST_EDWARDS25519", "EdDSA"),
+    ];
+    for (name, spec, _) in specs {
+        let formats = if spec == "ECC_SECG_P256K1" {
+            "jwk"
+        } else {
+            "jwk, openssh"
+        };
+        install.manifest(&format!("{name}.yaml"), &with_formats(name, spec, formats));
+    }
+    install.run_once(0);
+    for (name, _, alg) in specs {
+        let report = jose_check(&install, name, "v0001");
+        assert_eq!(report["alg"], alg, "{name}");
+        assert_eq!(
+            jwks_kids(&install, name),
+            vec![kid_of(&install, name, "v0001")]
+        );
+        let mode = std::fs::metadata(install.key_dir(name).join("jwks.json"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o640
+        );
+    }
+    // A converged run rewrites nothing.
+    let before = common::snapshot(&install.state());
+    let again = install.run_once(0);
+    assert!(again.stdout.contains("0 changed"), "{}", again.all());
+    assert_eq!(before, common::snapshot(&install.state()));
+}
+
+#[test]
+fn jwks_json_holds_the_next_key_before_it_is_current_and_the_previous_after() {
+    let install = Install::new("");
+    install.manifest("sig.yaml", &with_formats("sig", "ECC_NIST_P256", "jwk"));
+    install.run_once(0);
+    let first = kid_of(&install, "sig", "v0001");
+    let rotate = install.keyprov(&["rotate", "sig"]);
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    assert_eq!(
+        common::link(&install.key_dir("sig"), "next").as_deref(),
+        Some("v0002")
+    );
+    assert_eq!(
+        common::link(&install.key_dir("sig"), "current").as_deref(),
+        Some("v0001")
+    );
+    let second = kid_of(&install, "sig", "v0002");
+    assert_ne!(first, second);
+    // Published: verifiers already trust the next key; the signer still uses the current one.
+    assert_eq!(
+        jwks_kids(&install, "sig"),
+        vec![second.clone(), first.clone()]
+    );
+    let report = jose_check(&install, "sig", "v0002");
+    assert_eq!(report["kids"], serde_json::json!([second, first]));
+    jose_check(&install, "sig", "v0001");
+    // Activated: current and previous.
+    let now = install.keyprov(&["rotate", "sig", "--now"]);
+    assert_eq!(now.code, 0, "{}", now.all());
+    assert_eq!(
+        common::link(&install.key_dir("sig"), "current").as_deref(),
+        Some("v0002")
+    );
+    assert_eq!(
+        jwks_kids(&install, "sig"),
+        vec![second.clone(), first.clone()]
+    );
+    assert!(common::link(&install.key_dir("sig"), "next").is_none());
+    // A third generation, straight to current with --now: the oldest leaves the set.
+    let third_run = install.keyprov(&["rotate", "sig", "--now"]);
+    assert_eq!(third_run.code, 0, "{}", third_run.all());
+    let third = kid_of(&install, "sig", "v0003");
+    assert_eq!(jwks_kids(&install, "sig"), vec![third, second]);
+}
+
+#[test]
+fn formats_added_later_are_written_into_kept_versions_and_removed_when_dropped() {
+    let install = Install::new("");
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", FORMATS));
+    install.run_once(0);
+    let rotate = install.keyprov(&["rotate", "k", "--now"]);
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    install.manifest(
+        "k.yaml",
+        &with_formats("k", "ECC_NIST_P256", "jwk, openssh"),
+    );
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("jwks.json is missing"),
+        "{}",
+        plan.stdout
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("0 provider calls"), "{}", run.all());
+    let dir = install.key_dir("k");
+    for version in ["v0001", "v0002"] {
+        assert!(dir.join(version).join("public.jwk").exists(), "{version}");
+        assert!(dir.join(version).join("public.pub").exists(), "{version}");
+    }
+    assert_eq!(
+        jwks_kids(&install, "k"),
+        vec![
+            kid_of(&install, "k", "v0002"),
+            kid_of(&install, "k", "v0001")
+        ]
+    );
+    // A tampered public.jwk is drift, rewritten from the public key.
+    std::fs::write(dir.join("v0002/public.jwk"), "{}").unwrap();
+    let plan = install.keyprov(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("v0002/public.jwk does not match its public key"),
+        "{}",
+        plan.stdout
+    );
+    install.run_once(0);
+    jose_check(&install, "k", "v0002");
+    // Dropped again: the files and the set go.
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", FORMATS));
+    install.run_once(0);
+    assert!(!dir.join("jwks.json").exists());
+    assert!(!dir.join("v0002/public.jwk").exists());
+    assert!(!dir.join("v0001/public.pub").exists());
+}
+
+#[test]
+fn formats_a_spec_cannot_have_are_validation_errors_naming_the_key() {
+    let install = Install::new("");
+    install.manifest("k1.yaml", &with_formats("k1", "ECC_SECG_P256K1", "openssh"));
+    install.manifest("sm2.yaml", &with_formats("sm2", "SM2", "jwk"));
+    install.manifest("twice.yaml", &with_formats("twice", "RSA_2048", "jwk, jwk"));
+    install.manifest("typo.yaml", &with_formats("typo", "RSA_2048", "pgp"));
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    for wanted in [
+        "k1.yaml:",
+        "spec.outputs[0].file.publicFormats: key \"k1\" (ECC_SECG_P256K1) cannot have openssh public keys",
+        "spec.outputs[0].file.publicFormats: key \"sm2\" (SM2) cannot have jwk public keys",
+        "spec.outputs[0].file.publicFormats[1]: \"jwk\" is listed twice",
+        "publicFormats[0]",
+        "pgp",
+    ] {
+        assert!(run.stderr.contains(wanted), "{wanted}: {}", run.stderr);
+    }
+    assert!(!install.state().join("keys").exists());
+}
