@@ -70,6 +70,15 @@ struct ConfigDoc {
     reconcile: ReconcileDoc,
     #[serde(default)]
     log: LogDoc,
+    #[serde(default)]
+    metrics: MetricsDoc,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MetricsDoc {
+    /// `host:port` of the Prometheus endpoint (`/metrics`); absent: no endpoint.
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -226,6 +235,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level filter (tracing `EnvFilter` syntax).
     pub log_level: String,
+    /// Where the daemon serves `/metrics` (`metrics.listen`); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -444,6 +455,22 @@ impl Config {
                 );
             }
         }
+        let metrics_listen = match doc.metrics.listen.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    field_error(
+                        "metrics.listen",
+                        format!(
+                            "{text:?} is not an IP address and port like \"127.0.0.1:9464\" \
+                             or \"[::1]:9464\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let level = doc.log.level.unwrap_or_else(|| "info".into());
         let plain = crate::logging::is_plain_filter(&level);
         if !plain || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
@@ -483,6 +510,7 @@ impl Config {
             reconcile,
             log_format: doc.log.format,
             log_level: level,
+            metrics_listen,
             path,
         })
     }

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::hooks::{self, HookEvent};
 use crate::manifest::KeyPair;
+use crate::metrics::FailureReason;
 use crate::plan::{Action, KeyPlan, Link};
 use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey, Provider};
 use crate::retry::Journal;
@@ -41,8 +42,8 @@ pub struct Ledger {
 pub struct KeyOutcome {
     /// Key name.
     pub name: String,
-    /// `Err` with a message naming the key and what to do.
-    pub result: Result<(), String>,
+    /// `Err` with a message naming the key and what to do, and why, for metrics.
+    pub result: Result<(), (String, FailureReason)>,
 }
 
 /// Counters of one execution.
@@ -94,13 +95,18 @@ pub async fn execute<P: Provider>(
                 stats: &stats,
                 journal: &journal,
                 now,
+                failure: std::sync::Mutex::new(None),
             };
-            let result = ctx.run(&plan.actions).await;
+            let result = ctx.run(&plan.actions).await.map_err(|err| {
+                // Failures not from the provider are the outputs' (stores, retry records).
+                let reason = ctx.failure.lock().ok().and_then(|mut f| f.take());
+                (err, reason.unwrap_or(FailureReason::OutputWriteFailed))
+            });
             match &result {
                 Ok(()) => {
                     tracing::info!(key = %key.name, actions = plan.actions.len(), "reconciled")
                 }
-                Err(err) => tracing::error!(key = %key.name, "{err}"),
+                Err((err, _)) => tracing::error!(key = %key.name, "{err}"),
             }
             KeyOutcome {
                 name: key.name,
@@ -121,9 +127,12 @@ pub async fn execute<P: Provider>(
                 let name = names.remove(&err.id()).unwrap_or_default();
                 tracing::error!(key = %name, "the reconcile of this key panicked: {err}");
                 outcomes.push(KeyOutcome {
-                    result: Err(format!(
-                        "key {name:?}: internal error (the task panicked: {err}); nothing after \
-                         the failing step was done. Please report this bug"
+                    result: Err((
+                        format!(
+                            "key {name:?}: internal error (the task panicked: {err}); nothing \
+                             after the failing step was done. Please report this bug"
+                        ),
+                        FailureReason::Other,
                     )),
                     name,
                 });
@@ -184,9 +193,18 @@ struct KeyContext<'a, P: Provider> {
     stats: &'a Stats,
     journal: &'a Journal,
     now: SystemTime,
+    /// Why the key failed, when a provider call or a proof said so.
+    failure: std::sync::Mutex<Option<FailureReason>>,
 }
 
 impl<P: Provider> KeyContext<'_, P> {
+    /// Remembers why the key is failing (the first reason given wins).
+    fn failing(&self, reason: FailureReason) {
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(reason);
+        }
+    }
+
     /// Every output index of the key.
     fn all_outputs(&self) -> Vec<usize> {
         (0..self.key.outputs.len()).collect()
@@ -246,6 +264,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     self.expect_hooks(event, *generation).await?;
                     let version = self.generate(*generation, *activates_at).await?;
                     self.write_or_adopt(version, link).await?;
+                    crate::metrics::global().generation(name, *reason);
                 }
                 Action::Activate { generation } => {
                     self.expect_hooks(HookEvent::Activate, *generation).await?;
@@ -326,6 +345,7 @@ impl<P: Provider> KeyContext<'_, P> {
             .await
             .map_err(|e| {
                 tracing::debug!(key = %key.name, kind = e.label(), "GenerateDataKeyPair failed");
+                self.failing(FailureReason::of_provider(&e));
                 format!("key {:?}: {e}", key.name)
             })?;
         let meta = VersionMeta::new(key, generation, &pair, self.now, activates_at);
@@ -352,7 +372,10 @@ impl<P: Provider> KeyContext<'_, P> {
                 grant_tokens: &self.key.grant_tokens,
             })
             .await
-            .map_err(|e| format!("key {:?}: {e}", self.key.name))
+            .map_err(|e| {
+                self.failing(FailureReason::of_provider(&e));
+                format!("key {:?}: {e}", self.key.name)
+            })
     }
 
     async fn link(&self, index: usize, generation: u32, link: Link) -> Result<(), String> {
@@ -417,6 +440,7 @@ impl<P: Provider> KeyContext<'_, P> {
         let spec = version.meta.key_pair_spec.parse().unwrap_or(self.key.spec);
         let derived = crate::provider::local::public_key_of(spec, private.der());
         if derived.as_deref().ok() != Some(version.public_key_der.as_slice()) {
+            self.failing(FailureReason::InvalidCiphertext);
             return Err(format!(
                 "key {:?}: generation {} in its secret holds a public key that is not the one \
                  of its private key: it was written outside keyprov, and nothing was copied \

@@ -18,6 +18,7 @@ pub mod key_material;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod observed;
 pub mod orphans;
 pub mod output;

@@ -46,6 +46,10 @@ enum Command {
         /// With --once: exit 75 at once when another keyprov holds the stateDir lock.
         #[arg(long, requires = "once")]
         no_wait: bool,
+        /// With --once: write the metrics to F afterwards (Prometheus text format, atomically,
+        /// mode 0644), for node-exporter's textfile collector.
+        #[arg(long, value_name = "F", requires = "once")]
+        metrics_file: Option<std::path::PathBuf>,
     },
     /// Show what `run --once` would do; changes nothing. Exit 3 when changes are pending.
     Plan {
@@ -187,9 +191,27 @@ fn main() -> ExitCode {
             config,
             once,
             no_wait,
+            metrics_file,
         } => with_config(&config.path, |config| {
             if once {
-                runtime().block_on(reconcile::run_once(&config, None, lock_wait(no_wait)))
+                if metrics_file.is_some() {
+                    keyprov::metrics::enable();
+                }
+                let exit =
+                    runtime().block_on(reconcile::run_once(&config, None, lock_wait(no_wait)));
+                match metrics_file {
+                    Some(path) => match keyprov::metrics::write_textfile(&path) {
+                        Ok(()) => exit,
+                        Err(err) => {
+                            keyprov::output::error(format!(
+                                "cannot write the metrics file {}: {err}",
+                                path.display()
+                            ));
+                            exit.max(keyprov::exit::Exit::KeyFailed)
+                        }
+                    },
+                    None => exit,
+                }
             } else {
                 let runtime = runtime();
                 let exit = runtime.block_on(keyprov::daemon::run(config));

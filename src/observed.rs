@@ -16,6 +16,10 @@ pub struct ObservedVersion {
     pub activates_at: SystemTime,
     /// SHA-256 of its public key: the same generation must hold the same pair everywhere.
     pub public_key_sha256: String,
+    /// Its key pair spec, as recorded (for metrics and status).
+    pub key_pair_spec: String,
+    /// ARN of the KMS key that encrypted its private key.
+    pub kms_key_arn: String,
 }
 
 /// The state of one output of a key.

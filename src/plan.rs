@@ -9,7 +9,7 @@ use crate::observed::{Observed, ObservedOutput, ObservedVersion};
 use crate::schedule::{self, format_time};
 
 /// Why a new generation is made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// The key has no generation yet.
     Create,

@@ -58,6 +58,8 @@ fn version(key: &KeyPair, generation: u32, activated_day: u64) -> ObservedVersio
         created_at: t(activated_day),
         activates_at: t(activated_day),
         public_key_sha256: format!("pair {generation}"),
+        key_pair_spec: "ECC_NIST_P256".into(),
+        kms_key_arn: "arn:test".into(),
     }
 }
 
@@ -415,6 +417,8 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     created_at: now,
                     activates_at: *activates_at,
                     public_key_sha256: format!("pair {generation}"),
+                    key_pair_spec: "ECC_NIST_P256".into(),
+                    kms_key_arn: "arn:test".into(),
                 };
                 for o in outputs.iter_mut() {
                     if *staged {
@@ -490,6 +494,8 @@ fn arb_universe(fingerprint: String) -> impl Strategy<Value = Vec<ObservedVersio
                 created_at: t(day),
                 activates_at: t(day),
                 public_key_sha256: format!("pair {}", i + 1),
+                key_pair_spec: "ECC_NIST_P256".into(),
+                kms_key_arn: "arn:test".into(),
             })
             .collect()
     })

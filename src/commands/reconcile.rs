@@ -115,6 +115,8 @@ struct Pending {
     observed: crate::observed::Observed,
     /// Every manifest problem.
     diagnostics: Vec<crate::manifest::Diagnostic>,
+    /// Every manifest file read, and whether it is valid.
+    file_validity: Vec<(std::path::PathBuf, bool)>,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
@@ -132,6 +134,7 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         frozen: loaded.frozen.clone(),
         observed: Default::default(),
         diagnostics: loaded.diagnostics.clone(),
+        file_validity: loaded.file_validity.clone(),
     };
     pending.keys = match rotate {
         Some(request) => match super::find_key(&loaded, &request.name) {
@@ -251,6 +254,7 @@ pub async fn reconcile(
         }
     };
     crate::progress::beat();
+    let started = std::time::Instant::now();
     let warm_up = tokio::spawn({
         let provider = provider.clone();
         async move { provider.warm_up().await }
@@ -304,11 +308,19 @@ pub async fn reconcile(
     record_outcomes(config, &pending.keys, &outcomes, &pending.failed, &journal).await;
     // A key whose actions failed is a failed key, not a changed one.
     report.changed = outcomes.iter().filter(|o| o.result.is_ok()).count();
-    report.failed.extend(
-        outcomes
-            .into_iter()
-            .filter_map(|o| o.result.err().map(|e| (o.name, e))),
-    );
+    let metrics = crate::metrics::global();
+    for (name, _) in &pending.failed {
+        metrics.failure(name, crate::metrics::FailureReason::OutputWriteFailed);
+    }
+    for name in &pending.frozen {
+        metrics.failure(name, crate::metrics::FailureReason::ManifestInvalid);
+    }
+    report.failed.extend(outcomes.into_iter().filter_map(|o| {
+        o.result.err().map(|(err, reason)| {
+            metrics.failure(&o.name, reason);
+            (o.name, err)
+        })
+    }));
     if config.reconcile.prune && rotate.is_none() {
         prune_orphans(
             config,
@@ -331,7 +343,9 @@ pub async fn reconcile(
         .collect();
     for key in pending.keys.iter().filter(|key| {
         changed.contains(&key.name)
-            && (matches!(mode, Mode::Daemon { .. }) || with_hooks.contains(&key.name))
+            && (matches!(mode, Mode::Daemon { .. })
+                || with_hooks.contains(&key.name)
+                || crate::metrics::enabled())
     }) {
         after.insert(key.name.clone(), stores.observe_key(key).await);
         crate::progress::beat();
@@ -366,8 +380,72 @@ pub async fn reconcile(
         .iter()
         .any(|(name, _)| !key_names.contains(name.as_str()));
     report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
+    if crate::metrics::enabled() && rotate.is_none() {
+        let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
+        let state = KeysNow {
+            keys: &pending.keys,
+            frozen: &pending.frozen,
+            file_validity: &pending.file_validity,
+        };
+        update_key_metrics(state, observed, &report, &waiting, now);
+    }
+    crate::metrics::global().reconcile_took(started.elapsed());
     stores.finish().await;
     report
+}
+
+/// The keys and manifest files of a reconcile, for [`update_key_metrics`].
+struct KeysNow<'a> {
+    keys: &'a [KeyPair],
+    frozen: &'a BTreeSet<String>,
+    file_validity: &'a [(std::path::PathBuf, bool)],
+}
+
+/// Sets every key's state series from what its outputs hold after this reconcile, the
+/// manifests' validity, and drops the series of keys no manifest defines any more (those of
+/// invalid manifests stay as they were).
+fn update_key_metrics<'a>(
+    pending: KeysNow<'_>,
+    observed: impl Fn(&str) -> Option<&'a Result<Vec<crate::observed::ObservedOutput>, String>>,
+    report: &Report,
+    waiting: &BTreeSet<String>,
+    now: SystemTime,
+) {
+    let metrics = crate::metrics::global();
+    let failed: HashSet<&str> = report.failed.iter().map(|(n, _)| n.as_str()).collect();
+    for key in pending.keys {
+        match observed(&key.name) {
+            Some(Ok(outputs)) => {
+                let previous = outputs
+                    .iter()
+                    .find_map(|o| o.previous)
+                    .and_then(|generation| {
+                        key.outputs.iter().find_map(|output| match output {
+                            crate::manifest::Output::File(file) => {
+                                crate::store::file::read_meta(&file.dir, generation).ok()
+                            }
+                            crate::manifest::Output::SecretsManager(_) => None,
+                        })
+                    });
+                let converged = !failed.contains(key.name.as_str()) && !waiting.contains(&key.name);
+                metrics.key_state(key, outputs, previous.as_ref(), converged.then_some(now));
+            }
+            _ => metrics.key_unreadable(&key.name),
+        }
+    }
+    let files: Vec<(String, bool)> = pending
+        .file_validity
+        .iter()
+        .map(|(path, valid)| (path.display().to_string(), *valid))
+        .collect();
+    metrics.manifests(&files);
+    let keep: BTreeSet<String> = pending
+        .keys
+        .iter()
+        .map(|k| k.name.clone())
+        .chain(pending.frozen.iter().cloned())
+        .collect();
+    metrics.forget_keys(&keep);
 }
 
 /// Whether a retry at `at` is still to come at `now`. A time further ahead than the longest
@@ -407,7 +485,7 @@ async fn record_outcomes(
     let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
     let results = outcomes
         .iter()
-        .map(|o| (o.name.as_str(), o.result.as_ref().err()))
+        .map(|o| (o.name.as_str(), o.result.as_ref().err().map(|(e, _)| e)))
         .chain(
             unobserved
                 .iter()
@@ -491,6 +569,14 @@ async fn run_due_hooks<'a>(
             for hook in due {
                 let ran =
                     hooks::run(&key, hook.event, hook.generation, &hooks_env, &hook.done).await;
+                let metrics = crate::metrics::global();
+                for _ in &ran.succeeded {
+                    metrics.hook_run(&key.name, hook.event.as_str(), true);
+                }
+                if ran.result.is_err() {
+                    metrics.hook_run(&key.name, hook.event.as_str(), false);
+                    metrics.failure(&key.name, crate::metrics::FailureReason::HookFailed);
+                }
                 let attempts = hook.attempts + 1;
                 let retry_at = clock::now() + backoff.jittered(attempts);
                 let message = ran.result.as_ref().err().map(|err| {

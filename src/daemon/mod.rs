@@ -116,6 +116,12 @@ pub async fn run(mut config: Config) -> Exit {
         return Exit::KeyFailed;
     }
     let mut provider = Arc::new(AnyProvider::from_config(&config));
+    let mut metrics_server = None;
+    if let Err(err) = serve_metrics(&config, &mut metrics_server).await {
+        tracing::error!("{err}");
+        signal_thread.close();
+        return Exit::KeyFailed;
+    }
     log_start(&config, &inputs);
     let mut pass = Pass::Everything;
     let mut reload = false;
@@ -124,6 +130,9 @@ pub async fn run(mut config: Config) -> Exit {
             reload = false;
             if let Some(new) = reload_config(&config, &mut inputs) {
                 provider = Arc::new(AnyProvider::from_config(&new));
+                if let Err(err) = serve_metrics(&new, &mut metrics_server).await {
+                    tracing::error!("{err}; the metrics endpoint stays as it was");
+                }
                 config = new;
             }
             pass = Pass::Everything;
@@ -158,6 +167,30 @@ pub async fn run(mut config: Config) -> Exit {
     tracing::info!("stopped");
     signal_thread.close();
     exit
+}
+
+/// Serves `/metrics` where `metrics.listen` says: (re)binds when the address changed, stops
+/// when it was removed. A failure to bind leaves `server` as it was.
+async fn serve_metrics(
+    config: &Config,
+    server: &mut Option<crate::metrics::server::MetricsServer>,
+) -> Result<(), String> {
+    let current = server.as_ref().map(|s| s.address);
+    match config.metrics_listen {
+        None => *server = None,
+        Some(listen) if current.is_some_and(|c| c == listen || listen.port() == 0) => {}
+        Some(listen) => {
+            let started = crate::metrics::server::start(listen).await.map_err(|err| {
+                format!(
+                    "metrics.listen {listen}: cannot listen: {err} (another process on the port?)"
+                )
+            })?;
+            crate::metrics::enable();
+            tracing::info!(address = %started.address, "serving metrics on http://{}/metrics", started.address);
+            *server = Some(started);
+        }
+    }
+    Ok(())
 }
 
 /// The longest a single step of a reconcile may legitimately take: one AWS operation.

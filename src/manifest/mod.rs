@@ -58,6 +58,8 @@ pub struct Loaded {
     pub invalid_at: BTreeMap<String, String>,
     /// Number of manifest files read.
     pub files: usize,
+    /// Every manifest file read, and whether it is valid (for metrics).
+    pub file_validity: Vec<(PathBuf, bool)>,
 }
 
 impl Loaded {
@@ -169,6 +171,9 @@ pub fn load_bytes(path: &Path, bytes: &[u8], ctx: &Context) -> Loaded {
 fn finish(mut files: Vec<ManifestFile>, mut loaded: Loaded) -> Loaded {
     check_across_files(&mut files, &mut loaded.frozen);
     for file in files {
+        loaded
+            .file_validity
+            .push((file.path.clone(), file.diagnostics.is_empty()));
         if file.diagnostics.is_empty() {
             loaded
                 .keys

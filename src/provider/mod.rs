@@ -107,17 +107,38 @@ impl Provider for AnyProvider {
         &self,
         request: &GenerateRequest<'_>,
     ) -> Result<GeneratedPair, ProviderError> {
-        match self {
+        let started = std::time::Instant::now();
+        let result = match self {
             AnyProvider::Local(p) => p.generate(request).await,
             AnyProvider::Aws(p) => p.generate(request).await,
-        }
+        };
+        let operation = if request.include_plaintext {
+            "GenerateDataKeyPair"
+        } else {
+            "GenerateDataKeyPairWithoutPlaintext"
+        };
+        crate::metrics::global().provider_request(
+            self.name(),
+            operation,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        result
     }
 
     async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {
-        match self {
+        let started = std::time::Instant::now();
+        let result = match self {
             AnyProvider::Local(p) => p.decrypt(request).await,
             AnyProvider::Aws(p) => p.decrypt(request).await,
-        }
+        };
+        crate::metrics::global().provider_request(
+            self.name(),
+            "Decrypt",
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        result
     }
 }
 

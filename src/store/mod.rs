@@ -99,6 +99,8 @@ impl VersionMeta {
             created_at: parse_time(&self.created_at)?,
             activates_at: parse_time(&self.activates_at)?,
             public_key_sha256: self.public_key_sha256.clone(),
+            key_pair_spec: self.key_pair_spec.clone(),
+            kms_key_arn: self.kms_key_arn.clone(),
         })
     }
 }
