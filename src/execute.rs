@@ -679,7 +679,8 @@ mod tests {
         .await;
         assert_eq!(outcomes.len(), 1);
         assert_eq!(outcomes[0].name, "boom");
-        let err = outcomes[0].result.as_ref().unwrap_err();
+        let (err, reason) = outcomes[0].result.as_ref().unwrap_err();
         assert!(err.contains("panicked"), "{err}");
+        assert_eq!(*reason, FailureReason::Other);
     }
 }

@@ -88,7 +88,31 @@ fn get(address: &str, accept: &str) -> String {
     body.to_string()
 }
 
+/// Every family a scrape showed: its name as listed in `metric_list` (histograms by their
+/// base name) and the label names of its samples (`le` aside).
+fn families(samples: &[Sample]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut families = std::collections::BTreeMap::new();
+    for sample in samples {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| sample.name.strip_suffix(suffix))
+            .filter(|base| base.ends_with("_seconds"))
+            .unwrap_or(&sample.name);
+        let mut labels: Vec<String> = sample
+            .labels
+            .keys()
+            .filter(|k| *k != "le")
+            .cloned()
+            .collect();
+        labels.sort();
+        families.insert(base.to_string(), labels);
+    }
+    families
+}
+
 struct Daemon {
+    /// Every family seen by any scrape, for the check against `metric_list`.
+    seen: std::collections::BTreeMap<String, Vec<String>>,
     child: Child,
     log: std::path::PathBuf,
     address: String,
@@ -109,6 +133,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         let mut daemon = Daemon {
+            seen: Default::default(),
             child,
             log,
             address: String::new(),
@@ -166,6 +191,7 @@ impl Daemon {
         let mut last = Vec::new();
         self.wait_until(what, |d| {
             last = d.scrape();
+            d.seen.extend(families(&last));
             condition(&last)
         });
         last
@@ -466,6 +492,21 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     assert_eq!(
         value(&samples, "keyprov_key_ready", &[("key", "steady")]),
         Some(1.0)
+    );
+
+    // What the alerts and the dashboard are checked against is what keyprov exposes.
+    let listed: std::collections::BTreeMap<String, Vec<String>> =
+        common::metric_list::KEYPROV_METRICS
+            .iter()
+            .map(|(name, _, labels)| {
+                let mut labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+                labels.sort();
+                (name.to_string(), labels)
+            })
+            .collect();
+    assert_eq!(
+        daemon.seen, listed,
+        "tests/common/metric_list.rs vs a live scrape"
     );
 }
 

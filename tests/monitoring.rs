@@ -6,6 +6,8 @@
 //! metric or label name fails here instead of silently drawing an empty panel or an
 //! alert that can never fire.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -14,68 +16,8 @@ use promql_parser::parser::{self, Expr, LabelModifier, VectorSelector};
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Gauge,
-    Counter,
-    Histogram,
-}
 use Kind::{Counter, Gauge, Histogram};
-
-/// Every metric keyprov exposes: name as scraped (counters with `_total`; a histogram by
-/// its base name, scraped as `_bucket`/`_sum`/`_count`), kind, and labels.
-///
-/// MUST match src/metrics. Until a test compares it with a live scrape, a metric renamed
-/// or relabelled there has to be changed here by hand, and this test then shows every
-/// alert and panel that still uses the old name.
-const KEYPROV_METRICS: &[(&str, Kind, &[&str])] = &[
-    (
-        "keyprov_key_info",
-        Gauge,
-        &["key", "key_spec", "kms_key", "generation", "state"],
-    ),
-    ("keyprov_key_ready", Gauge, &["key"]),
-    (
-        "keyprov_key_created_timestamp_seconds",
-        Gauge,
-        &["key", "state"],
-    ),
-    (
-        "keyprov_key_rotation_due_timestamp_seconds",
-        Gauge,
-        &["key"],
-    ),
-    (
-        "keyprov_key_next_activation_timestamp_seconds",
-        Gauge,
-        &["key"],
-    ),
-    (
-        "keyprov_last_successful_reconcile_timestamp_seconds",
-        Gauge,
-        &["key"],
-    ),
-    ("keyprov_reconcile_duration_seconds", Histogram, &[]),
-    ("keyprov_generations_total", Counter, &["key", "reason"]),
-    ("keyprov_failures_total", Counter, &["key", "reason"]),
-    (
-        "keyprov_provider_requests_total",
-        Counter,
-        &["provider", "operation", "code"],
-    ),
-    (
-        "keyprov_provider_request_duration_seconds",
-        Histogram,
-        &["provider", "operation"],
-    ),
-    (
-        "keyprov_hook_runs_total",
-        Counter,
-        &["key", "event", "result"],
-    ),
-    ("keyprov_manifest_valid", Gauge, &["file"]),
-    ("keyprov_build_info", Gauge, &["version", "revision"]),
-];
+use common::metric_list::{KEYPROV_METRICS, Kind};
 
 /// The series Prometheus itself records for every scrape target (not keyprov's).
 const SCRAPE_SERIES: &[&str] = &["up"];
