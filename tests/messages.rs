@@ -98,7 +98,7 @@ fn status_shows_invalid_keys_staged_activation_and_ages_in_seconds() {
         .lines()
         .find(|l| l.starts_with("good "))
         .unwrap();
-    assert!(good.contains("gen 2 at "), "{good}");
+    assert!(good.contains("gen 2 in 23h 59m ("), "{good}");
     // Seconds old: shown in seconds (it used to be rounded down to minutes, so `0s`).
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let later = install.keyprov(&["status"]);

@@ -27,6 +27,8 @@ struct KeyStatus {
     /// When the staged generation (`next`) becomes current.
     next_activates_at: Option<String>,
     state: &'static str,
+    /// A current generation exists and every output holds it (as `keyprov_key_ready`).
+    ready: bool,
     error: Option<String>,
     outputs: Vec<OutputStatus>,
     /// The key's retry record: its last failure and the daemon's next attempt, and hooks
@@ -48,6 +50,7 @@ impl KeyStatus {
             next: None,
             next_activates_at: None,
             state,
+            ready: false,
             error: None,
             outputs: Vec::new(),
             retry: None,
@@ -115,6 +118,11 @@ fn key_status(
             status.kms_key_arn = Some(meta.kms_key_arn);
         }
     }
+    status.ready = status.generation.is_some()
+        && status
+            .outputs
+            .iter()
+            .all(|o| o.generation == status.generation);
     status.state = if plan::plan_key(key, outputs, now, None).is_empty() {
         "converged"
     } else {
@@ -264,6 +272,48 @@ fn print_retry(retry: &crate::retry::RetryRecord, width: usize) {
     }
 }
 
+/// A moment as the table shows it: relative and absolute to the minute, `in 29d 23h
+/// (2026-12-25 09:45Z)`, or `overdue 3h 2m (...)` when past.
+fn when(text: &str, now: SystemTime) -> String {
+    let Ok(at) = crate::schedule::parse_time(text) else {
+        return text.to_string();
+    };
+    let rfc = humantime::format_rfc3339_seconds(at).to_string();
+    let short = format!("{} {}Z", &rfc[..10], &rfc[11..16]);
+    match at.duration_since(now) {
+        Ok(left) => format!("in {} ({short})", age(left)),
+        Err(past) => format!("overdue {} ({short})", age(past.duration())),
+    }
+}
+
+/// Prints rows of cells as columns, each as wide as its widest cell (the last one unpadded).
+fn print_columns(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == columns {
+                line.push_str(cell);
+            } else {
+                // Numbers right-aligned, text left-aligned.
+                let pad = widths[c] - cell.chars().count();
+                if c == 1 {
+                    line.push_str(&" ".repeat(pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad));
+                }
+                line.push_str("  ");
+            }
+        }
+        crate::outln!("{}", line.trim_end());
+    }
+}
+
 fn print_table(status: &Status, now: SystemTime, prune: bool) {
     let width = status
         .keys
@@ -272,15 +322,17 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
         .max()
         .unwrap_or(4)
         .max(4);
-    crate::outln!(
-        "{:width$}  {:>4}  {:21}  {:>8}  {:27}  {:9}  OUTPUTS",
+    let header = [
         "NAME",
         "GEN",
         "SPEC",
         "AGE",
         "NEXT ROTATION",
-        "STATE"
-    );
+        "STAGED",
+        "STATE",
+        "OUTPUTS",
+    ];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for key in &status.keys {
         let age = key
             .created_at
@@ -290,13 +342,15 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
             .map(age)
             .unwrap_or_else(|| "-".into());
         let generation = key.generation.map_or("-".into(), |g| g.to_string());
-        let next = match (&key.next_rotation, key.next) {
-            (_, Some(n)) => match &key.next_activates_at {
-                Some(at) => format!("gen {n} at {}", &at[..at.len().min(19)]),
-                None => format!("gen {n} staged"),
-            },
-            (Some(at), None) => at.clone(),
-            (None, None) => "never".into(),
+        let next_rotation = match (&key.next_rotation, key.generation) {
+            (Some(at), _) => when(at, now),
+            (None, Some(_)) => "never".into(),
+            (None, None) => "-".into(),
+        };
+        let staged = match (key.next, &key.next_activates_at) {
+            (Some(n), Some(at)) => format!("gen {n} {}", when(at, now)),
+            (Some(n), None) => format!("gen {n}"),
+            (None, _) => "-".into(),
         };
         let outputs: Vec<String> = key
             .outputs
@@ -310,16 +364,24 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
                 )
             })
             .collect();
-        crate::outln!(
-            "{:width$}  {:>4}  {:21}  {:>8}  {:27}  {:9}  {}",
-            key.name,
+        rows.push(vec![
+            key.name.clone(),
             generation,
-            key.key_pair_spec,
+            key.key_pair_spec.clone(),
             age,
-            next,
-            key.state,
-            outputs.join(", ")
-        );
+            next_rotation,
+            staged,
+            key.state.to_string(),
+            outputs.join(", "),
+        ]);
+    }
+    // Rows first, then each key's notes under the table, so the columns stay readable.
+    print_columns(&rows);
+    for key in &status.keys {
+        if key.error.is_none() && key.retry.is_none() {
+            continue;
+        }
+        crate::outln!("{}:", key.name);
         if let Some(err) = &key.error {
             crate::outln!("{:width$}  error: {err}", "");
         }
