@@ -72,6 +72,27 @@ struct ConfigDoc {
     log: LogDoc,
     #[serde(default)]
     metrics: MetricsDoc,
+    #[serde(default)]
+    jwks: Vec<JwksDoc>,
+}
+
+/// `jwks[]`: one JWK Set merging the keys of several manifests, for one issuer.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JwksDoc {
+    /// Where the set is written: relative to stateDir, or absolute inside stateDir or an
+    /// outputRoot.
+    path: String,
+    /// Which keys: those whose labels include all of these (no labels: every key).
+    #[serde(default)]
+    selector: SelectorDoc,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SelectorDoc {
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -235,6 +256,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level filter (tracing `EnvFilter` syntax).
     pub log_level: String,
+    /// JWK Sets merging the keys of several manifests (`jwks`).
+    pub jwks: Vec<crate::jwks_aggregate::JwksAggregate>,
     /// Where the daemon serves `/metrics` (`metrics.listen`); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -471,6 +494,44 @@ impl Config {
                 }
             },
         };
+        let state_dir_path = crate::manifest::absolute(&base, Path::new(&doc.state_dir));
+        let roots: Vec<PathBuf> = std::iter::once(state_dir_path.clone())
+            .chain(
+                doc.output_roots
+                    .iter()
+                    .map(|r| crate::manifest::absolute(&base, Path::new(r))),
+            )
+            .collect();
+        let mut jwks = Vec::with_capacity(doc.jwks.len());
+        for (i, aggregate) in doc.jwks.iter().enumerate() {
+            let path = Path::new(&aggregate.path);
+            let resolved = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                state_dir_path.join(path)
+            };
+            let contained = !aggregate.path.trim().is_empty()
+                && path
+                    .components()
+                    .all(|c| !matches!(c, std::path::Component::ParentDir))
+                && roots
+                    .iter()
+                    .any(|root| resolved.starts_with(root) && resolved != *root);
+            if !contained {
+                field_error(
+                    &format!("jwks[{i}].path"),
+                    format!(
+                        "{:?} must be a file inside stateDir or an outputRoot, without `..`",
+                        aggregate.path
+                    ),
+                );
+                continue;
+            }
+            jwks.push(crate::jwks_aggregate::JwksAggregate {
+                path: resolved,
+                labels: aggregate.selector.labels.clone(),
+            });
+        }
         let level = doc.log.level.unwrap_or_else(|| "info".into());
         let plain = crate::logging::is_plain_filter(&level);
         if !plain || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
@@ -511,6 +572,7 @@ impl Config {
             log_format: doc.log.format,
             log_level: level,
             metrics_listen,
+            jwks,
             path,
         })
     }

@@ -14,6 +14,7 @@ pub mod execute;
 pub mod exit;
 pub mod group_commit;
 pub mod hooks;
+pub mod jwks_aggregate;
 pub mod key_material;
 pub mod lock;
 pub mod logging;

@@ -315,3 +315,136 @@ fn formats_a_spec_cannot_have_are_validation_errors_naming_the_key() {
     }
     assert!(!install.state().join("keys").exists());
 }
+
+fn labelled(name: &str, team: &str, extra: &str) -> String {
+    manifest(name, "ECC_NIST_P256", extra).replace(
+        &format!("  name: {name}\n"),
+        &format!("  name: {name}\n  labels: {{team: {team}}}\n"),
+    )
+}
+
+fn kids_of_set(path: &Path) -> Vec<String> {
+    let set: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The kid of a version, derived by Python's joserfc from its public.pem (independently of
+/// keyprov's JWK code).
+fn kid_from_pem(pem: &Path) -> String {
+    let script = "import sys\nfrom joserfc import jwk\n\
+                  k = jwk.import_key(open(sys.argv[1], 'rb').read(), 'EC')\n\
+                  print(k.thumbprint())";
+    let out = Command::new(common::python())
+        .args(["-c", script])
+        .arg(pem)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_config_jwks_set_merges_the_keys_its_selector_picks() {
+    let install = Install::new(
+        "jwks:\n  - path: issuer/payments.json\n    selector: {labels: {team: payments}}",
+    );
+    install.manifest(
+        "a.yaml",
+        &labelled(
+            "pay-a",
+            "payments",
+            "  rotation: {every: 30d, publishAhead: 7d}\n",
+        ),
+    );
+    install.manifest("b.yaml", &labelled("pay-b", "payments", ""));
+    install.manifest("c.yaml", &labelled("other", "search", ""));
+    install.run_once(0);
+    let set = install.state().join("issuer/payments.json");
+    let pem = |name: &str, version: &str| install.key_dir(name).join(version).join("public.pem");
+    let (a1, b1) = (
+        kid_from_pem(&pem("pay-a", "v0001")),
+        kid_from_pem(&pem("pay-b", "v0001")),
+    );
+    assert_eq!(kids_of_set(&set), vec![a1.clone(), b1.clone()]);
+    let mode = std::fs::metadata(&set).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o644
+    );
+    // Converged: not rewritten.
+    let before = std::fs::metadata(&set).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    install.run_once(0);
+    assert_eq!(std::fs::metadata(&set).unwrap().modified().unwrap(), before);
+
+    // A staged rotation: the set has the next key before it is current.
+    let rotate = install.keyprov(&["rotate", "pay-a"]);
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    let a2 = kid_from_pem(&pem("pay-a", "v0002"));
+    assert_eq!(kids_of_set(&set), vec![a2.clone(), a1.clone(), b1.clone()]);
+    let now = install.keyprov(&["rotate", "pay-a", "--now"]);
+    assert_eq!(now.code, 0, "{}", now.all());
+    assert_eq!(kids_of_set(&set), vec![a2, a1, b1.clone()]);
+
+    // A JWT signed by pay-b verifies against the merged set (joserfc, key by kid).
+    let dir = install.key_dir("pay-b");
+    let private = install.root().join("pay-b.key.pem");
+    let decrypt = install.keyprov(&["decrypt", "pay-b", "--out", private.to_str().unwrap()]);
+    assert_eq!(decrypt.code, 0, "{}", decrypt.all());
+    let own = install.root().join("pay-b.jwk");
+    let set_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&set).unwrap()).unwrap();
+    let mine = set_json["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == b1.as_str())
+        .unwrap();
+    std::fs::write(&own, serde_json::to_vec(mine).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/jose_check.py");
+    let out = Command::new(common::python())
+        .args(["-W", "ignore"])
+        .arg(script)
+        .arg(&set)
+        .arg(&own)
+        .arg(&private)
+        .arg(dir.join("v0001/public.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A manifest breaks: the set is left as it is (its keys must keep verifying).
+    let kept = std::fs::read(&set).unwrap();
+    install.manifest("b.yaml", &labelled("pay-b", "payments", "  bogus: 1\n"));
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("JWK Sets (config jwks) not updated"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(&set).unwrap(), kept);
+}
+
+#[test]
+fn a_config_jwks_path_outside_the_roots_is_refused() {
+    let install = Install::new("jwks:\n  - path: ../escape.json\n  - path: /tmp/elsewhere.json");
+    let run = install.keyprov(&["plan"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("jwks[0].path"), "{}", run.stderr);
+    assert!(run.stderr.contains("jwks[1].path"), "{}", run.stderr);
+}

@@ -117,6 +117,8 @@ struct Pending {
     diagnostics: Vec<crate::manifest::Diagnostic>,
     /// Every manifest file read, and whether it is valid.
     file_validity: Vec<(std::path::PathBuf, bool)>,
+    /// Every valid key, also when only one is considered (`rotate`): for the JWK Sets.
+    all_keys: Vec<KeyPair>,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
@@ -135,7 +137,11 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         observed: Default::default(),
         diagnostics: loaded.diagnostics.clone(),
         file_validity: loaded.file_validity.clone(),
+        all_keys: Vec::new(),
     };
+    if !config.jwks.is_empty() {
+        pending.all_keys = loaded.keys.clone();
+    }
     pending.keys = match rotate {
         Some(request) => match super::find_key(&loaded, &request.name) {
             Ok(key) => vec![key.clone()],
@@ -362,6 +368,17 @@ pub async fn reconcile(
     let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
     let hook_failures = run_due_hooks(config, &pending.keys, &journal, mode, observed).await;
     report.failed.extend(hook_failures);
+    if !config.jwks.is_empty() {
+        if pending.invalid {
+            tracing::warn!(
+                "JWK Sets (config jwks) not updated: a manifest is invalid, and a key left out \
+                 of a set would stop verifying"
+            );
+        } else {
+            let failures = crate::jwks_aggregate::update_all(&config.jwks, &pending.all_keys);
+            report.failed.extend(failures);
+        }
+    }
     if rotate.is_none() && !pending.invalid && pending.frozen.is_empty() {
         forget_unknown_keys(&pending.keys, &journal).await;
     }

@@ -758,6 +758,16 @@ fn move_links(
     sync.add_dir(dir)
 }
 
+/// The JWKs of the versions `next`, `current` and `previous` of `output` point at (next
+/// first), whatever its `publicFormats`: for the config's JWK Set aggregates. Empty when the
+/// key directory does not exist yet.
+pub fn linked_jwks(output: &FileOutput) -> Result<Vec<serde_json::Value>, StoreError> {
+    match open_key_dir(output)? {
+        Some(dir) => public::linked_jwks(&dir, output.format),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The directory of a version, for messages and status.
 pub fn version_dir(output: &FileOutput, generation: u32) -> PathBuf {
     output.dir.join(version_name(generation))

@@ -55,16 +55,12 @@ pub(super) fn read_public_der(version: &DirHandle, format: Format) -> Result<Vec
     read(format).or_else(|err| read(other_format(format)).map_err(|_| err))
 }
 
-/// What `jwks.json` must hold now: the JWKs of the versions `next`, `current` and `previous`
-/// point at, in that order; `None` when the output does not ask for `jwk`. Links that point
-/// nowhere usable are left out (observation reports them).
-pub(super) fn expected_jwks(
+/// The JWKs of the versions `next`, `current` and `previous` point at, in that order. Links
+/// that point nowhere usable are left out (observation reports them).
+pub(super) fn linked_jwks(
     dir: &DirHandle,
-    output: &FileOutput,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    if !output.public_formats.contains(&PublicFormat::Jwk) {
-        return Ok(None);
-    }
+    format: Format,
+) -> Result<Vec<serde_json::Value>, StoreError> {
     let mut keys = Vec::with_capacity(3);
     let mut seen = Vec::with_capacity(3);
     for link in [NEXT, CURRENT, PREVIOUS] {
@@ -78,14 +74,29 @@ pub(super) fn expected_jwks(
             continue;
         };
         seen.push(generation);
-        let der = read_public_der(&version, output.format)?;
+        let der = read_public_der(&version, format)?;
         let jwk = public_formats::jwk(&der).map_err(|message| StoreError::Corrupt {
             path: version.path().display().to_string(),
             message: format!("its public key has no JWK form: {message}"),
         })?;
         keys.push(jwk);
     }
-    Ok(Some(public_formats::jwks(&keys)))
+    Ok(keys)
+}
+
+/// What `jwks.json` must hold now: [`linked_jwks`] as a set; `None` when the output does not
+/// ask for `jwk`.
+pub(super) fn expected_jwks(
+    dir: &DirHandle,
+    output: &FileOutput,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if !output.public_formats.contains(&PublicFormat::Jwk) {
+        return Ok(None);
+    }
+    Ok(Some(public_formats::jwks(&linked_jwks(
+        dir,
+        output.format,
+    )?)))
 }
 
 /// Makes `jwks.json` what the links say (or removes it when the output has no `jwk`):
