@@ -128,3 +128,16 @@ fn a_bad_spec_or_an_unknown_field_fails_the_schema() {
     );
     assert!(results[2].contains("'rotate' is not one of"), "{results:?}");
 }
+
+#[test]
+fn the_configuration_the_debian_package_installs_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deb/keyprov.yaml");
+    let config = keyprov::config::Config::load(&path).unwrap_or_else(|problems| {
+        panic!("{problems:?}");
+    });
+    assert_eq!(config.state_dir, Path::new("/var/lib/keyprov"));
+    assert_eq!(
+        config.manifests,
+        vec![PathBuf::from("/etc/keyprov/manifests.d")]
+    );
+}
