@@ -96,9 +96,9 @@ for _ in $(seq 50); do
 done
 static_ms=$(median_ms curl -fsS "http://127.0.0.1:$static_port/scrape.txt" -o /dev/null)
 
-printf '%-44s %10s %8s\n' "what ($n keys, median of $runs)" "ms" "ratio"
-printf '%-44s %10s %8s\n' "no-op run --once (baseline)" "$plain_ms" "1.00"
-printf '%-44s %10s %8.2f\n' "... with publicFormats [jwk, openssh] + jwks set" "$formats_ms" "$(echo "$formats_ms / $plain_ms" | bc -l)"
-printf '%-44s %10s %8.2f\n' "... with --metrics-file" "$metrics_ms" "$(echo "$metrics_ms / $plain_ms" | bc -l)"
-printf '%-44s %10s %8.2f\n' "GET /metrics ($(wc -c <"$base/scrape.txt") bytes)" "$scrape_ms" "$(echo "$scrape_ms / $static_ms" | bc -l)"
-printf '%-44s %10s %8.2f\n' "GET of the same bytes from python http.server" "$static_ms" "$(echo "$scrape_ms / $static_ms" | bc -l)"
+printf '%-50s %10s %8s\n' "what ($n keys, median of $runs)" "ms" "ratio"
+printf '%-50s %10s %8s\n' "no-op run --once (baseline)" "$plain_ms" "1.00"
+printf '%-50s %10s %8.2f\n' "... with publicFormats [jwk, openssh] + jwks set" "$formats_ms" "$(echo "$formats_ms / $plain_ms" | bc -l)"
+printf '%-50s %10s %8.2f\n' "... with --metrics-file" "$metrics_ms" "$(echo "$metrics_ms / $plain_ms" | bc -l)"
+printf '%-50s %10s %8.2f\n' "GET /metrics ($(wc -c <"$base/scrape.txt") bytes)" "$scrape_ms" "$(echo "$scrape_ms / $static_ms" | bc -l)"
+printf '%-50s %10s %8.2f\n' "GET of the same bytes from python http.server" "$static_ms" "$(echo "$scrape_ms / $static_ms" | bc -l)"
