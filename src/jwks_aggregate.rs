@@ -57,7 +57,22 @@ pub fn update_all(aggregates: &[JwksAggregate], keys: &[KeyPair]) -> Vec<(String
     let mut failures = Vec::new();
     for aggregate in aggregates {
         let path = aggregate.path.display().to_string();
-        let result = contents(aggregate, keys).and_then(|bytes| {
+        let inside_a_key = keys.iter().find_map(|key| {
+            key.outputs.iter().find_map(|o| match o {
+                Output::File(file) if aggregate.path.starts_with(&file.dir) => {
+                    Some(key.name.as_str())
+                }
+                _ => None,
+            })
+        });
+        let result = match inside_a_key {
+            Some(name) => Err(format!(
+                "is inside the key directory of {name:?}, which only keyprov's versions and \
+                 links may hold: choose another path"
+            )),
+            None => contents(aggregate, keys),
+        }
+        .and_then(|bytes| {
             if std::fs::read(&aggregate.path).is_ok_and(|old| old == bytes) {
                 return Ok(());
             }

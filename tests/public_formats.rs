@@ -448,3 +448,20 @@ fn a_config_jwks_path_outside_the_roots_is_refused() {
     assert!(run.stderr.contains("jwks[0].path"), "{}", run.stderr);
     assert!(run.stderr.contains("jwks[1].path"), "{}", run.stderr);
 }
+
+#[test]
+fn a_config_jwks_path_inside_a_key_directory_is_refused_at_run_time() {
+    let install = Install::new("jwks:\n  - path: keys/k/current");
+    install.manifest("k.yaml", &labelled("k", "payments", ""));
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("is inside the key directory of \"k\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        common::link(&install.key_dir("k"), "current").as_deref(),
+        Some("v0001")
+    );
+}
