@@ -465,3 +465,38 @@ fn a_config_jwks_path_inside_a_key_directory_is_refused_at_run_time() {
         Some("v0001")
     );
 }
+
+#[test]
+fn a_key_whose_jwks_json_cannot_be_written_is_not_activated() {
+    let install = Install::new("");
+    install.manifest("sig.yaml", &with_formats("sig", "ECC_NIST_P256", "jwk"));
+    install.run_once(0);
+    let dir = install.key_dir("sig");
+    // Something foreign where the set goes: verifiers could not learn a new key, so no
+    // signer may get one.
+    std::fs::remove_file(dir.join("jwks.json")).unwrap();
+    std::fs::create_dir(dir.join("jwks.json")).unwrap();
+    let rotate = install.keyprov(&["rotate", "sig", "--now"]);
+    assert_eq!(rotate.code, 1, "{}", rotate.all());
+    assert!(rotate.stderr.contains("jwks.json"), "{}", rotate.stderr);
+    assert_eq!(common::link(&dir, "current").as_deref(), Some("v0001"));
+    assert!(
+        common::leftovers(&dir).is_empty(),
+        "{:?}",
+        common::leftovers(&dir)
+    );
+    // Cleared: the rotation goes through, the set holds both keys.
+    std::fs::remove_dir(dir.join("jwks.json")).unwrap();
+    install.run_once(0);
+    let rotate = install.keyprov(&["rotate", "sig", "--now"]);
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    let current = common::link(&dir, "current").unwrap();
+    assert_ne!(current, "v0001");
+    assert_eq!(
+        jwks_kids(&install, "sig"),
+        vec![
+            kid_of(&install, "sig", &current),
+            kid_of(&install, "sig", "v0001")
+        ]
+    );
+}

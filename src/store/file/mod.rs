@@ -741,9 +741,12 @@ fn move_links(
 ) -> Result<(), StoreError> {
     match link {
         Link::Current => {
+            let old = read_link_generation(dir, CURRENT)?;
+            if old != Some(generation) {
+                public::trust_before_current(dir, output, generation, sync)?;
+            }
             // `current` first: a crash in between leaves `previous` below it, and the next
             // run finds the version that was current between the two (see `plan::garbage`).
-            let old = read_link_generation(dir, CURRENT)?;
             set_link(dir, CURRENT, Some(generation))?;
             if let Some(old) = old.filter(|&old| old < generation) {
                 set_link(dir, PREVIOUS, Some(old))?;

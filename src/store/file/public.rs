@@ -114,14 +114,52 @@ pub(super) fn write_jwks(
         }
         return Ok(());
     };
+    replace_jwks(dir, output, &bytes, sync)
+}
+
+/// Before `current` moves to `generation`: puts its key first in `jwks.json` (beside the keys
+/// already there), so that verifiers trust it before any signer reading `current` uses it,
+/// also without `publishAhead`. [`write_jwks`] after the move gives the final set.
+pub(super) fn trust_before_current(
+    dir: &DirHandle,
+    output: &FileOutput,
+    generation: u32,
+    sync: &mut SyncSet,
+) -> Result<(), StoreError> {
+    if !output.public_formats.contains(&PublicFormat::Jwk) {
+        return Ok(());
+    }
+    let mut keys = linked_jwks(dir, output.format)?;
+    let version = open_version(dir, generation)?;
+    let der = read_public_der(&version, output.format)?;
+    let jwk = public_formats::jwk(&der).map_err(|message| StoreError::Corrupt {
+        path: version.path().display().to_string(),
+        message: format!("its public key has no JWK form: {message}"),
+    })?;
+    if !keys.contains(&jwk) {
+        keys.insert(0, jwk);
+    }
+    replace_jwks(dir, output, &public_formats::jwks(&keys), sync)
+}
+
+/// Replaces `jwks.json` with `bytes` (temporary file, rename); nothing when it holds them.
+fn replace_jwks(
+    dir: &DirHandle,
+    output: &FileOutput,
+    bytes: &[u8],
+    sync: &mut SyncSet,
+) -> Result<(), StoreError> {
     if dir.read_file(JWKS).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
     let tmp = temporary_name(TMP_PREFIX, JWKS);
     dir.remove_file(&tmp)?;
-    let file = dir.create_file(&tmp, &bytes, output.mode, ownership(output)?)?;
+    let file = dir.create_file(&tmp, bytes, output.mode, ownership(output)?)?;
     sync.add(file)?;
-    dir.rename(&tmp, JWKS)?;
+    if let Err(err) = dir.rename(&tmp, JWKS) {
+        let _ = dir.remove_file(&tmp);
+        return Err(err);
+    }
     sync.add_dir(dir)
 }
 
