@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS: usize = 64;
 /// Time a client has to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time a whole connection may take.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
