@@ -402,6 +402,22 @@ mod tests {
     }
 
     #[test]
+    fn coordinates_keep_their_leading_zero_bytes() {
+        // RFC 7518 §6.2.1.2: the full length of the coordinate, even if it starts with zeros
+        // (about 1 P-256 key in 256 has an x below 2^248).
+        let der = (0..20_000)
+            .map(|_| ec_der(&signature::ECDSA_P256_SHA256_ASN1_SIGNING))
+            .find(|der| der[der.len() - 64] == 0)
+            .expect("a key with a leading zero byte in x");
+        let x = URL_SAFE_NO_PAD
+            .decode(jwk(&der).unwrap()["x"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(x.len(), 32);
+        assert_eq!(x[0], 0);
+        assert_eq!(x, der[der.len() - 64..der.len() - 32]);
+    }
+
+    #[test]
     fn ed25519_is_an_okp_key() {
         let pair = signature::Ed25519KeyPair::generate().unwrap();
         let der = pair.public_key().as_der().unwrap().as_ref().to_vec();

@@ -333,12 +333,18 @@ fn kids_of_set(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The kid of a version, derived by Python's joserfc from its public.pem (independently of
-/// keyprov's JWK code).
+/// The RFC 7638 thumbprint of a P-256 public.pem, computed in Python (cryptography for the
+/// numbers, hashlib for the digest), independently of keyprov's JWK code. (joserfc 1.5's own
+/// `thumbprint()` is not used: it drops leading zero bytes of EC coordinates, which RFC 7518
+/// §6.2.1.2 forbids, and so disagrees for about 1 key in 128.)
 fn kid_from_pem(pem: &Path) -> String {
-    let script = "import sys\nfrom joserfc import jwk\n\
-                  k = jwk.import_key(open(sys.argv[1], 'rb').read(), 'EC')\n\
-                  print(k.thumbprint())";
+    let script = "import base64, hashlib, json, sys\n\
+                  from cryptography.hazmat.primitives import serialization as s\n\
+                  n = s.load_pem_public_key(open(sys.argv[1], 'rb').read()).public_numbers()\n\
+                  b = lambda i: base64.urlsafe_b64encode(i.to_bytes(32, 'big')).rstrip(b'=').decode()\n\
+                  c = json.dumps({'crv': 'P-256', 'kty': 'EC', 'x': b(n.x), 'y': b(n.y)}, \
+                  separators=(',', ':'), sort_keys=True)\n\
+                  print(base64.urlsafe_b64encode(hashlib.sha256(c.encode()).digest()).rstrip(b'=').decode())";
     let out = Command::new(common::python())
         .args(["-c", script])
         .arg(pem)
