@@ -495,42 +495,22 @@ impl Config {
             },
         };
         let state_dir_path = crate::manifest::absolute(&base, Path::new(&doc.state_dir));
-        let roots: Vec<PathBuf> = std::iter::once(state_dir_path.clone())
-            .chain(
-                doc.output_roots
-                    .iter()
-                    .map(|r| crate::manifest::absolute(&base, Path::new(r))),
-            )
+        let output_roots: Vec<PathBuf> = doc
+            .output_roots
+            .iter()
+            .map(|r| crate::manifest::absolute(&base, Path::new(r)))
             .collect();
         let mut jwks = Vec::with_capacity(doc.jwks.len());
         for (i, aggregate) in doc.jwks.iter().enumerate() {
-            let path = Path::new(&aggregate.path);
-            let resolved = if path.is_absolute() {
-                path.to_path_buf()
-            } else {
-                state_dir_path.join(path)
-            };
-            let contained = !aggregate.path.trim().is_empty()
-                && path
-                    .components()
-                    .all(|c| !matches!(c, std::path::Component::ParentDir))
-                && roots
-                    .iter()
-                    .any(|root| resolved.starts_with(root) && resolved != *root);
-            if !contained {
-                field_error(
-                    &format!("jwks[{i}].path"),
-                    format!(
-                        "{:?} must be a file inside stateDir or an outputRoot, without `..`",
-                        aggregate.path
-                    ),
-                );
-                continue;
+            match crate::jwks_aggregate::JwksAggregate::resolve(
+                &aggregate.path,
+                &state_dir_path,
+                &output_roots,
+                aggregate.selector.labels.clone(),
+            ) {
+                Ok(resolved) => jwks.push(resolved),
+                Err(message) => field_error(&format!("jwks[{i}].path"), message),
             }
-            jwks.push(crate::jwks_aggregate::JwksAggregate {
-                path: resolved,
-                labels: aggregate.selector.labels.clone(),
-            });
         }
         let level = doc.log.level.unwrap_or_else(|| "info".into());
         let plain = crate::logging::is_plain_filter(&level);

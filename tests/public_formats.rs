@@ -448,17 +448,33 @@ fn a_config_jwks_set_merges_the_keys_its_selector_picks() {
 
 #[test]
 fn a_config_jwks_path_outside_the_roots_is_refused() {
-    let install = Install::new("jwks:\n  - path: ../escape.json\n  - path: /tmp/elsewhere.json");
+    let bad = [
+        "../escape.json",
+        "/tmp/elsewhere.json",
+        "local-kms.keyring",
+        "retry/k.json",
+        "keys/k/jwks.json",
+    ];
+    let entries: Vec<String> = bad.iter().map(|p| format!("  - path: {p}")).collect();
+    let install = Install::new(&format!("jwks:\n{}", entries.join("\n")));
     let run = install.keyprov(&["plan"]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(run.stderr.contains("jwks[0].path"), "{}", run.stderr);
-    assert!(run.stderr.contains("jwks[1].path"), "{}", run.stderr);
+    for i in 0..bad.len() {
+        assert!(
+            run.stderr.contains(&format!("jwks[{i}].path")),
+            "{i}: {}",
+            run.stderr
+        );
+    }
 }
 
 #[test]
 fn a_config_jwks_path_inside_a_key_directory_is_refused_at_run_time() {
-    let install = Install::new("jwks:\n  - path: keys/k/current");
-    install.manifest("k.yaml", &labelled("k", "payments", ""));
+    let install = Install::new("jwks:\n  - path: custom/k/set.json");
+    install.manifest(
+        "k.yaml",
+        &labelled("k", "payments", "").replace("file: {}", "file: {dir: custom/k}"),
+    );
     let run = install.keyprov(&["run", "--once"]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(
@@ -466,10 +482,94 @@ fn a_config_jwks_path_inside_a_key_directory_is_refused_at_run_time() {
         "{}",
         run.stderr
     );
-    assert_eq!(
-        common::link(&install.key_dir("k"), "current").as_deref(),
-        Some("v0001")
+    let dir = install.state().join("custom/k");
+    assert_eq!(common::link(&dir, "current").as_deref(), Some("v0001"));
+    assert!(!dir.join("set.json").exists());
+}
+
+/// `keyprov ARGS` that must finish within 30 s (a FIFO must not hang it).
+fn keyprov_within(install: &Install, args: &[&str]) -> common::Run {
+    let mut child = install
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("keyprov {args:?} hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap().into()
+}
+
+#[test]
+fn a_config_jwks_set_is_written_without_following_what_others_plant() {
+    let install = Install::new(
+        "jwks:\n  - path: pub/issuer/set.json\n    selector: {labels: {team: payments}}\n  \
+         - path: fifo.json\n    selector: {labels: {team: payments}}\n  \
+         - path: none.json\n    selector: {labels: {team: nobody}}",
     );
+    install.manifest("a.yaml", &labelled("pay-a", "payments", ""));
+    let outside = install.root().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(install.state()).unwrap();
+    // A symlinked directory on the way: refused, nothing written outside.
+    std::os::unix::fs::symlink(&outside, install.state().join("pub")).unwrap();
+    // A FIFO where a set goes: replaced, never opened (it would block a read).
+    let fifo = install.state().join("fifo.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let run = keyprov_within(&install, &["run", "--once"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("pub/issuer/set.json"), "{}", run.stderr);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(std::fs::metadata(&fifo).unwrap().is_file());
+    assert_eq!(kids_of_set(&fifo).len(), 1);
+    // A selector that matches nothing writes nothing.
+    assert!(run.stderr.contains("matches no key"), "{}", run.stderr);
+    assert!(!install.state().join("none.json").exists());
+    // Directories made for a set are 0755 whatever the umask, so verifiers can reach it.
+    std::fs::remove_file(install.state().join("pub")).unwrap();
+    let run: common::Run = Command::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_keyprov"))
+        .args(["run", "--once", "--config"])
+        .arg(install.config())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 0, "{}", run.all());
+    for dir in ["pub", "pub/issuer"] {
+        let mode = std::fs::metadata(install.state().join(dir))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o755,
+            "{dir}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_key_keeps_its_keys_in_the_config_jwks_set() {
+    let install =
+        Install::new("jwks:\n  - path: set.json\n    selector: {labels: {team: payments}}");
+    install.manifest("a.yaml", &labelled("pay-a", "payments", ""));
+    install.manifest("b.yaml", &labelled("pay-b", "payments", ""));
+    install.run_once(0);
+    let set = install.state().join("set.json");
+    assert_eq!(kids_of_set(&set).len(), 2);
+    std::fs::remove_file(install.key_dir("pay-a").join("current")).unwrap();
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("JWK Set not updated"), "{}", run.stderr);
+    assert_eq!(kids_of_set(&set).len(), 2);
 }
 
 #[test]

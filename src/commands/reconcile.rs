@@ -375,7 +375,15 @@ pub async fn reconcile(
                  of a set would stop verifying"
             );
         } else {
-            let failures = crate::jwks_aggregate::update_all(&config.jwks, &pending.all_keys);
+            // Keys that failed now or wait to retry: their links may be unusable.
+            let failed: HashSet<&str> = report
+                .failed
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .chain(waiting.iter().map(String::as_str))
+                .collect();
+            let failures =
+                crate::jwks_aggregate::update_all(&config.jwks, &pending.all_keys, &failed);
             report.failed.extend(failures);
         }
     }
