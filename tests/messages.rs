@@ -520,3 +520,23 @@ fn plan_and_validate_speak_json_for_ci() {
     assert_eq!(doc["problems"].as_array().unwrap().len(), 1, "{doc}");
     assert_eq!(doc["problems"][0]["line"], 6, "{doc}");
 }
+
+#[test]
+fn a_manifest_whose_file_name_is_not_utf8_is_read_not_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let install = Install::new("");
+    let name = std::ffi::OsStr::from_bytes(b"odd\xff.yaml");
+    std::fs::write(
+        install.manifests().join(name),
+        manifest("odd", "ECC_NIST_P256", ""),
+    )
+    .unwrap();
+    let validate = install.keyprov(&["validate"]);
+    assert!(
+        validate.stdout.contains("1 key pair in 1 file is valid"),
+        "{}",
+        validate.all()
+    );
+    install.run_once(0);
+    assert!(install.key_dir("odd").join("current").exists());
+}

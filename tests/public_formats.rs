@@ -606,3 +606,33 @@ fn a_key_whose_jwks_json_cannot_be_written_is_not_activated() {
         ]
     );
 }
+
+#[test]
+fn verify_checks_the_public_files_verifiers_consume() {
+    let install = Install::new("");
+    install.manifest(
+        "a.yaml",
+        &with_formats("a", "ECC_NIST_P256", "jwk, openssh"),
+    );
+    install.manifest(
+        "b.yaml",
+        &with_formats("b", "ECC_NIST_P256", "jwk, openssh"),
+    );
+    install.run_once(0);
+    let ok = install.keyprov(&["verify"]);
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    // Another key's public files swapped in: verify must not say ok.
+    let (a, b) = (install.key_dir("a"), install.key_dir("b"));
+    for file in ["v0001/public.jwk", "v0001/public.pub", "jwks.json"] {
+        std::fs::copy(b.join(file), a.join(file)).unwrap();
+    }
+    let bad = install.keyprov(&["verify"]);
+    assert_eq!(bad.code, 1, "{}", bad.all());
+    for wanted in [
+        "v0001/public.jwk does not match its public key",
+        "v0001/public.pub does not match its public key",
+        "jwks.json does not hold next, current and previous",
+    ] {
+        assert!(bad.all().contains(wanted), "{wanted}: {}", bad.all());
+    }
+}

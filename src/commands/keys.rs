@@ -388,6 +388,18 @@ async fn verify_key(
         derived: HashMap::new(),
     };
     let secrets = verify_secrets(provider, stores, key, &mut findings).await;
+    // What verifiers consume beside the PEM: derived from the public key, checked against it.
+    for output in outputs.iter().filter(|o| !o.public_formats.is_empty()) {
+        if let Ok(observed) = file::observe(output, &key.name, key.include_plaintext) {
+            for drift in observed.drift.iter().filter(|d| {
+                ["public.jwk", "public.pub", "jwks.json"]
+                    .iter()
+                    .any(|f| d.contains(f))
+            }) {
+                findings.add(&output.dir, drift.clone());
+            }
+        }
+    }
     let Some(first) = outputs.first() else {
         return match secrets {
             Some((current, next)) if findings.problems.is_empty() => Ok((current, next)),

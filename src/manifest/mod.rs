@@ -223,7 +223,11 @@ fn list_manifest_files(source: &Path) -> Result<Vec<PathBuf>, String> {
         let path = entry
             .map_err(|err| format!("cannot list directory: {err}"))?
             .path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Lossy: a name that is not UTF-8 is still read (and reported by its lossy name).
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
         // Anything else that is not a directory (a FIFO, a dangling symlink) is reported by
         // the reader rather than silently skipped.
