@@ -372,7 +372,7 @@ fn decode_public(format: Format, bytes: &[u8], path: &Path) -> Result<Vec<u8>, S
         Format::Pem => match pem::parse(bytes) {
             Ok(p) if p.tag() == "PUBLIC KEY" => Ok(p.into_contents()),
             Ok(p) => Err(corrupt(format!("holds a {:?}, not a PUBLIC KEY", p.tag()))),
-            Err(e) => Err(corrupt(e.to_string())),
+            Err(e) => Err(corrupt(format!("is not a PEM public key ({e})"))),
         },
     }
 }
