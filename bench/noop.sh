@@ -16,16 +16,7 @@ sizes=("$@")
 cargo build --release --quiet
 bin=$repo/target/release/keyprov
 
-median_ms() { # command...: median wall time in ms over $runs runs (after one warm-up)
-  "$@" >/dev/null 2>&1
-  for _ in $(seq "$runs"); do
-    local start end
-    start=$(date +%s%N)
-    "$@" >/dev/null 2>&1
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000 ))
-  done | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000}'
-}
+. "$repo/bench/lib.sh"
 
 printf '%-8s %14s %14s %8s\n' keys "run --once ms" "cat floor ms" ratio
 for n in "${sizes[@]}"; do

@@ -19,16 +19,7 @@ n=${1:-1000}
 cargo build --release --quiet
 bin=$repo/target/release/keyprov
 
-median_ms() { # command...: median wall time in ms over $runs runs (after one warm-up)
-  "$@" >/dev/null 2>&1
-  for _ in $(seq "$runs"); do
-    local start end
-    start=$(date +%s%N)
-    "$@" >/dev/null 2>&1
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000 ))
-  done | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'
-}
+. "$repo/bench/lib.sh"
 
 make_fleet() { # dir formats(yaml list or empty) extra-config
   local work=$1 formats=$2 extra=$3

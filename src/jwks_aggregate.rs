@@ -110,10 +110,9 @@ fn contents(aggregate: &JwksAggregate, selected: &[&KeyPair]) -> Result<Vec<u8>,
     Ok(crate::public_formats::jwks(&jwks))
 }
 
-/// Replaces the set with `bytes` below its root: directories on the way created 0755 and
-/// never followed through a symlink, the temporary file created exclusively, fsynced and
-/// renamed over the set (whatever entry is there: a symlink or FIFO is replaced, not
-/// followed), leftovers of earlier crashes removed. Nothing is written when it holds `bytes`.
+/// Replaces the set with `bytes` below its root ([`DirHandle::replace_file`]): directories
+/// on the way created 0755 and never followed through a symlink, leftovers of earlier crashes
+/// removed. Nothing is written when it holds `bytes`.
 fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
     let fail = |e: crate::store::StoreError| e.to_string();
     let root = DirHandle::open_root(&aggregate.root, true)
@@ -141,18 +140,8 @@ fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
     if dir.read_file(name).is_ok_and(|old| old == bytes) {
         return Ok(false);
     }
-    let tmp = format!("{prefix}{}", std::process::id());
-    let file = dir
-        .create_file(&tmp, bytes, MODE, (None, None))
+    dir.replace_file(name, bytes, MODE, (None, None))
         .map_err(fail)?;
-    let renamed = file
-        .sync_all()
-        .map_err(|e| format!("cannot fsync: {e}"))
-        .and_then(|()| dir.rename(&tmp, name).map_err(fail));
-    if let Err(err) = renamed {
-        let _ = dir.remove_file(&tmp);
-        return Err(err);
-    }
     dir.sync().map_err(fail)?;
     Ok(true)
 }

@@ -28,18 +28,15 @@ fn parse(text: &str, format: &str, dir: &Path) -> Vec<Sample> {
     let file = dir.join(format!("scrape.{format}"));
     std::fs::write(&file, text).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/parse_metrics.py");
-    let out = Command::new(common::python())
-        .arg(script)
-        .arg(&file)
-        .arg(format)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client cannot parse the {format} exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::python_stdout(
+        [
+            script.as_os_str(),
+            file.as_os_str(),
+            std::ffi::OsStr::new(format),
+        ],
+        &format!("prometheus_client cannot parse the {format} exposition:\n{text}\n"),
     );
-    let samples: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let samples: Vec<Value> = serde_json::from_slice(&out).unwrap();
     samples
         .into_iter()
         .map(|s| Sample {

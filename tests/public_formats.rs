@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
@@ -52,17 +53,10 @@ fn openssh_of_pem(pem: &Path, out: &Path) {
         let script = "import sys\nfrom cryptography.hazmat.primitives import serialization as s\n\
                       k = s.load_pem_public_key(open(sys.argv[1], 'rb').read())\n\
                       sys.stdout.buffer.write(k.public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH))";
-        let out = Command::new(common::python())
-            .args(["-c", script])
-            .arg(pem)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        common::python_stdout(
+            [OsStr::new("-c"), OsStr::new(script), pem.as_os_str()],
+            "to OpenSSH",
+        )
     };
     std::fs::write(out, line).unwrap();
 }
@@ -81,25 +75,32 @@ fn jose_check(install: &Install, name: &str, version: &str) -> serde_json::Value
         private.to_str().unwrap(),
     ]);
     assert_eq!(decrypt.code, 0, "{}", decrypt.all());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/jose_check.py");
-    let out = Command::new(common::python())
-        .arg("-W")
-        .arg("ignore")
-        .arg(script)
-        .arg(dir.join("jwks.json"))
-        .arg(dir.join(version).join("public.jwk"))
-        .arg(&private)
-        .arg(dir.join(version).join("public.pem"))
-        .output()
-        .unwrap();
-    std::fs::remove_file(&private).unwrap();
-    assert!(
-        out.status.success(),
-        "jose_check {name} {version}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_jose_check(
+        &dir.join("jwks.json"),
+        &dir.join(version).join("public.jwk"),
+        &private,
+        &dir.join(version).join("public.pem"),
+        &format!("jose_check {name} {version}"),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    std::fs::remove_file(&private).unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// tests/scripts/jose_check.py SET JWK PRIVATE PUBLIC; asserts it succeeds, returns stdout.
+fn run_jose_check(set: &Path, jwk: &Path, private: &Path, public: &Path, context: &str) -> Vec<u8> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/jose_check.py");
+    common::python_stdout(
+        [
+            OsStr::new("-W"),
+            OsStr::new("ignore"),
+            script.as_os_str(),
+            set.as_os_str(),
+            jwk.as_os_str(),
+            private.as_os_str(),
+            public.as_os_str(),
+        ],
+        context,
+    )
 }
 
 fn jwks_kids(install: &Install, name: &str) -> Vec<String> {
@@ -345,17 +346,11 @@ fn kid_from_pem(pem: &Path) -> String {
                   c = json.dumps({'crv': 'P-256', 'kty': 'EC', 'x': b(n.x), 'y': b(n.y)}, \
                   separators=(',', ':'), sort_keys=True)\n\
                   print(base64.urlsafe_b64encode(hashlib.sha256(c.encode()).digest()).rstrip(b'=').decode())";
-    let out = Command::new(common::python())
-        .args(["-c", script])
-        .arg(pem)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::python_stdout(
+        [OsStr::new("-c"), OsStr::new(script), pem.as_os_str()],
+        "thumbprint",
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    String::from_utf8(out).unwrap().trim().to_string()
 }
 
 #[test]
@@ -416,21 +411,12 @@ fn a_config_jwks_set_merges_the_keys_its_selector_picks() {
         .find(|k| k["kid"] == b1.as_str())
         .unwrap();
     std::fs::write(&own, serde_json::to_vec(mine).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/jose_check.py");
-    let out = Command::new(common::python())
-        .args(["-W", "ignore"])
-        .arg(script)
-        .arg(&set)
-        .arg(&own)
-        .arg(&private)
-        .arg(dir.join("v0001/public.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_jose_check(
+        &set,
+        &own,
+        &private,
+        &dir.join("v0001/public.pem"),
+        "pay-b through the merged set",
     );
 
     // A manifest breaks: the set is left as it is (its keys must keep verifying).

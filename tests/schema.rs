@@ -42,18 +42,13 @@ fn validate(files: &[PathBuf]) -> Vec<String> {
     assert!(schema.status.success());
     let schema_path = dir.path().join("schema.json");
     std::fs::write(&schema_path, &schema.stdout).unwrap();
-    let out = Command::new(common::python())
-        .args(["-c", VALIDATE])
-        .arg(&schema_path)
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
+    let args = ["-c", VALIDATE]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain([schema_path.as_os_str()])
+        .chain(files.iter().map(|f| f.as_os_str()));
+    let out = common::python_stdout(args, "jsonschema");
+    String::from_utf8(out)
         .unwrap()
         .lines()
         .map(str::to_string)

@@ -56,40 +56,38 @@ fn format_schema(_: &mut SchemaGenerator) -> Schema {
     or_null(one_of(&["pem", "der"], "`pem` (default) or `der`."))
 }
 
-fn public_formats_schema(_: &mut SchemaGenerator) -> Schema {
-    let formats = SchemaObject {
+/// A nullable array schema whose items are one of `values`.
+fn array_of(values: &[&str], item: &str, description: &str) -> Schema {
+    let array = SchemaObject {
         instance_type: Some(InstanceType::Array.into()),
         array: Some(Box::new(schemars::schema::ArrayValidation {
-            items: Some(one_of(&["jwk", "openssh"], "A public key format.").into()),
+            items: Some(one_of(values, item).into()),
             ..Default::default()
         })),
         metadata: Some(Box::new(SchemaMetadata {
-            description: Some(
-                "Public key files beside PEM/DER: `jwk` (public.jwk, and jwks.json beside \
-                 `current`), `openssh` (public.pub)."
-                    .into(),
-            ),
+            description: Some(description.into()),
             ..Default::default()
         })),
         ..Default::default()
     };
-    or_null(formats.into())
+    or_null(array.into())
+}
+
+fn public_formats_schema(_: &mut SchemaGenerator) -> Schema {
+    array_of(
+        &["jwk", "openssh"],
+        "A public key format.",
+        "Public key files beside PEM/DER: `jwk` (public.jwk, and jwks.json beside `current`), \
+         `openssh` (public.pub).",
+    )
 }
 
 fn hook_events_schema(_: &mut SchemaGenerator) -> Schema {
-    let events = SchemaObject {
-        instance_type: Some(InstanceType::Array.into()),
-        array: Some(Box::new(schemars::schema::ArrayValidation {
-            items: Some(one_of(&["activate", "publish"], "A hook event.").into()),
-            ..Default::default()
-        })),
-        metadata: Some(Box::new(SchemaMetadata {
-            description: Some("`activate` (default) and/or `publish`.".into()),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    or_null(events.into())
+    array_of(
+        &["activate", "publish"],
+        "A hook event.",
+        "`activate` (default) and/or `publish`.",
+    )
 }
 
 /// One YAML document of a manifest file.

@@ -211,8 +211,7 @@ fn seconds(at: SystemTime) -> f64 {
 
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("keyprov");
-        let metrics = Metrics {
+        let mut metrics = Metrics {
             key_info: Family::default(),
             key_ready: Family::default(),
             key_created: Family::default(),
@@ -230,75 +229,75 @@ impl Metrics {
             manifest_valid: Family::default(),
             series: Mutex::default(),
             counted: Mutex::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("keyprov"),
         };
-        registry.register(
+        metrics.registry.register(
             "key_info",
             "A generation a key holds, by state (next, current, previous); always 1",
             metrics.key_info.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "key_ready",
             "1 when the key has a current generation and every output holds it",
             metrics.key_ready.clone(),
         );
-        registry.register_with_unit(
+        metrics.registry.register_with_unit(
             "key_created_timestamp",
             "When the generation in this state was created (Unix time)",
             Unit::Seconds,
             metrics.key_created.clone(),
         );
-        registry.register_with_unit(
+        metrics.registry.register_with_unit(
             "key_rotation_due_timestamp",
             "When the key's next rotation is due (Unix time); absent for keys that never rotate",
             Unit::Seconds,
             metrics.rotation_due.clone(),
         );
-        registry.register_with_unit(
+        metrics.registry.register_with_unit(
             "key_next_activation_timestamp",
             "When the staged generation becomes current (Unix time); only while one waits",
             Unit::Seconds,
             metrics.next_activation.clone(),
         );
-        registry.register_with_unit(
+        metrics.registry.register_with_unit(
             "last_successful_reconcile_timestamp",
             "When a reconcile last ended with the key converged (Unix time)",
             Unit::Seconds,
             metrics.last_success.clone(),
         );
-        registry.register_with_unit(
+        metrics.registry.register_with_unit(
             "reconcile_duration",
             "Duration of a reconcile, from taking the stateDir lock to its report",
             Unit::Seconds,
             metrics.reconcile_duration.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "generations",
             "New generations made, by reason (new_key, spec_change, rotation, requested)",
             metrics.generations.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "failures",
             "Key failures by reason",
             metrics.failures.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "provider_requests",
             "Provider requests (after the SDK's own retries) by operation and result code",
             metrics.provider_requests.clone(),
         );
-        registry.register_with_unit(
+        metrics.registry.register_with_unit(
             "provider_request_duration",
             "Duration of provider requests, the SDK's retries included",
             Unit::Seconds,
             metrics.provider_duration.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "hook_runs",
             "onRotate hook runs by event and result",
             metrics.hook_runs.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "manifest_valid",
             "1 when the manifest file is valid, 0 when its keys are left untouched",
             metrics.manifest_valid.clone(),
@@ -310,15 +309,12 @@ impl Metrics {
                 revision: env!("KEYPROV_REVISION"),
             })
             .set(1);
-        registry.register(
+        metrics.registry.register(
             "build_info",
             "The running keyprov's version and git revision; always 1",
             build_info,
         );
-        Metrics {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     /// Counts a provider request and its duration; `code` is `ok` or the error's label.
@@ -621,8 +617,29 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// Writes the Prometheus text exposition to `path` atomically (a temporary file beside it,
-/// fsynced, renamed over it), readable by all (`0644`): node-exporter runs as another user.
-pub fn write_textfile(path: &Path) -> std::io::Result<()> {
-    crate::durable::write_atomically(path, global().prometheus_text().as_bytes(), 0o644)
+/// Writes the Prometheus text exposition to `path` atomically
+/// ([`crate::store::dir::DirHandle::replace_file`]), readable by all (`0644`): node-exporter
+/// runs as another user. The directory is the operator's, trusted as a root is.
+pub fn write_textfile(path: &Path) -> Result<(), crate::store::StoreError> {
+    use crate::store::{StoreError, dir::DirHandle};
+    let names_no_file = || StoreError::Config(format!("{} names no file", path.display()));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(names_no_file)?;
+    let parent = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = DirHandle::open_root(parent, false)?.ok_or_else(|| StoreError::Corrupt {
+        path: parent.display().to_string(),
+        message: "does not exist".into(),
+    })?;
+    dir.replace_file(
+        name,
+        global().prometheus_text().as_bytes(),
+        0o644,
+        (None, None),
+    )?;
+    dir.sync()
 }

@@ -251,6 +251,31 @@ impl DirHandle {
         Ok(file)
     }
 
+    /// Replaces the entry `name` with a regular file holding `bytes`, atomically: written
+    /// under a temporary name (`.tmp-<name>-<pid>`, created exclusively), given `mode` and
+    /// `owner`, fsynced, renamed over `name` (whatever is there, a symlink or FIFO included,
+    /// is replaced, never opened). The temporary file is removed when a step fails. The
+    /// directory itself is the caller's to flush.
+    pub fn replace_file(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        owner: Owner,
+    ) -> Result<(), StoreError> {
+        let tmp = format!(".tmp-{name}-{}", std::process::id());
+        self.remove_file(&tmp)?;
+        let file = self.create_file(&tmp, bytes, mode, owner)?;
+        let renamed = file
+            .sync_all()
+            .map_err(|e| io_error("cannot fsync", &self.path.join(&tmp), e))
+            .and_then(|()| self.rename(&tmp, name));
+        if renamed.is_err() {
+            let _ = self.remove_file(&tmp);
+        }
+        renamed
+    }
+
     /// Opens the regular file `name` for reading, without following a symlink or blocking on
     /// a FIFO.
     fn open_regular(&self, name: &str) -> Result<File, StoreError> {

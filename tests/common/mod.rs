@@ -736,3 +736,20 @@ pub fn python() -> PathBuf {
     );
     python
 }
+
+/// Runs [`python`] with `args`; asserts it succeeds (saying `context`, its stdout and stderr
+/// when not) and returns its stdout.
+pub fn python_stdout<I, S>(args: I, context: &str) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(python()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{context}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -230,12 +230,14 @@ fn check_version_files(
         }
     }
     let public = public_name(output.format);
+    // The verified public key, reused for the derived formats below.
+    let mut public_der = None;
     if present.contains(&public) {
         match version
             .read_file(&public)
             .and_then(|bytes| decode_public(output.format, &bytes, &version.child_path(&public)))
         {
-            Ok(der) if public_key_sha256(&der) == meta.public_key_sha256 => {}
+            Ok(der) if public_key_sha256(&der) == meta.public_key_sha256 => public_der = Some(der),
             Ok(_) => problems.push(format!(
                 "{vname}/{public} does not match publicKeySha256 of meta.json"
             )),
@@ -278,22 +280,27 @@ fn check_version_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-    check_public_format_files(version, output, meta, drift);
+    check_public_format_files(version, output, meta, public_der, drift);
     problems
 }
 
 /// Drift of a linked version's public format files (derived from its public key, so
-/// rewritten in place): missing, altered, or no longer listed.
+/// rewritten in place): missing, altered, or no longer listed. `public_der` is the public key
+/// already read and verified, if it was.
 fn check_public_format_files(
     version: &DirHandle,
     output: &FileOutput,
     meta: &VersionMeta,
+    public_der: Option<Vec<u8>>,
     drift: &mut Vec<String>,
 ) {
     let vname = version_name(meta.generation);
     if !output.public_formats.is_empty() {
-        let wanted = public::read_public_der(version, output.format)
-            .and_then(|der| public::format_files(output, meta, &der));
+        let der = match public_der {
+            Some(der) => Ok(der),
+            None => public::read_public_der(version, output.format),
+        };
+        let wanted = der.and_then(|der| public::format_files(output, meta, &der));
         // An unreadable public key is reported as damage.
         if let Ok(files) = wanted {
             for (name, bytes) in files {

@@ -142,7 +142,8 @@ pub(super) fn trust_before_current(
     replace_jwks(dir, output, &public_formats::jwks(&keys), sync)
 }
 
-/// Replaces `jwks.json` with `bytes` (temporary file, rename); nothing when it holds them.
+/// Replaces `jwks.json` with `bytes` ([`DirHandle::replace_file`]); nothing when it holds
+/// them. The directory goes to `sync`.
 fn replace_jwks(
     dir: &DirHandle,
     output: &FileOutput,
@@ -152,14 +153,7 @@ fn replace_jwks(
     if dir.read_file(JWKS).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    let tmp = temporary_name(TMP_PREFIX, JWKS);
-    dir.remove_file(&tmp)?;
-    let file = dir.create_file(&tmp, bytes, output.mode, ownership(output)?)?;
-    sync.add(file)?;
-    if let Err(err) = dir.rename(&tmp, JWKS) {
-        let _ = dir.remove_file(&tmp);
-        return Err(err);
-    }
+    dir.replace_file(JWKS, bytes, output.mode, ownership(output)?)?;
     sync.add_dir(dir)
 }
 

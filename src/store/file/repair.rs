@@ -21,25 +21,6 @@ pub fn missing_plaintext(output: &FileOutput) -> Result<Vec<u32>, StoreError> {
     Ok(missing)
 }
 
-/// Replaces one file of a version atomically (temporary name, fsync, rename).
-fn replace_file(
-    version: &DirHandle,
-    name: &str,
-    bytes: &[u8],
-    mode: u32,
-    owner: Owner,
-) -> Result<(), StoreError> {
-    let tmp = temporary_name(TMP_PREFIX, name);
-    version.remove_file(&tmp)?;
-    let file = version.create_file(&tmp, bytes, mode, owner)?;
-    file.sync_all().map_err(|source| StoreError::Io {
-        action: "cannot fsync",
-        path: version.child_path(&tmp).display().to_string(),
-        source,
-    })?;
-    version.rename(&tmp, name)
-}
-
 /// Makes a linked version's public format files what the manifest asks: missing or altered
 /// ones rewritten from its public key, unlisted ones removed.
 fn public_format_files(
@@ -53,7 +34,7 @@ fn public_format_files(
         let der = public::read_public_der(version, output.format)?;
         for (name, bytes) in public::format_files(output, &meta, &der)? {
             if version.read_file(name).ok().as_ref() != Some(&bytes) {
-                replace_file(version, name, &bytes, output.mode, owner)?;
+                version.replace_file(name, &bytes, output.mode, owner)?;
             } else {
                 version.set_file_mode_and_owner(name, output.mode, owner)?;
             }
@@ -98,14 +79,13 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
             .find(|v| v.meta.generation == generation)
         {
             for (name, bytes, mode) in version_files(output, intact)? {
-                replace_file(&version, &name, &bytes, mode, owner)?;
+                version.replace_file(&name, &bytes, mode, owner)?;
             }
         }
         let public = public_name(output.format);
         if version.stat(&public).is_none() {
             let stored = read_version(output, generation)?;
-            replace_file(
-                &version,
+            version.replace_file(
                 &public,
                 &encode_public(output.format, &stored.public_key_der),
                 output.mode,
@@ -119,8 +99,7 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
             version.stat(&private),
             input.plaintext.get(&generation),
         ) {
-            replace_file(
-                &version,
+            version.replace_file(
                 &private,
                 &encode_private(output.format, key),
                 PLAINTEXT_MODE,
