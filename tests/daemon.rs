@@ -768,3 +768,56 @@ fn a_manifest_directory_created_after_start_is_watched() {
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+/// Lines of the daemon's log that start a timer-driven reconcile.
+fn timer_reconciles(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("timer: reconciling"))
+        .count()
+}
+
+#[test]
+fn a_failure_repaired_by_hand_does_not_make_the_daemon_spin() {
+    let install = daemon_install();
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\nreconcile: {debounce: 100ms, \
+         resyncEvery: 1h, retryBackoff: 500ms, retryBackoffMax: 1s}\n",
+    )
+    .unwrap();
+    install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    // The converged key directory moves aside and a regular file takes its place: every
+    // attempt fails until someone puts the directory back, without keyprov making anything.
+    let dir = install.key_dir("alpha");
+    let aside = install.state().join("alpha-aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+
+    let daemon = Daemon::start_with(&install, &[("KEYPROV_LOG", "debug")]);
+    daemon.expect_notify("READY=1");
+    daemon.wait_until("the failure is recorded", || {
+        retry_attempts(&install, "alpha").is_some()
+    });
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    // The next retry (within retryBackoffMax) finds the key converged, with no action to take.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = timer_reconciles(&daemon.log());
+    std::thread::sleep(Duration::from_secs(3));
+    let after = timer_reconciles(&daemon.log());
+    assert!(
+        after - before <= 1,
+        "{} timer reconciles in 3 s after the repair (resyncEvery 1h)\n{}",
+        after - before,
+        daemon.log()
+    );
+    assert_eq!(
+        retry_attempts(&install, "alpha"),
+        None,
+        "the failure is forgotten"
+    );
+    assert_eq!(current(&install, "alpha").as_deref(), Some("v0001"));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}

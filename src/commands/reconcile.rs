@@ -312,6 +312,12 @@ pub async fn reconcile(
     )
     .await;
     record_outcomes(config, &pending.keys, &outcomes, &pending.failed, &journal).await;
+    let seen = Seen {
+        keys: &pending.keys,
+        observed: &pending.observed,
+        failed: &pending.failed,
+    };
+    forget_failures_of_converged(seen, &changed, &waiting, &journal).await;
     // A key whose actions failed is a failed key, not a changed one.
     report.changed = outcomes.iter().filter(|o| o.result.is_ok()).count();
     let metrics = crate::metrics::global();
@@ -527,6 +533,39 @@ async fn record_outcomes(
             })
             .await;
         if let Err(err) = recorded {
+            tracing::error!(key = %name, "{err}");
+        }
+    }
+}
+
+/// What a pass observed of its keys before acting.
+struct Seen<'a> {
+    keys: &'a [KeyPair],
+    observed: &'a crate::observed::Observed,
+    failed: &'a [(String, String)],
+}
+
+/// Forgets the failure of every key seen converged in this pass (observed, nothing planned,
+/// not waiting for its retry): another host, or a hand, repaired what had failed. Without this,
+/// its past retry time would stay the daemon's next event and the daemon would spin.
+async fn forget_failures_of_converged(
+    seen: Seen<'_>,
+    changed: &HashSet<String>,
+    waiting: &BTreeSet<String>,
+    journal: &Journal,
+) {
+    let records = journal.snapshot();
+    for key in seen.keys {
+        let name = key.name.as_str();
+        let converged = matches!(seen.observed.get(name), Some(Ok(_)))
+            && !changed.contains(name)
+            && !waiting.contains(name)
+            && !seen.failed.iter().any(|(n, _)| n == name);
+        if !converged || records.get(name).is_none_or(|r| r.failure.is_none()) {
+            continue;
+        }
+        tracing::info!(key = %name, "converged again: its failure record is cleared");
+        if let Err(err) = journal.update(name, |record| record.failure = None).await {
             tracing::error!(key = %name, "{err}");
         }
     }
