@@ -359,6 +359,7 @@ impl Metrics {
             plan::Reason::SpecChanged => "spec_change",
             plan::Reason::RotationDue => "rotation",
             plan::Reason::Requested => "requested",
+            plan::Reason::Unbound { .. } => "unbound",
         };
         self.remember(key, CountedSeries::Generation(reason));
         self.generations
