@@ -269,7 +269,14 @@ pub fn plan_key(
             };
             if c.spec_fingerprint != fingerprint {
                 generate(Reason::SpecChanged, when(None))
-            } else if !c.bound {
+            } else if !c.bound
+                // Only where every output agrees: an unbound version that only a secret claims
+                // as newer is not keyprov's doing to rotate over, but a copy its proof refuses.
+                && outputs
+                    .iter()
+                    .filter_map(|o| o.current.as_ref())
+                    .all(|o| o.generation == c.generation)
+            {
                 let reason = Reason::Unbound {
                     generation: c.generation,
                 };

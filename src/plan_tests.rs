@@ -105,6 +105,8 @@ fn transitions() {
     stale_next.next.as_mut().unwrap().spec_fingerprint = "sha256:old".into();
     let mut unbound = output(&staged_key, &[1], 0);
     unbound.current.as_mut().unwrap().bound = false;
+    let mut unbound_above = output(&plain, &[1, 2], 0);
+    unbound_above.current.as_mut().unwrap().bound = false;
     let mut unbound_next = with_next.clone();
     unbound_next.next.as_mut().unwrap().bound = false;
     let mut drifted = output(&plain, &[1], 0);
@@ -235,6 +237,18 @@ fn transitions() {
             t(10),
             None,
             vec![generate(2, t(17), true, Reason::Unbound { generation: 1 })],
+        ),
+        (
+            "an unbound generation only one output claims is copied (and proven), not rotated over",
+            key(None, None, 1, 2),
+            vec![output(&plain, &[1], 0), unbound_above.clone()],
+            t(10),
+            None,
+            vec![Action::Copy {
+                generation: 2,
+                outputs: vec![0],
+                link: Link::Current,
+            }],
         ),
         (
             "a staged generation from before the binding is replaced, never activated",

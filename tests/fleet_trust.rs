@@ -466,12 +466,12 @@ async fn versions_written_before_the_binding_stay_in_files_are_rotated_once_and_
         &manifest_context,
     );
     put_as(&aws.sm, &secret, "legacy-secret", 2, &json).await;
-    let run = install.keyprov(&["run", "--once"]);
-    eprintln!(
-        "an unbound secret version: exit {}: {}",
-        run.code,
-        run.all()
+    let run = install.run_once(1);
+    let origin = format!(
+        "secret {secret} version {} (generation 2) is not believed: it predates keyprov's key binding",
+        keyprov::store::secrets_manager::layout::version_id("legacy-secret", 2)
     );
+    assert!(run.stderr.contains(&origin), "{}", run.all());
     let dir = install.key_dir("legacy-secret");
     assert!(
         !versions(&dir).contains(&"v0002".to_string()),
@@ -483,12 +483,67 @@ async fn versions_written_before_the_binding_stay_in_files_are_rotated_once_and_
         "{}",
         run.all()
     );
+    let verify = install.keyprov(&["verify"]);
     assert!(
-        run.stdout.contains("predates keyprov's key binding")
-            || run.stderr.contains("predates keyprov's key binding"),
+        verify
+            .stdout
+            .contains(&format!("FAILED  legacy-secret: secretsManager:{secret}")),
         "{}",
-        run.all()
+        verify.stdout
     );
+    std::fs::remove_file(install.manifests().join("secret.yaml")).unwrap();
+
+    // A secret-only key exactly as keyprov wrote it before the upgrade: its one generation is
+    // unbound in every output, so it is rotated once (never adopted into anything new).
+    let old_secret = unique("pre-upgrade");
+    let template = secret_json(&aws.sm, &secret, None).await;
+    aws.sm
+        .create_secret()
+        .name(&old_secret)
+        .tags(tag("keyprov:managed", "true"))
+        .tags(tag("keyprov:name", "old"))
+        .tags(tag("keyprov:scope", "default"))
+        .send()
+        .await
+        .unwrap();
+    let pair = kms_pair(&aws, &aws.ours, &manifest_context).await;
+    let mut json = holding(template, 1, &pair, &aws.ours, &manifest_context);
+    json["name"] = "old".into();
+    put_as(&aws.sm, &old_secret, "old", 1, &json).await;
+    install.manifest(
+        "old.yaml",
+        &key("old", &aws.ours, &old_secret, "").replace("    - file: {publicFormats: [jwk]}\n", ""),
+    );
+    let plan = install.keyprov(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("generation 1 predates keyprov's key binding"),
+        "{}",
+        plan.all()
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 provider call"), "{}", run.stdout);
+    let current = secret_json(&aws.sm, &old_secret, None).await;
+    assert_eq!(current["generation"], 2);
+    assert_eq!(
+        current["encryptionContext"],
+        serde_json::to_value(bound("old", 2)).unwrap()
+    );
+    let again = install.run_once(0);
+    assert!(
+        again
+            .stdout
+            .contains("0 changed, 0 failed, 0 provider calls"),
+        "{}",
+        again.stdout
+    );
+}
+
+fn tag(key: &str, value: &str) -> aws_sdk_secretsmanager::types::Tag {
+    aws_sdk_secretsmanager::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
 }
 
 #[test]
