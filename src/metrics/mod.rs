@@ -273,7 +273,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "generations",
-            "New generations made, by reason (new_key, spec_change, rotation, requested)",
+            "New generations made, by reason (new_key, spec_change, rotation, requested, unbound)",
             metrics.generations.clone(),
         );
         metrics.registry.register(
