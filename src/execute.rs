@@ -332,13 +332,14 @@ impl<P: Provider> KeyContext<'_, P> {
     ) -> Result<StoredVersion, String> {
         let key = self.key;
         let _slot = self.provider_slot().await;
+        let context = crate::binding::context(&key.encryption_context, &key.name, generation);
         let pair = self
             .provider
             .generate(&GenerateRequest {
                 name: &key.name,
                 spec: key.spec,
                 kms_key_id: &key.kms_key_id,
-                encryption_context: &key.encryption_context,
+                encryption_context: &context,
                 grant_tokens: &key.grant_tokens,
                 include_plaintext: key.include_plaintext,
             })
@@ -406,7 +407,8 @@ impl<P: Provider> KeyContext<'_, P> {
                     .read_version(self.key, winner, generation)
                     .await
                     .map_err(|e| self.fail(e))?;
-                let adopted = self.prove(adopted).await?;
+                let origin = crate::binding::origin(self.key, winner, generation);
+                let adopted = self.prove(adopted, generation, &origin).await?;
                 self.stores
                     .write_version(self.key, &all, Arc::new(adopted), link)
                     .await
@@ -429,26 +431,40 @@ impl<P: Provider> KeyContext<'_, P> {
         )
     }
 
-    /// Proves a version read from a secret: its private key ciphertext decrypts (through the
-    /// provider, with its encryption context) to the private key of its public key. A
-    /// version forged by someone who can write the secret but not encrypt with the KMS key
-    /// is refused. Keeps the plaintext when the key includes it.
-    async fn prove(&self, mut version: StoredVersion) -> Result<StoredVersion, String> {
-        let private = self
-            .decrypt(&version.meta, &version.private_key_ciphertext)
-            .await?;
-        let spec = version.meta.key_pair_spec.parse().unwrap_or(self.key.spec);
-        let derived = crate::provider::local::public_key_of(spec, private.der());
-        if derived.as_deref().ok() != Some(version.public_key_der.as_slice()) {
-            self.failing(FailureReason::InvalidCiphertext);
-            return Err(format!(
-                "key {:?}: generation {} in its secret holds a public key that is not the one \
-                 of its private key: it was written outside keyprov, and nothing was copied \
-                 from it. Restore the secret's version or replace the pair with `keyprov \
-                 rotate {} --now`",
-                self.key.name, version.meta.generation, self.key.name
-            ));
-        }
+    /// Proves a version read from a secret (see [`crate::binding::prove`]): only a pair that
+    /// decrypts with the manifest's KMS key and context bound to this name and `generation`,
+    /// and whose private key is the one of its public key, is believed. A version forged by
+    /// someone who can write the secret, or a retired pair replayed as a new generation, is
+    /// refused, naming `origin`. Keeps the plaintext when the key includes it.
+    async fn prove(
+        &self,
+        mut version: StoredVersion,
+        generation: u32,
+        origin: &str,
+    ) -> Result<StoredVersion, String> {
+        let proof = {
+            let _slot = self.provider_slot().await;
+            crate::binding::prove(
+                self.provider,
+                self.key,
+                &version,
+                generation,
+                crate::binding::Unbound::Refuse,
+            )
+            .await
+        };
+        let private = proof.map_err(|err| {
+            self.failing(
+                err.provider_error()
+                    .map_or(FailureReason::InvalidCiphertext, FailureReason::of_provider),
+            );
+            format!(
+                "key {name:?}: {origin} is not believed: {err}. Nothing was copied from it; \
+                 if keyprov did not write it, remove it from the secret (or move its labels \
+                 back), or replace the pair with `keyprov rotate {name} --now`",
+                name = self.key.name
+            )
+        })?;
         if self.key.include_plaintext {
             version.private_key = Some(private);
         }
@@ -477,7 +493,10 @@ impl<P: Provider> KeyContext<'_, P> {
             }
             if Some(i) != except {
                 match self.stores.read_version(self.key, i, generation).await {
-                    Ok(version) if self.is_secret(i) => return self.prove(version).await,
+                    Ok(version) if self.is_secret(i) => {
+                        let origin = crate::binding::origin(self.key, i, generation);
+                        return self.prove(version, generation, &origin).await;
+                    }
                     Ok(version) => return Ok(version),
                     Err(err) => problems.push(err.to_string()),
                 }
@@ -487,8 +506,9 @@ impl<P: Provider> KeyContext<'_, P> {
             }
         }
         if let Some(version) = assemble(name, &parts) {
-            if (0..self.key.outputs.len()).any(|i| self.is_secret(i)) {
-                return self.prove(version).await;
+            if let Some(i) = (0..self.key.outputs.len()).find(|&i| self.is_secret(i)) {
+                let origin = crate::binding::origin(self.key, i, generation);
+                return self.prove(version, generation, &origin).await;
             }
             return Ok(version);
         }

@@ -5,6 +5,7 @@
 //! Data flow: [`manifest::load`] -> [`observe`] -> [`plan::plan`] (pure) -> [`execute`].
 
 pub mod aws_sdk;
+pub mod binding;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -20,6 +20,9 @@ pub struct ObservedVersion {
     pub key_pair_spec: String,
     /// ARN of the KMS key that encrypted its private key.
     pub kms_key_arn: String,
+    /// Its encryption context binds it to its key name and generation (false for versions
+    /// written before keyprov did, see [`crate::binding`]).
+    pub bound: bool,
 }
 
 /// The state of one output of a key.

@@ -19,6 +19,12 @@ pub enum Reason {
     RotationDue,
     /// `keyprov rotate`.
     Requested,
+    /// The current generation was written before keyprov bound its pairs to their key and
+    /// generation (see [`crate::binding`]): rotated once.
+    Unbound {
+        /// The unbound current generation.
+        generation: u32,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -28,6 +34,9 @@ impl fmt::Display for Reason {
             Reason::SpecChanged => "keyPairSpec, kmsKeyId or encryptionContext changed",
             Reason::RotationDue => "rotation due",
             Reason::Requested => "rotation requested",
+            Reason::Unbound { generation } => {
+                return write!(f, "generation {generation} predates keyprov's key binding");
+            }
         })
     }
 }
@@ -177,7 +186,7 @@ pub fn next_event(
 ) -> Option<SystemTime> {
     let fingerprint = key.spec_fingerprint();
     let (current, staged) = authoritative(outputs);
-    if let Some(staged) = staged.filter(|s| s.spec_fingerprint == fingerprint) {
+    if let Some(staged) = staged.filter(|s| s.spec_fingerprint == fingerprint && s.bound) {
         return (staged.activates_at > now).then_some(staged.activates_at);
     }
     let current = current?;
@@ -203,7 +212,8 @@ pub fn plan_key(
         .chain(staged.map(|s| s.generation))
         .max()
         .unwrap_or(0);
-    let staged_valid = staged.filter(|s| s.spec_fingerprint == fingerprint);
+    // A staged generation that predates the binding is never activated: a bound one replaces it.
+    let staged_valid = staged.filter(|s| s.spec_fingerprint == fingerprint && s.bound);
     let mut actions = Vec::new();
     // Versions a crash left between being renamed in and being linked go first, before any
     // new generation is linked above them (see [`garbage`]).
@@ -259,6 +269,18 @@ pub fn plan_key(
             };
             if c.spec_fingerprint != fingerprint {
                 generate(Reason::SpecChanged, when(None))
+            } else if !c.bound
+                // Only where every output agrees: an unbound version that only a secret claims
+                // as newer is not keyprov's doing to rotate over, but a copy its proof refuses.
+                && outputs
+                    .iter()
+                    .filter_map(|o| o.current.as_ref())
+                    .all(|o| o.generation == c.generation)
+            {
+                let reason = Reason::Unbound {
+                    generation: c.generation,
+                };
+                generate(reason, when(None))
             } else if request.is_some() {
                 generate(Reason::Requested, when(None))
             } else if let Some(due) = due.filter(|d| now >= d.publish_at) {

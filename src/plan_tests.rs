@@ -60,6 +60,7 @@ fn version(key: &KeyPair, generation: u32, activated_day: u64) -> ObservedVersio
         public_key_sha256: format!("pair {generation}"),
         key_pair_spec: "ECC_NIST_P256".into(),
         kms_key_arn: "arn:test".into(),
+        bound: true,
     }
 }
 
@@ -102,6 +103,12 @@ fn transitions() {
     });
     let mut stale_next = with_next.clone();
     stale_next.next.as_mut().unwrap().spec_fingerprint = "sha256:old".into();
+    let mut unbound = output(&staged_key, &[1], 0);
+    unbound.current.as_mut().unwrap().bound = false;
+    let mut unbound_above = output(&plain, &[1, 2], 0);
+    unbound_above.current.as_mut().unwrap().bound = false;
+    let mut unbound_next = with_next.clone();
+    unbound_next.next.as_mut().unwrap().bound = false;
     let mut drifted = output(&plain, &[1], 0);
     drifted.drift = vec!["public.pem mode 0644, want 0640".into()];
     let mut wrong_previous = output(&plain, &[1, 2], 0);
@@ -222,6 +229,40 @@ fn transitions() {
             t(10),
             Some(&rotate),
             vec![generate(2, t(17), true, Reason::Requested)],
+        ),
+        (
+            "a current generation from before the binding is rotated, staged",
+            staged_key.clone(),
+            vec![unbound],
+            t(10),
+            None,
+            vec![generate(2, t(17), true, Reason::Unbound { generation: 1 })],
+        ),
+        (
+            "an unbound generation only one output claims is copied (and proven), not rotated over",
+            key(None, None, 1, 2),
+            vec![output(&plain, &[1], 0), unbound_above.clone()],
+            t(10),
+            None,
+            vec![Action::Copy {
+                generation: 2,
+                outputs: vec![0],
+                link: Link::Current,
+            }],
+        ),
+        (
+            "a staged generation from before the binding is replaced, never activated",
+            staged_key.clone(),
+            vec![unbound_next],
+            t(85),
+            None,
+            vec![
+                generate(3, t(92), true, Reason::RotationDue),
+                Action::Prune {
+                    output: 0,
+                    generations: vec![2],
+                },
+            ],
         ),
         (
             "rotate --now activates at once",
@@ -419,6 +460,7 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                     public_key_sha256: format!("pair {generation}"),
                     key_pair_spec: "ECC_NIST_P256".into(),
                     kms_key_arn: "arn:test".into(),
+                    bound: true,
                 };
                 for o in outputs.iter_mut() {
                     if *staged {
@@ -496,6 +538,7 @@ fn arb_universe(fingerprint: String) -> impl Strategy<Value = Vec<ObservedVersio
                 public_key_sha256: format!("pair {}", i + 1),
                 key_pair_spec: "ECC_NIST_P256".into(),
                 kms_key_arn: "arn:test".into(),
+                bound: true,
             })
             .collect()
     })

@@ -153,20 +153,64 @@ async fn encryption_context_is_enforced_on_decrypt() {
         ),
     );
     install.run_once(0);
-    decrypt(&install, "ctx");
-    let meta_path = install.key_dir("ctx").join("current/meta.json");
+    let key = decrypt(&install, "ctx");
+    let dir = install.key_dir("ctx");
+    let ciphertext = std::fs::read(dir.join("current/private.enc")).unwrap();
+    // KMS enforces the context keyprov binds: the manifest's entries plus the key's name and
+    // generation. Without the reserved entries, or as another generation, Decrypt fails.
+    let with = |generation: Option<&str>| {
+        let mut context =
+            std::collections::HashMap::from([("service".to_string(), "payments".to_string())]);
+        if let Some(generation) = generation {
+            context.insert("keyprov:name".into(), "ctx".into());
+            context.insert("keyprov:generation".into(), generation.into());
+        }
+        kms.decrypt()
+            .key_id(&arn)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(ciphertext.clone()))
+            .set_encryption_context(Some(context))
+            .send()
+    };
+    let plain = with(Some("1"))
+        .await
+        .unwrap()
+        .plaintext
+        .unwrap()
+        .into_inner();
+    assert_eq!(plain, key);
+    for wrong in [None, Some("2")] {
+        let err = with(wrong).await.unwrap_err();
+        assert_eq!(
+            aws_sdk_kms::error::ProvideErrorMetadata::code(&err),
+            Some("InvalidCiphertextException"),
+            "{wrong:?}"
+        );
+    }
+    // What meta.json says about the context is not believed: keyprov decrypts with the
+    // manifest's, so a tampered meta.json changes nothing.
+    let meta_path = dir.join("current/meta.json");
     let meta = std::fs::read_to_string(&meta_path)
         .unwrap()
         .replace("\"payments\"", "\"attacker\"");
     std::fs::set_permissions(&meta_path, std::fs::Permissions::from_mode(0o640)).unwrap();
     std::fs::write(&meta_path, meta).unwrap();
+    assert_eq!(decrypt(&install, "ctx"), key);
+    // A manifest whose context changed is not the one the pair was made for.
+    install.manifest(
+        "c.yaml",
+        &aws_manifest(
+            "ctx",
+            "ECC_NIST_P256",
+            &arn,
+            "  encryptionContext: {service: attacker}\n",
+        ),
+    );
     let run = install.keyprov(&["decrypt", "ctx"]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(run.stdout.is_empty(), "nothing printed on failure");
     assert!(
-        run.stderr.contains(&format!(
-            "decryption of \"ctx\" failed: the encryption context {{\"service\":\"attacker\"}} or the KMS key {arn} does not match what the pair was made with"
-        )),
+        run.stderr
+            .contains("it was made for another keyPairSpec, kmsKeyId or encryptionContext"),
         "{}",
         run.stderr
     );

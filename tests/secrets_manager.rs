@@ -710,7 +710,7 @@ async fn a_forged_secret_version_is_never_copied_into_the_files() {
     let before = std::fs::read(install.key_dir("victim").join("current/public.pem")).unwrap();
     let run = install.run_once(1);
     assert!(
-        run.stderr.contains("not the one of its private key"),
+        run.stderr.contains("(generation 2) is not believed"),
         "{}",
         run.all()
     );

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use zeroize::Zeroizing;
 
+use crate::binding;
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::manifest::{FileOutput, Format, KeyPair, Output};
 use crate::plan::Link;
-use crate::provider::{AnyProvider, DecryptRequest, PrivateKey, Provider, local};
+use crate::provider::{AnyProvider, PrivateKey, local};
 use crate::store::{StoredVersion, Stores, VersionMeta, file};
 
 /// Reads `generation` (default: current) of `key` from the first output holding it intact,
@@ -81,21 +82,17 @@ async fn read_stored(
     Err(last_error)
 }
 
+/// Decrypts a stored version with the manifest's KMS key and bound context (never what the
+/// version records about them), and checks it is the private key of its public key.
 async fn decrypt_stored(
     provider: &AnyProvider,
     key: &KeyPair,
     stored: &StoredVersion,
 ) -> Result<PrivateKey, String> {
-    provider
-        .decrypt(&DecryptRequest {
-            name: &key.name,
-            ciphertext: &stored.private_key_ciphertext,
-            kms_key_arn: &stored.meta.kms_key_arn,
-            encryption_context: &stored.meta.encryption_context,
-            grant_tokens: &key.grant_tokens,
-        })
+    let generation = stored.meta.generation;
+    binding::prove(provider, key, stored, generation, binding::Unbound::Accept)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("key {:?} generation {generation}: {e}", key.name))
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically (temporary file, fsync, rename).
@@ -289,7 +286,8 @@ async fn check_version(
         (Ok(ciphertext), Some(meta)) => {
             let cache_key = [ciphertext.as_slice(), meta.kms_key_arn.as_bytes()].concat();
             if !findings.derived.contains_key(&cache_key) {
-                let derived = derive_public(provider, key, meta, &ciphertext, spec).await;
+                let opened = (meta, &ciphertext[..], generation, binding::Unbound::Accept);
+                let derived = derive_public(provider, key, opened, spec).await;
                 if let Err(e) = &derived {
                     findings.add(&enc_path, e.clone());
                 }
@@ -346,22 +344,19 @@ async fn check_version(
         .flatten()
 }
 
-/// Decrypts a version's private key through the provider and derives its public key.
+/// A version to open: its meta, its ciphertext, the generation it must be, and whether one
+/// written before the binding is accepted.
+type Opened<'a> = (&'a VersionMeta, &'a [u8], u32, binding::Unbound);
+
+/// Decrypts a version's private key through the provider, with the manifest's KMS key and
+/// bound context ([`binding::open`]), and derives its public key.
 async fn derive_public(
     provider: &AnyProvider,
     key: &KeyPair,
-    meta: &VersionMeta,
-    ciphertext: &[u8],
+    (meta, ciphertext, generation, unbound): Opened<'_>,
     spec: crate::spec::KeyPairSpec,
 ) -> Result<Vec<u8>, String> {
-    let private = provider
-        .decrypt(&DecryptRequest {
-            name: &key.name,
-            ciphertext,
-            kms_key_arn: &meta.kms_key_arn,
-            encryption_context: &meta.encryption_context,
-            grant_tokens: &key.grant_tokens,
-        })
+    let private = binding::open(provider, key, meta, ciphertext, generation, unbound)
         .await
         .map_err(|e| format!("cannot decrypt through the provider: {e}"))?;
     local::public_key_of(spec, private.der())
@@ -560,23 +555,20 @@ async fn verify_secrets(
         for generation in std::iter::once(current).chain(next) {
             match stores.read_version(key, index, generation).await {
                 Ok(version) => {
-                    match derive_public(
-                        provider,
-                        key,
+                    let opened = (
                         &version.meta,
-                        &version.private_key_ciphertext,
-                        version.meta.key_pair_spec.parse().unwrap_or(key.spec),
-                    )
-                    .await
-                    {
+                        &version.private_key_ciphertext[..],
+                        generation,
+                        binding::Unbound::Refuse,
+                    );
+                    let origin = binding::origin(key, index, generation);
+                    match derive_public(provider, key, opened, key.spec).await {
                         Ok(public) if public == version.public_key_der => {}
                         Ok(_) => findings.add(
                             &place,
-                            format!(
-                                "generation {generation}: the private key does not match the public key"
-                            ),
+                            format!("{origin}: the private key does not match the public key"),
                         ),
-                        Err(err) => findings.add(&place, format!("generation {generation}: {err}")),
+                        Err(err) => findings.add(&place, format!("{origin}: {err}")),
                     }
                 }
                 Err(err) => findings.add(&place, err.to_string()),

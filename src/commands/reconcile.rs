@@ -985,10 +985,11 @@ async fn spec_changes(pending: &Pending, stores: &Stores) -> HashMap<String, Str
                 key.spec.as_str()
             ));
         }
-        if meta.encryption_context != key.encryption_context {
+        let recorded = crate::binding::manifest_part(&meta.encryption_context);
+        if recorded != key.encryption_context {
             parts.push(format!(
                 "encryptionContext {:?} -> {:?}",
-                meta.encryption_context, key.encryption_context
+                recorded, key.encryption_context
             ));
         }
         if parts.is_empty() {

@@ -93,6 +93,18 @@ pub fn validate(doc: Document, source: &Path, ctx: &Context) -> Result<KeyPair, 
                 "encryption context keys and values must not be empty",
             );
         }
+        if key.starts_with(crate::binding::RESERVED_PREFIX) {
+            problems.add(
+                format!("spec.encryptionContext.{key}"),
+                format!(
+                    "keys starting with {:?} are reserved: keyprov adds {} and {} itself to \
+                     bind every pair to its key and generation",
+                    crate::binding::RESERVED_PREFIX,
+                    crate::binding::NAME_KEY,
+                    crate::binding::GENERATION_KEY
+                ),
+            );
+        }
     }
     let rotation = spec
         .rotation

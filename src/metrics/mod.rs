@@ -273,7 +273,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "generations",
-            "New generations made, by reason (new_key, spec_change, rotation, requested)",
+            "New generations made, by reason (new_key, spec_change, rotation, requested, unbound)",
             metrics.generations.clone(),
         );
         metrics.registry.register(
@@ -359,6 +359,7 @@ impl Metrics {
             plan::Reason::SpecChanged => "spec_change",
             plan::Reason::RotationDue => "rotation",
             plan::Reason::Requested => "requested",
+            plan::Reason::Unbound { .. } => "unbound",
         };
         self.remember(key, CountedSeries::Generation(reason));
         self.generations

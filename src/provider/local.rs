@@ -143,15 +143,7 @@ impl LocalProvider {
     /// Finds the master key named by `reference` (key id, alias or either's ARN), creating it
     /// on first use. Returns (ARN, key material).
     fn master_key(&self, reference: &str) -> Result<(String, Zeroizing<Vec<u8>>), ProviderError> {
-        let wanted = reference
-            .rsplit_once(":key/")
-            .map(|(_, id)| id.to_string())
-            .or_else(|| {
-                reference
-                    .rsplit_once(":alias/")
-                    .map(|(_, a)| format!("alias/{a}"))
-            })
-            .unwrap_or_else(|| reference.to_string());
+        let wanted = wanted(reference);
         let mut guard = self
             .keyring
             .lock()
@@ -212,6 +204,24 @@ impl LocalProvider {
         Ok((format!("{ARN_PREFIX}{}", key.key_id), material))
     }
 
+    /// The key id of the existing master key `reference` names (key id, alias or either's
+    /// ARN), as Decrypt's `KeyId` is resolved.
+    fn key_id_of(&self, reference: &str) -> Result<String, ProviderError> {
+        let wanted = wanted(reference);
+        let mut guard = self
+            .keyring
+            .lock()
+            .map_err(|_| self.error("keyring lock poisoned"))?;
+        if guard.as_ref().and_then(|k| find(k, &wanted)).is_none() {
+            *guard = Some(self.read_file()?);
+        }
+        guard
+            .as_ref()
+            .and_then(|k| find(k, &wanted))
+            .map(|k| k.key_id.clone())
+            .ok_or_else(|| self.error(format!("has no master key {wanted}")))
+    }
+
     /// The material of an existing master key (decrypt never creates one).
     fn key_by_id(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         let mut guard = self
@@ -231,6 +241,19 @@ impl LocalProvider {
             })?;
         Ok(self.decode(key)?.1)
     }
+}
+
+/// What a key reference (key id, alias, or either's ARN) looks up in the keyring.
+fn wanted(reference: &str) -> String {
+    reference
+        .rsplit_once(":key/")
+        .map(|(_, id)| id.to_string())
+        .or_else(|| {
+            reference
+                .rsplit_once(":alias/")
+                .map(|(_, a)| format!("alias/{a}"))
+        })
+        .unwrap_or_else(|| reference.to_string())
 }
 
 fn find<'k>(keyring: &'k KeyringFile, wanted: &str) -> Option<&'k MasterKey> {
@@ -351,6 +374,10 @@ impl LocalProvider {
         let (key_id, rest) = rest.split_at(id_len);
         let key_id = std::str::from_utf8(key_id).map_err(|_| mismatch())?;
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        // Pinned as KMS pins Decrypt's KeyId: a ciphertext of another master key fails.
+        if self.key_id_of(request.kms_key_arn)? != key_id {
+            return Err(mismatch());
+        }
         let material = self.key_by_id(key_id)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| mismatch())?;
         let mut buffer = Zeroizing::new(sealed.to_vec());
@@ -463,6 +490,42 @@ mod tests {
             err.contains("encryption context {\"service\":\"evil\"}"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_ciphertext_opens_only_as_its_own_generation_and_under_the_pinned_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let provider = LocalProvider::new(tmp.path().join("kr"));
+        let manifest = BTreeMap::from([("service".to_string(), "pay".to_string())]);
+        let first = crate::binding::context(&manifest, "k", 1);
+        let pair = provider
+            .generate_blocking(&request(KeyPairSpec::EccNistP256, &first))
+            .unwrap();
+        // Another master key in the same keyring, as another KMS key in the same account.
+        let mut other = request(KeyPairSpec::EccNistP256, &first);
+        other.kms_key_id = "alias/other";
+        provider.generate_blocking(&other).unwrap();
+        let decrypt = |kms_key: &str, context: &BTreeMap<String, String>| {
+            provider.decrypt_blocking(&DecryptRequest {
+                name: "k",
+                ciphertext: &pair.private_key_ciphertext,
+                kms_key_arn: kms_key,
+                encryption_context: context,
+                grant_tokens: &[],
+            })
+        };
+        assert!(decrypt("alias/test", &first).is_ok(), "by alias");
+        assert!(decrypt(&pair.kms_key_arn, &first).is_ok(), "by ARN");
+        let second = crate::binding::context(&manifest, "k", 2);
+        let err = decrypt("alias/test", &second).unwrap_err().to_string();
+        assert!(
+            err.contains("\"keyprov:generation\":\"2\""),
+            "generation 1 presented as generation 2: {err}"
+        );
+        let renamed = crate::binding::context(&manifest, "other-key", 1);
+        assert!(decrypt("alias/test", &renamed).is_err(), "another key name");
+        let err = decrypt("alias/other", &first).unwrap_err().to_string();
+        assert!(err.contains("alias/other"), "another KMS key: {err}");
     }
 
     #[test]

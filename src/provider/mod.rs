@@ -39,9 +39,10 @@ pub struct DecryptRequest<'a> {
     pub name: &'a str,
     /// The private key ciphertext.
     pub ciphertext: &'a [u8],
-    /// ARN of the KMS key recorded when the pair was generated.
+    /// The KMS key the ciphertext must be under (`KeyId` on Decrypt; a ciphertext of another
+    /// key fails): the manifest's kmsKeyId when proving a version (see [`crate::binding`]).
     pub kms_key_arn: &'a str,
-    /// Encryption context recorded when the pair was generated.
+    /// Encryption context to decrypt with (the manifest's plus the reserved entries).
     pub encryption_context: &'a BTreeMap<String, String>,
     /// Grant tokens of the manifest.
     pub grant_tokens: &'a [String],

@@ -71,7 +71,11 @@ impl VersionMeta {
             generation,
             key_pair_spec: key.spec.as_str().into(),
             kms_key_arn: pair.kms_key_arn.clone(),
-            encryption_context: key.encryption_context.clone(),
+            encryption_context: crate::binding::context(
+                &key.encryption_context,
+                &key.name,
+                generation,
+            ),
             grant_tokens: key.grant_tokens.clone(),
             spec_fingerprint: key.spec_fingerprint(),
             created_at: format_time(created_at),
@@ -101,6 +105,7 @@ impl VersionMeta {
             public_key_sha256: self.public_key_sha256.clone(),
             key_pair_spec: self.key_pair_spec.clone(),
             kms_key_arn: self.kms_key_arn.clone(),
+            bound: crate::binding::is_bound(self),
         })
     }
 }

@@ -1,0 +1,227 @@
+//! Binds every pair to its key and generation: keyprov's reserved encryption context entries,
+//! and the proof a stored version must pass before it is believed.
+//!
+//! A secret is shared state that anyone with `secretsmanager:PutSecretValue` can write, so
+//! nothing it says about itself (KMS key, encryption context) is used to check it: the
+//! ciphertext is decrypted with the manifest's KMS key and the manifest's context plus the
+//! reserved entries for the name and generation being adopted. A pair made under another key,
+//! another context, for another key name, or for another generation (a replayed retired pair)
+//! fails to decrypt; a valid ciphertext beside another public key fails the pair check.
+
+use std::collections::BTreeMap;
+
+use crate::manifest::KeyPair;
+use crate::provider::{DecryptRequest, PrivateKey, Provider, ProviderError};
+use crate::store::{StoredVersion, VersionMeta};
+
+/// Prefix of the encryption context keys keyprov reserves (a manifest may not set them).
+pub const RESERVED_PREFIX: &str = "keyprov:";
+/// Reserved context key holding the key pair's `metadata.name`.
+pub const NAME_KEY: &str = "keyprov:name";
+/// Reserved context key holding the generation number, in decimal without leading zeros.
+pub const GENERATION_KEY: &str = "keyprov:generation";
+
+/// The encryption context of generation `generation` of key `name`: the manifest's entries plus
+/// the reserved ones. Sent on every GenerateDataKeyPair and Decrypt, and recorded in meta.json.
+pub fn context(
+    manifest: &BTreeMap<String, String>,
+    name: &str,
+    generation: u32,
+) -> BTreeMap<String, String> {
+    let mut context = manifest.clone();
+    context.insert(NAME_KEY.into(), name.into());
+    context.insert(GENERATION_KEY.into(), generation.to_string());
+    context
+}
+
+/// The manifest's part of a recorded encryption context (the reserved entries left out).
+pub fn manifest_part(recorded: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    recorded
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether a version records the reserved entries of its own name and generation (versions
+/// written before keyprov bound its pairs do not).
+pub fn is_bound(meta: &VersionMeta) -> bool {
+    meta.encryption_context.get(NAME_KEY) == Some(&meta.name)
+        && meta.encryption_context.get(GENERATION_KEY) == Some(&meta.generation.to_string())
+}
+
+/// What a version written before the binding gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unbound {
+    /// Refused: a version read from a secret (shared, writable by others) must be bound.
+    Refuse,
+    /// Decrypted with the manifest's key and context alone: local files written by this
+    /// keyprov before the upgrade, which stay where they are until the key rotates.
+    Accept,
+}
+
+/// Why a version is not believed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    /// The version records another key name or generation than the one asked for.
+    #[error("it records key {name:?} generation {recorded}, not generation {wanted}")]
+    Mislabelled {
+        /// Recorded name.
+        name: String,
+        /// Recorded generation.
+        recorded: u32,
+        /// Generation asked for.
+        wanted: u32,
+    },
+    /// Made for another keyPairSpec, kmsKeyId or encryptionContext than the manifest's.
+    #[error(
+        "it was made for another keyPairSpec, kmsKeyId or encryptionContext (spec fingerprint \
+         {recorded}, the manifest's is {wanted})"
+    )]
+    OtherSpec {
+        /// Recorded fingerprint.
+        recorded: String,
+        /// The manifest's.
+        wanted: String,
+    },
+    /// Written before keyprov bound its pairs, where that is not accepted.
+    #[error(
+        "it predates keyprov's key binding (its encryption context has no {NAME_KEY} and \
+         {GENERATION_KEY}), so it cannot be proven to be this key's generation"
+    )]
+    Unbound,
+    /// The ciphertext does not decrypt with the manifest's key and bound context.
+    #[error(
+        "its private key does not decrypt with the manifest's KMS key {kms_key} and encryption \
+         context for this name and generation ({source})"
+    )]
+    Decrypt {
+        /// The manifest's kmsKeyId.
+        kms_key: String,
+        /// The provider's failure.
+        source: ProviderError,
+    },
+    /// The private key is not the one of the version's public key.
+    #[error("its public key is not the one of its private key")]
+    OtherPair,
+}
+
+impl ProofError {
+    /// The provider failure behind it, if any (for the failure reason of metrics).
+    pub fn provider_error(&self) -> Option<&ProviderError> {
+        match self {
+            ProofError::Decrypt { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The Decrypt request of a ciphertext of `key` under `context`, pinned to the manifest's KMS
+/// key (`KeyId` on Decrypt): a ciphertext of another KMS key fails, whatever it records.
+pub fn decrypt_request<'a>(
+    key: &'a KeyPair,
+    ciphertext: &'a [u8],
+    context: &'a BTreeMap<String, String>,
+) -> DecryptRequest<'a> {
+    DecryptRequest {
+        name: &key.name,
+        ciphertext,
+        kms_key_arn: &key.kms_key_id,
+        encryption_context: context,
+        grant_tokens: &key.grant_tokens,
+    }
+}
+
+/// Where version `generation` of output `index` of `key` is, for messages: a secret's id and
+/// the version id keyprov writes that generation under, or a version directory.
+pub fn origin(key: &KeyPair, index: usize, generation: u32) -> String {
+    match &key.outputs[index] {
+        crate::manifest::Output::SecretsManager(secret) => format!(
+            "secret {} version {} (generation {generation})",
+            secret.secret_id,
+            crate::store::secrets_manager::layout::version_id(&key.name, generation)
+        ),
+        output => format!("{output} generation {generation}"),
+    }
+}
+
+/// Opens the private key of a version recorded as `meta`, claimed to be generation
+/// `generation` of `key`: it must record that name and generation and the manifest's spec
+/// fingerprint, and its ciphertext must decrypt with the manifest's KMS key and the manifest's
+/// context bound to that name and generation. Nothing `meta` says about KMS keys or contexts
+/// is used.
+pub async fn open<P: Provider>(
+    provider: &P,
+    key: &KeyPair,
+    meta: &VersionMeta,
+    ciphertext: &[u8],
+    generation: u32,
+    unbound: Unbound,
+) -> Result<PrivateKey, ProofError> {
+    if meta.name != key.name || meta.generation != generation {
+        return Err(ProofError::Mislabelled {
+            name: meta.name.clone(),
+            recorded: meta.generation,
+            wanted: generation,
+        });
+    }
+    let fingerprint = key.spec_fingerprint();
+    if meta.spec_fingerprint != fingerprint {
+        return Err(ProofError::OtherSpec {
+            recorded: meta.spec_fingerprint.clone(),
+            wanted: fingerprint,
+        });
+    }
+    let context = match (is_bound(meta), unbound) {
+        (true, _) => context(&key.encryption_context, &key.name, generation),
+        (false, Unbound::Accept) => key.encryption_context.clone(),
+        (false, Unbound::Refuse) => return Err(ProofError::Unbound),
+    };
+    provider
+        .decrypt(&decrypt_request(key, ciphertext, &context))
+        .await
+        .map_err(|source| ProofError::Decrypt {
+            kms_key: key.kms_key_id.clone(),
+            source,
+        })
+}
+
+/// Proves that `version` is generation `generation` of `key` ([`open`]) and that its private
+/// key is the one of its public key. Returns the private key.
+pub async fn prove<P: Provider>(
+    provider: &P,
+    key: &KeyPair,
+    version: &StoredVersion,
+    generation: u32,
+    unbound: Unbound,
+) -> Result<PrivateKey, ProofError> {
+    let private = open(
+        provider,
+        key,
+        &version.meta,
+        &version.private_key_ciphertext,
+        generation,
+        unbound,
+    )
+    .await?;
+    let derived = crate::provider::local::public_key_of(key.spec, private.der());
+    if derived.as_deref().ok() != Some(version.public_key_der.as_slice()) {
+        return Err(ProofError::OtherPair);
+    }
+    Ok(private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserved_entries_join_the_manifests_context() {
+        let manifest = BTreeMap::from([("service".to_string(), "pay".to_string())]);
+        let bound = context(&manifest, "pay-signing", 12);
+        assert_eq!(
+            crate::provider::canonical_context(&bound),
+            r#"{"keyprov:generation":"12","keyprov:name":"pay-signing","service":"pay"}"#
+        );
+    }
+}

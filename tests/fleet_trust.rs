@@ -1,0 +1,569 @@
+//! Fleet trust against LocalStack (KMS and Secrets Manager), through the real binary: what a
+//! secret holds is proven with the manifest's KMS key and the encryption context bound to the
+//! key's name and generation, never believed. Forged versions (another KMS key, another
+//! context, another public key) and a retired pair replayed as a new generation are adopted
+//! nowhere (files, jwks.json, `verify`); versions written before the binding are rotated once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeyPairSpec;
+use aws_sdk_secretsmanager::Client as Secrets;
+use base64::Engine as _;
+use common::*;
+
+/// The manifest's own encryption context in every test here.
+const CONTEXT: &str = "  encryptionContext: {service: trust}\n";
+
+struct Aws {
+    kms: aws_sdk_kms::Client,
+    sm: Secrets,
+    /// ARN of keyprov's KMS key (the manifests').
+    ours: String,
+    /// ARN of a KMS key of someone else in the same account.
+    theirs: String,
+}
+
+async fn aws(endpoint: &str) -> Aws {
+    let kms = kms_client(endpoint).await;
+    let sm = Secrets::new(&localstack_sdk_config(endpoint).await);
+    let mut arns = Vec::new();
+    for _ in 0..2 {
+        let meta = kms.create_key().send().await.unwrap().key_metadata.unwrap();
+        arns.push(meta.arn.unwrap());
+    }
+    let theirs = arns.pop().unwrap();
+    let ours = arns.pop().unwrap();
+    Aws {
+        kms,
+        sm,
+        ours,
+        theirs,
+    }
+}
+
+fn aws_install(endpoint: &str) -> Install {
+    let mut install = Install::new(&format!(
+        "provider: aws\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 2, operationTimeout: 30s}}"
+    ));
+    install.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ];
+    install
+}
+
+fn unique(prefix: &str) -> String {
+    format!("keyprov-test/trust-{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+/// A key with a file output (public.jwk and jwks.json beside the PEM) and a secret output.
+fn key(name: &str, kms_key: &str, secret: &str, extra: &str) -> String {
+    manifest(name, "ECC_NIST_P256", &format!("{CONTEXT}{extra}"))
+        .replace("alias/test", kms_key)
+        .replace(
+            "    - file: {}\n",
+            &format!(
+                "    - file: {{publicFormats: [jwk]}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"
+            ),
+        )
+}
+
+/// The encryption context keyprov binds generation `generation` of `name` to.
+fn bound(name: &str, generation: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("service".to_string(), "trust".to_string()),
+        ("keyprov:name".to_string(), name.to_string()),
+        ("keyprov:generation".to_string(), generation.to_string()),
+    ])
+}
+
+/// A P-256 pair from KMS `GenerateDataKeyPairWithoutPlaintext`: (DER public key, ciphertext).
+async fn kms_pair(
+    aws: &Aws,
+    kms_key: &str,
+    context: &BTreeMap<String, String>,
+) -> (Vec<u8>, Vec<u8>) {
+    let out = aws
+        .kms
+        .generate_data_key_pair_without_plaintext()
+        .key_id(kms_key)
+        .key_pair_spec(DataKeyPairSpec::EccNistP256)
+        .set_encryption_context(Some(context.clone().into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+    (
+        out.public_key.map(Blob::into_inner).unwrap(),
+        out.private_key_ciphertext_blob
+            .map(Blob::into_inner)
+            .unwrap(),
+    )
+}
+
+/// `json` (a version's SecretString) made to hold this pair, recorded as this generation
+/// under this KMS key and context: every field consistent, as a careful forger writes it.
+fn holding(
+    mut json: serde_json::Value,
+    generation: u32,
+    (public, ciphertext): &(Vec<u8>, Vec<u8>),
+    kms_key: &str,
+    context: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    json["generation"] = generation.into();
+    json["publicKeyPem"] = pem::encode(&pem::Pem::new("PUBLIC KEY", public.clone())).into();
+    json["publicKeySha256"] = sha256_hex(public).into();
+    json["privateKeyCiphertext"] = base64::engine::general_purpose::STANDARD
+        .encode(ciphertext)
+        .into();
+    json["privateKeyCiphertextSha256"] = sha256_hex(ciphertext).into();
+    json["kmsKeyArn"] = kms_key.into();
+    json["encryptionContext"] = serde_json::to_value(context).unwrap();
+    json
+}
+
+async fn secret_json(sm: &Secrets, secret: &str, version_id: Option<String>) -> serde_json::Value {
+    let value = sm
+        .get_secret_value()
+        .secret_id(secret)
+        .set_version_id(version_id)
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_str(value.secret_string().unwrap()).unwrap()
+}
+
+/// Puts `json` into the secret as generation `generation` of `name` the way keyprov would:
+/// keyprov's request token, AWSCURRENT and the generation label (PutSecretValue only).
+async fn put_as(sm: &Secrets, secret: &str, name: &str, generation: u32, json: &serde_json::Value) {
+    sm.put_secret_value()
+        .secret_id(secret)
+        .client_request_token(keyprov::store::secrets_manager::layout::version_id(
+            name, generation,
+        ))
+        .secret_string(json.to_string())
+        .version_stages("AWSCURRENT")
+        .version_stages(format!("keyprov-v{generation:04}"))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// What a verifier of key `name` on this host can see: the target of `current`, the current
+/// public key, jwks.json, and the version directories.
+fn visible(install: &Install, name: &str) -> (Option<String>, Vec<u8>, Vec<u8>, Vec<String>) {
+    let dir = install.key_dir(name);
+    (
+        link(&dir, "current"),
+        std::fs::read(dir.join("current/public.pem")).unwrap_or_default(),
+        std::fs::read(dir.join("jwks.json")).unwrap_or_default(),
+        versions(&dir),
+    )
+}
+
+/// Whether the public key `der` appears in what a verifier of `name` can see, as PEM or as a
+/// JWK coordinate.
+fn exposed(install: &Install, name: &str, der: &[u8]) -> bool {
+    let dir = install.key_dir(name);
+    let pem = pem::encode(&pem::Pem::new("PUBLIC KEY", der.to_vec()));
+    // The uncompressed point's x coordinate, as in a JWK.
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 64..][..32]);
+    let mut files = vec![dir.join("jwks.json")];
+    for version in versions(&dir) {
+        files.push(dir.join(&version).join("public.pem"));
+        files.push(dir.join(&version).join("public.jwk"));
+    }
+    files.iter().any(|f| {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).into_owned();
+        text.contains(pem.trim()) || text.contains(&x)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_versions_are_adopted_nowhere_and_named_in_their_keys_error() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    let variants = ["other-kms-key", "other-context", "other-public-key"];
+    let secrets: Vec<String> = variants.iter().map(|v| unique(v)).collect();
+    for (variant, secret) in variants.iter().zip(&secrets) {
+        install.manifest(
+            &format!("{variant}.yaml"),
+            &key(variant, &aws.ours, secret, ""),
+        );
+    }
+    install.run_once(0);
+    let before: Vec<_> = variants.iter().map(|v| visible(&install, v)).collect();
+
+    // Someone who can write the secrets puts generation 2 into each, under keyprov's token,
+    // every field consistent with the pair it holds.
+    let attackers = kms_pair(&aws, &aws.theirs, &bound("other-kms-key", 2)).await;
+    let mut other_context = bound("other-context", 2);
+    other_context.insert("service".into(), "attacker".into());
+    let forged_context = kms_pair(&aws, &aws.ours, &other_context).await;
+    // A ciphertext that does decrypt as generation 2 of this key (e.g. from another
+    // installation sharing the KMS key), beside the attacker's public key.
+    let (_, valid_ciphertext) = kms_pair(&aws, &aws.ours, &bound("other-public-key", 2)).await;
+    let mismatched = (attackers.0.clone(), valid_ciphertext);
+    let forged = [
+        (&attackers, &aws.theirs, bound("other-kms-key", 2)),
+        (&forged_context, &aws.ours, bound("other-context", 2)),
+        (&mismatched, &aws.ours, bound("other-public-key", 2)),
+    ];
+    let mut forged_publics = Vec::new();
+    for ((variant, secret), (pair, kms_key, claimed)) in variants.iter().zip(&secrets).zip(&forged)
+    {
+        let json = holding(
+            secret_json(&aws.sm, secret, None).await,
+            2,
+            pair,
+            kms_key,
+            claimed,
+        );
+        put_as(&aws.sm, secret, variant, 2, &json).await;
+        forged_publics.push(pair.0.clone());
+    }
+    // A healthy key created in the same run still converges.
+    let healthy = unique("healthy");
+    install.manifest("healthy.yaml", &key("healthy", &aws.ours, &healthy, ""));
+
+    let run = install.run_once(1);
+    let mut named = 0;
+    for (variant, secret) in variants.iter().zip(&secrets) {
+        let version = keyprov::store::secrets_manager::layout::version_id(variant, 2);
+        let origin = format!("secret {secret} version {version} (generation 2)");
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("key \"{variant}\"")) && l.contains(&origin));
+        assert!(line.is_some(), "{variant}: {origin} named: {}", run.all());
+        named += 1;
+    }
+    assert!(run.stdout.contains("3 failed"), "{}", run.stdout);
+    assert_eq!(
+        link(&install.key_dir("healthy"), "current").as_deref(),
+        Some("v0001"),
+        "{}",
+        run.all()
+    );
+
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(
+        verify.stdout.contains("ok      healthy generation 1"),
+        "{}",
+        verify.stdout
+    );
+    let mut adopted = 0;
+    for (i, (variant, secret)) in variants.iter().zip(&secrets).enumerate() {
+        let version = keyprov::store::secrets_manager::layout::version_id(variant, 2);
+        assert!(
+            verify.stdout.lines().any(|l| l
+                .starts_with(&format!("FAILED  {variant}: secretsManager:{secret}: secret {secret} version {version} (generation 2)"))),
+            "{variant}: {}",
+            verify.stdout
+        );
+        assert!(
+            !verify.stdout.contains(&format!("ok      {variant}")),
+            "{}",
+            verify.stdout
+        );
+        if visible(&install, variant) != before[i] || exposed(&install, variant, &forged_publics[i])
+        {
+            adopted += 1;
+        }
+    }
+    eprintln!(
+        "forged variants: {}, named in their key's error: {named}, adopted in files/jwks.json: {adopted}",
+        variants.len()
+    );
+    assert_eq!(adopted, 0);
+    // The same in a second run: still refused, still nothing copied.
+    install.run_once(1);
+    for (i, variant) in variants.iter().enumerate() {
+        assert_eq!(visible(&install, variant), before[i], "{variant}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retired_pair_replayed_as_a_new_generation_is_not_adopted() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    // Replayed verbatim (its JSON still says generation 1), and edited to claim generation 3.
+    let variants = ["replay-verbatim", "replay-edited"];
+    let secrets: Vec<String> = variants.iter().map(|v| unique(v)).collect();
+    for (variant, secret) in variants.iter().zip(&secrets) {
+        install.manifest(
+            &format!("{variant}.yaml"),
+            &key(variant, &aws.ours, secret, ""),
+        );
+    }
+    install.run_once(0);
+    let mut retired = Vec::new();
+    for (variant, secret) in variants.iter().zip(&secrets) {
+        retired.push(secret_json(&aws.sm, secret, None).await);
+        let run = install.keyprov(&["rotate", variant, "--now"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+    }
+    let before: Vec<_> = variants.iter().map(|v| visible(&install, v)).collect();
+    for (variant, _) in variants.iter().zip(&before) {
+        assert_eq!(
+            link(&install.key_dir(variant), "current").as_deref(),
+            Some("v0002")
+        );
+    }
+    for ((variant, secret), json) in variants.iter().zip(&secrets).zip(&retired) {
+        let mut json = json.clone();
+        if *variant == "replay-edited" {
+            json["generation"] = 3.into();
+            json["encryptionContext"] = serde_json::to_value(bound(variant, 3)).unwrap();
+        }
+        put_as(&aws.sm, secret, variant, 3, &json).await;
+    }
+    let run = install.keyprov(&["run", "--once"]);
+    let edited_origin = format!(
+        "secret {} version {} (generation 3)",
+        secrets[1],
+        keyprov::store::secrets_manager::layout::version_id("replay-edited", 3)
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("key \"replay-edited\"")
+                && l.contains(&edited_origin)
+                && l.contains("does not decrypt")),
+        "{}",
+        run.all()
+    );
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(verify.stdout.contains(&edited_origin), "{}", verify.stdout);
+    let mut adopted = 0;
+    for (i, variant) in variants.iter().enumerate() {
+        let retired_public = pem::parse(retired[i]["publicKeyPem"].as_str().unwrap())
+            .unwrap()
+            .into_contents();
+        let now = visible(&install, variant);
+        // Generation 1 stays as `previous` (keep: 1); it must not come back as current.
+        if now.0 != before[i].0
+            || now.1 != before[i].1
+            || now.3.contains(&"v0003".to_string())
+            || std::fs::read(install.key_dir(variant).join("current/public.pem")).unwrap()
+                == pem::encode(&pem::Pem::new("PUBLIC KEY", retired_public)).into_bytes()
+            || verify
+                .stdout
+                .contains(&format!("ok      {variant} generation 3"))
+        {
+            adopted += 1;
+        }
+    }
+    eprintln!(
+        "replayed variants: {}, named: 1 (the verbatim one is observed as damaged and re-labelled), adopted: {adopted}",
+        variants.len()
+    );
+    assert_eq!(adopted, 0);
+}
+
+/// Rewrites generation `generation` of the file output of `name` as keyprov wrote it before
+/// the binding: a pair whose ciphertext is bound to the manifest's context alone, and a
+/// meta.json recording that context.
+async fn unbind(aws: &Aws, dir: &Path, generation: u32) {
+    let version = dir.join(format!("v{generation:04}"));
+    let context = BTreeMap::from([("service".to_string(), "trust".to_string())]);
+    let (public, ciphertext) = kms_pair(aws, &aws.ours, &context).await;
+    let meta_path = version.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["encryptionContext"] = serde_json::to_value(&context).unwrap();
+    meta["publicKeySha256"] = sha256_hex(&public).into();
+    meta["privateKeyCiphertextSha256"] = sha256_hex(&ciphertext).into();
+    for (file, bytes) in [
+        ("meta.json", serde_json::to_vec_pretty(&meta).unwrap()),
+        (
+            "public.pem",
+            pem::encode(&pem::Pem::new("PUBLIC KEY", public)).into_bytes(),
+        ),
+        ("private.enc", ciphertext),
+    ] {
+        let path = version.join(file);
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, mode).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_written_before_the_binding_stay_in_files_are_rotated_once_and_never_adopted_from_a_secret()
+ {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    // A file-only key from before the upgrade, staged rotation.
+    install.manifest(
+        "legacy.yaml",
+        &manifest(
+            "legacy",
+            "ECC_NIST_P256",
+            &format!("{CONTEXT}  rotation: {{every: 30d, publishAhead: 7d}}\n"),
+        )
+        .replace("alias/test", &aws.ours),
+    );
+    install.run_once(0);
+    unbind(&aws, &install.key_dir("legacy"), 1).await;
+    let unbound_public = std::fs::read(install.key_dir("legacy").join("v0001/public.pem")).unwrap();
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 0, "kept where it is: {}", verify.all());
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("generation 1 predates keyprov's key binding"),
+        "{}",
+        plan.stdout
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 provider call"), "{}", run.stdout);
+    let dir = install.key_dir("legacy");
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"), "staged");
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    assert_eq!(
+        std::fs::read(dir.join("current/public.pem")).unwrap(),
+        unbound_public
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("v0002/meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["encryptionContext"],
+        serde_json::to_value(bound("legacy", 2)).unwrap()
+    );
+    let again = install.run_once(0);
+    assert!(
+        again
+            .stdout
+            .contains("0 changed, 0 failed, 0 provider calls"),
+        "rotated once: {}",
+        again.stdout
+    );
+
+    // A secret holding a generation from before the binding: a valid pair under keyprov's key
+    // and the manifest's context, which the old proof accepted. It is not copied into the files.
+    let secret = unique("legacy-secret");
+    install.manifest("secret.yaml", &key("legacy-secret", &aws.ours, &secret, ""));
+    install.run_once(0);
+    let manifest_context = BTreeMap::from([("service".to_string(), "trust".to_string())]);
+    let pair = kms_pair(&aws, &aws.ours, &manifest_context).await;
+    let json = holding(
+        secret_json(&aws.sm, &secret, None).await,
+        2,
+        &pair,
+        &aws.ours,
+        &manifest_context,
+    );
+    put_as(&aws.sm, &secret, "legacy-secret", 2, &json).await;
+    let run = install.run_once(1);
+    let origin = format!(
+        "secret {secret} version {} (generation 2) is not believed: it predates keyprov's key binding",
+        keyprov::store::secrets_manager::layout::version_id("legacy-secret", 2)
+    );
+    assert!(run.stderr.contains(&origin), "{}", run.all());
+    let dir = install.key_dir("legacy-secret");
+    assert!(
+        !versions(&dir).contains(&"v0002".to_string()),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !exposed(&install, "legacy-secret", &pair.0),
+        "{}",
+        run.all()
+    );
+    let verify = install.keyprov(&["verify"]);
+    assert!(
+        verify
+            .stdout
+            .contains(&format!("FAILED  legacy-secret: secretsManager:{secret}")),
+        "{}",
+        verify.stdout
+    );
+    std::fs::remove_file(install.manifests().join("secret.yaml")).unwrap();
+
+    // A secret-only key exactly as keyprov wrote it before the upgrade: its one generation is
+    // unbound in every output, so it is rotated once (never adopted into anything new).
+    let old_secret = unique("pre-upgrade");
+    let template = secret_json(&aws.sm, &secret, None).await;
+    aws.sm
+        .create_secret()
+        .name(&old_secret)
+        .tags(tag("keyprov:managed", "true"))
+        .tags(tag("keyprov:name", "old"))
+        .tags(tag("keyprov:scope", "default"))
+        .send()
+        .await
+        .unwrap();
+    let pair = kms_pair(&aws, &aws.ours, &manifest_context).await;
+    let mut json = holding(template, 1, &pair, &aws.ours, &manifest_context);
+    json["name"] = "old".into();
+    put_as(&aws.sm, &old_secret, "old", 1, &json).await;
+    install.manifest(
+        "old.yaml",
+        &key("old", &aws.ours, &old_secret, "").replace("    - file: {publicFormats: [jwk]}\n", ""),
+    );
+    let plan = install.keyprov(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("generation 1 predates keyprov's key binding"),
+        "{}",
+        plan.all()
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 provider call"), "{}", run.stdout);
+    let current = secret_json(&aws.sm, &old_secret, None).await;
+    assert_eq!(current["generation"], 2);
+    assert_eq!(
+        current["encryptionContext"],
+        serde_json::to_value(bound("old", 2)).unwrap()
+    );
+    let again = install.run_once(0);
+    assert!(
+        again
+            .stdout
+            .contains("0 changed, 0 failed, 0 provider calls"),
+        "{}",
+        again.stdout
+    );
+}
+
+fn tag(key: &str, value: &str) -> aws_sdk_secretsmanager::types::Tag {
+    aws_sdk_secretsmanager::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+}
+
+#[test]
+fn a_manifest_may_not_set_a_reserved_context_key() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &manifest(
+            "k",
+            "ECC_NIST_P256",
+            "  encryptionContext:\n    service: x\n    keyprov:generation: \"7\"\n",
+        ),
+    );
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.all().contains(
+            "k.yaml:10:5: spec.encryptionContext.keyprov:generation: keys starting with \"keyprov:\" are reserved"
+        ),
+        "{}",
+        run.all()
+    );
+    assert!(!install.key_dir("k").exists());
+}
