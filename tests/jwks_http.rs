@@ -286,3 +286,30 @@ fn jwts_verify_through_the_served_set_across_a_staged_rotation() {
     assert_eq!(kids(&third.body), [kid2.clone(), kid1.clone()]);
     verify_through_http(&daemon.address, &[(&key2, &kid2), (&key1, &kid1)]);
 }
+
+#[test]
+fn a_serve_path_needs_metrics_listen_and_a_plain_unique_path() {
+    for (extra, expected) in [
+        (
+            "jwks: [{path: a.json, serve: /a.json}]\n",
+            "jwks[0].serve: \"/a.json\" needs metrics.listen",
+        ),
+        (
+            "metrics: {listen: \"127.0.0.1:0\"}\njwks: [{path: a.json, serve: a.json}]\n",
+            "jwks[0].serve: \"a.json\" must start with /",
+        ),
+        (
+            "metrics: {listen: \"127.0.0.1:0\"}\njwks: [{path: a.json, serve: /metrics}]\n",
+            "jwks[0].serve: \"/metrics\" is the metrics endpoint's",
+        ),
+        (
+            "metrics: {listen: \"127.0.0.1:0\"}\njwks: [{path: a.json, serve: /k.json}, {path: b.json, serve: /k.json}]\n",
+            "jwks[1].serve: \"/k.json\" is served by another jwks entry",
+        ),
+    ] {
+        let install = Install::new(extra);
+        let run = install.keyprov(&["plan"]);
+        assert_eq!(run.code, 2, "{extra}: {}", run.all());
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.all());
+    }
+}

@@ -100,6 +100,18 @@ fn an_altered_or_missing_private_ssh_is_derived_again_and_an_unlisted_one_remove
     std::fs::write(&ed, b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n").unwrap();
     std::fs::set_permissions(&ed, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::remove_file(&p256).unwrap();
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    for expected in [
+        "v0001/private.ssh does not match its key pair",
+        "v0001/private.ssh is missing",
+    ] {
+        assert!(
+            verify.all().contains(expected),
+            "{expected}: {}",
+            verify.all()
+        );
+    }
     let plan = install.keyprov(&["plan"]);
     assert!(plan.stdout.contains("private.ssh"), "{}", plan.all());
     install.run_once(0);
@@ -107,6 +119,8 @@ fn an_altered_or_missing_private_ssh_is_derived_again_and_an_unlisted_one_remove
     assert_eq!(mode(&ed), 0o600);
     assert_eq!(std::fs::read(&p256).unwrap(), p256_bytes);
     assert_eq!(mode(&p256), 0o600);
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
     // No longer listed: removed, private.pem kept. Without includePlaintext: all plaintext goes.
     install.manifest(
         "ed.yaml",
