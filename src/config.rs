@@ -86,6 +86,8 @@ struct JwksDoc {
     /// Which keys: those whose labels include all of these (no labels: every key).
     #[serde(default)]
     selector: SelectorDoc,
+    /// URL path at which the daemon serves the set over HTTP (on `metrics.listen`).
+    serve: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -150,6 +152,11 @@ struct LogDoc {
     #[serde(default)]
     format: LogFormat,
     level: Option<String>,
+}
+
+/// The JSON Schema of the configuration file (its fields, for the manual's test).
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ConfigDoc)).expect("the schema serializes")
 }
 
 /// The `log.format` a configuration file asks for, read as leniently as possible (for
@@ -510,6 +517,33 @@ impl Config {
             ) {
                 Ok(resolved) => jwks.push(resolved),
                 Err(message) => field_error(&format!("jwks[{i}].path"), message),
+            }
+            if let Some(serve) = &aggregate.serve {
+                let taken = doc.jwks[..i]
+                    .iter()
+                    .any(|other| other.serve.as_ref() == Some(serve));
+                let problem = crate::jwks_served::check_serve_path(serve)
+                    .err()
+                    .or_else(|| taken.then(|| format!("{serve:?} is served by another jwks entry")))
+                    .or_else(|| {
+                        metrics_listen.is_none().then(|| {
+                            format!(
+                                "{serve:?} needs metrics.listen: the daemon serves JWK Sets on \
+                                 the HTTP server of its metrics"
+                            )
+                        })
+                    });
+                match problem {
+                    Some(message) => field_error(&format!("jwks[{i}].serve"), message),
+                    None => {
+                        // Only when this entry's path resolved (else the file is refused).
+                        if jwks.len() == i + 1
+                            && let Some(last) = jwks.last_mut()
+                        {
+                            last.serve = Some(serve.clone());
+                        }
+                    }
+                }
             }
         }
         let level = doc.log.level.unwrap_or_else(|| "info".into());

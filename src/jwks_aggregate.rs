@@ -26,6 +26,8 @@ pub struct JwksAggregate {
     pub relative: PathBuf,
     /// Keys whose labels include all of these are in the set.
     pub labels: BTreeMap<String, String>,
+    /// URL path at which the daemon serves the set (`serve`), if any.
+    pub serve: Option<String>,
 }
 
 impl JwksAggregate {
@@ -70,6 +72,7 @@ impl JwksAggregate {
             root: root.to_path_buf(),
             relative: relative.to_path_buf(),
             labels,
+            serve: None,
         })
     }
 
@@ -144,6 +147,33 @@ fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
         .map_err(fail)?;
     dir.sync().map_err(fail)?;
     Ok(true)
+}
+
+/// The set as written (for serving it): `None` when it does not exist yet. Read through
+/// directory handles like [`write`], a regular file of bounded size only.
+pub fn read(aggregate: &JwksAggregate) -> Result<Option<Vec<u8>>, String> {
+    let fail = |e: crate::store::StoreError| e.to_string();
+    let Some(root) = DirHandle::open_root(&aggregate.root, false).map_err(fail)? else {
+        return Ok(None);
+    };
+    let name = aggregate
+        .relative
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("names no file")?;
+    let parent = aggregate.relative.parent().unwrap_or(Path::new(""));
+    let dir = if parent.as_os_str().is_empty() {
+        root
+    } else {
+        match root.walk(parent, None).map_err(fail)? {
+            Some(dir) => dir,
+            None => return Ok(None),
+        }
+    };
+    if dir.stat(name).is_none() {
+        return Ok(None);
+    }
+    dir.read_file(name).map(Some).map_err(fail)
 }
 
 /// Brings every aggregate up to date with `keys` (all valid keys of the manifests); `failed`

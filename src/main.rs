@@ -115,8 +115,16 @@ enum Command {
         /// bash, zsh or fish.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `keyprov man | man -l -`.
-    Man,
+    /// Print a man page (roff; default keyprov(1)): `keyprov man run | man -l -`; `--dir D`
+    /// writes every page (keyprov(1), keyprov-SUBCOMMAND(1), keyprov.yaml(5),
+    /// keyprov-manifest(5)) into D.
+    Man {
+        /// Page: a subcommand (`run`), `keyprov.yaml` or `keyprov-manifest`.
+        page: Option<String>,
+        /// Write every page into this directory (created when missing) instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "page")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exit {
@@ -263,18 +271,8 @@ fn main() -> ExitCode {
             keyprov::output::out(&script);
             Exit::Ok
         }
-        Command::Man => {
-            let mut page = Vec::new();
-            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
-                Ok(()) => {
-                    keyprov::output::out(&page);
-                    Exit::Ok
-                }
-                Err(err) => {
-                    keyprov::errln!("error: cannot render the man page: {err}");
-                    Exit::KeyFailed
-                }
-            }
+        Command::Man { page, dir } => {
+            keyprov::commands::man::man(Cli::command(), page.as_deref(), dir.as_deref())
         }
     };
     let exit = if keyprov::output::stdout_failed() {

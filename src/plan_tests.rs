@@ -41,6 +41,7 @@ fn key(every: Option<u64>, ahead: Option<u64>, keep: u32, outputs: usize) -> Key
                     format: Format::Pem,
                     mode: 0o640,
                     public_formats: Vec::new(),
+                    private_formats: Vec::new(),
                     owner: None,
                     group: None,
                 })

@@ -248,6 +248,13 @@ pub fn jwk_file(der: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The OpenSSH public key line (`ssh-ed25519 AAAA… comment`) of a DER SubjectPublicKeyInfo.
 pub fn openssh(der: &[u8], comment: &str) -> Result<String, String> {
+    let (kind, blob) = openssh_blob(der)?;
+    Ok(format!("{kind} {} {comment}\n", STANDARD.encode(&blob)))
+}
+
+/// The OpenSSH key type and public key blob (RFC 4253 §6.6, RFC 5656 §3.1, RFC 8709 §4) of a
+/// DER SubjectPublicKeyInfo.
+pub fn openssh_blob(der: &[u8]) -> Result<(&'static str, Vec<u8>), String> {
     let key = PublicKey::from_spki(der)?;
     let mut blob = Vec::new();
     let encoded = match &key {
@@ -287,7 +294,7 @@ pub fn openssh(der: &[u8], comment: &str) -> Result<String, String> {
     };
     let (kind, result) = encoded;
     result.map_err(|e| format!("cannot encode the OpenSSH key: {e}"))?;
-    Ok(format!("{kind} {} {comment}\n", STANDARD.encode(&blob)))
+    Ok((kind, blob))
 }
 
 /// The bytes of one public format's file of a version.

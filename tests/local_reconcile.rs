@@ -240,6 +240,24 @@ fn staged_rotation_publishes_ahead_then_activates() {
         "publication starts 7 days before due"
     );
     let due = at_spread("staged", "2030-01-31T00:00:00Z", 30);
+    // The staged timeline: publication (publish hooks) 7 days before activation, in both.
+    let now = [("KEYPROV_TEST_NOW", "2030-01-23T23:00:00Z")];
+    let status = install.keyprov_env(&["status", "--json"], &now);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        status["keys"][0]["nextPublishAt"],
+        shifted(due, -7 * 86_400)
+    );
+    assert_eq!(status["keys"][0]["nextRotation"], shifted(due, 0));
+    let table = install.keyprov_env(&["status"], &now).stdout;
+    assert!(table.contains("(published in "), "{table}");
+    let plan = install.keyprov_env(&["plan", "--json"], &now);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(
+        plan["nextRotations"][0]["publishAt"],
+        shifted(due, -7 * 86_400)
+    );
+    assert_eq!(plan["nextRotations"][0]["dueAt"], shifted(due, 0));
     install.env = at(&shifted(due, -7 * 86_400));
     install.run_once(0);
     assert_eq!(

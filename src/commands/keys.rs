@@ -383,11 +383,15 @@ async fn verify_key(
         derived: HashMap::new(),
     };
     let secrets = verify_secrets(provider, stores, key, &mut findings).await;
-    // What verifiers consume beside the PEM: derived from the public key, checked against it.
-    for output in outputs.iter().filter(|o| !o.public_formats.is_empty()) {
+    // What verifiers consume beside the PEM: derived from the public key, checked against it;
+    // private.ssh, derived from private.pem (checked against the public key below).
+    for output in outputs
+        .iter()
+        .filter(|o| !o.public_formats.is_empty() || !o.private_formats.is_empty())
+    {
         if let Ok(observed) = file::observe(output, &key.name, key.include_plaintext) {
             for drift in observed.drift.iter().filter(|d| {
-                ["public.jwk", "public.pub", "jwks.json"]
+                ["public.jwk", "public.pub", "jwks.json", "private.ssh"]
                     .iter()
                     .any(|f| d.contains(f))
             }) {

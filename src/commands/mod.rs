@@ -1,6 +1,7 @@
 //! The subcommands, one module each; `main.rs` only parses flags and dispatches here.
 
 pub mod keys;
+pub mod man;
 pub mod reconcile;
 pub mod status;
 pub mod validate;

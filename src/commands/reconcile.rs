@@ -845,7 +845,8 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
                 .into_iter()
                 .map(|(key, due, spread)| serde_json::json!({
                     "key": key,
-                    "dueAt": crate::schedule::format_time(due),
+                    "dueAt": crate::schedule::format_time(due.activate_at),
+                    "publishAt": crate::schedule::format_time(due.publish_at),
                     "spreadSeconds": spread.as_secs(),
                 }))
                 .collect::<Vec<_>>(),
@@ -897,9 +898,9 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     exit
 }
 
-/// For each converged key that rotates: when its next rotation is due, and the spread
-/// ([`crate::schedule::spread`]) included in that time.
-fn next_rotations(pending: &Pending) -> Vec<(String, SystemTime, Duration)> {
+/// For each converged key that rotates: when its next generation is published and activated,
+/// and the spread ([`crate::schedule::spread`]) included in those times.
+fn next_rotations(pending: &Pending) -> Vec<(String, crate::schedule::Due, Duration)> {
     let planned: HashSet<&str> = pending.plans.iter().map(|p| p.name.as_str()).collect();
     let mut found = Vec::new();
     for key in pending
@@ -920,7 +921,7 @@ fn next_rotations(pending: &Pending) -> Vec<(String, SystemTime, Duration)> {
         };
         found.push((
             key.name.clone(),
-            due.activate_at,
+            due,
             crate::schedule::spread(&key.name, every),
         ));
     }
@@ -935,9 +936,18 @@ fn print_next_rotations(pending: &Pending) {
             .find(|k| k.name == name)
             .and_then(|k| k.rotation.every)
             .unwrap_or_default();
+        // With publishAhead, the publication (publish hooks, `next`) comes first.
+        let published = if due.publish_at != due.activate_at {
+            format!(
+                ", published {}",
+                humantime::format_rfc3339_seconds(due.publish_at)
+            )
+        } else {
+            String::new()
+        };
         crate::outln!(
-            "{name}: no change; next rotation due {} (spread +{} of up to {})",
-            humantime::format_rfc3339_seconds(due),
+            "{name}: no change; next rotation due {}{published} (spread +{} of up to {})",
+            humantime::format_rfc3339_seconds(due.activate_at),
             humantime::format_duration(Duration::from_secs(spread.as_secs())),
             humantime::format_duration((every / 100).min(crate::schedule::MAX_SPREAD)),
         );

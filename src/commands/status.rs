@@ -23,6 +23,9 @@ struct KeyStatus {
     kms_key_arn: Option<String>,
     created_at: Option<String>,
     next_rotation: Option<String>,
+    /// When the next generation is published (`nextRotation` − publishAhead; `publish` hooks
+    /// run then); null while one is staged (`next`) or the key never rotates.
+    next_publish_at: Option<String>,
     next: Option<u32>,
     /// When the staged generation (`next`) becomes current.
     next_activates_at: Option<String>,
@@ -47,6 +50,7 @@ impl KeyStatus {
             kms_key_arn: None,
             created_at: None,
             next_rotation: None,
+            next_publish_at: None,
             next: None,
             next_activates_at: None,
             state,
@@ -104,7 +108,11 @@ fn key_status(
     if let Some(current) = current {
         status.generation = Some(current.generation);
         status.created_at = Some(format_time(current.created_at));
-        status.next_rotation = plan::next_rotation(key, current).map(format_time);
+        let due = plan::rotation_due(key, current.activates_at);
+        status.next_rotation = due.as_ref().map(|d| format_time(d.activate_at));
+        status.next_publish_at = due
+            .filter(|_| next.is_none())
+            .map(|d| format_time(d.publish_at));
         let meta = key
             .outputs
             .iter()
@@ -343,7 +351,13 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
             .unwrap_or_else(|| "-".into());
         let generation = key.generation.map_or("-".into(), |g| g.to_string());
         let next_rotation = match (&key.next_rotation, key.generation) {
-            (Some(at), _) => when(at, now),
+            // With publishAhead, the publication (publish hooks, `next`) comes first.
+            (Some(at), _) => match &key.next_publish_at {
+                Some(publish) if publish != at => {
+                    format!("{} (published {})", when(at, now), when(publish, now))
+                }
+                _ => when(at, now),
+            },
             (None, Some(_)) => "never".into(),
             (None, None) => "-".into(),
         };

@@ -123,6 +123,8 @@ pub async fn run(mut config: Config) -> Exit {
         return Exit::KeyFailed;
     }
     log_start(&config, &inputs);
+    // The sets as they are on disk until the first reconcile has run.
+    crate::jwks_served::refresh(&config.jwks, None);
     let mut pass = Pass::Everything;
     let mut reload = false;
     let exit = loop {
@@ -146,6 +148,7 @@ pub async fn run(mut config: Config) -> Exit {
             break Exit::Ok;
         };
         let wait = next_wake(&config, &report);
+        crate::jwks_served::refresh(&config.jwks, report.next_event);
         let status = summary(&report, wait);
         tracing::info!("{status}");
         // The first READY=1 ends start-up; later ones end a reload.

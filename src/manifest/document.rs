@@ -82,6 +82,15 @@ fn public_formats_schema(_: &mut SchemaGenerator) -> Schema {
     )
 }
 
+fn private_formats_schema(_: &mut SchemaGenerator) -> Schema {
+    array_of(
+        &["openssh"],
+        "A private key format.",
+        "Plaintext private key files beside private.pem/der (needs includePlaintext: true): \
+         `openssh` (private.ssh, the OpenSSH private key format, 0600).",
+    )
+}
+
 fn hook_events_schema(_: &mut SchemaGenerator) -> Schema {
     array_of(
         &["activate", "publish"],
@@ -185,6 +194,10 @@ pub struct FileOutput {
     #[serde(default)]
     #[schemars(schema_with = "public_formats_schema")]
     pub public_formats: Option<Vec<String>>,
+    /// Extra plaintext private key formats (with includePlaintext): `openssh`.
+    #[serde(default)]
+    #[schemars(schema_with = "private_formats_schema")]
+    pub private_formats: Option<Vec<String>>,
     /// Owning user.
     pub owner: Option<String>,
     /// Owning group.

@@ -134,6 +134,9 @@ pub struct FileOutput {
     pub mode: u32,
     /// Extra public key files of every version (sorted, each once).
     pub public_formats: Vec<crate::public_formats::PublicFormat>,
+    /// Extra plaintext private key files of every version (sorted, each once; only with
+    /// `includePlaintext`).
+    pub private_formats: Vec<crate::private_formats::PrivateFormat>,
     /// Owning user name or numeric id.
     pub owner: Option<String>,
     /// Owning group name or numeric id.

@@ -7,6 +7,7 @@ use super::Context;
 use super::document::{self, Document};
 use super::model::{FileOutput, Format, Hook, KeyPair, Output, Rotation, SecretsManagerOutput};
 use super::paths::resolve_output_dir;
+use crate::private_formats::PrivateFormat;
 use crate::public_formats::PublicFormat;
 use crate::schedule::{MAX_ROTATION, parse_bounded_duration};
 use crate::spec::KeyPairSpec;
@@ -113,6 +114,13 @@ pub fn validate(doc: Document, source: &Path, ctx: &Context) -> Result<KeyPair, 
     let outputs = check_outputs(spec.outputs, &name, ctx, &mut problems);
     if let Some(key_spec) = key_spec {
         check_public_formats(&outputs, &name, key_spec, &mut problems);
+        check_private_formats(
+            &outputs,
+            &name,
+            key_spec,
+            spec.include_plaintext,
+            &mut problems,
+        );
     }
     let on_rotate = spec
         .on_rotate
@@ -269,6 +277,42 @@ fn check_public_formats(
     }
 }
 
+/// Refuses private formats that cannot hold keys of `key_spec`, and any without
+/// `includePlaintext` (there is no plaintext to write), naming the key.
+fn check_private_formats(
+    outputs: &[Output],
+    name: &str,
+    key_spec: KeyPairSpec,
+    include_plaintext: bool,
+    problems: &mut Problems,
+) {
+    for (i, output) in outputs.iter().enumerate() {
+        let Output::File(file) = output else { continue };
+        if !file.private_formats.is_empty() && !include_plaintext {
+            problems.add(
+                format!("spec.outputs[{i}].file.privateFormats"),
+                format!(
+                    "key {name:?} writes no plaintext private key: set spec.includePlaintext: \
+                     true, or remove privateFormats"
+                ),
+            );
+        }
+        for format in &file.private_formats {
+            if let Some(why) = format.unsupported(key_spec) {
+                problems.add(
+                    format!("spec.outputs[{i}].file.privateFormats"),
+                    format!(
+                        "key {name:?} ({}) cannot have {} private keys: {why}; remove {:?}",
+                        key_spec.as_str(),
+                        format.as_str(),
+                        format.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn check_file_output(
     file: document::FileOutput,
     name: &str,
@@ -315,6 +359,21 @@ fn check_file_output(
         }
     }
     public_formats.sort_unstable();
+    let mut private_formats = Vec::new();
+    for (i, text) in file.private_formats.unwrap_or_default().iter().enumerate() {
+        match PrivateFormat::parse(text) {
+            Some(format) if private_formats.contains(&format) => problems.add(
+                format!("{field}.privateFormats[{i}]"),
+                format!("{text:?} is listed twice"),
+            ),
+            Some(format) => private_formats.push(format),
+            None => problems.add(
+                format!("{field}.privateFormats[{i}]"),
+                format!("unknown value {text:?}, expected openssh"),
+            ),
+        }
+    }
+    private_formats.sort_unstable();
     let (root, dir) = resolved?;
     Some(FileOutput {
         root,
@@ -322,6 +381,7 @@ fn check_file_output(
         format: format?,
         mode: mode?,
         public_formats,
+        private_formats,
         owner: file.owner,
         group: file.group,
     })

@@ -1,4 +1,5 @@
-//! The daemon's `/metrics` endpoint (`metrics.listen`): HTTP/1.1 (hyper), GET only, bounded
+//! The daemon's `/metrics` endpoint (`metrics.listen`), which also serves the JWK Sets that
+//! have a `serve` path (see [`crate::jwks_served`]): HTTP/1.1 (hyper), GET only, bounded
 //! (connections at once, time to send the request head, one request per connection).
 
 use std::convert::Infallible;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::header::{ACCEPT, CONTENT_TYPE, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -78,11 +79,28 @@ async fn respond<B>(request: Request<B>) -> Result<Response<Full<Bytes>>, Infall
             .body(Full::new(Bytes::from(body)))
             .expect("a valid response")
     };
+    let if_none_match = request
+        .headers()
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if let Some(set) = crate::jwks_served::respond(
+        request.method().as_str(),
+        request.uri().path(),
+        if_none_match,
+    ) {
+        let mut response = Response::builder().status(set.status);
+        for (name, value) in set.headers {
+            response = response.header(name, value);
+        }
+        return Ok(response
+            .body(Full::new(set.body))
+            .expect("a valid response"));
+    }
     if request.uri().path() != "/metrics" {
         return Ok(reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "keyprov serves /metrics only\n".into(),
+            "keyprov serves /metrics and the JWK Sets of jwks[].serve only\n".into(),
         ));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {

@@ -17,6 +17,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use super::dir::{DirHandle, Owner};
 mod observe;
+mod private;
 mod prune;
 mod public;
 mod repair;
@@ -408,6 +409,10 @@ fn version_files(
             encode_private(output.format, key),
             PLAINTEXT_MODE,
         ));
+        let derived = private::format_files(output, &version.meta, &version.public_key_der, key)?;
+        for (name, bytes) in derived {
+            files.push((name.to_string(), bytes, PLAINTEXT_MODE));
+        }
     }
     Ok(files)
 }
@@ -816,6 +821,7 @@ mod tests {
             format: Format::Pem,
             mode: 0o640,
             public_formats: Vec::new(),
+            private_formats: Vec::new(),
             owner: None,
             group: None,
         }

@@ -163,13 +163,14 @@ pub(super) fn expected_files(output: &FileOutput, include_plaintext: bool) -> Ve
     files
 }
 
-/// Private key files that must not be there: the other format's, and any plaintext when
-/// the manifest does not ask for it (a stale plaintext key is a leak).
+/// Private key files that must not be there: the other format's, private formats not listed,
+/// and any plaintext when the manifest does not ask for it (a stale plaintext key is a leak).
 pub(super) fn unwanted_files(output: &FileOutput, include_plaintext: bool) -> Vec<String> {
     [Format::Pem, Format::Der]
         .into_iter()
         .filter(|&format| !include_plaintext || format != output.format)
         .map(private_name)
+        .chain(private::unwanted_format_files(output, include_plaintext).map(String::from))
         .collect()
 }
 
@@ -281,7 +282,39 @@ fn check_version_files(
         }
     }
     check_public_format_files(version, output, meta, public_der, drift);
+    if include_plaintext {
+        check_private_format_files(version, output, meta, drift);
+    }
     problems
+}
+
+/// Drift of a linked version's private format files (derived from its plaintext key, so
+/// rewritten in place): missing, altered, or of another mode than 0600. A plaintext key that
+/// cannot be read is reported above, as damage.
+fn check_private_format_files(
+    version: &DirHandle,
+    output: &FileOutput,
+    meta: &VersionMeta,
+    drift: &mut Vec<String>,
+) {
+    let vname = version_name(meta.generation);
+    let Some(files) = private::wanted_files(version, output, meta, None) else {
+        return;
+    };
+    for (name, bytes) in files {
+        match version.read_file(name).map(zeroize::Zeroizing::new) {
+            Ok(actual) if *actual == *bytes => {
+                let mode = version.stat(name).map(|s| s.st_mode & 0o7777);
+                if let Some(mode) = mode.filter(|&m| m != PLAINTEXT_MODE) {
+                    drift.push(format!(
+                        "{vname}/{name} has mode {mode:04o}, want {PLAINTEXT_MODE:04o}"
+                    ));
+                }
+            }
+            Ok(_) => drift.push(format!("{vname}/{name} does not match its key pair")),
+            Err(_) => drift.push(format!("{vname}/{name} is missing")),
+        }
+    }
 }
 
 /// Drift of a linked version's public format files (derived from its public key, so

@@ -46,6 +46,32 @@ fn public_format_files(
     Ok(())
 }
 
+/// Makes a linked version's private format files what the manifest asks: missing or altered
+/// ones derived again from its plaintext key (the one just decrypted, or its private.pem).
+fn private_format_files(
+    version: &DirHandle,
+    output: &FileOutput,
+    generation: u32,
+    input: &RepairInput<'_>,
+    owner: Owner,
+) -> Result<(), StoreError> {
+    let meta = read_version_meta(version, generation)?;
+    let key = input.plaintext.get(&generation);
+    // Without a readable plaintext key there is nothing to derive from; observation reports it.
+    let Some(files) = private::wanted_files(version, output, &meta, key) else {
+        return Ok(());
+    };
+    for (name, bytes) in files {
+        let actual = version.read_file(name).ok().map(zeroize::Zeroizing::new);
+        if actual.as_deref() != Some(&*bytes) {
+            version.replace_file(name, &bytes, PLAINTEXT_MODE, owner)?;
+        } else {
+            version.set_file_mode_and_owner(name, PLAINTEXT_MODE, owner)?;
+        }
+    }
+    Ok(())
+}
+
 /// Repairs an output in place: leftovers removed, modes and owners set, files of the right
 /// format and plaintext presence, damaged files rewritten from intact copies, `previous` as
 /// the plan says.
@@ -105,6 +131,9 @@ pub fn repair(output: &FileOutput, input: &RepairInput<'_>) -> Result<(), StoreE
                 PLAINTEXT_MODE,
                 owner,
             )?;
+        }
+        if input.include_plaintext && !output.private_formats.is_empty() {
+            private_format_files(&version, output, generation, input, owner)?;
         }
         for name in unwanted_files(output, input.include_plaintext)
             .into_iter()
