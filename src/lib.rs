@@ -4,8 +4,10 @@
 //!
 //! Data flow: [`manifest::load`] -> [`observe`] -> [`plan::plan`] (pure) -> [`execute`].
 
+pub mod aws_clock;
 pub mod aws_sdk;
 pub mod clock;
+pub mod clock_guard;
 pub mod commands;
 pub mod config;
 pub mod daemon;
@@ -16,6 +18,7 @@ pub mod group_commit;
 pub mod hooks;
 pub mod jwks_aggregate;
 pub mod key_material;
+pub mod ledger;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
@@ -27,6 +30,7 @@ pub mod parallel;
 pub mod plan;
 pub mod progress;
 pub mod provider;
+pub mod prune_ledger;
 pub mod public_formats;
 pub mod retry;
 pub mod schedule;
