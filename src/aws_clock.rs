@@ -4,12 +4,14 @@
 //! when set). `clock_guard` compares the two before anything is generated or activated.
 
 use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_kms::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_kms::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kms::error::BoxError;
 use aws_sdk_kms::primitives::{DateTime, DateTimeFormat};
+
+use crate::schedule::format_time;
 
 /// One reading: what AWS said the time was, and what the local clock said when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,49 @@ impl Reading {
             .or_else(|_| self.local.duration_since(self.aws))
             .unwrap_or_default()
     }
+}
+
+/// `reconcile.clockTolerance` of the running configuration.
+fn tolerance_cell() -> &'static Mutex<Duration> {
+    static TOLERANCE: OnceLock<Mutex<Duration>> = OnceLock::new();
+    TOLERANCE.get_or_init(|| Mutex::new(crate::clock_guard::DEFAULT_TOLERANCE))
+}
+
+/// Sets the tolerance [`refusal`] applies (the configuration's `reconcile.clockTolerance`).
+pub fn set_tolerance(tolerance: Duration) {
+    *tolerance_cell().lock().expect("never poisoned") = tolerance;
+}
+
+/// The tolerance [`refusal`] applies.
+pub fn tolerance() -> Duration {
+    *tolerance_cell().lock().expect("never poisoned")
+}
+
+/// A reading older than this is not relied on.
+pub const READING_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The latest reading if it is fresh (see [`READING_MAX_AGE`]).
+pub fn fresh_reading() -> Option<Reading> {
+    reading().filter(|r| r.at.elapsed() < READING_MAX_AGE)
+}
+
+/// Why no key may be generated or activated now: this host's clock and AWS's (the fresh
+/// reading) differ by more than the tolerance. Names both times (not the key: callers do).
+pub fn refusal() -> Option<String> {
+    let reading = fresh_reading()?;
+    let tolerance = tolerance();
+    (reading.skew() > tolerance).then(|| {
+        format!(
+            "not generated or activated: this host's clock says {} but AWS said \
+             {} (the Date of its response at that moment), {} apart, more than \
+             reconcile.clockTolerance ({}); a version stamped by a wrong clock would move the \
+             fleet's rotations. Fix the clock (NTP: chronyc tracking, timedatectl) and run again",
+            format_time(reading.local),
+            format_time(reading.aws),
+            humantime::format_duration(Duration::from_secs(reading.skew().as_secs())),
+            humantime::format_duration(tolerance),
+        )
+    })
 }
 
 /// The latest reading of this process.
@@ -93,6 +138,11 @@ mod tests {
             "1994-11-06T08:49:37.000000Z"
         );
         assert!(reading.skew() > std::time::Duration::from_secs(86_400 * 365 * 20));
+        let refusal = refusal().unwrap();
+        assert!(
+            refusal.contains("but AWS said 1994-11-06T08:49:37.000000Z"),
+            "{refusal}"
+        );
         record("not a date");
         assert_eq!(super::reading().unwrap().aws, reading.aws, "ignored");
     }

@@ -240,70 +240,49 @@ pub fn notes_of<'a>(notes: &'a [Note], name: &'a str) -> impl Iterator<Item = &'
     notes.iter().filter(move |n| n.key == name)
 }
 
-/// Whether a plan would make a new generation current or published, or activate one.
-fn generates_or_activates(plan: &KeyPlan) -> bool {
+/// Whether a plan activates a staged generation (a generation made by this run is checked
+/// by the provider, against the `Date` of the very response that made it).
+fn activates(plan: &KeyPlan) -> bool {
     plan.actions
         .iter()
-        .any(|a| matches!(a, Action::Generate { .. } | Action::Activate { .. }))
+        .any(|a| matches!(a, Action::Activate { .. }))
 }
 
-/// A reading of AWS's clock older than this is renewed before it is relied on.
-const READING_MAX_AGE: Duration = Duration::from_secs(60);
-
 /// With `provider: aws`: when the local clock (the one `now` came from) and AWS's differ by
-/// more than `tolerance`, removes every plan that generates or activates and returns those
-/// keys' failures, naming both times. Without a reading of AWS's clock (no response at all,
-/// e.g. the network is down) nothing is refused: the provider's own calls fail then.
+/// more than `reconcile.clockTolerance`, removes every plan that activates a staged generation
+/// and returns those keys' failures, naming both times. Without a fresh reading of AWS's clock
+/// one cheap KMS request is made first; without any (the network is down) nothing is refused
+/// here. Generating is refused by the provider itself (see `provider::AnyProvider`).
 pub async fn refuse_skewed(
     provider: &crate::provider::AnyProvider,
     keys: &[KeyPair],
     plans: &mut Vec<KeyPlan>,
-    tolerance: Duration,
 ) -> Vec<(String, String)> {
     let crate::provider::AnyProvider::Aws(aws) = provider else {
         return Vec::new();
     };
-    let Some(first) = plans.iter().find(|p| generates_or_activates(p)) else {
+    let Some(first) = plans.iter().find(|p| activates(p)) else {
         return Vec::new();
     };
-    let fresh = |r: &crate::aws_clock::Reading| r.at.elapsed() < READING_MAX_AGE;
-    if !crate::aws_clock::reading().is_some_and(|r| fresh(&r))
+    if crate::aws_clock::fresh_reading().is_none()
         && let Some(key) = keys.iter().find(|k| k.name == first.name)
     {
         aws.probe_clock(&key.kms_key_id).await;
     }
-    let Some(reading) = crate::aws_clock::reading() else {
-        return Vec::new();
-    };
-    if reading.skew() <= tolerance {
-        return Vec::new();
-    }
     let mut refused = Vec::new();
     plans.retain(|plan| {
-        if !generates_or_activates(plan) {
+        let refusal = activates(plan).then(crate::aws_clock::refusal).flatten();
+        let Some(refusal) = refusal else {
             return true;
-        }
-        let message = skew_message(&plan.name, &reading, tolerance);
+        };
+        let message = format!("key {:?}: {refusal}", plan.name);
         tracing::error!(key = %plan.name, "{message}");
         crate::metrics::global().clock_warning(&plan.name, "aws_skew");
+        crate::metrics::global().failure(&plan.name, crate::metrics::FailureReason::ClockSkew);
         refused.push((plan.name.clone(), message));
         false
     });
     refused
-}
-
-/// The failure of a key refused for clock skew.
-fn skew_message(name: &str, reading: &crate::aws_clock::Reading, tolerance: Duration) -> String {
-    format!(
-        "key {name:?}: not generated or activated: this host's clock says {} but AWS said {} \
-         (the Date of its response at that moment), {} apart, more than \
-         reconcile.clockTolerance ({}); a version stamped by a wrong clock would move the \
-         fleet's rotations. Fix the clock (NTP, chronyc tracking) and run again",
-        format_time(reading.local),
-        format_time(reading.aws),
-        humantime::format_duration(Duration::from_secs(reading.skew().as_secs())),
-        humantime::format_duration(tolerance),
-    )
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ async fn a_pruned_secret_is_restored_with_the_same_pair_when_its_key_comes_back(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_clock_far_from_aws_generates_nothing_and_names_both_times() {
+async fn a_clock_far_from_aws_generates_and_activates_nothing_and_names_both_times() {
     let Some(endpoint) = localstack() else { return };
     let kms = kms_client(&endpoint).await;
     let arn = kms
@@ -516,9 +516,38 @@ async fn a_clock_far_from_aws_generates_nothing_and_names_both_times() {
         "{}",
         run.stderr
     );
-    assert!(!install.key_dir("skewed").join("current").exists());
+    assert!(!install.key_dir("skewed").exists(), "nothing written");
     // Within the tolerance (the real clock): generated.
     let run = install.keyprov(&["run", "--once"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(install.key_dir("skewed").join("current").exists());
+    let dir = install.key_dir("skewed");
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+
+    // A staged generation is not activated by a clock far ahead of AWS's either.
+    install.manifest(
+        "k.yaml",
+        &manifest(
+            "skewed",
+            "ECC_NIST_P256",
+            "  rotation: {every: 30d, publishAhead: 7d}\n",
+        )
+        .replace("alias/test", &arn),
+    );
+    let run = install.keyprov(&["rotate", "skewed"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    let run = run_at(&install, SystemTime::now() + 8 * DAY, 1);
+    assert!(
+        run.stderr
+            .contains("key \"skewed\": not generated or activated")
+            && run.stderr.contains("but AWS said"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        link(&dir, "current").as_deref(),
+        Some("v0001"),
+        "not activated"
+    );
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
 }

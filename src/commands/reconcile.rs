@@ -313,13 +313,7 @@ pub async fn reconcile(
     pending.plans.retain(|p| !waiting.contains(&p.name));
     pending.failed.retain(|(name, _)| !waiting.contains(name));
     refused.extend(
-        crate::clock_guard::refuse_skewed(
-            &provider,
-            &pending.keys,
-            &mut pending.plans,
-            config.reconcile.clock_tolerance,
-        )
-        .await,
+        crate::clock_guard::refuse_skewed(&provider, &pending.keys, &mut pending.plans).await,
     );
     for (name, message) in &pending.failed {
         tracing::error!(key = %name, "{message}");

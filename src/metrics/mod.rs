@@ -45,6 +45,8 @@ pub enum FailureReason {
     HookFailed,
     /// The key's manifest is invalid: the key is left as it is.
     ManifestInvalid,
+    /// This host's clock and AWS's disagree: nothing generated or activated.
+    ClockSkew,
     /// Anything else (e.g. a spec the provider cannot make).
     Other,
 }
@@ -61,6 +63,7 @@ impl FailureReason {
             FailureReason::OutputWriteFailed => "output_write_failed",
             FailureReason::HookFailed => "hook_failed",
             FailureReason::ManifestInvalid => "manifest_invalid",
+            FailureReason::ClockSkew => "clock_skew",
             FailureReason::Other => "other",
         }
     }
@@ -86,6 +89,7 @@ impl FailureReason {
                 "InvalidCiphertextException" | "IncorrectKeyException" => {
                     FailureReason::InvalidCiphertext
                 }
+                "ClockSkew" => FailureReason::ClockSkew,
                 _ if *transient => FailureReason::KmsUnavailable,
                 "KMSInternalException" | "DependencyTimeoutException" => {
                     FailureReason::KmsUnavailable
