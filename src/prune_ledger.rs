@@ -283,8 +283,8 @@ pub enum Restore {
     Secret {
         /// Key name.
         key: String,
-        /// The secret.
-        secret: SetAsideSecret,
+        /// The secret's name or ARN.
+        secret: String,
     },
 }
 
@@ -298,9 +298,8 @@ impl std::fmt::Display for Restore {
             ),
             Restore::Secret { secret, .. } => write!(
                 f,
-                "restore secret {} scheduled for deletion by a prune (same pair, no new \
-                 generation)",
-                secret.name
+                "restore secret {secret} scheduled for deletion by a prune (same pair, no new \
+                 generation)"
             ),
         }
     }
@@ -315,10 +314,20 @@ impl Restore {
     }
 }
 
+/// Part of the message with which observing a secret scheduled for deletion fails (see
+/// `store::secrets_manager`): another host's prune, or an operator, deleted it.
+const SCHEDULED_FOR_DELETION: &str = "is scheduled for deletion";
+
 /// What the desired `keys` can get back: for a missing key directory, the newest copy a
 /// prune renamed aside whose current version is that key's; for a secret output, a secret
-/// this host's prune scheduled for deletion. Reads, never writes.
-pub fn restorable(config: &Config, keys: &[KeyPair], now: SystemTime) -> Vec<Restore> {
+/// this host's prune scheduled for deletion, or one whose observation failed (`failed`, by key)
+/// because it is scheduled for deletion (another host's prune). Reads, never writes.
+pub fn restorable(
+    config: &Config,
+    keys: &[KeyPair],
+    failed: &[(String, String)],
+    now: SystemTime,
+) -> Vec<Restore> {
     let mut found = Vec::new();
     let record: Record = ledger(config).load();
     for key in keys {
@@ -334,15 +343,24 @@ pub fn restorable(config: &Config, keys: &[KeyPair], now: SystemTime) -> Vec<Res
                     }
                 }
                 Output::SecretsManager(s) => {
-                    let secret = record.set_aside.iter().rev().find(|p| {
+                    let pruned_here = record.set_aside.iter().rev().find(|p| {
                         p.key == key.name
                             && (p.name == s.secret_id || p.arn == s.secret_id)
                             && parse_time(&p.collected_after).is_ok_and(|at| at > now)
                     });
+                    let deleted_elsewhere = failed.iter().any(|(name, message)| {
+                        name == &key.name
+                            && message
+                                .contains(&format!("{} {SCHEDULED_FOR_DELETION}", s.secret_id))
+                    });
+                    let secret = match pruned_here {
+                        Some(p) => Some(p.arn.clone()),
+                        None => deleted_elsewhere.then(|| s.secret_id.clone()),
+                    };
                     if let Some(secret) = secret {
                         found.push(Restore::Secret {
                             key: key.name.clone(),
-                            secret: secret.clone(),
+                            secret,
                         });
                     }
                 }
@@ -396,10 +414,10 @@ pub async fn restore(
         let result = match restore {
             Restore::File { dir, aside, .. } => rename_back(dir, aside),
             Restore::Secret { key, secret } => secrets
-                .restore_pruned(key, &secret.arn)
+                .restore_pruned(key, secret)
                 .await
                 .map(|_| {
-                    restored_secrets.insert(secret.arn.clone());
+                    restored_secrets.insert(secret.clone());
                 })
                 .map_err(|e| e.to_string()),
         };
@@ -417,7 +435,7 @@ pub async fn restore(
         let mut record: Record = ledger.load();
         record
             .set_aside
-            .retain(|s| !restored_secrets.contains(&s.arn));
+            .retain(|s| !restored_secrets.contains(&s.arn) && !restored_secrets.contains(&s.name));
         if let Err(err) = ledger.save(&record) {
             tracing::error!("{err}");
         }

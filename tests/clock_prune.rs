@@ -413,68 +413,73 @@ async fn a_pruned_secret_is_restored_with_the_same_pair_when_its_key_comes_back(
     let secret = format!("keyprov-test/prune-{}", uuid::Uuid::new_v4());
     let keyring = tempfile::tempdir().unwrap();
     let scope = format!("prune-{}", uuid::Uuid::new_v4());
-    let host = secret_install(
-        &endpoint,
-        &keyring.path().join("k"),
-        &format!("scope: {scope}, prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7"),
-    );
+    let reconcile =
+        format!("scope: {scope}, prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7");
+    // Host A prunes; host B (same fleet, its own stateDir) still has the manifest.
+    let hosts = [
+        secret_install(&endpoint, &keyring.path().join("k"), &reconcile),
+        secret_install(&endpoint, &keyring.path().join("k"), &reconcile),
+    ];
     let manifest_text = with_secret("pruned", &secret, "");
-    host.manifest("p.yaml", &manifest_text);
     // Another key keeps the installation using secrets (orphan secrets are listed then).
-    host.manifest(
-        "other.yaml",
-        &with_secret(
-            "other",
-            &format!("keyprov-test/prune-other-{}", uuid::Uuid::new_v4()),
-            "",
-        ),
+    let other = with_secret(
+        "other",
+        &format!("keyprov-test/prune-other-{}", uuid::Uuid::new_v4()),
+        "",
     );
-    run_at(&host, t0(), 0);
+    for host in &hosts {
+        host.manifest("p.yaml", &manifest_text);
+        host.manifest("other.yaml", &other);
+    }
+    run_at(&hosts[0], t0(), 0);
+    run_at(&hosts[1], t0() + Duration::from_secs(60), 0);
     let before = secret_json(&sm, &secret).await;
-    std::fs::remove_file(host.manifests().join("p.yaml")).unwrap();
-    run_at(&host, t0() + DAY, 0);
-    run_at(&host, t0() + 2 * DAY - Duration::from_secs(1), 0);
-    let described = sm
-        .describe_secret()
-        .secret_id(&secret)
-        .send()
-        .await
-        .unwrap();
+    let [a, b] = &hosts;
+    std::fs::remove_file(a.manifests().join("p.yaml")).unwrap();
+    run_at(a, t0() + DAY, 0);
+    run_at(a, t0() + 2 * DAY - Duration::from_secs(1), 0);
+    let described = sm.describe_secret().secret_id(&secret).send().await.unwrap();
     assert!(described.deleted_date().is_none(), "within pruneAfter");
-    let plan = at(&host, &["plan"], t0() + 2 * DAY);
+    let plan = at(a, &["plan"], t0() + 2 * DAY);
     assert!(
         plan.stdout
             .contains(&format!("orphan secretsManager:{secret}: prune")),
         "{}",
         plan.all()
     );
-    run_at(&host, t0() + 2 * DAY, 0);
-    let described = sm
-        .describe_secret()
-        .secret_id(&secret)
-        .send()
-        .await
-        .unwrap();
+    run_at(a, t0() + 2 * DAY, 0);
+    let described = sm.describe_secret().secret_id(&secret).send().await.unwrap();
     assert!(described.deleted_date().is_some(), "scheduled for deletion");
 
-    host.manifest("p.yaml", &manifest_text);
-    let run = run_at(&host, t0() + 3 * DAY, 0);
+    // Host B, whose manifest still names the key, restores the secret another host pruned.
+    let plan = at(b, &["plan"], t0() + 2 * DAY + Duration::from_secs(30));
+    assert!(
+        plan.stdout.contains(&format!("pruned: restore secret {secret}")),
+        "{}",
+        plan.all()
+    );
+    let run = run_at(b, t0() + 2 * DAY + Duration::from_secs(60), 0);
     assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.all());
-    let described = sm
-        .describe_secret()
-        .secret_id(&secret)
-        .send()
-        .await
-        .unwrap();
-    assert!(described.deleted_date().is_none(), "restored");
+    let described = sm.describe_secret().secret_id(&secret).send().await.unwrap();
+    assert!(described.deleted_date().is_none(), "restored by host B");
+
+    // The manifest comes back on host A: its directory is restored, nothing generated.
+    a.manifest("p.yaml", &manifest_text);
+    let run = run_at(a, t0() + 3 * DAY, 0);
+    assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.all());
     let after = secret_json(&sm, &secret).await;
     assert_eq!(after["generation"], 1);
     assert_eq!(after["publicKeySha256"], before["publicKeySha256"]);
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(host.key_dir("pruned").join("current/meta.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(meta["publicKeySha256"], before["publicKeySha256"]);
+    for host in &hosts {
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(host.key_dir("pruned").join("current/meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta["publicKeySha256"], before["publicKeySha256"]);
+        assert_eq!(versions(&host.key_dir("pruned")), ["v0001"]);
+    }
+    let plan = at(a, &["plan"], t0() + 3 * DAY);
+    assert_eq!(plan.code, 0, "{}", plan.all());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -285,7 +285,8 @@ pub async fn reconcile(
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
     let mut pending = prepare(config, &stores, rotate).await;
     // What a prune set aside comes back with its key, before anything is generated for it.
-    let restores = crate::prune_ledger::restorable(config, &pending.keys, pending.now);
+    let restores =
+        crate::prune_ledger::restorable(config, &pending.keys, &pending.failed, pending.now);
     let mut refused = Vec::new();
     if !restores.is_empty() {
         refused = crate::prune_ledger::restore(config, stores.secrets(), &restores).await;
@@ -769,6 +770,16 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     } else {
         Exit::Ok
     };
+    // A key a prune set aside is restored, not generated anew (nor failed for its secret
+    // scheduled for deletion): its plan is made afterwards.
+    let restores =
+        crate::prune_ledger::restorable(config, &pending.keys, &pending.failed, pending.now);
+    pending
+        .plans
+        .retain(|p| !restores.iter().any(|r| r.key() == p.name));
+    pending
+        .failed
+        .retain(|(name, _)| !restores.iter().any(|r| r.key() == name));
     let mut unobserved = 0;
     for (_, err) in &pending.failed {
         // A plan needs no credentials: keys whose secrets cannot be read without them are
@@ -782,11 +793,7 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         }
     }
     let changes = spec_changes(&pending, &stores).await;
-    // A key a prune set aside is restored, not generated anew: its plan is made afterwards.
-    let restores = crate::prune_ledger::restorable(config, &pending.keys, pending.now);
-    pending
-        .plans
-        .retain(|p| !restores.iter().any(|r| r.key() == p.name));
+
     let mut restore_lines: Vec<(String, String)> = restores
         .iter()
         .map(|r| (r.key().to_string(), r.to_string()))
