@@ -104,6 +104,26 @@ impl Pending {
     pub fn due(&self, now: SystemTime) -> bool {
         now >= self.after
     }
+
+    /// Its line in `keyprov plan`: pruned by a run at `now`, or when.
+    pub fn line(&self, now: SystemTime, prune_after: Duration) -> String {
+        let since = humantime::format_rfc3339_seconds(self.since);
+        let after = humantime::format_duration(prune_after);
+        if self.due(now) {
+            format!(
+                "orphan {}: prune (seen orphaned since {since}, longer than \
+                 reconcile.pruneAfter {after})",
+                self.orphan
+            )
+        } else {
+            format!(
+                "orphan {}: pruned after {} (seen orphaned since {since}; \
+                 reconcile.pruneAfter {after})",
+                self.orphan,
+                humantime::format_rfc3339_seconds(self.after)
+            )
+        }
+    }
 }
 
 /// When each of `orphans` may be pruned, from the first sightings in `record`. A first

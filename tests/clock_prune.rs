@@ -438,7 +438,12 @@ async fn a_pruned_secret_is_restored_with_the_same_pair_when_its_key_comes_back(
     std::fs::remove_file(a.manifests().join("p.yaml")).unwrap();
     run_at(a, t0() + DAY, 0);
     run_at(a, t0() + 2 * DAY - Duration::from_secs(1), 0);
-    let described = sm.describe_secret().secret_id(&secret).send().await.unwrap();
+    let described = sm
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .unwrap();
     assert!(described.deleted_date().is_none(), "within pruneAfter");
     let plan = at(a, &["plan"], t0() + 2 * DAY);
     assert!(
@@ -448,19 +453,30 @@ async fn a_pruned_secret_is_restored_with_the_same_pair_when_its_key_comes_back(
         plan.all()
     );
     run_at(a, t0() + 2 * DAY, 0);
-    let described = sm.describe_secret().secret_id(&secret).send().await.unwrap();
+    let described = sm
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .unwrap();
     assert!(described.deleted_date().is_some(), "scheduled for deletion");
 
     // Host B, whose manifest still names the key, restores the secret another host pruned.
     let plan = at(b, &["plan"], t0() + 2 * DAY + Duration::from_secs(30));
     assert!(
-        plan.stdout.contains(&format!("pruned: restore secret {secret}")),
+        plan.stdout
+            .contains(&format!("pruned: restore secret {secret}")),
         "{}",
         plan.all()
     );
     let run = run_at(b, t0() + 2 * DAY + Duration::from_secs(60), 0);
     assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.all());
-    let described = sm.describe_secret().secret_id(&secret).send().await.unwrap();
+    let described = sm
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .unwrap();
     assert!(described.deleted_date().is_none(), "restored by host B");
 
     // The manifest comes back on host A: its directory is restored, nothing generated.

@@ -799,7 +799,24 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         .map(|r| (r.key().to_string(), r.to_string()))
         .collect();
     restore_lines.dedup_by(|a, b| a.0 == b.0);
-    let prunes = plan_prunes(config, &stores, &pending, &mut exit).await;
+    let prunes = crate::prune_ledger::planned(
+        config,
+        stores.secrets(),
+        &pending.keys,
+        &pending.frozen,
+        pending.invalid,
+        pending.now,
+    )
+    .await
+    .unwrap_or_else(|err| {
+        if err.contains(crate::store::secrets_manager::NO_CREDENTIALS) {
+            crate::output::note(format!("orphans not planned: {err}"));
+        } else {
+            crate::output::error(&err);
+            exit = exit.max(Exit::KeyFailed);
+        }
+        Vec::new()
+    });
     let due_prunes = prunes.iter().filter(|p| p.due(pending.now)).count();
     let failed: HashSet<&str> = pending.failed.iter().map(|(n, _)| n.as_str()).collect();
     let converged = pending
@@ -862,7 +879,7 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         crate::outln!("{key}: {action}");
     }
     for prune in &prunes {
-        crate::outln!("{}", prune_line(prune, pending.now, config));
+        crate::outln!("{}", prune.line(pending.now, config.reconcile.prune_after));
     }
     print_next_rotations(&pending);
     let mut summary = vec![format!("{converged} converged")];
@@ -901,52 +918,6 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         crate::outln!("{head}: {}.", summary.join(", "));
     }
     exit
-}
-
-/// The prunes `run --once` would make or wait for; a failure to list the orphans is shown
-/// (as not planned without credentials, else as an error).
-async fn plan_prunes(
-    config: &Config,
-    stores: &Stores,
-    pending: &Pending,
-    exit: &mut Exit,
-) -> Vec<crate::prune_ledger::Pending> {
-    let planned = crate::prune_ledger::planned(
-        config,
-        stores.secrets(),
-        &pending.keys,
-        &pending.frozen,
-        pending.invalid,
-        pending.now,
-    )
-    .await;
-    planned.unwrap_or_else(|err| {
-        if err.contains(crate::store::secrets_manager::NO_CREDENTIALS) {
-            crate::output::note(format!("orphans not planned: {err}"));
-        } else {
-            crate::output::error(&err);
-            *exit = (*exit).max(Exit::KeyFailed);
-        }
-        Vec::new()
-    })
-}
-
-/// One orphan's line in `keyprov plan`: pruned by this run, or when.
-fn prune_line(prune: &crate::prune_ledger::Pending, now: SystemTime, config: &Config) -> String {
-    let since = humantime::format_rfc3339_seconds(prune.since);
-    let after = humantime::format_duration(config.reconcile.prune_after);
-    if prune.due(now) {
-        format!(
-            "orphan {}: prune (seen orphaned since {since}, longer than reconcile.pruneAfter {after})",
-            prune.orphan
-        )
-    } else {
-        format!(
-            "orphan {}: pruned after {} (seen orphaned since {since}; reconcile.pruneAfter {after})",
-            prune.orphan,
-            humantime::format_rfc3339_seconds(prune.after)
-        )
-    }
 }
 
 /// For each converged key that rotates: when its next rotation is due, and the spread
