@@ -206,12 +206,25 @@ fn guard_version(
 }
 
 /// Keeps the anchors of this reconcile's [`NoteKind::FutureTime`] notes (the first sighting
-/// stays) and forgets every other, so the record holds at most two entries per key. Written
-/// only when it changed.
-pub fn remember(state_dir: &Path, notes: &[Note], now: SystemTime) -> Result<(), String> {
+/// stays) and of the keys it could not look at (`unseen`: observation failed, manifest
+/// invalid), and forgets every other, so the record holds at most two entries per key.
+/// Written only when it changed.
+pub fn remember(
+    state_dir: &Path,
+    notes: &[Note],
+    unseen: impl Fn(&str) -> bool,
+    now: SystemTime,
+) -> Result<(), String> {
     let ledger = anchors_ledger(state_dir);
     let before: Anchors = ledger.load();
-    let mut after = Anchors::default();
+    let mut after = Anchors(
+        before
+            .0
+            .iter()
+            .filter(|(key, _)| key.rsplit_once('/').is_some_and(|(name, _)| unseen(name)))
+            .map(|(key, since)| (key.clone(), since.clone()))
+            .collect(),
+    );
     for note in notes.iter().filter(|n| n.kind == NoteKind::FutureTime) {
         let key = Anchors::key(&note.key, note.generation);
         let since = before
@@ -358,6 +371,26 @@ mod tests {
             ..Default::default()
         }];
         assert!(guard_key(&key, &mut outputs, now, DEFAULT_TOLERANCE, &anchors).is_empty());
+    }
+
+    #[test]
+    fn anchors_keep_the_first_sighting_and_only_what_is_still_ahead_or_unseen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = parse_time("2026-12-01T00:00:00Z").unwrap();
+        let note = |key: &str| Note {
+            key: key.into(),
+            generation: 2,
+            kind: NoteKind::FutureTime,
+            recorded: t + 3650 * DAY,
+            used: t,
+        };
+        remember(tmp.path(), &[note("a"), note("b")], |_| false, t).unwrap();
+        remember(tmp.path(), &[note("a")], |name| name == "b", t + DAY).unwrap();
+        let anchors = load_anchors(tmp.path());
+        assert_eq!(anchors.since("a", 2), Some(t), "first sighting kept");
+        assert_eq!(anchors.since("b", 2), Some(t), "unseen: kept as it was");
+        remember(tmp.path(), &[], |_| false, t + 2 * DAY).unwrap();
+        assert_eq!(load_anchors(tmp.path()), Anchors::default());
     }
 
     #[test]

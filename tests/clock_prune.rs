@@ -187,7 +187,7 @@ fn prune_with_a_secret_output_requires_an_explicit_scope() {
             "    - file: {}\n    - secretsManager: {secretId: keyprov-test/never-written}\n",
         ),
     );
-    for args in [&["run", "--once"][..], &["plan"]] {
+    for args in [&["run", "--once"][..], &["plan"], &["validate"]] {
         let run = install.keyprov(args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.all());
         assert!(

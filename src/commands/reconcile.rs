@@ -298,8 +298,12 @@ pub async fn reconcile(
     }
     crate::clock_guard::report(&pending.clock_notes);
     if rotate.is_none()
-        && let Err(err) =
-            crate::clock_guard::remember(&config.state_dir, &pending.clock_notes, pending.now)
+        && let Err(err) = crate::clock_guard::remember(
+            &config.state_dir,
+            &pending.clock_notes,
+            |name| pending.frozen.contains(name) || pending.failed.iter().any(|(n, _)| n == name),
+            pending.now,
+        )
     {
         tracing::error!("{err}");
     }
