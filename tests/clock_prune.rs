@@ -572,3 +572,66 @@ async fn a_clock_far_from_aws_generates_and_activates_nothing_and_names_both_tim
     );
     assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_version_published_by_a_clock_ahead_activates_on_time_from_its_secret() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = aws_sdk_secretsmanager::Client::new(&localstack_sdk_config(&endpoint).await);
+    let secret = format!("keyprov-test/staged-{}", uuid::Uuid::new_v4());
+    let keyring = tempfile::tempdir().unwrap();
+    let host = secret_install(&endpoint, &keyring.path().join("k"), "scope: staged-test");
+    // A secret-only key: what the staged version says comes from the secret alone.
+    host.manifest(
+        "k.yaml",
+        &manifest(
+            "staged",
+            "ECC_NIST_P256",
+            "  rotation: {every: 30d, publishAhead: 7d}\n",
+        )
+        .replace(
+            "    - file: {}\n",
+            &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
+        ),
+    );
+    run_at(&host, t0(), 0);
+    // Ten years ahead for one run: generation 2 published with activatesAt 2041 + 7d.
+    run_at(&host, t0() + 3653 * DAY, 0);
+    let pending = sm
+        .get_secret_value()
+        .secret_id(&secret)
+        .version_stage("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let pending: serde_json::Value =
+        serde_json::from_str(pending.secret_string().unwrap()).unwrap();
+    assert!(
+        pending["activatesAt"]
+            .as_str()
+            .unwrap()
+            .starts_with("2041-"),
+        "{pending}"
+    );
+    assert_eq!(secret_json(&sm, &secret).await["generation"], 1);
+    // Corrected: it activates publishAhead after the first corrected run, not in 2041.
+    let corrected = t0() + DAY;
+    let status = at(&host, &["status", "--json"], corrected);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let activates = corrected + 7 * DAY;
+    assert_eq!(
+        json["keys"][0]["nextActivatesAt"].as_str(),
+        Some(format_time(activates).as_str()),
+        "{json}"
+    );
+    run_at(&host, corrected, 0);
+    run_at(&host, activates - Duration::from_secs(60), 0);
+    assert_eq!(secret_json(&sm, &secret).await["generation"], 1, "not yet");
+    let plan = at(&host, &["plan"], activates);
+    assert!(
+        plan.stdout.contains("staged: activate staged generation 2"),
+        "{}",
+        plan.all()
+    );
+    run_at(&host, activates, 0);
+    assert_eq!(secret_json(&sm, &secret).await["generation"], 2);
+}
