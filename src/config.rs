@@ -26,6 +26,12 @@ pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest `reconcile.resyncEvery`.
 pub const MAX_RESYNC: Duration = Duration::from_secs(30 * 86_400);
+/// Longest `reconcile.pruneAfter`.
+pub const MAX_PRUNE_AFTER: Duration = Duration::from_secs(366 * 86_400);
+/// `reconcile.pruneAfter` when unset: an orphan is pruned after a day seen orphaned.
+pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(86_400);
+/// Longest `reconcile.clockTolerance`.
+pub const MAX_CLOCK_TOLERANCE: Duration = Duration::from_secs(86_400);
 /// Environment variables hooks may never be given through `hooks.env`: keyprov's own.
 pub const RESERVED_ENV_PREFIX: &str = "KEYPROV_";
 
@@ -138,6 +144,8 @@ struct ReconcileDoc {
     prune: Option<bool>,
     scope: Option<String>,
     prune_recovery_window_days: Option<i64>,
+    prune_after: Option<String>,
+    clock_tolerance: Option<String>,
     concurrency: Option<usize>,
     max_requests_per_second: Option<f64>,
     resync_every: Option<String>,
@@ -229,6 +237,15 @@ pub struct ReconcileSettings {
     pub prune: bool,
     /// Recovery window of a pruned secret, 7 to 30 days.
     pub prune_recovery_window_days: i64,
+    /// How long an orphan must be seen orphaned, run after run, before it is pruned (a
+    /// redeploy that empties the manifests for a moment prunes nothing).
+    pub prune_after: Duration,
+    /// How far a recorded time may lie ahead of now, or the local clock differ from AWS's,
+    /// before keyprov distrusts it (see `clock_guard`).
+    pub clock_tolerance: Duration,
+    /// `reconcile.scope` was written in the configuration (not the default): required with
+    /// `prune: true` and any secret output.
+    pub scope_explicit: bool,
     /// Which keyprov installation the secrets belong to (tag `keyprov:scope`): orphan secrets
     /// are looked for only among secrets of this scope, so installations sharing an AWS
     /// account never prune each other's. Every host of one fleet uses the same scope.
@@ -359,8 +376,21 @@ impl Config {
         };
         let reconcile = ReconcileSettings {
             prune: doc.reconcile.prune.unwrap_or(false),
+            scope_explicit: doc.reconcile.scope.is_some(),
             scope: doc.reconcile.scope.unwrap_or_else(|| "default".into()),
             prune_recovery_window_days: doc.reconcile.prune_recovery_window_days.unwrap_or(30),
+            prune_after: duration(
+                "reconcile.pruneAfter",
+                &doc.reconcile.prune_after,
+                DEFAULT_PRUNE_AFTER,
+                MAX_PRUNE_AFTER,
+            ),
+            clock_tolerance: duration(
+                "reconcile.clockTolerance",
+                &doc.reconcile.clock_tolerance,
+                crate::clock_guard::DEFAULT_TOLERANCE,
+                MAX_CLOCK_TOLERANCE,
+            ),
             concurrency: doc.reconcile.concurrency.unwrap_or(8),
             // The limit protects the account's KMS quota; the embedded provider has none.
             max_requests_per_second: doc.reconcile.max_requests_per_second.unwrap_or(

@@ -33,7 +33,7 @@ pub struct JwksAggregate {
 impl JwksAggregate {
     /// Resolves a configured `path` (relative to `state_dir`, or absolute inside it or an
     /// output root) and refuses what could clobber keyprov's own files: `..`, a name not
-    /// ending in `.json`, `<stateDir>/keys/…` and `<stateDir>/retry/…`.
+    /// ending in `.json`, `<stateDir>/keys/…`, `<stateDir>/retry/…` and `<stateDir>/ledger/…`.
     pub fn resolve(
         text: &str,
         state_dir: &Path,
@@ -61,12 +61,14 @@ impl JwksAggregate {
             return refuse("must be inside stateDir or an outputRoot");
         };
         if root == state_dir
-            && relative
-                .components()
-                .next()
-                .is_some_and(|c| c.as_os_str() == "keys" || c.as_os_str() == "retry")
+            && relative.components().next().is_some_and(|c| {
+                ["keys", "retry", crate::ledger::LEDGER_DIR]
+                    .contains(&c.as_os_str().to_str().unwrap_or(""))
+            })
         {
-            return refuse("must not be inside stateDir's keys/ or retry/ (keyprov's own)");
+            return refuse(
+                "must not be inside stateDir's keys/, retry/ or ledger/ (keyprov's own)",
+            );
         }
         Ok(JwksAggregate {
             root: root.to_path_buf(),

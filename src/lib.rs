@@ -4,9 +4,11 @@
 //!
 //! Data flow: [`manifest::load`] -> [`observe`] -> [`plan::plan`] (pure) -> [`execute`].
 
+pub mod aws_clock;
 pub mod aws_sdk;
 pub mod binding;
 pub mod clock;
+pub mod clock_guard;
 pub mod commands;
 pub mod config;
 pub mod daemon;
@@ -18,6 +20,7 @@ pub mod hooks;
 pub mod jwks_aggregate;
 pub mod jwks_served;
 pub mod key_material;
+pub mod ledger;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
@@ -30,6 +33,7 @@ pub mod plan;
 pub mod private_formats;
 pub mod progress;
 pub mod provider;
+pub mod prune_ledger;
 pub mod public_formats;
 pub mod retry;
 pub mod schedule;

@@ -1,7 +1,8 @@
 //! Orphans: outputs keyprov made for keys that no manifest defines any more. `status` lists
-//! them; with `reconcile.prune: true` a reconcile in which every manifest loaded removes them
-//! (key directories moved aside, secrets scheduled for deletion with a recovery window).
-//! Nothing keyprov did not make is ever listed or touched.
+//! them; with `reconcile.prune: true` a reconcile in which every manifest loaded removes those
+//! seen orphaned for `reconcile.pruneAfter` (see `prune_ledger`): key directories moved aside,
+//! secrets scheduled for deletion with a recovery window. Nothing keyprov did not make is
+//! ever listed or touched.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use crate::store::secrets_manager::ManagedSecret;
 use crate::store::{SecretsManagerStore, StoreError, file};
 
 /// Prefix of a key directory moved aside by a prune.
-const ORPHANED_PREFIX: &str = ".orphaned-";
+pub const ORPHANED_PREFIX: &str = ".orphaned-";
 
 /// One orphan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,16 +135,17 @@ fn file_orphans(config: &Config, keys: &[KeyPair], frozen: &BTreeSet<String>) ->
     orphans
 }
 
-/// Removes `orphans`: key directories renamed aside (`.orphaned-<name>-<unix time>`, durable,
-/// never deleted), secrets scheduled for deletion after `reconcile.pruneRecoveryWindowDays`.
-/// Returns one result per orphan.
+/// Removes `orphans`: key directories renamed aside (`.orphaned-<name>-<unix time of now>`,
+/// durable, never deleted), secrets scheduled for deletion after
+/// `reconcile.pruneRecoveryWindowDays`. Returns one result per orphan.
 pub async fn prune(
     config: &Config,
     orphans: &[Orphan],
     secrets: &SecretsManagerStore,
+    now: std::time::SystemTime,
 ) -> Vec<(Orphan, Result<(), String>)> {
     let mut results = Vec::new();
-    let stamp = std::time::SystemTime::now()
+    let stamp = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     for orphan in orphans {

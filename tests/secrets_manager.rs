@@ -510,9 +510,18 @@ async fn orphans_are_listed_and_removed_only_with_prune_and_every_manifest_valid
         .unwrap();
     assert!(described.deleted_date().is_none());
 
-    // Every manifest valid: the orphans go, the stranger stays.
+    // Every manifest valid: the orphans go once seen orphaned for pruneAfter (24h), the
+    // stranger stays.
     std::fs::remove_file(install.manifests().join("broken.yaml")).unwrap();
     install.run_once(0);
+    assert!(
+        install.key_dir("gone").join("current").exists(),
+        "first sighting only"
+    );
+    let later = keyprov::schedule::format_time(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(25 * 3600),
+    );
+    at(&install, &later, 0);
     assert!(!install.key_dir("gone").exists());
     let aside: Vec<String> = std::fs::read_dir(install.state().join("keys"))
         .unwrap()
@@ -537,7 +546,7 @@ async fn orphans_are_listed_and_removed_only_with_prune_and_every_manifest_valid
         .await
         .unwrap();
     assert!(described.deleted_date().is_some(), "scheduled for deletion");
-    let status = install.keyprov(&["status", "--json"]);
+    let status = install.keyprov_env(&["status", "--json"], &[("KEYPROV_TEST_NOW", &later)]);
     let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(
         json["orphans"].as_array().unwrap().len(),

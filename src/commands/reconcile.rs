@@ -119,13 +119,21 @@ struct Pending {
     file_validity: Vec<(std::path::PathBuf, bool)>,
     /// Every valid key, also when only one is considered (`rotate`): for the JWK Sets.
     all_keys: Vec<KeyPair>,
+    /// Versions whose recorded times were not used as they are (see `clock_guard`).
+    clock_notes: Vec<crate::clock_guard::Note>,
 }
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
 async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest>) -> Pending {
     let started = std::time::Instant::now();
-    let loaded = super::load_manifests(config);
+    let mut loaded = super::load_manifests(config);
     tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
+    if let Some(problem) = crate::prune_ledger::scope_problem(config, &loaded.keys) {
+        // A configuration error: nothing is touched until it is fixed.
+        super::report(std::slice::from_ref(&problem));
+        loaded.diagnostics.push(problem);
+        loaded.keys.clear();
+    }
     let mut pending = Pending {
         invalid: !loaded.is_valid(),
         keys: Vec::new(),
@@ -138,6 +146,7 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
         diagnostics: loaded.diagnostics.clone(),
         file_validity: loaded.file_validity.clone(),
         all_keys: Vec::new(),
+        clock_notes: Vec::new(),
     };
     if !config.jwks.is_empty() {
         pending.all_keys = loaded.keys.clone();
@@ -163,6 +172,13 @@ async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest
             observed.insert(key.name.clone(), Err(message));
         }
     }
+    pending.clock_notes = crate::clock_guard::guard(
+        &mut observed,
+        &pending.keys,
+        pending.now,
+        config.reconcile.clock_tolerance,
+        &crate::clock_guard::load_anchors(&config.state_dir),
+    );
     for (name, result) in &observed {
         if let Err(err) = result {
             let message = if err.starts_with("key ") {
@@ -268,6 +284,29 @@ pub async fn reconcile(
     let stores = Arc::new(new_stores(config));
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
     let mut pending = prepare(config, &stores, rotate).await;
+    // What a prune set aside comes back with its key, before anything is generated for it.
+    let restores =
+        crate::prune_ledger::restorable(config, &pending.keys, &pending.failed, pending.now);
+    let mut refused = Vec::new();
+    if !restores.is_empty() {
+        refused = crate::prune_ledger::restore(config, stores.secrets(), &restores).await;
+        pending = prepare(config, &stores, rotate).await;
+        // A key whose copy could not be restored is not regenerated over it.
+        pending
+            .plans
+            .retain(|p| !refused.iter().any(|(name, _)| name == &p.name));
+    }
+    crate::clock_guard::report(&pending.clock_notes);
+    if rotate.is_none()
+        && let Err(err) = crate::clock_guard::remember(
+            &config.state_dir,
+            &pending.clock_notes,
+            |name| pending.frozen.contains(name) || pending.failed.iter().any(|(n, _)| n == name),
+            pending.now,
+        )
+    {
+        tracing::error!("{err}");
+    }
     let waiting = if mode
         == (Mode::Daemon {
             honor_backoff: true,
@@ -278,6 +317,9 @@ pub async fn reconcile(
     };
     pending.plans.retain(|p| !waiting.contains(&p.name));
     pending.failed.retain(|(name, _)| !waiting.contains(name));
+    refused.extend(
+        crate::clock_guard::refuse_skewed(&provider, &pending.keys, &mut pending.plans).await,
+    );
     for (name, message) in &pending.failed {
         tracing::error!(key = %name, "{message}");
     }
@@ -288,7 +330,7 @@ pub async fn reconcile(
     let mut report = Report {
         keys: pending.keys.len(),
         changed: pending.plans.len(),
-        failed: pending.failed.clone(),
+        failed: pending.failed.iter().chain(&refused).cloned().collect(),
         invalid: pending.invalid,
         provider_calls: 0,
         next_event: pending.next_event,
@@ -311,11 +353,12 @@ pub async fn reconcile(
         },
     )
     .await;
-    record_outcomes(config, &pending.keys, &outcomes, &pending.failed, &journal).await;
+    let unobserved: Vec<_> = pending.failed.iter().chain(&refused).cloned().collect();
+    record_outcomes(config, &pending.keys, &outcomes, &unobserved, &journal).await;
     let seen = Seen {
         keys: &pending.keys,
         observed: &pending.observed,
-        failed: &pending.failed,
+        failed: &unobserved,
     };
     forget_failures_of_converged(seen, &changed, &waiting, &journal).await;
     // A key whose actions failed is a failed key, not a changed one.
@@ -334,15 +377,16 @@ pub async fn reconcile(
         })
     }));
     if config.reconcile.prune && rotate.is_none() {
-        prune_orphans(
+        let failures = crate::prune_ledger::prune_orphans(
             config,
-            &stores,
+            stores.secrets(),
             &pending.keys,
             &pending.frozen,
             pending.invalid,
-            &mut report,
+            clock::now(),
         )
         .await;
+        report.failed.extend(failures);
     }
     // What the changed keys hold now, for their hooks and (daemon) their next event.
     let now = clock::now();
@@ -362,6 +406,13 @@ pub async fn reconcile(
         after.insert(key.name.clone(), stores.observe_key(key).await);
         crate::progress::beat();
     }
+    crate::clock_guard::guard(
+        &mut after,
+        &pending.keys,
+        now,
+        config.reconcile.clock_tolerance,
+        &crate::clock_guard::load_anchors(&config.state_dir),
+    );
     for (name, outputs) in &after {
         if let (Ok(outputs), Some(key)) = (outputs, pending.keys.iter().find(|k| &k.name == name)) {
             report.next_event = report
@@ -738,46 +789,6 @@ fn next_retry(journal: &Journal) -> Option<SystemTime> {
         .min()
 }
 
-/// `reconcile.prune`: removes the orphans, unless some manifest did not load (its keys might
-/// look like orphans).
-async fn prune_orphans(
-    config: &Config,
-    stores: &Stores,
-    keys: &[KeyPair],
-    frozen: &std::collections::BTreeSet<String>,
-    invalid: bool,
-    report: &mut Report,
-) {
-    if invalid || !frozen.is_empty() {
-        tracing::warn!(
-            "reconcile.prune skipped: a manifest failed to load, so its keys could look like orphans; fix it first"
-        );
-        return;
-    }
-    let orphans = match crate::orphans::find(config, keys, frozen, stores.secrets()).await {
-        Ok(orphans) => orphans,
-        Err(err) => {
-            tracing::error!("cannot list orphans: {err}");
-            report
-                .failed
-                .push(("orphans".into(), format!("cannot list orphans: {err}")));
-            return;
-        }
-    };
-    for (orphan, result) in crate::orphans::prune(config, &orphans, stores.secrets()).await {
-        match result {
-            Ok(()) => tracing::info!(%orphan, "pruned an orphan (no manifest defines its key)"),
-            Err(err) => {
-                tracing::error!(%orphan, "cannot prune orphan {orphan}: {err}");
-                report.failed.push((
-                    orphan.to_string(),
-                    format!("cannot prune orphan {orphan}: {err}"),
-                ));
-            }
-        }
-    }
-}
-
 /// `keyprov run --once` / `keyprov rotate`: reconcile and print a summary line.
 pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: LockWait) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
@@ -796,12 +807,22 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
 pub async fn plan(config: &Config, json: bool) -> Exit {
     crate::output::set_json_stdout(json);
     let stores = Arc::new(new_stores(config));
-    let pending = prepare(config, &stores, None).await;
+    let mut pending = prepare(config, &stores, None).await;
     let mut exit = if pending.invalid {
         Exit::Invalid
     } else {
         Exit::Ok
     };
+    // A key a prune set aside is restored, not generated anew (nor failed for its secret
+    // scheduled for deletion): its plan is made afterwards.
+    let restores =
+        crate::prune_ledger::restorable(config, &pending.keys, &pending.failed, pending.now);
+    pending
+        .plans
+        .retain(|p| !restores.iter().any(|r| r.key() == p.name));
+    pending
+        .failed
+        .retain(|(name, _)| !restores.iter().any(|r| r.key() == name));
     let mut unobserved = 0;
     for (_, err) in &pending.failed {
         // A plan needs no credentials: keys whose secrets cannot be read without them are
@@ -815,22 +836,57 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         }
     }
     let changes = spec_changes(&pending, &stores).await;
+
+    let mut restore_lines: Vec<(String, String)> = restores
+        .iter()
+        .map(|r| (r.key().to_string(), r.to_string()))
+        .collect();
+    restore_lines.dedup_by(|a, b| a.0 == b.0);
+    let prunes = crate::prune_ledger::planned(
+        config,
+        stores.secrets(),
+        &pending.keys,
+        &pending.frozen,
+        pending.invalid,
+        pending.now,
+    )
+    .await
+    .unwrap_or_else(|err| {
+        if err.contains(crate::store::secrets_manager::NO_CREDENTIALS) {
+            crate::output::note(format!("orphans not planned: {err}"));
+        } else {
+            crate::output::error(&err);
+            exit = exit.max(Exit::KeyFailed);
+        }
+        Vec::new()
+    });
+    let due_prunes = prunes.iter().filter(|p| p.due(pending.now)).count();
     let failed: HashSet<&str> = pending.failed.iter().map(|(n, _)| n.as_str()).collect();
     let converged = pending
         .keys
         .iter()
         .filter(|k| !failed.contains(k.name.as_str()))
         .count()
-        - pending.plans.len();
+        - pending.plans.len()
+        - restore_lines.len();
+    let to_change = pending.plans.len() + restore_lines.len();
+    if to_change > 0 || due_prunes > 0 {
+        exit = exit.max(Exit::ChangesPending);
+    }
     if json {
-        if !pending.plans.is_empty() {
-            exit = exit.max(Exit::ChangesPending);
-        }
         let is_unobserved = |err: &str| err.contains(crate::store::secrets_manager::NO_CREDENTIALS);
         let document = serde_json::json!({
-            "changes": plan_lines(&pending.keys, &pending.plans, &changes)
-                .into_iter()
+            "changes": restore_lines.iter().cloned()
+                .chain(plan_lines(&pending.keys, &pending.plans, &changes))
                 .map(|(key, action)| serde_json::json!({"key": key, "action": action}))
+                .collect::<Vec<_>>(),
+            "prunes": prunes.iter().map(|p| serde_json::json!({
+                    "kind": p.orphan.kind(),
+                    "location": p.orphan.location(),
+                    "orphanedSince": crate::schedule::format_time(p.since),
+                    "prunedAfter": crate::schedule::format_time(p.after),
+                    "due": p.due(pending.now),
+                }))
                 .collect::<Vec<_>>(),
             "converged": converged,
             "failed": pending.failed.iter().filter(|(_, e)| !is_unobserved(e))
@@ -858,8 +914,16 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         );
         return exit;
     }
-    for (key, action) in plan_lines(&pending.keys, &pending.plans, &changes) {
+    for (key, action) in
+        restore_lines
+            .iter()
+            .cloned()
+            .chain(plan_lines(&pending.keys, &pending.plans, &changes))
+    {
         crate::outln!("{key}: {action}");
+    }
+    for prune in &prunes {
+        crate::outln!("{}", prune.line(pending.now, config.reconcile.prune_after));
     }
     print_next_rotations(&pending);
     let mut summary = vec![format!("{converged} converged")];
@@ -875,25 +939,27 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     if pending.invalid {
         summary.push("invalid manifests: their keys are left as they are (see above)".into());
     }
+    if due_prunes > 0 {
+        summary.push(format!(
+            "{} to prune",
+            crate::output::count(due_prunes, "orphan")
+        ));
+    }
     let clean = failed.is_empty() && !pending.invalid;
-    if pending.plans.is_empty() && clean {
+    if to_change == 0 && due_prunes == 0 && clean {
         crate::outln!(
             "No changes: {} converged.",
             crate::output::count(converged, "key")
         );
     } else {
-        let head = if pending.plans.is_empty() {
+        let head = if to_change == 0 && due_prunes == 0 {
             "No changes planned".to_string()
+        } else if to_change == 0 {
+            "Orphans to prune".to_string()
         } else {
-            format!(
-                "{} to change",
-                crate::output::count(pending.plans.len(), "key")
-            )
+            format!("{} to change", crate::output::count(to_change, "key"))
         };
         crate::outln!("{head}: {}.", summary.join(", "));
-        if !pending.plans.is_empty() {
-            exit = exit.max(Exit::ChangesPending);
-        }
     }
     exit
 }

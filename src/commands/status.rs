@@ -38,6 +38,9 @@ struct KeyStatus {
     /// that have not succeeded yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry: Option<crate::retry::RetryRecord>,
+    /// Versions whose recorded times were not used as they are: a clock was wrong (see
+    /// `clock_guard`).
+    clock_warnings: Vec<String>,
 }
 
 impl KeyStatus {
@@ -58,6 +61,7 @@ impl KeyStatus {
             error: None,
             outputs: Vec::new(),
             retry: None,
+            clock_warnings: Vec::new(),
         }
     }
 }
@@ -160,9 +164,14 @@ async fn secret_only_meta(
 
 /// An orphan as `status --json` shows it.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct OrphanStatus {
     kind: &'static str,
     location: String,
+    /// With `reconcile.prune`: when a reconcile prunes it (`reconcile.pruneAfter` after it was
+    /// first seen orphaned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pruned_after: Option<String>,
 }
 
 /// Prints the status table, or JSON with `--json`. Exit 1 when a key failed to observe.
@@ -170,17 +179,30 @@ pub async fn status(config: &Config, json: bool) -> Exit {
     let loaded = super::load_manifests(config);
     let now = clock::now();
     let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
-    let observed = stores.observe_all(&loaded.keys).await;
+    let mut observed = stores.observe_all(&loaded.keys).await;
+    let clock_notes = crate::clock_guard::guard(
+        &mut observed,
+        &loaded.keys,
+        now,
+        config.reconcile.clock_tolerance,
+        &crate::clock_guard::load_anchors(&config.state_dir),
+    );
     let mut failed_orphans = None;
     let orphans =
         match crate::orphans::find(config, &loaded.keys, &loaded.frozen, stores.secrets()).await {
-            Ok(found) => found
-                .iter()
-                .map(|o| OrphanStatus {
-                    kind: o.kind(),
-                    location: o.location(),
-                })
-                .collect(),
+            Ok(found) => crate::prune_ledger::schedule(
+                found,
+                &crate::prune_ledger::load(config),
+                now,
+                config.reconcile.prune_after,
+            )
+            .into_iter()
+            .map(|p| OrphanStatus {
+                kind: p.orphan.kind(),
+                location: p.orphan.location(),
+                pruned_after: config.reconcile.prune.then(|| format_time(p.after)),
+            })
+            .collect(),
             Err(err) => {
                 failed_orphans = Some(format!("cannot list orphan secrets: {err}"));
                 Vec::new()
@@ -192,6 +214,9 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         let secret_meta = secret_only_meta(&stores, key, &observed[&key.name]).await;
         let mut status = key_status(key, &observed[&key.name], secret_meta, now);
         status.retry = retries.remove(&key.name);
+        status.clock_warnings = crate::clock_guard::notes_of(&clock_notes, &key.name)
+            .map(ToString::to_string)
+            .collect();
         keys.push(status);
     }
     // Keys of invalid manifests stay visible: left exactly as they are, never orphans.
@@ -392,12 +417,15 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
     // Rows first, then each key's notes under the table, so the columns stay readable.
     print_columns(&rows);
     for key in &status.keys {
-        if key.error.is_none() && key.retry.is_none() {
+        if key.error.is_none() && key.retry.is_none() && key.clock_warnings.is_empty() {
             continue;
         }
         crate::outln!("{}:", key.name);
         if let Some(err) = &key.error {
             crate::outln!("{:width$}  error: {err}", "");
+        }
+        for warning in &key.clock_warnings {
+            crate::outln!("{:width$}  clock: {warning}", "");
         }
         if let Some(retry) = &key.retry {
             print_retry(retry, width);
@@ -408,10 +436,9 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
             "{}:{}: orphan (no manifest defines its key; {})",
             orphan.kind,
             orphan.location,
-            if prune {
-                "reconcile.prune removes it"
-            } else {
-                "left in place"
+            match (&orphan.pruned_after, prune) {
+                (Some(after), true) => format!("reconcile.prune removes it after {after}"),
+                _ => "left in place".to_string(),
             }
         );
     }

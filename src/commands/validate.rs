@@ -55,7 +55,13 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
             .collect()
     };
-    let loaded = manifest::load(&sources, &ctx);
+    let mut loaded = manifest::load(&sources, &ctx);
+    if let Some(problem) = config
+        .as_ref()
+        .and_then(|c| crate::prune_ledger::scope_problem(c, &loaded.keys))
+    {
+        loaded.diagnostics.push(problem);
+    }
     if json {
         let document = serde_json::json!({
             "valid": loaded.is_valid(),

@@ -45,6 +45,8 @@ pub enum FailureReason {
     HookFailed,
     /// The key's manifest is invalid: the key is left as it is.
     ManifestInvalid,
+    /// This host's clock and AWS's disagree: nothing generated or activated.
+    ClockSkew,
     /// Anything else (e.g. a spec the provider cannot make).
     Other,
 }
@@ -61,6 +63,7 @@ impl FailureReason {
             FailureReason::OutputWriteFailed => "output_write_failed",
             FailureReason::HookFailed => "hook_failed",
             FailureReason::ManifestInvalid => "manifest_invalid",
+            FailureReason::ClockSkew => "clock_skew",
             FailureReason::Other => "other",
         }
     }
@@ -86,6 +89,7 @@ impl FailureReason {
                 "InvalidCiphertextException" | "IncorrectKeyException" => {
                     FailureReason::InvalidCiphertext
                 }
+                "ClockSkew" => FailureReason::ClockSkew,
                 _ if *transient => FailureReason::KmsUnavailable,
                 "KMSInternalException" | "DependencyTimeoutException" => {
                     FailureReason::KmsUnavailable
@@ -188,6 +192,7 @@ pub struct Metrics {
     provider_requests: Family<RequestLabels, Counter>,
     provider_duration: Family<OperationLabels, Histogram>,
     hook_runs: Family<HookLabels, Counter>,
+    clock_warnings: Family<KeyReasonLabels, Counter>,
     manifest_valid: Family<FileLabel, Gauge>,
     /// The state series each key has now.
     series: Mutex<BTreeMap<String, KeySeries>>,
@@ -201,6 +206,7 @@ enum CountedSeries {
     Generation(&'static str),
     Failure(&'static str),
     Hook(&'static str, &'static str),
+    Clock(&'static str),
 }
 
 fn seconds(at: SystemTime) -> f64 {
@@ -226,6 +232,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
             hook_runs: Family::default(),
+            clock_warnings: Family::default(),
             manifest_valid: Family::default(),
             series: Mutex::default(),
             counted: Mutex::default(),
@@ -296,6 +303,13 @@ impl Metrics {
             "hook_runs",
             "onRotate hook runs by event and result",
             metrics.hook_runs.clone(),
+        );
+        metrics.registry.register(
+            "clock_warnings",
+            "Times a wrong clock was detected, by reason: future_time (a version stamped ahead \
+             of now), activation_capped (a staged activation beyond createdAt + publishAhead), \
+             aws_skew (the local clock differs from AWS's; nothing generated or activated)",
+            metrics.clock_warnings.clone(),
         );
         metrics.registry.register(
             "manifest_valid",
@@ -377,6 +391,17 @@ impl Metrics {
             .get_or_create(&KeyReasonLabels {
                 key: key.to_string(),
                 reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a clock problem seen for `key` (see `clock_guard`).
+    pub fn clock_warning(&self, key: &str, reason: &'static str) {
+        self.remember(key, CountedSeries::Clock(reason));
+        self.clock_warnings
+            .get_or_create(&KeyReasonLabels {
+                key: key.to_string(),
+                reason,
             })
             .inc();
     }
@@ -565,6 +590,12 @@ impl Metrics {
                     }
                     CountedSeries::Failure(reason) => {
                         self.failures.remove(&KeyReasonLabels {
+                            key: name.clone(),
+                            reason,
+                        });
+                    }
+                    CountedSeries::Clock(reason) => {
+                        self.clock_warnings.remove(&KeyReasonLabels {
                             key: name.clone(),
                             reason,
                         });

@@ -50,9 +50,27 @@ impl AwsProvider {
         }
     }
 
+    /// Makes one cheap KMS request (DescribeKey of `kms_key_id`) only for the `Date` of its
+    /// response, which [`crate::aws_clock`] records whatever the outcome (an access denial
+    /// carries one too).
+    pub async fn probe_clock(&self, kms_key_id: &str) {
+        let _ = self
+            .client()
+            .await
+            .describe_key()
+            .key_id(kms_key_id)
+            .send()
+            .await;
+    }
+
     async fn client(&self) -> &Client {
         self.client
-            .get_or_init(|| async { Client::new(&sdk_config(&self.settings).await) })
+            .get_or_init(|| async {
+                let config = aws_sdk_kms::config::Builder::from(&sdk_config(&self.settings).await)
+                    .interceptor(crate::aws_clock::DateHeader)
+                    .build();
+                Client::from_conf(config)
+            })
             .await
     }
 }

@@ -82,6 +82,7 @@ impl AnyProvider {
                 AnyProvider::Local(local::LocalProvider::new(config.keyring.clone()))
             }
             crate::config::ProviderKind::Aws => {
+                crate::aws_clock::set_tolerance(config.reconcile.clock_tolerance);
                 AnyProvider::Aws(aws::AwsProvider::new(config.aws.clone()))
             }
         }
@@ -111,7 +112,23 @@ impl Provider for AnyProvider {
         let started = std::time::Instant::now();
         let result = match self {
             AnyProvider::Local(p) => p.generate(request).await,
-            AnyProvider::Aws(p) => p.generate(request).await,
+            // A pair made while this host's clock and AWS's disagree (the Date of the very
+            // response that made it) is dropped unused: its times would be wrong.
+            AnyProvider::Aws(p) => {
+                p.generate(request)
+                    .await
+                    .and_then(|pair| match crate::aws_clock::refusal() {
+                        None => Ok(pair),
+                        Some(message) => {
+                            crate::metrics::global().clock_warning(request.name, "aws_skew");
+                            Err(ProviderError::Kms {
+                                code: "ClockSkew".into(),
+                                message,
+                                transient: true,
+                            })
+                        }
+                    })
+            }
         };
         let operation = if request.include_plaintext {
             "GenerateDataKeyPair"

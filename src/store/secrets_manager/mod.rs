@@ -108,7 +108,12 @@ impl SecretsManagerStore {
         let client = self
             .client
             .get_or_init(|| async {
-                Client::new(&crate::aws_sdk::sdk_config(&self.settings).await)
+                let config = aws_sdk_secretsmanager::config::Builder::from(
+                    &crate::aws_sdk::sdk_config(&self.settings).await,
+                )
+                .interceptor(crate::aws_clock::DateHeader)
+                .build();
+                Client::from_conf(config)
             })
             .await;
         self.limiter.until_ready().await;
@@ -452,6 +457,44 @@ impl SecretsManagerStore {
             .await
             .map_err(|err| explain(&err, &secret.name, "DeleteSecret").into_error())?;
         Ok(())
+    }
+
+    /// Cancels the scheduled deletion of a secret a prune set aside, when it is still
+    /// keyprov's secret of key `key` in this scope; `Ok(false)` when there is nothing to
+    /// restore (gone for good, not deleted, or not ours).
+    pub async fn restore_pruned(&self, key: &str, secret: &str) -> Result<bool, StoreError> {
+        let described = self
+            .client()
+            .await
+            .describe_secret()
+            .secret_id(secret)
+            .send()
+            .await;
+        let output = match described {
+            Ok(output) => output,
+            Err(err) => {
+                return match explain(&err, secret, "DescribeSecret") {
+                    Failure::NotFound => Ok(false),
+                    other => Err(other.into_error()),
+                };
+            }
+        };
+        let tags = tag_map(output.tags());
+        let ours = tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
+            && tags.get(SCOPE_TAG) == Some(&self.scope)
+            && tags.get(NAME_TAG).map(String::as_str) == Some(key);
+        if !ours || output.deleted_date().is_none() {
+            return Ok(false);
+        }
+        self.client()
+            .await
+            .restore_secret()
+            .secret_id(secret)
+            .send()
+            .await
+            .map_err(|err| explain(&err, secret, "RestoreSecret").into_error())?;
+        self.managed.lock().expect("never poisoned").remove(secret);
+        Ok(true)
     }
 }
 

@@ -1,0 +1,113 @@
+//! Small durable records keyprov keeps between reconciles in `<stateDir>/ledger/` (when an
+//! orphan was first seen, since when a version's times were distrusted): one JSON file each,
+//! replaced atomically and flushed, read with a size bound. A record that cannot be read is
+//! reported and treated as empty, which only ever delays a prune or restarts a clock anchor.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::store::dir::DirHandle;
+
+/// The directory under stateDir that holds the records (a JWK Set aggregate may not be
+/// written there).
+pub const LEDGER_DIR: &str = "ledger";
+
+/// Records larger than this are refused when read (every writer bounds its entries far below).
+const MAX_BYTES: usize = 4 << 20;
+
+/// One record file, `<stateDir>/ledger/<name>.json`.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    state_dir: PathBuf,
+    file: String,
+}
+
+impl Ledger {
+    /// The record `name` of the installation whose stateDir is `state_dir`.
+    pub fn new(state_dir: &Path, name: &str) -> Self {
+        Ledger {
+            state_dir: state_dir.to_path_buf(),
+            file: format!("{name}.json"),
+        }
+    }
+
+    /// Where the record lives.
+    pub fn path(&self) -> PathBuf {
+        self.state_dir.join(LEDGER_DIR).join(&self.file)
+    }
+
+    /// The record, or its default when there is none or it cannot be read (logged).
+    pub fn load<T: DeserializeOwned + Default>(&self) -> T {
+        match self.try_load() {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::error!(path = %self.path().display(), "ignoring an unreadable record: {err}");
+                T::default()
+            }
+        }
+    }
+
+    fn try_load<T: DeserializeOwned + Default>(&self) -> Result<T, String> {
+        let Some(root) = DirHandle::open_root(&self.state_dir, false).map_err(|e| e.to_string())?
+        else {
+            return Ok(T::default());
+        };
+        let Some(dir) = root.open_dir(LEDGER_DIR).map_err(|e| e.to_string())? else {
+            return Ok(T::default());
+        };
+        if dir.stat(&self.file).is_none() {
+            return Ok(T::default());
+        }
+        let bytes = dir.read_file(&self.file).map_err(|e| e.to_string())?;
+        if bytes.len() > MAX_BYTES {
+            return Err(format!("larger than {MAX_BYTES} bytes"));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// Replaces the record with `record` (0600), durably: written under a temporary name,
+    /// flushed, renamed into place, the directory flushed.
+    pub fn save<T: Serialize>(&self, record: &T) -> Result<(), String> {
+        let context = |e: String| format!("cannot write {}: {e}", self.path().display());
+        let root = DirHandle::open_root(&self.state_dir, true)
+            .map_err(|e| context(e.to_string()))?
+            .ok_or_else(|| context("stateDir is missing".into()))?;
+        root.create_dir(LEDGER_DIR, 0o700, (None, None))
+            .map_err(|e| context(e.to_string()))?;
+        let dir = root
+            .open_dir(LEDGER_DIR)
+            .map_err(|e| context(e.to_string()))?
+            .ok_or_else(|| context("the ledger directory vanished".into()))?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| context(e.to_string()))?;
+        dir.replace_file(&self.file, &bytes, 0o600, (None, None))
+            .map_err(|e| context(e.to_string()))?;
+        dir.sync().map_err(|e| context(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_record_round_trips_and_a_damaged_one_reads_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::new(tmp.path(), "test");
+        let empty: BTreeMap<String, u32> = ledger.load();
+        assert!(empty.is_empty());
+        let record = BTreeMap::from([("a".to_string(), 1u32)]);
+        ledger.save(&record).unwrap();
+        assert_eq!(ledger.load::<BTreeMap<String, u32>>(), record);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ledger.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(ledger.path(), b"{not json").unwrap();
+        assert!(ledger.load::<BTreeMap<String, u32>>().is_empty());
+    }
+}
