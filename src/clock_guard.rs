@@ -334,6 +334,7 @@ mod tests {
             public_key_sha256: String::new(),
             key_pair_spec: String::new(),
             kms_key_arn: String::new(),
+            bound: true,
         }
     }
 
