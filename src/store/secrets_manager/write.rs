@@ -1,0 +1,209 @@
+//! Writing a version: the secret created when missing, the value put under the
+//! generation's request token and read back, the links given.
+
+use std::sync::Arc;
+
+use super::SecretsManagerStore;
+use super::describe::Described;
+use super::errors::{Failure, explain};
+use super::layout::{self, CURRENT, PENDING};
+use super::wanted_tags;
+use crate::manifest::{KeyPair, SecretsManagerOutput};
+use crate::plan::Link;
+use crate::store::{StoreError, StoredVersion, VersionParts};
+
+impl SecretsManagerStore {
+    /// Creates the secret without a value (tags, KMS key, description), or accepts one a racing
+    /// host just created when it is keyprov's.
+    pub(super) async fn create(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<(), StoreError> {
+        let secret = &output.secret_id;
+        let created = self
+            .client()
+            .await
+            .create_secret()
+            .name(secret)
+            .description(format!(
+                "Managed by keyprov: key pair {}. Written by keyprov only.",
+                key.name
+            ))
+            .set_kms_key_id(output.kms_key_id.clone())
+            .set_tags(Some(wanted_tags(&self.scope, key, output)))
+            .send()
+            .await;
+        match created {
+            Ok(_) => {
+                tracing::info!(key = %key.name, secret, "created the secret");
+                Ok(())
+            }
+            Err(err) => match explain(&err, secret, "CreateSecret") {
+                Failure::Exists => self.describe_existing(&key.name, secret).await.map(|_| ()),
+                other => Err(other.into_error()),
+            },
+        }
+    }
+
+    /// Makes sure the secret exists and is keyprov's; returns how it was before (`None` when
+    /// this reconcile saw it absent and created it).
+    pub(super) async fn ensure(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<Option<Described>, StoreError> {
+        let secret = &output.secret_id;
+        let known_absent = self.managed.lock().expect("never poisoned").get(secret) == Some(&false);
+        if !known_absent && let Some(described) = self.describe(&key.name, secret).await? {
+            return Ok(Some(described));
+        }
+        self.create(key, output).await?;
+        Ok(None)
+    }
+
+    /// Whether the version stored under `version`'s token holds `version`'s pair (read back
+    /// after a write).
+    pub(super) async fn holds(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        version: &StoredVersion,
+    ) -> Result<bool, StoreError> {
+        let (parts, _) = self.read(key, secret, version.meta.generation).await?;
+        Ok(parts
+            .meta
+            .is_ok_and(|m| m.public_key_sha256 == version.meta.public_key_sha256))
+    }
+
+    /// Reads the SecretString of a version (by id) into its parts.
+    pub(super) async fn read(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        generation: u32,
+    ) -> Result<(VersionParts, bool), StoreError> {
+        let id = layout::version_id(&key.name, generation);
+        let value = self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(secret)
+            .version_id(&id)
+            .send()
+            .await
+            .map_err(|err| explain(&err, secret, "GetSecretValue").into_error())?;
+        let text = value.secret_string().unwrap_or_default();
+        let plaintext = layout::has_plaintext(text);
+        Ok((layout::parse(text, secret, generation)?, plaintext))
+    }
+
+    /// [`crate::store::Store::write_version`] of secret outputs.
+    pub(super) async fn write_versions(
+        &self,
+        key: &KeyPair,
+        outputs: &[&SecretsManagerOutput],
+        version: Arc<StoredVersion>,
+        link: Link,
+    ) -> Result<(), StoreError> {
+        let generation = version.meta.generation;
+        let text = layout::secret_string(&version)?;
+        let label = match link {
+            Link::Current => CURRENT,
+            Link::Next => PENDING,
+        };
+        for output in outputs {
+            let secret = &output.secret_id;
+            // What was current before, to settle the labels after the move.
+            let before = self.ensure(key, output).await?;
+            let put = self
+                .client()
+                .await
+                .put_secret_value()
+                .secret_id(secret)
+                .client_request_token(layout::version_id(&key.name, generation))
+                .secret_string(text.as_str())
+                .version_stages(layout::generation_label(generation))
+                .version_stages(label)
+                .send()
+                .await;
+            match put {
+                Ok(_) if !self.holds(key, secret, &version).await? => {
+                    // Another writer's pair is stored under this generation's token: a backend
+                    // whose token check is not atomic (LocalStack's is not) let both calls
+                    // through. The stored one wins, as if the call had been refused.
+                    return Err(StoreError::Taken {
+                        location: format!("secret {secret}"),
+                        generation,
+                    });
+                }
+                Ok(answer) => {
+                    if !answer.version_stages().iter().any(|l| l == label) {
+                        // The same pair written before (a retry): the call did nothing, so
+                        // the labels may still have to move.
+                        self.link_generation(key, output, generation, link).await?;
+                    } else if link == Link::Current
+                        && let Some(before) = before
+                    {
+                        let id = layout::version_id(&key.name, generation);
+                        let old = before
+                            .holder(CURRENT)
+                            .filter(|old| *old != id)
+                            .map(|old| (old.to_string(), before.generation_of(old)));
+                        self.settle(&key.name, secret, generation, old).await?;
+                    }
+                }
+                Err(err) => {
+                    return Err(match explain(&err, secret, "PutSecretValue") {
+                        Failure::Exists => StoreError::Taken {
+                            location: format!("secret {secret}"),
+                            generation,
+                        },
+                        other => other.into_error(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`crate::store::Store::link`] of a secret output.
+    pub(super) async fn link_generation(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        generation: u32,
+        link: Link,
+    ) -> Result<(), StoreError> {
+        let secret = &output.secret_id;
+        let id = layout::version_id(&key.name, generation);
+        let described = self.describe_existing(&key.name, secret).await?;
+        if !described
+            .labels_of(&id)
+            .contains(&layout::generation_label(generation))
+        {
+            self.set_label(
+                &key.name,
+                secret,
+                &layout::generation_label(generation),
+                Some(&id),
+            )
+            .await?;
+        }
+        match link {
+            Link::Next => self.set_label(&key.name, secret, PENDING, Some(&id)).await,
+            Link::Current => {
+                let old = described
+                    .holder(CURRENT)
+                    .filter(|old| *old != id)
+                    .map(|old| (old.to_string(), described.generation_of(old)));
+                self.set_label(&key.name, secret, CURRENT, Some(&id))
+                    .await?;
+                if old.is_some() || described.holder(CURRENT).is_none() {
+                    self.record_activation(secret, generation).await?;
+                }
+                self.settle(&key.name, secret, generation, old).await
+            }
+        }
+    }
+}
