@@ -1,5 +1,4 @@
-//! What `DescribeSecret` says about a secret, in keyprov's terms, and the check that the
-//! secret is keyprov's own for the key.
+//! `DescribeSecret`, and the check that the secret is keyprov's own for the key.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,45 +8,8 @@ use aws_sdk_secretsmanager::types::Tag;
 use super::SecretsManagerStore;
 use super::errors::{Failure, explain};
 use super::layout::{self, MANAGED_TAG, NAME_TAG, SCOPE_TAG};
+use super::versions::Described;
 use crate::store::StoreError;
-
-/// What `DescribeSecret` says about a secret, in keyprov's terms.
-pub(super) struct Described {
-    pub(super) tags: BTreeMap<String, String>,
-    pub(super) kms_key_id: Option<String>,
-    /// VersionId -> staging labels.
-    pub(super) stages: HashMap<String, Vec<String>>,
-}
-
-impl Described {
-    pub(super) fn holder(&self, label: &str) -> Option<&str> {
-        self.stages
-            .iter()
-            .find(|(_, labels)| labels.iter().any(|l| l == label))
-            .map(|(id, _)| id.as_str())
-    }
-
-    pub(super) fn labels_of(&self, version_id: &str) -> &[String] {
-        self.stages.get(version_id).map_or(&[], Vec::as_slice)
-    }
-
-    pub(super) fn generation_of(&self, version_id: &str) -> Option<u32> {
-        self.labels_of(version_id)
-            .iter()
-            .find_map(|l| layout::parse_generation_label(l))
-    }
-
-    pub(super) fn generations(&self) -> Vec<u32> {
-        let mut generations: Vec<u32> = self
-            .stages
-            .keys()
-            .filter_map(|id| self.generation_of(id))
-            .collect();
-        generations.sort_unstable();
-        generations.dedup();
-        generations
-    }
-}
 
 impl SecretsManagerStore {
     /// Describes the secret; `None` when it does not exist. Fails when it is not keyprov's
@@ -162,11 +124,12 @@ fn check_ours(
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Described {
+    Ok(Described::new(
+        key,
         tags,
-        kms_key_id: output.kms_key_id().map(str::to_string),
+        output.kms_key_id().map(str::to_string),
         stages,
-    })
+    ))
 }
 
 /// Whether the secret's KMS key is the one the manifest names (the API may answer with the

@@ -16,6 +16,7 @@ mod managed;
 pub use managed::ManagedSecret;
 mod observe;
 mod repair;
+mod versions;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,9 +2,10 @@
 //! versions read and checked.
 
 use super::SecretsManagerStore;
-use super::describe::{Described, same_kms_key};
+use super::describe::same_kms_key;
 use super::errors::explain;
-use super::layout::{self, CURRENT, PENDING, PREVIOUS};
+use super::layout::{self, CURRENT, PREVIOUS};
+use super::versions::Described;
 use super::wanted;
 use crate::manifest::{KeyPair, SecretsManagerOutput};
 use crate::observed::{Damage, ObservedOutput, ObservedVersion};
@@ -33,7 +34,14 @@ impl SecretsManagerStore {
         observed.previous = described
             .holder(PREVIOUS)
             .and_then(|id| described.generation_of(id));
-        if let Some(id) = described.holder(CURRENT) {
+        // The current generation is the newest that was current, wherever AWSCURRENT is now
+        // (a label moved by hand is drift, repaired); without any evidence, AWSCURRENT's
+        // version is read as it is (and refused when keyprov did not write it).
+        let current_id = match described.current() {
+            Some(generation) => described.id_of(generation),
+            None => described.holder(CURRENT),
+        };
+        if let Some(id) = current_id {
             observed.current = self
                 .observe_version(key, secret, &described, id, &mut observed)
                 .await?;
@@ -50,20 +58,15 @@ impl SecretsManagerStore {
             {
                 current.activates_at = at;
             }
-            if let Some(current) = &observed.current
-                && !observed.versions.contains(&current.generation)
-            {
-                observed.drift.push(format!(
-                    "secret {secret}: the current version lacks its label {}",
-                    layout::generation_label(current.generation)
-                ));
-            }
         }
-        if let Some(id) = described.holder(PENDING) {
+        if let Some((id, _)) = described.next() {
             observed.next = self
                 .observe_version(key, secret, &described, id, &mut observed)
                 .await?;
         }
+        observed
+            .drift
+            .extend(described.label_drift(&key.name, secret));
         for (name, value) in wanted(&self.scope, key, output) {
             match described.tags.get(&name) {
                 Some(have) if *have == value => {}
@@ -80,6 +83,36 @@ impl SecretsManagerStore {
                 .push(format!("secret {secret}: kmsKeyId should be {wanted_key}"));
         }
         Ok(observed)
+    }
+
+    /// Why readers of the secret's `AWSCURRENT` do not get the current generation (the label
+    /// was moved outside keyprov), for `keyprov verify`; `None` when they do.
+    pub async fn misplaced_current(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(described) = self.describe(&key.name, &output.secret_id).await? else {
+            return Ok(None);
+        };
+        let Some(current) = described.current() else {
+            return Ok(None);
+        };
+        let holders = described.holders(CURRENT);
+        Ok(
+            (holders != described.id_of(current).into_iter().collect::<Vec<_>>()).then(|| {
+                let on: Vec<String> = holders.iter().map(|h| described.describe(h)).collect();
+                format!(
+                    "{CURRENT} is on {}, not on generation {current}, the newest that was current \
+                 (moved outside keyprov; `keyprov run` moves it back)",
+                    if on.is_empty() {
+                        "no version".to_string()
+                    } else {
+                        on.join(" and ")
+                    }
+                )
+            }),
+        )
     }
 
     /// Reads the version `version_id` holds as one linked version of the observation.

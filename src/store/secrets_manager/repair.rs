@@ -3,10 +3,9 @@
 use super::SecretsManagerStore;
 use super::describe::same_kms_key;
 use super::errors::explain;
-use super::layout::{self, CURRENT, PENDING, PREVIOUS};
+use super::layout::{self, CURRENT};
 use super::{wanted, wanted_tags};
 use crate::manifest::{KeyPair, SecretsManagerOutput};
-use crate::observed::ObservedOutput;
 use crate::store::{RepairInput, StoreError};
 
 impl SecretsManagerStore {
@@ -52,25 +51,12 @@ impl SecretsManagerStore {
                 .await
                 .map_err(|err| explain(&err, secret, "UpdateSecret").into_error())?;
         }
-        // The current version's own label, when it was lost.
-        if let Some(id) = described.holder(CURRENT).map(str::to_string)
-            && described.generation_of(&id).is_none()
-        {
-            let mut scratch = ObservedOutput::default();
-            if let Some(current) = self
-                .observe_version(key, secret, &described, &id, &mut scratch)
-                .await?
-            {
-                let label = layout::generation_label(current.generation);
-                self.set_label(&key.name, secret, &label, Some(&id)).await?;
-            }
-        }
-        let previous = input.previous.map(|g| layout::version_id(&key.name, g));
-        self.set_label(&key.name, secret, PREVIOUS, previous.as_deref())
-            .await
+        self.repair_labels(&key.name, secret, input.previous).await
     }
 
-    /// [`crate::store::Store::prune`] of a secret output.
+    /// [`crate::store::Store::prune`] of a secret output: every label comes off the pruned
+    /// versions (their own last), so Secrets Manager deprecates them. The current generation
+    /// (the newest that was current, wherever `AWSCURRENT` is) is never pruned.
     pub(super) async fn prune_versions(
         &self,
         key: &KeyPair,
@@ -80,33 +66,25 @@ impl SecretsManagerStore {
         let secret = &output.secret_id;
         let described = self.describe_existing(&key.name, secret).await?;
         for &generation in generations {
+            let own = layout::generation_label(generation);
             let id = layout::version_id(&key.name, generation);
             let labels = described.labels_of(&id);
-            if labels.iter().any(|l| l == CURRENT) {
+            if labels.iter().any(|l| l == CURRENT) || described.current() == Some(generation) {
                 return Err(StoreError::Corrupt {
                     path: format!("secret {secret}"),
                     message: format!("refusing to prune the current generation {generation}"),
                 });
             }
-            for label in [PREVIOUS, PENDING] {
-                if labels.iter().any(|l| l == label) {
-                    self.set_label(&key.name, secret, label, None).await?;
-                }
+            let mut doomed: Vec<&String> = labels.iter().filter(|l| **l != own).collect();
+            doomed.extend(labels.iter().filter(|l| **l == own));
+            for label in doomed {
+                self.remove_label(&key.name, secret, label, &id).await?;
             }
-            let own = layout::generation_label(generation);
-            if let Some(holder) = described.holder(&own) {
-                let holder = holder.to_string();
-                self.client()
-                    .await
-                    .update_secret_version_stage()
-                    .secret_id(secret)
-                    .version_stage(&own)
-                    .remove_from_version_id(holder)
-                    .send()
-                    .await
-                    .map_err(|err| {
-                        explain(&err, secret, "UpdateSecretVersionStage").into_error()
-                    })?;
+            // Its label where a hand put it.
+            for holder in described.holders(&own) {
+                if holder != id {
+                    self.remove_label(&key.name, secret, &own, holder).await?;
+                }
             }
         }
         Ok(())

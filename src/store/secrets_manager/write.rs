@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::SecretsManagerStore;
-use super::describe::Described;
 use super::errors::{Failure, explain};
 use super::layout::{self, CURRENT, PENDING};
+use super::versions::Described;
 use super::wanted_tags;
 use crate::manifest::{KeyPair, SecretsManagerOutput};
 use crate::plan::Link;
@@ -98,7 +98,9 @@ impl SecretsManagerStore {
         Ok((layout::parse(text, secret, generation)?, plaintext))
     }
 
-    /// [`crate::store::Store::write_version`] of secret outputs.
+    /// [`crate::store::Store::write_version`] of secret outputs. The version is put under its
+    /// generation's request token with its own label, read back, given `link` by label moves,
+    /// and read back again.
     pub(super) async fn write_versions(
         &self,
         key: &KeyPair,
@@ -108,14 +110,19 @@ impl SecretsManagerStore {
     ) -> Result<(), StoreError> {
         let generation = version.meta.generation;
         let text = layout::secret_string(&version)?;
-        let label = match link {
-            Link::Current => CURRENT,
-            Link::Next => PENDING,
-        };
         for output in outputs {
             let secret = &output.secret_id;
-            // What was current before, to settle the labels after the move.
             let before = self.ensure(key, output).await?;
+            // Only its own label at first: no version holds AWSCURRENT or AWSPENDING before it
+            // is whole and read back (and a backend that lets a put replace a version holding
+            // AWSPENDING, as LocalStack does, cannot replace it); other hosts see it as a
+            // publication in flight. The first version of a secret is current at once (Secrets
+            // Manager makes it so anyway, and no label move can place AWSCURRENT on it).
+            let first = before.as_ref().is_none_or(|d| d.holder(CURRENT).is_none());
+            let mut stages = vec![layout::generation_label(generation)];
+            if link == Link::Current && first {
+                stages.push(CURRENT.to_string());
+            }
             let put = self
                 .client()
                 .await
@@ -123,8 +130,7 @@ impl SecretsManagerStore {
                 .secret_id(secret)
                 .client_request_token(layout::version_id(&key.name, generation))
                 .secret_string(text.as_str())
-                .version_stages(layout::generation_label(generation))
-                .version_stages(label)
+                .set_version_stages(Some(stages))
                 .send()
                 .await;
             match put {
@@ -137,20 +143,18 @@ impl SecretsManagerStore {
                         generation,
                     });
                 }
-                Ok(answer) => {
-                    if !answer.version_stages().iter().any(|l| l == label) {
-                        // The same pair written before (a retry): the call did nothing, so
-                        // the labels may still have to move.
-                        self.link_generation(key, output, generation, link).await?;
-                    } else if link == Link::Current
-                        && let Some(before) = before
-                    {
-                        let id = layout::version_id(&key.name, generation);
-                        let old = before
-                            .holder(CURRENT)
-                            .filter(|old| *old != id)
-                            .map(|old| (old.to_string(), before.generation_of(old)));
-                        self.settle(&key.name, secret, generation, old).await?;
+                // Written now or before (a retry, or a racing host that wrote the same pair):
+                // the labels move either way.
+                Ok(_) => {
+                    self.link_generation(key, output, generation, link).await?;
+                    // Read back once more after the label moves: on a backend whose token check
+                    // is not atomic, a racing put that passed the check before this one landed
+                    // can replace the value a little later. The stored pair wins.
+                    if !self.holds(key, secret, &version).await? {
+                        return Err(StoreError::Taken {
+                            location: format!("secret {secret}"),
+                            generation,
+                        });
                     }
                 }
                 Err(err) => {
@@ -167,7 +171,9 @@ impl SecretsManagerStore {
         Ok(())
     }
 
-    /// [`crate::store::Store::link`] of a secret output.
+    /// [`crate::store::Store::link`] of a secret output: the version holds its own label, then
+    /// `AWSPENDING`, or `AWSCURRENT` (with the activation tag, and `AWSPREVIOUS` settled on the
+    /// version it left).
     pub(super) async fn link_generation(
         &self,
         key: &KeyPair,
@@ -177,18 +183,10 @@ impl SecretsManagerStore {
     ) -> Result<(), StoreError> {
         let secret = &output.secret_id;
         let id = layout::version_id(&key.name, generation);
+        let own = layout::generation_label(generation);
         let described = self.describe_existing(&key.name, secret).await?;
-        if !described
-            .labels_of(&id)
-            .contains(&layout::generation_label(generation))
-        {
-            self.set_label(
-                &key.name,
-                secret,
-                &layout::generation_label(generation),
-                Some(&id),
-            )
-            .await?;
+        if !described.labels_of(&id).contains(&own) {
+            self.set_label(&key.name, secret, &own, Some(&id)).await?;
         }
         match link {
             Link::Next => self.set_label(&key.name, secret, PENDING, Some(&id)).await,
@@ -199,7 +197,9 @@ impl SecretsManagerStore {
                     .map(|old| (old.to_string(), described.generation_of(old)));
                 self.set_label(&key.name, secret, CURRENT, Some(&id))
                     .await?;
-                if old.is_some() || described.holder(CURRENT).is_none() {
+                // Every activation is recorded: the tag is what tells, after AWSCURRENT was
+                // moved back by hand, which generation was current.
+                if described.activated() != Some(generation) {
                     self.record_activation(secret, generation).await?;
                 }
                 self.settle(&key.name, secret, generation, old).await
