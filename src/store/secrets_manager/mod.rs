@@ -3,9 +3,11 @@
 //!
 //! Every version is written with the request token of its generation, so a retry or another
 //! host writing the same generation never makes a second version: the loser of a race gets
-//! [`StoreError::Taken`] and adopts the winner's pair. Links are staging labels: `AWSCURRENT`,
-//! `AWSPREVIOUS`, `AWSPENDING` (a staged generation), and `keyprov-vNNNN` on every kept
-//! version, so Secrets Manager never deprecates it; pruning removes that label.
+//! [`StoreError::Taken`] and adopts the winner's pair. The version ids are the generations
+//! (module `versions`); links are staging labels: `AWSCURRENT`, `AWSPREVIOUS`, `AWSPENDING`
+//! (a staged generation), and `keyprov-vNNNN` on every kept version, so Secrets Manager never
+//! deprecates it; pruning removes the labels. Labels are drift, repaired to what the versions
+//! say (module `labels`), and every label move tolerates other hosts moving the same labels.
 
 mod describe;
 mod errors;
