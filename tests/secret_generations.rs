@@ -259,3 +259,66 @@ async fn generation_labels_moved_or_removed_by_hand_are_repaired_and_nothing_is_
     assert_eq!(by_generation(&sm, &secret, "labels").await.0, converged(4));
     assert_eq!(link(&install, "labels", "previous"), "v0003");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_repairing_the_same_hand_moved_labels_at_once_all_succeed() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = client(&endpoint).await;
+    let secret = unique("repair-race");
+    // One keyring for every host, as one KMS key serves a fleet.
+    let keyring = tempfile::tempdir().unwrap();
+    let hosts: Vec<Install> = (0..3)
+        .map(|_| {
+            let mut host = install(&endpoint);
+            host.extra_config.push_str(&format!(
+                "local: {{keyring: \"{}\"}}\n",
+                keyring.path().join("k").display()
+            ));
+            host.write_config();
+            host.manifest("k.yaml", &with_secret("shared", &secret, false));
+            host
+        })
+        .collect();
+    three_generations(&hosts[0]);
+    let v: Vec<String> = (1..=3).map(|g| version_id("shared", g)).collect();
+    let rounds: u32 = std::env::var("KEYPROV_RACE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    for round in 0..rounds {
+        // Each round another hand edit: AWSCURRENT moved back, or generation labels moved or
+        // taken off (never a version's last label, which Secrets Manager would drop).
+        match round % 3 {
+            0 => move_label(&sm, &secret, "AWSCURRENT", Some(&v[1]), &v[2]).await,
+            1 => {
+                move_label(&sm, &secret, "keyprov-v0002", Some(&v[0]), &v[1]).await;
+                move_label(&sm, &secret, "keyprov-v0003", None, &v[2]).await;
+            }
+            _ => {
+                move_label(&sm, &secret, "AWSCURRENT", Some(&v[0]), &v[2]).await;
+                move_label(&sm, &secret, "keyprov-v0003", Some(&v[1]), &v[2]).await;
+            }
+        }
+        let children: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let mut command = host.command(&["run", "--once"]);
+                command.env("KEYPROV_TEST_NOW", LATER);
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                command.spawn().unwrap()
+            })
+            .collect();
+        for child in children {
+            let run: Run = child.wait_with_output().unwrap().into();
+            assert_eq!(run.code, 0, "round {round}: {}", run.all());
+            assert_eq!(provider_calls(&run.stdout), Some(0), "round {round}");
+        }
+        assert_eq!(
+            by_generation(&sm, &secret, "shared").await,
+            (converged(3), BTreeSet::new()),
+            "round {round}"
+        );
+    }
+}
