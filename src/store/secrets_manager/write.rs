@@ -145,8 +145,17 @@ impl SecretsManagerStore {
                 }
                 // Written now or before (a retry, or a racing host that wrote the same pair):
                 // the labels move either way.
-                Ok(_) => {
-                    self.link_generation(key, output, generation, link).await?;
+                Ok(answer) => {
+                    // The first version of a new secret came back holding both its labels:
+                    // nothing to move (no older version to settle, AWSCURRENT is evidence
+                    // enough), which keeps first provisioning at five calls.
+                    let labelled = |l: &str| answer.version_stages().iter().any(|s| s == l);
+                    let linked = before.is_none()
+                        && labelled(CURRENT)
+                        && labelled(&layout::generation_label(generation));
+                    if !linked {
+                        self.link_generation(key, output, generation, link).await?;
+                    }
                     // Read back once more after the label moves: on a backend whose token check
                     // is not atomic, a racing put that passed the check before this one landed
                     // can replace the value a little later. The stored pair wins.
