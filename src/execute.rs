@@ -399,20 +399,34 @@ impl<P: Provider> KeyContext<'_, P> {
             .await
         {
             Ok(()) => Ok(()),
-            Err((Some(winner), StoreError::Taken { location, .. })) => {
-                tracing::info!(key = %self.key.name, generation, %location,
-                    "another writer stored this generation first: adopting its pair");
-                let adopted = self
-                    .stores
-                    .read_version(self.key, winner, generation)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                let origin = crate::binding::origin(self.key, winner, generation);
-                let adopted = self.prove(adopted, generation, &origin).await?;
-                self.stores
-                    .write_version(self.key, &all, Arc::new(adopted), link)
-                    .await
-                    .map_err(|(_, e)| self.fail(e))?;
+            Err((Some(mut winner), StoreError::Taken { mut location, .. })) => {
+                // A backend whose request-token check is not atomic (LocalStack) may replace
+                // the stored pair once more while this host adopts it: adopt what is stored
+                // then, a bounded number of times.
+                for attempt in 1.. {
+                    tracing::info!(key = %self.key.name, generation, %location,
+                        "another writer stored this generation first: adopting its pair");
+                    let adopted = self
+                        .stores
+                        .read_version(self.key, winner, generation)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                    let origin = crate::binding::origin(self.key, winner, generation);
+                    let adopted = self.prove(adopted, generation, &origin).await?;
+                    match self
+                        .stores
+                        .write_version(self.key, &all, Arc::new(adopted), link)
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err((Some(next), StoreError::Taken { location: at, .. }))
+                            if attempt < 4 =>
+                        {
+                            (winner, location) = (next, at);
+                        }
+                        Err((_, e)) => return Err(self.fail(e)),
+                    }
+                }
                 for i in all {
                     self.link(i, generation, link).await?;
                 }

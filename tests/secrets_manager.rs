@@ -608,13 +608,22 @@ async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
         "{}",
         verify.stdout
     );
-    let run = install.run_once(1);
-    assert!(run.stderr.contains("move AWSCURRENT back"), "{}", run.all());
+    // AWSCURRENT on a version keyprov did not write is drift: moved back to generation 1
+    // (still there, with AWSPREVIOUS), with a warning, and nothing generated.
+    let run = install.run_once(0);
+    assert!(
+        run.stderr.contains("AWSCURRENT was moved outside keyprov"),
+        "{}",
+        run.all()
+    );
     assert_eq!(
         provider_calls(&run.stdout),
         Some(0),
         "nothing generated over a tampered secret"
     );
+    assert_eq!(current_json(&sm, &secret).await, json);
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -543,6 +543,11 @@ async fn verify_secrets(
                 findings.add(&place, problem.clone());
             }
         }
+        match stores.secrets().misplaced_current(key, secret).await {
+            Ok(Some(problem)) => findings.add(&place, problem),
+            Ok(None) => {}
+            Err(err) => findings.add(&place, err.to_string()),
+        }
         let Some(current) = seen.current.as_ref().map(|c| c.generation) else {
             findings.add(&place, "no current version (run keyprov run --once)");
             continue;

@@ -1,6 +1,8 @@
 //! What a keyprov secret holds: the SecretString JSON of a version, the request token of a
 //! generation, and keyprov's own staging and tag names.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -63,6 +65,45 @@ pub fn parse_generation_label(label: &str) -> Option<u32> {
 /// `<name>/<generation>`.
 pub fn version_id(name: &str, generation: u32) -> String {
     uuid::Uuid::new_v5(&TOKEN_NAMESPACE, format!("{name}/{generation}").as_bytes()).to_string()
+}
+
+/// The generation of each of `ids` that is the request token of a generation of key `name`
+/// (see [`version_id`]); other ids (versions keyprov did not write) are left out. A version
+/// id is a one-way hash, so generations are tried: first `hints` (those the secret's labels
+/// and tags name), then [`MAX_VERSIONS`] around each hint and from 1, which finds versions
+/// whose labels were moved or removed by hand. The search is bounded; a converged secret
+/// costs one hash per version.
+pub fn generations_of<'a>(
+    name: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+    hints: &BTreeSet<u32>,
+) -> HashMap<String, u32> {
+    let mut unresolved: HashSet<&str> = ids.into_iter().collect();
+    let mut found = HashMap::new();
+    let mut try_generation = |generation: u32, unresolved: &mut HashSet<&str>| {
+        let id = version_id(name, generation);
+        if unresolved.remove(id.as_str()) {
+            found.insert(id, generation);
+        }
+    };
+    for &hint in hints {
+        try_generation(hint, &mut unresolved);
+    }
+    if unresolved.is_empty() {
+        return found;
+    }
+    let reach = MAX_VERSIONS as u32;
+    let mut around: BTreeSet<u32> = (1..=reach).collect();
+    for &hint in hints.iter().take(MAX_VERSIONS) {
+        around.extend(hint.saturating_sub(reach).max(1)..=hint.saturating_add(reach));
+    }
+    for generation in around.difference(hints) {
+        if unresolved.is_empty() {
+            break;
+        }
+        try_generation(*generation, &mut unresolved);
+    }
+    found
 }
 
 /// The SecretString of a version: meta.json's fields, `publicKeyPem`, `privateKeyCiphertext`
@@ -273,6 +314,30 @@ mod tests {
         );
         assert!(parse("not json", "s", 3).is_err());
         assert!(parse(&"x".repeat(MAX_SECRET_STRING + 1), "s", 3).is_err());
+    }
+
+    #[test]
+    fn generations_come_from_version_ids_whatever_the_labels_say() {
+        let ids: Vec<String> = [1, 2, 3, 250]
+            .iter()
+            .map(|g| version_id("k", *g))
+            .chain(["3f6c0c2e-0000-4000-8000-000000000000".to_string()])
+            .collect();
+        let id_refs = || ids.iter().map(String::as_str);
+        // Labels name 2 and 3 only (1's label removed, 250's label moved by hand).
+        let found = generations_of("k", id_refs(), &BTreeSet::from([2, 3]));
+        assert_eq!(
+            found.len(),
+            3,
+            "a version not keyprov's is left out: {found:?}"
+        );
+        for g in [1, 2, 3] {
+            assert_eq!(found[&version_id("k", g)], g);
+        }
+        // Far from every hint: found only around a hint that names it.
+        let found = generations_of("k", id_refs(), &BTreeSet::from([200]));
+        assert_eq!(found[&version_id("k", 250)], 250);
+        assert!(generations_of("other", id_refs(), &BTreeSet::from([1, 2, 3])).is_empty());
     }
 
     #[test]

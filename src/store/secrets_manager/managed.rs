@@ -1,0 +1,125 @@
+//! The secrets of this installation (`keyprov:scope`), for orphan listing and pruning.
+
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+
+use super::SecretsManagerStore;
+use super::describe::tag_map;
+use super::errors::{Failure, explain};
+use super::layout::{MANAGED_TAG, NAME_TAG, SCOPE_TAG};
+use crate::store::StoreError;
+
+/// A secret keyprov manages, as `ListSecrets` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedSecret {
+    /// Secret name.
+    pub name: String,
+    /// Secret ARN.
+    pub arn: String,
+    /// The key pair it holds (`keyprov:name`).
+    pub key_name: String,
+}
+
+impl SecretsManagerStore {
+    /// Managed secrets (`keyprov:managed=true`) of this store's scope, for orphan listing; at
+    /// most 10,000.
+    pub async fn list_managed(&self) -> Result<Vec<ManagedSecret>, StoreError> {
+        let mut found = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client()
+                .await
+                .list_secrets()
+                .filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::TagKey)
+                        .values(SCOPE_TAG)
+                        .build(),
+                )
+                .max_results(100)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())?;
+            for secret in page.secret_list() {
+                let tags = tag_map(secret.tags());
+                if tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
+                    && tags.get(SCOPE_TAG) == Some(&self.scope)
+                {
+                    found.push(ManagedSecret {
+                        name: secret.name().unwrap_or_default().to_string(),
+                        arn: secret.arn().unwrap_or_default().to_string(),
+                        key_name: tags.get(NAME_TAG).cloned().unwrap_or_default(),
+                    });
+                }
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() || found.len() >= 10_000 {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Schedules the deletion of a managed secret with a recovery window (never forced), after
+    /// checking once more that it is keyprov's.
+    pub async fn schedule_deletion(
+        &self,
+        secret: &ManagedSecret,
+        recovery_window_days: i64,
+    ) -> Result<(), StoreError> {
+        if self
+            .describe(&secret.key_name, &secret.arn)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        self.client()
+            .await
+            .delete_secret()
+            .secret_id(&secret.arn)
+            .recovery_window_in_days(recovery_window_days)
+            .send()
+            .await
+            .map_err(|err| explain(&err, &secret.name, "DeleteSecret").into_error())?;
+        Ok(())
+    }
+
+    /// Cancels the scheduled deletion of a secret a prune set aside, when it is still
+    /// keyprov's secret of key `key` in this scope; `Ok(false)` when there is nothing to
+    /// restore (gone for good, not deleted, or not ours).
+    pub async fn restore_pruned(&self, key: &str, secret: &str) -> Result<bool, StoreError> {
+        let described = self
+            .client()
+            .await
+            .describe_secret()
+            .secret_id(secret)
+            .send()
+            .await;
+        let output = match described {
+            Ok(output) => output,
+            Err(err) => {
+                return match explain(&err, secret, "DescribeSecret") {
+                    Failure::NotFound => Ok(false),
+                    other => Err(other.into_error()),
+                };
+            }
+        };
+        let tags = tag_map(output.tags());
+        let ours = tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
+            && tags.get(SCOPE_TAG) == Some(&self.scope)
+            && tags.get(NAME_TAG).map(String::as_str) == Some(key);
+        if !ours || output.deleted_date().is_none() {
+            return Ok(false);
+        }
+        self.client()
+            .await
+            .restore_secret()
+            .secret_id(secret)
+            .send()
+            .await
+            .map_err(|err| explain(&err, secret, "RestoreSecret").into_error())?;
+        self.managed.lock().expect("never poisoned").remove(secret);
+        Ok(true)
+    }
+}

@@ -1,0 +1,179 @@
+//! Observing a secret: its generations, links and drift from the manifest, and the linked
+//! versions read and checked.
+
+use super::SecretsManagerStore;
+use super::describe::same_kms_key;
+use super::errors::explain;
+use super::layout::{self, CURRENT, PREVIOUS};
+use super::versions::Described;
+use super::wanted;
+use crate::manifest::{KeyPair, SecretsManagerOutput};
+use crate::observed::{Damage, ObservedOutput, ObservedVersion};
+use crate::store::StoreError;
+
+impl SecretsManagerStore {
+    /// [`crate::store::Store::observe`] of a secret output.
+    pub(super) async fn observe_secret(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<ObservedOutput, StoreError> {
+        let secret = &output.secret_id;
+        let mut observed = ObservedOutput {
+            prunable: true,
+            ..ObservedOutput::default()
+        };
+        let Some(described) = self.describe(&key.name, secret).await? else {
+            self.managed
+                .lock()
+                .expect("never poisoned")
+                .insert(secret.clone(), false);
+            return Ok(observed);
+        };
+        observed.versions = described.generations();
+        observed.previous = described
+            .holder(PREVIOUS)
+            .and_then(|id| described.generation_of(id));
+        // The current generation is the newest that was current, wherever AWSCURRENT is now
+        // (a label moved by hand is drift, repaired); without any evidence, AWSCURRENT's
+        // version is read as it is (and refused when keyprov did not write it).
+        let current_id = match described.current() {
+            Some(generation) => described.id_of(generation),
+            None => described.holder(CURRENT),
+        };
+        if let Some(id) = current_id {
+            observed.current = self
+                .observe_version(key, secret, &described, id, &mut observed)
+                .await?;
+            // Activated before its planned time (`rotate --now`): the next rotation counts
+            // from the recorded activation.
+            if let Some(current) = &mut observed.current
+                && let Some((generation, at)) = described
+                    .tags
+                    .get(layout::ACTIVATED_TAG)
+                    .and_then(|v| layout::parse_activated_tag(v))
+                && generation == current.generation
+                && at < current.activates_at
+                && at >= current.created_at
+            {
+                current.activates_at = at;
+            }
+        }
+        if let Some((id, _)) = described.next() {
+            observed.next = self
+                .observe_version(key, secret, &described, id, &mut observed)
+                .await?;
+        }
+        observed
+            .drift
+            .extend(described.label_drift(&key.name, secret));
+        for (name, value) in wanted(&self.scope, key, output) {
+            match described.tags.get(&name) {
+                Some(have) if *have == value => {}
+                _ => observed
+                    .drift
+                    .push(format!("secret {secret}: tag {name} should be {value:?}")),
+            }
+        }
+        if let Some(wanted_key) = &output.kms_key_id
+            && !same_kms_key(described.kms_key_id.as_deref(), wanted_key)
+        {
+            observed
+                .drift
+                .push(format!("secret {secret}: kmsKeyId should be {wanted_key}"));
+        }
+        Ok(observed)
+    }
+
+    /// Why readers of the secret's `AWSCURRENT` do not get the current generation (the label
+    /// was moved outside keyprov), for `keyprov verify`; `None` when they do.
+    pub async fn misplaced_current(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(described) = self.describe(&key.name, &output.secret_id).await? else {
+            return Ok(None);
+        };
+        let Some(current) = described.current() else {
+            return Ok(None);
+        };
+        let holders = described.holders(CURRENT);
+        Ok(
+            (holders != described.id_of(current).into_iter().collect::<Vec<_>>()).then(|| {
+                let on: Vec<String> = holders.iter().map(|h| described.describe(h)).collect();
+                format!(
+                    "{CURRENT} is on {}, not on generation {current}, the newest that was current \
+                 (moved outside keyprov; `keyprov run` moves it back)",
+                    if on.is_empty() {
+                        "no version".to_string()
+                    } else {
+                        on.join(" and ")
+                    }
+                )
+            }),
+        )
+    }
+
+    /// Reads the version `version_id` holds as one linked version of the observation.
+    pub(super) async fn observe_version(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        described: &Described,
+        version_id: &str,
+        observed: &mut ObservedOutput,
+    ) -> Result<Option<ObservedVersion>, StoreError> {
+        let value = self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(secret)
+            .version_id(version_id)
+            .send()
+            .await
+            .map_err(|err| explain(&err, secret, "GetSecretValue").into_error())?;
+        let text = value.secret_string().unwrap_or_default();
+        let generation = described.generation_of(version_id).or_else(|| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("generation")?.as_u64())
+                .and_then(|g| u32::try_from(g).ok())
+        });
+        let Some(generation) = generation else {
+            return Err(StoreError::Corrupt {
+                path: secret.to_string(),
+                message: format!(
+                    "version {version_id} holds a label keyprov uses but is not keyprov's \
+                     (no generation): the secret was written outside keyprov"
+                ),
+            });
+        };
+        if layout::version_id(&key.name, generation) != version_id {
+            observed.damaged.push(Damage {
+                generation,
+                problems: vec![format!(
+                    "{secret}: version {version_id} was not written by keyprov for generation {generation}"
+                )],
+            });
+            return Ok(None);
+        }
+        let checked = layout::parse(text, secret, generation)
+            .and_then(|parts| layout::whole(parts, &key.name, secret));
+        match checked {
+            Ok(version) => Ok(Some(version.meta.observed().map_err(|message| {
+                StoreError::Corrupt {
+                    path: secret.to_string(),
+                    message,
+                }
+            })?)),
+            Err(err) => {
+                observed.damaged.push(Damage {
+                    generation,
+                    problems: vec![err.to_string()],
+                });
+                Ok(None)
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Writing a version: the secret created when missing, the value put under the
+//! generation's request token and read back, the links given.
+
+use std::sync::Arc;
+
+use super::SecretsManagerStore;
+use super::errors::{Failure, explain};
+use super::layout::{self, CURRENT, PENDING};
+use super::versions::Described;
+use super::wanted_tags;
+use crate::manifest::{KeyPair, SecretsManagerOutput};
+use crate::plan::Link;
+use crate::store::{StoreError, StoredVersion, VersionParts};
+
+impl SecretsManagerStore {
+    /// Creates the secret without a value (tags, KMS key, description), or accepts one a racing
+    /// host just created when it is keyprov's.
+    pub(super) async fn create(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<(), StoreError> {
+        let secret = &output.secret_id;
+        let created = self
+            .client()
+            .await
+            .create_secret()
+            .name(secret)
+            .description(format!(
+                "Managed by keyprov: key pair {}. Written by keyprov only.",
+                key.name
+            ))
+            .set_kms_key_id(output.kms_key_id.clone())
+            .set_tags(Some(wanted_tags(&self.scope, key, output)))
+            .send()
+            .await;
+        match created {
+            Ok(_) => {
+                tracing::info!(key = %key.name, secret, "created the secret");
+                Ok(())
+            }
+            Err(err) => match explain(&err, secret, "CreateSecret") {
+                Failure::Exists => self.describe_existing(&key.name, secret).await.map(|_| ()),
+                other => Err(other.into_error()),
+            },
+        }
+    }
+
+    /// Makes sure the secret exists and is keyprov's; returns how it was before (`None` when
+    /// this reconcile saw it absent and created it).
+    pub(super) async fn ensure(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+    ) -> Result<Option<Described>, StoreError> {
+        let secret = &output.secret_id;
+        let known_absent = self.managed.lock().expect("never poisoned").get(secret) == Some(&false);
+        if !known_absent && let Some(described) = self.describe(&key.name, secret).await? {
+            return Ok(Some(described));
+        }
+        self.create(key, output).await?;
+        Ok(None)
+    }
+
+    /// Whether the version stored under `version`'s token holds `version`'s pair (read back
+    /// after a write).
+    pub(super) async fn holds(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        version: &StoredVersion,
+    ) -> Result<bool, StoreError> {
+        let (parts, _) = self.read(key, secret, version.meta.generation).await?;
+        Ok(parts
+            .meta
+            .is_ok_and(|m| m.public_key_sha256 == version.meta.public_key_sha256))
+    }
+
+    /// Reads the SecretString of a version (by id) into its parts.
+    pub(super) async fn read(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        generation: u32,
+    ) -> Result<(VersionParts, bool), StoreError> {
+        let id = layout::version_id(&key.name, generation);
+        let value = self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(secret)
+            .version_id(&id)
+            .send()
+            .await
+            .map_err(|err| explain(&err, secret, "GetSecretValue").into_error())?;
+        let text = value.secret_string().unwrap_or_default();
+        let plaintext = layout::has_plaintext(text);
+        Ok((layout::parse(text, secret, generation)?, plaintext))
+    }
+
+    /// [`crate::store::Store::write_version`] of secret outputs. The version is put under its
+    /// generation's request token with its own label, read back, given `link` by label moves,
+    /// and read back again.
+    pub(super) async fn write_versions(
+        &self,
+        key: &KeyPair,
+        outputs: &[&SecretsManagerOutput],
+        version: Arc<StoredVersion>,
+        link: Link,
+    ) -> Result<(), StoreError> {
+        let generation = version.meta.generation;
+        let text = layout::secret_string(&version)?;
+        for output in outputs {
+            let secret = &output.secret_id;
+            let before = self.ensure(key, output).await?;
+            // Only its own label at first: no version holds AWSCURRENT or AWSPENDING before it
+            // is whole and read back (and a backend that lets a put replace a version holding
+            // AWSPENDING, as LocalStack does, cannot replace it); other hosts see it as a
+            // publication in flight. The first version of a secret is current at once (Secrets
+            // Manager makes it so anyway, and no label move can place AWSCURRENT on it).
+            let first = before.as_ref().is_none_or(|d| d.holder(CURRENT).is_none());
+            let mut stages = vec![layout::generation_label(generation)];
+            if link == Link::Current && first {
+                stages.push(CURRENT.to_string());
+            }
+            let put = self
+                .client()
+                .await
+                .put_secret_value()
+                .secret_id(secret)
+                .client_request_token(layout::version_id(&key.name, generation))
+                .secret_string(text.as_str())
+                .set_version_stages(Some(stages))
+                .send()
+                .await;
+            match put {
+                Ok(_) if !self.holds(key, secret, &version).await? => {
+                    // Another writer's pair is stored under this generation's token: a backend
+                    // whose token check is not atomic (LocalStack's is not) let both calls
+                    // through. The stored one wins, as if the call had been refused.
+                    return Err(StoreError::Taken {
+                        location: format!("secret {secret}"),
+                        generation,
+                    });
+                }
+                // Written now or before (a retry, or a racing host that wrote the same pair):
+                // the labels move either way.
+                Ok(answer) => {
+                    // The first version of a new secret came back holding both its labels:
+                    // nothing to move (no older version to settle, AWSCURRENT is evidence
+                    // enough), which keeps first provisioning at five calls.
+                    let labelled = |l: &str| answer.version_stages().iter().any(|s| s == l);
+                    let linked = before.is_none()
+                        && labelled(CURRENT)
+                        && labelled(&layout::generation_label(generation));
+                    if !linked {
+                        self.link_generation(key, output, generation, link).await?;
+                    }
+                    // Read back once more after the label moves: on a backend whose token check
+                    // is not atomic, a racing put that passed the check before this one landed
+                    // can replace the value a little later. The stored pair wins.
+                    if !self.holds(key, secret, &version).await? {
+                        return Err(StoreError::Taken {
+                            location: format!("secret {secret}"),
+                            generation,
+                        });
+                    }
+                }
+                Err(err) => {
+                    return Err(match explain(&err, secret, "PutSecretValue") {
+                        Failure::Exists => StoreError::Taken {
+                            location: format!("secret {secret}"),
+                            generation,
+                        },
+                        other => other.into_error(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`crate::store::Store::link`] of a secret output: the version holds its own label, then
+    /// `AWSPENDING`, or `AWSCURRENT` (with the activation tag, and `AWSPREVIOUS` settled on the
+    /// version it left).
+    pub(super) async fn link_generation(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        generation: u32,
+        link: Link,
+    ) -> Result<(), StoreError> {
+        let secret = &output.secret_id;
+        let id = layout::version_id(&key.name, generation);
+        let own = layout::generation_label(generation);
+        let described = self.describe_existing(&key.name, secret).await?;
+        if !described.labels_of(&id).contains(&own) {
+            self.set_label(&key.name, secret, &own, Some(&id)).await?;
+        }
+        match link {
+            Link::Next => self.set_label(&key.name, secret, PENDING, Some(&id)).await,
+            Link::Current => {
+                let old = described
+                    .holder(CURRENT)
+                    .filter(|old| *old != id)
+                    .map(|old| (old.to_string(), described.generation_of(old)));
+                self.set_label(&key.name, secret, CURRENT, Some(&id))
+                    .await?;
+                // Every activation is recorded: the tag is what tells, after AWSCURRENT was
+                // moved back by hand, which generation was current.
+                if described.activated() != Some(generation) {
+                    self.record_activation(secret, generation).await?;
+                }
+                self.settle(&key.name, secret, generation, old).await
+            }
+        }
+    }
+}
