@@ -107,9 +107,7 @@ impl SecretsManagerStore {
     async fn client(&self) -> &Client {
         let client = self
             .client
-            .get_or_init(|| async {
-                Client::new(&crate::aws_sdk::sdk_config(&self.settings).await)
-            })
+            .get_or_init(|| crate::aws_sdk::secrets_manager_client(&self.settings))
             .await;
         self.limiter.until_ready().await;
         client
