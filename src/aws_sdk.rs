@@ -58,7 +58,8 @@ pub async fn secrets_manager_client(settings: &AwsSettings) -> aws_sdk_secretsma
     aws_sdk_secretsmanager::Client::from_conf(config)
 }
 
-/// An error and its sources, joined with ": " (a source already in the text is not repeated).
+/// An error and its sources, joined with ": " (a source already in the text is not repeated),
+/// on one line (the credential chain lists its providers one per line: joined with "; ").
 /// Display only: never a Debug dump, which can hold request or response bodies.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -71,7 +72,11 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
         source = inner.source();
     }
-    text
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Whether an AWS call failed for lack of credentials, from its [`error_chain`]: none found,
@@ -157,5 +162,40 @@ impl aws_sdk_kms::config::Intercept for RetryLog {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clipped_message_ends_between_words() {
+        assert_eq!(
+            clip("kind: Connection refused", 100),
+            "kind: Connection refused"
+        );
+        assert_eq!(clip("kind: Connection refused", 10), "kind:…");
+        assert_eq!(clip("Connectionrefused", 5), "Conne…");
+        assert_eq!(
+            clip("ĉĉĉ ĉĉĉ", 5),
+            "ĉĉĉ…",
+            "counted in characters, cut on one"
+        );
+    }
+
+    #[test]
+    fn credential_failures_are_recognised() {
+        assert!(is_credentials_error(
+            "dispatch failure: other: the credential provider was not enabled: no credentials \
+             found in chain. Attempted: Environment: ..."
+        ));
+        assert!(is_credentials_error(
+            "dispatch failure: other: an error occurred while loading credentials: failed to \
+             load IMDS session token"
+        ));
+        assert!(!is_credentials_error(
+            "dispatch failure: io error: error trying to connect: Connection refused"
+        ));
     }
 }

@@ -350,15 +350,19 @@ fn an_unreachable_endpoint_logs_each_retry() {
     );
     assert_eq!(run.code, 1, "{}", run.all());
     for attempt in 1..=2 {
-        let retry = format!("attempt #{attempt} failed with");
+        let retry = format!(": attempt #{attempt} failed with connector error");
         let line = run.stderr.lines().find(|l| l.contains(&retry));
+        let next = format!("; retrying (attempt #{})", attempt + 1);
         assert!(
-            line.is_some_and(|l| l.contains("; retrying after")),
+            line.is_some_and(|l| {
+                l.contains("WARN KMS GenerateDataKeyPair") && l.contains(&next)
+            }),
             "{}",
             run.stderr
         );
     }
     assert!(run.stderr.contains("cannot reach KMS"), "{}", run.stderr);
+    assert!(!run.stderr.contains("DEBUG"), "{}", run.stderr);
 }
 
 #[test]

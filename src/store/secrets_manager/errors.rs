@@ -73,7 +73,7 @@ where
             SdkError::DispatchFailure(_) => {
                 // Display only: the SDK's Debug dump of the chain can hold a whole response.
                 let chain = crate::aws_sdk::error_chain(err);
-                let cause = crate::aws_sdk::clip(&chain, 300);
+                let cause = crate::aws_sdk::clip(&chain, 500);
                 if crate::aws_sdk::is_credentials_error(&chain) {
                     format!(
                         "{NO_CREDENTIALS} to read or write secret {secret}: configure them as for \

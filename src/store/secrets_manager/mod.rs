@@ -465,9 +465,11 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The tags keyprov sets on the secret of `key`.
+/// The tags a key's secret must carry: the manifest's labels, the output's own tags (which win
+/// over a label of the same name), and keyprov's (which win over both).
 fn wanted(scope: &str, key: &KeyPair, output: &SecretsManagerOutput) -> BTreeMap<String, String> {
-    let mut tags = output.tags.clone();
+    let mut tags = key.labels.clone();
+    tags.extend(output.tags.clone());
     tags.insert(SCOPE_TAG.into(), scope.into());
     tags.insert(MANAGED_TAG.into(), "true".into());
     tags.insert(NAME_TAG.into(), key.name.clone());
