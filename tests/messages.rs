@@ -187,7 +187,7 @@ fn validate_reports_every_problem_of_a_document_in_the_users_words() {
     for want in [
         "k.yaml:7:3: spec.rotaton: unknown field `rotaton`; did you mean `rotation`?",
         "k.yaml:8:14: spec.rotation.keep: must be a whole number >= 0",
-        "k.yaml:8:24: spec.rotation.every: must be a text, not the number 5; quote it: \"5\"",
+        "k.yaml:8:24: spec.rotation.every: must be a duration with its unit, not the number 5; write \"5d\" (units: s, m, h, d)",
         "k.yaml:9:3: spec.includePlaintext: must be true or false",
         "k.yaml:5:3: spec.keyPairSpec: unknown value \"ECC_NIST_P999\"",
     ] {
@@ -220,6 +220,34 @@ fn a_duplicated_key_is_reported_at_its_own_line() {
         "missing {want:?} in\n{}",
         run.stderr
     );
+}
+
+#[test]
+fn two_manifests_without_a_separator_suggest_one_and_jose_names_their_spec() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &format!(
+            "{}{}",
+            manifest("a", "ECC_NIST_P256", ""),
+            manifest("b", "ECC_NIST_P256", "")
+        ),
+    );
+    install.manifest("jose.yaml", &manifest("jose", "ES256", ""));
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    for want in [
+        "k.yaml:10:1: apiVersion: duplicate key `apiVersion`: it is already set above; if a \
+         second manifest starts here, separate the two with a line `---` before it",
+        "jose.yaml:6:3: spec.keyPairSpec: unknown value \"ES256\", expected one of RSA_2048",
+        "; did you mean ECC_NIST_P256?",
+    ] {
+        assert!(
+            run.stderr.contains(want),
+            "missing {want:?} in\n{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]
@@ -488,7 +516,8 @@ fn plan_and_validate_speak_json_for_ci() {
     install.manifest("bad.yaml", &manifest("bad", "ECC_NIST_P999", ""));
 
     let plan = install.keyprov(&["plan", "--json"]);
-    assert_eq!(plan.code, 3, "{}", plan.all());
+    // An invalid manifest outranks the pending change.
+    assert_eq!(plan.code, 2, "{}", plan.all());
     assert!(
         plan.stderr.trim().is_empty() || !plan.stderr.contains("error:"),
         "{}",
@@ -513,7 +542,7 @@ fn plan_and_validate_speak_json_for_ci() {
             .ends_with("bad.yaml")
     );
     assert_eq!(doc["nextRotations"][0]["key"], "good");
-    assert_eq!(doc["exitCode"], 3);
+    assert_eq!(doc["exitCode"], 2);
 
     let validate = install.keyprov(&["validate", "--json"]);
     assert_eq!(validate.code, 2, "{}", validate.all());
