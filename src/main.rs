@@ -119,7 +119,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Decrypt every current pair and check it matches its public key.
+    /// Decrypt every current and next (staged) pair and check it matches its public key.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
@@ -128,11 +128,19 @@ enum Command {
     Schema,
     /// Print a shell completion script (bash: `source <(keyprov completions bash)`).
     Completions {
-        /// bash, zsh or fish.
+        /// bash, zsh or fish (the shells whose scripts are tested).
+        #[arg(value_parser = supported_shell())]
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff): `keyprov man | man -l -`.
     Man,
+}
+
+/// The `completions` shells: those whose scripts are tested, not every one clap_complete knows.
+fn supported_shell() -> impl clap::builder::TypedValueParser<Value = clap_complete::Shell> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["bash", "zsh", "fish"])
+        .map(|shell| shell.parse().expect("a shell clap_complete knows"))
 }
 
 fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exit {

@@ -251,6 +251,51 @@ fn two_manifests_without_a_separator_suggest_one_and_jose_names_their_spec() {
 }
 
 #[test]
+fn a_run_names_the_keys_an_invalid_manifest_freezes_and_help_says_what_is_supported() {
+    let install = Install::new("");
+    install.manifest("ok.yaml", &manifest("ok", "ECC_NIST_P256", ""));
+    install.manifest("bad.yaml", &manifest("frozen-one", "ECC_NIST_P999", ""));
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("invalid manifests: 1 key left exactly as it is: frozen-one"),
+        "{}",
+        run.stderr
+    );
+    let help = |args: &[&str]| -> common::Run {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyprov"))
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let completions = help(&["completions", "--help"]);
+    assert!(
+        completions
+            .stdout
+            .contains("[possible values: bash, zsh, fish]")
+            || completions
+                .stdout
+                .contains("[possible values: bash, zsh,\n"),
+        "{}",
+        completions.stdout
+    );
+    assert!(
+        !completions.stdout.contains("powershell"),
+        "{}",
+        completions.stdout
+    );
+    assert_eq!(help(&["completions", "elvish"]).code, 64);
+    let verify = help(&["verify", "--help"]);
+    assert!(
+        verify.stdout.contains("current and next"),
+        "{}",
+        verify.stdout
+    );
+}
+
+#[test]
 fn with_json_logs_everything_on_stderr_is_json_and_the_summary_is_on_stdout() {
     let install = Install::new("log: {format: json, level: info}");
     install.manifest("good.yaml", &manifest("good", "ECC_NIST_P256", ""));
