@@ -13,10 +13,10 @@ pub const LOG_ENV: &str = "KEYPROV_LOG";
 /// otherwise make an event per line, logged as a line, without end.
 const FILE_WATCHERS: [&str; 1] = ["notify"];
 
-/// The SDK's retry strategy: it says at debug level which attempt failed, why, and how long
-/// it waits before the next. Shown at any level but `error`/`off` unless the filter names it,
-/// so that an unreachable endpoint is not silent while the retries run.
-const RETRIES: &str = "aws_smithy_runtime::client::retries::strategy";
+/// The credential chain warns, with a Debug dump of the SDK's error (headers and body of the
+/// response included), when a provider of the chain fails: capped at `error` unless the filter
+/// names it. The failing call's own error says it is about credentials, in words.
+const CREDENTIAL_CHAIN: &str = "aws_config::meta::credentials::chain";
 
 /// Levels a filter directive may name.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -52,9 +52,8 @@ fn filter(spec: &str) -> Option<EnvFilter> {
     for target in FILE_WATCHERS.iter().filter(|t| !spec.contains(*t)) {
         filter = filter.add_directive(format!("{target}=info").parse().ok()?);
     }
-    let quiet = ["error", "off"].contains(&spec.trim().to_ascii_lowercase().as_str());
-    if !quiet && !spec.contains(RETRIES) {
-        filter = filter.add_directive(format!("{RETRIES}=debug").parse().ok()?);
+    if !spec.contains(CREDENTIAL_CHAIN) {
+        filter = filter.add_directive(format!("{CREDENTIAL_CHAIN}=error").parse().ok()?);
     }
     Some(filter)
 }

@@ -20,8 +20,13 @@ const VERSION: &str = concat!(
     ")"
 );
 
+/// The exit codes, under every `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 converged / nothing to do; 1 a key failed (status: a key \
+is failed or failing); 2 invalid configuration or manifest; 3 plan: changes pending. When several \
+apply, 2 beats 1 beats 3 beats 0. 64 usage error; 75 stateDir lock held (--no-wait).";
+
 #[derive(Parser)]
-#[command(name = "keyprov", version = VERSION, about, long_about = None)]
+#[command(name = "keyprov", version = VERSION, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,10 +42,11 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Reconcile: as a daemon, or once with --once (CI).
+    #[command(after_help = EXIT_CODES)]
     Run {
         #[command(flatten)]
         config: ConfigArg,
-        /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input.
+        /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input (2 beats 1).
         #[arg(long)]
         once: bool,
         /// With --once: exit 75 at once when another keyprov holds the stateDir lock.
@@ -52,6 +58,10 @@ enum Command {
         metrics_file: Option<std::path::PathBuf>,
     },
     /// Show what `run --once` would do; changes nothing. Exit 3 when changes are pending.
+    ///
+    /// Exit 3 when changes are pending, unless an error outranks it: 2 an invalid manifest,
+    /// 1 a key that cannot be planned.
+    #[command(after_help = EXIT_CODES)]
     Plan {
         #[command(flatten)]
         config: ConfigArg,
@@ -70,6 +80,10 @@ enum Command {
         json: bool,
     },
     /// Every key: generation, spec, age, next rotation, outputs.
+    ///
+    /// Exit 1 when a key is failed (cannot be observed) or failing (its last reconcile or an
+    /// onRotate hook failed), 2 when a manifest is invalid.
+    #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -96,14 +110,16 @@ enum Command {
         name: String,
         #[command(flatten)]
         config: ConfigArg,
-        /// Generation to decrypt (default: current).
-        #[arg(long)]
+        /// Generation to decrypt, as a number (1) or a version name (v0001); default: current.
+        #[arg(long, value_parser = keyprov::commands::decrypt_out::parse_generation)]
         version: Option<u32>,
-        /// Write to this file (mode 0600) instead of stdout.
+        /// Write to this file (mode 0600) instead of stdout: a new path or a regular file, which
+        /// is replaced; anything else (a device, symlink, FIFO, directory) is refused. `-`:
+        /// stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Decrypt every current pair and check it matches its public key.
+    /// Decrypt every current and next (staged) pair and check it matches its public key.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
@@ -112,7 +128,8 @@ enum Command {
     Schema,
     /// Print a shell completion script (bash: `source <(keyprov completions bash)`).
     Completions {
-        /// bash, zsh or fish.
+        /// bash, zsh or fish (the shells whose scripts are tested).
+        #[arg(value_parser = supported_shell())]
         shell: clap_complete::Shell,
     },
     /// Print a man page (roff; default keyprov(1)): `keyprov man run | man -l -`; `--dir D`
@@ -125,6 +142,13 @@ enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "page")]
         dir: Option<PathBuf>,
     },
+}
+
+/// The `completions` shells: those whose scripts are tested, not every one clap_complete knows.
+fn supported_shell() -> impl clap::builder::TypedValueParser<Value = clap_complete::Shell> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["bash", "zsh", "fish"])
+        .map(|shell| shell.parse().expect("a shell clap_complete knows"))
 }
 
 fn with_config(path: &std::path::Path, body: impl FnOnce(Config) -> Exit) -> Exit {

@@ -55,6 +55,35 @@ impl KeyPairSpec {
         }
     }
 
+    /// The spec a name from elsewhere most likely means: a JOSE algorithm (`ES256`, `EdDSA`,
+    /// `RS256`), a curve name (`P-256`, `secp256k1`, `Ed25519`), or a near miss of a wire name
+    /// (`ECC_NIST_P265`, lowercase).
+    pub fn likely_meant(name: &str) -> Option<KeyPairSpec> {
+        let folded = name.to_ascii_uppercase().replace(['-', ' '], "_");
+        let alias = match folded.as_str() {
+            "ES256" | "P_256" | "P256" | "SECP256R1" | "PRIME256V1" | "EC" | "ECDSA" => {
+                Some(KeyPairSpec::EccNistP256)
+            }
+            "ES384" | "P_384" | "P384" | "SECP384R1" => Some(KeyPairSpec::EccNistP384),
+            "ES512" | "P_521" | "P521" | "SECP521R1" => Some(KeyPairSpec::EccNistP521),
+            "ES256K" | "SECP256K1" | "P256K1" => Some(KeyPairSpec::EccSecgP256k1),
+            "EDDSA" | "ED25519" | "ED_25519" => Some(KeyPairSpec::EccNistEdwards25519),
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "RSA" => {
+                Some(KeyPairSpec::Rsa2048)
+            }
+            _ => None,
+        };
+        alias.or_else(|| {
+            Self::ALL
+                .into_iter()
+                .filter(|_| name.len() <= 64)
+                .map(|spec| (strsim::levenshtein(&folded, spec.as_str()), spec))
+                .min_by_key(|(distance, _)| *distance)
+                .filter(|(distance, _)| *distance <= 2)
+                .map(|(_, spec)| spec)
+        })
+    }
+
     /// The wire names of every spec, comma separated, for error messages.
     pub fn expected_list() -> String {
         Self::ALL.map(Self::as_str).join(", ")
@@ -75,8 +104,11 @@ impl FromStr for KeyPairSpec {
             .into_iter()
             .find(|spec| spec.as_str() == s)
             .ok_or_else(|| {
+                let suggestion = Self::likely_meant(s)
+                    .map(|spec| format!("; did you mean {spec}?"))
+                    .unwrap_or_default();
                 format!(
-                    "unknown value {s:?}, expected one of {}",
+                    "unknown value {s:?}, expected one of {}{suggestion}",
                     Self::expected_list()
                 )
             })
@@ -99,5 +131,26 @@ mod tests {
         let err = "EC_P256".parse::<KeyPairSpec>().unwrap_err();
         assert!(err.starts_with("unknown value \"EC_P256\", expected one of RSA_2048, "));
         assert!(err.ends_with("SM2"));
+    }
+
+    #[test]
+    fn names_from_jose_and_near_misses_are_suggested() {
+        for (given, meant) in [
+            ("ES256", "ECC_NIST_P256"),
+            ("P-384", "ECC_NIST_P384"),
+            ("ES256K", "ECC_SECG_P256K1"),
+            ("EdDSA", "ECC_NIST_EDWARDS25519"),
+            ("RS256", "RSA_2048"),
+            ("ECC_NIST_P265", "ECC_NIST_P256"),
+            ("rsa_4096", "RSA_4096"),
+        ] {
+            let err = given.parse::<KeyPairSpec>().unwrap_err();
+            assert!(
+                err.contains(&format!("; did you mean {meant}?")),
+                "{given}: {err}"
+            );
+        }
+        let err = "banana".parse::<KeyPairSpec>().unwrap_err();
+        assert!(!err.contains("did you mean"), "{err}");
     }
 }

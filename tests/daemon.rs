@@ -751,7 +751,9 @@ fn a_manifest_directory_created_after_start_is_watched() {
     );
     daemon.wait_until("alpha exists", || current(&install, "alpha").is_some());
     assert!(
-        daemon.log().contains("keyprov 0.1.0 starting: 0 keys"),
+        daemon
+            .log()
+            .contains("keyprov 0.1.0 starting: 0 keys, provider local, watchdog "),
         "{}",
         daemon.log()
     );

@@ -606,7 +606,7 @@ fn as_nobody(install: &Install, args: &[&str]) -> Run {
     // The binary may sit below directories nobody cannot traverse: use a copy inside.
     let binary = install.root().join("keyprov-bin");
     if !binary.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_keyprov"), &binary).unwrap();
+        common::copy_binary(&binary);
         std::os::unix::fs::chown(&binary, Some(65534), Some(65534)).unwrap();
     }
     let mut command = Command::new(&binary);

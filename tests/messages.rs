@@ -187,7 +187,7 @@ fn validate_reports_every_problem_of_a_document_in_the_users_words() {
     for want in [
         "k.yaml:7:3: spec.rotaton: unknown field `rotaton`; did you mean `rotation`?",
         "k.yaml:8:14: spec.rotation.keep: must be a whole number >= 0",
-        "k.yaml:8:24: spec.rotation.every: must be a text, not the number 5; quote it: \"5\"",
+        "k.yaml:8:24: spec.rotation.every: must be a duration with its unit, not the number 5; write \"5d\" (units: s, m, h, d)",
         "k.yaml:9:3: spec.includePlaintext: must be true or false",
         "k.yaml:5:3: spec.keyPairSpec: unknown value \"ECC_NIST_P999\"",
     ] {
@@ -219,6 +219,79 @@ fn a_duplicated_key_is_reported_at_its_own_line() {
         run.stderr.contains(&want),
         "missing {want:?} in\n{}",
         run.stderr
+    );
+}
+
+#[test]
+fn two_manifests_without_a_separator_suggest_one_and_jose_names_their_spec() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &format!(
+            "{}{}",
+            manifest("a", "ECC_NIST_P256", ""),
+            manifest("b", "ECC_NIST_P256", "")
+        ),
+    );
+    install.manifest("jose.yaml", &manifest("jose", "ES256", ""));
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    for want in [
+        "k.yaml:10:1: apiVersion: duplicate key `apiVersion`: it is already set above; if a \
+         second manifest starts here, separate the two with a line `---` before it",
+        "jose.yaml:6:3: spec.keyPairSpec: unknown value \"ES256\", expected one of RSA_2048",
+        "; did you mean ECC_NIST_P256?",
+    ] {
+        assert!(
+            run.stderr.contains(want),
+            "missing {want:?} in\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_run_names_the_keys_an_invalid_manifest_freezes_and_help_says_what_is_supported() {
+    let install = Install::new("");
+    install.manifest("ok.yaml", &manifest("ok", "ECC_NIST_P256", ""));
+    install.manifest("bad.yaml", &manifest("frozen-one", "ECC_NIST_P999", ""));
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("invalid manifests: 1 key left exactly as it is: frozen-one"),
+        "{}",
+        run.stderr
+    );
+    let help = |args: &[&str]| -> common::Run {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyprov"))
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let completions = help(&["completions", "--help"]);
+    assert!(
+        completions
+            .stdout
+            .contains("[possible values: bash, zsh, fish]")
+            || completions
+                .stdout
+                .contains("[possible values: bash, zsh,\n"),
+        "{}",
+        completions.stdout
+    );
+    assert!(
+        !completions.stdout.contains("powershell"),
+        "{}",
+        completions.stdout
+    );
+    assert_eq!(help(&["completions", "elvish"]).code, 64);
+    let verify = help(&["verify", "--help"]);
+    assert!(
+        verify.stdout.contains("current and next"),
+        "{}",
+        verify.stdout
     );
 }
 
@@ -350,15 +423,19 @@ fn an_unreachable_endpoint_logs_each_retry() {
     );
     assert_eq!(run.code, 1, "{}", run.all());
     for attempt in 1..=2 {
-        let retry = format!("attempt #{attempt} failed with");
+        let retry = format!(": attempt #{attempt} failed with connector error");
         let line = run.stderr.lines().find(|l| l.contains(&retry));
+        let next = format!("; retrying (attempt #{})", attempt + 1);
         assert!(
-            line.is_some_and(|l| l.contains("; retrying after")),
+            line.is_some_and(|l| {
+                l.contains("WARN KMS GenerateDataKeyPair") && l.contains(&next)
+            }),
             "{}",
             run.stderr
         );
     }
     assert!(run.stderr.contains("cannot reach KMS"), "{}", run.stderr);
+    assert!(!run.stderr.contains("DEBUG"), "{}", run.stderr);
 }
 
 #[test]
@@ -484,7 +561,8 @@ fn plan_and_validate_speak_json_for_ci() {
     install.manifest("bad.yaml", &manifest("bad", "ECC_NIST_P999", ""));
 
     let plan = install.keyprov(&["plan", "--json"]);
-    assert_eq!(plan.code, 3, "{}", plan.all());
+    // An invalid manifest outranks the pending change.
+    assert_eq!(plan.code, 2, "{}", plan.all());
     assert!(
         plan.stderr.trim().is_empty() || !plan.stderr.contains("error:"),
         "{}",
@@ -509,7 +587,7 @@ fn plan_and_validate_speak_json_for_ci() {
             .ends_with("bad.yaml")
     );
     assert_eq!(doc["nextRotations"][0]["key"], "good");
-    assert_eq!(doc["exitCode"], 3);
+    assert_eq!(doc["exitCode"], 2);
 
     let validate = install.keyprov(&["validate", "--json"]);
     assert_eq!(validate.code, 2, "{}", validate.all());

@@ -95,29 +95,8 @@ async fn decrypt_stored(
         .map_err(|e| format!("key {:?} generation {generation}: {e}", key.name))
 }
 
-/// Writes `contents` to `path` with mode 0600, atomically (temporary file, fsync, rename).
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".keyprov-decrypt-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
-    match written.and_then(|()| std::fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(err)
-        }
-    }
-}
-
-/// `keyprov decrypt NAME`: the private key as PEM on stdout, or into `out` (mode 0600).
+/// `keyprov decrypt NAME`: the private key as PEM on stdout (also with `out` `-`), or into
+/// `out` (mode 0600; only a new path or a regular file: [`super::decrypt_out`]).
 pub async fn decrypt(
     config: &Config,
     name: &str,
@@ -125,7 +104,11 @@ pub async fn decrypt(
     out: Option<&Path>,
 ) -> Exit {
     let loaded = super::load_manifests(config);
+    let out = out.filter(|path| *path != Path::new("-"));
     let result = async {
+        if let Some(path) = out {
+            super::decrypt_out::check(path)?;
+        }
         let key = super::find_key(&loaded, name)?;
         let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
         let stored = read_stored(&stores, key, generation).await?;
@@ -133,8 +116,7 @@ pub async fn decrypt(
         let private = decrypt_stored(&provider, key, &stored).await?;
         let pem = private.to_pem();
         match out {
-            Some(path) => write_private(path, pem.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            Some(path) => super::decrypt_out::write(path, pem.as_bytes()),
             None => {
                 let mut stdout = std::io::stdout().lock();
                 match stdout

@@ -1,5 +1,6 @@
 //! The subcommands, one module each; `main.rs` only parses flags and dispatches here.
 
+pub mod decrypt_out;
 pub mod keys;
 pub mod man;
 pub mod reconcile;
@@ -49,10 +50,33 @@ pub fn load_manifests(config: &Config) -> manifest::Loaded {
     let loaded = manifest::load(&config.manifests, &config.manifest_context());
     report(&loaded.diagnostics);
     if !loaded.is_valid() {
-        tracing::warn!(
-            frozen = loaded.frozen.len(),
-            "invalid manifests: their keys are left exactly as they are"
-        );
+        // Named, not counted: the reader must know which keys stay as they are (at most 20
+        // named, so that a broken directory of thousands does not make a line of megabytes).
+        const NAMED: usize = 20;
+        let mut names: Vec<&str> = loaded
+            .frozen
+            .iter()
+            .map(String::as_str)
+            .take(NAMED)
+            .collect();
+        if loaded.frozen.len() > NAMED {
+            names.push("…");
+        }
+        let what = if loaded.frozen.is_empty() {
+            "no key is named by them".to_string()
+        } else {
+            format!(
+                "{} left exactly as {}: {}",
+                crate::output::count(loaded.frozen.len(), "key"),
+                if loaded.frozen.len() == 1 {
+                    "it is"
+                } else {
+                    "they are"
+                },
+                names.join(", ")
+            )
+        };
+        tracing::warn!(frozen = loaded.frozen.len(), "invalid manifests: {what}");
     }
     loaded
 }

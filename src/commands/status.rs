@@ -174,7 +174,8 @@ struct OrphanStatus {
     pruned_after: Option<String>,
 }
 
-/// Prints the status table, or JSON with `--json`. Exit 1 when a key failed to observe.
+/// Prints the status table, or JSON with `--json`. Exit 2 when a manifest is invalid, else 1
+/// when any key is failed (cannot be observed) or failing (see [`is_failing`]).
 pub async fn status(config: &Config, json: bool) -> Exit {
     let loaded = super::load_manifests(config);
     let now = clock::now();
@@ -247,7 +248,11 @@ pub async fn status(config: &Config, json: bool) -> Exit {
     } else {
         Exit::Invalid
     };
-    if status.keys.iter().any(|k| k.state == "failed") {
+    if status
+        .keys
+        .iter()
+        .any(|k| k.state == "failed" || is_failing(k))
+    {
         exit = exit.max(Exit::KeyFailed);
     }
     if let Some(err) = failed_orphans {
@@ -255,6 +260,14 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         exit = exit.max(Exit::KeyFailed);
     }
     exit
+}
+
+/// A key whose last reconcile failed, or with an `onRotate` hook that failed and waits for its
+/// next attempt: what the table prints as `failing` / `failed N time(s)` under it.
+fn is_failing(key: &KeyStatus) -> bool {
+    key.retry.as_ref().is_some_and(|retry| {
+        retry.failure.is_some() || retry.hooks.iter().any(|h| h.last_error.is_some())
+    })
 }
 
 /// An age in its two largest units: `20s`, `5m 3s`, `4h 12m`, `12d 3h`.

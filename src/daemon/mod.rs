@@ -214,17 +214,26 @@ fn log_start(config: &Config, inputs: &Inputs) {
     let keys = crate::manifest::load(&config.manifests, &config.manifest_context())
         .keys
         .len();
+    // Words, not Rust's Debug (`Local`, `None`, `Some(30s)`).
+    let provider_name = match config.provider {
+        crate::config::ProviderKind::Local => "local",
+        crate::config::ProviderKind::Aws => "aws",
+    };
+    let watchdog = inputs.watchdog.as_ref().map_or_else(
+        || "off".to_string(),
+        |w| format!("every {}", humantime::format_duration(w.period())),
+    );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.path.display(),
-        provider = ?config.provider,
+        provider = provider_name,
         state_dir = %config.state_dir.display(),
-        watched = ?watched,
+        watched = %watched.join(", "),
         keys,
-        watchdog = ?inputs.watchdog.as_ref().map(Watchdog::period),
-        "keyprov {} starting: {keys} keys, provider {:?}",
+        watchdog = %watchdog,
+        "keyprov {} starting: {}, provider {provider_name}, watchdog {watchdog}",
         env!("CARGO_PKG_VERSION"),
-        config.provider,
+        crate::output::count(keys, "key"),
     );
 }
 

@@ -410,15 +410,24 @@ fn duplicate_key_diagnostic(
         .trim_matches('"')
         .to_string();
     let (field, position) = index.find_duplicate(doc, &key)?;
+    let nested = field.contains(['.', '[']);
     Some(Diagnostic {
         file: display_path(path),
         line: position.line,
         column: position.column,
         field,
-        message: format!(
-            "duplicate key `{key}`: it is already set above; a YAML mapping holds each key once \
-             (merge the two blocks)"
-        ),
+        // A top-level key twice is most often a second manifest pasted below the first.
+        message: if nested {
+            format!(
+                "duplicate key `{key}`: it is already set above; a YAML mapping holds each key \
+                 once (merge the two blocks)"
+            )
+        } else {
+            format!(
+                "duplicate key `{key}`: it is already set above; if a second manifest starts \
+                 here, separate the two with a line `---` before it"
+            )
+        },
     })
 }
 

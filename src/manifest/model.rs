@@ -150,7 +150,7 @@ pub struct SecretsManagerOutput {
     pub secret_id: String,
     /// KMS key that encrypts the secret.
     pub kms_key_id: Option<String>,
-    /// Tags (labels merged with the output's own tags).
+    /// The output's own tags (the secret also carries the manifest's labels and keyprov's tags).
     pub tags: BTreeMap<String, String>,
 }
 

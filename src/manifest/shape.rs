@@ -190,11 +190,25 @@ fn walk(
             }
             Value::Number(_) | Value::Bool(_) => {
                 let text = serde_yaml::to_string(value).unwrap_or_default();
-                problem(format!(
-                    "must be a text, not {}; quote it: \"{}\"",
-                    describe(value),
-                    text.trim()
-                ));
+                let text = text.trim();
+                // A bare number where a duration is wanted lacks its unit: quoting it would
+                // still be invalid.
+                let unit = match path.rsplit('.').next() {
+                    Some("every" | "publishAhead") => Some("d"),
+                    Some("timeout") => Some("s"),
+                    _ => None,
+                };
+                problem(match unit {
+                    Some(unit) if value.is_number() => format!(
+                        "must be a duration with its unit, not {}; write \"{text}{unit}\" \
+                         (units: s, m, h, d)",
+                        describe(value)
+                    ),
+                    _ => format!(
+                        "must be a text, not {}; quote it: \"{text}\"",
+                        describe(value)
+                    ),
+                });
                 false
             }
             _ => {
@@ -409,7 +423,7 @@ mod tests {
         let message = |field: &str| &found.iter().find(|(f, _)| f == field).unwrap().1;
         assert!(message("spec.rotaton").contains("did you mean `rotation`?"));
         assert!(message("spec.rotation.keep").contains("must be a whole number >= 0"));
-        assert!(message("spec.rotation.every").contains("quote it: \"5\""));
+        assert!(message("spec.rotation.every").contains("write \"5d\" (units: s, m, h, d)"));
         assert!(message("spec.includePlaintext").contains("must be true or false"));
         assert!(message("spec.outputs[0].file.mode").contains("quote it: \"640\""));
     }

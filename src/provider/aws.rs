@@ -17,7 +17,6 @@ use super::{
     DecryptRequest, GenerateRequest, GeneratedPair, PrivateKey, Provider, ProviderError,
     canonical_context,
 };
-use crate::aws_sdk::sdk_config;
 use crate::config::AwsSettings;
 
 /// KMS through aws-sdk-kms.
@@ -65,12 +64,7 @@ impl AwsProvider {
 
     async fn client(&self) -> &Client {
         self.client
-            .get_or_init(|| async {
-                let config = aws_sdk_kms::config::Builder::from(&sdk_config(&self.settings).await)
-                    .interceptor(crate::aws_clock::DateHeader)
-                    .build();
-                Client::from_conf(config)
-            })
+            .get_or_init(|| crate::aws_sdk::kms_client(&self.settings))
             .await
     }
 }
@@ -165,8 +159,7 @@ where
         ),
         _ => match err {
             SdkError::DispatchFailure(_)
-                if error_chain(err).contains("no credentials found")
-                    || error_chain(err).contains("CredentialsNotLoaded") =>
+                if crate::aws_sdk::is_credentials_error(&error_chain(err)) =>
             {
                 (
                     format!(

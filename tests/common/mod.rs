@@ -753,3 +753,17 @@ where
     );
     out.stdout
 }
+
+/// Copies the keyprov binary to `to` (mode 0755) through a `cp` child process. Copying it in
+/// this process would hold a write descriptor of `to` that a child forked by another test
+/// thread meanwhile inherits until its own exec: executing `to` then fails with ETXTBSY ("Text
+/// file busy"). `cp` holds that descriptor in its own process only, closed when it exits.
+pub fn copy_binary(to: &Path) {
+    let status = Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_keyprov"))
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(status.success(), "cp keyprov {}", to.display());
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

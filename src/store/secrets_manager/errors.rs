@@ -1,7 +1,7 @@
 //! Secrets Manager failures as messages that name the secret and say what to do. Raw response
 //! bodies are never shown.
 
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 
 use crate::store::StoreError;
 
@@ -71,20 +71,14 @@ where
         ),
         "" => match err {
             SdkError::DispatchFailure(_) => {
-                let full = DisplayErrorContext(err).to_string();
-                // The context ends in a debug dump of the whole chain: its first line says it.
-                let cause: String = full
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect();
-                if full.contains("no credentials found") || full.contains("CredentialsNotLoaded") {
+                // Display only: the SDK's Debug dump of the chain can hold a whole response.
+                let chain = crate::aws_sdk::error_chain(err);
+                let cause = crate::aws_sdk::clip(&chain, 500);
+                if crate::aws_sdk::is_credentials_error(&chain) {
                     format!(
-                        "{NO_CREDENTIALS} to read or write secret {secret}: none found in the \
-                         environment, profile, web identity, ECS or instance metadata; configure \
-                         them as for the AWS CLI"
+                        "{NO_CREDENTIALS} to read or write secret {secret}: configure them as for \
+                         the AWS CLI (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web \
+                         identity, ECS or instance metadata); the credential chain said: {cause}"
                     )
                 } else {
                     format!(

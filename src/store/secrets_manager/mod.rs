@@ -66,23 +66,18 @@ impl SecretsManagerStore {
     async fn client(&self) -> &Client {
         let client = self
             .client
-            .get_or_init(|| async {
-                let config = aws_sdk_secretsmanager::config::Builder::from(
-                    &crate::aws_sdk::sdk_config(&self.settings).await,
-                )
-                .interceptor(crate::aws_clock::DateHeader)
-                .build();
-                Client::from_conf(config)
-            })
+            .get_or_init(|| crate::aws_sdk::secrets_manager_client(&self.settings))
             .await;
         self.limiter.until_ready().await;
         client
     }
 }
 
-/// The tags keyprov sets on the secret of `key`.
+/// The tags a key's secret must carry: the manifest's labels, the output's own tags (which win
+/// over a label of the same name), and keyprov's (which win over both).
 fn wanted(scope: &str, key: &KeyPair, output: &SecretsManagerOutput) -> BTreeMap<String, String> {
-    let mut tags = output.tags.clone();
+    let mut tags = key.labels.clone();
+    tags.extend(output.tags.clone());
     tags.insert(SCOPE_TAG.into(), scope.into());
     tags.insert(MANAGED_TAG.into(), "true".into());
     tags.insert(NAME_TAG.into(), key.name.clone());
