@@ -14,6 +14,7 @@ pub mod durable;
 pub mod execute;
 pub mod exit;
 pub mod group_commit;
+pub mod hook_process;
 pub mod hooks;
 pub mod jwks_aggregate;
 pub mod key_material;
