@@ -1,7 +1,8 @@
 //! onRotate hooks: the manifest's commands, run without a shell, in their own process group,
 //! with a minimal environment and a time limit, their output captured (capped) into the log.
 //!
-//! Lifetime of a hook: it is the process group it starts in. When the time limit passes, the
+//! Lifetime of a hook: it is the process group it starts in, recorded as started in the retry
+//! journal before it runs and killed with keyprov ([`crate::hook_process`]). When the time limit passes, the
 //! whole group is killed (SIGKILL), so `sleep 777 &` inside a hook does not outlive it. When
 //! the hook itself exits, whatever it left in its group gets [`LINGER`] to finish writing and
 //! is then killed too: a hook is a notification, not a way to start services (hand those to
@@ -22,6 +23,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
+use crate::hook_process::RunningHook;
 use crate::manifest::{Hook, KeyPair, Output};
 
 /// `PATH` of every hook (list `PATH` in the config's `hooks.env` to pass keyprov's own
@@ -74,6 +76,13 @@ pub fn listens(key: &KeyPair, event: HookEvent) -> bool {
     key.on_rotate.iter().any(|h| event.selects(h))
 }
 
+/// Records a hook run as started before the hook runs: the run, and the [`hook_id`]s of the
+/// hooks of the same event that already succeeded in this run (not run again after a crash).
+pub type Recorder<'a> = dyn Fn(RunningHook, Vec<String>) -> futures_util::future::BoxFuture<'a, Result<(), String>>
+    + Send
+    + Sync
+    + 'a;
+
 /// What [`run`] did.
 #[derive(Debug)]
 pub struct HookRun {
@@ -85,6 +94,8 @@ pub struct HookRun {
 
 /// Runs every hook of `key` that listens to `event`, in order, except those whose
 /// [`hook_id`] is in `done` (they succeeded in an earlier run); stops at the first failure.
+/// Each hook is recorded as started with `record` before it runs; one whose start cannot be
+/// recorded does not run (a failure).
 ///
 /// Hooks see `PATH` ([`DEFAULT_PATH`]), the `KEYPROV_*` variables, and the variables named in
 /// `extra_env` (the config's `hooks.env`) that are set in keyprov's own environment; nothing else.
@@ -94,6 +105,7 @@ pub async fn run(
     generation: u32,
     extra_env: &[String],
     done: &[String],
+    record: &Recorder<'_>,
 ) -> HookRun {
     let dirs: Vec<String> = key
         .outputs
@@ -119,7 +131,10 @@ pub async fn run(
         // A hook may run up to its time limit without keyprov making a step.
         let quiet =
             crate::progress::allow_quiet(hook.timeout + LINGER + std::time::Duration::from_secs(2));
-        let result = run_one(key, hook, event, generation, &env).await;
+        let result = run_one(key, (&id, hook), event, generation, &env, |running| {
+            record(running, succeeded.clone())
+        })
+        .await;
         drop(quiet);
         if let Err(err) = result {
             return HookRun {
@@ -155,25 +170,30 @@ fn environment(
     env
 }
 
-async fn run_one(
+async fn run_one<F>(
     key: &KeyPair,
-    hook: &Hook,
+    (id, hook): (&str, &Hook),
     event: HookEvent,
     generation: u32,
     env: &BTreeMap<String, OsString>,
-) -> Result<(), String> {
+    record: impl FnOnce(RunningHook) -> F,
+) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
     let program = &hook.command[0];
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(&hook.command[1..])
         .env_clear()
         .envs(env)
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|err| format!("onRotate {program}: cannot start: {err}"))?;
+        .kill_on_drop(true);
+    let mut child = crate::hook_process::spawn(command, id.to_string(), record)
+        .await
+        .map_err(|err| format!("onRotate {program}: {err}"))?;
     let pid = child
         .id()
         .map(|id| Pid::from_raw(id as i32))

@@ -16,6 +16,7 @@ pub mod durable;
 pub mod execute;
 pub mod exit;
 pub mod group_commit;
+pub mod hook_process;
 pub mod hooks;
 pub mod jwks_aggregate;
 pub mod jwks_served;

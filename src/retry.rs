@@ -5,7 +5,11 @@
 //! A hook is recorded as pending *before* the activation or publication it reports on, so a
 //! crash between the two still runs it after the restart; it is removed once it succeeded. A
 //! hook therefore runs at least once per event, and never again after its success was
-//! recorded (only a crash in the instant between a hook's exit and that record can repeat it).
+//! recorded. A run is also recorded as started (its process group) before the hook runs, and
+//! keyprov kills what a run cut off by a crash left before any hook of that key runs again
+//! ([`Journal::end_leftovers`]): a hook of a key never runs twice at the same time. A hook
+//! cut off by a crash, or one that finished in the instant before its success was recorded,
+//! runs again (at least once, never concurrently).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hook_process::RunningHook;
 use crate::hooks::HookEvent;
 use crate::manifest::KeyPair;
 use crate::schedule::{format_time, parse_time};
@@ -72,6 +77,10 @@ pub struct PendingHook {
     pub last_error: Option<String>,
     /// When the next run is due (RFC 3339).
     pub next_attempt: String,
+    /// A run recorded as started and not seen to end: its leftovers are killed before any
+    /// hook of the key runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<RunningHook>,
 }
 
 /// What to do with a pending hook, given the key's current and staged generations.
@@ -153,6 +162,7 @@ impl RetryRecord {
             done: Vec::new(),
             last_error: None,
             next_attempt: format_time(now),
+            running: None,
         });
         self.hooks.sort_by_key(|h| (h.generation, h.event));
     }
@@ -367,6 +377,69 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// A [`crate::hooks::Recorder`] for the hooks of `event` of `generation` of key `name`:
+    /// records each run as started (and the hooks that already succeeded as done), durably.
+    pub fn recorder(
+        self: &std::sync::Arc<Self>,
+        name: &str,
+        event: HookEvent,
+        generation: u32,
+    ) -> Box<crate::hooks::Recorder<'static>> {
+        let (journal, name) = (self.clone(), name.to_string());
+        Box::new(move |running, done| {
+            let (journal, name) = (journal.clone(), name.clone());
+            Box::pin(async move {
+                journal
+                    .update(&name, |record| {
+                        if let Some(entry) = record
+                            .hooks
+                            .iter_mut()
+                            .find(|h| h.event == event && h.generation == generation)
+                        {
+                            entry.running = Some(running);
+                            for id in done {
+                                if !entry.done.contains(&id) {
+                                    entry.done.push(id);
+                                }
+                            }
+                        }
+                    })
+                    .await
+            })
+        })
+    }
+
+    /// Kills what the runs of key `name`'s hooks that were recorded as started and never seen
+    /// to end left running, and forgets them. An error when a group would not die: then no
+    /// hook of the key may run.
+    pub async fn end_leftovers(&self, name: &str) -> Result<(), String> {
+        let runs: Vec<RunningHook> = self
+            .get(name)
+            .hooks
+            .into_iter()
+            .filter_map(|h| h.running)
+            .collect();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        for run in runs {
+            let hook = run.hook.clone();
+            let killed = crate::hook_process::end_leftovers(run).await?;
+            if killed > 0 {
+                tracing::warn!(key = %name, hook = %hook, killed,
+                    "killed the processes an onRotate run cut off by a crash left running");
+            }
+        }
+        self.update(name, |record| {
+            for hook in &mut record.hooks {
+                hook.running = None;
+            }
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +469,7 @@ mod tests {
             done: vec![],
             last_error: None,
             next_attempt: String::new(),
+            running: None,
         };
         let activate = hook(HookEvent::Activate);
         assert_eq!(activate.state(Some(5), None), HookState::Due);

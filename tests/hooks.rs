@@ -301,3 +301,114 @@ fn hooks_env_in_the_config_passes_only_the_listed_names() {
     let text = String::from_utf8(std::fs::read(&env_file).unwrap()).unwrap();
     assert!(text.contains("LANG=C.UTF-8\0"));
 }
+
+/// The runs of the hook in `log` ("start|tick|end <run> <ns>" lines): by run, the first and
+/// last time it wrote, and whether it ended; in the order they started.
+fn runs_of(log: &Path) -> Vec<(String, u128, u128, bool)> {
+    let mut runs: Vec<(String, u128, u128, bool)> = Vec::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [what, run, at] = fields[..] else {
+            panic!("bad line {line:?}");
+        };
+        let at: u128 = at.parse().unwrap();
+        match runs.iter_mut().find(|r| r.0 == run) {
+            Some(entry) => {
+                entry.1 = entry.1.min(at);
+                entry.2 = entry.2.max(at);
+                entry.3 |= what == "end";
+            }
+            None => runs.push((run.to_string(), at, at, what == "end")),
+        }
+    }
+    runs.sort_by_key(|r| r.1);
+    runs
+}
+
+#[test]
+fn sigkill_of_keyprov_mid_hook_20_times_never_runs_the_hook_twice_at_once() {
+    let mut install = Install::new("");
+    let log = install.root().join("log");
+    // The work happens in a background process of the hook's group, which the death signal of
+    // the leader does not reach: only the restart can stop it.
+    let script = hook(
+        &mut install,
+        "slow.sh",
+        &format!(
+            "log={log}\nrun=$$\necho \"start $run $(date +%s%N)\" >> $log\n\
+             ( i=0; while [ $i -lt 8 ]; do echo \"tick $run $(date +%s%N)\" >> $log; \
+             sleep 0.1; i=$((i+1)); done; echo \"end $run $(date +%s%N)\" >> $log ) &\nwait\n",
+            log = log.display()
+        ),
+        "",
+    );
+    key_with_hook(&install, &script, "1m");
+    let (mut rng, seed) = Rng::from_env("KEYPROV_HOOK_KILL_SEED");
+    let mut killed_leftovers = 0;
+    for round in 0..20 {
+        let started = runs_of(&log).len();
+        let stderr =
+            std::fs::File::create(install.root().join(format!("run-{round}.log"))).unwrap();
+        let mut keyprov = install
+            .command(&["run", "--once"])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while runs_of(&log).len() == started {
+            assert!(
+                keyprov.try_wait().unwrap().is_none(),
+                "round {round}: keyprov ended before the hook started again (seed {seed})"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no hook run"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(500)));
+        keyprov.kill().unwrap();
+        keyprov.wait().unwrap();
+        let leader: i32 = runs_of(&log).last().unwrap().0.parse().unwrap();
+        assert!(
+            wait_dead(leader),
+            "round {round}: the hook outlived keyprov"
+        );
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(install.state().join("retry/hooked.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            record["hooks"][0]["running"]["pgid"], leader,
+            "round {round}: the run is recorded as started: {record}"
+        );
+        let text =
+            std::fs::read_to_string(install.root().join(format!("run-{round}.log"))).unwrap();
+        killed_leftovers += text.matches("killed the processes an onRotate run").count();
+    }
+    let last = install.run_once(0);
+    killed_leftovers += last
+        .stderr
+        .matches("killed the processes an onRotate run")
+        .count();
+    assert!(!install.state().join("retry/hooked.json").exists());
+
+    let runs = runs_of(&log);
+    let cut: Vec<&String> = runs.iter().filter(|r| !r.3).map(|r| &r.0).collect();
+    let overlaps = runs.windows(2).filter(|w| w[0].2 >= w[1].1).count();
+    println!(
+        "seed {seed}: {} hook runs, {} cut off by SIGKILL, {overlaps} concurrent double runs, \
+         {killed_leftovers} restarts killed a cut-off run's leftovers",
+        runs.len(),
+        cut.len()
+    );
+    assert_eq!(overlaps, 0, "two runs at once (seed {seed}): {runs:?}");
+    assert_eq!(runs.len(), 21, "each cut-off run ran again once: {runs:?}");
+    assert_eq!(cut.len(), 20, "only the last run finished: {runs:?}");
+    assert!(runs.last().unwrap().3);
+    assert!(
+        killed_leftovers > 0,
+        "the restarts never had leftovers to kill"
+    );
+}

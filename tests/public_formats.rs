@@ -245,6 +245,48 @@ fn jwks_json_holds_the_next_key_before_it_is_current_and_the_previous_after() {
 }
 
 #[test]
+fn with_keep_0_jwks_json_never_lists_a_pruned_version_and_verify_passes_after_each_rotation() {
+    let install = Install::new("");
+    let spec = "  rotation: {every: 30d, publishAhead: 7d, keep: 0}\n";
+    let text = manifest("sig", "ECC_NIST_P256", spec)
+        .replace("    - file: {}\n", "    - file: {publicFormats: [jwk]}\n");
+    install.manifest("sig.yaml", &text);
+    install.run_once(0);
+    let dir = install.key_dir("sig");
+    let verify = |context: &str| {
+        let run = install.keyprov(&["verify"]);
+        assert_eq!(run.code, 0, "verify {context}: {}", run.all());
+    };
+    verify("after the first run");
+    for generation in 2..=4u32 {
+        // Staged (publishAhead): the next key is trusted, the current one still signs.
+        let staged = install.keyprov(&["rotate", "sig"]);
+        assert_eq!(staged.code, 0, "{}", staged.all());
+        let next = format!("v{generation:04}");
+        let current = format!("v{:04}", generation - 1);
+        assert_eq!(
+            jwks_kids(&install, "sig"),
+            vec![
+                kid_of(&install, "sig", &next),
+                kid_of(&install, "sig", &current)
+            ]
+        );
+        verify(&format!("with {next} staged"));
+        // Activated: keep 0 prunes the old current at once, and the set follows.
+        let now = install.keyprov(&["rotate", "sig", "--now"]);
+        assert_eq!(now.code, 0, "{}", now.all());
+        assert_eq!(common::link(&dir, "current"), Some(next.clone()));
+        assert_eq!(common::versions(&dir), vec![next.clone()], "keep 0");
+        assert_eq!(
+            jwks_kids(&install, "sig"),
+            vec![kid_of(&install, "sig", &next)],
+            "jwks.json lists exactly the current key right after activating {next}"
+        );
+        verify(&format!("right after activating {next}"));
+    }
+}
+
+#[test]
 fn formats_added_later_are_written_into_kept_versions_and_removed_when_dropped() {
     let install = Install::new("");
     install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", FORMATS));

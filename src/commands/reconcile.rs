@@ -664,7 +664,8 @@ async fn run_due_hooks<'a>(
                 HookState::Due | HookState::Waiting => {}
             }
         }
-        if superseded.is_empty() && due.is_empty() {
+        let cut_off = record.hooks.iter().any(|h| h.running.is_some());
+        if superseded.is_empty() && due.is_empty() && !cut_off {
             continue;
         }
         let (key, journal, slots) = (key.clone(), journal.clone(), slots.clone());
@@ -672,6 +673,11 @@ async fn run_due_hooks<'a>(
         tasks.spawn(async move {
             let _slot = slots.acquire().await.expect("never closed");
             let mut failures = Vec::new();
+            // A run cut off by a crash may still be running: never beside its next run.
+            if let Err(err) = journal.end_leftovers(&key.name).await {
+                tracing::error!(key = %key.name, "{err}");
+                return vec![(key.name.clone(), err)];
+            }
             let dropped = journal
                 .update(&key.name, |r| {
                     r.hooks
@@ -682,8 +688,16 @@ async fn run_due_hooks<'a>(
                 tracing::error!(key = %key.name, "{err}");
             }
             for hook in due {
-                let ran =
-                    hooks::run(&key, hook.event, hook.generation, &hooks_env, &hook.done).await;
+                let record = journal.recorder(&key.name, hook.event, hook.generation);
+                let ran = hooks::run(
+                    &key,
+                    hook.event,
+                    hook.generation,
+                    &hooks_env,
+                    &hook.done,
+                    &*record,
+                )
+                .await;
                 let metrics = crate::metrics::global();
                 for _ in &ran.succeeded {
                     metrics.hook_run(&key.name, hook.event.as_str(), true);
@@ -720,7 +734,10 @@ async fn run_due_hooks<'a>(
                             }
                             Err(err) => {
                                 entry.attempts = attempts;
+                                entry.running = None;
                                 entry.done.extend(ran.succeeded.iter().cloned());
+                                entry.done.sort();
+                                entry.done.dedup();
                                 entry.last_error = Some(err.clone());
                                 entry.next_attempt = crate::schedule::format_time(retry_at);
                             }

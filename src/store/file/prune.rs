@@ -2,9 +2,11 @@
 
 use super::*;
 
-/// Removes old or never-linked versions; links to them go first. Each is renamed aside
-/// (durably) before it is deleted, so a crash leaves garbage to collect, never a half-deleted
-/// version under its own name.
+/// Removes old or never-linked versions; links to them go first, and `jwks.json` follows the
+/// links before any version goes (with `keep: 0` the previous version is pruned right after an
+/// activation: a set still listing it would fail `verify`). Each is renamed aside (durably)
+/// before it is deleted, so a crash leaves garbage to collect, never a half-deleted version
+/// under its own name.
 pub fn prune(output: &FileOutput, generations: &[u32]) -> Result<(), StoreError> {
     let dir = existing_key_dir(output)?;
     if let Some(current) = read_link_generation(&dir, CURRENT)?
@@ -15,10 +17,17 @@ pub fn prune(output: &FileOutput, generations: &[u32]) -> Result<(), StoreError>
             message: format!("refusing to prune the current generation {current}"),
         });
     }
+    let mut unlinked = false;
     for link in [PREVIOUS, NEXT] {
         if read_link_generation(&dir, link)?.is_some_and(|g| generations.contains(&g)) {
             set_link(&dir, link, None)?;
+            unlinked = true;
         }
+    }
+    if unlinked {
+        let mut sync = SyncSet::default();
+        public::write_jwks(&dir, output, &mut sync)?;
+        sync.flush()?;
     }
     let mut trash = Vec::new();
     for &generation in generations {
