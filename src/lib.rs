@@ -16,6 +16,7 @@ pub mod exit;
 pub mod group_commit;
 pub mod hooks;
 pub mod jwks_aggregate;
+pub mod jwks_members;
 pub mod jwks_served;
 pub mod key_material;
 pub mod lock;
