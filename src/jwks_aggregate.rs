@@ -2,11 +2,11 @@
 //! one issuer, merging the next, current and previous public keys of every key whose labels
 //! match, taken from their file outputs. Written through directory handles (no symlink
 //! followed below its root, directories created 0755, the old file read only when it is a
-//! regular file of bounded size), atomically, and only when it changes; never while a manifest
-//! is invalid, a selected key failed, or no key is selected: a key left out would stop
-//! verifying.
+//! regular file of bounded size), atomically, and only when it changes; never frozen wholesale:
+//! a key that cannot be read now (invalid manifest, failed, waiting to retry) keeps the entries
+//! it last had, the others move on. Written before any `activate` hook of a key it selects.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::manifest::{KeyPair, Output};
@@ -70,6 +70,9 @@ impl JwksAggregate {
                 "must not be inside stateDir's keys/, retry/ or ledger/ (keyprov's own)",
             );
         }
+        if root == state_dir && relative == Path::new(crate::jwks_members::FILE) {
+            return refuse("names keyprov's own record of the sets' members");
+        }
         Ok(JwksAggregate {
             root: root.to_path_buf(),
             relative: relative.to_path_buf(),
@@ -89,30 +92,6 @@ impl JwksAggregate {
             .iter()
             .all(|(name, value)| key.labels.get(name) == Some(value))
     }
-}
-
-/// The set's contents for the selected `keys` (sorted by name, each key's keys next first).
-fn contents(aggregate: &JwksAggregate, selected: &[&KeyPair]) -> Result<Vec<u8>, String> {
-    let mut jwks = Vec::new();
-    for key in selected {
-        if key.spec == KeyPairSpec::Sm2 {
-            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
-                "SM2 keys have no JWK form: left out of the JWK Set");
-            continue;
-        }
-        let Some(output) = key.outputs.iter().find_map(|o| match o {
-            Output::File(file) => Some(file),
-            Output::SecretsManager(_) => None,
-        }) else {
-            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
-                "the key has no file output: left out of the JWK Set");
-            continue;
-        };
-        let mut linked = crate::store::file::linked_jwks(output)
-            .map_err(|e| format!("key {:?}: {e}", key.name))?;
-        jwks.append(&mut linked);
-    }
-    Ok(crate::public_formats::jwks(&jwks))
 }
 
 /// Replaces the set with `bytes` below its root ([`DirHandle::replace_file`]): directories
@@ -178,26 +157,54 @@ pub fn read(aggregate: &JwksAggregate) -> Result<Option<Vec<u8>>, String> {
     dir.read_file(name).map(Some).map_err(fail)
 }
 
-/// Brings every aggregate up to date with `keys` (all valid keys of the manifests); `failed`
-/// names the keys that failed in this reconcile. Returns the failures, by path.
+/// The keys whose entries stay as they were: their links cannot be trusted now.
+#[derive(Debug, Clone, Copy)]
+pub struct Held<'a> {
+    /// Keys that failed in this reconcile or wait for their retry.
+    pub failed: &'a HashSet<&'a str>,
+    /// Keys of invalid manifests.
+    pub frozen: &'a BTreeSet<String>,
+    /// Whether any manifest is invalid (a file too broken to name its keys may define some).
+    pub invalid: bool,
+}
+
+/// What [`update_all`] did.
+#[derive(Debug, Default)]
+pub struct Updated {
+    /// Failures, by `jwks:<path>`.
+    pub failures: Vec<(String, String)>,
+    /// Keys selected by a set that could not be written: their `activate` hooks must wait.
+    pub unpublished: HashSet<String>,
+}
+
+/// Brings every aggregate up to date with `keys` (all valid keys of the manifests). A held
+/// key keeps the entries it last had (remembered in [`crate::jwks_members`]), plus what its
+/// links hold when they can be read; every other selected key's entries are its next,
+/// current and previous. A key that no valid manifest defines keeps its entries while any
+/// manifest is invalid (it may be one of them), and leaves once all are valid.
 pub fn update_all(
     aggregates: &[JwksAggregate],
     keys: &[KeyPair],
-    failed: &HashSet<&str>,
-) -> Vec<(String, String)> {
-    let mut failures = Vec::new();
+    held: Held<'_>,
+    state_dir: &Path,
+) -> Updated {
+    let mut updated = Updated::default();
+    let mut members = crate::jwks_members::load(state_dir).unwrap_or_else(|err| {
+        let message = format!(
+            "cannot read which keys the JWK Sets hold ({err}): every entry no readable key \
+             accounts for is kept while a key is held"
+        );
+        tracing::error!("{message}");
+        updated.failures.push(("jwks:members".into(), message));
+        crate::jwks_members::Members::new()
+    });
+    let before = members.clone();
     for aggregate in aggregates {
         let path = aggregate.path().display().to_string();
         let selected: Vec<&KeyPair> = keys.iter().filter(|k| aggregate.selects(k)).collect();
         if selected.is_empty() {
             tracing::warn!(path = %path, labels = ?aggregate.labels,
                 "the JWK Set's selector matches no key: left as it is");
-            continue;
-        }
-        if let Some(key) = selected.iter().find(|k| failed.contains(k.name.as_str())) {
-            tracing::warn!(path = %path, key = %key.name,
-                "JWK Set not updated: a key of it failed in this run, and leaving its keys out \
-                 would stop them verifying");
             continue;
         }
         let inside_a_key = keys.iter().find_map(|key| {
@@ -213,20 +220,183 @@ pub fn update_all(
                 "is inside the key directory of {name:?}, which only keyprov's versions and \
                  links may hold: choose another path"
             )),
-            None => contents(aggregate, &selected),
-        }
-        .and_then(|bytes| write(aggregate, &bytes));
+            None => {
+                let next = next_entries(aggregate, &selected, keys, held, members.get(&path));
+                for problem in &next.problems {
+                    let message = format!("JWK Set {path}: {problem}");
+                    tracing::error!("{message}");
+                    updated.failures.push((format!("jwks:{path}"), message));
+                }
+                write(aggregate, &bytes_of(&next.by_key)).map(|changed| (changed, next))
+            }
+        };
         match result {
-            Ok(true) => tracing::info!(path = %path, "JWK Set updated"),
-            Ok(false) => {}
+            Ok((changed, next)) => {
+                if changed {
+                    tracing::info!(path = %path, "JWK Set updated");
+                }
+                let kids = next
+                    .by_key
+                    .into_iter()
+                    .map(|(name, entries)| (name, entries.iter().filter_map(kid).collect()))
+                    .collect();
+                members.insert(path, kids);
+            }
             Err(err) => {
                 let message = format!("JWK Set {path}: {err}");
                 tracing::error!("{message}");
-                failures.push((format!("jwks:{path}"), message));
+                updated.failures.push((format!("jwks:{path}"), message));
+                updated
+                    .unpublished
+                    .extend(selected.iter().map(|k| k.name.clone()));
             }
         }
     }
-    failures
+    if members != before
+        && let Err(err) = crate::jwks_members::save(state_dir, &members)
+    {
+        let message = format!(
+            "cannot record which keys the JWK Sets hold in {}: {err}",
+            state_dir.join(crate::jwks_members::FILE).display()
+        );
+        tracing::error!("{message}");
+        updated.failures.push(("jwks:members".into(), message));
+    }
+    updated
+}
+
+/// An entry's kid.
+fn kid(entry: &serde_json::Value) -> Option<String> {
+    entry.get("kid")?.as_str().map(str::to_string)
+}
+
+/// The entries of the set as written, by kid; empty when it is missing or unreadable.
+fn old_entries(aggregate: &JwksAggregate) -> BTreeMap<String, serde_json::Value> {
+    let parsed = read(aggregate).and_then(|bytes| match bytes {
+        None => Ok(serde_json::Value::Null),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+    });
+    let set = parsed.unwrap_or_else(|err| {
+        tracing::warn!(path = %aggregate.path().display(),
+            "the JWK Set as written cannot be read ({err}): rebuilt from the keys' links");
+        serde_json::Value::Null
+    });
+    set.get("keys")
+        .and_then(|keys| keys.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| Some((kid(entry)?, entry.clone())))
+        .collect()
+}
+
+/// A set's next entries, per key.
+struct Next {
+    by_key: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Keys whose links could not be read (their last entries are kept).
+    problems: Vec<String>,
+}
+
+/// The entries of `aggregate` now: see [`update_all`]. `remembered` is what each key put in
+/// it last; without it (first run with this file) a held key keeps every entry of the set as
+/// written that no readable key accounts for.
+fn next_entries(
+    aggregate: &JwksAggregate,
+    selected: &[&KeyPair],
+    keys: &[KeyPair],
+    held: Held<'_>,
+    remembered: Option<&BTreeMap<String, Vec<String>>>,
+) -> Next {
+    let old = old_entries(aggregate);
+    let mut next = Next {
+        by_key: BTreeMap::new(),
+        problems: Vec::new(),
+    };
+    let mut to_keep = Vec::new();
+    for key in selected {
+        if key.spec == KeyPairSpec::Sm2 {
+            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
+                "SM2 keys have no JWK form: left out of the JWK Set");
+            continue;
+        }
+        let Some(output) = key.outputs.iter().find_map(|o| match o {
+            Output::File(file) => Some(file),
+            Output::SecretsManager(_) => None,
+        }) else {
+            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
+                "the key has no file output: left out of the JWK Set");
+            continue;
+        };
+        let linked = crate::store::file::linked_jwks(output);
+        if held.failed.contains(key.name.as_str()) {
+            // Its links may be half-moved: what they hold is added, nothing it had is lost.
+            to_keep.push((key.name.clone(), linked.unwrap_or_default()));
+            continue;
+        }
+        match linked {
+            Ok(linked) => {
+                next.by_key.insert(key.name.clone(), linked);
+            }
+            Err(err) => {
+                next.problems.push(format!(
+                    "key {:?}: {err}; its last entries are kept",
+                    key.name
+                ));
+                to_keep.push((key.name.clone(), Vec::new()));
+            }
+        }
+    }
+    let defined: HashSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    let undefined_held =
+        |name: &str| !defined.contains(name) && (held.invalid || held.frozen.contains(name));
+    match remembered {
+        Some(remembered) => to_keep.extend(
+            remembered
+                .keys()
+                .filter(|name| undefined_held(name))
+                .map(|name| (name.clone(), Vec::new())),
+        ),
+        None => to_keep.extend(
+            held.frozen
+                .iter()
+                .filter(|name| undefined_held(name))
+                .map(|name| (name.clone(), Vec::new())),
+        ),
+    }
+    let accounted: HashSet<String> = next.by_key.values().flatten().filter_map(kid).collect();
+    for (name, mut entries) in to_keep {
+        let last: Vec<serde_json::Value> = match remembered {
+            Some(remembered) => remembered
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| old.get(k).cloned())
+                .collect(),
+            None => old
+                .iter()
+                .filter(|(k, _)| !accounted.contains(*k))
+                .map(|(_, entry)| entry.clone())
+                .collect(),
+        };
+        for entry in last {
+            if !entries.iter().any(|e| kid(e) == kid(&entry)) {
+                entries.push(entry);
+            }
+        }
+        next.by_key.insert(name, entries);
+    }
+    next
+}
+
+/// The set's bytes: the keys by name, each key's entries in order, every kid once.
+fn bytes_of(by_key: &BTreeMap<String, Vec<serde_json::Value>>) -> Vec<u8> {
+    let mut seen = HashSet::new();
+    let entries: Vec<serde_json::Value> = by_key
+        .values()
+        .flatten()
+        .filter(|entry| kid(entry).is_none_or(|k| seen.insert(k)))
+        .cloned()
+        .collect();
+    crate::public_formats::jwks(&entries)
 }
 
 #[cfg(test)]
@@ -248,6 +418,7 @@ mod tests {
             ".lock",
             "keys/alpha/jwks.json",
             "retry/alpha.json",
+            ".jwks-members.json",
             "../x.json",
             "a/../../x.json",
             "/tmp/x.json",

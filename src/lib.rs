@@ -19,6 +19,7 @@ pub mod group_commit;
 pub mod hook_process;
 pub mod hooks;
 pub mod jwks_aggregate;
+pub mod jwks_members;
 pub mod jwks_served;
 pub mod key_material;
 pub mod ledger;

@@ -422,28 +422,49 @@ pub async fn reconcile(
                 .min();
         }
     }
-    let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
-    let hook_failures = run_due_hooks(config, &pending.keys, &journal, mode, observed).await;
-    report.failed.extend(hook_failures);
+    // Publish before activate hooks: a signer reloaded by one must find its kid in the sets.
+    let mut unpublished = HashSet::new();
     if !config.jwks.is_empty() {
-        if pending.invalid {
-            tracing::warn!(
-                "JWK Sets (config jwks) not updated: a manifest is invalid, and a key left out \
-                 of a set would stop verifying"
-            );
-        } else {
-            // Keys that failed now or wait to retry: their links may be unusable.
-            let failed: HashSet<&str> = report
-                .failed
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .chain(waiting.iter().map(String::as_str))
-                .collect();
-            let failures =
-                crate::jwks_aggregate::update_all(&config.jwks, &pending.all_keys, &failed);
-            report.failed.extend(failures);
-        }
+        // Keys that failed now or wait to retry: their links may be unusable. Under `rotate`
+        // the others were not looked at: they lose nothing until a full run.
+        let considered: HashSet<&str> = pending.keys.iter().map(|k| k.name.as_str()).collect();
+        let failed: HashSet<&str> = report
+            .failed
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(waiting.iter().map(String::as_str))
+            .chain(
+                pending
+                    .all_keys
+                    .iter()
+                    .map(|k| k.name.as_str())
+                    .filter(|n| !considered.contains(n)),
+            )
+            .collect();
+        let held = crate::jwks_aggregate::Held {
+            failed: &failed,
+            frozen: &pending.frozen,
+            invalid: pending.invalid,
+        };
+        let updated = crate::jwks_aggregate::update_all(
+            &config.jwks,
+            &pending.all_keys,
+            held,
+            &config.state_dir,
+        );
+        report.failed.extend(updated.failures);
+        unpublished = updated.unpublished;
     }
+    // A key a set could not take keeps its hooks journalled for the next run.
+    let hooked: Vec<KeyPair> = pending
+        .keys
+        .iter()
+        .filter(|k| !unpublished.contains(&k.name))
+        .cloned()
+        .collect();
+    let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
+    let hook_failures = run_due_hooks(config, &hooked, &journal, mode, observed).await;
+    report.failed.extend(hook_failures);
     if rotate.is_none() && !pending.invalid && pending.frozen.is_empty() {
         forget_unknown_keys(&pending.keys, &journal).await;
     }
