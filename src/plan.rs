@@ -227,7 +227,9 @@ pub fn plan_key(
         }
     }
     let mut generate = |reason: Reason, activates_at: SystemTime| {
-        let generation = highest + 1;
+        // Saturating: a store claiming generation u32::MAX must not crash the whole pass (the
+        // write of that generation then fails for this key only).
+        let generation = highest.saturating_add(1);
         let staged = activates_at > now;
         actions.push(Action::Generate {
             generation,

@@ -340,6 +340,29 @@ async fn a_retired_pair_replayed_as_a_new_generation_is_not_adopted() {
         "{}",
         run.all()
     );
+    // The verbatim replay (version id of generation 3, contents of generation 1) is no
+    // generation at all: AWSCURRENT comes back and the key fails, naming the version.
+    let verbatim_id = keyprov::store::secrets_manager::layout::version_id("replay-verbatim", 3);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("key \"replay-verbatim\"")
+                && l.contains(&secrets[0])
+                && l.contains(&verbatim_id)
+                && l.contains("forged or replayed")),
+        "{}",
+        run.all()
+    );
+    let back = secret_json(&aws.sm, &secrets[0], None).await;
+    assert_eq!(
+        back["generation"], 2,
+        "AWSCURRENT is back on generation 2: {back}"
+    );
+    let edited_now = secret_json(&aws.sm, &secrets[1], None).await;
+    eprintln!(
+        "after the run, AWSCURRENT of the edited replay's secret holds generation {}",
+        edited_now["generation"]
+    );
     let verify = install.keyprov(&["verify"]);
     assert_eq!(verify.code, 1, "{}", verify.all());
     assert!(verify.stdout.contains(&edited_origin), "{}", verify.stdout);
@@ -363,7 +386,7 @@ async fn a_retired_pair_replayed_as_a_new_generation_is_not_adopted() {
         }
     }
     eprintln!(
-        "replayed variants: {}, named: 1 (the verbatim one is observed as damaged and re-labelled), adopted: {adopted}",
+        "replayed variants: {}, named: 2, adopted: {adopted}",
         variants.len()
     );
     assert_eq!(adopted, 0);
@@ -566,4 +589,48 @@ fn a_manifest_may_not_set_a_reserved_context_key() {
         run.all()
     );
     assert!(!install.key_dir("k").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_claiming_the_last_generation_number_crashes_nothing() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    let (name, secret) = ("overflow", unique("overflow"));
+    let healthy = unique("overflow-sibling");
+    install.manifest(
+        "a.yaml",
+        &key(name, &aws.ours, &secret, "  rotation: {every: 1h}\n"),
+    );
+    install.manifest("b.yaml", &key("overflow-sibling", &aws.ours, &healthy, ""));
+    install.run_once(0);
+    // Generation u32::MAX, under keyprov's own token for it, holding garbage.
+    aws.sm
+        .put_secret_value()
+        .secret_id(&secret)
+        .client_request_token(keyprov::store::secrets_manager::layout::version_id(
+            name,
+            u32::MAX,
+        ))
+        .secret_string("{\"x\":1}")
+        .version_stages("AWSPREVIOUS")
+        .version_stages(format!("keyprov-v{}", u32::MAX))
+        .send()
+        .await
+        .unwrap();
+    for args in [
+        &["plan"][..],
+        &["run", "--once"][..],
+        &["rotate", name, "--now"][..],
+    ] {
+        let run = install.keyprov(args);
+        assert_ne!(run.code, 101, "{args:?} panicked: {}", run.all());
+        assert!(!run.stderr.contains("panicked"), "{}", run.all());
+    }
+    // The rotation happened: generation 2, in the files and in the secret.
+    assert_eq!(
+        link(&install.key_dir(name), "current").as_deref(),
+        Some("v0002")
+    );
+    assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
 }

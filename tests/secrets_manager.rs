@@ -608,11 +608,18 @@ async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
         "{}",
         verify.stdout
     );
-    // AWSCURRENT on a version keyprov did not write is drift: moved back to generation 1
-    // (still there, with AWSPREVIOUS), with a warning, and nothing generated.
-    let run = install.run_once(0);
+    // AWSCURRENT on a version keyprov did not write is moved back to generation 1 (still
+    // there, with AWSPREVIOUS), nothing generated, and the key fails once, naming it.
+    let run = install.run_once(1);
     assert!(
         run.stderr.contains("AWSCURRENT was moved outside keyprov"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.lines().any(|l| l.contains("ERROR")
+            && l.contains(&secret)
+            && l.contains("forged or replayed")),
         "{}",
         run.all()
     );
@@ -624,6 +631,7 @@ async fn verify_and_decrypt_read_a_secret_only_key_and_see_tampering() {
     assert_eq!(current_json(&sm, &secret).await, json);
     let verify = install.keyprov(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
+    install.run_once(0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

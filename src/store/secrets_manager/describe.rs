@@ -36,12 +36,28 @@ impl SecretsManagerStore {
                 };
             }
         };
-        let described = check_ours(&self.scope, key, secret, &output)?;
+        let mut described = check_ours(&self.scope, key, secret, &output)?;
+        if let Some(foreign) = self.foreign.lock().expect("never poisoned").get(secret) {
+            for id in foreign {
+                described.forget(id);
+            }
+        }
         self.managed
             .lock()
             .expect("never poisoned")
             .insert(secret.to_string(), true);
         Ok(Some(described))
+    }
+
+    /// Remembers that `version_id` of `secret` holds contents that are not the generation its
+    /// id names: from now on it is no generation (see [`Described::forget`]).
+    pub(super) fn remember_foreign(&self, secret: &str, version_id: &str) {
+        self.foreign
+            .lock()
+            .expect("never poisoned")
+            .entry(secret.to_string())
+            .or_default()
+            .insert(version_id.to_string());
     }
 
     /// Describes a secret that must exist.

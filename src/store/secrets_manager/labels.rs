@@ -250,6 +250,15 @@ impl SecretsManagerStore {
             }
         }
         let described = self.describe_existing(key, secret).await?;
+        // AWSCURRENT on a version that is none of this key's generations (a forged or replayed
+        // version put under another's request token): moved back below, and the key fails so
+        // that someone looks at who can write this secret.
+        let foreign_current: Vec<String> = described
+            .holders(CURRENT)
+            .iter()
+            .filter(|id| described.generation_of(id).is_none())
+            .map(|id| id.to_string())
+            .collect();
         let mut strays: Vec<(String, String)> = described
             .stages
             .iter()
@@ -295,6 +304,23 @@ impl SecretsManagerStore {
             self.remove_label(key, secret, PENDING, pending).await?;
         }
         let previous = previous.and_then(|g| described.id_of(g));
-        self.set_label(key, secret, PREVIOUS, previous).await
+        self.set_label(key, secret, PREVIOUS, previous).await?;
+        if foreign_current.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            path: format!("secret {secret}"),
+            message: format!(
+                "{CURRENT} was on version {}, which is not one of key {key:?}'s generations \
+                 (its version id and contents disagree: a forged or replayed version); {CURRENT} \
+                 is back on {}. Nothing was copied from it. Check who can write this secret \
+                 (secretsmanager:PutSecretValue, UpdateSecretVersionStage)",
+                foreign_current.join(" and "),
+                described
+                    .current()
+                    .map(|g| format!("generation {g}"))
+                    .unwrap_or_else(|| "no version".into())
+            ),
+        })
     }
 }

@@ -36,7 +36,7 @@ pub fn activated_tag(generation: u32, at: std::time::SystemTime) -> String {
 /// The generation and time of an [`ACTIVATED_TAG`] value.
 pub fn parse_activated_tag(value: &str) -> Option<(u32, std::time::SystemTime)> {
     let (label, at) = value.split_once('@')?;
-    let generation = label.strip_prefix("keyprov-v")?.parse().ok()?;
+    let generation = parse_generation_label(label)?;
     Some((generation, crate::schedule::parse_time(at).ok()?))
 }
 /// Largest SecretString keyprov reads (Secrets Manager's own limit).
@@ -59,7 +59,13 @@ pub fn parse_generation_label(label: &str) -> Option<u32> {
     (digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+        .filter(|g| (1..=MAX_GENERATION).contains(g))
 }
+
+/// The highest generation keyprov believes a secret can hold (a rotation a minute for almost
+/// two years): a label or version claiming more is not keyprov's, and the next generation
+/// can always be numbered.
+pub const MAX_GENERATION: u32 = 1_000_000;
 
 /// `ClientRequestToken` (= VersionId) of `generation` of key `name`: UUIDv5 of
 /// `<name>/<generation>`.
@@ -86,6 +92,12 @@ pub fn generations_of<'a>(
             found.insert(id, generation);
         }
     };
+    let hints: BTreeSet<u32> = hints
+        .iter()
+        .copied()
+        .filter(|g| (1..=MAX_GENERATION).contains(g))
+        .collect();
+    let hints = &hints;
     for &hint in hints {
         try_generation(hint, &mut unresolved);
     }

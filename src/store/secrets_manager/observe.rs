@@ -23,28 +23,44 @@ impl SecretsManagerStore {
             prunable: true,
             ..ObservedOutput::default()
         };
-        let Some(described) = self.describe(&key.name, secret).await? else {
+        let Some(mut described) = self.describe(&key.name, secret).await? else {
             self.managed
                 .lock()
                 .expect("never poisoned")
                 .insert(secret.clone(), false);
             return Ok(observed);
         };
+        // The current generation is the newest that was current, wherever AWSCURRENT is now
+        // (a label moved by hand is drift, repaired); without any evidence, AWSCURRENT's
+        // version is read as it is (and refused when keyprov did not write it). A version
+        // whose contents are not the generation its id names is no generation at all (a
+        // forged or replayed version under keyprov's token): forgotten, and the newest
+        // remaining generation that was current is taken instead (a few times at most).
+        let mut current_id = None;
+        for _ in 0..4 {
+            current_id = match described.current() {
+                Some(generation) => described.id_of(generation).map(str::to_string),
+                None => described.holder(CURRENT).map(str::to_string),
+            };
+            let Some(id) = &current_id else { break };
+            let damage = observed.damaged.len();
+            observed.current = self
+                .observe_version(key, secret, &described, id, &mut observed)
+                .await?;
+            if observed.current.is_some()
+                || observed.damaged.len() == damage
+                || described.generation_of(id).is_none()
+            {
+                break;
+            }
+            self.remember_foreign(secret, id);
+            described.forget(id);
+        }
         observed.versions = described.generations();
         observed.previous = described
             .holder(PREVIOUS)
             .and_then(|id| described.generation_of(id));
-        // The current generation is the newest that was current, wherever AWSCURRENT is now
-        // (a label moved by hand is drift, repaired); without any evidence, AWSCURRENT's
-        // version is read as it is (and refused when keyprov did not write it).
-        let current_id = match described.current() {
-            Some(generation) => described.id_of(generation),
-            None => described.holder(CURRENT),
-        };
-        if let Some(id) = current_id {
-            observed.current = self
-                .observe_version(key, secret, &described, id, &mut observed)
-                .await?;
+        if current_id.is_some() {
             // Activated before its planned time (`rotate --now`): the next rotation counts
             // from the recorded activation.
             if let Some(current) = &mut observed.current
@@ -139,6 +155,7 @@ impl SecretsManagerStore {
                 .ok()
                 .and_then(|v| v.get("generation")?.as_u64())
                 .and_then(|g| u32::try_from(g).ok())
+                .filter(|g| (1..=layout::MAX_GENERATION).contains(g))
         });
         let Some(generation) = generation else {
             return Err(StoreError::Corrupt {

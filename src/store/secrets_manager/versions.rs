@@ -66,6 +66,12 @@ impl Described {
         self.stages.get(version_id).map_or(&[], Vec::as_slice)
     }
 
+    /// Takes `version_id` out of the generations: its contents were read and are not the
+    /// generation its id names (a forged or replayed version put under keyprov's token).
+    pub(super) fn forget(&mut self, version_id: &str) {
+        self.generation_ids.remove(version_id);
+    }
+
     /// The generation whose request token `version_id` is.
     pub(super) fn generation_of(&self, version_id: &str) -> Option<u32> {
         self.generation_ids.get(version_id).copied()
