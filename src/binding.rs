@@ -55,8 +55,9 @@ pub fn is_bound(meta: &VersionMeta) -> bool {
 pub enum Unbound {
     /// Refused: a version read from a secret (shared, writable by others) must be bound.
     Refuse,
-    /// Decrypted with the manifest's key and context alone: local files written by this
-    /// keyprov before the upgrade, which stay where they are until the key rotates.
+    /// Local files (keyprov's own state): a version written before the upgrade is decrypted
+    /// with the manifest's key and context alone (it stays until the key rotates), and one
+    /// made under an earlier spec of the key with what it records.
     Accept,
 }
 
@@ -167,6 +168,9 @@ pub async fn open<P: Provider>(
     }
     let fingerprint = key.spec_fingerprint();
     if meta.spec_fingerprint != fingerprint {
+        if unbound == Unbound::Accept {
+            return open_as_recorded(provider, key, meta, ciphertext).await;
+        }
         return Err(ProofError::OtherSpec {
             recorded: meta.spec_fingerprint.clone(),
             wanted: fingerprint,
@@ -182,6 +186,44 @@ pub async fn open<P: Provider>(
         .await
         .map_err(|source| ProofError::Decrypt {
             kms_key: key.kms_key_id.clone(),
+            source,
+        })
+}
+
+/// Opens a local file version made under an earlier spec of its key (the `current` of a
+/// staged spec change, a kept `previous`) with the KMS key and context it records: files are
+/// keyprov's own local state, never copied from a secret under another spec (copies are
+/// proven with [`Unbound::Refuse`]). A recorded context that binds must bind this name and
+/// generation ([`open`] checked them against `meta`).
+async fn open_as_recorded<P: Provider>(
+    provider: &P,
+    key: &KeyPair,
+    meta: &VersionMeta,
+    ciphertext: &[u8],
+) -> Result<PrivateKey, ProofError> {
+    let recorded_name = meta.encryption_context.get(NAME_KEY);
+    let recorded_generation = meta.encryption_context.get(GENERATION_KEY);
+    if recorded_name.is_some_and(|n| *n != key.name)
+        || recorded_generation.is_some_and(|g| *g != meta.generation.to_string())
+    {
+        return Err(ProofError::Mislabelled {
+            name: recorded_name.cloned().unwrap_or_default(),
+            recorded: meta.generation,
+            wanted: meta.generation,
+        });
+    }
+    let request = DecryptRequest {
+        name: &key.name,
+        ciphertext,
+        kms_key_arn: &meta.kms_key_arn,
+        encryption_context: &meta.encryption_context,
+        grant_tokens: &key.grant_tokens,
+    };
+    provider
+        .decrypt(&request)
+        .await
+        .map_err(|source| ProofError::Decrypt {
+            kms_key: meta.kms_key_arn.clone(),
             source,
         })
 }

@@ -18,12 +18,12 @@ use crate::provider::{AnyProvider, PrivateKey, local};
 use crate::store::{StoredVersion, Stores, VersionMeta, file};
 
 /// Reads `generation` (default: current) of `key` from the first output holding it intact,
-/// files or secrets.
+/// files or secrets; says how far it is to be believed (a secret's version must be bound).
 async fn read_stored(
     stores: &Stores,
     key: &KeyPair,
     generation: Option<u32>,
-) -> Result<StoredVersion, String> {
+) -> Result<(StoredVersion, binding::Unbound), String> {
     let generation = match generation {
         Some(g) => g,
         None => {
@@ -74,8 +74,12 @@ async fn read_stored(
         {
             continue;
         }
+        let trust = match key.outputs[index] {
+            crate::manifest::Output::SecretsManager(_) => binding::Unbound::Refuse,
+            _ => binding::Unbound::Accept,
+        };
         match stores.read_version(key, index, generation).await {
-            Ok(version) => return Ok(version),
+            Ok(version) => return Ok((version, trust)),
             Err(e) => last_error = format!("key {:?}: {e}", key.name),
         }
     }
@@ -87,10 +91,10 @@ async fn read_stored(
 async fn decrypt_stored(
     provider: &AnyProvider,
     key: &KeyPair,
-    stored: &StoredVersion,
+    (stored, trust): &(StoredVersion, binding::Unbound),
 ) -> Result<PrivateKey, String> {
     let generation = stored.meta.generation;
-    binding::prove(provider, key, stored, generation, binding::Unbound::Accept)
+    binding::prove(provider, key, stored, generation, *trust)
         .await
         .map_err(|e| format!("key {:?} generation {generation}: {e}", key.name))
 }
