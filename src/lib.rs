@@ -40,4 +40,5 @@ pub mod public_formats;
 pub mod retry;
 pub mod schedule;
 pub mod spec;
+pub mod spec_change;
 pub mod store;

@@ -62,10 +62,9 @@ pub async fn find(
     frozen: &BTreeSet<String>,
     secrets: &SecretsManagerStore,
 ) -> Result<Vec<Orphan>, StoreError> {
-    let mut orphans: Vec<Orphan> = file_orphans(config, keys, frozen)
-        .into_iter()
-        .map(|dir| Orphan::File { dir })
-        .collect();
+    let mut dirs: BTreeSet<PathBuf> = file_orphans(config, keys, frozen).into_iter().collect();
+    dirs.extend(custom_dir_orphans(config, keys, frozen));
+    let mut orphans: Vec<Orphan> = dirs.into_iter().map(|dir| Orphan::File { dir }).collect();
     let uses_secrets = keys
         .iter()
         .flat_map(|k| &k.outputs)
@@ -133,6 +132,87 @@ fn file_orphans(config: &Config, keys: &[KeyPair], frozen: &BTreeSet<String>) ->
         .collect();
     orphans.sort();
     orphans
+}
+
+/// Deepest directory below stateDir or an output root looked at for key directories with a
+/// custom `dir:` (`team/app/signing` is 3).
+const MAX_SCAN_DEPTH: usize = 6;
+/// Most directories opened per root while looking for them: the scan stays bounded however
+/// large an output root is.
+const MAX_SCAN_DIRS: usize = 10_000;
+
+/// Key directories below stateDir and the output roots (a custom `dir:`) that keyprov made and
+/// no valid or frozen manifest claims: a directory with a `current` symlink to a `vNNNN`
+/// directory whose meta.json is keyprov's. Breadth first, bounded by [`MAX_SCAN_DEPTH`] and
+/// [`MAX_SCAN_DIRS`]; no symlink is followed, names starting with `.` (set-aside copies) are
+/// skipped, and nothing below a key directory is looked at.
+fn custom_dir_orphans(
+    config: &Config,
+    keys: &[KeyPair],
+    frozen: &BTreeSet<String>,
+) -> Vec<PathBuf> {
+    let claimed: BTreeSet<PathBuf> = keys
+        .iter()
+        .flat_map(|k| k.outputs.iter())
+        .filter_map(|o| match o {
+            Output::File(f) => Some(f.dir.clone()),
+            Output::SecretsManager(_) => None,
+        })
+        .collect();
+    let mut found = Vec::new();
+    for root in std::iter::once(&config.state_dir).chain(&config.output_roots) {
+        let Ok(Some(handle)) = DirHandle::open_root(root, false) else {
+            continue;
+        };
+        let mut queue = std::collections::VecDeque::from([(handle, 0usize)]);
+        let mut opened = 0;
+        while let Some((dir, depth)) = queue.pop_front() {
+            let Ok(names) = dir.names() else {
+                continue;
+            };
+            for name in names.iter().filter_map(|n| n.to_str()) {
+                if name.starts_with('.') || depth + 1 > MAX_SCAN_DEPTH {
+                    continue;
+                }
+                if opened >= MAX_SCAN_DIRS {
+                    tracing::warn!(
+                        "looking for orphaned key directories: stopped after {MAX_SCAN_DIRS} \
+                         directories below {}",
+                        root.display()
+                    );
+                    queue.clear();
+                    break;
+                }
+                // open_dir refuses symlinks and directories owned by another user.
+                let Ok(Some(child)) = dir.open_dir(name) else {
+                    continue;
+                };
+                opened += 1;
+                match made_for(&child) {
+                    Some(key) => {
+                        if !claimed.contains(child.path()) && !frozen.contains(&key) {
+                            found.push(child.path().to_path_buf());
+                        }
+                    }
+                    None => queue.push_back((child, depth + 1)),
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The key whose directory `dir` is, when keyprov made it: its `current` symlink names a
+/// `vNNNN` directory whose meta.json is a keyprov version's.
+fn made_for(dir: &DirHandle) -> Option<String> {
+    let target = dir.read_link("current").ok()??;
+    let target = target.to_str()?;
+    let generation = file::parse_version_name(target)?;
+    let version = dir.open_dir(target).ok()??;
+    let bytes = version.read_file("meta.json").ok()?;
+    let meta: crate::store::VersionMeta = serde_json::from_slice(&bytes).ok()?;
+    (meta.api_version == crate::manifest::API_VERSION && meta.generation == generation)
+        .then_some(meta.name)
 }
 
 /// Removes `orphans`: key directories renamed aside (`.orphaned-<name>-<unix time of now>`,

@@ -31,7 +31,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Reason::Create => "new key",
-            Reason::SpecChanged => "keyPairSpec, kmsKeyId or encryptionContext changed",
+            Reason::SpecChanged => "spec changed",
             Reason::RotationDue => "rotation due",
             Reason::Requested => "rotation requested",
             Reason::Unbound { generation } => {

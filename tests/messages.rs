@@ -378,10 +378,62 @@ fn plan_shows_a_spec_change_old_to_new() {
     let plan = install.keyprov(&["plan"]);
     assert_eq!(plan.code, 3, "{}", plan.all());
     assert!(
-        plan.stdout
-            .contains("k: generate generation 2 (keyPairSpec, kmsKeyId or encryptionContext changed): keyPairSpec ECC_NIST_P256 -> RSA_2048"),
+        plan.stdout.contains(
+            "k: generate generation 2 (spec changed): keyPairSpec ECC_NIST_P256 -> RSA_2048\n"
+        ),
         "{}",
         plan.stdout
+    );
+}
+
+#[test]
+fn a_spec_change_names_the_context_entries_and_kms_key_that_changed() {
+    let install = Install::new("");
+    let context = "  encryptionContext: {service: pay, env: prod}\n";
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", context));
+    install.run_once(0);
+    // Only the context: the kmsKeyId stays, and the reserved keyprov: entries are no change.
+    let context = "  encryptionContext: {service: billing, team: x}\n";
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", context));
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout.contains(
+            "k: generate generation 2 (spec changed): encryptionContext: changed service pay -> \
+             billing, added team=x, removed env=prod\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    // Only the KMS key: named with the ARN generation 1 was made with.
+    let text = manifest(
+        "k",
+        "ECC_NIST_P256",
+        "  encryptionContext: {service: pay, env: prod}\n",
+    )
+    .replace("alias/test", "alias/other");
+    install.manifest("k.yaml", &text);
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    let line = plan
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("k: generate"))
+        .unwrap_or_else(|| panic!("{}", plan.stdout));
+    assert!(
+        line.starts_with(
+            "k: generate generation 2 (spec changed): kmsKeyId -> alias/other (generation 1 was \
+             made with "
+        ) && !line.contains("keyPairSpec")
+            && !line.contains("encryptionContext"),
+        "{line}"
+    );
+    // run says it too, at info level.
+    let run = install.run_once(0);
+    assert!(
+        run.stderr.contains("spec changed: kmsKeyId -> alias/other"),
+        "{}",
+        run.all()
     );
 }
 
@@ -617,4 +669,132 @@ fn a_manifest_whose_file_name_is_not_utf8_is_read_not_skipped() {
     );
     install.run_once(0);
     assert!(install.key_dir("odd").join("current").exists());
+}
+
+#[test]
+fn a_dedented_first_line_of_a_block_is_blamed_at_its_own_line() {
+    let install = Install::new("");
+    let head = "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata:\n  name: a\nspec:\n";
+    // The first `outputs:` item one space short: the parser stumbles on the item after it.
+    install.manifest(
+        "item.yaml",
+        &format!(
+            "{head}  keyPairSpec: ECC_NIST_P256\n  kmsKeyId: alias/k\n  outputs:\n   - file:\n        \
+             dir: a\n    - file:\n        dir: b\n"
+        ),
+    );
+    // The first key of `spec:` one space short.
+    install.manifest(
+        "key.yaml",
+        &format!(
+            "{head} keyPairSpec: ECC_NIST_P256\n  kmsKeyId: alias/k\n  outputs: [{{file: {{}}}}]\n"
+        ),
+    );
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "item.yaml:9:4: YAML syntax error: this list item is indented 3 spaces but the next \
+             list item of its block (line 11) 4: indent it 4 spaces like that one\n"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "key.yaml:6:2: YAML syntax error: this key is indented 1 space but the next key of \
+             its block (line 7) 2: indent it 2 spaces like that one\n"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_list_item_out_of_line_gets_the_list_item_hint() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &manifest("k", "ECC_NIST_P256", "").replace(
+            "    - file: {}\n",
+            "    - file: {dir: a}\n   - file: {dir: b}\n",
+        ),
+    );
+    let run = install.keyprov(&["validate"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "k.yaml:10:4: YAML syntax error: while parsing a block mapping, did not find expected \
+             key (a list item is indented differently from the items before it: align the `-`)"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn orphans_of_keys_with_a_custom_dir_are_listed_and_look_alikes_are_not() {
+    let root = tempfile::tempdir().unwrap();
+    let install = Install::new(&format!("outputRoots: [{}]", root.path().display()));
+    let custom = root.path().join("team/app/signing");
+    let with_dir = |name: &str, dir: &str| {
+        manifest(name, "ECC_NIST_P256", "").replace("file: {}", &format!("file: {{dir: {dir}}}"))
+    };
+    install.manifest("gone.yaml", &with_dir("gone", custom.to_str().unwrap()));
+    install.manifest("rel.yaml", &with_dir("rel", "nested/rel"));
+    install.manifest("stay.yaml", &with_dir("stay", "nested/stay"));
+    install.run_once(0);
+    // Look-alikes keyprov did not make: a `current` link without keyprov's meta.json, and a
+    // symlink to a real key directory (never followed).
+    let fake = root.path().join("fake");
+    std::fs::create_dir_all(fake.join("v0001")).unwrap();
+    std::fs::write(fake.join("v0001/meta.json"), "{}").unwrap();
+    std::os::unix::fs::symlink("v0001", fake.join("current")).unwrap();
+    std::os::unix::fs::symlink(&custom, root.path().join("link")).unwrap();
+    std::fs::remove_file(install.manifests().join("gone.yaml")).unwrap();
+    std::fs::remove_file(install.manifests().join("rel.yaml")).unwrap();
+
+    let status = install.keyprov(&["status", "--json"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", status.all()));
+    let mut orphans: Vec<String> = json["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{}:{}",
+                o["kind"].as_str().unwrap(),
+                o["location"].as_str().unwrap()
+            )
+        })
+        .collect();
+    orphans.sort();
+    let mut wanted = vec![
+        format!("file:{}", custom.display()),
+        format!("file:{}", install.state().join("nested/rel").display()),
+    ];
+    wanted.sort();
+    assert_eq!(orphans, wanted, "{}", status.all());
+    // prune (plan) sees the same orphans.
+    std::fs::write(
+        install.config(),
+        format!(
+            "manifests: [manifests.d]\nstateDir: state\noutputRoots: [{}]\n\
+             reconcile: {{prune: true, pruneAfter: 24h}}\n",
+            root.path().display()
+        ),
+    )
+    .unwrap();
+    let plan = install.keyprov(&["plan"]);
+    for orphan in &wanted {
+        assert!(
+            plan.stdout
+                .contains(&format!("orphan {orphan}: pruned after")),
+            "{}",
+            plan.all()
+        );
+    }
+    assert!(!plan.stdout.contains("fake"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("link"), "{}", plan.stdout);
 }

@@ -339,6 +339,12 @@ pub async fn reconcile(
         failed_outside_keys: false,
     };
     let changed: HashSet<String> = pending.plans.iter().map(|p| p.name.clone()).collect();
+    let spec_changes =
+        crate::spec_change::collect(&pending.keys, &pending.plans, &pending.observed, &stores)
+            .await;
+    for (name, change) in &spec_changes {
+        tracing::info!(key = %name, "spec changed: {change}");
+    }
     let stats = Arc::new(Stats::default());
     let outcomes = execute::execute(
         provider,
@@ -873,7 +879,9 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
             exit = exit.max(Exit::KeyFailed);
         }
     }
-    let changes = spec_changes(&pending, &stores).await;
+    let changes =
+        crate::spec_change::collect(&pending.keys, &pending.plans, &pending.observed, &stores)
+            .await;
 
     let mut restore_lines: Vec<(String, String)> = restores
         .iter()
@@ -1056,65 +1064,6 @@ fn print_next_rotations(pending: &Pending) {
             humantime::format_duration((every / 100).min(crate::schedule::MAX_SPREAD)),
         );
     }
-}
-
-/// For each key about to be regenerated because its spec changed: what changed, old -> new,
-/// read from the current version's meta.
-async fn spec_changes(pending: &Pending, stores: &Stores) -> HashMap<String, String> {
-    let mut changes = HashMap::new();
-    for plan in &pending.plans {
-        let changed = plan.actions.iter().any(|a| {
-            matches!(
-                a,
-                plan::Action::Generate {
-                    reason: plan::Reason::SpecChanged,
-                    ..
-                }
-            )
-        });
-        let Some(key) = pending.keys.iter().find(|k| k.name == plan.name) else {
-            continue;
-        };
-        let Some(Ok(outputs)) = pending.observed.get(&key.name) else {
-            continue;
-        };
-        let Some(current) = plan::authoritative(outputs).0.filter(|_| changed) else {
-            continue;
-        };
-        let mut meta = None;
-        for index in 0..key.outputs.len() {
-            if let Ok(version) = stores.read_version(key, index, current.generation).await {
-                meta = Some(version.meta);
-                break;
-            }
-        }
-        let Some(meta) = meta else {
-            continue;
-        };
-        let mut parts = Vec::new();
-        if meta.key_pair_spec != key.spec.as_str() {
-            parts.push(format!(
-                "keyPairSpec {} -> {}",
-                meta.key_pair_spec,
-                key.spec.as_str()
-            ));
-        }
-        let recorded = crate::binding::manifest_part(&meta.encryption_context);
-        if recorded != key.encryption_context {
-            parts.push(format!(
-                "encryptionContext {:?} -> {:?}",
-                recorded, key.encryption_context
-            ));
-        }
-        if parts.is_empty() {
-            parts.push(format!(
-                "kmsKeyId (generation {} was made with {}) -> {}",
-                current.generation, meta.kms_key_arn, key.kms_key_id
-            ));
-        }
-        changes.insert(key.name.clone(), parts.join("; "));
-    }
-    changes
 }
 
 /// One line per planned action, as `(key, action)`.

@@ -4,6 +4,7 @@
 //! serde_yaml is confined to this module (see `document.rs`), so a maintained fork can replace it
 //! in one place.
 
+mod dedent;
 mod diagnostics;
 pub mod document;
 mod model;

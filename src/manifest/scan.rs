@@ -51,14 +51,28 @@ pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
             if err.info().ends_with("found unknown anchor") {
                 return undefined_alias(text, err.marker());
             }
+            let line = err.marker().line();
+            if INDENTATION_ERRORS.iter().any(|e| err.info().contains(e))
+                && let Some((line, column, message)) = super::dedent::misplaced(text, line)
+            {
+                return Refusal {
+                    line,
+                    column,
+                    message,
+                };
+            }
+            // "expected key" at a `- ` line is a list item out of line, not a key.
+            let hint = if err.info().contains(INDENTATION_ERRORS[1])
+                && super::dedent::is_list_item(text, line)
+            {
+                syntax_hint(INDENTATION_ERRORS[2])
+            } else {
+                syntax_hint(err.info())
+            };
             Refusal {
-                line: err.marker().line(),
+                line,
                 column: err.marker().col() + 1,
-                message: format!(
-                    "YAML syntax error: {}{}",
-                    err.info(),
-                    syntax_hint(err.info())
-                ),
+                message: format!("YAML syntax error: {}{hint}", err.info()),
             }
         })?;
         let refuse = |message: String| Refusal {
@@ -185,6 +199,13 @@ fn undefined_alias(text: &str, mark: &Marker) -> Refusal {
 /// Most nodes serde_yaml may visit in one file, aliases expanded: [`MAX_NODES`] plus
 /// [`MAX_ALIAS_NODES`].
 pub const MAX_EXPANDED_NODES: usize = MAX_NODES + MAX_ALIAS_NODES as usize;
+
+/// The parser's complaints that a misplaced indentation causes.
+const INDENTATION_ERRORS: [&str; 3] = [
+    "mapping values are not allowed",
+    "did not find expected key",
+    "did not find expected '-' indicator",
+];
 
 /// What a parser's complaint usually means in a manifest, in the user's words.
 fn syntax_hint(info: &str) -> &'static str {
