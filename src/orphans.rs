@@ -37,6 +37,17 @@ impl Orphan {
         }
     }
 
+    /// Whether `reconcile.prune` may remove it: a secret (this installation's scope) or a key
+    /// directory under stateDir (this installation's own). A key directory elsewhere in an
+    /// output root is only listed: another installation may share that root, and its keys
+    /// would look orphaned here.
+    pub fn prunable(&self, config: &Config) -> bool {
+        match self {
+            Orphan::File { dir } => dir.starts_with(&config.state_dir),
+            Orphan::Secret(_) => true,
+        }
+    }
+
     /// The directory or secret name.
     pub fn location(&self) -> String {
         match self {

@@ -165,9 +165,10 @@ pub async fn planned(
     if !config.reconcile.prune || invalid || !frozen.is_empty() {
         return Ok(Vec::new());
     }
-    let orphans = orphans::find(config, keys, frozen, secrets)
+    let mut orphans = orphans::find(config, keys, frozen, secrets)
         .await
         .map_err(|err| format!("cannot list orphans: {err}"))?;
+    orphans.retain(|o| o.prunable(config));
     let record: Record = ledger(config).load();
     Ok(schedule(
         orphans,
@@ -196,7 +197,10 @@ pub async fn prune_orphans(
         return Vec::new();
     }
     let orphans = match orphans::find(config, keys, frozen, secrets).await {
-        Ok(orphans) => orphans,
+        Ok(mut orphans) => {
+            orphans.retain(|o| o.prunable(config));
+            orphans
+        }
         Err(err) => {
             tracing::error!("cannot list orphans: {err}");
             return vec![("orphans".into(), format!("cannot list orphans: {err}"))];
