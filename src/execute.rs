@@ -270,6 +270,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     self.expect_hooks(HookEvent::Activate, *generation).await?;
                     let all = self.all_outputs();
                     let lacking = self.lacking(&all, *generation).await;
+                    self.prove_held(&all, &lacking, *generation).await?;
                     self.copy(*generation, &lacking, Link::Current).await?;
                     for i in all {
                         self.link(i, *generation, Link::Current).await?;
@@ -282,6 +283,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     link,
                 } => {
                     let lacking = self.lacking(outputs, *generation).await;
+                    self.prove_held(outputs, &lacking, *generation).await?;
                     self.copy(*generation, &lacking, *link).await?;
                     for &i in outputs {
                         self.link(i, *generation, *link).await?;
@@ -483,6 +485,30 @@ impl<P: Provider> KeyContext<'_, P> {
             version.private_key = Some(private);
         }
         Ok(version)
+    }
+
+    /// Proves `generation` in every secret among `outputs` that already holds it (not in
+    /// `lacking`) before a label moves onto it there: a staged or unlinked version in a secret
+    /// may have been put by anyone who can write the secret, under keyprov's request token.
+    async fn prove_held(
+        &self,
+        outputs: &[usize],
+        lacking: &[usize],
+        generation: u32,
+    ) -> Result<(), String> {
+        for &i in outputs {
+            if !self.is_secret(i) || lacking.contains(&i) {
+                continue;
+            }
+            let version = self
+                .stores
+                .read_version(self.key, i, generation)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let origin = crate::binding::origin(self.key, i, generation);
+            self.prove(version, generation, &origin).await?;
+        }
+        Ok(())
     }
 
     /// Reads `generation` whole from the first output (other than `except`) holding an

@@ -634,3 +634,54 @@ async fn a_version_claiming_the_last_generation_number_crashes_nothing() {
     );
     assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
 }
+
+/// A key whose only output is its secret.
+fn secret_only(name: &str, kms_key: &str, secret: &str) -> String {
+    manifest(name, "ECC_NIST_P256", CONTEXT)
+        .replace("alias/test", kms_key)
+        .replace(
+            "    - file: {}\n",
+            &format!("    - secretsManager: {{secretId: \"{secret}\"}}\n"),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_staged_generation_of_a_secret_only_key_is_never_activated() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    let (name, secret) = ("forged-staged", unique("forged-staged"));
+    install.manifest("a.yaml", &secret_only(name, &aws.ours, &secret));
+    install.run_once(0);
+    // Put by someone with PutSecretValue only: generation 2 under keyprov's token, made under
+    // their own KMS key, labelled the way keyprov labels a generation it has just published.
+    let original = secret_json(&aws.sm, &secret, None).await;
+    let pair = kms_pair(&aws, &aws.theirs, &bound(name, 2)).await;
+    let json = holding(original.clone(), 2, &pair, &aws.theirs, &bound(name, 2));
+    aws.sm
+        .put_secret_value()
+        .secret_id(&secret)
+        .client_request_token(keyprov::store::secrets_manager::layout::version_id(name, 2))
+        .secret_string(json.to_string())
+        .version_stages("keyprov-v0002")
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let run = install.run_once(1);
+        let version = keyprov::store::secrets_manager::layout::version_id(name, 2);
+        let origin = format!("secret {secret} version {version} (generation 2)");
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(&format!("key \"{name}\""))
+                    && l.contains(&origin)
+                    && l.contains("is not believed")),
+            "{}",
+            run.all()
+        );
+        assert!(!run.all().contains("activated staged"), "{}", run.all());
+        // AWSCURRENT never moved onto it.
+        assert_eq!(secret_json(&aws.sm, &secret, None).await, original);
+    }
+}
