@@ -168,8 +168,10 @@ pub async fn open<P: Provider>(
     }
     let fingerprint = key.spec_fingerprint();
     if meta.spec_fingerprint != fingerprint {
-        if unbound == Unbound::Accept {
-            return open_as_recorded(provider, key, meta, ciphertext).await;
+        if unbound == Unbound::Accept
+            && let Ok(private) = open_as_recorded(provider, key, meta, ciphertext).await
+        {
+            return Ok(private);
         }
         return Err(ProofError::OtherSpec {
             recorded: meta.spec_fingerprint.clone(),

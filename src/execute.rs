@@ -505,10 +505,31 @@ impl<P: Provider> KeyContext<'_, P> {
                 .read_version(self.key, i, generation)
                 .await
                 .map_err(|e| self.fail(e))?;
+            if self.held_locally(&version, generation).await {
+                continue;
+            }
             let origin = crate::binding::origin(self.key, i, generation);
             self.prove(version, generation, &origin).await?;
         }
         Ok(())
+    }
+
+    /// Whether a file output (keyprov's own local state) holds `generation` with the very
+    /// pair `version` holds: then the secret's copy is the one this host wrote or proved when
+    /// it copied it, and needs no Decrypt.
+    async fn held_locally(&self, version: &StoredVersion, generation: u32) -> bool {
+        for i in self.all_outputs() {
+            if self.is_secret(i) {
+                continue;
+            }
+            if let Ok(local) = self.stores.read_version(self.key, i, generation).await
+                && local.meta.public_key_sha256 == version.meta.public_key_sha256
+                && local.private_key_ciphertext == version.private_key_ciphertext
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Reads `generation` whole from the first output (other than `except`) holding an
