@@ -220,3 +220,101 @@ async fn a_full_disk_during_a_rotation_never_moves_awscurrent_before_the_files()
         noop.all()
     );
 }
+
+/// A staged generation (publishAhead) activates while the file output cannot change, with the
+/// secret listed before the file output: the file's link fails, and AWSCURRENT, which moves
+/// last whatever the order of the outputs, stays on the old generation. (A full disk does not
+/// fail this step: the files and jwks.json already hold the generation, only a symlink moves;
+/// a read-only remount of the same tmpfs does.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_output_failing_a_staged_activation_never_moves_awscurrent_first() {
+    let Some(endpoint) = localstack() else { return };
+    if !can_mount() {
+        eprintln!("skipping: cannot mount a tmpfs here (needs CAP_SYS_ADMIN)");
+        return;
+    }
+    let client = client(&endpoint).await;
+    let install = install(&endpoint);
+    let secret = format!("keyprov-test/fulldisk-staged-{}", uuid::Uuid::new_v4());
+    let name = "staged";
+    install.manifest(
+        "staged.yaml",
+        &manifest(
+            name,
+            "ECC_NIST_P256",
+            "  rotation: {every: 1d, publishAhead: 6h, keep: 2}\n",
+        )
+        .replace(
+            "    - file: {}\n",
+            &format!(
+                "    - secretsManager: {{secretId: \"{secret}\"}}\n    - file: {{publicFormats: [jwk]}}\n"
+            ),
+        ),
+    );
+    let dir = install.key_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _mount = Mount::new(
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=128k,mode=0750",
+            "keyprov-fulldisk",
+        ],
+        &dir,
+    );
+    for now in ["2032-01-01T01:00:00Z", "2032-01-01T20:00:00Z"] {
+        let run = at(&install, &["run", "--once"], now);
+        assert_eq!(run.code, 0, "{now}: {}", run.all());
+    }
+    let published = labels(&client, &secret, name).await;
+    assert_eq!(current_of(&published), Some(1), "{published:?}");
+    assert!(
+        published.get(&2).is_some_and(|l| l.contains("AWSPENDING")),
+        "generation 2 is published ahead: {published:?}"
+    );
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    let jwks_before = std::fs::read(dir.join("jwks.json")).unwrap();
+
+    let remount = |mode: &str| {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {mode}");
+    };
+    remount("ro");
+    let due = "2032-01-02T02:00:00Z";
+    let full = at(&install, &["run", "--once"], due);
+    assert_eq!(
+        full.code,
+        1,
+        "the activation fails on the read-only file output: {}",
+        full.all()
+    );
+    let after = labels(&client, &secret, name).await;
+    assert_eq!(
+        current_of(&after),
+        Some(1),
+        "AWSCURRENT stays while the file output could not activate: {after:?}"
+    );
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    assert_eq!(std::fs::read(dir.join("jwks.json")).unwrap(), jwks_before);
+    assert_eq!(
+        secret_current_public(&client, &secret).await,
+        file_current_public(&dir)
+    );
+
+    remount("rw");
+    let healed = at(&install, &["run", "--once"], due);
+    assert_eq!(healed.code, 0, "{}", healed.all());
+    assert_eq!(current_of(&labels(&client, &secret, name).await), Some(2));
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(
+        secret_current_public(&client, &secret).await,
+        file_current_public(&dir)
+    );
+    let verify = at(&install, &["verify"], due);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
