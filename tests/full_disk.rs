@@ -318,3 +318,66 @@ async fn a_file_output_failing_a_staged_activation_never_moves_awscurrent_first(
     let verify = at(&install, &["verify"], due);
     assert_eq!(verify.code, 0, "{}", verify.all());
 }
+
+/// A new key on a full disk: the first version of its new secret is current at once (Secrets
+/// Manager makes the first version current whatever the labels ask; a new key has no verifier
+/// yet), the key fails, and the run after space returns copies that same generation into the
+/// files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_key_on_a_full_disk_converges_on_the_secrets_first_version() {
+    let Some(endpoint) = localstack() else { return };
+    if !can_mount() {
+        eprintln!("skipping: cannot mount a tmpfs here (needs CAP_SYS_ADMIN)");
+        return;
+    }
+    let client = client(&endpoint).await;
+    let install = install(&endpoint);
+    let secret = format!("keyprov-test/fulldisk-new-{}", uuid::Uuid::new_v4());
+    let name = "fresh";
+    install.manifest(
+        "fresh.yaml",
+        &manifest(name, "ECC_NIST_P256", "").replace(
+            "    - file: {}\n",
+            &format!(
+                "    - file: {{publicFormats: [jwk]}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"
+            ),
+        ),
+    );
+    let dir = install.key_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _mount = Mount::new(
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=128k,mode=0750",
+            "keyprov-fulldisk",
+        ],
+        &dir,
+    );
+    let filler = fill(&dir);
+    let now = "2032-01-01T01:00:00Z";
+    let full = at(&install, &["run", "--once"], now);
+    assert_eq!(full.code, 1, "{}", full.all());
+    assert_eq!(link(&dir, "current"), None, "no current in the files");
+    let first = secret_current_public(&client, &secret).await;
+
+    std::fs::remove_file(&filler).unwrap();
+    let healed = at(&install, &["run", "--once"], now);
+    assert_eq!(healed.code, 0, "{}", healed.all());
+    let healed_labels = labels(&client, &secret, name).await;
+    assert_eq!(
+        healed_labels.keys().copied().collect::<Vec<_>>(),
+        vec![1],
+        "no new generation: {healed_labels:?}"
+    );
+    assert_eq!(current_of(&healed_labels), Some(1));
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    assert_eq!(
+        file_current_public(&dir),
+        first,
+        "the secret's pair, copied"
+    );
+    let verify = at(&install, &["verify"], now);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
