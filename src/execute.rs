@@ -210,6 +210,15 @@ impl<P: Provider> KeyContext<'_, P> {
         (0..self.key.outputs.len()).collect()
     }
 
+    /// `indices` with the secrets after the files: links move in this order, so a secret's
+    /// `AWSCURRENT` (what signers on every host read) never moves before a file output (and
+    /// its jwks.json) that failed to take the generation.
+    fn secrets_last(&self, indices: &[usize]) -> Vec<usize> {
+        let mut ordered = indices.to_vec();
+        ordered.sort_by_key(|&i| self.is_secret(i));
+        ordered
+    }
+
     /// A store failure as this key's error.
     fn fail(&self, err: impl std::fmt::Display) -> String {
         format!("key {:?}: {err}", self.key.name)
@@ -272,7 +281,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     let lacking = self.lacking(&all, *generation).await;
                     self.prove_held(&all, &lacking, *generation).await?;
                     self.copy(*generation, &lacking, Link::Current).await?;
-                    for i in all {
+                    for i in self.secrets_last(&all) {
                         self.link(i, *generation, Link::Current).await?;
                     }
                     tracing::info!(key = %name, generation, "activated staged generation");
@@ -285,7 +294,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     let lacking = self.lacking(outputs, *generation).await;
                     self.prove_held(outputs, &lacking, *generation).await?;
                     self.copy(*generation, &lacking, *link).await?;
-                    for &i in outputs {
+                    for i in self.secrets_last(outputs) {
                         self.link(i, *generation, *link).await?;
                     }
                 }
@@ -429,7 +438,7 @@ impl<P: Provider> KeyContext<'_, P> {
                         Err((_, e)) => return Err(self.fail(e)),
                     }
                 }
-                for i in all {
+                for i in self.secrets_last(&all) {
                     self.link(i, generation, link).await?;
                 }
                 Ok(())

@@ -146,6 +146,9 @@ impl Stores {
     /// a secret is shared by every host, so it decides which pair a generation holds. When
     /// one already holds another pair as this generation, nothing else is written and
     /// [`StoreError::Taken`] comes back with that output's index, for the caller to adopt it.
+    /// A secret's `AWSCURRENT` moves last: the version is only published there (its own
+    /// label) until every file output holds it and links it, so signers reading the secret
+    /// never use a pair the files (and their jwks.json) could not take, on a full disk say.
     pub async fn write_version(
         &self,
         key: &KeyPair,
@@ -153,14 +156,6 @@ impl Stores {
         version: Arc<StoredVersion>,
         link: Link,
     ) -> Result<(), (Option<usize>, StoreError)> {
-        for &index in indices {
-            if let Output::SecretsManager(secret) = &key.outputs[index] {
-                self.secrets
-                    .write_version(key, &[secret], version.clone(), link)
-                    .await
-                    .map_err(|e| (Some(index), e))?;
-            }
-        }
         let files: Vec<_> = indices
             .iter()
             .filter_map(|&i| match &key.outputs[i] {
@@ -168,10 +163,37 @@ impl Stores {
                 Output::SecretsManager(_) => None,
             })
             .collect();
+        let defer = link == Link::Current && !files.is_empty();
+        let mut activate = Vec::new();
+        for &index in indices {
+            if let Output::SecretsManager(secret) = &key.outputs[index] {
+                let written = if defer {
+                    self.secrets
+                        .publish_version(key, secret, version.clone())
+                        .await
+                } else {
+                    (self.secrets)
+                        .write_version(key, &[secret], version.clone(), link)
+                        .await
+                        .map(|()| true)
+                };
+                if !written.map_err(|e| (Some(index), e))? {
+                    activate.push((index, secret));
+                }
+            }
+        }
+        let generation = version.meta.generation;
         self.files
             .write_version(key, &files, version, link)
             .await
-            .map_err(|e| (None, e))
+            .map_err(|e| (None, e))?;
+        for (index, secret) in activate {
+            self.secrets
+                .link(key, secret, generation, link)
+                .await
+                .map_err(|e| (Some(index), e))?;
+        }
+        Ok(())
     }
 
     /// [`Store::link`] of output `index`.

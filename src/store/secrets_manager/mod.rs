@@ -145,7 +145,9 @@ impl Store for SecretsManagerStore {
         version: Arc<StoredVersion>,
         link: Link,
     ) -> Result<(), StoreError> {
-        self.write_versions(key, outputs, version, link).await
+        self.write_versions(key, outputs, version, Some(link))
+            .await
+            .map(|_| ())
     }
 
     async fn link(

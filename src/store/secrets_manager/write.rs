@@ -98,18 +98,34 @@ impl SecretsManagerStore {
         Ok((layout::parse(text, secret, generation)?, plaintext))
     }
 
+    /// Publishes `version` to a secret without activating it: put under its generation's
+    /// request token with only its own label and read back; `AWSCURRENT` stays where it is
+    /// (the caller moves it with [`crate::store::Store::link`] once every other output holds
+    /// the version). Returns whether the version is current already: the first version of a
+    /// secret, which Secrets Manager makes current whatever the labels asked for.
+    pub async fn publish_version(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        version: Arc<StoredVersion>,
+    ) -> Result<bool, StoreError> {
+        self.write_versions(key, &[output], version, None).await
+    }
+
     /// [`crate::store::Store::write_version`] of secret outputs. The version is put under its
-    /// generation's request token with its own label, read back, given `link` by label moves,
-    /// and read back again.
+    /// generation's request token with its own label, read back, given `link` by label moves
+    /// (none: only its own label), and read back again. Returns whether the version holds
+    /// `AWSCURRENT` (the first version of a new secret always does).
     pub(super) async fn write_versions(
         &self,
         key: &KeyPair,
         outputs: &[&SecretsManagerOutput],
         version: Arc<StoredVersion>,
-        link: Link,
-    ) -> Result<(), StoreError> {
+        link: Option<Link>,
+    ) -> Result<bool, StoreError> {
         let generation = version.meta.generation;
         let text = layout::secret_string(&version)?;
+        let mut current = false;
         for output in outputs {
             let secret = &output.secret_id;
             let before = self.ensure(key, output).await?;
@@ -117,10 +133,11 @@ impl SecretsManagerStore {
             // is whole and read back (and a backend that lets a put replace a version holding
             // AWSPENDING, as LocalStack does, cannot replace it); other hosts see it as a
             // publication in flight. The first version of a secret is current at once (Secrets
-            // Manager makes it so anyway, and no label move can place AWSCURRENT on it).
+            // Manager makes it so anyway, and no label move can place AWSCURRENT on it), also
+            // when only published: a new key has no verifier yet to miss it.
             let first = before.as_ref().is_none_or(|d| d.holder(CURRENT).is_none());
             let mut stages = vec![layout::generation_label(generation)];
-            if link == Link::Current && first {
+            if link != Some(Link::Next) && first {
                 stages.push(CURRENT.to_string());
             }
             let put = self
@@ -153,8 +170,14 @@ impl SecretsManagerStore {
                     let linked = before.is_none()
                         && labelled(CURRENT)
                         && labelled(&layout::generation_label(generation));
-                    if !linked {
-                        self.link_generation(key, output, generation, link).await?;
+                    match link {
+                        _ if linked => current = true,
+                        Some(link) => {
+                            self.link_generation(key, output, generation, link).await?;
+                            current = link == Link::Current;
+                        }
+                        None if labelled(&layout::generation_label(generation)) => {}
+                        None => self.label_own(key, output, generation).await?,
                     }
                     // Read back once more after the label moves: on a backend whose token check
                     // is not atomic, a racing put that passed the check before this one landed
@@ -177,7 +200,25 @@ impl SecretsManagerStore {
                 }
             }
         }
-        Ok(())
+        Ok(current)
+    }
+
+    /// Gives version `generation` its own label when it lacks it (a put that found the version
+    /// already stored changes no label).
+    async fn label_own(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        generation: u32,
+    ) -> Result<(), StoreError> {
+        let secret = &output.secret_id;
+        let id = layout::version_id(&key.name, generation);
+        let own = layout::generation_label(generation);
+        let described = self.describe_existing(&key.name, secret).await?;
+        if described.labels_of(&id).contains(&own) {
+            return Ok(());
+        }
+        self.set_label(&key.name, secret, &own, Some(&id)).await
     }
 
     /// [`crate::store::Store::link`] of a secret output: the version holds its own label, then
