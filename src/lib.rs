@@ -39,6 +39,7 @@ pub mod prune_ledger;
 pub mod public_formats;
 pub mod retry;
 pub mod schedule;
+pub mod secret_proof;
 pub mod spec;
 pub mod spec_change;
 pub mod store;

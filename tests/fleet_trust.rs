@@ -685,3 +685,48 @@ async fn a_forged_staged_generation_of_a_secret_only_key_is_never_activated() {
         assert_eq!(secret_json(&aws.sm, &secret, None).await, original);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_current_version_of_a_secret_only_key_fails_that_key() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    let (name, secret) = ("forged-current", unique("forged-current"));
+    let sibling = unique("forged-current-sibling");
+    install.manifest("a.yaml", &secret_only(name, &aws.ours, &secret));
+    install.manifest(
+        "b.yaml",
+        &secret_only("forged-current-sibling", &aws.ours, &sibling),
+    );
+    let first = install.run_once(0);
+    // A converged secret-only key is proven once, then costs no Decrypt.
+    let again = install.run_once(0);
+    assert!(again.stdout.contains("0 provider calls"), "{}", again.all());
+    let _ = first;
+    // Generation 2 under keyprov's token, made under someone else's KMS key, put as current.
+    let original = secret_json(&aws.sm, &secret, None).await;
+    let pair = kms_pair(&aws, &aws.theirs, &bound(name, 2)).await;
+    let json = holding(original, 2, &pair, &aws.theirs, &bound(name, 2));
+    put_as(&aws.sm, &secret, name, 2, &json).await;
+    let run = install.run_once(1);
+    let version = keyprov::store::secrets_manager::layout::version_id(name, 2);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains(&format!("key \"{name}\""))
+                && l.contains(&format!("secret {secret} version {version} (generation 2)"))
+                && l.contains("is not believed")),
+        "{}",
+        run.all()
+    );
+    assert!(run.stdout.contains("1 failed"), "{}", run.all());
+    let status = install.keyprov(&["status"]);
+    assert_eq!(
+        status.code,
+        1,
+        "status says the key fails: {}",
+        status.all()
+    );
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+}

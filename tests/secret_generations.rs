@@ -313,7 +313,11 @@ async fn three_hosts_repairing_the_same_hand_moved_labels_at_once_all_succeed() 
         for child in children {
             let run: Run = child.wait_with_output().unwrap().into();
             assert_eq!(run.code, 0, "round {round}: {}", run.all());
-            assert_eq!(provider_calls(&run.stdout), Some(0), "round {round}");
+            // A host that did not write the current version proves it once (one Decrypt,
+            // remembered in its stateDir); nothing is generated.
+            let allowed = if round == 0 { 1 } else { 0 };
+            let calls = provider_calls(&run.stdout).unwrap_or(usize::MAX);
+            assert!(calls <= allowed, "round {round}: {calls} provider calls");
         }
         assert_eq!(
             by_generation(&sm, &secret, "shared").await,

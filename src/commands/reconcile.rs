@@ -317,6 +317,25 @@ pub async fn reconcile(
     };
     pending.plans.retain(|p| !waiting.contains(&p.name));
     pending.failed.retain(|(name, _)| !waiting.contains(name));
+    let (unproven, proofs) = {
+        let considered: Vec<&KeyPair> = pending
+            .keys
+            .iter()
+            .filter(|k| !waiting.contains(&k.name))
+            .collect();
+        crate::secret_proof::prove_secret_currents(
+            &config.state_dir,
+            &provider,
+            &stores,
+            &considered,
+            &pending.observed,
+        )
+        .await
+    };
+    pending
+        .plans
+        .retain(|p| !unproven.iter().any(|(name, _)| *name == p.name));
+    pending.failed.extend(unproven);
     refused.extend(
         crate::clock_guard::refuse_skewed(&provider, &pending.keys, &mut pending.plans).await,
     );
@@ -359,6 +378,7 @@ pub async fn reconcile(
         },
     )
     .await;
+    crate::secret_proof::record_written(&config.state_dir, stores.secrets().take_written());
     let unobserved: Vec<_> = pending.failed.iter().chain(&refused).cloned().collect();
     record_outcomes(config, &pending.keys, &outcomes, &unobserved, &journal).await;
     let seen = Seen {
@@ -488,7 +508,7 @@ pub async fn reconcile(
         .failed
         .iter()
         .any(|(name, _)| !key_names.contains(name.as_str()));
-    report.provider_calls = stats.provider_calls.load(Ordering::Relaxed);
+    report.provider_calls = stats.provider_calls.load(Ordering::Relaxed) + proofs;
     if crate::metrics::enabled() && rotate.is_none() {
         let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
         let state = KeysNow {

@@ -50,9 +50,17 @@ pub struct SecretsManagerStore {
     /// Per secret, versions under one of keyprov's version ids whose contents are not that
     /// generation of that key (forged or replayed): never a generation, whatever their id.
     foreign: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    /// Versions this process wrote and read back whole: (key, secret, generation, public key
+    /// SHA-256), so that [`crate::secret_proof`] need not prove them again.
+    written: Mutex<Vec<crate::secret_proof::Written>>,
 }
 
 impl SecretsManagerStore {
+    /// The versions written (and read back whole) since the last call.
+    pub fn take_written(&self) -> Vec<crate::secret_proof::Written> {
+        std::mem::take(&mut *self.written.lock().expect("never poisoned"))
+    }
+
     /// A store with these settings, its requests paced by `limiter`; the secrets it creates
     /// carry `scope` (config `reconcile.scope`).
     pub fn new(settings: AwsSettings, scope: String, limiter: Arc<Limiter>) -> Self {
@@ -63,6 +71,7 @@ impl SecretsManagerStore {
             client: OnceCell::new(),
             managed: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
+            written: Mutex::new(Vec::new()),
         }
     }
 

@@ -188,6 +188,14 @@ impl SecretsManagerStore {
                             generation,
                         });
                     }
+                    self.written.lock().expect("never poisoned").push(
+                        crate::secret_proof::Written {
+                            key: key.name.clone(),
+                            secret: secret.clone(),
+                            generation,
+                            public_key_sha256: version.meta.public_key_sha256.clone(),
+                        },
+                    );
                 }
                 Err(err) => {
                     return Err(match explain(&err, secret, "PutSecretValue") {
