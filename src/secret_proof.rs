@@ -74,7 +74,7 @@ impl Proven {
             .or_default();
         if !versions.contains(&version) {
             versions.push(version);
-            versions.sort_by(|a, b| b.0.cmp(&a.0));
+            versions.sort_by_key(|v| std::cmp::Reverse(v.0));
             versions.truncate(REMEMBERED);
         }
     }
