@@ -412,3 +412,37 @@ fn sigkill_of_keyprov_mid_hook_20_times_never_runs_the_hook_twice_at_once() {
         "the restarts never had leftovers to kill"
     );
 }
+
+/// The shipped unit sets `ProcSubset=pid`, which hides `/proc/sys` (the kernel's boot id): a
+/// hook must still run. Here `/proc/sys` is hidden by a tmpfs in a private mount namespace.
+#[test]
+fn hooks_run_where_proc_sys_is_hidden() {
+    let mut install = Install::new("");
+    let marker = install.root().join("ran");
+    let script = hook(
+        &mut install,
+        "mark.sh",
+        &format!("echo ran > {}\n", marker.display()),
+        "",
+    );
+    key_with_hook(&install, &script, "10s");
+    let shell = format!(
+        "mount -t tmpfs none /proc/sys && ! test -e /proc/sys/kernel/random/boot_id && \
+         {} run --once --config {}; echo rc=$?",
+        env!("CARGO_BIN_EXE_keyprov"),
+        install.config().display()
+    );
+    let run: Run = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &shell])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+        .into();
+    assert!(run.stdout.contains("rc=0"), "{}", run.all());
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "ran\n",
+        "{}",
+        run.all()
+    );
+}
