@@ -203,14 +203,35 @@ async fn read_pid(pid_read: OwnedFd) -> Option<i32> {
 
 /// What identifies the run whose leader is `pid` (our unreaped child, so `pid` is its own).
 fn identify(pid: i32) -> Result<RunningHook, String> {
-    let stat = read_stat(pid).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))?;
+    let start_ticks = match read_stat(pid) {
+        Some(stat) => stat.start_ticks,
+        None => started_about_now(pid)?,
+    };
     Ok(RunningHook {
         hook: String::new(),
         pgid: pid,
         boot_id: boot_id()?,
-        start_ticks: stat.start_ticks,
+        start_ticks,
         uid: nix::unistd::geteuid().as_raw(),
     })
+}
+
+/// A start time no later than the one of the child `pid` just forked, when its
+/// `/proc/<pid>/stat` cannot be read: keyprov is not dumpable, so until `exec` its child's
+/// `/proc` entries belong to root, which systemd's `ProtectProc=invisible` with
+/// `PrivateUsers=yes` (the shipped unit) hides. One second before now, in clock ticks since
+/// boot: leftovers are the group's processes started no earlier (see [`leftovers`]).
+fn started_about_now(pid: i32) -> Result<u64, String> {
+    use nix::time::{ClockId, clock_gettime};
+    let cannot = |e: String| format!("cannot read /proc/{pid}/stat nor the clock: {e}");
+    let up = clock_gettime(ClockId::CLOCK_BOOTTIME).map_err(|e| cannot(e.to_string()))?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|hz| *hz > 0)
+        .unwrap_or(100) as u64;
+    let ticks = up.tv_sec() as u64 * hz + up.tv_nsec() as u64 * hz / 1_000_000_000;
+    Ok(ticks.saturating_sub(hz))
 }
 
 /// The kernel's boot id; where `/proc/sys` is hidden (systemd's `ProcSubset=pid`, which the
