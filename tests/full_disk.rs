@@ -13,18 +13,11 @@ use common::*;
 use keyprov::store::secrets_manager::layout::version_id;
 
 async fn client(endpoint: &str) -> Client {
-    Client::new(&localstack_sdk_config(endpoint).await)
+    secrets_client(endpoint).await
 }
 
 fn install(endpoint: &str) -> Install {
-    let mut install = Install::new(&format!(
-        "provider: local\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n"
-    ));
-    install.env = vec![
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-    ];
-    install
+    secrets_install(endpoint, "")
 }
 
 fn at(install: &Install, args: &[&str], now: &str) -> Run {

@@ -10,7 +10,7 @@ use aws_sdk_secretsmanager::Client;
 use common::*;
 
 async fn client(endpoint: &str) -> Client {
-    Client::new(&localstack_sdk_config(endpoint).await)
+    secrets_client(endpoint).await
 }
 
 fn install(endpoint: &str) -> Install {
@@ -19,14 +19,7 @@ fn install(endpoint: &str) -> Install {
 
 /// [`install`] with more config lines (e.g. a keyring shared by several hosts, as KMS is).
 fn install_with(endpoint: &str, extra: &str) -> Install {
-    let mut install = Install::new(&format!(
-        "provider: local\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n{extra}"
-    ));
-    install.env = vec![
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-    ];
-    install
+    secrets_install(endpoint, extra)
 }
 
 fn unique(prefix: &str) -> String {

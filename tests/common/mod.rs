@@ -767,3 +767,21 @@ pub fn copy_binary(to: &Path) {
     assert!(status.success(), "cp keyprov {}", to.display());
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// An installation storing into LocalStack's Secrets Manager at `endpoint` (test credentials,
+/// the local provider), with `extra` configuration lines.
+pub fn secrets_install(endpoint: &str, extra: &str) -> Install {
+    let mut install = Install::new(&format!(
+        "provider: local\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n{extra}"
+    ));
+    install.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ];
+    install
+}
+
+/// A Secrets Manager client of LocalStack at `endpoint`.
+pub async fn secrets_client(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&localstack_sdk_config(endpoint).await)
+}
