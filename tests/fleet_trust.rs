@@ -849,3 +849,65 @@ async fn a_version_copied_from_another_installations_secret_is_refused() {
     let run = staging.run_once(0);
     assert!(run.stdout.contains("0 failed"), "{}", run.stdout);
 }
+
+#[test]
+fn an_explicit_scope_rotates_a_key_once_and_keeps_its_old_versions_readable() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &manifest("scoped", "ECC_NIST_P256", "  rotation: {keep: 2}\n"),
+    );
+    install.run_once(0);
+    let dir = install.key_dir("scoped");
+    let old_public = std::fs::read(dir.join("v0001/public.pem")).unwrap();
+    // Upgraded to an explicit scope: generation 1 is not bound to it.
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\n\
+         reconcile: {concurrency: 4, maxRequestsPerSecond: 1000, scope: team-a}\n",
+    )
+    .unwrap();
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("generation 1 predates keyprov's key binding"),
+        "{}",
+        plan.stdout
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 provider call"), "{}", run.stdout);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("v0002/meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["encryptionContext"]["keyprov:scope"], "team-a",
+        "{meta}"
+    );
+    let again = install.run_once(0);
+    assert!(
+        again
+            .stdout
+            .contains("0 changed, 0 failed, 0 provider calls"),
+        "rotated once: {}",
+        again.stdout
+    );
+    // The old generation stays readable where it is (files are this host's own state).
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    let out = install.root().join("old.pem");
+    let run = install.keyprov(&[
+        "decrypt",
+        "scoped",
+        "--version",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_pair_matches(
+        "ECC_NIST_P256",
+        &pem_der(&out),
+        &pem::parse(&old_public).unwrap().into_contents(),
+    );
+}
