@@ -140,6 +140,8 @@ pub struct Pending {
     pub since: SystemTime,
     /// `since + pruneAfter`: it is pruned by the first reconcile from then on.
     pub after: SystemTime,
+    /// The last sighting to record (see [`SIGHTING_GRAIN`]).
+    pub last_seen: SystemTime,
     /// Whether this host managed it (always, for a key directory under stateDir; for a secret,
     /// see [`Record::manages`]): one that was never managed here is never pruned.
     pub managed_here: bool,
@@ -196,7 +198,7 @@ pub fn schedule(
     orphans
         .into_iter()
         .map(|orphan| {
-            let since = continuous_since(record, &orphan.to_string(), now, prune_after);
+            let (since, last_seen) = sightings(record, &orphan.to_string(), now, prune_after);
             let managed_here = match &orphan {
                 Orphan::File { .. } => true,
                 Orphan::Secret(secret) => record.manages(secret),
@@ -205,33 +207,46 @@ pub fn schedule(
                 orphan,
                 since,
                 after: add(since, prune_after),
+                last_seen,
                 managed_here,
             }
         })
         .collect()
 }
 
-/// Since when orphan `id`, seen again at `now`, has been seen orphaned without a break: its
-/// first sighting when the sightings are continuous, else `now`. A gap longer than
-/// `prune_after` since the last sighting (nobody looked: it may have come back meanwhile), or a
-/// sighting earlier than the previous one (a clock that was wrong then, or is now), starts the
-/// wait again: a first sighting stamped by a clock far behind cannot make an orphan due at once.
-fn continuous_since(
+/// A sighting less than `pruneAfter / SIGHTING_GRAIN` after the recorded last one is not
+/// recorded: the ledger is not rewritten by every reconcile (a daemon's resync every few
+/// minutes), at the price of a gap counted up to that much too long (so a wait restarts early,
+/// never late).
+pub const SIGHTING_GRAIN: u32 = 8;
+
+/// Orphan `id`, seen again at `now`: since when it has been seen orphaned without a break (its
+/// first sighting when the sightings are continuous, else `now`), and the last sighting to
+/// record. A gap longer than `prune_after` since the last sighting (nobody looked: it may have
+/// come back meanwhile), or a sighting earlier than the previous one (a clock that was wrong
+/// then, or is now), starts the wait again: a first sighting stamped by a clock far behind
+/// cannot make an orphan due at once.
+fn sightings(
     record: &Record,
     id: &str,
     now: SystemTime,
     prune_after: Duration,
-) -> SystemTime {
+) -> (SystemTime, SystemTime) {
     let parse = |map: &BTreeMap<String, String>| map.get(id).and_then(|t| parse_time(t).ok());
     let Some(since) = parse(&record.orphans) else {
-        return now;
+        return (now, now);
     };
     let last = parse(&record.last_seen).unwrap_or(since);
-    let gap = now.duration_since(last);
-    if since <= last && gap.is_ok_and(|gap| gap <= prune_after) {
-        since
-    } else {
-        now
+    match now.duration_since(last) {
+        Ok(gap) if since <= last && gap <= prune_after => {
+            let recorded = if gap < prune_after / SIGHTING_GRAIN {
+                last
+            } else {
+                now
+            };
+            (since, recorded)
+        }
+        _ => (now, now),
     }
 }
 
@@ -358,7 +373,7 @@ pub async fn prune_orphans(
         .collect();
     record.last_seen = sighted
         .iter()
-        .map(|p| (p.orphan.to_string(), format_time(now)))
+        .map(|p| (p.orphan.to_string(), format_time(p.last_seen)))
         .collect();
     forget_collected(&mut record, now);
     if record != before
@@ -532,6 +547,10 @@ mod tests {
         // A sighting earlier than the previous one (the clock went back): starts again.
         let record = seen(t0, t0 + 2 * HOUR);
         assert_eq!(at(&record, t0 + HOUR)[0].since, t0 + HOUR);
+        // A sighting soon after the recorded last one is not recorded (no rewrite per run).
+        let record = seen(t0, t0 + HOUR);
+        assert_eq!(at(&record, t0 + 2 * HOUR)[0].last_seen, t0 + HOUR);
+        assert_eq!(at(&record, t0 + 5 * HOUR)[0].last_seen, t0 + 5 * HOUR);
         // A record from before last sightings were kept: the first counts as the last.
         let mut record = Record::default();
         record
