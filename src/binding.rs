@@ -9,6 +9,7 @@
 //! fails to decrypt; a valid ciphertext beside another public key fails the pair check.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use crate::manifest::KeyPair;
 use crate::provider::{DecryptRequest, PrivateKey, Provider, ProviderError};
@@ -20,17 +21,54 @@ pub const RESERVED_PREFIX: &str = "keyprov:";
 pub const NAME_KEY: &str = "keyprov:name";
 /// Reserved context key holding the generation number, in decimal without leading zeros.
 pub const GENERATION_KEY: &str = "keyprov:generation";
+/// Reserved context key holding the installation's `reconcile.scope`, present only when the
+/// scope is not `default`: a version copied from another installation's secret (another scope,
+/// same key name and KMS key) does not decrypt here.
+pub const SCOPE_KEY: &str = "keyprov:scope";
+
+/// The scope every pair of this process is bound to (`None`: the scope `default`, unbound, so
+/// that default-scope installations keep the versions they wrote before scopes were bound).
+fn scope_cell() -> &'static Mutex<Option<String>> {
+    static SCOPE: OnceLock<Mutex<Option<String>>> = OnceLock::new();
+    SCOPE.get_or_init(Mutex::default)
+}
+
+/// Binds the pairs of this process to the configuration's `reconcile.scope` (called whenever a
+/// configuration is loaded). Process-wide, like the clock tolerance: every context keyprov
+/// builds, whichever command builds it, must agree on it.
+pub fn set_scope(scope: &str) {
+    *scope_cell().lock().expect("never poisoned") = (scope != "default").then(|| scope.into());
+}
+
+/// The bound scope (see [`set_scope`]).
+fn bound_scope() -> Option<String> {
+    scope_cell().lock().expect("never poisoned").clone()
+}
 
 /// The encryption context of generation `generation` of key `name`: the manifest's entries plus
-/// the reserved ones. Sent on every GenerateDataKeyPair and Decrypt, and recorded in meta.json.
+/// the reserved ones (the scope's with an explicit scope, see [`set_scope`]). Sent on every
+/// GenerateDataKeyPair and Decrypt, and recorded in meta.json.
 pub fn context(
     manifest: &BTreeMap<String, String>,
     name: &str,
     generation: u32,
 ) -> BTreeMap<String, String> {
+    context_in(manifest, name, generation, bound_scope().as_deref())
+}
+
+/// [`context`] for an explicit `scope` (`None`: the scope `default`).
+pub fn context_in(
+    manifest: &BTreeMap<String, String>,
+    name: &str,
+    generation: u32,
+    scope: Option<&str>,
+) -> BTreeMap<String, String> {
     let mut context = manifest.clone();
     context.insert(NAME_KEY.into(), name.into());
     context.insert(GENERATION_KEY.into(), generation.to_string());
+    if let Some(scope) = scope {
+        context.insert(SCOPE_KEY.into(), scope.into());
+    }
     context
 }
 
@@ -43,11 +81,18 @@ pub fn manifest_part(recorded: &BTreeMap<String, String>) -> BTreeMap<String, St
         .collect()
 }
 
-/// Whether a version records the reserved entries of its own name and generation (versions
-/// written before keyprov bound its pairs do not).
+/// Whether a version records the reserved entries of its own name and generation, and of this
+/// installation's scope (versions written before keyprov bound its pairs, or before an
+/// explicit scope was bound, do not; nor do versions of another scope).
 pub fn is_bound(meta: &VersionMeta) -> bool {
+    is_bound_in(meta, bound_scope().as_deref())
+}
+
+/// [`is_bound`] for an explicit `scope` (`None`: the scope `default`).
+pub fn is_bound_in(meta: &VersionMeta, scope: Option<&str>) -> bool {
     meta.encryption_context.get(NAME_KEY) == Some(&meta.name)
         && meta.encryption_context.get(GENERATION_KEY) == Some(&meta.generation.to_string())
+        && meta.encryption_context.get(SCOPE_KEY).map(String::as_str) == scope
 }
 
 /// What a version written before the binding gets.
@@ -87,10 +132,22 @@ pub enum ProofError {
     },
     /// Written before keyprov bound its pairs, where that is not accepted.
     #[error(
-        "it predates keyprov's key binding (its encryption context has no {NAME_KEY} and \
-         {GENERATION_KEY}), so it cannot be proven to be this key's generation"
+        "it predates keyprov's key binding (its encryption context does not bind it with \
+         {NAME_KEY}, {GENERATION_KEY} and, with an explicit reconcile.scope, {SCOPE_KEY}), so \
+         it cannot be proven to be this key's generation"
     )]
     Unbound,
+    /// Bound to another installation's scope: copied from another installation's secret.
+    #[error(
+        "it is bound to keyprov scope {recorded}, not this installation's {wanted} \
+         (reconcile.scope): a version copied from another installation is never adopted"
+    )]
+    OtherScope {
+        /// The scope it records (`"default"` when none).
+        recorded: String,
+        /// This installation's.
+        wanted: String,
+    },
     /// The ciphertext does not decrypt with the manifest's key and bound context.
     #[error(
         "its private key does not decrypt with the manifest's KMS key {kms_key} and encryption \
@@ -178,9 +235,24 @@ pub async fn open<P: Provider>(
             wanted: fingerprint,
         });
     }
-    let context = match (is_bound(meta), unbound) {
-        (true, _) => context(&key.encryption_context, &key.name, generation),
-        (false, Unbound::Accept) => key.encryption_context.clone(),
+    let scope = bound_scope();
+    let recorded_scope = meta.encryption_context.get(SCOPE_KEY);
+    // Files are this host's own state (written under an earlier scope, at worst); a secret's
+    // version of another scope is another installation's.
+    if unbound == Unbound::Refuse && recorded_scope.is_some_and(|s| Some(s) != scope.as_ref()) {
+        return Err(ProofError::OtherScope {
+            recorded: format!("{:?}", recorded_scope.map_or("default", String::as_str)),
+            wanted: format!("{:?}", scope.as_deref().unwrap_or("default")),
+        });
+    }
+    let context = match (is_bound_in(meta, scope.as_deref()), unbound) {
+        (true, _) => context_in(
+            &key.encryption_context,
+            &key.name,
+            generation,
+            scope.as_deref(),
+        ),
+        (false, Unbound::Accept) => accepted_context(key, meta)?,
         (false, Unbound::Refuse) => return Err(ProofError::Unbound),
     };
     provider
@@ -190,6 +262,35 @@ pub async fn open<P: Provider>(
             kms_key: key.kms_key_id.clone(),
             source,
         })
+}
+
+/// The context of a local file version written before the binding it lacks: the manifest's
+/// context plus the reserved entries it records (none before keyprov bound its pairs; name and
+/// generation before an explicit scope was bound), which must name this key and generation.
+fn accepted_context(
+    key: &KeyPair,
+    meta: &VersionMeta,
+) -> Result<BTreeMap<String, String>, ProofError> {
+    let mut context = key.encryption_context.clone();
+    for (entry, wanted) in [
+        (NAME_KEY, meta.name.clone()),
+        (GENERATION_KEY, meta.generation.to_string()),
+    ] {
+        if let Some(recorded) = meta.encryption_context.get(entry) {
+            if *recorded != wanted {
+                return Err(ProofError::Mislabelled {
+                    name: meta.name.clone(),
+                    recorded: meta.generation,
+                    wanted: meta.generation,
+                });
+            }
+            context.insert(entry.into(), wanted);
+        }
+    }
+    if let Some(scope) = meta.encryption_context.get(SCOPE_KEY) {
+        context.insert(SCOPE_KEY.into(), scope.clone());
+    }
+    Ok(context)
 }
 
 /// Opens a local file version made under an earlier spec of its key (the `current` of a
@@ -267,5 +368,40 @@ mod tests {
             crate::provider::canonical_context(&bound),
             r#"{"keyprov:generation":"12","keyprov:name":"pay-signing","service":"pay"}"#
         );
+    }
+
+    #[test]
+    fn an_explicit_scope_is_bound_and_the_default_scope_is_not() {
+        let manifest = BTreeMap::from([("service".to_string(), "pay".to_string())]);
+        let prod = context_in(&manifest, "k", 2, Some("prod"));
+        assert_eq!(
+            crate::provider::canonical_context(&prod),
+            r#"{"keyprov:generation":"2","keyprov:name":"k","keyprov:scope":"prod","service":"pay"}"#
+        );
+        let meta = |context: BTreeMap<String, String>| VersionMeta {
+            api_version: crate::manifest::API_VERSION.into(),
+            name: "k".into(),
+            generation: 2,
+            key_pair_spec: "ECC_NIST_P256".into(),
+            kms_key_arn: "alias/k".into(),
+            encryption_context: context,
+            grant_tokens: vec![],
+            spec_fingerprint: String::new(),
+            created_at: String::new(),
+            activates_at: String::new(),
+            public_key_sha256: String::new(),
+            private_key_ciphertext_sha256: None,
+        };
+        let unscoped = context_in(&manifest, "k", 2, None);
+        for (context, scope, bound) in [
+            (prod.clone(), Some("prod"), true),
+            (prod.clone(), Some("staging"), false),
+            (prod, None, false),
+            (unscoped.clone(), None, true),
+            // Written before the explicit scope was bound: bound once more (rotated).
+            (unscoped, Some("prod"), false),
+        ] {
+            assert_eq!(is_bound_in(&meta(context), scope), bound, "{scope:?}");
+        }
     }
 }

@@ -36,6 +36,7 @@ pub mod private_formats;
 pub mod progress;
 pub mod provider;
 pub mod prune_ledger;
+pub mod prune_restore;
 pub mod public_formats;
 pub mod retry;
 pub mod schedule;

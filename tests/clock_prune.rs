@@ -635,3 +635,229 @@ async fn a_staged_version_published_by_a_clock_ahead_activates_on_time_from_its_
     run_at(&host, activates, 0);
     assert_eq!(secret_json(&sm, &secret).await["generation"], 2);
 }
+
+async fn deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
+    sm.describe_secret()
+        .secret_id(secret)
+        .send()
+        .await
+        .unwrap()
+        .deleted_date()
+        .is_some()
+}
+
+fn tag(key: &str, value: &str) -> aws_sdk_secretsmanager::types::Tag {
+    aws_sdk_secretsmanager::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_that_only_carries_keyprovs_tags_is_never_pruned() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = aws_sdk_secretsmanager::Client::new(&localstack_sdk_config(&endpoint).await);
+    let scope = format!("deputy-{}", uuid::Uuid::new_v4());
+    let reconcile =
+        format!("scope: {scope}, prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7");
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("k");
+    let host = secret_install(&endpoint, &keyring, &reconcile);
+    let mine = format!("keyprov-test/deputy-mine-{}", uuid::Uuid::new_v4());
+    let kept = format!("keyprov-test/deputy-kept-{}", uuid::Uuid::new_v4());
+    host.manifest("mine.yaml", &with_secret("mine", &mine, ""));
+    host.manifest("kept.yaml", &with_secret("kept", &kept, ""));
+    run_at(&host, t0(), 0);
+
+    // Someone else's secret (say, a database password), which anyone with TagResource can make
+    // look like keyprov's orphan in this scope; even a version under keyprov's version id.
+    let victim = format!("keyprov-test/deputy-victim-{}", uuid::Uuid::new_v4());
+    sm.create_secret()
+        .name(&victim)
+        .tags(tag("keyprov:managed", "true"))
+        .tags(tag("keyprov:scope", &scope))
+        .tags(tag("keyprov:name", "victim"))
+        .send()
+        .await
+        .unwrap();
+    sm.put_secret_value()
+        .secret_id(&victim)
+        .client_request_token(keyprov::store::secrets_manager::layout::version_id(
+            "victim", 1,
+        ))
+        .secret_string("hunter2")
+        .version_stages("AWSCURRENT")
+        .send()
+        .await
+        .unwrap();
+    // A fresh host of the same fleet (empty ledger) that never had the key `mine`.
+    let fresh = secret_install(&endpoint, &keyring, &reconcile);
+    fresh.manifest("kept.yaml", &with_secret("kept", &kept, ""));
+    std::fs::remove_file(host.manifests().join("mine.yaml")).unwrap();
+    for now in [t0() + DAY, t0() + DAY + DAY / 2] {
+        run_at(&host, now, 0);
+        run_at(&fresh, now, 0);
+    }
+    let due = t0() + 2 * DAY;
+    let plan = at(&host, &["plan"], due);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains(&format!("orphan secretsManager:{mine}: prune")),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(&format!(
+            "orphan secretsManager:{victim}: not pruned: never managed here"
+        )),
+        "{}",
+        plan.stdout
+    );
+    let json = at(&host, &["plan", "--json"], due);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let victim_entry = json["prunes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["location"] == victim.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(victim_entry["neverManagedHere"], true, "{json}");
+    assert_eq!(victim_entry["due"], false, "{json}");
+    // The fresh host prunes nothing it never managed: neither the victim nor `mine`.
+    let plan = at(&fresh, &["plan"], due);
+    for secret in [&mine, &victim] {
+        assert!(
+            plan.stdout.contains(&format!(
+                "orphan secretsManager:{secret}: not pruned: never managed here"
+            )),
+            "{}",
+            plan.stdout
+        );
+    }
+    run_at(&fresh, due, 0);
+    assert!(
+        !deleted(&sm, &mine).await,
+        "the fresh host never managed it"
+    );
+    run_at(&host, due, 0);
+    assert!(
+        deleted(&sm, &mine).await,
+        "the host that managed it prunes it"
+    );
+    assert!(
+        !deleted(&sm, &victim).await,
+        "never managed here: left alone"
+    );
+    assert!(!deleted(&sm, &kept).await);
+    let ledger = std::fs::read_to_string(host.state().join("ledger/prune.json")).unwrap();
+    assert!(!ledger.contains(&victim), "{ledger}");
+    sm.delete_secret()
+        .secret_id(&victim)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
+    let Some(endpoint) = localstack() else { return };
+    let sm = aws_sdk_secretsmanager::Client::new(&localstack_sdk_config(&endpoint).await);
+    let scope = format!("behind-{}", uuid::Uuid::new_v4());
+    let keyring = tempfile::tempdir().unwrap();
+    let host = secret_install(
+        &endpoint,
+        &keyring.path().join("k"),
+        &format!("scope: {scope}, prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7"),
+    );
+    let gone = format!("keyprov-test/behind-gone-{}", uuid::Uuid::new_v4());
+    host.manifest("gone.yaml", &with_secret("gone", &gone, ""));
+    host.manifest(
+        "kept.yaml",
+        &with_secret(
+            "kept",
+            &format!("keyprov-test/behind-kept-{}", uuid::Uuid::new_v4()),
+            "",
+        ),
+    );
+    let now = SystemTime::now();
+    run_at(&host, now, 0);
+    std::fs::remove_file(host.manifests().join("gone.yaml")).unwrap();
+    // The first sighting by a clock ten years behind.
+    run_at(&host, now - 3653 * DAY, 0);
+    let ledger = std::fs::read_to_string(host.state().join("ledger/prune.json")).unwrap();
+    assert!(ledger.contains(&gone), "seen: {ledger}");
+    // The clock is right: the wait starts now, it does not lie ten years behind.
+    run_at(&host, now, 0);
+    assert!(!deleted(&sm, &gone).await, "not pruned at once");
+    assert!(host.key_dir("gone").join("current").exists());
+    let plan = at(&host, &["plan"], now);
+    assert!(
+        plan.stdout.contains(&format!(
+            "orphan secretsManager:{gone}: pruned after {}",
+            humantime::format_rfc3339_seconds(now + DAY)
+        )),
+        "{}",
+        plan.stdout
+    );
+    // Seen again within pruneAfter, then past it: pruned.
+    run_at(&host, now + DAY / 2, 0);
+    assert!(!deleted(&sm, &gone).await);
+    run_at(&host, now + Duration::from_secs(25 * 3600), 0);
+    assert!(deleted(&sm, &gone).await, "pruned once seen for pruneAfter");
+    assert!(!host.key_dir("gone").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_provider_aws_an_orphan_is_seen_only_by_a_clock_that_agrees_with_aws() {
+    let Some(endpoint) = localstack() else { return };
+    let kms = kms_client(&endpoint).await;
+    let arn = kms
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    let mut install = Install::new("");
+    configure(
+        &install,
+        "prune: true, pruneAfter: 24h",
+        &format!(
+            "provider: aws\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 2}}"
+        ),
+    );
+    install.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ];
+    for name in ["gone", "kept"] {
+        install.manifest(
+            &format!("{name}.yaml"),
+            &manifest(name, "ECC_NIST_P256", "").replace("alias/test", &arn),
+        );
+    }
+    let now = SystemTime::now();
+    run_at(&install, now, 0);
+    std::fs::remove_file(install.manifests().join("gone.yaml")).unwrap();
+    let run = run_at(&install, now - 3653 * DAY, 0);
+    assert!(
+        run.stderr.contains("reconcile.prune held back") && run.stderr.contains("but AWS said"),
+        "{}",
+        run.all()
+    );
+    let ledger = install.state().join("ledger/prune.json");
+    let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+    assert!(!text.contains("keys/gone"), "no sighting: {text}");
+    run_at(&install, now, 0);
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(
+        text.contains(&format_time(now)) && text.contains("keys/gone"),
+        "seen by a clock AWS agrees with: {text}"
+    );
+    assert!(install.key_dir("gone").join("current").exists());
+}

@@ -730,3 +730,184 @@ async fn a_forged_current_version_of_a_secret_only_key_fails_that_key() {
     let verify = install.keyprov(&["verify"]);
     assert_eq!(verify.code, 1, "{}", verify.all());
 }
+
+/// An installation on `provider: aws` with its own `reconcile.scope`.
+fn scoped_aws_install(endpoint: &str, scope: &str) -> Install {
+    let install = aws_install(endpoint);
+    std::fs::write(
+        install.config(),
+        format!(
+            "manifests: [manifests.d]\nstateDir: state\n\
+             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000, scope: \"{scope}\"}}\n{}\n",
+            install.extra_config
+        ),
+    )
+    .unwrap();
+    install
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_copied_from_another_installations_secret_is_refused() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    // Two installations in one AWS account, same key names, same KMS key, other scopes.
+    let suffix = uuid::Uuid::new_v4();
+    let (staging_scope, prod_scope) = (format!("staging-{suffix}"), format!("prod-{suffix}"));
+    let staging = scoped_aws_install(&endpoint, &staging_scope);
+    let prod = scoped_aws_install(&endpoint, &prod_scope);
+    // Copied as it is (it records staging's scope), and edited to claim prod's.
+    let variants = ["scope-verbatim", "scope-edited"];
+    let mut secrets = Vec::new();
+    for install in [&staging, &prod] {
+        let mut of_install = Vec::new();
+        for variant in variants {
+            let secret = unique(variant);
+            install.manifest(
+                &format!("{variant}.yaml"),
+                &key(variant, &aws.ours, &secret, ""),
+            );
+            of_install.push(secret);
+        }
+        install.run_once(0);
+        secrets.push(of_install);
+    }
+    // An explicit scope is bound into every pair.
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(prod.key_dir("scope-edited").join("v0001/meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        meta["encryptionContext"]["keyprov:scope"].as_str(),
+        Some(prod_scope.as_str()),
+        "{meta}"
+    );
+    let before: Vec<_> = variants.iter().map(|v| visible(&prod, v)).collect();
+    // Staging rotates; its generation 2 is copied into prod's secrets as generation 2.
+    let mut copied_publics = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let run = staging.keyprov(&["rotate", variant, "--now"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let mut json = secret_json(&aws.sm, &secrets[0][i], None).await;
+        assert_eq!(json["generation"], 2);
+        if *variant == "scope-edited" {
+            json["encryptionContext"]["keyprov:scope"] = prod_scope.clone().into();
+        }
+        copied_publics.push(
+            pem::parse(json["publicKeyPem"].as_str().unwrap())
+                .unwrap()
+                .into_contents(),
+        );
+        put_as(&aws.sm, &secrets[1][i], variant, 2, &json).await;
+    }
+
+    let run = prod.run_once(1);
+    for (i, variant) in variants.iter().enumerate() {
+        let origin = format!(
+            "secret {} version {} (generation 2)",
+            secrets[1][i],
+            keyprov::store::secrets_manager::layout::version_id(variant, 2)
+        );
+        let why = if *variant == "scope-verbatim" {
+            format!("bound to keyprov scope \"{staging_scope}\", not this installation's")
+        } else {
+            "does not decrypt".to_string()
+        };
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(&format!("key \"{variant}\""))
+                    && l.contains(&origin)
+                    && l.contains(&why)),
+            "{variant}: {origin}: {why}: {}",
+            run.all()
+        );
+    }
+    assert!(run.stdout.contains("2 failed"), "{}", run.stdout);
+    let mut adopted = 0;
+    for (i, variant) in variants.iter().enumerate() {
+        if visible(&prod, variant) != before[i] || exposed(&prod, variant, &copied_publics[i]) {
+            adopted += 1;
+        }
+    }
+    eprintln!(
+        "versions replayed across scopes: {}, adopted: {adopted}",
+        variants.len()
+    );
+    assert_eq!(adopted, 0, "nothing copied");
+    let verify = prod.keyprov(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    for variant in variants {
+        assert!(
+            !verify
+                .stdout
+                .contains(&format!("ok      {variant} generation 2")),
+            "{}",
+            verify.stdout
+        );
+    }
+    // The installation the versions came from is untouched by all this.
+    let run = staging.run_once(0);
+    assert!(run.stdout.contains("0 failed"), "{}", run.stdout);
+}
+
+#[test]
+fn an_explicit_scope_rotates_a_key_once_and_keeps_its_old_versions_readable() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &manifest("scoped", "ECC_NIST_P256", "  rotation: {keep: 2}\n"),
+    );
+    install.run_once(0);
+    let dir = install.key_dir("scoped");
+    let old_public = std::fs::read(dir.join("v0001/public.pem")).unwrap();
+    // Upgraded to an explicit scope: generation 1 is not bound to it.
+    std::fs::write(
+        install.config(),
+        "manifests: [manifests.d]\nstateDir: state\n\
+         reconcile: {concurrency: 4, maxRequestsPerSecond: 1000, scope: team-a}\n",
+    )
+    .unwrap();
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("generation 1 predates keyprov's key binding"),
+        "{}",
+        plan.stdout
+    );
+    let run = install.run_once(0);
+    assert!(run.stdout.contains("1 provider call"), "{}", run.stdout);
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("v0002/meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["encryptionContext"]["keyprov:scope"], "team-a",
+        "{meta}"
+    );
+    let again = install.run_once(0);
+    assert!(
+        again
+            .stdout
+            .contains("0 changed, 0 failed, 0 provider calls"),
+        "rotated once: {}",
+        again.stdout
+    );
+    // The old generation stays readable where it is (files are this host's own state).
+    let verify = install.keyprov(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    let out = install.root().join("old.pem");
+    let run = install.keyprov(&[
+        "decrypt",
+        "scoped",
+        "--version",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_pair_matches(
+        "ECC_NIST_P256",
+        &pem_der(&out),
+        &pem::parse(&old_public).unwrap().into_contents(),
+    );
+}

@@ -511,9 +511,12 @@ async fn orphans_are_listed_and_removed_only_with_prune_and_every_manifest_valid
         install.key_dir("gone").join("current").exists(),
         "first sighting only"
     );
-    let later = keyprov::schedule::format_time(
-        std::time::SystemTime::now() + std::time::Duration::from_secs(25 * 3600),
-    );
+    // Seen again within pruneAfter (an orphan must be seen continuously), then past it.
+    let start = std::time::SystemTime::now();
+    let midway = start + std::time::Duration::from_secs(12 * 3600);
+    at(&install, &keyprov::schedule::format_time(midway), 0);
+    assert!(install.key_dir("gone").join("current").exists());
+    let later = keyprov::schedule::format_time(start + std::time::Duration::from_secs(25 * 3600));
     at(&install, &later, 0);
     assert!(!install.key_dir("gone").exists());
     let aside: Vec<String> = std::fs::read_dir(install.state().join("keys"))

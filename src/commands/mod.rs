@@ -38,11 +38,13 @@ pub fn report(diagnostics: &[Diagnostic]) {
 /// Even an invalid configuration is reported in its own `log.format` when that much can be
 /// read, so that a JSON log stays JSON.
 pub fn load_config(path: &Path) -> Result<Config, Exit> {
-    Config::load(path).map_err(|diagnostics| {
+    let config = Config::load(path).map_err(|diagnostics| {
         crate::logging::init(crate::config::log_format_hint(path), "warn");
         report(&diagnostics);
         Exit::Invalid
-    })
+    })?;
+    crate::binding::set_scope(&config.reconcile.scope);
+    Ok(config)
 }
 
 /// Loads every manifest of the configuration and reports problems.

@@ -402,6 +402,13 @@ pub async fn reconcile(
             (o.name, err)
         })
     }));
+    crate::prune_ledger::record_managed(
+        config,
+        stores.secrets(),
+        &pending.keys,
+        &report.failed,
+        &waiting,
+    );
     if config.reconcile.prune && rotate.is_none() {
         let failures = crate::prune_ledger::prune_orphans(
             config,
@@ -952,6 +959,7 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
                     "orphanedSince": crate::schedule::format_time(p.since),
                     "prunedAfter": crate::schedule::format_time(p.after),
                     "due": p.due(pending.now),
+                    "neverManagedHere": !p.managed_here,
                 }))
                 .collect::<Vec<_>>(),
             "converged": converged,

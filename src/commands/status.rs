@@ -201,7 +201,7 @@ pub async fn status(config: &Config, json: bool) -> Exit {
             .map(|p| OrphanStatus {
                 kind: p.orphan.kind(),
                 location: p.orphan.location(),
-                pruned_after: config.reconcile.prune.then(|| format_time(p.after)),
+                pruned_after: p.prunes_at(config.reconcile.prune).map(format_time),
             })
             .collect(),
             Err(err) => {

@@ -77,6 +77,8 @@ pub enum AnyProvider {
 impl AnyProvider {
     /// Builds the configured provider; nothing is contacted or read until the first call.
     pub fn from_config(config: &crate::config::Config) -> Self {
+        // A reloaded configuration may name another scope.
+        crate::binding::set_scope(&config.reconcile.scope);
         match config.provider {
             crate::config::ProviderKind::Local => {
                 AnyProvider::Local(local::LocalProvider::new(config.keyring.clone()))

@@ -37,6 +37,7 @@ impl SecretsManagerStore {
             }
         };
         let mut described = check_ours(&self.scope, key, secret, &output)?;
+        self.remember_arn(secret, output.arn());
         if let Some(foreign) = self.foreign.lock().expect("never poisoned").get(secret) {
             for id in foreign {
                 described.forget(id);

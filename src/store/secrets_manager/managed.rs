@@ -20,6 +20,26 @@ pub struct ManagedSecret {
 }
 
 impl SecretsManagerStore {
+    /// Remembers the ARN of `secret`, just described as keyprov's.
+    pub(super) fn remember_arn(&self, secret: &str, arn: Option<&str>) {
+        if let Some(arn) = arn {
+            self.arns
+                .lock()
+                .expect("never poisoned")
+                .insert(secret.to_string(), arn.to_string());
+        }
+    }
+
+    /// The ARN of `secret` (a secret id as a manifest names it), when this reconcile described
+    /// it as keyprov's.
+    pub fn described_arn(&self, secret: &str) -> Option<String> {
+        self.arns
+            .lock()
+            .expect("never poisoned")
+            .get(secret)
+            .cloned()
+    }
+
     /// Managed secrets (`keyprov:managed=true`) of this store's scope, for orphan listing; at
     /// most 10,000.
     pub async fn list_managed(&self) -> Result<Vec<ManagedSecret>, StoreError> {
@@ -61,18 +81,25 @@ impl SecretsManagerStore {
     }
 
     /// Schedules the deletion of a managed secret with a recovery window (never forced), after
-    /// checking once more that it is keyprov's.
+    /// checking once more that it is keyprov's secret of its key and that its current version
+    /// is one keyprov wrote (under the version id of a generation of that key).
     pub async fn schedule_deletion(
         &self,
         secret: &ManagedSecret,
         recovery_window_days: i64,
     ) -> Result<(), StoreError> {
-        if self
-            .describe(&secret.key_name, &secret.arn)
-            .await?
-            .is_none()
-        {
+        let Some(described) = self.describe(&secret.key_name, &secret.arn).await? else {
             return Ok(());
+        };
+        if described.current().is_none() {
+            return Err(StoreError::Unsafe {
+                path: format!("secret {}", secret.name),
+                message: format!(
+                    "not pruned: no version of it that was current is under keyprov's version \
+                     id of a generation of key {:?}, so it is not the secret keyprov wrote",
+                    secret.key_name
+                ),
+            });
         }
         self.client()
             .await

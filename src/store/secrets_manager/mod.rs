@@ -47,6 +47,9 @@ pub struct SecretsManagerStore {
     client: OnceCell<Client>,
     /// Secrets this reconcile has seen to be keyprov's (so a write need not describe again).
     managed: Mutex<HashMap<String, bool>>,
+    /// Secret id -> ARN of each secret this reconcile described as keyprov's (see
+    /// [`crate::prune_ledger::record_managed`]).
+    arns: Mutex<HashMap<String, String>>,
     /// Per secret, versions under one of keyprov's version ids whose contents are not that
     /// generation of that key (forged or replayed): never a generation, whatever their id.
     foreign: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
@@ -70,6 +73,7 @@ impl SecretsManagerStore {
             limiter,
             client: OnceCell::new(),
             managed: Mutex::new(HashMap::new()),
+            arns: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             written: Mutex::new(Vec::new()),
         }

@@ -35,7 +35,8 @@ impl SecretsManagerStore {
             .send()
             .await;
         match created {
-            Ok(_) => {
+            Ok(created) => {
+                self.remember_arn(secret, created.arn());
                 tracing::info!(key = %key.name, secret, "created the secret");
                 Ok(())
             }
