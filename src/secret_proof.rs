@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::binding::{self, Unbound};
-use crate::manifest::{KeyPair, Output};
+use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
 use crate::observed::Observed;
 use crate::provider::AnyProvider;
 use crate::store::Stores;
@@ -80,16 +80,28 @@ impl Proven {
     }
 }
 
-/// Proves the current version of every secret output of `keys` that neither a file output of
-/// the key nor an earlier proof vouches for. Returns the keys whose secret fails the proof,
-/// with the error naming the secret and version, and how many proofs were made (a Decrypt
-/// each).
+/// What [`prove_secret_currents`] may do about a version that fails its proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `run`: refuse it (recorded), move the labels readers follow off it.
+    Run,
+    /// `plan`: only say what `run --once` would do; nothing is written.
+    Plan,
+}
+
+/// Proves the current and staged versions of every secret output of `keys` that neither a
+/// file output of the key nor an earlier proof vouches for. Returns the keys whose secret fails
+/// the proof, with the error naming the secret and version, and how many proofs were made (a
+/// Decrypt each). With [`Mode::Run`], a version that fails is refused for good
+/// ([`crate::secret_refusal`]) and, when it was current, `AWSCURRENT` moves back to the newest
+/// generation that proves.
 pub async fn prove_secret_currents(
     state_dir: &std::path::Path,
     provider: &AnyProvider,
     stores: &Stores,
     keys: &[&KeyPair],
     observed: &Observed,
+    mode: Mode,
 ) -> (Vec<(String, String)>, usize) {
     let ledger = crate::ledger::Ledger::new(state_dir, RECORD);
     let mut proofs = 0;
@@ -100,55 +112,211 @@ pub async fn prove_secret_currents(
         let Some(Ok(outputs)) = observed.get(&key.name) else {
             continue;
         };
-        let local: Vec<(u32, &str)> = key
+        let local: Vec<(u32, String)> = key
             .outputs
             .iter()
             .zip(outputs)
             .filter(|(output, _)| !matches!(output, Output::SecretsManager(_)))
             .filter_map(|(_, o)| o.current.as_ref())
-            .map(|c| (c.generation, c.public_key_sha256.as_str()))
+            .map(|c| (c.generation, c.public_key_sha256.clone()))
             .collect();
+        let mut proof = Proof {
+            provider,
+            stores,
+            key,
+            local: &local,
+            proven: &mut proven,
+            proofs: &mut proofs,
+            changed: &mut changed,
+        };
         for (index, (output, seen)) in key.outputs.iter().zip(outputs).enumerate() {
-            let (Output::SecretsManager(secret), Some(current)) = (output, &seen.current) else {
+            let Output::SecretsManager(secret) = output else {
                 continue;
             };
-            let held = (current.generation, current.public_key_sha256.clone());
-            let known = proven.contains(&key.name, &secret.secret_id, &held);
-            // An unbound version (written before the binding) is never copied anywhere: the
-            // plan replaces it with a bound generation (see [`crate::binding`]).
-            if !current.bound || local.contains(&(held.0, held.1.as_str())) || known {
-                continue;
-            }
-            let origin = binding::origin(key, index, held.0);
-            proofs += 1;
-            let proof = match stores.read_version(key, index, held.0).await {
-                Ok(version) => binding::prove(provider, key, &version, held.0, Unbound::Refuse)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Err(err) => Err(err.to_string()),
-            };
-            match proof {
-                Ok(()) => {
-                    proven.insert(&key.name, &secret.secret_id, held);
-                    changed = true;
+            let linked = [("current", &seen.current), ("staged", &seen.next)];
+            for (role, version) in linked {
+                let Some(version) = version else { continue };
+                let generation = version.generation;
+                let held = (generation, version.public_key_sha256.clone());
+                // An unbound version (written before the binding) is never copied anywhere:
+                // the plan replaces it with a bound generation (see [`crate::binding`]).
+                if !version.bound || proof.vouched(secret, &held) {
+                    continue;
                 }
-                Err(why) => failed.push((
+                let Err(why) = proof.prove(index, secret, generation).await else {
+                    continue;
+                };
+                let origin = binding::origin(key, index, generation);
+                let outcome = match mode {
+                    Mode::Plan => format!(
+                        "`keyprov run` refuses it for good{}",
+                        if role == "current" {
+                            " and moves AWSCURRENT back to the newest generation that proves"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Mode::Run => {
+                        stores.secrets().refuse(key, secret, generation, &why);
+                        if role == "current" {
+                            proof.restore(index, secret, generation).await
+                        } else {
+                            stores
+                                .secrets()
+                                .unstage_refused(key, secret)
+                                .await
+                                .map_or_else(
+                                    |e| format!("it is refused for good ({e})"),
+                                    |()| "it is refused for good and never activated".into(),
+                                )
+                        }
+                    }
+                };
+                failed.push((
                     key.name.clone(),
                     format!(
-                        "key {:?}: the current version of {origin} is not believed: {why}. \
-                         Nothing was copied from it; if keyprov did not write it, move \
-                         AWSCURRENT back to the last generation keyprov made, or replace the \
-                         pair with `keyprov rotate {} --now`",
-                        key.name, key.name
+                        "key {:?}: the {role} version of {origin} is not believed: {why}. \
+                         Nothing was copied from it; {outcome}. If keyprov did not write it, \
+                         check who can write this secret (secretsmanager:PutSecretValue)",
+                        key.name
                     ),
-                )),
+                ));
             }
         }
     }
-    if changed && let Err(err) = ledger.save(&proven) {
+    if mode == Mode::Run {
+        crate::secret_refusal::record(state_dir, stores.secrets().take_refused());
+    }
+    if changed
+        && mode == Mode::Run
+        && let Err(err) = ledger.save(&proven)
+    {
         // Only costs a proof again next time.
         tracing::warn!("{err}");
     }
     (failed, proofs)
+}
+
+/// `keyprov plan`'s proofs ([`Mode::Plan`]): the keys whose secret holds a version that
+/// `run --once` would refuse, each with what it would do. Nothing is written.
+pub async fn plan_proofs(
+    config: &crate::config::Config,
+    stores: &Stores,
+    keys: &[KeyPair],
+    observed: &Observed,
+) -> Vec<(String, String)> {
+    let provider = AnyProvider::from_config(config);
+    let keys: Vec<&KeyPair> = keys.iter().collect();
+    let (failed, _) = prove_secret_currents(
+        &config.state_dir,
+        &provider,
+        stores,
+        &keys,
+        observed,
+        Mode::Plan,
+    )
+    .await;
+    failed
+}
+
+/// Proofs of one key's secret versions.
+struct Proof<'a> {
+    provider: &'a AnyProvider,
+    stores: &'a Stores,
+    key: &'a KeyPair,
+    /// (generation, public key SHA-256) of the key's file outputs' currents.
+    local: &'a [(u32, String)],
+    proven: &'a mut Proven,
+    proofs: &'a mut usize,
+    changed: &'a mut bool,
+}
+
+/// Older generations tried when the current one is refused (a Decrypt each at most).
+const FALLBACKS: usize = 3;
+
+impl Proof<'_> {
+    /// Whether a file output or an earlier proof vouches for `held` in `secret`.
+    fn vouched(&self, secret: &SecretsManagerOutput, held: &(u32, String)) -> bool {
+        self.local.contains(held)
+            || self
+                .proven
+                .contains(&self.key.name, &secret.secret_id, held)
+    }
+
+    /// Proves `generation` of the secret of output `index` (a Decrypt); remembers it proven.
+    async fn prove(
+        &mut self,
+        index: usize,
+        secret: &SecretsManagerOutput,
+        generation: u32,
+    ) -> Result<(), String> {
+        let version = self
+            .stores
+            .read_version(self.key, index, generation)
+            .await
+            .map_err(|e| e.to_string())?;
+        let held = (generation, version.meta.public_key_sha256.clone());
+        if self.vouched(secret, &held) {
+            return Ok(());
+        }
+        *self.proofs += 1;
+        binding::prove(
+            self.provider,
+            self.key,
+            &version,
+            generation,
+            Unbound::Refuse,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.proven.insert(&self.key.name, &secret.secret_id, held);
+        *self.changed = true;
+        Ok(())
+    }
+
+    /// After the current `refused` generation of the secret of output `index` was refused:
+    /// moves `AWSCURRENT` to the newest generation that a file output or a proof vouches for
+    /// (refusing those that fail on the way). Says what happened.
+    async fn restore(
+        &mut self,
+        index: usize,
+        secret: &SecretsManagerOutput,
+        refused: u32,
+    ) -> String {
+        let secrets = self.stores.secrets();
+        let held = match secrets.held_generations(self.key, secret).await {
+            Ok(held) => held,
+            Err(err) => return format!("AWSCURRENT could not be moved off it ({err})"),
+        };
+        let mut target = None;
+        for generation in held.into_iter().filter(|g| *g != refused).take(FALLBACKS) {
+            match self.prove(index, secret, generation).await {
+                Ok(()) => {
+                    target = Some(generation);
+                    break;
+                }
+                Err(why) => secrets.refuse(self.key, secret, generation, &why),
+            }
+        }
+        let Some(target) = target else {
+            return "no generation of the secret proves, so the next reconcile makes a new \
+                    generation above every version it holds"
+                .into();
+        };
+        match secrets.restore_current(self.key, secret, target).await {
+            Ok(()) => {
+                tracing::warn!(
+                    key = %self.key.name,
+                    secret = %secret.secret_id,
+                    "AWSCURRENT of secret {} moved off refused generation {refused} back to \
+                     generation {target}, the newest that proves",
+                    secret.secret_id
+                );
+                format!("AWSCURRENT is back on generation {target}, the newest that proves")
+            }
+            Err(err) => {
+                format!("AWSCURRENT could not be moved back to generation {target} ({err})")
+            }
+        }
+    }
 }

@@ -18,6 +18,12 @@ pub(super) struct Described {
     pub(super) stages: HashMap<String, Vec<String>>,
     /// VersionId -> generation, for the versions keyprov wrote (see [`layout::generations_of`]).
     pub(super) generation_ids: HashMap<String, u32>,
+    /// Versions refused (forged, replayed, not keyprov's): VersionId -> the generation whose
+    /// request token it is, if any. Never a generation, but their numbers are taken.
+    pub(super) refused: BTreeMap<String, Option<u32>>,
+    /// The generation taken as current when no label or tag says which one is (`AWSCURRENT` on
+    /// a refused version, no `AWSPREVIOUS`): the newest the secret holds, proven before use.
+    pub(super) assumed_current: Option<u32>,
 }
 
 impl Described {
@@ -41,6 +47,8 @@ impl Described {
             kms_key_id,
             stages,
             generation_ids,
+            refused: BTreeMap::new(),
+            assumed_current: None,
         }
     }
 
@@ -69,7 +77,39 @@ impl Described {
     /// Takes `version_id` out of the generations: its contents were read and are not the
     /// generation its id names (a forged or replayed version put under keyprov's token).
     pub(super) fn forget(&mut self, version_id: &str) {
-        self.generation_ids.remove(version_id);
+        if self.stages.contains_key(version_id) {
+            let generation = self.generation_ids.remove(version_id);
+            let refused = self.refused.entry(version_id.to_string()).or_default();
+            *refused = refused.or(generation);
+        }
+    }
+
+    /// When no label or tag says which generation is current and `AWSCURRENT` is on a version
+    /// that is no generation (not keyprov's, or forgotten): that version is refused and the
+    /// newest generation is assumed current. Returns the refused version's id.
+    pub(super) fn without_evidence(&mut self) -> Option<String> {
+        if self.current().is_some() {
+            return None;
+        }
+        let id = self.holder(CURRENT)?.to_string();
+        if self.generation_of(&id).is_some() {
+            return None;
+        }
+        self.forget(&id);
+        self.assume_current();
+        Some(id)
+    }
+
+    /// Whether `version_id` is a refused version (see [`Self::forget`]).
+    pub(super) fn is_refused(&self, version_id: &str) -> bool {
+        self.refused.contains_key(version_id)
+    }
+
+    /// Takes the newest generation the secret holds as current when nothing says which is
+    /// (see [`Self::assumed_current`]); it is proven before anything believes it.
+    pub(super) fn assume_current(&mut self) -> Option<u32> {
+        self.assumed_current = self.generation_ids.values().copied().max();
+        self.assumed_current
     }
 
     /// The generation whose request token `version_id` is.
@@ -104,7 +144,8 @@ impl Described {
     /// (`keyprov rotate NAME --now`).
     pub(super) fn current(&self) -> Option<u32> {
         let activated = self.activated();
-        self.generation_ids
+        let evidenced = self
+            .generation_ids
             .iter()
             .filter(|(id, generation)| {
                 Some(**generation) == activated
@@ -114,7 +155,8 @@ impl Described {
                         .any(|l| l == CURRENT || l == PREVIOUS)
             })
             .map(|(_, generation)| *generation)
-            .max()
+            .max();
+        evidenced.or(self.assumed_current)
     }
 
     /// The staged generation: the one holding `AWSPENDING`, when it is above [`Self::current`].
@@ -199,8 +241,9 @@ impl Described {
             .iter()
             .flat_map(|(id, labels)| labels.iter().map(move |l| (id, l)))
             .filter(|(id, label)| {
-                layout::parse_generation_label(label)
-                    .is_some_and(|g| self.generation_of(id) != Some(g))
+                !self.is_refused(id)
+                    && layout::parse_generation_label(label)
+                        .is_some_and(|g| self.generation_of(id) != Some(g))
             })
             .map(|(id, label)| {
                 format!(
