@@ -247,7 +247,7 @@ async fn garbage_under_awscurrent_of_a_secret_only_key_is_repaired() {
     let Some(endpoint) = localstack() else { return };
     let aws = aws(&endpoint).await;
     let install = aws_install(&endpoint);
-    let variants = ["garbage-foreign", "garbage-malformed"];
+    let variants = ["garbage-foreign", "garbage-malformed", "garbage-twice"];
     let secrets: Vec<String> = variants.iter().map(|v| unique(v)).collect();
     for (variant, secret) in variants.iter().zip(&secrets) {
         install.manifest(
@@ -260,7 +260,8 @@ async fn garbage_under_awscurrent_of_a_secret_only_key_is_repaired() {
     for secret in &secrets {
         originals.push(secret_json(&aws.sm, secret, None).await);
     }
-    // A version that is not keyprov's at all, and malformed JSON under keyprov's token.
+    // A version that is not keyprov's at all, malformed JSON under keyprov's token, and
+    // versions that are not keyprov's put twice.
     put_raw(&aws.sm, &secrets[0], None, "hello", &["AWSCURRENT"]).await;
     put_raw(
         &aws.sm,
@@ -270,10 +271,20 @@ async fn garbage_under_awscurrent_of_a_secret_only_key_is_repaired() {
         &["AWSCURRENT", "keyprov-v0002"],
     )
     .await;
+    // Twice: generation 1 keeps no label but its own, nothing says it was current.
+    for text in ["hello", "again"] {
+        put_raw(&aws.sm, &secrets[2], None, text, &["AWSCURRENT"]).await;
+    }
     let run = install.run_once(1);
     assert!(run.stdout.contains("2 failed"), "{}", run.all());
     for (i, (variant, secret)) in variants.iter().zip(&secrets).enumerate() {
-        assert!(names(&run, variant, &[secret]), "{variant}: {}", run.all());
+        // The twice-put secret lost every trace of generation 1 but its version id: the run
+        // adopts it again (its request token) and succeeds.
+        assert!(
+            i == 2 || names(&run, variant, &[secret]),
+            "{variant}: {}",
+            run.all()
+        );
         assert_eq!(
             secret_json(&aws.sm, secret, None).await,
             originals[i],
