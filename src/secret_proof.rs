@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::binding::{self, Unbound};
 use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
 use crate::observed::Observed;
-use crate::provider::AnyProvider;
-use crate::store::Stores;
+use crate::provider::{AnyProvider, ProviderError};
+use crate::store::{StoreError, Stores};
 
 /// Name of the record under `<stateDir>/ledger/`.
 const RECORD: &str = "proven";
@@ -143,11 +143,19 @@ pub async fn prove_secret_currents(
                 if !version.bound || proof.vouched(secret, &held) {
                     continue;
                 }
-                let Err(why) = proof.prove(index, secret, generation).await else {
+                let Err(Unproven { why, definitive }) =
+                    proof.prove(index, secret, generation).await
+                else {
                     continue;
                 };
                 let origin = binding::origin(key, index, generation);
                 let outcome = match mode {
+                    // KMS or Secrets Manager could not answer (throttling, outage, access):
+                    // nothing is refused on that, the next reconcile proves it again.
+                    _ if !definitive => {
+                        "it could not be proven now and is proven again by the next reconcile"
+                            .to_string()
+                    }
                     Mode::Plan => format!(
                         "`keyprov run` refuses it for good{}",
                         if role == "current" {
@@ -231,6 +239,14 @@ struct Proof<'a> {
     changed: &'a mut bool,
 }
 
+/// Why a version was not proven.
+struct Unproven {
+    why: String,
+    /// What the version holds refutes it (as opposed to a provider or store that could not
+    /// answer): only then is it refused.
+    definitive: bool,
+}
+
 /// Older generations tried when the current one is refused (a Decrypt each at most).
 const FALLBACKS: usize = 3;
 
@@ -249,12 +265,15 @@ impl Proof<'_> {
         index: usize,
         secret: &SecretsManagerOutput,
         generation: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Unproven> {
         let version = self
             .stores
             .read_version(self.key, index, generation)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Unproven {
+                definitive: matches!(e, StoreError::Corrupt { .. }),
+                why: e.to_string(),
+            })?;
         let held = (generation, version.meta.public_key_sha256.clone());
         if self.vouched(secret, &held) {
             return Ok(());
@@ -268,7 +287,13 @@ impl Proof<'_> {
             Unbound::Refuse,
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Unproven {
+            // Only what the version holds refutes it, never a provider that failed to answer.
+            definitive: e
+                .provider_error()
+                .is_none_or(|p| matches!(p, ProviderError::DecryptMismatch { .. })),
+            why: e.to_string(),
+        })?;
         self.proven.insert(&self.key.name, &secret.secret_id, held);
         *self.changed = true;
         Ok(())
@@ -295,7 +320,15 @@ impl Proof<'_> {
                     target = Some(generation);
                     break;
                 }
-                Err(why) => secrets.refuse(self.key, secret, generation, &why),
+                Err(Unproven {
+                    why,
+                    definitive: true,
+                }) => secrets.refuse(self.key, secret, generation, &why),
+                Err(Unproven { why, .. }) => {
+                    return format!(
+                        "AWSCURRENT stays until generation {generation} can be proven ({why})"
+                    );
+                }
             }
         }
         let Some(target) = target else {

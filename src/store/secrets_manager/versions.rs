@@ -448,4 +448,48 @@ mod tests {
         assert_eq!(d.current(), None);
         assert_eq!(generation_label(1), "keyprov-v0001");
     }
+
+    #[test]
+    fn a_refused_version_keeps_its_number_and_its_own_label_and_is_no_generation() {
+        let mut d = secret(
+            &[
+                (1, &["keyprov-v0001", "AWSPREVIOUS"]),
+                (2, &["keyprov-v0002", "AWSCURRENT"]),
+            ],
+            &[],
+            Some(1),
+        );
+        let forged = version_id("k", 2);
+        d.forget(&forged);
+        // Forgetting again (AWSCURRENT on it, no other evidence) keeps the number it had.
+        d.forget(&forged);
+        assert_eq!(d.refused.get(&forged), Some(&Some(2)));
+        assert_eq!(d.generations(), vec![1]);
+        assert_eq!(d.current(), Some(1));
+        let drift = d.label_drift("k", "s").join("\n");
+        assert!(drift.contains("AWSCURRENT is on version"), "{drift}");
+        assert!(!drift.contains("label keyprov-v0002"), "{drift}");
+    }
+
+    #[test]
+    fn awscurrent_on_no_generation_without_evidence_is_refused_and_the_newest_is_assumed() {
+        let foreign = "0d3c1e8a-0000-4000-8000-000000000000";
+        let mut d = secret(
+            &[(1, &["keyprov-v0001"]), (2, &["keyprov-v0002"])],
+            &[(foreign, &["AWSCURRENT"])],
+            None,
+        );
+        assert_eq!(d.current(), None);
+        assert_eq!(d.without_evidence().as_deref(), Some(foreign));
+        assert!(d.is_refused(foreign));
+        assert_eq!(d.current(), Some(2));
+        // With evidence, nothing is assumed.
+        let mut d = secret(
+            &[(1, &["keyprov-v0001", "AWSPREVIOUS"])],
+            &[(foreign, &["AWSCURRENT"])],
+            None,
+        );
+        assert_eq!(d.without_evidence(), None);
+        assert_eq!(d.current(), Some(1));
+    }
 }
