@@ -239,6 +239,20 @@ struct Proof<'a> {
     changed: &'a mut bool,
 }
 
+/// Whether `err` refutes the version for good. Not when a provider failed to answer, nor when
+/// the version was made for another spec or before the binding: during a rolling deploy or a
+/// fleet upgrade another host may rightly hold another manifest or an older keyprov, and
+/// refusing its generation would fight it (the key fails, nothing is moved, and it is proven
+/// again next time).
+fn refutes(err: &binding::ProofError) -> bool {
+    match err {
+        binding::ProofError::OtherSpec { .. } | binding::ProofError::Unbound => false,
+        err => err
+            .provider_error()
+            .is_none_or(|p| matches!(p, ProviderError::DecryptMismatch { .. })),
+    }
+}
+
 /// Why a version was not proven.
 struct Unproven {
     why: String,
@@ -288,10 +302,7 @@ impl Proof<'_> {
         )
         .await
         .map_err(|e| Unproven {
-            // Only what the version holds refutes it, never a provider that failed to answer.
-            definitive: e
-                .provider_error()
-                .is_none_or(|p| matches!(p, ProviderError::DecryptMismatch { .. })),
+            definitive: refutes(&e),
             why: e.to_string(),
         })?;
         self.proven.insert(&self.key.name, &secret.secret_id, held);

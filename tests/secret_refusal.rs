@@ -365,3 +365,48 @@ fn tag(key: &str, value: &str) -> aws_sdk_secretsmanager::types::Tag {
         .value(value)
         .build()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_still_on_the_old_manifest_never_refuses_the_new_generation_of_a_rolling_deploy() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let (first, second) = (aws_install(&endpoint), aws_install(&endpoint));
+    let (name, secret) = ("rolling-deploy", unique("rolling-deploy"));
+    let old = key(name, &aws.ours, &secret, "");
+    first.manifest("a.yaml", &old);
+    second.manifest("a.yaml", &old);
+    first.run_once(0);
+    second.run_once(0);
+    // The new manifest (another KMS key: a new generation) reaches the first host only.
+    let newer = aws
+        .kms
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    let new = key(name, &newer, &secret, "");
+    first.manifest("a.yaml", &new);
+    first.run_once(0);
+    assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
+    // The second host cannot prove it with its manifest: that key fails there, and nothing
+    // is refused or moved.
+    let run = second.run_once(1);
+    assert!(
+        names(&run, name, &["proven again by the next reconcile"]),
+        "{}",
+        run.all()
+    );
+    assert_eq!(ledger(&second), "");
+    assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
+    second.manifest("a.yaml", &new);
+    second.run_once(0);
+    assert_eq!(
+        link(&second.key_dir(name), "current").as_deref(),
+        Some("v0002")
+    );
+    first.run_once(0);
+}
