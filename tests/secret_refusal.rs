@@ -123,6 +123,16 @@ async fn a_forged_current_beside_files_is_moved_off_refused_and_never_used_again
         "{}",
         status.stdout
     );
+    let status = install.keyprov(&["status", "--json"]);
+    let document: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let refused = document["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name)
+        .map(|k| k["refused"].to_string())
+        .unwrap();
+    assert!(refused.contains(&version), "{document}");
     let verify = install.keyprov(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
     assert!(
@@ -409,4 +419,37 @@ async fn a_host_still_on_the_old_manifest_never_refuses_the_new_generation_of_a_
         Some("v0002")
     );
     first.run_once(0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kms_that_cannot_answer_refuses_nothing() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let (first, second) = (aws_install(&endpoint), aws_install(&endpoint));
+    let (name, secret) = ("kms-down", unique("kms-down"));
+    for install in [&first, &second] {
+        install.manifest("a.yaml", &secret_only(name, &aws.ours, &secret));
+        install.run_once(0);
+    }
+    let rotate = first.keyprov(&["rotate", name, "--now"]);
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    // The second host meets generation 2 while the KMS key cannot decrypt (disabled).
+    aws.kms
+        .disable_key()
+        .key_id(&aws.ours)
+        .send()
+        .await
+        .unwrap();
+    let run = second.keyprov(&["run", "--once"]);
+    aws.kms.enable_key().key_id(&aws.ours).send().await.unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        names(&run, name, &["proven again by the next reconcile"]),
+        "{}",
+        run.all()
+    );
+    assert_eq!(ledger(&second), "");
+    assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
+    second.run_once(0);
+    assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
 }
