@@ -249,7 +249,13 @@ fn refutes(err: &binding::ProofError) -> bool {
         binding::ProofError::OtherSpec { .. } | binding::ProofError::Unbound => false,
         err => err
             .provider_error()
-            .is_none_or(|p| matches!(p, ProviderError::DecryptMismatch { .. })),
+            // A ciphertext the provider cannot even parse is refuted by what it holds too.
+            .is_none_or(|p| {
+                matches!(
+                    p,
+                    ProviderError::DecryptMismatch { .. } | ProviderError::Crypto(_)
+                )
+            }),
     }
 }
 
@@ -361,6 +367,59 @@ impl Proof<'_> {
             Err(err) => {
                 format!("AWSCURRENT could not be moved back to generation {target} ({err})")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::ProofError;
+
+    #[test]
+    fn only_what_a_version_holds_refutes_it() {
+        let decrypt = |source| ProofError::Decrypt {
+            kms_key: "k".into(),
+            source,
+        };
+        let kms = |code: &str, transient| ProviderError::Kms {
+            code: code.into(),
+            message: "m".into(),
+            transient,
+        };
+        let cases = [
+            (ProofError::OtherPair, true),
+            (
+                ProofError::Mislabelled {
+                    name: "k".into(),
+                    recorded: 1,
+                    wanted: 2,
+                },
+                true,
+            ),
+            (
+                decrypt(ProviderError::DecryptMismatch {
+                    name: "k".into(),
+                    context: "{}".into(),
+                    kms_key: "k".into(),
+                }),
+                true,
+            ),
+            (decrypt(ProviderError::Crypto("not local".into())), true),
+            (decrypt(kms("ThrottlingException", true)), false),
+            (decrypt(kms("AccessDeniedException", false)), false),
+            (decrypt(kms("DisabledException", false)), false),
+            (
+                ProofError::OtherSpec {
+                    recorded: "a".into(),
+                    wanted: "b".into(),
+                },
+                false,
+            ),
+            (ProofError::Unbound, false),
+        ];
+        for (err, refuted) in cases {
+            assert_eq!(refutes(&err), refuted, "{err}");
         }
     }
 }
