@@ -41,6 +41,7 @@ pub mod public_formats;
 pub mod retry;
 pub mod schedule;
 pub mod secret_proof;
+pub mod secret_refusal;
 pub mod spec;
 pub mod spec_change;
 pub mod store;

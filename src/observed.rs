@@ -45,6 +45,18 @@ pub struct ObservedOutput {
     /// False when this output cannot hold old versions to prune (Secrets Manager manages
     /// its own).
     pub prunable: bool,
+    /// Versions the output holds that keyprov refused (forged, replayed, not keyprov's): never
+    /// used, but a generation number they carry is taken.
+    pub refused: Vec<RefusedVersion>,
+}
+
+/// A version keyprov refused (see [`ObservedOutput::refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedVersion {
+    /// Its version id.
+    pub version_id: String,
+    /// The generation whose request token its id is, if any.
+    pub generation: Option<u32>,
 }
 
 /// Observations of every desired key: outputs in manifest order, or why they could not be read.

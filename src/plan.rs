@@ -208,6 +208,12 @@ pub fn plan_key(
     let highest = outputs
         .iter()
         .flat_map(|o| o.versions.iter().copied())
+        // A refused version's number is taken: its version id cannot be written again.
+        .chain(
+            outputs
+                .iter()
+                .flat_map(|o| o.refused.iter().filter_map(|r| r.generation)),
+        )
         .chain(current.map(|c| c.generation))
         .chain(staged.map(|s| s.generation))
         .max()

@@ -76,6 +76,7 @@ fn output(key: &KeyPair, versions: &[u32], activated_day: u64) -> ObservedOutput
         drift: vec![],
         damaged: vec![],
         prunable: true,
+        refused: vec![],
     }
 }
 
@@ -567,6 +568,7 @@ fn arb_output(universe: Vec<ObservedVersion>) -> impl Strategy<Value = ObservedO
                 drift: if drift { vec!["mode".into()] } else { vec![] },
                 damaged: vec![],
                 prunable: true,
+                refused: vec![],
             }
         })
 }

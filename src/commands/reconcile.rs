@@ -85,11 +85,13 @@ impl Report {
 /// (shared with the provider).
 pub fn new_stores(config: &Config) -> Stores {
     let limiter = execute::rate_limiter(config.reconcile.max_requests_per_second);
-    Stores::new(
+    let stores = Stores::new(
         config.aws.clone(),
         config.reconcile.scope.clone(),
         Arc::new(limiter),
-    )
+    );
+    crate::secret_refusal::seed(&config.state_dir, stores.secrets());
+    stores
 }
 
 fn limits(config: &Config) -> Limits {
@@ -329,6 +331,7 @@ pub async fn reconcile(
             &stores,
             &considered,
             &pending.observed,
+            crate::secret_proof::Mode::Run,
         )
         .await
     };
@@ -894,6 +897,12 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     pending
         .failed
         .retain(|(name, _)| !restores.iter().any(|r| r.key() == name));
+    let unproven =
+        crate::secret_proof::plan_proofs(config, &stores, &pending.keys, &pending.observed).await;
+    pending
+        .plans
+        .retain(|p| !unproven.iter().any(|(n, _)| *n == p.name));
+    pending.failed.extend(unproven);
     let mut unobserved = 0;
     for (_, err) in &pending.failed {
         // A plan needs no credentials: keys whose secrets cannot be read without them are

@@ -41,6 +41,9 @@ struct KeyStatus {
     /// Versions whose recorded times were not used as they are: a clock was wrong (see
     /// `clock_guard`).
     clock_warnings: Vec<String>,
+    /// Versions its secrets hold that keyprov refused (forged, replayed, not keyprov's): not
+    /// used, listed until someone removes them.
+    refused: Vec<String>,
 }
 
 impl KeyStatus {
@@ -62,6 +65,7 @@ impl KeyStatus {
             outputs: Vec::new(),
             retry: None,
             clock_warnings: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }
@@ -105,6 +109,18 @@ fn key_status(
     };
     for (slot, output) in status.outputs.iter_mut().zip(outputs) {
         slot.generation = output.current.as_ref().map(|c| c.generation);
+        status.refused.extend(output.refused.iter().map(|r| {
+            format!(
+                "{}:{} version {}{} was refused (forged, replayed or not keyprov's) and is not \
+                 used; remove it once you know who wrote it",
+                slot.kind,
+                slot.location,
+                r.version_id,
+                r.generation
+                    .map(|g| format!(" (generation {g}'s version id)"))
+                    .unwrap_or_default()
+            )
+        }));
     }
     let (current, next) = plan::authoritative(outputs);
     status.next = next.map(|n| n.generation);
@@ -430,7 +446,11 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
     // Rows first, then each key's notes under the table, so the columns stay readable.
     print_columns(&rows);
     for key in &status.keys {
-        if key.error.is_none() && key.retry.is_none() && key.clock_warnings.is_empty() {
+        if key.error.is_none()
+            && key.retry.is_none()
+            && key.clock_warnings.is_empty()
+            && key.refused.is_empty()
+        {
             continue;
         }
         crate::outln!("{}:", key.name);
@@ -439,6 +459,9 @@ fn print_table(status: &Status, now: SystemTime, prune: bool) {
         }
         for warning in &key.clock_warnings {
             crate::outln!("{:width$}  clock: {warning}", "");
+        }
+        for refused in &key.refused {
+            crate::outln!("{:width$}  refused: {refused}", "");
         }
         if let Some(retry) = &key.retry {
             print_retry(retry, width);

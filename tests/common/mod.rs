@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod metric_list;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -8,6 +8,7 @@ use aws_sdk_secretsmanager::types::Tag;
 use super::SecretsManagerStore;
 use super::errors::{Failure, explain};
 use super::layout::{self, MANAGED_TAG, NAME_TAG, SCOPE_TAG};
+use super::refusal::Refusal;
 use super::versions::Described;
 use crate::store::StoreError;
 
@@ -43,6 +44,18 @@ impl SecretsManagerStore {
                 described.forget(id);
             }
         }
+        if let Some(id) = described.without_evidence() {
+            self.remember_foreign(
+                key,
+                secret,
+                &id,
+                None,
+                format!(
+                    "{} is on it and it is none of key {key:?}'s generations",
+                    layout::CURRENT
+                ),
+            );
+        }
         self.managed
             .lock()
             .expect("never poisoned")
@@ -50,15 +63,34 @@ impl SecretsManagerStore {
         Ok(Some(described))
     }
 
-    /// Remembers that `version_id` of `secret` holds contents that are not the generation its
-    /// id names: from now on it is no generation (see [`Described::forget`]).
-    pub(super) fn remember_foreign(&self, secret: &str, version_id: &str) {
-        self.foreign
+    /// Remembers that `version_id` of `secret` (the request token of `generation`, if any)
+    /// holds contents that are not a generation of `key` (`why`): from now on it is no
+    /// generation (see [`Described::forget`]), and it is recorded as refused (see
+    /// [`Self::take_refused`]).
+    pub(super) fn remember_foreign(
+        &self,
+        key: &str,
+        secret: &str,
+        version_id: &str,
+        generation: Option<u32>,
+        why: String,
+    ) {
+        let new = self
+            .foreign
             .lock()
             .expect("never poisoned")
             .entry(secret.to_string())
             .or_default()
             .insert(version_id.to_string());
+        if new {
+            self.refused.lock().expect("never poisoned").push(Refusal {
+                key: key.to_string(),
+                secret: secret.to_string(),
+                version_id: version_id.to_string(),
+                generation,
+                why,
+            });
+        }
     }
 
     /// Describes a secret that must exist.

@@ -264,8 +264,10 @@ impl SecretsManagerStore {
             .iter()
             .flat_map(|(id, labels)| labels.iter().map(move |l| (id.clone(), l.clone())))
             .filter(|(id, label)| {
-                layout::parse_generation_label(label)
-                    .is_some_and(|g| described.generation_of(id) != Some(g))
+                // A refused version keeps its own generation label: its number stays taken.
+                !described.is_refused(id)
+                    && layout::parse_generation_label(label)
+                        .is_some_and(|g| described.generation_of(id) != Some(g))
             })
             .collect();
         strays.sort();

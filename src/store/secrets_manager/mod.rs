@@ -17,6 +17,8 @@ pub mod layout;
 mod managed;
 pub use managed::ManagedSecret;
 mod observe;
+mod refusal;
+pub use refusal::Refusal;
 mod repair;
 mod versions;
 mod write;
@@ -56,6 +58,8 @@ pub struct SecretsManagerStore {
     /// Versions this process wrote and read back whole: (key, secret, generation, public key
     /// SHA-256), so that [`crate::secret_proof`] need not prove them again.
     written: Mutex<Vec<crate::secret_proof::Written>>,
+    /// Versions refused during this process and not yet recorded (see [`Self::take_refused`]).
+    refused: Mutex<Vec<Refusal>>,
 }
 
 impl SecretsManagerStore {
@@ -76,6 +80,7 @@ impl SecretsManagerStore {
             arns: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             written: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         }
     }
 

@@ -8,8 +8,30 @@ use super::layout::{self, CURRENT, PREVIOUS};
 use super::versions::Described;
 use super::wanted;
 use crate::manifest::{KeyPair, SecretsManagerOutput};
-use crate::observed::{Damage, ObservedOutput, ObservedVersion};
+use crate::observed::{Damage, ObservedOutput, ObservedVersion, RefusedVersion};
 use crate::store::StoreError;
+
+/// The refused versions the secret holds, each logged: a version keyprov refused stays where
+/// it is (its generation number taken) until someone who can write the secret removes it.
+fn refused(described: &Described, secret: &str) -> Vec<RefusedVersion> {
+    described
+        .refused
+        .iter()
+        .map(|(id, generation)| {
+            tracing::warn!(
+                secret,
+                version = %id,
+                "secret {secret} holds version {id}{}, which keyprov refused (forged, replayed \
+                 or not keyprov's): it is not used. Remove it once you know who wrote it",
+                generation.map(|g| format!(" (under generation {g}'s request token)")).unwrap_or_default()
+            );
+            RefusedVersion {
+                version_id: id.clone(),
+                generation: *generation,
+            }
+        })
+        .collect()
+}
 
 impl SecretsManagerStore {
     /// [`crate::store::Store::observe`] of a secret output.
@@ -40,7 +62,10 @@ impl SecretsManagerStore {
         for _ in 0..4 {
             current_id = match described.current() {
                 Some(generation) => described.id_of(generation).map(str::to_string),
-                None => described.holder(CURRENT).map(str::to_string),
+                None => described
+                    .holder(CURRENT)
+                    .filter(|id| !described.is_refused(id))
+                    .map(str::to_string),
             };
             let Some(id) = &current_id else { break };
             let damage = observed.damaged.len();
@@ -53,9 +78,26 @@ impl SecretsManagerStore {
             {
                 break;
             }
-            self.remember_foreign(secret, id);
+            // Not a damaged generation but a refused version: its problems are the refusal.
+            let why = observed
+                .damaged
+                .drain(damage..)
+                .flat_map(|d| d.problems)
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.remember_foreign(&key.name, secret, id, described.generation_of(id), why);
             described.forget(id);
+            if let Some(id) = described.without_evidence() {
+                self.remember_foreign(
+                    &key.name,
+                    secret,
+                    &id,
+                    None,
+                    format!("{CURRENT} is on it and it is none of the key's generations"),
+                );
+            }
         }
+        observed.refused = refused(&described, secret);
         observed.versions = described.generations();
         observed.previous = described
             .holder(PREVIOUS)

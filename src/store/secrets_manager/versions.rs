@@ -18,6 +18,12 @@ pub(super) struct Described {
     pub(super) stages: HashMap<String, Vec<String>>,
     /// VersionId -> generation, for the versions keyprov wrote (see [`layout::generations_of`]).
     pub(super) generation_ids: HashMap<String, u32>,
+    /// Versions refused (forged, replayed, not keyprov's): VersionId -> the generation whose
+    /// request token it is, if any. Never a generation, but their numbers are taken.
+    pub(super) refused: BTreeMap<String, Option<u32>>,
+    /// The generation taken as current when no label or tag says which one is (`AWSCURRENT` on
+    /// a refused version, no `AWSPREVIOUS`): the newest the secret holds, proven before use.
+    pub(super) assumed_current: Option<u32>,
 }
 
 impl Described {
@@ -41,6 +47,8 @@ impl Described {
             kms_key_id,
             stages,
             generation_ids,
+            refused: BTreeMap::new(),
+            assumed_current: None,
         }
     }
 
@@ -69,7 +77,39 @@ impl Described {
     /// Takes `version_id` out of the generations: its contents were read and are not the
     /// generation its id names (a forged or replayed version put under keyprov's token).
     pub(super) fn forget(&mut self, version_id: &str) {
-        self.generation_ids.remove(version_id);
+        if self.stages.contains_key(version_id) {
+            let generation = self.generation_ids.remove(version_id);
+            let refused = self.refused.entry(version_id.to_string()).or_default();
+            *refused = refused.or(generation);
+        }
+    }
+
+    /// When no label or tag says which generation is current and `AWSCURRENT` is on a version
+    /// that is no generation (not keyprov's, or forgotten): that version is refused and the
+    /// newest generation is assumed current. Returns the refused version's id.
+    pub(super) fn without_evidence(&mut self) -> Option<String> {
+        if self.current().is_some() {
+            return None;
+        }
+        let id = self.holder(CURRENT)?.to_string();
+        if self.generation_of(&id).is_some() {
+            return None;
+        }
+        self.forget(&id);
+        self.assume_current();
+        Some(id)
+    }
+
+    /// Whether `version_id` is a refused version (see [`Self::forget`]).
+    pub(super) fn is_refused(&self, version_id: &str) -> bool {
+        self.refused.contains_key(version_id)
+    }
+
+    /// Takes the newest generation the secret holds as current when nothing says which is
+    /// (see [`Self::assumed_current`]); it is proven before anything believes it.
+    pub(super) fn assume_current(&mut self) -> Option<u32> {
+        self.assumed_current = self.generation_ids.values().copied().max();
+        self.assumed_current
     }
 
     /// The generation whose request token `version_id` is.
@@ -104,7 +144,8 @@ impl Described {
     /// (`keyprov rotate NAME --now`).
     pub(super) fn current(&self) -> Option<u32> {
         let activated = self.activated();
-        self.generation_ids
+        let evidenced = self
+            .generation_ids
             .iter()
             .filter(|(id, generation)| {
                 Some(**generation) == activated
@@ -114,7 +155,8 @@ impl Described {
                         .any(|l| l == CURRENT || l == PREVIOUS)
             })
             .map(|(_, generation)| *generation)
-            .max()
+            .max();
+        evidenced.or(self.assumed_current)
     }
 
     /// The staged generation: the one holding `AWSPENDING`, when it is above [`Self::current`].
@@ -199,8 +241,9 @@ impl Described {
             .iter()
             .flat_map(|(id, labels)| labels.iter().map(move |l| (id, l)))
             .filter(|(id, label)| {
-                layout::parse_generation_label(label)
-                    .is_some_and(|g| self.generation_of(id) != Some(g))
+                !self.is_refused(id)
+                    && layout::parse_generation_label(label)
+                        .is_some_and(|g| self.generation_of(id) != Some(g))
             })
             .map(|(id, label)| {
                 format!(
@@ -404,5 +447,49 @@ mod tests {
         );
         assert_eq!(d.current(), None);
         assert_eq!(generation_label(1), "keyprov-v0001");
+    }
+
+    #[test]
+    fn a_refused_version_keeps_its_number_and_its_own_label_and_is_no_generation() {
+        let mut d = secret(
+            &[
+                (1, &["keyprov-v0001", "AWSPREVIOUS"]),
+                (2, &["keyprov-v0002", "AWSCURRENT"]),
+            ],
+            &[],
+            Some(1),
+        );
+        let forged = version_id("k", 2);
+        d.forget(&forged);
+        // Forgetting again (AWSCURRENT on it, no other evidence) keeps the number it had.
+        d.forget(&forged);
+        assert_eq!(d.refused.get(&forged), Some(&Some(2)));
+        assert_eq!(d.generations(), vec![1]);
+        assert_eq!(d.current(), Some(1));
+        let drift = d.label_drift("k", "s").join("\n");
+        assert!(drift.contains("AWSCURRENT is on version"), "{drift}");
+        assert!(!drift.contains("label keyprov-v0002"), "{drift}");
+    }
+
+    #[test]
+    fn awscurrent_on_no_generation_without_evidence_is_refused_and_the_newest_is_assumed() {
+        let foreign = "0d3c1e8a-0000-4000-8000-000000000000";
+        let mut d = secret(
+            &[(1, &["keyprov-v0001"]), (2, &["keyprov-v0002"])],
+            &[(foreign, &["AWSCURRENT"])],
+            None,
+        );
+        assert_eq!(d.current(), None);
+        assert_eq!(d.without_evidence().as_deref(), Some(foreign));
+        assert!(d.is_refused(foreign));
+        assert_eq!(d.current(), Some(2));
+        // With evidence, nothing is assumed.
+        let mut d = secret(
+            &[(1, &["keyprov-v0001", "AWSPREVIOUS"])],
+            &[(foreign, &["AWSCURRENT"])],
+            None,
+        );
+        assert_eq!(d.without_evidence(), None);
+        assert_eq!(d.current(), Some(1));
     }
 }
