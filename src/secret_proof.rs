@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::binding::{self, Unbound};
 use crate::manifest::{KeyPair, Output};
 use crate::observed::Observed;
-use crate::provider::AnyProvider;
 use crate::store::Stores;
 
 /// Name of the record under `<stateDir>/ledger/`.
@@ -86,7 +85,7 @@ impl Proven {
 /// each).
 pub async fn prove_secret_currents(
     state_dir: &std::path::Path,
-    provider: &AnyProvider,
+    provider: &impl crate::provider::Provider,
     stores: &Stores,
     keys: &[&KeyPair],
     observed: &Observed,
