@@ -42,4 +42,5 @@ pub mod schedule;
 pub mod secret_proof;
 pub mod spec;
 pub mod spec_change;
+pub mod state_layout;
 pub mod store;
