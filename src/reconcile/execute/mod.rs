@@ -186,12 +186,16 @@ async fn run<P: Provider>(
                     )
                 }
             };
-            match (&result, &work) {
-                (Ok(()), Work::Publish(actions)) => {
+            // A key with a generation to activate is reconciled once it is current.
+            match (&result, &work, &activation) {
+                (Ok(()), Work::Publish(actions), None) => {
                     tracing::info!(key = %key.name, actions = actions.len(), "reconciled")
                 }
-                (Ok(()), Work::Activate(_)) => {}
-                (Err((err, _)), _) => tracing::error!(key = %key.name, "{err}"),
+                (Ok(()), Work::Activate(a), _) => {
+                    tracing::info!(key = %key.name, actions = a.rest.len() + 1, "reconciled")
+                }
+                (Ok(()), ..) => {}
+                (Err((err, _)), ..) => tracing::error!(key = %key.name, "{err}"),
             }
             KeyOutcome {
                 name: key.name,
