@@ -4,7 +4,9 @@
 //! followed below its root, directories created 0755, the old file read only when it is a
 //! regular file of bounded size), atomically, and only when it changes; never frozen wholesale:
 //! a key that cannot be read now (invalid manifest, failed, waiting to retry) keeps the entries
-//! it last had, the others move on. Written before any `activate` hook of a key it selects.
+//! it last had, the others move on. The pass updates it twice: after publishing (it takes
+//! every new generation before any `current` moves to it) and after activating (it drops
+//! what left every link), always before any `activate` hook of a key it selects.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Component, Path, PathBuf};

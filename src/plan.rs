@@ -348,7 +348,17 @@ pub fn plan_key(
             .collect();
         present.insert(final_current);
         present.extend(final_next);
-        let history = present.clone();
+        // A `next` that neither stays next nor becomes current (a new generation replaced it)
+        // was never in use: it goes, and never becomes `previous`.
+        let superseded = output
+            .next
+            .as_ref()
+            .map(|n| n.generation)
+            .filter(|&n| n < final_current && final_next != Some(n));
+        let mut history = present.clone();
+        if let Some(superseded) = superseded {
+            history.remove(&superseded);
+        }
         let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();

@@ -683,6 +683,41 @@ fn a_version_never_linked_is_removed_first_and_never_becomes_previous() {
 }
 
 #[test]
+fn a_published_next_replaced_by_a_newer_generation_never_becomes_previous() {
+    // A run published v0002 as `next` (not yet current) and was cut off; then the spec changed.
+    let old = key(Some(90), None, 1, 1);
+    let mut new = old.clone();
+    new.spec = KeyPairSpec::EccNistP384;
+    let mut published = output(&old, &[1], 0);
+    published.next = Some(version(&old, 2, 10));
+    published.versions = vec![1, 2];
+    let actions = plan_key(&new, std::slice::from_ref(&published), t(10), None);
+    assert!(
+        matches!(
+            actions[0],
+            Action::Generate {
+                generation: 3,
+                staged: false,
+                ..
+            }
+        ),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&Action::Prune {
+            output: 0,
+            generations: vec![2]
+        }),
+        "{actions:?}"
+    );
+    let mut state = vec![published];
+    apply(&new, &mut state, &actions, t(10));
+    assert_eq!(state[0].current.as_ref().map(|c| c.generation), Some(3));
+    assert_eq!(state[0].previous, Some(1), "the key that was in use");
+    assert_eq!(state[0].versions, vec![1, 3]);
+}
+
+#[test]
 fn a_link_move_cut_short_keeps_the_old_current_as_previous() {
     // current moved to v9, the crash came before previous moved from v7 to v8.
     let k = key(Some(90), None, 1, 1);

@@ -25,7 +25,7 @@ use crate::schedule::{format_time, parse_time};
 use crate::store::dir::DirHandle;
 
 /// Directory of the records, in the stateDir.
-pub const RETRY_DIR: &str = "retry";
+pub use crate::state_layout::RETRY_DIR;
 
 /// Longest error message kept in a record.
 const MAX_ERROR_CHARS: usize = 2000;

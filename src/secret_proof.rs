@@ -97,7 +97,7 @@ pub enum Mode {
 /// generation that proves.
 pub async fn prove_secret_currents(
     state_dir: &std::path::Path,
-    provider: &AnyProvider,
+    provider: &impl crate::provider::Provider,
     stores: &Stores,
     keys: &[&KeyPair],
     observed: &Observed,
@@ -228,8 +228,8 @@ pub async fn plan_proofs(
 }
 
 /// Proofs of one key's secret versions.
-struct Proof<'a> {
-    provider: &'a AnyProvider,
+struct Proof<'a, P: crate::provider::Provider> {
+    provider: &'a P,
     stores: &'a Stores,
     key: &'a KeyPair,
     /// (generation, public key SHA-256) of the key's file outputs' currents.
@@ -270,7 +270,7 @@ struct Unproven {
 /// Older generations tried when the current one is refused (a Decrypt each at most).
 const FALLBACKS: usize = 3;
 
-impl Proof<'_> {
+impl<P: crate::provider::Provider> Proof<'_, P> {
     /// Whether a file output or an earlier proof vouches for `held` in `secret`.
     fn vouched(&self, secret: &SecretsManagerOutput, held: &(u32, String)) -> bool {
         self.local.contains(held)

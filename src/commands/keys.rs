@@ -114,7 +114,7 @@ pub async fn decrypt(
             super::decrypt_out::check(path)?;
         }
         let key = super::find_key(&loaded, name)?;
-        let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
+        let stores = std::sync::Arc::new(crate::reconcile::new_stores(config));
         let stored = read_stored(&stores, key, generation).await?;
         let provider = AnyProvider::from_config(config);
         let private = decrypt_stored(&provider, key, &stored).await?;
@@ -580,7 +580,7 @@ async fn verify_secrets(
 pub async fn verify(config: &Config) -> Exit {
     let loaded = super::load_manifests(config);
     let provider = AnyProvider::from_config(config);
-    let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
+    let stores = std::sync::Arc::new(crate::reconcile::new_stores(config));
     let mut exit = if loaded.is_valid() {
         Exit::Ok
     } else {

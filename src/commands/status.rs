@@ -195,7 +195,7 @@ struct OrphanStatus {
 pub async fn status(config: &Config, json: bool) -> Exit {
     let loaded = super::load_manifests(config);
     let now = clock::now();
-    let stores = std::sync::Arc::new(super::reconcile::new_stores(config));
+    let stores = std::sync::Arc::new(crate::reconcile::new_stores(config));
     let mut observed = stores.observe_all(&loaded.keys).await;
     let clock_notes = crate::clock_guard::guard(
         &mut observed,

@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::clock;
-use crate::commands::reconcile::{LockWait, Mode, Report, reconcile};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::provider::AnyProvider;
+use crate::reconcile::{LockWait, Mode, Report, reconcile};
 
 use debounce::Debounce;
 use watch::ManifestWatcher;

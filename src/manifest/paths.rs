@@ -41,7 +41,7 @@ pub fn resolve_output_dir(
             allowed.join(", ")
         ));
     };
-    let reserved = state_dir.join(crate::retry::RETRY_DIR);
+    let reserved = state_dir.join(crate::state_layout::RETRY_DIR);
     if resolved.starts_with(&reserved) {
         return Err(format!(
             "{dir:?} is {}, which keyprov keeps its retry records in; choose another directory",

@@ -3,10 +3,19 @@
 //! (see [`server`]) and written once by `run --once --metrics-file F` for node-exporter's
 //! textfile collector ([`write_textfile`]).
 //!
-//! One process-wide registry ([`global`]). Series that name a key are dropped when the key's
+//! One process-wide registry ([`global`]), reached by the reconcile pass and the commands,
+//! never from below: providers report to what the pass hands them
+//! ([`crate::reconcile::metered`]). Series that name a key are dropped when the key's
 //! manifest goes ([`Metrics::forget_keys`]), so no stale value outlives its key.
 
+mod failure;
+mod labels;
 pub mod server;
+
+pub use failure::FailureReason;
+use labels::*;
+
+type TimeGauge = Gauge<f64, AtomicU64>;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -14,7 +23,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,150 +33,6 @@ use crate::manifest::KeyPair;
 use crate::observed::ObservedOutput;
 use crate::plan;
 use crate::provider::ProviderError;
-
-/// Why a key failed, as `keyprov_failures_total{reason}` says it: a fixed set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FailureReason {
-    /// KMS throttled the request (retries exhausted).
-    KmsThrottled,
-    /// KMS (or the credentials) refused access.
-    KmsAccessDenied,
-    /// The KMS key cannot be used: disabled, pending deletion, not found, wrong kind.
-    KmsKeyState,
-    /// KMS could not be reached or failed (5xx, transport, timeout).
-    KmsUnavailable,
-    /// A private key ciphertext did not decrypt (wrong context or key, altered).
-    InvalidCiphertext,
-    /// An output could not be read or written (file store, Secrets Manager).
-    OutputWriteFailed,
-    /// An `onRotate` hook failed or timed out.
-    HookFailed,
-    /// The key's manifest is invalid: the key is left as it is.
-    ManifestInvalid,
-    /// This host's clock and AWS's disagree: nothing generated or activated.
-    ClockSkew,
-    /// Anything else (e.g. a spec the provider cannot make).
-    Other,
-}
-
-impl FailureReason {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::KmsThrottled => "kms_throttled",
-            FailureReason::KmsAccessDenied => "kms_access_denied",
-            FailureReason::KmsKeyState => "kms_key_state",
-            FailureReason::KmsUnavailable => "kms_unavailable",
-            FailureReason::InvalidCiphertext => "invalid_ciphertext",
-            FailureReason::OutputWriteFailed => "output_write_failed",
-            FailureReason::HookFailed => "hook_failed",
-            FailureReason::ManifestInvalid => "manifest_invalid",
-            FailureReason::ClockSkew => "clock_skew",
-            FailureReason::Other => "other",
-        }
-    }
-
-    /// The reason of a provider failure.
-    pub fn of_provider(err: &ProviderError) -> Self {
-        match err {
-            ProviderError::DecryptMismatch { .. } => FailureReason::InvalidCiphertext,
-            ProviderError::Kms {
-                code, transient, ..
-            } => match code.as_str() {
-                "ThrottlingException" | "LimitExceededException" | "RequestLimitExceeded" => {
-                    FailureReason::KmsThrottled
-                }
-                "AccessDeniedException" | "UnrecognizedClientException" | "credentials" => {
-                    FailureReason::KmsAccessDenied
-                }
-                "DisabledException"
-                | "KMSInvalidStateException"
-                | "NotFoundException"
-                | "InvalidKeyUsageException"
-                | "KeyUnavailableException" => FailureReason::KmsKeyState,
-                "InvalidCiphertextException" | "IncorrectKeyException" => {
-                    FailureReason::InvalidCiphertext
-                }
-                "ClockSkew" => FailureReason::ClockSkew,
-                _ if *transient => FailureReason::KmsUnavailable,
-                "KMSInternalException" | "DependencyTimeoutException" => {
-                    FailureReason::KmsUnavailable
-                }
-                _ => FailureReason::Other,
-            },
-            ProviderError::Keyring { .. } => FailureReason::KmsKeyState,
-            ProviderError::Unsupported { .. } | ProviderError::Crypto(_) => FailureReason::Other,
-        }
-    }
-}
-
-/// `{key}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyLabel {
-    key: String,
-}
-
-/// `keyprov_key_info` labels.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyInfoLabels {
-    key: String,
-    key_spec: String,
-    kms_key: String,
-    generation: String,
-    state: &'static str,
-}
-
-/// `{key, state}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyStateLabels {
-    key: String,
-    state: &'static str,
-}
-
-/// `{key, reason}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyReasonLabels {
-    key: String,
-    reason: &'static str,
-}
-
-/// `{provider, operation, code}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    provider: &'static str,
-    operation: &'static str,
-    code: String,
-}
-
-/// `{provider, operation}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    provider: &'static str,
-    operation: &'static str,
-}
-
-/// `{key, event, result}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HookLabels {
-    key: String,
-    event: &'static str,
-    result: &'static str,
-}
-
-/// `{file}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FileLabel {
-    file: String,
-}
-
-/// `{version, revision}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-    revision: &'static str,
-}
-
-type TimeGauge = Gauge<f64, AtomicU64>;
 
 /// What a key shows now: the label sets of its state series, to remove them when they change.
 #[derive(Debug, Default, Clone)]

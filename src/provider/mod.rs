@@ -111,8 +111,7 @@ impl Provider for AnyProvider {
         &self,
         request: &GenerateRequest<'_>,
     ) -> Result<GeneratedPair, ProviderError> {
-        let started = std::time::Instant::now();
-        let result = match self {
+        match self {
             AnyProvider::Local(p) => p.generate(request).await,
             // A pair made while this host's clock and AWS's disagree (the Date of the very
             // response that made it) is dropped unused: its times would be wrong.
@@ -121,46 +120,26 @@ impl Provider for AnyProvider {
                     .await
                     .and_then(|pair| match crate::aws_clock::refusal() {
                         None => Ok(pair),
-                        Some(message) => {
-                            crate::metrics::global().clock_warning(request.name, "aws_skew");
-                            Err(ProviderError::Kms {
-                                code: "ClockSkew".into(),
-                                message,
-                                transient: true,
-                            })
-                        }
+                        Some(message) => Err(ProviderError::Kms {
+                            code: CLOCK_SKEW.into(),
+                            message,
+                            transient: true,
+                        }),
                     })
             }
-        };
-        let operation = if request.include_plaintext {
-            "GenerateDataKeyPair"
-        } else {
-            "GenerateDataKeyPairWithoutPlaintext"
-        };
-        crate::metrics::global().provider_request(
-            self.name(),
-            operation,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
-        result
+        }
     }
 
     async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {
-        let started = std::time::Instant::now();
-        let result = match self {
+        match self {
             AnyProvider::Local(p) => p.decrypt(request).await,
             AnyProvider::Aws(p) => p.decrypt(request).await,
-        };
-        crate::metrics::global().provider_request(
-            self.name(),
-            "Decrypt",
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
-        result
+        }
     }
 }
+
+/// The code of the error a pair generated under a skewed clock is dropped with.
+pub const CLOCK_SKEW: &str = "ClockSkew";
 
 /// Canonical text of an encryption context: JSON with sorted keys.
 pub fn canonical_context(context: &BTreeMap<String, String>) -> String {

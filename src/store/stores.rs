@@ -196,6 +196,46 @@ impl Stores {
         Ok(())
     }
 
+    /// Publishes `version` on outputs `indices` without letting a signer use it yet: with
+    /// [`Link::Next`] as [`Stores::write_version`]; with [`Link::Current`] the files link it as
+    /// `next` (so their `jwks.json` and every JWK Set built from their links trust it) and the
+    /// secrets hold it under its own label only, for the pass to move `current`/AWSCURRENT
+    /// ([`Stores::link`]) once every verifier set holds it. Without a file output there is no
+    /// set to publish to: the secrets take `AWSCURRENT` at once.
+    pub async fn publish_version(
+        &self,
+        key: &KeyPair,
+        indices: &[usize],
+        version: Arc<StoredVersion>,
+        link: Link,
+    ) -> Result<(), (Option<usize>, StoreError)> {
+        let files = indices
+            .iter()
+            .any(|&i| matches!(key.outputs[i], Output::File(_)));
+        if link == Link::Next || !files {
+            return self.write_version(key, indices, version, link).await;
+        }
+        for &index in indices {
+            if let Output::SecretsManager(secret) = &key.outputs[index] {
+                (self.secrets)
+                    .publish_version(key, secret, version.clone())
+                    .await
+                    .map_err(|e| (Some(index), e))?;
+            }
+        }
+        let files: Vec<_> = indices
+            .iter()
+            .filter_map(|&i| match &key.outputs[i] {
+                Output::File(file) => Some(file),
+                Output::SecretsManager(_) => None,
+            })
+            .collect();
+        self.files
+            .write_version(key, &files, version, Link::Next)
+            .await
+            .map_err(|e| (None, e))
+    }
+
     /// [`Store::link`] of output `index`.
     pub async fn link(
         &self,

@@ -1,0 +1,344 @@
+//! The executor: runs each key's actions, keys in parallel (bounded), provider calls paced by
+//! one shared rate limit, new versions written in batches by one writer ([`GroupCommit`]).
+//! It runs in two steps of the pass: [`publish`] (every action up to the new generation,
+//! written everywhere but not current) and [`activate`] (`current`/AWSCURRENT move, then the
+//! rest). A failing key never stops the others.
+//!
+//! [`GroupCommit`]: crate::group_commit
+
+mod copy;
+mod key;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::manifest::KeyPair;
+use crate::metrics::{FailureReason, Metrics};
+use crate::plan::{Action, KeyPlan};
+use crate::provider::Provider;
+use crate::retry::Journal;
+use crate::store::Stores;
+use key::KeyContext;
+
+/// How hard the executor may push.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Provider requests in flight at once.
+    pub concurrency: usize,
+    /// Provider requests per second across all keys.
+    pub max_requests_per_second: f64,
+}
+
+/// Where the executor keeps account: call counters, the retry records of the keys, and the
+/// metrics the pass reports to.
+#[derive(Clone)]
+pub struct Ledger {
+    /// Counters of this execution.
+    pub stats: Arc<Stats>,
+    /// Retry records; hooks are recorded here before their event happens.
+    pub journal: Arc<Journal>,
+    /// Where generations are counted.
+    pub metrics: &'static Metrics,
+}
+
+/// A generation a key published in this pass that becomes current once every JWK Set holds
+/// it, and the actions planned after it.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// Key name.
+    pub name: String,
+    /// The published generation.
+    pub generation: u32,
+    /// Outputs whose `current` moves to it (secrets last).
+    pub outputs: Vec<usize>,
+    /// What the plan does once it is current (repairs, prunes).
+    pub rest: Vec<Action>,
+}
+
+/// What happened to one key.
+#[derive(Debug)]
+pub struct KeyOutcome {
+    /// Key name.
+    pub name: String,
+    /// `Err` with a message naming the key and what to do, and why, for metrics.
+    pub result: Result<(), (String, FailureReason)>,
+    /// After [`publish`]: the generation waiting for the activate step.
+    pub activation: Option<Activation>,
+}
+
+/// Counters of one execution.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Provider calls made (generate and decrypt).
+    pub provider_calls: AtomicUsize,
+}
+
+/// One key's work in one step.
+enum Work {
+    Publish(Vec<Action>),
+    Activate(Activation),
+}
+
+/// The publish step: runs each plan up to its new generation, published on every output
+/// (files `next`, secrets under their own label) and not current; returns one outcome per
+/// planned key, with the [`Activation`] it waits for.
+pub async fn publish<P: Provider>(
+    provider: Arc<P>,
+    stores: Arc<Stores>,
+    keys: &[KeyPair],
+    plans: Vec<KeyPlan>,
+    now: SystemTime,
+    limits: Limits,
+    ledger: Ledger,
+) -> Vec<KeyOutcome> {
+    let work = plans
+        .into_iter()
+        .map(|p| (p.name, Work::Publish(p.actions)))
+        .collect();
+    run(provider, stores, keys, work, now, limits, ledger).await
+}
+
+/// The activate step: moves `current`/AWSCURRENT of each activation (files first, secrets
+/// last), then runs the actions planned after it.
+pub async fn activate<P: Provider>(
+    provider: Arc<P>,
+    stores: Arc<Stores>,
+    keys: &[KeyPair],
+    activations: Vec<Activation>,
+    now: SystemTime,
+    limits: Limits,
+    ledger: Ledger,
+) -> Vec<KeyOutcome> {
+    let work = activations
+        .into_iter()
+        .map(|a| (a.name.clone(), Work::Activate(a)))
+        .collect();
+    run(provider, stores, keys, work, now, limits, ledger).await
+}
+
+/// Runs `work`, keys in parallel; one outcome per key, sorted by name.
+async fn run<P: Provider>(
+    provider: Arc<P>,
+    stores: Arc<Stores>,
+    keys: &[KeyPair],
+    work: Vec<(String, Work)>,
+    now: SystemTime,
+    limits: Limits,
+    ledger: Ledger,
+) -> Vec<KeyOutcome> {
+    let Ledger {
+        stats,
+        journal,
+        metrics,
+    } = ledger;
+    let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
+    // Only provider requests are bounded here: new versions queue for the one writer, so keys
+    // waiting on the disk never leave the provider idle.
+    let requests = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let limiter = stores.limiter().clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut names = HashMap::new();
+    for (name, work) in work {
+        let Some(key) = by_name.get(name.as_str()) else {
+            continue;
+        };
+        let key = (*key).clone();
+        let (provider, requests, stores, limiter, stats, journal) = (
+            provider.clone(),
+            requests.clone(),
+            stores.clone(),
+            limiter.clone(),
+            stats.clone(),
+            journal.clone(),
+        );
+        let task_name = key.name.clone();
+        let handle = tasks.spawn(async move {
+            let ctx = KeyContext {
+                key: &key,
+                provider: &*provider,
+                requests: &requests,
+                stores: &stores,
+                limiter: &limiter,
+                stats: &stats,
+                journal: &journal,
+                metrics,
+                now,
+                failure: std::sync::Mutex::new(None),
+            };
+            let done = match &work {
+                Work::Publish(actions) => ctx.publish(actions).await,
+                Work::Activate(activation) => ctx.activate(activation).await.map(|()| None),
+            };
+            let (result, activation) = match done {
+                Ok(activation) => (Ok(()), activation),
+                Err(err) => {
+                    // Failures not from the provider are the outputs' (stores, retry records).
+                    let reason = ctx.failure.lock().ok().and_then(|mut f| f.take());
+                    (
+                        Err((err, reason.unwrap_or(FailureReason::OutputWriteFailed))),
+                        None,
+                    )
+                }
+            };
+            // A key with a generation to activate is reconciled once it is current.
+            match (&result, &work, &activation) {
+                (Ok(()), Work::Publish(actions), None) => {
+                    tracing::info!(key = %key.name, actions = actions.len(), "reconciled")
+                }
+                (Ok(()), Work::Activate(a), _) => {
+                    tracing::info!(key = %key.name, actions = a.rest.len() + 1, "reconciled")
+                }
+                (Ok(()), ..) => {}
+                (Err((err, _)), ..) => tracing::error!(key = %key.name, "{err}"),
+            }
+            KeyOutcome {
+                name: key.name,
+                result,
+                activation,
+            }
+        });
+        names.insert(handle.id(), task_name);
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((id, outcome)) => {
+                names.remove(&id);
+                outcomes.push(outcome);
+            }
+            Err(err) => {
+                // A panic is a bug, and the key it hit failed: never counted as success.
+                let name = names.remove(&err.id()).unwrap_or_default();
+                tracing::error!(key = %name, "the reconcile of this key panicked: {err}");
+                outcomes.push(KeyOutcome {
+                    result: Err((
+                        format!(
+                            "key {name:?}: internal error (the task panicked: {err}); nothing \
+                             after the failing step was done. Please report this bug"
+                        ),
+                        FailureReason::Other,
+                    )),
+                    name,
+                    activation: None,
+                });
+            }
+        }
+    }
+    outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+    outcomes
+}
+
+/// A token bucket of one second's worth of requests.
+pub fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
+    let per_second = per_second.clamp(0.001, 1_000_000.0);
+    let burst = NonZeroU32::new(per_second.ceil() as u32).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+        .expect("period is positive")
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{DecryptRequest, GenerateRequest, PrivateKey};
+    use std::path::Path;
+
+    #[test]
+    fn rate_limiter_allows_one_second_of_burst_then_paces() {
+        let limiter = rate_limiter(5.0);
+        for i in 0..5 {
+            assert!(limiter.check().is_ok(), "request {i} of the burst");
+        }
+        assert!(
+            limiter.check().is_err(),
+            "the sixth request within the same instant waits"
+        );
+        let slow = rate_limiter(0.5);
+        assert!(slow.check().is_ok());
+        assert!(
+            slow.check().is_err(),
+            "below one per second the burst is one"
+        );
+    }
+
+    /// A provider with a bug: every call panics.
+    struct PanickingProvider;
+
+    impl Provider for PanickingProvider {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+
+        async fn generate(
+            &self,
+            _: &GenerateRequest<'_>,
+        ) -> Result<crate::provider::GeneratedPair, crate::provider::ProviderError> {
+            panic!("a bug in the provider")
+        }
+
+        async fn decrypt(
+            &self,
+            _: &DecryptRequest<'_>,
+        ) -> Result<PrivateKey, crate::provider::ProviderError> {
+            panic!("a bug in the provider")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_key_task_is_a_failed_key() {
+        let state = tempfile::tempdir().unwrap();
+        let manifest = "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: boom}\n\
+                        spec: {keyPairSpec: ECC_NIST_P256, kmsKeyId: alias/k, outputs: [{file: {}}]}\n";
+        let ctx = crate::manifest::Context {
+            state_dir: state.path(),
+            output_roots: &[],
+            hooks_allowed: &[],
+            check_hooks_allowed: true,
+        };
+        let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
+        assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
+        let limiter = Arc::new(rate_limiter(100.0));
+        let config = crate::config::Config::from_bytes(
+            Path::new("c.yaml"),
+            b"manifests: [m]\nstateDir: /tmp/s\n",
+        )
+        .unwrap();
+        let stores = Arc::new(Stores::new(config.aws, "default".into(), limiter));
+        let observed = stores.observe_all(&loaded.keys).await;
+        let now = SystemTime::now();
+        let plans = crate::plan::plan(&loaded.keys, &observed, now, None);
+        let limits = Limits {
+            concurrency: 2,
+            max_requests_per_second: 100.0,
+        };
+        let ledger = Ledger {
+            metrics: crate::metrics::global(),
+            stats: Arc::default(),
+            journal: Arc::new(crate::retry::Journal::load(crate::retry::RetryStore::new(
+                state.path(),
+            ))),
+        };
+        let outcomes = publish(
+            Arc::new(PanickingProvider),
+            stores,
+            &loaded.keys,
+            plans,
+            now,
+            limits,
+            ledger,
+        )
+        .await;
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].name, "boom");
+        let (err, reason) = outcomes[0].result.as_ref().unwrap_err();
+        assert!(err.contains("panicked"), "{err}");
+        assert_eq!(*reason, FailureReason::Other);
+    }
+}

@@ -1,0 +1,107 @@
+//! The report phase: what the pass did, for the daemon's timer and `run --once`'s summary
+//! line and exit code; the key metrics are set from it.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use super::Pass;
+use crate::exit::Exit;
+
+/// The result of one reconcile, for the daemon and for `run --once`.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Keys considered.
+    pub keys: usize,
+    /// Keys that had actions.
+    pub changed: usize,
+    /// Keys that failed, with why.
+    pub failed: Vec<(String, String)>,
+    /// Provider calls made.
+    pub provider_calls: usize,
+    /// Some manifest was invalid.
+    pub invalid: bool,
+    /// The earliest time a rotation or activation falls due (for the daemon's timer).
+    pub next_event: Option<std::time::SystemTime>,
+    /// The stateDir lock was held by another keyprov and not waited for: nothing was done.
+    pub lock_held: Option<String>,
+    /// Failed keys the daemon left alone in this pass: their retry time has not come.
+    pub waiting: usize,
+    /// Something failed that is not a key with a retry record (the stateDir, orphans): the
+    /// daemon tries again after `reconcile.retryBackoff`.
+    pub failed_outside_keys: bool,
+}
+
+impl std::fmt::Display for Report {
+    /// One line: `N keys, N changed, N failed, N provider calls[, ...]`, "1 key" for one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::output::count;
+        write!(
+            f,
+            "{}, {} changed, {} failed, {}{}{}",
+            count(self.keys, "key"),
+            self.changed,
+            self.failed.len(),
+            count(self.provider_calls, "provider call"),
+            if self.waiting > 0 {
+                format!(", {} waiting to retry", self.waiting)
+            } else {
+                String::new()
+            },
+            if self.invalid {
+                ", invalid manifests left untouched"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+impl Report {
+    /// The exit code this report calls for.
+    pub fn exit(&self) -> Exit {
+        if self.lock_held.is_some() {
+            Exit::LockHeld
+        } else if self.invalid {
+            Exit::Invalid
+        } else if !self.failed.is_empty() {
+            Exit::KeyFailed
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+/// Ends the pass: the report completed, the key metrics set, the stores' writes waited for.
+pub(super) async fn finish(pass: Pass<'_>) -> Report {
+    let mut report = pass.report;
+    let pending = &pass.pending;
+    report.failed.sort();
+    // Both JWK Set updates of a pass may report the same failure.
+    report.failed.dedup();
+    let key_names: HashSet<&str> = pending.keys.iter().map(|k| k.name.as_str()).collect();
+    report.failed_outside_keys = report
+        .failed
+        .iter()
+        .any(|(name, _)| !key_names.contains(name.as_str()));
+    report.provider_calls = pass.stats.provider_calls.load(Ordering::Relaxed) + pass.proofs;
+    if crate::metrics::enabled() && pass.rotate.is_none() {
+        let after = &pass.after;
+        let observed = |name: &str| after.get(name).or_else(|| pending.observed.get(name));
+        let state = super::key_metrics::KeysNow {
+            keys: &pending.keys,
+            frozen: &pending.frozen,
+            file_validity: &pending.file_validity,
+        };
+        super::key_metrics::update_key_metrics(
+            pass.metrics,
+            state,
+            observed,
+            &report,
+            &pass.waiting,
+            crate::clock::now(),
+        );
+    }
+    pass.metrics.reconcile_took(pass.started.elapsed());
+    pass.stores.finish().await;
+    report
+}
