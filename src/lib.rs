@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod durable;
 pub mod execute;
 pub mod exit;
+pub mod fleet;
 pub mod group_commit;
 pub mod hook_process;
 pub mod hooks;

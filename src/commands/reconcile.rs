@@ -84,12 +84,8 @@ impl Report {
 /// The stores of one reconcile, their AWS requests paced by `reconcile.maxRequestsPerSecond`
 /// (shared with the provider).
 pub fn new_stores(config: &Config) -> Stores {
-    let limiter = execute::rate_limiter(config.reconcile.max_requests_per_second);
-    Stores::new(
-        config.aws.clone(),
-        config.reconcile.scope.clone(),
-        Arc::new(limiter),
-    )
+    let limiter = crate::fleet::limiter::shared(config.reconcile.max_requests_per_second);
+    Stores::new(config.aws.clone(), config.reconcile.scope.clone(), limiter)
 }
 
 fn limits(config: &Config) -> Limits {
@@ -317,11 +313,27 @@ pub async fn reconcile(
     };
     pending.plans.retain(|p| !waiting.contains(&p.name));
     pending.failed.retain(|(name, _)| !waiting.contains(name));
+    let daemon = matches!(mode, Mode::Daemon { .. });
+    let settled = crate::fleet::settle(
+        config,
+        daemon,
+        &stores,
+        &pending.keys,
+        &mut pending.observed,
+        &mut pending.plans,
+        pending.now,
+    )
+    .await;
+    pending.next_event = pending
+        .next_event
+        .into_iter()
+        .chain(settled.next_event)
+        .min();
     let (unproven, proofs) = {
         let considered: Vec<&KeyPair> = pending
             .keys
             .iter()
-            .filter(|k| !waiting.contains(&k.name))
+            .filter(|k| !waiting.contains(&k.name) && !settled.held.contains(&k.name))
             .collect();
         crate::secret_proof::prove_secret_currents(
             &config.state_dir,
