@@ -210,3 +210,68 @@ pub async fn settle(
     spec_hold::remember(&config.state_dir, keys, observed, plans);
     settled
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn load(fleet: &str) -> Result<Config, String> {
+        let text = format!("manifests: [m]\nstateDir: s\n{fleet}\n");
+        Config::from_bytes(Path::new("/etc/keyprov/keyprov.yaml"), text.as_bytes()).map_err(
+            |problems| {
+                problems
+                    .iter()
+                    .map(|d| format!("{}:{}: {}: {}", d.line, d.column, d.field, d.message))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        )
+    }
+
+    #[test]
+    fn the_fleet_section_has_defaults_and_names_what_is_wrong() {
+        let default = load("").unwrap().fleet;
+        assert_eq!(default, FleetSettings::default());
+        assert_eq!(default.role, Role::Writer);
+        assert!(!default.host_id().is_empty());
+        let set = load("fleet: {hostId: web-17, role: consumer, generateWindow: 90s}")
+            .unwrap()
+            .fleet;
+        assert_eq!(set.host_id(), "web-17");
+        assert_eq!(set.role, Role::Consumer);
+        assert_eq!(set.generate_window, Some(Duration::from_secs(90)));
+        assert_eq!(
+            load("fleet: {generateWindow: 0s}")
+                .unwrap()
+                .fleet
+                .generate_window,
+            Some(Duration::ZERO),
+            "0s: no offsets"
+        );
+        let cases = [
+            (
+                "fleet: {hostId: \"a b\"}",
+                "3:9: fleet.hostId: \"a b\" must be",
+            ),
+            (
+                "fleet: {generateWindow: soon}",
+                "fleet.generateWindow: invalid duration",
+            ),
+            (
+                "fleet: {generateWindow: 2d}",
+                "fleet.generateWindow: \"2d\" is longer",
+            ),
+            (
+                "fleet: {role: reader}",
+                "fleet.role: unknown value \"reader\"",
+            ),
+            ("fleet: {hosts: 3}", "hosts"),
+        ];
+        for (text, want) in cases {
+            let got = load(text).unwrap_err();
+            assert!(got.contains(want), "{text}: {got}");
+        }
+    }
+}

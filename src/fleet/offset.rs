@@ -149,3 +149,82 @@ mod tests {
         assert_eq!(default_window(90 * 24 * 60 * MINUTE), 10 * MINUTE);
     }
 }
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+    use crate::observed::ObservedVersion;
+    use std::path::Path;
+
+    fn key(rotation: &str) -> KeyPair {
+        let text = format!(
+            "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {{name: k}}\nspec: \
+             {{keyPairSpec: ECC_NIST_P256, kmsKeyId: alias/k, rotation: {rotation}, \
+             outputs: [{{file: {{}}}}]}}\n"
+        );
+        let ctx = crate::manifest::Context {
+            state_dir: Path::new("/tmp/s"),
+            output_roots: &[],
+            hooks_allowed: &[],
+            check_hooks_allowed: true,
+        };
+        let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), text.as_bytes(), &ctx);
+        assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
+        loaded.keys[0].clone()
+    }
+
+    fn converged(key: &KeyPair, activated: SystemTime) -> Vec<ObservedOutput> {
+        let version = ObservedVersion {
+            generation: 1,
+            spec_fingerprint: key.spec_fingerprint(),
+            created_at: activated,
+            activates_at: activated,
+            public_key_sha256: "ab".into(),
+            key_pair_spec: "ECC_NIST_P256".into(),
+            kms_key_arn: "arn".into(),
+            bound: true,
+        };
+        vec![ObservedOutput {
+            current: Some(version),
+            next: None,
+            previous: None,
+            versions: vec![1],
+            drift: Vec::new(),
+            damaged: Vec::new(),
+            prunable: true,
+        }]
+    }
+
+    #[test]
+    fn a_due_rotation_waits_for_the_host_offset_then_goes() {
+        let key = key("{every: 1000s}");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let outputs = converged(&key, t0);
+        let observed: Observed = [("k".to_string(), Ok(outputs.clone()))].into();
+        let settings = FleetSettings {
+            host_id: Some("h".into()),
+            ..Default::default()
+        };
+        let (due, release) = release_time(&settings, "h", &key, &outputs).unwrap();
+        assert_eq!(release, due + offset("h", "k", Duration::from_secs(50)));
+        let plan_at = |now| {
+            let mut plans = plan::plan(std::slice::from_ref(&key), &observed, now, None);
+            let next = hold_back(
+                &settings,
+                std::slice::from_ref(&key),
+                &observed,
+                &mut plans,
+                now,
+            );
+            (plans, next)
+        };
+        // Due, but before this host's turn: nothing now, a wake at its turn.
+        let (plans, next) = plan_at(due);
+        assert!(plans.is_empty(), "{plans:?}");
+        assert_eq!(next, Some(release));
+        // Its turn: the generation goes ahead.
+        let (plans, next) = plan_at(release);
+        assert!(rotates(&plans[0]), "{plans:?}");
+        assert_eq!(next, None);
+    }
+}
