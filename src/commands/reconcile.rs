@@ -324,11 +324,7 @@ pub async fn reconcile(
         pending.now,
     )
     .await;
-    pending.next_event = pending
-        .next_event
-        .into_iter()
-        .chain(settled.next_event)
-        .min();
+    pending.next_event = settled.next_event(pending.next_event);
     let (unproven, proofs) = {
         let considered: Vec<&KeyPair> = pending
             .keys

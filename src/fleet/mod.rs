@@ -130,6 +130,14 @@ pub struct RoleStatus {
     role: Role,
 }
 
+impl Settled {
+    /// The pass's next event once settled: [`Settled::next_event`] in the daemon, else
+    /// `reckoned` (what the pass reckoned by itself).
+    pub fn next_event(&self, reckoned: Option<SystemTime>) -> Option<SystemTime> {
+        self.next_event.unwrap_or(reckoned)
+    }
+}
+
 impl RoleStatus {
     /// The role of `settings`.
     pub fn of(settings: &FleetSettings) -> Self {
@@ -173,8 +181,9 @@ pub fn default_host_id() -> String {
 /// What [`settle`] adds to the pass.
 #[derive(Debug, Default)]
 pub struct Settled {
-    /// The earliest time a key held back now wants another pass.
-    pub next_event: Option<SystemTime>,
+    /// In the daemon: the earliest time a key wants another pass, this host's turn at a
+    /// rotation included (replaces the pass's own reckoning, which knows no turns).
+    pub next_event: Option<Option<SystemTime>>,
     /// Keys held by the no-flip-flop rule ([`spec_hold`]): neither changed nor proven nor
     /// failed on this host.
     pub held: BTreeSet<String>,
@@ -202,10 +211,16 @@ pub async fn settle(
     if config.fleet.role == Role::Consumer {
         consumer::restrict(keys, observed, plans);
     }
-    if daemon && config.fleet.role == Role::Writer {
-        settled.next_event = offset::hold_back(&config.fleet, keys, observed, plans, now);
-        recheck::adopt_made_elsewhere(stores, keys, observed, plans, now).await;
-        plans.retain(|p| !p.actions.is_empty());
+    let consumer = config.fleet.role == Role::Consumer;
+    if daemon {
+        let mut held_back = None;
+        if !consumer {
+            held_back = offset::hold_back(&config.fleet, keys, observed, plans, now);
+            recheck::adopt_made_elsewhere(stores, keys, observed, plans, now).await;
+            plans.retain(|p| !p.actions.is_empty());
+        }
+        let others = offset::next_event(&config.fleet, consumer, keys, observed, plans, now);
+        settled.next_event = Some(held_back.into_iter().chain(others).min());
     }
     spec_hold::remember(&config.state_dir, keys, observed, plans);
     settled

@@ -114,6 +114,42 @@ pub fn hold_back(
     earliest
 }
 
+/// The earliest time a key with no plan wants a pass, as [`plan::next_event`] says, except that
+/// a rotation is looked at when this host's turn comes: a writer at its offset, a consumer
+/// (`consumer`) once the whole window has passed, when the writers are done. So the daemons of
+/// a fleet do not all wake at the instant a key falls due.
+pub fn next_event(
+    settings: &FleetSettings,
+    consumer: bool,
+    keys: &[KeyPair],
+    observed: &Observed,
+    plans: &[KeyPlan],
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let host = settings.host_id();
+    keys.iter()
+        .filter(|key| !plans.iter().any(|p| p.name == key.name))
+        .filter_map(|key| {
+            let Some(Ok(outputs)) = observed.get(&key.name) else {
+                return None;
+            };
+            let at = plan::next_event(key, outputs, now)?;
+            let turn = release_time(settings, &host, key, outputs)
+                .filter(|(due, _)| *due == at)
+                .map(|(due, release)| {
+                    if consumer {
+                        let every = key.rotation.every.unwrap_or_default();
+                        let window = settings.generate_window.unwrap_or(default_window(every));
+                        crate::schedule::add(due, window)
+                    } else {
+                        release
+                    }
+                });
+            Some(turn.unwrap_or(at))
+        })
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
