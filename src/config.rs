@@ -24,6 +24,8 @@ pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
 /// Longest `aws.connectTimeout`, `aws.attemptTimeout`, `aws.operationTimeout` and
 /// `reconcile.debounce`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `reconcile.resyncEvery` when unset: what another host changed reaches this one within it.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(120);
 /// Longest `reconcile.resyncEvery`.
 pub const MAX_RESYNC: Duration = Duration::from_secs(30 * 86_400);
 /// Longest `reconcile.pruneAfter`.
@@ -80,6 +82,8 @@ struct ConfigDoc {
     metrics: MetricsDoc,
     #[serde(default)]
     jwks: Vec<JwksDoc>,
+    #[serde(default)]
+    fleet: crate::fleet::FleetDoc,
 }
 
 /// `jwks[]`: one JWK Set merging the keys of several manifests, for one issuer.
@@ -284,6 +288,8 @@ pub struct Config {
     pub jwks: Vec<crate::jwks_aggregate::JwksAggregate>,
     /// Where the daemon serves `/metrics` (`metrics.listen`); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// This host's place in a fleet sharing secrets (`fleet`).
+    pub fleet: crate::fleet::FleetSettings,
 }
 
 impl Config {
@@ -402,7 +408,7 @@ impl Config {
             resync_every: duration(
                 "reconcile.resyncEvery",
                 &doc.reconcile.resync_every,
-                Duration::from_secs(600),
+                DEFAULT_RESYNC,
                 MAX_RESYNC,
             ),
             debounce: duration(
@@ -576,6 +582,11 @@ impl Config {
                 }
             }
         }
+        let fleet =
+            crate::fleet::FleetSettings::resolve(&doc.fleet).unwrap_or_else(|(field, message)| {
+                field_error(field, message);
+                crate::fleet::FleetSettings::default()
+            });
         let level = doc.log.level.unwrap_or_else(|| "info".into());
         let plain = crate::logging::is_plain_filter(&level);
         if !plain || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
@@ -617,6 +628,7 @@ impl Config {
             log_level: level,
             metrics_listen,
             jwks,
+            fleet,
             path,
         })
     }

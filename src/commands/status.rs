@@ -82,6 +82,8 @@ struct OutputStatus {
 struct Status {
     keys: Vec<KeyStatus>,
     orphans: Vec<OrphanStatus>,
+    /// This host's `fleet.role`.
+    fleet: crate::fleet::RoleStatus,
 }
 
 fn key_status(
@@ -250,7 +252,11 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         keys.push(status);
     }
     keys.sort_by(|a, b| a.name.cmp(&b.name));
-    let status = Status { orphans, keys };
+    let status = Status {
+        orphans,
+        keys,
+        fleet: crate::fleet::RoleStatus::of(&config.fleet),
+    };
     if json {
         crate::outln!(
             "{}",
@@ -258,6 +264,7 @@ pub async fn status(config: &Config, json: bool) -> Exit {
         );
     } else {
         print_table(&status, now, config.reconcile.prune);
+        status.fleet.print();
     }
     let mut exit = if loaded.is_valid() {
         Exit::Ok

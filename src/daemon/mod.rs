@@ -8,6 +8,7 @@
 //! scheduled event, a due watchdog ping, the end of a debounce. Nothing else wakes it.
 
 mod debounce;
+mod pace;
 mod watch;
 mod watchdog;
 
@@ -27,6 +28,7 @@ use crate::provider::AnyProvider;
 use crate::reconcile::{LockWait, Mode, Report, reconcile};
 
 use debounce::Debounce;
+use pace::Pace;
 use watch::ManifestWatcher;
 use watchdog::Watchdog;
 
@@ -127,6 +129,7 @@ pub async fn run(mut config: Config) -> Exit {
     crate::jwks_served::refresh(&config.jwks, None);
     let mut pass = Pass::Everything;
     let mut reload = false;
+    let mut pace = Pace::new(&config, Instant::now());
     let exit = loop {
         if reload {
             reload = false;
@@ -136,6 +139,7 @@ pub async fn run(mut config: Config) -> Exit {
                     tracing::error!("{err}; the metrics endpoint stays as it was");
                 }
                 config = new;
+                pace.reconfigure(&config, Instant::now());
             }
             pass = Pass::Everything;
         }
@@ -147,7 +151,7 @@ pub async fn run(mut config: Config) -> Exit {
         else {
             break Exit::Ok;
         };
-        let wait = next_wake(&config, &report);
+        let wait = pace.wait(next_wake(&config, &report), Instant::now());
         crate::jwks_served::refresh(&config.jwks, report.next_event);
         let status = summary(&report, wait);
         tracing::info!("{status}");
@@ -392,9 +396,9 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// How long to sleep after a reconcile: until the next rotation, activation or retry (a
+/// How long a reconcile wants to sleep: until the next rotation, activation or retry (a
 /// failure outside any key, such as an unusable stateDir, is retried after
-/// `reconcile.retryBackoff`), or `resyncEvery`, whichever comes first.
+/// `reconcile.retryBackoff`), or `resyncEvery`, whichever comes first ([`Pace`] decides).
 fn next_wake(config: &Config, report: &Report) -> Duration {
     let mut wait = config.reconcile.resync_every;
     if report.failed_outside_keys || report.lock_held.is_some() {

@@ -47,11 +47,23 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
     let waiting = &pass.waiting;
     pending.plans.retain(|p| !waiting.contains(&p.name));
     pending.failed.retain(|(name, _)| !waiting.contains(name));
+    let daemon = matches!(pass.mode, Mode::Daemon { .. });
+    let settled = crate::fleet::settle(
+        config,
+        daemon,
+        &pass.stores,
+        &pending.keys,
+        &mut pending.observed,
+        &mut pending.plans,
+        pending.now,
+    )
+    .await;
+    pending.next_event = settled.next_event(pending.next_event);
     let (unproven, proofs) = {
         let considered: Vec<&KeyPair> = pending
             .keys
             .iter()
-            .filter(|k| !waiting.contains(&k.name))
+            .filter(|k| !waiting.contains(&k.name) && !settled.held.contains(&k.name))
             .collect();
         crate::secret_proof::prove_secret_currents(
             &config.state_dir,

@@ -39,12 +39,8 @@ pub use report::Report;
 /// The stores of one reconcile, their AWS requests paced by `reconcile.maxRequestsPerSecond`
 /// (shared with the provider).
 pub fn new_stores(config: &Config) -> Stores {
-    let limiter = execute::rate_limiter(config.reconcile.max_requests_per_second);
-    let stores = Stores::new(
-        config.aws.clone(),
-        config.reconcile.scope.clone(),
-        Arc::new(limiter),
-    );
+    let limiter = crate::fleet::limiter::shared(config.reconcile.max_requests_per_second);
+    let stores = Stores::new(config.aws.clone(), config.reconcile.scope.clone(), limiter);
     crate::secret_refusal::seed(&config.state_dir, stores.secrets());
     stores
 }

@@ -1,0 +1,503 @@
+//! Fleets of hosts sharing one secret through LocalStack, through the real binary: two manifest
+//! versions do not flip-flop, a consumer never generates nor writes the secret, daemons take
+//! turns at a scheduled rotation (one writer, the others copy), and a daemon whose failure
+//! resolved by itself (an outage, a secret restored elsewhere) goes quiet instead of spinning.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::Client;
+use common::*;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn unique(prefix: &str) -> String {
+    format!("keyprov-test/fleet-{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+/// A manifest with a file output and a secret output.
+fn with_secret(name: &str, secret: &str, extra: &str) -> String {
+    manifest(name, "ECC_NIST_P256", extra).replace(
+        "    - file: {}\n",
+        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
+    )
+}
+
+/// A host of a fleet: LocalStack at `endpoint`, the local provider with the fleet's `keyring`
+/// (one keyring for every host, as one KMS key serves a fleet), `reconcile` settings added to
+/// the usual ones, and `extra` configuration lines.
+fn host(endpoint: &str, keyring: &Path, reconcile: &str, extra: &str) -> Install {
+    let install = secrets_install(endpoint, "");
+    std::fs::write(
+        install.config(),
+        format!(
+            "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
+             local: {{keyring: \"{}\"}}\n\
+             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n\
+             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000{reconcile}}}\n{extra}\n",
+            keyring.display()
+        ),
+    )
+    .unwrap();
+    install
+}
+
+/// Generations the secret holds, labelled or not (versions whose id is keyprov's token of a generation), with
+/// the public key SHA-256 of each.
+async fn generations(client: &Client, secret: &str, name: &str) -> Vec<(u32, String)> {
+    // Every version, also those pruned of their labels.
+    let listed = client
+        .list_secret_version_ids()
+        .secret_id(secret)
+        .include_deprecated(true)
+        .max_results(100)
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<String> = listed
+        .versions()
+        .iter()
+        .filter_map(|v| v.version_id().map(str::to_string))
+        .collect();
+    let mut found = Vec::new();
+    for id in &ids {
+        let value = client
+            .get_secret_value()
+            .secret_id(secret)
+            .version_id(id)
+            .send()
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(value.secret_string().unwrap()).unwrap();
+        let generation = json["generation"].as_u64().unwrap() as u32;
+        let token = keyprov::store::secrets_manager::layout::version_id(name, generation);
+        assert_eq!(id, &token, "a version keyprov did not write");
+        found.push((generation, json["publicKeySha256"].as_str().unwrap().into()));
+    }
+    found.sort();
+    found
+}
+
+fn current_generation(install: &Install, name: &str) -> Option<String> {
+    link(&install.key_dir(name), "current")
+}
+
+fn public_sha(install: &Install, name: &str) -> String {
+    sha256_hex(&public_der(&install.key_dir(name)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_manifest_versions_do_not_flip_flop() {
+    let Some(endpoint) = localstack() else { return };
+    let client = secrets_client(&endpoint).await;
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique("flip");
+    let old = with_secret("flip", &secret, "  encryptionContext: {service: old}\n");
+    let new = old.replace("service: old", "service: new");
+    let (a, b) = (
+        host(&endpoint, &keyring, "", ""),
+        host(&endpoint, &keyring, "", ""),
+    );
+    a.manifest("flip.yaml", &old);
+    b.manifest("flip.yaml", &old);
+    a.run_once(0);
+    b.run_once(0);
+    assert_eq!(current_generation(&b, "flip").as_deref(), Some("v0001"));
+
+    // The rollout of a new encryption context reaches B first: B makes generation 2.
+    b.manifest("flip.yaml", &new);
+    b.run_once(0);
+    assert_eq!(current_generation(&b, "flip").as_deref(), Some("v0002"));
+    // A, still on the old manifest, does not regenerate over it, and does not fail: it waits
+    // for its manifest, keeping the generation of its own spec.
+    for _ in 0..3 {
+        let run = a.run_once(0);
+        assert!(
+            run.all().contains("was made for another spec"),
+            "{}",
+            run.all()
+        );
+        assert_eq!(current_generation(&a, "flip").as_deref(), Some("v0001"));
+        b.run_once(0);
+    }
+    let held = generations(&client, &secret, "flip").await;
+    assert_eq!(
+        held.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+        [1, 2],
+        "no extra generation while the manifests disagree"
+    );
+
+    // The rollout reaches A: it copies B's generation, making none.
+    a.manifest("flip.yaml", &new);
+    a.run_once(0);
+    assert_eq!(current_generation(&a, "flip").as_deref(), Some("v0002"));
+    assert_eq!(public_sha(&a, "flip"), public_sha(&b, "flip"));
+    assert_eq!(generations(&client, &secret, "flip").await.len(), 2);
+
+    // A rollback of B alone is a change of B's manifest again: B regenerates (once), and A,
+    // now on the newer spec it last saw current, waits.
+    b.manifest("flip.yaml", &old);
+    b.run_once(0);
+    assert_eq!(current_generation(&b, "flip").as_deref(), Some("v0003"));
+    let run = a.run_once(0);
+    assert!(
+        run.all().contains("was made for another spec"),
+        "{}",
+        run.all()
+    );
+    b.run_once(0);
+    let last = generations(&client, &secret, "flip").await.pop();
+    assert_eq!(
+        last.map(|(g, _)| g),
+        Some(3),
+        "one generation for the rollback"
+    );
+}
+
+/// A counting proxy (bench/count_proxy.py) in front of LocalStack on `port`.
+struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    fn start(port: u16, endpoint: &str) -> Proxy {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/count_proxy.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(endpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        // "ready" on stderr once it listens.
+        let mut stderr = child.stderr.take().unwrap();
+        let mut byte = [0u8; 1];
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"ready") {
+            use std::io::Read;
+            if stderr.read(&mut byte).unwrap_or(0) == 0 {
+                panic!(
+                    "the proxy did not start: {}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+            seen.push(byte[0]);
+        }
+        // Drained for as long as it runs: a closed pipe would fail its error reports.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            if !rest.trim().is_empty() {
+                eprintln!("count_proxy.py: {rest}");
+            }
+        });
+        Proxy { child }
+    }
+
+    /// Stops the proxy; returns its counts by operation (e.g. `secretsmanager.GetSecretValue`).
+    fn stop(mut self) -> Vec<(String, u64)> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut out = String::new();
+        use std::io::Read;
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = self.child.wait();
+        out.lines()
+            .filter_map(|l| {
+                let (n, op) = l.split_once(' ')?;
+                Some((op.to_string(), n.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn total(counts: &[(String, u64)]) -> u64 {
+    counts.iter().map(|(_, n)| n).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_never_generates_nor_writes_the_secret() {
+    let Some(endpoint) = localstack() else { return };
+    let client = secrets_client(&endpoint).await;
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique("consumer");
+    let port = free_port();
+    let proxy = Proxy::start(port, &endpoint);
+    let writer = host(&endpoint, &keyring, "", "");
+    let consumer = host(
+        &format!("http://127.0.0.1:{port}"),
+        &keyring,
+        "",
+        "fleet: {role: consumer}",
+    );
+    let text = with_secret("shared", &secret, "  rotation: {every: 90d}\n");
+    writer.manifest("shared.yaml", &text);
+    consumer.manifest("shared.yaml", &text);
+
+    // Nothing to copy yet: the consumer waits for a writer, without failing.
+    let run = consumer.run_once(0);
+    assert!(run.all().contains("waiting for a writer"), "{}", run.all());
+    assert_eq!(current_generation(&consumer, "shared"), None);
+
+    writer.run_once(0);
+    consumer.run_once(0);
+    assert_eq!(
+        current_generation(&consumer, "shared").as_deref(),
+        Some("v0001")
+    );
+    assert_eq!(
+        public_sha(&consumer, "shared"),
+        public_sha(&writer, "shared")
+    );
+
+    // A rotation by the writer reaches the consumer's files.
+    let rotated = writer.keyprov(&["rotate", "shared", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    consumer.run_once(0);
+    assert_eq!(
+        current_generation(&consumer, "shared").as_deref(),
+        Some("v0002")
+    );
+    assert_eq!(
+        public_sha(&consumer, "shared"),
+        public_sha(&writer, "shared")
+    );
+    let status = consumer.keyprov(&["status"]);
+    assert!(
+        status.stdout.contains("This host is a consumer"),
+        "{}",
+        status.all()
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&consumer.keyprov(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["fleet"]["role"], "consumer");
+
+    let counts = proxy.stop();
+    let writes: Vec<&(String, u64)> = counts
+        .iter()
+        .filter(|(op, _)| {
+            ["Put", "Create", "Update", "Tag", "Delete", "Generate"]
+                .iter()
+                .any(|w| op.contains(w))
+        })
+        .collect();
+    assert!(writes.is_empty(), "the consumer wrote: {counts:?}");
+    assert!(total(&counts) > 0, "the consumer read through the proxy");
+    assert_eq!(generations(&client, &secret, "shared").await.len(), 2);
+}
+
+/// A daemon of `install`, its log in `<root>/daemon.log`.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(install: &Install) -> Daemon {
+        let log = install.root().join("daemon.log");
+        let mut command = install.command(&["run"]);
+        command
+            .env("KEYPROV_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Daemon {
+            child: command.spawn().expect("keyprov run starts"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Passes finished so far.
+    fn passes(&self) -> usize {
+        self.log().matches("next reconcile at").count()
+    }
+
+    fn wait_until(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if condition() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting until {what}\nlog:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn failure_recorded(install: &Install, name: &str) -> bool {
+    install
+        .state()
+        .join("retry")
+        .join(format!("{name}.json"))
+        .exists()
+}
+
+/// Daemon settings of the quiet tests: a retry after 1 s (2 s at most), no resync for an hour,
+/// so every pass after the failure resolved is one the daemon wanted on its own.
+const QUIET: &str = ", debounce: 100ms, resyncEvery: 1h, retryBackoff: 1s, retryBackoffMax: 2s";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_outage_repaired_by_another_host_the_daemon_goes_quiet() {
+    let Some(endpoint) = localstack() else { return };
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique("outage");
+    let port = free_port();
+    let proxy = Proxy::start(port, &endpoint);
+    let install = host(&format!("http://127.0.0.1:{port}"), &keyring, QUIET, "");
+    // maxAttempts 1: the outage fails a pass at once.
+    std::fs::write(
+        install.config(),
+        std::fs::read_to_string(install.config())
+            .unwrap()
+            .replace("maxAttempts: 3", "maxAttempts: 1, connectTimeout: 1s"),
+    )
+    .unwrap();
+    let other = host(&endpoint, &keyring, "", "");
+    let text = with_secret("quiet", &secret, "  rotation: {every: 90d}\n");
+    install.manifest("quiet.yaml", &text);
+    other.manifest("quiet.yaml", &text);
+    install.run_once(0);
+
+    // Secrets Manager goes out of this host's reach: its passes fail and back off.
+    drop(proxy.stop());
+    let daemon = Daemon::start(&install);
+    daemon.wait_until("the failure is recorded", || {
+        failure_recorded(&install, "quiet")
+    });
+    // Meanwhile another host replaces the pair.
+    let rotated = other.keyprov(&["rotate", "quiet", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    std::thread::sleep(Duration::from_secs(2));
+    // The outage ends by itself: the next retry copies the other host's generation.
+    let proxy = Proxy::start(port, &endpoint);
+    daemon.wait_until("the key converges again", || {
+        !failure_recorded(&install, "quiet")
+            && current_generation(&install, "quiet").as_deref() == Some("v0002")
+    });
+    let settled = daemon.passes();
+    std::thread::sleep(Duration::from_secs(20));
+    let passes = daemon.passes() - settled;
+    let counts = proxy.stop();
+    eprintln!("after the outage: {passes} passes, requests {counts:?}");
+    assert!(
+        passes <= 1,
+        "{passes} passes in 20 s after the outage ended (resyncEvery 1h)\n{}",
+        daemon.log()
+    );
+    assert!(
+        total(&counts) <= 20,
+        "{} requests from the end of the outage: {counts:?}",
+        total(&counts)
+    );
+    assert_eq!(public_sha(&install, "quiet"), public_sha(&other, "quiet"));
+}
+
+/// `generating` lines of a daemon's log, by generation.
+fn generated(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("generating"))
+        .filter_map(|l| {
+            let rest = &l[l.find("generation=")? + "generation=".len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemons_take_turns_one_writes_each_rotation_the_others_copy_it() {
+    let Some(endpoint) = localstack() else { return };
+    let client = secrets_client(&endpoint).await;
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique("turns");
+    let window = Duration::from_secs(8);
+    // Two hosts whose offsets for the key are at least 3 s apart.
+    let offset = |host: &str| keyprov::fleet::offset::offset(host, "turns", window);
+    let first = "host-a".to_string();
+    let second = (0..)
+        .map(|i| format!("host-b{i}"))
+        .find(|h| offset(h) > offset(&first) + Duration::from_secs(3))
+        .unwrap();
+    let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: 8s}}");
+    let reconcile = ", debounce: 100ms, resyncEvery: 1h";
+    let hosts = [
+        host(&endpoint, &keyring, reconcile, &fleet(&first)),
+        host(&endpoint, &keyring, reconcile, &fleet(&second)),
+    ];
+    let text = with_secret("turns", &secret, "  rotation: {every: 15s, keep: 5}\n");
+    for h in &hosts {
+        h.manifest("turns.yaml", &text);
+    }
+    hosts[0].run_once(0);
+    hosts[1].run_once(0);
+    let daemons: Vec<Daemon> = hosts.iter().map(Daemon::start).collect();
+    // Two rotations.
+    daemons[1].wait_until("both hosts hold generation 3", || {
+        hosts
+            .iter()
+            .all(|h| current_generation(h, "turns").as_deref() == Some("v0003"))
+    });
+    let made: Vec<Vec<u32>> = daemons.iter().map(|d| generated(&d.log())).collect();
+    assert_eq!(
+        made[0],
+        [2, 3],
+        "the host with the smaller offset writes: {made:?}"
+    );
+    assert!(
+        made[1].is_empty(),
+        "the other copies: {made:?}\n{}",
+        daemons[1].log()
+    );
+    assert_eq!(
+        public_sha(&hosts[0], "turns"),
+        public_sha(&hosts[1], "turns")
+    );
+    let held = generations(&client, &secret, "turns").await;
+    assert_eq!(held.iter().map(|(g, _)| *g).collect::<Vec<_>>(), [1, 2, 3]);
+}
