@@ -90,6 +90,7 @@ pub fn new_stores(config: &Config) -> Stores {
         config.reconcile.scope.clone(),
         Arc::new(limiter),
     )
+    .with_sweep(&config.state_dir)
 }
 
 fn limits(config: &Config) -> Limits {

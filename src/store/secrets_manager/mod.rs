@@ -18,6 +18,8 @@ mod managed;
 pub use managed::ManagedSecret;
 mod observe;
 mod repair;
+mod sweep;
+pub use sweep::{Listing, settled};
 mod versions;
 mod write;
 
@@ -53,6 +55,8 @@ pub struct SecretsManagerStore {
     /// Versions this process wrote and read back whole: (key, secret, generation, public key
     /// SHA-256), so that [`crate::secret_proof`] need not prove them again.
     written: Mutex<Vec<crate::secret_proof::Written>>,
+    /// What this host read of each version (see [`sweep`]).
+    sweep: sweep::Cache,
 }
 
 impl SecretsManagerStore {
@@ -72,6 +76,7 @@ impl SecretsManagerStore {
             managed: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             written: Mutex::new(Vec::new()),
+            sweep: sweep::Cache::default(),
         }
     }
 

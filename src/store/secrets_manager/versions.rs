@@ -18,6 +18,9 @@ pub(super) struct Described {
     pub(super) stages: HashMap<String, Vec<String>>,
     /// VersionId -> generation, for the versions keyprov wrote (see [`layout::generations_of`]).
     pub(super) generation_ids: HashMap<String, u32>,
+    /// The secret's ARN: versions are immutable, so (ARN, VersionId) names one content forever
+    /// (the cache of [`super::sweep`]).
+    pub(super) arn: Option<String>,
 }
 
 impl Described {
@@ -41,6 +44,7 @@ impl Described {
             kms_key_id,
             stages,
             generation_ids,
+            arn: None,
         }
     }
 

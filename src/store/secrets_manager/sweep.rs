@@ -1,0 +1,417 @@
+//! Cheap sweeps: a key's secret is checked from its version ids, not read.
+//!
+//! One `ListSecrets` page (100 secrets of this scope, tags and `SecretVersionsToStages`
+//! included) stands in for a `DescribeSecret` per key. What a version holds is read once per
+//! host: Secrets Manager versions are immutable and keyprov's version id is the request token
+//! of its generation, so (secret ARN, version id) names one content forever; what it held is
+//! cached in `<stateDir>/ledger/secret-versions.json`. A sweep reads values only for versions
+//! this host has not seen yet (`BatchGetSecretValue`, 20 secrets a call, for the version that
+//! holds `AWSCURRENT`; anything else is read by version id as before).
+//!
+//! A listing may lag behind writes, so it never decides an action: a key whose listed state
+//! calls for work, or falls due soon, is observed again with `DescribeSecret`
+//! ([`crate::store::Stores::observe_all`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+use serde::{Deserialize, Serialize};
+
+use super::SecretsManagerStore;
+use super::errors::explain;
+use super::layout::{self, CURRENT, SCOPE_TAG};
+use super::versions::Described;
+use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
+use crate::observed::{ObservedOutput, ObservedVersion};
+use crate::store::StoreError;
+
+/// Name of the cache under `<stateDir>/ledger/`.
+const RECORD: &str = "secret-versions";
+/// Secrets a `ListSecrets` page holds (the API's maximum).
+const PAGE: i32 = 100;
+/// Secrets a `BatchGetSecretValue` call reads (the API's maximum with a list of ids).
+const BATCH: usize = 20;
+/// Most secrets one sweep lists; beyond, keys are observed directly.
+const MAX_LISTED: usize = 20_000;
+/// Most secrets whose versions are cached (the ledger reads at most 4 MiB).
+const MAX_CACHED: usize = 6_000;
+/// A key whose next event is this close is observed directly: the decision to act is made on
+/// fresh state, never on a listing that may lag.
+pub const DUE_MARGIN: Duration = Duration::from_secs(60);
+
+/// What each secret held per version, by secret ARN (a secret deleted and created again under
+/// the same name has another ARN, so nothing carries over to it).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    secrets: BTreeMap<String, CachedSecret>,
+}
+
+/// The versions of one secret this host read whole and checked.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedSecret {
+    /// The key pair it holds (version ids are only meaningful for it).
+    key: String,
+    /// Version id -> what it holds.
+    versions: BTreeMap<String, ObservedVersion>,
+}
+
+/// The cache of version contents, loaded on first use and saved by [`Cache::save`].
+#[derive(Default)]
+pub(super) struct Cache {
+    /// Where it persists; `None`: in memory only (and no sweep).
+    state_dir: Option<PathBuf>,
+    record: Mutex<Option<Record>>,
+    dirty: AtomicBool,
+}
+
+impl Cache {
+    /// A cache persisted under `state_dir`.
+    pub(super) fn persisted(state_dir: &Path) -> Self {
+        Cache {
+            state_dir: Some(state_dir.to_path_buf()),
+            ..Cache::default()
+        }
+    }
+
+    /// Whether sweeps are on (a stateDir to keep what was read).
+    pub(super) fn enabled(&self) -> bool {
+        self.state_dir.is_some()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
+        let mut guard = self.record.lock().expect("never poisoned");
+        let record = guard.get_or_insert_with(|| match &self.state_dir {
+            Some(dir) => crate::ledger::Ledger::new(dir, RECORD).load(),
+            None => Record::default(),
+        });
+        f(record)
+    }
+
+    /// What `version_id` of the described secret holds, when this host read it before.
+    pub(super) fn cached(
+        &self,
+        described: &Described,
+        key: &str,
+        version_id: &str,
+    ) -> Option<ObservedVersion> {
+        let arn = described.arn.as_deref()?;
+        self.with(|record| {
+            let secret = record.secrets.get(arn).filter(|s| s.key == key)?;
+            secret.versions.get(version_id).cloned()
+        })
+    }
+
+    /// Remembers what `version_id` of the secret `arn` holds (read whole and checked, or
+    /// written by this process and read back).
+    pub(super) fn remember(
+        &self,
+        arn: Option<&str>,
+        key: &str,
+        version_id: &str,
+        version: &ObservedVersion,
+    ) {
+        let Some(arn) = arn else {
+            return;
+        };
+        self.with(|record| {
+            if !record.secrets.contains_key(arn) && record.secrets.len() >= MAX_CACHED {
+                return;
+            }
+            let secret = record
+                .secrets
+                .entry(arn.to_string())
+                .or_insert_with(|| CachedSecret {
+                    key: key.to_string(),
+                    versions: BTreeMap::new(),
+                });
+            if secret.key != key {
+                *secret = CachedSecret {
+                    key: key.to_string(),
+                    versions: BTreeMap::new(),
+                };
+            }
+            secret
+                .versions
+                .insert(version_id.to_string(), version.clone());
+        });
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Remembers a version this process wrote as `text` and read back whole (as a read of it
+    /// would see it).
+    pub(super) fn remember_written(
+        &self,
+        arn: Option<&str>,
+        key: &KeyPair,
+        secret: &str,
+        text: &str,
+        generation: u32,
+    ) {
+        if let Some(version) = checked(text, secret, &key.name, generation) {
+            let id = layout::version_id(&key.name, generation);
+            self.remember(arn, &key.name, &id, &version);
+        }
+    }
+
+    /// Forgets secrets a complete listing no longer shows and versions that hold no label.
+    fn retain(&self, listing: &Listing) {
+        let changed = self.with(|record| {
+            let before: usize = record.secrets.values().map(|s| s.versions.len()).sum();
+            record.secrets.retain(|arn, secret| {
+                let Some(listed) = listing.by_arn.get(arn) else {
+                    return false;
+                };
+                let stages = listed.version_ids_to_stages();
+                secret
+                    .versions
+                    .retain(|id, _| stages.is_some_and(|s| s.contains_key(id)));
+                !secret.versions.is_empty()
+            });
+            let after: usize = record.secrets.values().map(|s| s.versions.len()).sum();
+            before != after
+        });
+        if changed {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the cache when it changed (a failure only costs reads again later).
+    pub(super) fn save(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let guard = self.record.lock().expect("never poisoned");
+        if let Some(record) = guard.as_ref()
+            && let Err(err) = crate::ledger::Ledger::new(dir, RECORD).save(record)
+        {
+            tracing::warn!("{err}");
+        }
+    }
+}
+
+/// The secrets of this scope as one sweep listed them, each as `DescribeSecret` would say.
+pub struct Listing {
+    by_arn: HashMap<String, DescribeSecretOutput>,
+    /// Secret name -> ARN.
+    names: HashMap<String, String>,
+}
+
+impl Listing {
+    /// The listed secret a manifest's `secretId` (a name or an ARN) names.
+    fn get(&self, secret_id: &str) -> Option<&DescribeSecretOutput> {
+        self.by_arn
+            .get(secret_id)
+            .or_else(|| self.by_arn.get(self.names.get(secret_id)?))
+    }
+
+    /// How many secrets were listed.
+    pub fn len(&self) -> usize {
+        self.by_arn.len()
+    }
+
+    /// Whether nothing was listed.
+    pub fn is_empty(&self) -> bool {
+        self.by_arn.is_empty()
+    }
+}
+
+impl SecretsManagerStore {
+    /// Turns sweeps on, with what was read cached under `state_dir`.
+    pub fn enable_sweep(&mut self, state_dir: &Path) {
+        self.sweep = Cache::persisted(state_dir);
+    }
+
+    /// Whether sweeps are on.
+    pub fn sweeps(&self) -> bool {
+        self.sweep.enabled()
+    }
+
+    /// Saves what this reconcile read (see [`Cache::save`]).
+    pub fn save_sweep(&self) {
+        self.sweep.save();
+    }
+
+    /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page);
+    /// then reads what this host has not seen of the versions holding `AWSCURRENT` of `keys`'
+    /// secrets (`BatchGetSecretValue`, 20 a call).
+    pub async fn sweep(&self, keys: &[KeyPair]) -> Result<Listing, StoreError> {
+        let mut listing = Listing {
+            by_arn: HashMap::new(),
+            names: HashMap::new(),
+        };
+        let mut token = None;
+        loop {
+            let page = self
+                .client()
+                .await
+                .list_secrets()
+                .filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::TagKey)
+                        .values(SCOPE_TAG)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::TagValue)
+                        .values(&self.scope)
+                        .build(),
+                )
+                .max_results(PAGE)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())?;
+            for entry in page.secret_list() {
+                let (Some(arn), Some(name)) = (entry.arn(), entry.name()) else {
+                    continue;
+                };
+                let described = DescribeSecretOutput::builder()
+                    .arn(arn)
+                    .name(name)
+                    .set_kms_key_id(entry.kms_key_id().map(str::to_string))
+                    .set_tags(Some(entry.tags().to_vec()))
+                    .set_version_ids_to_stages(entry.secret_versions_to_stages().cloned())
+                    .set_deleted_date(entry.deleted_date().cloned())
+                    .build();
+                listing.names.insert(name.to_string(), arn.to_string());
+                listing.by_arn.insert(arn.to_string(), described);
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+            if listing.len() >= MAX_LISTED {
+                // Incomplete: keys it misses are observed directly; nothing is forgotten.
+                self.read_unseen(keys, &listing).await;
+                return Ok(listing);
+            }
+        }
+        self.sweep.retain(&listing);
+        self.read_unseen(keys, &listing).await;
+        Ok(listing)
+    }
+
+    /// Reads, 20 secrets a call, the `AWSCURRENT` versions of `keys`' listed secrets that this
+    /// host has not seen; a failure only leaves them to be read directly.
+    async fn read_unseen(&self, keys: &[KeyPair], listing: &Listing) {
+        let mut unseen: Vec<(String, String, Described)> = Vec::new();
+        for key in keys {
+            for output in &key.outputs {
+                let Output::SecretsManager(secret) = output else {
+                    continue;
+                };
+                let Some(entry) = listing.get(&secret.secret_id) else {
+                    continue;
+                };
+                let Ok(described) = self.accept(&key.name, &secret.secret_id, entry) else {
+                    continue;
+                };
+                let Some(id) = described.holder(CURRENT).map(str::to_string) else {
+                    continue;
+                };
+                if described.generation_of(&id).is_some()
+                    && self.sweep.cached(&described, &key.name, &id).is_none()
+                {
+                    unseen.push((key.name.clone(), id, described));
+                }
+            }
+        }
+        for chunk in unseen.chunks(BATCH) {
+            let arns: Vec<String> = chunk.iter().filter_map(|(_, _, d)| d.arn.clone()).collect();
+            let read = self
+                .client()
+                .await
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(arns))
+                .send()
+                .await;
+            let values = match read {
+                Ok(values) => values,
+                Err(err) => {
+                    let why = explain(&err, "(several)", "BatchGetSecretValue").into_error();
+                    tracing::debug!("sweep: {why}; reading those secrets one by one");
+                    return;
+                }
+            };
+            for value in values.secret_values() {
+                let Some((key, id, described)) = chunk
+                    .iter()
+                    .find(|(_, _, d)| d.arn.as_deref() == value.arn() && value.arn().is_some())
+                else {
+                    continue;
+                };
+                if value.version_id() != Some(id.as_str()) {
+                    continue;
+                }
+                let generation = described.generation_of(id).unwrap_or_default();
+                let secret = value.name().unwrap_or_default();
+                if let Some(version) = checked(
+                    value.secret_string().unwrap_or_default(),
+                    secret,
+                    key,
+                    generation,
+                ) {
+                    self.sweep
+                        .remember(described.arn.as_deref(), key, id, &version);
+                }
+            }
+        }
+    }
+
+    /// The secret output as the listing shows it, its versions served from what this host
+    /// read before; `None` when it is not listed, not keyprov's, or holds a version this host
+    /// has not read (it is then observed directly).
+    pub async fn observe_listed(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        listing: &Listing,
+    ) -> Option<ObservedOutput> {
+        let entry = listing.get(&output.secret_id)?;
+        let described = self.accept(&key.name, &output.secret_id, entry).ok()?;
+        let current = match described.current() {
+            Some(generation) => described.id_of(generation),
+            None => described.holder(CURRENT),
+        };
+        let next = described.next().map(|(id, _)| id);
+        let all_seen = [current, next]
+            .into_iter()
+            .flatten()
+            .all(|id| self.sweep.cached(&described, &key.name, id).is_some());
+        if !all_seen {
+            return None;
+        }
+        self.observe_described(key, output, Some(described))
+            .await
+            .ok()
+    }
+}
+
+/// What a version's SecretString holds, when it is whole and exactly `generation` of `key`
+/// (anything else is left to the direct read, which reports it).
+fn checked(text: &str, secret: &str, key: &str, generation: u32) -> Option<ObservedVersion> {
+    if generation == 0 {
+        return None;
+    }
+    let parts = layout::parse(text, secret, generation).ok()?;
+    let version = layout::whole(parts, key, secret).ok()?;
+    (version.meta.generation == generation)
+        .then(|| version.meta.observed().ok())
+        .flatten()
+}
+
+/// Whether a key observed from a listing is settled enough to take as it is: nothing to do and
+/// nothing due within [`DUE_MARGIN`]. Otherwise it is observed directly before anything is
+/// decided.
+pub fn settled(key: &KeyPair, outputs: &[ObservedOutput], now: SystemTime) -> bool {
+    crate::plan::unplannable(key, outputs).is_none()
+        && crate::plan::plan_key(key, outputs, now, None).is_empty()
+        && crate::plan::next_event(key, outputs, now).is_none_or(|at| at > now + DUE_MARGIN)
+}
