@@ -415,3 +415,140 @@ pub fn settled(key: &KeyPair, outputs: &[ObservedOutput], now: SystemTime) -> bo
         && crate::plan::plan_key(key, outputs, now, None).is_empty()
         && crate::plan::next_event(key, outputs, now).is_none_or(|at| at > now + DUE_MARGIN)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:us-east-1:1:secret:s-AbCdEf";
+
+    fn version(generation: u32) -> ObservedVersion {
+        ObservedVersion {
+            generation,
+            spec_fingerprint: "f".into(),
+            created_at: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            activates_at: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+            public_key_sha256: "ab".repeat(32),
+            key_pair_spec: "ECC_NIST_P256".into(),
+            kms_key_arn: "arn:aws:kms:us-east-1:1:key/k".into(),
+            bound: true,
+        }
+    }
+
+    fn described(arn: &str, generations: &[u32]) -> Described {
+        let stages: HashMap<String, Vec<String>> = generations
+            .iter()
+            .map(|g| {
+                (
+                    layout::version_id("k", *g),
+                    vec![layout::generation_label(*g)],
+                )
+            })
+            .collect();
+        let mut described = Described::new("k", BTreeMap::new(), None, stages);
+        described.arn = Some(arn.to_string());
+        described
+    }
+
+    fn listing(arn: &str, generations: &[u32]) -> Listing {
+        let stages = generations
+            .iter()
+            .map(|g| {
+                (
+                    layout::version_id("k", *g),
+                    vec![layout::generation_label(*g)],
+                )
+            })
+            .collect();
+        let entry = DescribeSecretOutput::builder()
+            .arn(arn)
+            .name("s")
+            .set_version_ids_to_stages(Some(stages))
+            .build();
+        Listing {
+            by_arn: HashMap::from([(arn.to_string(), entry)]),
+            names: HashMap::from([("s".to_string(), arn.to_string())]),
+        }
+    }
+
+    #[test]
+    fn a_version_is_served_only_for_the_secret_and_key_it_was_read_from() {
+        let cache = Cache::default();
+        let id = layout::version_id("k", 1);
+        cache.remember(Some(ARN), "k", &id, &version(1));
+        assert_eq!(
+            cache.cached(&described(ARN, &[1]), "k", &id),
+            Some(version(1))
+        );
+        // The same name deleted and created again has another ARN: nothing carries over.
+        let recreated = described("arn:aws:secretsmanager:us-east-1:1:secret:s-XyZxYz", &[1]);
+        assert_eq!(cache.cached(&recreated, "k", &id), None);
+        // Another key's reading of the same secret is not this key's.
+        assert_eq!(cache.cached(&described(ARN, &[1]), "other", &id), None);
+        // No ARN (a description without one): nothing is served or kept.
+        let mut anonymous = described(ARN, &[1]);
+        anonymous.arn = None;
+        assert_eq!(cache.cached(&anonymous, "k", &id), None);
+        cache.remember(None, "k", &layout::version_id("k", 2), &version(2));
+        assert_eq!(
+            cache.cached(&described(ARN, &[2]), "k", &layout::version_id("k", 2)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_complete_listing_forgets_secrets_and_versions_that_are_gone() {
+        let cache = Cache::default();
+        for g in [1, 2] {
+            cache.remember(Some(ARN), "k", &layout::version_id("k", g), &version(g));
+        }
+        cache.remember(
+            Some("arn:gone"),
+            "k",
+            &layout::version_id("k", 1),
+            &version(1),
+        );
+        cache.retain(&listing(ARN, &[2, 3]));
+        let d = described(ARN, &[1, 2]);
+        assert_eq!(cache.cached(&d, "k", &layout::version_id("k", 1)), None);
+        assert_eq!(
+            cache.cached(&d, "k", &layout::version_id("k", 2)),
+            Some(version(2))
+        );
+        let gone = described("arn:gone", &[1]);
+        assert_eq!(cache.cached(&gone, "k", &layout::version_id("k", 1)), None);
+    }
+
+    #[test]
+    fn the_cache_survives_a_restart_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::persisted(dir.path());
+        let id = layout::version_id("k", 7);
+        cache.remember(Some(ARN), "k", &id, &version(7));
+        cache.save();
+        let again = Cache::persisted(dir.path());
+        assert_eq!(
+            again.cached(&described(ARN, &[7]), "k", &id),
+            Some(version(7))
+        );
+    }
+
+    #[test]
+    fn a_listing_finds_a_secret_by_name_or_arn() {
+        let listing = listing(ARN, &[1]);
+        assert!(listing.get("s").is_some());
+        assert!(listing.get(ARN).is_some());
+        assert!(listing.get("t").is_none());
+        assert_eq!(listing.len(), 1);
+    }
+
+    #[test]
+    fn only_a_whole_version_of_the_named_generation_is_checked_in() {
+        assert_eq!(checked("{}", "s", "k", 1), None);
+        assert_eq!(checked("not json", "s", "k", 1), None);
+        assert_eq!(checked("{}", "s", "k", 0), None);
+    }
+}
