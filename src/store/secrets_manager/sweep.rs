@@ -4,7 +4,7 @@
 //! included) stands in for a `DescribeSecret` per key. What a version holds is read once per
 //! host: Secrets Manager versions are immutable and keyprov's version id is the request token
 //! of its generation, so (secret ARN, version id) names one content forever; what it held is
-//! cached in `<stateDir>/ledger/secret-versions.json`. A sweep reads values only for versions
+//! cached in `<stateDir>/ledger/secret-versions-*.json`. A sweep reads values only for versions
 //! this host has not seen yet (`BatchGetSecretValue`, 20 secrets a call, for the version that
 //! holds `AWSCURRENT`; anything else is read by version id as before).
 //!
@@ -24,22 +24,28 @@ use serde::{Deserialize, Serialize};
 
 use super::SecretsManagerStore;
 use super::errors::explain;
-use super::layout::{self, CURRENT, SCOPE_TAG};
+use super::layout::{self, CURRENT, PENDING, SCOPE_TAG};
 use super::versions::Described;
 use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
 use crate::observed::{ObservedOutput, ObservedVersion};
 use crate::store::StoreError;
 
-/// Name of the cache under `<stateDir>/ledger/`.
+/// Name of the cache under `<stateDir>/ledger/`: `secret-versions-0.json` to `-f.json`, one
+/// shard per ARN hash (a ledger file is read up to 1 MiB).
 const RECORD: &str = "secret-versions";
+/// Shards of the cache.
+const SHARDS: usize = 16;
 /// Secrets a `ListSecrets` page holds (the API's maximum).
 const PAGE: i32 = 100;
 /// Secrets a `BatchGetSecretValue` call reads (the API's maximum with a list of ids).
 const BATCH: usize = 20;
 /// Most secrets one sweep lists; beyond, keys are observed directly.
 const MAX_LISTED: usize = 20_000;
-/// Most secrets whose versions are cached (the ledger reads at most 4 MiB).
-const MAX_CACHED: usize = 6_000;
+/// Most secrets cached in memory (a converged secret needs one version: its current one).
+const MAX_CACHED: usize = 30_000;
+/// Largest shard written (a ledger file is read up to 1 MiB; a version takes about 500 bytes,
+/// so about 28,000 keys are swept without reading after a restart).
+const MAX_BYTES: usize = 900_000;
 /// A key whose next event is this close is observed directly: the decision to act is made on
 /// fresh state, never on a listing that may lag.
 pub const DUE_MARGIN: Duration = Duration::from_secs(60);
@@ -57,7 +63,93 @@ struct CachedSecret {
     /// The key pair it holds (version ids are only meaningful for it).
     key: String,
     /// Version id -> what it holds.
+    #[serde(with = "compact")]
     versions: BTreeMap<String, ObservedVersion>,
+}
+
+/// A cached version on disk as one short line (a JSON array in a string): half the size of
+/// the pretty-printed struct.
+mod compact {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::observed::ObservedVersion;
+
+    type Packed = (
+        u32,
+        String,
+        u64,
+        u32,
+        u64,
+        u32,
+        String,
+        String,
+        String,
+        bool,
+    );
+
+    fn pack(v: &ObservedVersion) -> Option<String> {
+        let created = v.created_at.duration_since(UNIX_EPOCH).ok()?;
+        let activates = v.activates_at.duration_since(UNIX_EPOCH).ok()?;
+        let packed: Packed = (
+            v.generation,
+            v.spec_fingerprint.clone(),
+            created.as_secs(),
+            created.subsec_nanos(),
+            activates.as_secs(),
+            activates.subsec_nanos(),
+            v.public_key_sha256.clone(),
+            v.key_pair_spec.clone(),
+            v.kms_key_arn.clone(),
+            v.bound,
+        );
+        serde_json::to_string(&packed).ok()
+    }
+
+    fn unpack(text: &str) -> Option<ObservedVersion> {
+        let (generation, fingerprint, cs, cn, a_s, an, sha, spec, kms, bound): Packed =
+            serde_json::from_str(text).ok()?;
+        let at = |secs, nanos| UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+        Some(ObservedVersion {
+            generation,
+            spec_fingerprint: fingerprint,
+            created_at: at(cs, cn)?,
+            activates_at: at(a_s, an)?,
+            public_key_sha256: sha,
+            key_pair_spec: spec,
+            kms_key_arn: kms,
+            bound,
+        })
+    }
+
+    pub fn serialize<S: Serializer>(
+        versions: &BTreeMap<String, ObservedVersion>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let packed: BTreeMap<&String, String> = versions
+            .iter()
+            .filter_map(|(id, v)| Some((id, pack(v)?)))
+            .collect();
+        packed.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, ObservedVersion>, D::Error> {
+        let packed = BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(packed
+            .into_iter()
+            .filter_map(|(id, text)| Some((id, unpack(&text)?)))
+            .collect())
+    }
+
+    /// A version packed and unpacked again (tests).
+    #[cfg(test)]
+    pub fn round_trip(v: &ObservedVersion) -> Option<ObservedVersion> {
+        unpack(&pack(v)?)
+    }
 }
 
 /// The cache of version contents, loaded on first use and saved by [`Cache::save`].
@@ -85,9 +177,15 @@ impl Cache {
 
     fn with<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
         let mut guard = self.record.lock().expect("never poisoned");
-        let record = guard.get_or_insert_with(|| match &self.state_dir {
-            Some(dir) => crate::ledger::Ledger::new(dir, RECORD).load(),
-            None => Record::default(),
+        let record = guard.get_or_insert_with(|| {
+            let mut record = Record::default();
+            if let Some(dir) = &self.state_dir {
+                for shard in 0..SHARDS {
+                    let part: Record = shard_ledger(dir, shard).load();
+                    record.secrets.extend(part.secrets);
+                }
+            }
+            record
         });
         f(record)
     }
@@ -158,7 +256,9 @@ impl Cache {
         }
     }
 
-    /// Forgets secrets a complete listing no longer shows and versions that hold no label.
+    /// Forgets secrets a complete listing no longer shows, and versions a sweep will not read
+    /// again: those holding neither `AWSCURRENT` nor `AWSPENDING` and older than the version
+    /// holding `AWSCURRENT` (a previous generation).
     fn retain(&self, listing: &Listing) {
         let changed = self.with(|record| {
             let before: usize = record.secrets.values().map(|s| s.versions.len()).sum();
@@ -166,10 +266,28 @@ impl Cache {
                 let Some(listed) = listing.by_arn.get(arn) else {
                     return false;
                 };
-                let stages = listed.version_ids_to_stages();
-                secret
+                let Some(stages) = listed.version_ids_to_stages() else {
+                    return false;
+                };
+                let linked = |id: &str| {
+                    stages
+                        .get(id)
+                        .is_some_and(|labels| labels.iter().any(|l| l == CURRENT || l == PENDING))
+                };
+                let current = secret
                     .versions
-                    .retain(|id, _| stages.is_some_and(|s| s.contains_key(id)));
+                    .iter()
+                    .filter(|(id, _)| {
+                        stages
+                            .get(*id)
+                            .is_some_and(|l| l.iter().any(|l| l == CURRENT))
+                    })
+                    .map(|(_, v)| v.generation)
+                    .max();
+                secret.versions.retain(|id, v| {
+                    stages.contains_key(id)
+                        && (linked(id) || current.is_none_or(|c| v.generation > c))
+                });
                 !secret.versions.is_empty()
             });
             let after: usize = record.secrets.values().map(|s| s.versions.len()).sum();
@@ -186,13 +304,43 @@ impl Cache {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return;
         }
-        let guard = self.record.lock().expect("never poisoned");
-        if let Some(record) = guard.as_ref()
-            && let Err(err) = crate::ledger::Ledger::new(dir, RECORD).save(record)
-        {
-            tracing::warn!("{err}");
+        let mut guard = self.record.lock().expect("never poisoned");
+        let Some(record) = guard.as_mut() else { return };
+        let mut shards: Vec<Record> = (0..SHARDS).map(|_| Record::default()).collect();
+        for (arn, secret) in std::mem::take(&mut record.secrets) {
+            shards[shard_of(&arn)].secrets.insert(arn, secret);
+        }
+        for (index, shard) in shards.iter_mut().enumerate() {
+            // A shard past what a ledger file may hold would be refused whole when read:
+            // secrets past the budget are left out instead (read again when swept).
+            while serde_json::to_vec_pretty(&*shard).map_or(0, |b| b.len()) > MAX_BYTES {
+                let keep = shard.secrets.len() * 9 / 10;
+                let dropped: Vec<String> = shard.secrets.keys().skip(keep).cloned().collect();
+                for arn in dropped {
+                    shard.secrets.remove(&arn);
+                }
+            }
+            if let Err(err) = shard_ledger(dir, index).save(&*shard) {
+                tracing::warn!("{err}");
+            }
+        }
+        for shard in shards {
+            record.secrets.extend(shard.secrets);
         }
     }
+}
+
+/// Shard `index` of the cache.
+fn shard_ledger(state_dir: &Path, index: usize) -> crate::ledger::Ledger {
+    crate::ledger::Ledger::new(state_dir, &format!("{RECORD}-{index:x}"))
+}
+
+/// The shard of a secret (FNV-1a of its ARN: stable across releases and hosts).
+fn shard_of(arn: &str) -> usize {
+    let hash = arn.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % SHARDS as u64) as usize
 }
 
 /// The secrets of this scope as one sweep listed them, each as `DescribeSecret` would say.
@@ -523,6 +671,47 @@ mod tests {
     }
 
     #[test]
+    fn a_previous_generation_is_forgotten_and_current_and_next_are_kept() {
+        let cache = Cache::default();
+        for g in [1, 2, 3] {
+            cache.remember(Some(ARN), "k", &layout::version_id("k", g), &version(g));
+        }
+        let mut listed = listing(ARN, &[1, 2, 3]);
+        let stages = HashMap::from([
+            (layout::version_id("k", 1), vec!["AWSPREVIOUS".to_string()]),
+            (layout::version_id("k", 2), vec![CURRENT.to_string()]),
+            (
+                layout::version_id("k", 3),
+                vec![layout::generation_label(3)],
+            ),
+        ]);
+        listed.by_arn.insert(
+            ARN.to_string(),
+            DescribeSecretOutput::builder()
+                .arn(ARN)
+                .name("s")
+                .set_version_ids_to_stages(Some(stages))
+                .build(),
+        );
+        cache.retain(&listed);
+        let d = described(ARN, &[1, 2, 3]);
+        let kept: Vec<bool> = [1, 2, 3]
+            .iter()
+            .map(|g| {
+                cache
+                    .cached(&d, "k", &layout::version_id("k", *g))
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(kept, [false, true, true]);
+    }
+
+    #[test]
+    fn a_packed_version_is_the_same_version() {
+        assert_eq!(compact::round_trip(&version(3)), Some(version(3)));
+    }
+
+    #[test]
     fn the_cache_survives_a_restart_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::persisted(dir.path());
@@ -533,6 +722,26 @@ mod tests {
         assert_eq!(
             again.cached(&described(ARN, &[7]), "k", &id),
             Some(version(7))
+        );
+    }
+
+    #[test]
+    fn a_cache_too_large_for_the_ledger_is_trimmed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::persisted(dir.path());
+        for i in 0..20_000 {
+            let arn = format!("{ARN}-{}-{i:05}", "x".repeat(600));
+            cache.remember(Some(&arn), "k", &layout::version_id("k", 1), &version(1));
+        }
+        cache.save();
+        let again = Cache::persisted(dir.path());
+        let kept = again.with(|record| record.secrets.len());
+        assert!((10_000..20_000).contains(&kept), "{kept}");
+        let first = described(&format!("{ARN}-{}-00000", "x".repeat(600)), &[1]);
+        assert!(
+            again
+                .cached(&first, "k", &layout::version_id("k", 1))
+                .is_some()
         );
     }
 
