@@ -3,19 +3,27 @@
 when stdin closes, prints how many requests it saw per `X-Amz-Target` (e.g.
 `secretsmanager.GetSecretValue`, `TrentService.GenerateDataKeyPairWithoutPlaintext`).
 
-    count_proxy.py LISTEN_PORT UPSTREAM_URL
+    count_proxy.py LISTEN_PORT UPSTREAM_URL [PORTS]
+
+With PORTS (default 1) it listens on PORTS consecutive ports from LISTEN_PORT, one per client
+(bench/fleet.sh gives each host its own), and with COUNT_PROXY_LOG=FILE it appends one line per
+request to FILE: `<unix time> <port> <target>`.
 """
 import collections
 import http.client
 import http.server
+import os
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 
 port, upstream = int(sys.argv[1]), urllib.parse.urlparse(sys.argv[2])
+ports = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 counts = collections.Counter()
 lock = threading.Lock()
+log = open(os.environ["COUNT_PROXY_LOG"], "a", buffering=1) if os.environ.get("COUNT_PROXY_LOG") else None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -23,8 +31,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        target = self.headers.get("X-Amz-Target", self.command + " " + self.path)
         with lock:
-            counts[self.headers.get("X-Amz-Target", self.command + " " + self.path)] += 1
+            counts[target] += 1
+            if log:
+                log.write(f"{time.time():.3f} {self.server.server_address[1]} {target}\n")
         conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
         conn.request(self.command, self.path, body, headers)
@@ -52,7 +63,8 @@ def report(*_):
 
 
 signal.signal(signal.SIGTERM, report)
-server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+for p in range(port, port + ports):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", p), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 print("ready", file=sys.stderr, flush=True)
 signal.pause()

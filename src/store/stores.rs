@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 
 use super::{
     FileStore, RepairInput, SecretsManagerStore, Store, StoreError, StoredVersion, VersionParts,
-    secrets_manager::Limiter,
+    secrets_manager::{Limiter, Listing, settled},
 };
 use crate::config::AwsSettings;
 use crate::manifest::{KeyPair, Output};
@@ -35,6 +35,13 @@ impl Stores {
         }
     }
 
+    /// Checks secrets from their version ids ([`SecretsManagerStore::sweep`]), keeping what
+    /// was read under `state_dir`.
+    pub fn with_sweep(mut self, state_dir: &std::path::Path) -> Self {
+        self.secrets.enable_sweep(state_dir);
+        self
+    }
+
     /// The Secrets Manager store (for orphan listing and pruning).
     pub fn secrets(&self) -> &SecretsManagerStore {
         &self.secrets
@@ -48,6 +55,7 @@ impl Stores {
     /// Waits until every write handed to a batch writer is done (when this is the last
     /// handle; otherwise the writer stops when the last one goes).
     pub async fn finish(self: Arc<Self>) {
+        self.secrets.save_sweep();
         if let Ok(stores) = Arc::try_unwrap(self) {
             stores.files.finish().await;
         }
@@ -80,20 +88,59 @@ impl Stores {
                     })
                     .collect()
             });
+        let listing = self.sweep(keys).await;
+        let listing = listing.as_ref();
+        let now = crate::clock::now_unlogged();
         futures_util::stream::iter(keys.iter().zip(files))
-            .map(|(key, files)| async move { (key.name.clone(), self.add_secrets(key, files).await) })
+            .map(|(key, files)| async move {
+                (
+                    key.name.clone(),
+                    self.add_secrets(key, files, listing, now).await,
+                )
+            })
             .buffer_unordered(OBSERVE_CONCURRENCY)
             .collect()
             .await
     }
 
-    /// Fills the secret slots of one key's observation.
+    /// A listing of this scope's secrets, when sweeps are on and more than one key has a
+    /// secret (one key is cheaper to describe than a scope to list).
+    async fn sweep(&self, keys: &[KeyPair]) -> Option<Listing> {
+        let with_secrets = keys
+            .iter()
+            .filter(|k| {
+                k.outputs
+                    .iter()
+                    .any(|o| matches!(o, Output::SecretsManager(_)))
+            })
+            .count();
+        if !self.secrets.sweeps() || with_secrets < 2 {
+            return None;
+        }
+        match self.secrets.sweep(keys).await {
+            Ok(listing) => Some(listing),
+            Err(err) => {
+                tracing::debug!("sweep: {err}; describing every secret");
+                None
+            }
+        }
+    }
+
+    /// Fills the secret slots of one key's observation: from the sweep's listing when the key
+    /// is settled there, else directly.
     async fn add_secrets(
         &self,
         key: &KeyPair,
         files: Result<Vec<Option<ObservedOutput>>, String>,
+        listing: Option<&Listing>,
+        now: std::time::SystemTime,
     ) -> Result<Vec<ObservedOutput>, String> {
         let mut slots = files?;
+        if let Some(listing) = listing
+            && let Some(outputs) = self.listed(key, &slots, listing, now).await
+        {
+            return Ok(outputs);
+        }
         for (slot, output) in slots.iter_mut().zip(&key.outputs) {
             if let Output::SecretsManager(secret) = output {
                 let observed = self.secrets.observe(key, secret).await;
@@ -101,6 +148,28 @@ impl Stores {
             }
         }
         Ok(slots.into_iter().flatten().collect())
+    }
+
+    /// The key's outputs with its secrets as `listing` shows them, when every secret is listed
+    /// and seen and the key is [`settled`] on that view.
+    async fn listed(
+        &self,
+        key: &KeyPair,
+        files: &[Option<ObservedOutput>],
+        listing: &Listing,
+        now: std::time::SystemTime,
+    ) -> Option<Vec<ObservedOutput>> {
+        let mut outputs = Vec::with_capacity(files.len());
+        for (slot, output) in files.iter().zip(&key.outputs) {
+            outputs.push(match (slot, output) {
+                (Some(file), _) => file.clone(),
+                (None, Output::SecretsManager(secret)) => {
+                    self.secrets.observe_listed(key, secret, listing).await?
+                }
+                (None, Output::File(_)) => return None,
+            });
+        }
+        settled(key, &outputs, now).then_some(outputs)
     }
 
     /// Whether output `index` of `key` holds a complete `generation`.

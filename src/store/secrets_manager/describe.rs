@@ -37,7 +37,19 @@ impl SecretsManagerStore {
                 };
             }
         };
-        let mut described = check_ours(&self.scope, key, secret, &output)?;
+        self.accept(key, secret, &output).map(Some)
+    }
+
+    /// What `DescribeSecret` (or a `ListSecrets` entry, see [`super::sweep`]) said of `secret`,
+    /// once it is known to be keyprov's secret of `key`.
+    pub(super) fn accept(
+        &self,
+        key: &str,
+        secret: &str,
+        output: &DescribeSecretOutput,
+    ) -> Result<Described, StoreError> {
+        let mut described = check_ours(&self.scope, key, secret, output)?;
+        described.arn = output.arn().map(str::to_string);
         self.remember_arn(secret, output.arn());
         if let Some(foreign) = self.foreign.lock().expect("never poisoned").get(secret) {
             for id in foreign {
@@ -60,7 +72,7 @@ impl SecretsManagerStore {
             .lock()
             .expect("never poisoned")
             .insert(secret.to_string(), true);
-        Ok(Some(described))
+        Ok(described)
     }
 
     /// Remembers that `version_id` of `secret` (the request token of `generation`, if any)

@@ -20,6 +20,8 @@ mod observe;
 mod refusal;
 pub use refusal::Refusal;
 mod repair;
+mod sweep;
+pub use sweep::{Listing, settled};
 mod versions;
 mod write;
 
@@ -60,6 +62,8 @@ pub struct SecretsManagerStore {
     written: Mutex<Vec<crate::secret_proof::Written>>,
     /// Versions refused during this process and not yet recorded (see [`Self::take_refused`]).
     refused: Mutex<Vec<Refusal>>,
+    /// What this host read of each version (see [`sweep`]).
+    sweep: sweep::Cache,
 }
 
 impl SecretsManagerStore {
@@ -81,6 +85,7 @@ impl SecretsManagerStore {
             foreign: Mutex::new(HashMap::new()),
             written: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
+            sweep: sweep::Cache::default(),
         }
     }
 

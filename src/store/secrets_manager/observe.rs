@@ -40,12 +40,23 @@ impl SecretsManagerStore {
         key: &KeyPair,
         output: &SecretsManagerOutput,
     ) -> Result<ObservedOutput, StoreError> {
+        let described = self.describe(&key.name, &output.secret_id).await?;
+        self.observe_described(key, output, described).await
+    }
+
+    /// [`Self::observe_secret`] from what was already described (or listed by a sweep).
+    pub(super) async fn observe_described(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        described: Option<Described>,
+    ) -> Result<ObservedOutput, StoreError> {
         let secret = &output.secret_id;
         let mut observed = ObservedOutput {
             prunable: true,
             ..ObservedOutput::default()
         };
-        let Some(mut described) = self.describe(&key.name, secret).await? else {
+        let Some(mut described) = described else {
             self.managed
                 .lock()
                 .expect("never poisoned")
@@ -182,6 +193,9 @@ impl SecretsManagerStore {
         version_id: &str,
         observed: &mut ObservedOutput,
     ) -> Result<Option<ObservedVersion>, StoreError> {
+        if let Some(version) = self.sweep.cached(described, &key.name, version_id) {
+            return Ok(Some(version));
+        }
         let value = self
             .client()
             .await
@@ -220,12 +234,18 @@ impl SecretsManagerStore {
         let checked = layout::parse(text, secret, generation)
             .and_then(|parts| layout::whole(parts, &key.name, secret));
         match checked {
-            Ok(version) => Ok(Some(version.meta.observed().map_err(|message| {
-                StoreError::Corrupt {
-                    path: secret.to_string(),
-                    message,
-                }
-            })?)),
+            Ok(version) => {
+                let version = version
+                    .meta
+                    .observed()
+                    .map_err(|message| StoreError::Corrupt {
+                        path: secret.to_string(),
+                        message,
+                    })?;
+                self.sweep
+                    .remember(described.arn.as_deref(), &key.name, version_id, &version);
+                Ok(Some(version))
+            }
             Err(err) => {
                 observed.damaged.push(Damage {
                     generation,

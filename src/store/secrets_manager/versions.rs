@@ -24,6 +24,9 @@ pub(super) struct Described {
     /// The generation taken as current when no label or tag says which one is (`AWSCURRENT` on
     /// a refused version, no `AWSPREVIOUS`): the newest the secret holds, proven before use.
     pub(super) assumed_current: Option<u32>,
+    /// The secret's ARN: versions are immutable, so (ARN, VersionId) names one content forever
+    /// (the cache of [`super::sweep`]).
+    pub(super) arn: Option<String>,
 }
 
 impl Described {
@@ -49,6 +52,7 @@ impl Described {
             generation_ids,
             refused: BTreeMap::new(),
             assumed_current: None,
+            arn: None,
         }
     }
 

@@ -197,6 +197,8 @@ impl SecretsManagerStore {
                             public_key_sha256: version.meta.public_key_sha256.clone(),
                         },
                     );
+                    self.sweep
+                        .remember_written(answer.arn(), key, secret, &text, generation);
                 }
                 Err(err) => {
                     return Err(match explain(&err, secret, "PutSecretValue") {

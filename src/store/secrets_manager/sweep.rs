@@ -1,0 +1,763 @@
+//! Cheap sweeps: a key's secret is checked from its version ids, not read.
+//!
+//! One `ListSecrets` page (100 secrets of this scope, tags and `SecretVersionsToStages`
+//! included) stands in for a `DescribeSecret` per key. What a version holds is read once per
+//! host: Secrets Manager versions are immutable and keyprov's version id is the request token
+//! of its generation, so (secret ARN, version id) names one content forever; what it held is
+//! cached in `<stateDir>/ledger/secret-versions-*.json`. A sweep reads values only for versions
+//! this host has not seen yet (`BatchGetSecretValue`, 20 secrets a call, for the version that
+//! holds `AWSCURRENT`; anything else is read by version id as before).
+//!
+//! A listing may lag behind writes, so it never decides an action: a key whose listed state
+//! calls for work, or falls due soon, is observed again with `DescribeSecret`
+//! ([`crate::store::Stores::observe_all`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+use serde::{Deserialize, Serialize};
+
+use super::SecretsManagerStore;
+use super::errors::explain;
+use super::layout::{self, CURRENT, PENDING, SCOPE_TAG};
+use super::versions::Described;
+use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
+use crate::observed::{ObservedOutput, ObservedVersion};
+use crate::store::StoreError;
+
+/// Name of the cache under `<stateDir>/ledger/`: `secret-versions-0.json` to `-f.json`, one
+/// shard per ARN hash (a ledger file is read up to 1 MiB).
+const RECORD: &str = "secret-versions";
+/// Shards of the cache.
+const SHARDS: usize = 16;
+/// Secrets a `ListSecrets` page holds (the API's maximum).
+const PAGE: i32 = 100;
+/// Secrets a `BatchGetSecretValue` call reads (the API's maximum with a list of ids).
+const BATCH: usize = 20;
+/// Most secrets one sweep lists; beyond, keys are observed directly.
+const MAX_LISTED: usize = 20_000;
+/// Most secrets cached in memory (a converged secret needs one version: its current one).
+const MAX_CACHED: usize = 30_000;
+/// Largest shard written (a ledger file is read up to 1 MiB; a version takes about 500 bytes,
+/// so about 28,000 keys are swept without reading after a restart).
+const MAX_BYTES: usize = 900_000;
+/// A key whose next event is this close is observed directly: the decision to act is made on
+/// fresh state, never on a listing that may lag.
+pub const DUE_MARGIN: Duration = Duration::from_secs(60);
+
+/// What each secret held per version, by secret ARN (a secret deleted and created again under
+/// the same name has another ARN, so nothing carries over to it).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    secrets: BTreeMap<String, CachedSecret>,
+}
+
+/// The versions of one secret this host read whole and checked.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedSecret {
+    /// The key pair it holds (version ids are only meaningful for it).
+    key: String,
+    /// Version id -> what it holds.
+    #[serde(with = "compact")]
+    versions: BTreeMap<String, ObservedVersion>,
+}
+
+/// A cached version on disk as one short line (a JSON array in a string): half the size of
+/// the pretty-printed struct.
+mod compact {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::observed::ObservedVersion;
+
+    type Packed = (
+        u32,
+        String,
+        u64,
+        u32,
+        u64,
+        u32,
+        String,
+        String,
+        String,
+        bool,
+    );
+
+    fn pack(v: &ObservedVersion) -> Option<String> {
+        let created = v.created_at.duration_since(UNIX_EPOCH).ok()?;
+        let activates = v.activates_at.duration_since(UNIX_EPOCH).ok()?;
+        let packed: Packed = (
+            v.generation,
+            v.spec_fingerprint.clone(),
+            created.as_secs(),
+            created.subsec_nanos(),
+            activates.as_secs(),
+            activates.subsec_nanos(),
+            v.public_key_sha256.clone(),
+            v.key_pair_spec.clone(),
+            v.kms_key_arn.clone(),
+            v.bound,
+        );
+        serde_json::to_string(&packed).ok()
+    }
+
+    fn unpack(text: &str) -> Option<ObservedVersion> {
+        let (generation, fingerprint, cs, cn, a_s, an, sha, spec, kms, bound): Packed =
+            serde_json::from_str(text).ok()?;
+        let at = |secs, nanos| UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+        Some(ObservedVersion {
+            generation,
+            spec_fingerprint: fingerprint,
+            created_at: at(cs, cn)?,
+            activates_at: at(a_s, an)?,
+            public_key_sha256: sha,
+            key_pair_spec: spec,
+            kms_key_arn: kms,
+            bound,
+        })
+    }
+
+    pub fn serialize<S: Serializer>(
+        versions: &BTreeMap<String, ObservedVersion>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let packed: BTreeMap<&String, String> = versions
+            .iter()
+            .filter_map(|(id, v)| Some((id, pack(v)?)))
+            .collect();
+        packed.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, ObservedVersion>, D::Error> {
+        let packed = BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(packed
+            .into_iter()
+            .filter_map(|(id, text)| Some((id, unpack(&text)?)))
+            .collect())
+    }
+
+    /// A version packed and unpacked again (tests).
+    #[cfg(test)]
+    pub fn round_trip(v: &ObservedVersion) -> Option<ObservedVersion> {
+        unpack(&pack(v)?)
+    }
+}
+
+/// The cache of version contents, loaded on first use and saved by [`Cache::save`].
+#[derive(Default)]
+pub(super) struct Cache {
+    /// Where it persists; `None`: in memory only (and no sweep).
+    state_dir: Option<PathBuf>,
+    record: Mutex<Option<Record>>,
+    dirty: AtomicBool,
+}
+
+impl Cache {
+    /// A cache persisted under `state_dir`.
+    pub(super) fn persisted(state_dir: &Path) -> Self {
+        Cache {
+            state_dir: Some(state_dir.to_path_buf()),
+            ..Cache::default()
+        }
+    }
+
+    /// Whether sweeps are on (a stateDir to keep what was read).
+    pub(super) fn enabled(&self) -> bool {
+        self.state_dir.is_some()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
+        let mut guard = self.record.lock().expect("never poisoned");
+        let record = guard.get_or_insert_with(|| {
+            let mut record = Record::default();
+            if let Some(dir) = &self.state_dir {
+                for shard in 0..SHARDS {
+                    let part: Record = shard_ledger(dir, shard).load();
+                    record.secrets.extend(part.secrets);
+                }
+            }
+            record
+        });
+        f(record)
+    }
+
+    /// What `version_id` of the described secret holds, when this host read it before.
+    pub(super) fn cached(
+        &self,
+        described: &Described,
+        key: &str,
+        version_id: &str,
+    ) -> Option<ObservedVersion> {
+        let arn = described.arn.as_deref()?;
+        self.with(|record| {
+            let secret = record.secrets.get(arn).filter(|s| s.key == key)?;
+            secret.versions.get(version_id).cloned()
+        })
+    }
+
+    /// Remembers what `version_id` of the secret `arn` holds (read whole and checked, or
+    /// written by this process and read back).
+    pub(super) fn remember(
+        &self,
+        arn: Option<&str>,
+        key: &str,
+        version_id: &str,
+        version: &ObservedVersion,
+    ) {
+        let Some(arn) = arn else {
+            return;
+        };
+        self.with(|record| {
+            if !record.secrets.contains_key(arn) && record.secrets.len() >= MAX_CACHED {
+                return;
+            }
+            let secret = record
+                .secrets
+                .entry(arn.to_string())
+                .or_insert_with(|| CachedSecret {
+                    key: key.to_string(),
+                    versions: BTreeMap::new(),
+                });
+            if secret.key != key {
+                *secret = CachedSecret {
+                    key: key.to_string(),
+                    versions: BTreeMap::new(),
+                };
+            }
+            secret
+                .versions
+                .insert(version_id.to_string(), version.clone());
+        });
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Remembers a version this process wrote as `text` and read back whole (as a read of it
+    /// would see it).
+    pub(super) fn remember_written(
+        &self,
+        arn: Option<&str>,
+        key: &KeyPair,
+        secret: &str,
+        text: &str,
+        generation: u32,
+    ) {
+        if let Some(version) = checked(text, secret, &key.name, generation) {
+            let id = layout::version_id(&key.name, generation);
+            self.remember(arn, &key.name, &id, &version);
+        }
+    }
+
+    /// Forgets secrets a complete listing no longer shows, and versions a sweep will not read
+    /// again: those holding neither `AWSCURRENT` nor `AWSPENDING` and older than the version
+    /// holding `AWSCURRENT` (a previous generation).
+    fn retain(&self, listing: &Listing) {
+        let changed = self.with(|record| {
+            let before: usize = record.secrets.values().map(|s| s.versions.len()).sum();
+            record.secrets.retain(|arn, secret| {
+                let Some(listed) = listing.by_arn.get(arn) else {
+                    return false;
+                };
+                let Some(stages) = listed.version_ids_to_stages() else {
+                    return false;
+                };
+                let linked = |id: &str| {
+                    stages
+                        .get(id)
+                        .is_some_and(|labels| labels.iter().any(|l| l == CURRENT || l == PENDING))
+                };
+                let current = secret
+                    .versions
+                    .iter()
+                    .filter(|(id, _)| {
+                        stages
+                            .get(*id)
+                            .is_some_and(|l| l.iter().any(|l| l == CURRENT))
+                    })
+                    .map(|(_, v)| v.generation)
+                    .max();
+                secret.versions.retain(|id, v| {
+                    stages.contains_key(id)
+                        && (linked(id) || current.is_none_or(|c| v.generation > c))
+                });
+                !secret.versions.is_empty()
+            });
+            let after: usize = record.secrets.values().map(|s| s.versions.len()).sum();
+            before != after
+        });
+        if changed {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the cache when it changed (a failure only costs reads again later).
+    pub(super) fn save(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = self.record.lock().expect("never poisoned");
+        let Some(record) = guard.as_mut() else { return };
+        let mut shards: Vec<Record> = (0..SHARDS).map(|_| Record::default()).collect();
+        for (arn, secret) in std::mem::take(&mut record.secrets) {
+            shards[shard_of(&arn)].secrets.insert(arn, secret);
+        }
+        for (index, shard) in shards.iter_mut().enumerate() {
+            // A shard past what a ledger file may hold would be refused whole when read:
+            // secrets past the budget are left out instead (read again when swept).
+            while serde_json::to_vec_pretty(&*shard).map_or(0, |b| b.len()) > MAX_BYTES {
+                let keep = shard.secrets.len() * 9 / 10;
+                let dropped: Vec<String> = shard.secrets.keys().skip(keep).cloned().collect();
+                for arn in dropped {
+                    shard.secrets.remove(&arn);
+                }
+            }
+            if let Err(err) = shard_ledger(dir, index).save(&*shard) {
+                tracing::warn!("{err}");
+            }
+        }
+        for shard in shards {
+            record.secrets.extend(shard.secrets);
+        }
+    }
+}
+
+/// Shard `index` of the cache.
+fn shard_ledger(state_dir: &Path, index: usize) -> crate::ledger::Ledger {
+    crate::ledger::Ledger::new(state_dir, &format!("{RECORD}-{index:x}"))
+}
+
+/// The shard of a secret (FNV-1a of its ARN: stable across releases and hosts).
+fn shard_of(arn: &str) -> usize {
+    let hash = arn.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % SHARDS as u64) as usize
+}
+
+/// The secrets of this scope as one sweep listed them, each as `DescribeSecret` would say.
+pub struct Listing {
+    by_arn: HashMap<String, DescribeSecretOutput>,
+    /// Secret name -> ARN.
+    names: HashMap<String, String>,
+}
+
+impl Listing {
+    /// The listed secret a manifest's `secretId` (a name or an ARN) names.
+    fn get(&self, secret_id: &str) -> Option<&DescribeSecretOutput> {
+        self.by_arn
+            .get(secret_id)
+            .or_else(|| self.by_arn.get(self.names.get(secret_id)?))
+    }
+
+    /// How many secrets were listed.
+    pub fn len(&self) -> usize {
+        self.by_arn.len()
+    }
+
+    /// Whether nothing was listed.
+    pub fn is_empty(&self) -> bool {
+        self.by_arn.is_empty()
+    }
+}
+
+impl SecretsManagerStore {
+    /// Turns sweeps on, with what was read cached under `state_dir`.
+    pub fn enable_sweep(&mut self, state_dir: &Path) {
+        self.sweep = Cache::persisted(state_dir);
+    }
+
+    /// Whether sweeps are on.
+    pub fn sweeps(&self) -> bool {
+        self.sweep.enabled()
+    }
+
+    /// Saves what this reconcile read (see [`Cache::save`]).
+    pub fn save_sweep(&self) {
+        self.sweep.save();
+    }
+
+    /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page);
+    /// then reads what this host has not seen of the versions holding `AWSCURRENT` of `keys`'
+    /// secrets (`BatchGetSecretValue`, 20 a call).
+    pub async fn sweep(&self, keys: &[KeyPair]) -> Result<Listing, StoreError> {
+        let mut listing = Listing {
+            by_arn: HashMap::new(),
+            names: HashMap::new(),
+        };
+        let mut token = None;
+        loop {
+            let page = self
+                .client()
+                .await
+                .list_secrets()
+                .filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::TagKey)
+                        .values(SCOPE_TAG)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::TagValue)
+                        .values(&self.scope)
+                        .build(),
+                )
+                .max_results(PAGE)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())?;
+            for entry in page.secret_list() {
+                let (Some(arn), Some(name)) = (entry.arn(), entry.name()) else {
+                    continue;
+                };
+                let described = DescribeSecretOutput::builder()
+                    .arn(arn)
+                    .name(name)
+                    .set_kms_key_id(entry.kms_key_id().map(str::to_string))
+                    .set_tags(Some(entry.tags().to_vec()))
+                    .set_version_ids_to_stages(entry.secret_versions_to_stages().cloned())
+                    .set_deleted_date(entry.deleted_date().cloned())
+                    .build();
+                listing.names.insert(name.to_string(), arn.to_string());
+                listing.by_arn.insert(arn.to_string(), described);
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+            if listing.len() >= MAX_LISTED {
+                // Incomplete: keys it misses are observed directly; nothing is forgotten.
+                self.read_unseen(keys, &listing).await;
+                return Ok(listing);
+            }
+        }
+        self.sweep.retain(&listing);
+        self.read_unseen(keys, &listing).await;
+        Ok(listing)
+    }
+
+    /// Reads, 20 secrets a call, the `AWSCURRENT` versions of `keys`' listed secrets that this
+    /// host has not seen; a failure only leaves them to be read directly.
+    async fn read_unseen(&self, keys: &[KeyPair], listing: &Listing) {
+        let mut unseen: Vec<(String, String, Described)> = Vec::new();
+        for key in keys {
+            for output in &key.outputs {
+                let Output::SecretsManager(secret) = output else {
+                    continue;
+                };
+                let Some(entry) = listing.get(&secret.secret_id) else {
+                    continue;
+                };
+                let Ok(described) = self.accept(&key.name, &secret.secret_id, entry) else {
+                    continue;
+                };
+                let Some(id) = described.holder(CURRENT).map(str::to_string) else {
+                    continue;
+                };
+                if described.generation_of(&id).is_some()
+                    && self.sweep.cached(&described, &key.name, &id).is_none()
+                {
+                    unseen.push((key.name.clone(), id, described));
+                }
+            }
+        }
+        for chunk in unseen.chunks(BATCH) {
+            let arns: Vec<String> = chunk.iter().filter_map(|(_, _, d)| d.arn.clone()).collect();
+            let read = self
+                .client()
+                .await
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(arns))
+                .send()
+                .await;
+            let values = match read {
+                Ok(values) => values,
+                Err(err) => {
+                    let why = explain(&err, "(several)", "BatchGetSecretValue").into_error();
+                    tracing::debug!("sweep: {why}; reading those secrets one by one");
+                    return;
+                }
+            };
+            for value in values.secret_values() {
+                let Some((key, id, described)) = chunk
+                    .iter()
+                    .find(|(_, _, d)| d.arn.as_deref() == value.arn() && value.arn().is_some())
+                else {
+                    continue;
+                };
+                if value.version_id() != Some(id.as_str()) {
+                    continue;
+                }
+                let generation = described.generation_of(id).unwrap_or_default();
+                let secret = value.name().unwrap_or_default();
+                if let Some(version) = checked(
+                    value.secret_string().unwrap_or_default(),
+                    secret,
+                    key,
+                    generation,
+                ) {
+                    self.sweep
+                        .remember(described.arn.as_deref(), key, id, &version);
+                }
+            }
+        }
+    }
+
+    /// The secret output as the listing shows it, its versions served from what this host
+    /// read before; `None` when it is not listed, not keyprov's, or holds a version this host
+    /// has not read (it is then observed directly).
+    pub async fn observe_listed(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        listing: &Listing,
+    ) -> Option<ObservedOutput> {
+        let entry = listing.get(&output.secret_id)?;
+        let described = self.accept(&key.name, &output.secret_id, entry).ok()?;
+        let current = match described.current() {
+            Some(generation) => described.id_of(generation),
+            None => described.holder(CURRENT),
+        };
+        let next = described.next().map(|(id, _)| id);
+        let all_seen = [current, next]
+            .into_iter()
+            .flatten()
+            .all(|id| self.sweep.cached(&described, &key.name, id).is_some());
+        if !all_seen {
+            return None;
+        }
+        self.observe_described(key, output, Some(described))
+            .await
+            .ok()
+    }
+}
+
+/// What a version's SecretString holds, when it is whole and exactly `generation` of `key`
+/// (anything else is left to the direct read, which reports it).
+fn checked(text: &str, secret: &str, key: &str, generation: u32) -> Option<ObservedVersion> {
+    if generation == 0 {
+        return None;
+    }
+    let parts = layout::parse(text, secret, generation).ok()?;
+    let version = layout::whole(parts, key, secret).ok()?;
+    (version.meta.generation == generation)
+        .then(|| version.meta.observed().ok())
+        .flatten()
+}
+
+/// Whether a key observed from a listing is settled enough to take as it is: nothing to do and
+/// nothing due within [`DUE_MARGIN`]. Otherwise it is observed directly before anything is
+/// decided.
+pub fn settled(key: &KeyPair, outputs: &[ObservedOutput], now: SystemTime) -> bool {
+    crate::plan::unplannable(key, outputs).is_none()
+        && crate::plan::plan_key(key, outputs, now, None).is_empty()
+        && crate::plan::next_event(key, outputs, now).is_none_or(|at| at > now + DUE_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:us-east-1:1:secret:s-AbCdEf";
+
+    fn version(generation: u32) -> ObservedVersion {
+        ObservedVersion {
+            generation,
+            spec_fingerprint: "f".into(),
+            created_at: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            activates_at: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+            public_key_sha256: "ab".repeat(32),
+            key_pair_spec: "ECC_NIST_P256".into(),
+            kms_key_arn: "arn:aws:kms:us-east-1:1:key/k".into(),
+            bound: true,
+        }
+    }
+
+    fn described(arn: &str, generations: &[u32]) -> Described {
+        let stages: HashMap<String, Vec<String>> = generations
+            .iter()
+            .map(|g| {
+                (
+                    layout::version_id("k", *g),
+                    vec![layout::generation_label(*g)],
+                )
+            })
+            .collect();
+        let mut described = Described::new("k", BTreeMap::new(), None, stages);
+        described.arn = Some(arn.to_string());
+        described
+    }
+
+    fn listing(arn: &str, generations: &[u32]) -> Listing {
+        let stages = generations
+            .iter()
+            .map(|g| {
+                (
+                    layout::version_id("k", *g),
+                    vec![layout::generation_label(*g)],
+                )
+            })
+            .collect();
+        let entry = DescribeSecretOutput::builder()
+            .arn(arn)
+            .name("s")
+            .set_version_ids_to_stages(Some(stages))
+            .build();
+        Listing {
+            by_arn: HashMap::from([(arn.to_string(), entry)]),
+            names: HashMap::from([("s".to_string(), arn.to_string())]),
+        }
+    }
+
+    #[test]
+    fn a_version_is_served_only_for_the_secret_and_key_it_was_read_from() {
+        let cache = Cache::default();
+        let id = layout::version_id("k", 1);
+        cache.remember(Some(ARN), "k", &id, &version(1));
+        assert_eq!(
+            cache.cached(&described(ARN, &[1]), "k", &id),
+            Some(version(1))
+        );
+        // The same name deleted and created again has another ARN: nothing carries over.
+        let recreated = described("arn:aws:secretsmanager:us-east-1:1:secret:s-XyZxYz", &[1]);
+        assert_eq!(cache.cached(&recreated, "k", &id), None);
+        // Another key's reading of the same secret is not this key's.
+        assert_eq!(cache.cached(&described(ARN, &[1]), "other", &id), None);
+        // No ARN (a description without one): nothing is served or kept.
+        let mut anonymous = described(ARN, &[1]);
+        anonymous.arn = None;
+        assert_eq!(cache.cached(&anonymous, "k", &id), None);
+        cache.remember(None, "k", &layout::version_id("k", 2), &version(2));
+        assert_eq!(
+            cache.cached(&described(ARN, &[2]), "k", &layout::version_id("k", 2)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_complete_listing_forgets_secrets_and_versions_that_are_gone() {
+        let cache = Cache::default();
+        for g in [1, 2] {
+            cache.remember(Some(ARN), "k", &layout::version_id("k", g), &version(g));
+        }
+        cache.remember(
+            Some("arn:gone"),
+            "k",
+            &layout::version_id("k", 1),
+            &version(1),
+        );
+        cache.retain(&listing(ARN, &[2, 3]));
+        let d = described(ARN, &[1, 2]);
+        assert_eq!(cache.cached(&d, "k", &layout::version_id("k", 1)), None);
+        assert_eq!(
+            cache.cached(&d, "k", &layout::version_id("k", 2)),
+            Some(version(2))
+        );
+        let gone = described("arn:gone", &[1]);
+        assert_eq!(cache.cached(&gone, "k", &layout::version_id("k", 1)), None);
+    }
+
+    #[test]
+    fn a_previous_generation_is_forgotten_and_current_and_next_are_kept() {
+        let cache = Cache::default();
+        for g in [1, 2, 3] {
+            cache.remember(Some(ARN), "k", &layout::version_id("k", g), &version(g));
+        }
+        let mut listed = listing(ARN, &[1, 2, 3]);
+        let stages = HashMap::from([
+            (layout::version_id("k", 1), vec!["AWSPREVIOUS".to_string()]),
+            (layout::version_id("k", 2), vec![CURRENT.to_string()]),
+            (
+                layout::version_id("k", 3),
+                vec![layout::generation_label(3)],
+            ),
+        ]);
+        listed.by_arn.insert(
+            ARN.to_string(),
+            DescribeSecretOutput::builder()
+                .arn(ARN)
+                .name("s")
+                .set_version_ids_to_stages(Some(stages))
+                .build(),
+        );
+        cache.retain(&listed);
+        let d = described(ARN, &[1, 2, 3]);
+        let kept: Vec<bool> = [1, 2, 3]
+            .iter()
+            .map(|g| {
+                cache
+                    .cached(&d, "k", &layout::version_id("k", *g))
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(kept, [false, true, true]);
+    }
+
+    #[test]
+    fn a_packed_version_is_the_same_version() {
+        assert_eq!(compact::round_trip(&version(3)), Some(version(3)));
+    }
+
+    #[test]
+    fn the_cache_survives_a_restart_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::persisted(dir.path());
+        let id = layout::version_id("k", 7);
+        cache.remember(Some(ARN), "k", &id, &version(7));
+        cache.save();
+        let again = Cache::persisted(dir.path());
+        assert_eq!(
+            again.cached(&described(ARN, &[7]), "k", &id),
+            Some(version(7))
+        );
+    }
+
+    #[test]
+    fn a_cache_too_large_for_the_ledger_is_trimmed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::persisted(dir.path());
+        for i in 0..20_000 {
+            let arn = format!("{ARN}-{}-{i:05}", "x".repeat(600));
+            cache.remember(Some(&arn), "k", &layout::version_id("k", 1), &version(1));
+        }
+        cache.save();
+        let again = Cache::persisted(dir.path());
+        let kept = again.with(|record| record.secrets.len());
+        assert!((10_000..20_000).contains(&kept), "{kept}");
+        let first = described(&format!("{ARN}-{}-00000", "x".repeat(600)), &[1]);
+        assert!(
+            again
+                .cached(&first, "k", &layout::version_id("k", 1))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_listing_finds_a_secret_by_name_or_arn() {
+        let listing = listing(ARN, &[1]);
+        assert!(listing.get("s").is_some());
+        assert!(listing.get(ARN).is_some());
+        assert!(listing.get("t").is_none());
+        assert_eq!(listing.len(), 1);
+    }
+
+    #[test]
+    fn only_a_whole_version_of_the_named_generation_is_checked_in() {
+        assert_eq!(checked("{}", "s", "k", 1), None);
+        assert_eq!(checked("not json", "s", "k", 1), None);
+        assert_eq!(checked("{}", "s", "k", 0), None);
+    }
+}
