@@ -356,6 +356,99 @@ pub async fn prove<P: Provider>(
     Ok(private)
 }
 
+/// What a version that cannot be adopted under this manifest (made for another spec, or
+/// before the binding) really is, judged by a Decrypt with the manifest's KMS key.
+#[derive(Debug)]
+pub enum Provenance {
+    /// It decrypts with the manifest's KMS key and the context it records, to the private key
+    /// of its public key: a keyprov host holding this key's KMS rights made it (another
+    /// version of the manifest in a rollout, or an older keyprov).
+    Genuine,
+    /// KMS says it was made under another KMS key: a rollout to a new `kmsKeyId`, or a
+    /// forgery; this host cannot tell which.
+    OtherKmsKey(ProviderError),
+    /// What it holds refutes it: it does not decrypt under the context it records, or to its
+    /// own public key, or it claims another name, generation or scope.
+    Forged(ProofError),
+    /// The provider could not answer (throttling, outage, access): judged again next time.
+    Unknown(ProviderError),
+}
+
+/// Judges a version that [`prove`] rejected as [`ProofError::OtherSpec`] or
+/// [`ProofError::Unbound`], so that lying in two JSON fields (the spec fingerprint, the
+/// recorded context) does not spare a forgery its refusal: Decrypt, pinned to the manifest's
+/// KMS key, with the manifest part of the context the version records plus the reserved
+/// entries that must name this key, generation and scope.
+pub async fn provenance<P: Provider>(
+    provider: &P,
+    key: &KeyPair,
+    version: &StoredVersion,
+    generation: u32,
+) -> Provenance {
+    let meta = &version.meta;
+    if meta.name != key.name || meta.generation != generation {
+        return Provenance::Forged(ProofError::Mislabelled {
+            name: meta.name.clone(),
+            recorded: meta.generation,
+            wanted: generation,
+        });
+    }
+    let scope = bound_scope();
+    let recorded_scope = meta.encryption_context.get(SCOPE_KEY);
+    if recorded_scope.is_some_and(|s| Some(s) != scope.as_ref()) {
+        return Provenance::Forged(ProofError::OtherScope {
+            recorded: format!("{:?}", recorded_scope.map_or("default", String::as_str)),
+            wanted: format!("{:?}", scope.as_deref().unwrap_or("default")),
+        });
+    }
+    let mut context = manifest_part(&meta.encryption_context);
+    for (entry, wanted) in [
+        (NAME_KEY, key.name.clone()),
+        (GENERATION_KEY, generation.to_string()),
+    ] {
+        match meta.encryption_context.get(entry) {
+            Some(recorded) if *recorded != wanted => {
+                return Provenance::Forged(ProofError::Mislabelled {
+                    name: meta.name.clone(),
+                    recorded: meta.generation,
+                    wanted: generation,
+                });
+            }
+            Some(_) => {
+                context.insert(entry.into(), wanted);
+            }
+            None => {}
+        }
+    }
+    if let Some(scope) = recorded_scope {
+        context.insert(SCOPE_KEY.into(), scope.clone());
+    }
+    let request = decrypt_request(key, &version.private_key_ciphertext, &context);
+    match provider.decrypt(&request).await {
+        Ok(private) => {
+            let spec = meta.key_pair_spec.parse::<crate::spec::KeyPairSpec>().ok();
+            let derived =
+                spec.map(|spec| crate::provider::local::public_key_of(spec, private.der()));
+            match derived {
+                Some(Ok(der)) if der == version.public_key_der => Provenance::Genuine,
+                _ => Provenance::Forged(ProofError::OtherPair),
+            }
+        }
+        Err(
+            err @ ProviderError::DecryptMismatch {
+                other_key: true, ..
+            },
+        ) => Provenance::OtherKmsKey(err),
+        Err(err @ (ProviderError::DecryptMismatch { .. } | ProviderError::Crypto(_))) => {
+            Provenance::Forged(ProofError::Decrypt {
+                kms_key: key.kms_key_id.clone(),
+                source: err,
+            })
+        }
+        Err(err) => Provenance::Unknown(err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -208,16 +208,21 @@ pub fn plan_key(
     let highest = outputs
         .iter()
         .flat_map(|o| o.versions.iter().copied())
-        // A refused version's number is taken: its version id cannot be written again.
-        .chain(
-            outputs
-                .iter()
-                .flat_map(|o| o.refused.iter().filter_map(|r| r.generation)),
-        )
         .chain(current.map(|c| c.generation))
         .chain(staged.map(|s| s.generation))
         .max()
         .unwrap_or(0);
+    // A refused version's number is taken (its version id cannot be written again), so the next
+    // generation skips it; but a forger's number far above does not push the count towards its
+    // ceiling: only the numbers right above the highest real generation are skipped.
+    let taken: BTreeSet<u32> = outputs
+        .iter()
+        .flat_map(|o| o.refused.iter().filter_map(|r| r.generation))
+        .collect();
+    let next_free = (1..=taken.len() as u32 + 1)
+        .map(|step| highest.saturating_add(step))
+        .find(|g| !taken.contains(g))
+        .unwrap_or(u32::MAX);
     // A staged generation that predates the binding is never activated: a bound one replaces it.
     let staged_valid = staged.filter(|s| s.spec_fingerprint == fingerprint && s.bound);
     let mut actions = Vec::new();
@@ -235,7 +240,7 @@ pub fn plan_key(
     let mut generate = |reason: Reason, activates_at: SystemTime| {
         // Saturating: a store claiming generation u32::MAX must not crash the whole pass (the
         // write of that generation then fails for this key only).
-        let generation = highest.saturating_add(1);
+        let generation = next_free;
         let staged = activates_at > now;
         actions.push(Action::Generate {
             generation,

@@ -101,6 +101,7 @@ pub async fn prove_secret_currents(
     stores: &Stores,
     keys: &[&KeyPair],
     observed: &Observed,
+    holding: &std::collections::BTreeSet<String>,
     mode: Mode,
 ) -> (Vec<(String, String)>, usize) {
     let ledger = crate::ledger::Ledger::new(state_dir, RECORD);
@@ -138,16 +139,23 @@ pub async fn prove_secret_currents(
                 let Some(version) = version else { continue };
                 let generation = version.generation;
                 let held = (generation, version.public_key_sha256.clone());
-                // An unbound version (written before the binding) is never copied anywhere:
-                // the plan replaces it with a bound generation (see [`crate::binding`]).
-                if !version.bound || proof.vouched(secret, &held) {
+                if proof.vouched(secret, &held) {
                     continue;
                 }
-                let Err(Unproven { why, definitive }) =
-                    proof.prove(index, secret, generation).await
+                let Err(Unproven {
+                    why,
+                    definitive,
+                    genuine,
+                }) = proof.prove(index, secret, generation).await
                 else {
                     continue;
                 };
+                // A genuine unbound version (an older keyprov's) is never copied anywhere: the
+                // plan replaces it with a bound generation (see [`crate::binding`]); a genuine
+                // other spec's is a rollout in flight that the fleet holds this key for.
+                if genuine && (!version.bound || holding.contains(&key.name)) {
+                    continue;
+                }
                 let origin = binding::origin(key, index, generation);
                 let outcome = match mode {
                     // KMS or Secrets Manager could not answer (throttling, outage, access):
@@ -221,6 +229,7 @@ pub async fn plan_proofs(
         stores,
         &keys,
         observed,
+        &Default::default(),
         Mode::Plan,
     )
     .await;
@@ -265,6 +274,9 @@ struct Unproven {
     /// What the version holds refutes it (as opposed to a provider or store that could not
     /// answer): only then is it refused.
     definitive: bool,
+    /// It is another spec's or an older keyprov's, made with this key's KMS rights
+    /// ([`binding::Provenance::Genuine`]): a rollout in flight, not a forgery.
+    genuine: bool,
 }
 
 /// Older generations tried when the current one is refused (a Decrypt each at most).
@@ -293,27 +305,77 @@ impl<P: crate::provider::Provider> Proof<'_, P> {
             .map_err(|e| Unproven {
                 definitive: matches!(e, StoreError::Corrupt { .. }),
                 why: e.to_string(),
+                genuine: false,
             })?;
         let held = (generation, version.meta.public_key_sha256.clone());
         if self.vouched(secret, &held) {
             return Ok(());
         }
         *self.proofs += 1;
-        binding::prove(
+        let proved = binding::prove(
             self.provider,
             self.key,
             &version,
             generation,
             Unbound::Refuse,
         )
-        .await
-        .map_err(|e| Unproven {
-            definitive: refutes(&e),
-            why: e.to_string(),
-        })?;
+        .await;
+        match proved {
+            Ok(_) => {}
+            Err(e @ (binding::ProofError::OtherSpec { .. } | binding::ProofError::Unbound)) => {
+                return Err(self.judge(&version, generation, e).await);
+            }
+            Err(e) => {
+                return Err(Unproven {
+                    definitive: refutes(&e),
+                    why: e.to_string(),
+                    genuine: false,
+                });
+            }
+        }
         self.proven.insert(&self.key.name, &secret.secret_id, held);
         *self.changed = true;
         Ok(())
+    }
+
+    /// Why a version that is not this manifest's (`rejected`: another spec, or unbound) is not
+    /// adopted, after a Decrypt with the manifest's KMS key tells a rollout in flight from a
+    /// forgery that lies about its spec or context ([`binding::provenance`]).
+    async fn judge(
+        &mut self,
+        version: &crate::store::StoredVersion,
+        generation: u32,
+        rejected: binding::ProofError,
+    ) -> Unproven {
+        // The Decrypt the rejection spared is made here (counted by the caller).
+        match binding::provenance(self.provider, self.key, version, generation).await {
+            binding::Provenance::Genuine => Unproven {
+                why: rejected.to_string(),
+                definitive: false,
+                genuine: true,
+            },
+            binding::Provenance::Forged(err) => Unproven {
+                why: format!("{rejected}, and {err}"),
+                definitive: true,
+                genuine: false,
+            },
+            binding::Provenance::OtherKmsKey(err) => Unproven {
+                why: format!(
+                    "{rejected}, under another KMS key than the manifest's {} ({err}): if a \
+                     rollout to a new kmsKeyId is under way this clears when this host's \
+                     manifest has it; otherwise it is forged (`keyprov rotate {} --now` \
+                     replaces it)",
+                    self.key.kms_key_id, self.key.name
+                ),
+                definitive: false,
+                genuine: false,
+            },
+            binding::Provenance::Unknown(err) => Unproven {
+                why: format!("{rejected}; it could not be judged now ({err})"),
+                definitive: false,
+                genuine: false,
+            },
+        }
     }
 
     /// After the current `refused` generation of the secret of output `index` was refused:
@@ -340,6 +402,7 @@ impl<P: crate::provider::Provider> Proof<'_, P> {
                 Err(Unproven {
                     why,
                     definitive: true,
+                    ..
                 }) => secrets.refuse(self.key, secret, generation, &why),
                 Err(Unproven { why, .. }) => {
                     return format!(
@@ -402,6 +465,7 @@ mod tests {
                     name: "k".into(),
                     context: "{}".into(),
                     kms_key: "k".into(),
+                    other_key: false,
                 }),
                 true,
             ),

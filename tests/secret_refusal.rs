@@ -220,7 +220,9 @@ async fn a_forged_staged_generation_never_blocks_rotation() {
     assert_eq!(secret_json(&aws.sm, &secret, None).await, original);
     install.run_once(0);
 
-    // Rotation comes due: the next generation is numbered above the refused one.
+    // Rotation comes due: the next generation skips only the numbers right above the highest
+    // real one that refused versions hold, so a forger's number far above does not push the
+    // count towards its ceiling.
     let later = humantime::format_rfc3339(
         std::time::SystemTime::now() + std::time::Duration::from_secs(7200),
     )
@@ -229,14 +231,52 @@ async fn a_forged_staged_generation_never_blocks_rotation() {
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(
         link(&install.key_dir(name), "current").as_deref(),
-        Some("v0051"),
+        Some("v0002"),
         "{}",
         run.all()
     );
     let current = secret_json(&aws.sm, &secret, None).await;
-    assert_eq!(current["generation"], 51, "{current}");
+    assert_eq!(current["generation"], 2, "{current}");
     assert!(!exposed(&install, name, &pair.0));
     let verify = install.keyprov_env(&["verify"], &[("KEYPROV_TEST_NOW", &later)]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_that_lies_about_its_spec_is_still_refused() {
+    let Some(endpoint) = localstack() else { return };
+    let aws = aws(&endpoint).await;
+    let install = aws_install(&endpoint);
+    let (name, secret) = ("refused-liar", unique("refused-liar"));
+    install.manifest("a.yaml", &key(name, &aws.ours, &secret, ""));
+    install.run_once(0);
+    let original = secret_json(&aws.sm, &secret, None).await;
+    let before = visible(&install, name);
+    // Generation 1's pair replayed as generation 2, its JSON edited to claim another spec and
+    // generation 2's binding: rejected as "another spec" without a Decrypt, it used to be
+    // spared its refusal; a Decrypt with the manifest's KMS key under the context it records
+    // shows that the ciphertext is not generation 2's.
+    let mut replay = original.clone();
+    replay["generation"] = 2.into();
+    replay["specFingerprint"] = "0000000000000000".into();
+    replay["encryptionContext"]["keyprov:generation"] = "2".into();
+    put_as(&aws.sm, &secret, name, 2, &replay).await;
+    let version = version_id(name, 2);
+    let run = install.run_once(1);
+    assert!(
+        names(
+            &run,
+            name,
+            &[&version, "AWSCURRENT is back on generation 1"]
+        ),
+        "{}",
+        run.all()
+    );
+    assert_eq!(secret_json(&aws.sm, &secret, None).await, original);
+    assert!(ledger(&install).contains(&version), "{}", ledger(&install));
+    assert_eq!(visible(&install, name), before);
+    install.run_once(0);
+    let verify = install.keyprov(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
 }
 
@@ -402,11 +442,18 @@ async fn a_host_still_on_the_old_manifest_never_refuses_the_new_generation_of_a_
     first.manifest("a.yaml", &new);
     first.run_once(0);
     assert_eq!(secret_json(&aws.sm, &secret, None).await["generation"], 2);
-    // The second host cannot prove it with its manifest: that key fails there, and nothing
-    // is refused or moved.
+    // The second host cannot prove it with its manifest (another KMS key: a rollout or a
+    // forgery, it cannot tell): that key fails there, and nothing is refused or moved.
     let run = second.run_once(1);
     assert!(
-        names(&run, name, &["proven again by the next reconcile"]),
+        names(
+            &run,
+            name,
+            &[
+                "under another KMS key",
+                "proven again by the next reconcile"
+            ]
+        ),
         "{}",
         run.all()
     );

@@ -310,11 +310,12 @@ impl Provider for AwsProvider {
             .send()
             .await
             .map_err(|err| match err.code() {
-                Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+                Some(code @ ("InvalidCiphertextException" | "IncorrectKeyException")) => {
                     ProviderError::DecryptMismatch {
                         name: request.name.to_string(),
                         context: canonical_context(request.encryption_context),
                         kms_key: request.kms_key_arn.to_string(),
+                        other_key: code == "IncorrectKeyException",
                     }
                 }
                 _ => explain(&err, request.kms_key_arn, "Decrypt"),

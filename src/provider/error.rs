@@ -22,6 +22,9 @@ pub enum ProviderError {
         context: String,
         /// KMS key used.
         kms_key: String,
+        /// KMS said the ciphertext was made under another KMS key (`IncorrectKeyException`),
+        /// not that the context is wrong.
+        other_key: bool,
     },
     /// A KMS error, explained.
     #[error("{message}")]

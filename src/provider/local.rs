@@ -358,6 +358,7 @@ impl LocalProvider {
             name: request.name.to_string(),
             context: canonical_context(request.encryption_context),
             kms_key: request.kms_key_arn.to_string(),
+            other_key: false,
         };
         let blob = request.ciphertext;
         let Some(rest) = blob.strip_prefix(MAGIC.as_slice()) else {

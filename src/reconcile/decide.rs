@@ -63,7 +63,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
         let considered: Vec<&KeyPair> = pending
             .keys
             .iter()
-            .filter(|k| !waiting.contains(&k.name) && !settled.held.contains(&k.name))
+            .filter(|k| !waiting.contains(&k.name))
             .collect();
         crate::secret_proof::prove_secret_currents(
             &config.state_dir,
@@ -71,6 +71,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
             &pass.stores,
             &considered,
             &pending.observed,
+            &settled.held,
             crate::secret_proof::Mode::Run,
         )
         .await
