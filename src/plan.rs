@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::SystemTime;
 
-use crate::manifest::KeyPair;
+use crate::manifest::{KeyPair, Output};
 use crate::observed::{Observed, ObservedOutput, ObservedVersion};
 use crate::schedule::{self, format_time};
 
@@ -48,6 +48,9 @@ pub enum Link {
     Current,
     /// `next` / AWSPENDING.
     Next,
+    /// `previous` / AWSPREVIOUS: the generation in use before `current`, still trusted by
+    /// verifiers (tokens signed a moment before a rotation).
+    Previous,
 }
 
 /// One step of reconciling a key. Outputs are indexes into the manifest's `outputs`.
@@ -338,26 +341,19 @@ pub fn plan_key(
     let Some(final_current) = final_current else {
         return actions;
     };
+    let (shared_previous, copied) = previous_copy(key, outputs, final_current, final_next);
+    if let Some(generation) = shared_previous.filter(|_| !copied.is_empty()) {
+        actions.push(Action::Copy {
+            generation,
+            outputs: copied.clone(),
+            link: Link::Previous,
+        });
+    }
     for (i, output) in outputs.iter().enumerate() {
-        let garbage = garbage(output);
-        let mut present: BTreeSet<u32> = output
-            .versions
-            .iter()
-            .copied()
-            .filter(|v| !garbage.contains(v))
-            .collect();
-        present.insert(final_current);
-        present.extend(final_next);
-        // A `next` that neither stays next nor becomes current (a new generation replaced it)
-        // was never in use: it goes, and never becomes `previous`.
-        let superseded = output
-            .next
-            .as_ref()
-            .map(|n| n.generation)
-            .filter(|&n| n < final_current && final_next != Some(n));
-        let mut history = present.clone();
-        if let Some(superseded) = superseded {
-            history.remove(&superseded);
+        let (mut present, mut history) = history(output, final_current, final_next);
+        if copied.contains(&i) {
+            present.extend(shared_previous);
+            history.extend(shared_previous);
         }
         let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
@@ -367,6 +363,7 @@ pub fn plan_key(
         // the doomed versions are gone.
         let old_current = output.current.as_ref().map(|c| c.generation);
         let moved_previous = match old_current {
+            _ if copied.contains(&i) => shared_previous,
             Some(old) if old < final_current => Some(old),
             _ => output.previous,
         };
@@ -406,6 +403,64 @@ pub fn plan_key(
         }
     }
     actions
+}
+
+/// The versions output `output` holds once the plan ran (its garbage gone, `current` and
+/// `next` in it), and of those the ones that were ever in use (its history, `previous`'s
+/// candidates).
+fn history(
+    output: &ObservedOutput,
+    current: u32,
+    next: Option<u32>,
+) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let garbage = garbage(output);
+    let mut present: BTreeSet<u32> = output
+        .versions
+        .iter()
+        .copied()
+        .filter(|v| !garbage.contains(v))
+        .collect();
+    present.insert(current);
+    present.extend(next);
+    // A `next` that neither stays next nor becomes current (a new generation replaced it)
+    // was never in use: it goes, and never becomes `previous`.
+    let superseded = output
+        .next
+        .as_ref()
+        .map(|n| n.generation)
+        .filter(|&n| n < current && next != Some(n));
+    let mut history = present.clone();
+    if let Some(superseded) = superseded {
+        history.remove(&superseded);
+    }
+    (present, history)
+}
+
+/// The `previous` every output agrees on (the newest generation below `current` any output
+/// keeps, when `rotation.keep` keeps one), and the file outputs that lack it and get a copy:
+/// a host that joined after a rotation, or whose copy was deleted, still trusts the key
+/// signers used a moment ago. Copied after `current`; a copy from a secret is proven like
+/// current's (and, refused, fails the key naming it).
+fn previous_copy(
+    key: &KeyPair,
+    outputs: &[ObservedOutput],
+    current: u32,
+    next: Option<u32>,
+) -> (Option<u32>, Vec<usize>) {
+    if key.rotation.keep == 0 {
+        return (None, Vec::new());
+    }
+    let histories: Vec<_> = outputs.iter().map(|o| history(o, current, next)).collect();
+    let own = |i: usize| histories[i].1.range(..current).next_back().copied();
+    let Some(shared) = (0..outputs.len()).filter_map(own).max() else {
+        return (None, Vec::new());
+    };
+    // An output may hold it already: as garbage (removed first, then copied anew), or as a
+    // `next` a newer generation replaced (kept and linked: another output used it).
+    let copied = (0..outputs.len())
+        .filter(|&i| matches!(key.outputs.get(i), Some(Output::File(_))) && own(i) < Some(shared))
+        .collect();
+    (Some(shared), copied)
 }
 
 /// The versions an output keeps: current, next, and the `keep` newest below current.
@@ -536,6 +591,7 @@ impl fmt::Display for Action {
                 let link = match link {
                     Link::Current => "current",
                     Link::Next => "next",
+                    Link::Previous => "previous",
                 };
                 write!(
                     f,
