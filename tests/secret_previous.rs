@@ -56,6 +56,7 @@ async fn a_host_joining_after_rotations_trusts_the_previous_key_as_the_others_do
         run.all()
     );
     assert_eq!(kids(&b, name), kids(&a, name));
+    eprintln!("joining host: {}", run.stdout.trim());
     assert_eq!(
         public_of(&b, name, "previous"),
         public_of(&a, name, "previous")
@@ -71,7 +72,8 @@ async fn a_host_joining_after_rotations_trusts_the_previous_key_as_the_others_do
     // A's previous deleted by hand: copied back from the secret (or B's twin).
     std::fs::remove_file(dir_a.join("previous")).unwrap();
     std::fs::remove_dir_all(dir_a.join("v0002")).unwrap();
-    a.run_once(0);
+    let restored = a.run_once(0);
+    eprintln!("previous restored: {}", restored.stdout.trim());
     assert_eq!(link(&dir_a, "previous").as_deref(), Some("v0002"));
     assert_eq!(kids(&a, name), kids(&b, name));
     assert_eq!(
