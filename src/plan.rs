@@ -7,6 +7,10 @@ use std::time::SystemTime;
 use crate::manifest::KeyPair;
 use crate::observed::{Observed, ObservedOutput, ObservedVersion};
 use crate::schedule::{self, format_time};
+use previous::{history, previous_copy};
+
+#[path = "plan_previous.rs"]
+mod previous;
 
 /// Why a new generation is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,9 @@ pub enum Link {
     Current,
     /// `next` / AWSPENDING.
     Next,
+    /// `previous` / AWSPREVIOUS: the generation in use before `current`, still trusted by
+    /// verifiers (tokens signed a moment before a rotation).
+    Previous,
 }
 
 /// One step of reconciling a key. Outputs are indexes into the manifest's `outputs`.
@@ -343,26 +350,19 @@ pub fn plan_key(
     let Some(final_current) = final_current else {
         return actions;
     };
+    let (shared_previous, copied) = previous_copy(key, outputs, final_current, final_next);
+    if let Some(generation) = shared_previous.filter(|_| !copied.is_empty()) {
+        actions.push(Action::Copy {
+            generation,
+            outputs: copied.clone(),
+            link: Link::Previous,
+        });
+    }
     for (i, output) in outputs.iter().enumerate() {
-        let garbage = garbage(output);
-        let mut present: BTreeSet<u32> = output
-            .versions
-            .iter()
-            .copied()
-            .filter(|v| !garbage.contains(v))
-            .collect();
-        present.insert(final_current);
-        present.extend(final_next);
-        // A `next` that neither stays next nor becomes current (a new generation replaced it)
-        // was never in use: it goes, and never becomes `previous`.
-        let superseded = output
-            .next
-            .as_ref()
-            .map(|n| n.generation)
-            .filter(|&n| n < final_current && final_next != Some(n));
-        let mut history = present.clone();
-        if let Some(superseded) = superseded {
-            history.remove(&superseded);
+        let (mut present, mut history) = history(output, final_current, final_next);
+        if copied.contains(&i) {
+            present.extend(shared_previous);
+            history.extend(shared_previous);
         }
         let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
@@ -372,6 +372,7 @@ pub fn plan_key(
         // the doomed versions are gone.
         let old_current = output.current.as_ref().map(|c| c.generation);
         let moved_previous = match old_current {
+            _ if copied.contains(&i) => shared_previous,
             Some(old) if old < final_current => Some(old),
             _ => output.previous,
         };
@@ -541,6 +542,7 @@ impl fmt::Display for Action {
                 let link = match link {
                     Link::Current => "current",
                     Link::Next => "next",
+                    Link::Previous => "previous",
                 };
                 write!(
                     f,

@@ -483,11 +483,26 @@ fn apply(key: &KeyPair, outputs: &mut [ObservedOutput], actions: &[Action], now:
                 outputs: to,
                 link,
             } => {
+                if *link == Link::Previous {
+                    for &i in to {
+                        let o = &mut outputs[i];
+                        if !o.versions.contains(generation) {
+                            o.versions.push(*generation);
+                            o.versions.sort();
+                        }
+                        o.previous = Some(*generation);
+                        if o.next.as_ref().is_some_and(|n| n.generation <= *generation) {
+                            o.next = None;
+                        }
+                    }
+                    continue;
+                }
                 let v = find(outputs, *generation);
                 for &i in to {
                     match link {
                         Link::Current => link_current(&mut outputs[i], v.clone()),
                         Link::Next => link_next(&mut outputs[i], v.clone()),
+                        Link::Previous => unreachable!("handled above"),
                     }
                 }
             }
@@ -760,4 +775,46 @@ fn outputs_holding_different_pairs_of_a_generation_are_never_planned() {
     other.current.as_mut().unwrap().public_key_sha256 = "another pair".into();
     let message = crate::plan::unplannable(&k, &[output(&k, &[1], 0), other]).unwrap();
     assert!(message.contains("different key pairs"), "{message}");
+}
+
+#[test]
+fn an_output_that_joined_after_a_rotation_gets_previous_too() {
+    let k = key(None, None, 1, 2);
+    let rotated = output(&k, &[2, 3], 0);
+    let actions = plan_key(
+        &k,
+        &[rotated.clone(), ObservedOutput::default()],
+        t(0),
+        None,
+    );
+    assert_eq!(
+        actions,
+        vec![
+            Action::Copy {
+                generation: 3,
+                outputs: vec![1],
+                link: Link::Current,
+            },
+            Action::Copy {
+                generation: 2,
+                outputs: vec![1],
+                link: Link::Previous,
+            },
+        ]
+    );
+    // Its previous deleted by hand: copied back.
+    let lost = output(&k, &[3], 0);
+    let actions = plan_key(&k, &[rotated.clone(), lost.clone()], t(0), None);
+    assert_eq!(
+        actions,
+        vec![Action::Copy {
+            generation: 2,
+            outputs: vec![1],
+            link: Link::Previous,
+        }]
+    );
+    // With `keep: 0` no output keeps a previous.
+    let k = key(None, None, 0, 2);
+    let actions = plan_key(&k, &[output(&k, &[3], 0), lost], t(0), None);
+    assert_eq!(actions, vec![]);
 }

@@ -266,7 +266,8 @@ impl Stores {
     }
 
     /// Publishes `version` on outputs `indices` without letting a signer use it yet: with
-    /// [`Link::Next`] as [`Stores::write_version`]; with [`Link::Current`] the files link it as
+    /// [`Link::Next`] (or [`Link::Previous`], never signed with again) as
+    /// [`Stores::write_version`]; with [`Link::Current`] the files link it as
     /// `next` (so their `jwks.json` and every JWK Set built from their links trust it) and the
     /// secrets hold it under its own label only, for the pass to move `current`/AWSCURRENT
     /// ([`Stores::link`]) once every verifier set holds it. Without a file output there is no
@@ -281,7 +282,7 @@ impl Stores {
         let files = indices
             .iter()
             .any(|&i| matches!(key.outputs[i], Output::File(_)));
-        if link == Link::Next || !files {
+        if link != Link::Current || !files {
             return self.write_version(key, indices, version, link).await;
         }
         for &index in indices {

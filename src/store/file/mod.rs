@@ -761,6 +761,13 @@ fn move_links(
             }
         }
         Link::Next => set_link(dir, NEXT, Some(generation))?,
+        Link::Previous => {
+            set_link(dir, PREVIOUS, Some(generation))?;
+            // A `next` at or below it was replaced by a newer generation before it was used.
+            if read_link_generation(dir, NEXT)?.is_some_and(|n| n <= generation) {
+                set_link(dir, NEXT, None)?;
+            }
+        }
     }
     public::write_jwks(dir, output, sync)?;
     sync.add_dir(dir)
@@ -786,11 +793,12 @@ pub fn current_generation(output: &FileOutput) -> Result<Option<u32>, StoreError
     linked_generation(output, Link::Current)
 }
 
-/// The generation `link` (`current` or `next`) points at, if any.
+/// The generation `link` points at, if any.
 pub fn linked_generation(output: &FileOutput, link: Link) -> Result<Option<u32>, StoreError> {
     let name = match link {
         Link::Current => CURRENT,
         Link::Next => NEXT,
+        Link::Previous => PREVIOUS,
     };
     match open_key_dir(output)? {
         Some(dir) => read_link_generation(&dir, name),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::SecretsManagerStore;
 use super::errors::{Failure, explain};
-use super::layout::{self, CURRENT, PENDING};
+use super::layout::{self, CURRENT, PENDING, PREVIOUS};
 use super::versions::Described;
 use super::wanted_tags;
 use crate::manifest::{KeyPair, SecretsManagerOutput};
@@ -138,7 +138,7 @@ impl SecretsManagerStore {
             // when only published: a new key has no verifier yet to miss it.
             let first = before.as_ref().is_none_or(|d| d.holder(CURRENT).is_none());
             let mut stages = vec![layout::generation_label(generation)];
-            if link != Some(Link::Next) && first {
+            if matches!(link, None | Some(Link::Current)) && first {
                 stages.push(CURRENT.to_string());
             }
             let put = self
@@ -233,8 +233,8 @@ impl SecretsManagerStore {
     }
 
     /// [`crate::store::Store::link`] of a secret output: the version holds its own label, then
-    /// `AWSPENDING`, or `AWSCURRENT` (with the activation tag, and `AWSPREVIOUS` settled on the
-    /// version it left).
+    /// `AWSPENDING`, `AWSPREVIOUS`, or `AWSCURRENT` (with the activation tag, and `AWSPREVIOUS`
+    /// settled on the version it left).
     pub(super) async fn link_generation(
         &self,
         key: &KeyPair,
@@ -251,6 +251,7 @@ impl SecretsManagerStore {
         }
         match link {
             Link::Next => self.set_label(&key.name, secret, PENDING, Some(&id)).await,
+            Link::Previous => self.set_label(&key.name, secret, PREVIOUS, Some(&id)).await,
             Link::Current => {
                 let old = described
                     .holder(CURRENT)
