@@ -439,8 +439,10 @@ pub async fn reconcile(
         config.reconcile.clock_tolerance,
         &crate::clock_guard::load_anchors(&config.state_dir),
     );
+    let by_name: HashMap<&str, &KeyPair> =
+        pending.keys.iter().map(|k| (k.name.as_str(), k)).collect();
     for (name, outputs) in &after {
-        if let (Ok(outputs), Some(key)) = (outputs, pending.keys.iter().find(|k| &k.name == name)) {
+        if let (Ok(outputs), Some(&key)) = (outputs, by_name.get(name.as_str())) {
             report.next_event = report
                 .next_event
                 .into_iter()
