@@ -81,8 +81,10 @@ impl Committer {
 }
 
 /// The writer: takes whatever has queued up since the last batch (at least one job), writes it
-/// as one batch, answers each job; returns when every sender is gone.
+/// as one batch, answers each job; returns when every sender is gone. Leftovers of interrupted
+/// runs are looked for once per directory for all batches (see [`file::Leftovers`]).
 fn write_batches(mut receiver: mpsc::UnboundedReceiver<Job>) {
+    let mut leftovers = file::Leftovers::default();
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -100,7 +102,7 @@ fn write_batches(mut receiver: mpsc::UnboundedReceiver<Job>) {
             })
             .collect();
         tracing::debug!(versions = batch.len(), "writing a batch");
-        let results = file::commit_versions(&batch);
+        let results = file::commit_versions(&batch, &mut leftovers);
         drop(batch);
         for (job, result) in jobs.into_iter().zip(results) {
             // A dropped receiver means the task is gone; its result has no one to go to.

@@ -440,6 +440,55 @@ fn interrupted_writes_are_cleaned_up_and_the_key_converges() {
     assert!(again.stdout.contains("0 changed"), "{}", again.stdout);
 }
 
+#[test]
+fn leftovers_of_interrupted_key_creations_are_collected_when_the_keys_are_made() {
+    let install = Install::new("");
+    install.manifest(
+        "k.yaml",
+        &[
+            manifest("alpha", "ECC_NIST_P256", ""),
+            manifest("beta-2", "ECC_NIST_P256", ""),
+        ]
+        .join("---\n"),
+    );
+    install.run_once(0);
+    install.manifest(
+        "n.yaml",
+        &[
+            manifest("gamma", "ECC_NIST_P256", ""),
+            manifest("delta", "ECC_NIST_P256", ""),
+        ]
+        .join("---\n"),
+    );
+    // What killed creations leave beside the key directories (one listing per pass finds
+    // them all), and one of another key's name that is not created in this run.
+    let keys = install.state().join("keys");
+    for (leftover, file) in [
+        (".tmp-new-4242-gamma", "v0001/public.pem"),
+        (".tmp-new-77-gamma", "meta.json"),
+        (".tmp-new-4242-delta", "x"),
+        (".tmp-new-4242-epsilon", "x"),
+    ] {
+        let path = keys.join(leftover).join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "half").unwrap();
+    }
+    install.run_once(0);
+    for name in ["gamma", "delta"] {
+        assert_eq!(
+            link(&install.key_dir(name), "current").as_deref(),
+            Some("v0001")
+        );
+    }
+    assert_eq!(
+        leftovers(&keys),
+        [keys.join(".tmp-new-4242-epsilon")],
+        "the leftovers of the keys created are gone, no other"
+    );
+    let again = install.run_once(0);
+    assert!(again.stdout.contains("0 changed"), "{}", again.stdout);
+}
+
 /// `time` plus the rotation spread of key `name` rotating every `days` days.
 fn at_spread(name: &str, time: &str, days: u64) -> std::time::SystemTime {
     keyprov::schedule::parse_time(time).unwrap()

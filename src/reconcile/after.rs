@@ -148,8 +148,10 @@ async fn observe_changed(pass: &mut Pass<'_>) {
         config.reconcile.clock_tolerance,
         &crate::clock_guard::load_anchors(&config.state_dir),
     );
+    let by_name: std::collections::HashMap<&str, &KeyPair> =
+        pending.keys.iter().map(|k| (k.name.as_str(), k)).collect();
     for (name, outputs) in &pass.after {
-        if let (Ok(outputs), Some(key)) = (outputs, pending.keys.iter().find(|k| &k.name == name)) {
+        if let (Ok(outputs), Some(&key)) = (outputs, by_name.get(name.as_str())) {
             pass.report.next_event = pass
                 .report
                 .next_event
