@@ -40,6 +40,10 @@ const JITTER: f64 = 0.1;
 const HEADER: &str = "sweep-beacon";
 /// The remembered listing: `secret-listing-0.json` to `-f.json`, one shard per ARN hash.
 const LISTED: &str = "secret-listing";
+/// How long after a beacon's change a listing surely shows the writes before it (by AWS's
+/// clock: the beacon's `LastChangedDate` against the `Date` of AWS's latest response).
+/// `ListSecrets` lags by seconds; a younger change is trusted only once a second listing saw it.
+const LISTING_LAG: Duration = Duration::from_secs(60);
 /// Shards of the remembered listing.
 const SHARDS: usize = 16;
 /// Largest shard written (a ledger file is read up to 1 MiB); secrets past it are left out
@@ -126,8 +130,8 @@ struct Listed {
 }
 
 /// The beacon as one sweep saw it before listing: its token, or `None` when it could not be
-/// read (or beacons are off).
-pub(super) struct Seen(Option<String>);
+/// read (or beacons are off), and how long ago it changed by AWS's clock (when known).
+pub(super) struct Seen(Option<String>, Option<Duration>);
 
 impl SecretsManagerStore {
     /// Turns the change beacon on (with sweeps: see [`Self::enable_sweep`]).
@@ -211,7 +215,7 @@ impl SecretsManagerStore {
     /// `None`, with one WARN per process.
     pub(super) async fn read_beacon(&self) -> Seen {
         if self.beacon.settings.is_none() || !self.sweep.enabled() {
-            return Seen(None);
+            return Seen(None, None);
         }
         let name = name(&self.scope);
         let described = self
@@ -222,9 +226,9 @@ impl SecretsManagerStore {
             .send()
             .await;
         match described {
-            Ok(output) => Seen(Some(token(&output))),
+            Ok(output) => Seen(Some(token(&output)), age(&output)),
             Err(err) => match explain(&err, &name, "DescribeSecret") {
-                Failure::NotFound => Seen(Some("absent".into())),
+                Failure::NotFound => Seen(Some("absent".into()), None),
                 other => {
                     if WARNED_READ.swap(true, Ordering::Relaxed) {
                         tracing::debug!("sweep: cannot read beacon {name}: {other}");
@@ -234,7 +238,7 @@ impl SecretsManagerStore {
                              the scope's secrets"
                         );
                     }
-                    Seen(None)
+                    Seen(None, None)
                 }
             },
         }
@@ -274,7 +278,8 @@ impl SecretsManagerStore {
             return;
         };
         let previous: Header = header_ledger(dir).load();
-        let trusted = seen.0.is_some() && previous.scope == self.scope && previous.token == seen.0;
+        let same = previous.scope == self.scope && previous.token == seen.0;
+        let trusted = trusted(seen.0.is_some(), same, seen.1);
         let stamp = uuid::Uuid::new_v4().to_string();
         let mut shards: Vec<Shard> = (0..SHARDS)
             .map(|_| Shard {
@@ -315,6 +320,26 @@ impl SecretsManagerStore {
             tracing::warn!("{err}");
         }
     }
+}
+
+/// Whether a listing taken after seeing the beacon can stand in for the next ones: the beacon
+/// was readable, and either the listing before saw the same value (so this one came at least a
+/// sweep after the change) or the change is older than [`LISTING_LAG`].
+fn trusted(readable: bool, same_as_before: bool, age: Option<Duration>) -> bool {
+    readable && (same_as_before || age.is_some_and(|age| age >= LISTING_LAG))
+}
+
+/// How long ago the beacon changed, by AWS's clock (the `Date` of its latest response, moved
+/// on by the local monotonic clock since).
+fn age(output: &DescribeSecretOutput) -> Option<Duration> {
+    let changed = SystemTime::try_from(*output.last_changed_date()?).ok()?;
+    let reading = crate::aws_clock::reading()?;
+    let aws_now = reading.aws + reading.at.elapsed();
+    // The Date header has whole seconds: one more second of margin.
+    aws_now
+        .duration_since(changed)
+        .ok()?
+        .checked_sub(Duration::from_secs(1))
 }
 
 /// The beacon's state as one string: the version holding `AWSCURRENT` and when the secret
@@ -425,6 +450,16 @@ mod tests {
         assert_ne!(at("a", 1), at("b", 1));
         // A label moved back to an old version is a change too.
         assert_ne!(at("a", 1), at("a", 2));
+    }
+
+    #[test]
+    fn a_listing_is_trusted_after_a_second_look_or_an_old_change_only() {
+        assert!(!trusted(true, false, None));
+        assert!(!trusted(true, false, Some(Duration::from_secs(5))));
+        assert!(trusted(true, false, Some(LISTING_LAG)));
+        assert!(trusted(true, true, None));
+        // An unreadable beacon never lets a listing be skipped.
+        assert!(!trusted(false, true, Some(LISTING_LAG)));
     }
 
     #[test]
