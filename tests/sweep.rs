@@ -215,8 +215,15 @@ fn a_converged_sweep_lists_and_reads_nothing_and_notices_a_version_written_elsew
         .unwrap();
     assert_eq!(k009["generation"], 2, "{k009}");
 
-    // And converged again: `status` above swept too and saw the same beacon as the listing
-    // before it (so it is trusted now): the sweep is down to the beacon's description.
+    // And converged again: one more listing confirms the beacon's new value (`status` above
+    // swept too, but a read-only command remembers nothing), then the sweep is down to the
+    // beacon's description.
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        KEYS.div_ceil(100) + 1,
+        "{counts:?}"
+    );
     let counts = counted_run(&hosts[1], &endpoint);
     assert_eq!(counts.values().sum::<usize>(), 1, "{counts:?}");
 }

@@ -95,6 +95,10 @@ pub(super) struct Beacon {
     settings: Option<BeaconSettings>,
     /// A key's secret was written since the last bump.
     wrote: AtomicBool,
+    /// The listing of this process's sweep and its header, written by
+    /// [`SecretsManagerStore::save_listing`] when the pass ends (read-only commands such as
+    /// `status` never write it).
+    pending: std::sync::Mutex<Option<(Vec<Shard>, Header)>>,
 }
 
 /// What this host saw at its last complete listing.
@@ -271,8 +275,29 @@ impl SecretsManagerStore {
         Some(listing)
     }
 
-    /// Remembers a complete listing and the beacon seen right before it (a failure to write
-    /// only costs a listing next time).
+    /// Writes the listing [`Self::remember_listing`] kept, shards first and the header that
+    /// names them last (a failure to write only costs a listing next time).
+    pub(super) fn save_listing(&self) {
+        let Some(dir) = self.sweep.state_dir() else {
+            return;
+        };
+        let pending = self.beacon.pending.lock().expect("never poisoned").take();
+        let Some((shards, header)) = pending else {
+            return;
+        };
+        for (index, shard) in shards.iter().enumerate() {
+            if let Err(err) = shard_ledger(dir, index).save(shard) {
+                tracing::warn!("{err}");
+                return;
+            }
+        }
+        if let Err(err) = header_ledger(dir).save(&header) {
+            tracing::warn!("{err}");
+        }
+    }
+
+    /// Keeps a complete listing and the beacon seen right before it, for
+    /// [`Self::save_listing`].
     pub(super) fn remember_listing(&self, listing: &Listing, seen: Seen) {
         let (Some(settings), Some(dir)) = (&self.beacon.settings, self.sweep.state_dir()) else {
             return;
@@ -294,17 +319,13 @@ impl SecretsManagerStore {
                     .insert(arn.clone(), listed(entry));
             }
         }
-        for (index, shard) in shards.iter_mut().enumerate() {
+        for shard in &mut shards {
             while serde_json::to_vec_pretty(&*shard).map_or(0, |b| b.len()) > MAX_BYTES {
                 let keep = shard.secrets.len() * 9 / 10;
                 let dropped: Vec<String> = shard.secrets.keys().skip(keep).cloned().collect();
                 for arn in dropped {
                     shard.secrets.remove(&arn);
                 }
-            }
-            if let Err(err) = shard_ledger(dir, index).save(&*shard) {
-                tracing::warn!("{err}");
-                return;
             }
         }
         let every = settings.full_sweep_every;
@@ -316,9 +337,7 @@ impl SecretsManagerStore {
             stamp,
             list_after: unix_now().saturating_add(every.as_secs()),
         };
-        if let Err(err) = header_ledger(dir).save(&header) {
-            tracing::warn!("{err}");
-        }
+        *self.beacon.pending.lock().expect("never poisoned") = Some((shards, header));
     }
 }
 

@@ -403,6 +403,7 @@ impl SecretsManagerStore {
     /// Saves what this reconcile read (see [`Cache::save`]).
     pub fn save_sweep(&self) {
         self.sweep.save();
+        self.save_listing();
     }
 
     /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page),
