@@ -153,6 +153,7 @@ struct ReconcileDoc {
     concurrency: Option<usize>,
     max_requests_per_second: Option<f64>,
     resync_every: Option<String>,
+    full_sweep_every: Option<String>,
     debounce: Option<String>,
     retry_backoff: Option<String>,
     retry_backoff_max: Option<String>,
@@ -232,6 +233,9 @@ pub struct ReconcileSettings {
     pub max_requests_per_second: f64,
     /// Full reconcile interval of the daemon.
     pub resync_every: Duration,
+    /// Longest time between two complete listings of the scope's secrets while the change
+    /// beacon says nothing changed (less up to 10 % of jitter).
+    pub full_sweep_every: Duration,
     /// Quiet time after a manifest change before reloading.
     pub debounce: Duration,
     /// How the daemon retries a failed key or hook: first delay, doubling up to a cap.
@@ -409,6 +413,12 @@ impl Config {
                 "reconcile.resyncEvery",
                 &doc.reconcile.resync_every,
                 DEFAULT_RESYNC,
+                MAX_RESYNC,
+            ),
+            full_sweep_every: duration(
+                "reconcile.fullSweepEvery",
+                &doc.reconcile.full_sweep_every,
+                crate::store::secrets_manager::DEFAULT_FULL_SWEEP,
                 MAX_RESYNC,
             ),
             debounce: duration(
