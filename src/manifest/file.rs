@@ -211,7 +211,6 @@ fn guarded<T>(parse: impl FnOnce() -> T) -> Result<T, String> {
         .map_err(|_| "the YAML parser failed on this document (internal error)".to_string())
 }
 
-/// Splits serde_yaml's `path: message at line L column C` into a positioned diagnostic.
 /// A duplicated key (`spec:` twice, a later edit appending a second block), reported at the
 /// duplicate's own line.
 pub(super) fn duplicate_key_diagnostic(
@@ -250,6 +249,7 @@ pub(super) fn duplicate_key_diagnostic(
     })
 }
 
+/// Splits serde_yaml's `path: message at line L column C` into a positioned diagnostic.
 pub(super) fn serde_diagnostic(path: &Path, err: &serde_yaml::Error) -> Diagnostic {
     let (line, column) = err
         .location()
