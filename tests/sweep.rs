@@ -24,7 +24,7 @@ fn host(keyring: &Path, scope: &str, aws: &str) -> Install {
             "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
              local: {{keyring: \"{}\"}}\n\
              aws: {{region: us-east-1, endpointUrl: \"{aws}\", maxAttempts: 3}}\n\
-             reconcile: {{concurrency: 8, maxRequestsPerSecond: 1000, scope: {scope}}}\n",
+             reconcile: {{concurrency: 8, maxRequestsPerSecond: 1000, scope: {scope}}}",
             keyring.display()
         ),
     )
@@ -169,9 +169,12 @@ fn a_converged_sweep_lists_and_reads_nothing_and_notices_a_version_written_elsew
             KEYS.div_ceil(100),
             "{counts:?}"
         );
-        for operation in ["GetSecretValue", "DescribeSecret", "BatchGetSecretValue"] {
+        for operation in ["GetSecretValue", "BatchGetSecretValue"] {
             assert_eq!(count(&counts, operation), 0, "{operation}: {counts:?}");
         }
+        // The change beacon, described before listing (its value is not trusted yet: a
+        // value is trusted once two listings in a row saw it).
+        assert_eq!(count(&counts, "DescribeSecret"), 1, "{counts:?}");
         assert!(
             total as f64 <= 0.05 * KEYS as f64,
             "{total} requests for {KEYS} keys: {counts:?}"
@@ -201,7 +204,7 @@ fn a_converged_sweep_lists_and_reads_nothing_and_notices_a_version_written_elsew
     );
     // Only the changed keys are described again (the listing may lag, so what is done is
     // decided on a fresh description).
-    assert!(count(&counts, "DescribeSecret") <= 2 * 3, "{counts:?}");
+    assert!(count(&counts, "DescribeSecret") <= 2 * 3 + 1, "{counts:?}");
     let status = hosts[1].keyprov(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let k009 = status["keys"]
@@ -212,8 +215,143 @@ fn a_converged_sweep_lists_and_reads_nothing_and_notices_a_version_written_elsew
         .unwrap();
     assert_eq!(k009["generation"], 2, "{k009}");
 
-    // And converged again: the sweep is back to its listing.
+    // And converged again: one more listing confirms the beacon's new value (`status` above
+    // swept too, but a read-only command remembers nothing), then the sweep is down to the
+    // beacon's description.
     let counts = counted_run(&hosts[1], &endpoint);
-    let total: usize = counts.values().sum();
-    assert_eq!(total, KEYS.div_ceil(100), "{counts:?}");
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        KEYS.div_ceil(100) + 1,
+        "{counts:?}"
+    );
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(counts.values().sum::<usize>(), 1, "{counts:?}");
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Runtime::new().unwrap().block_on(future)
+}
+
+/// The scope's beacon as Secrets Manager describes it: (AWSCURRENT version id, tags).
+fn beacon(endpoint: &str, scope: &str) -> Option<(String, Vec<(String, String)>)> {
+    let name = format!("keyprov/beacon/{scope}");
+    let out = block_on(async {
+        let client = secrets_client(endpoint).await;
+        client.describe_secret().secret_id(&name).send().await
+    })
+    .ok()?;
+    let current = out
+        .version_ids_to_stages()?
+        .iter()
+        .find(|(_, s)| s.iter().any(|l| l == "AWSCURRENT"))?
+        .0
+        .clone();
+    let tags = out
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Some((current, tags))
+}
+
+#[test]
+fn an_unchanged_beacon_costs_one_request_and_a_change_elsewhere_is_listed_and_copied() {
+    let Some(endpoint) = localstack() else { return };
+    let id = uuid::Uuid::new_v4();
+    let scope = format!("beacon-{id}");
+    let prefix = format!("keyprov-test/beacon-{id}");
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("k");
+    let hosts = [
+        host(&keyring, &scope, &endpoint),
+        host(&keyring, &scope, &endpoint),
+    ];
+    for host in &hosts {
+        host.manifest("keys.yaml", &manifests(&prefix));
+    }
+    hosts[0].run_once(0);
+    // Host 0 wrote secrets: it created the beacon, tagged with the scope, never as a key's.
+    let (created, tags) = beacon(&endpoint, &scope).expect("host 0 created the beacon");
+    assert!(
+        tags.contains(&("keyprov:scope".into(), scope.clone())),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.iter().any(|(k, _)| k == "keyprov:managed"),
+        "{tags:?}"
+    );
+    hosts[1].run_once(0);
+    // Host 1 only copied: it did not bump the beacon.
+    assert_eq!(beacon(&endpoint, &scope).unwrap().0, created);
+
+    // Host 1 lists a second time (a beacon value is trusted once two listings saw it), then
+    // its converged sweeps cost one request: the beacon's DescribeSecret.
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(
+        count(&counts, "ListSecrets"),
+        KEYS.div_ceil(100),
+        "{counts:?}"
+    );
+    for _ in 0..2 {
+        let counts = counted_run(&hosts[1], &endpoint);
+        assert_eq!(count(&counts, "DescribeSecret"), 1, "{counts:?}");
+        assert_eq!(counts.values().sum::<usize>(), 1, "{counts:?}");
+    }
+    // Files are still observed locally: a current link removed by hand is restored.
+    std::fs::remove_file(hosts[1].key_dir("k-001").join("current")).unwrap();
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(
+        link(&hosts[1].key_dir("k-001"), "current").as_deref(),
+        Some("v0001")
+    );
+    assert_eq!(count(&counts, "ListSecrets"), 0, "{counts:?}");
+
+    // Host 0 rotates a key: it bumps the beacon once, and host 1's next sweep lists and copies.
+    let rotated = hosts[0].keyprov(&["rotate", "k-000", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    let bumped = beacon(&endpoint, &scope).unwrap().0;
+    assert_ne!(bumped, created);
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(
+        count(&counts, "ListSecrets"),
+        KEYS.div_ceil(100),
+        "{counts:?}"
+    );
+    assert_eq!(
+        link(&hosts[1].key_dir("k-000"), "current").as_deref(),
+        Some("v0002")
+    );
+    assert_eq!(
+        public_der(&hosts[1].key_dir("k-000")),
+        public_der(&hosts[0].key_dir("k-000"))
+    );
+
+    // A beacon that disappears is a change: the next sweep lists (nothing fails), and a writer
+    // creates it again with its next write.
+    block_on(async {
+        let client = secrets_client(&endpoint).await;
+        client
+            .delete_secret()
+            .secret_id(format!("keyprov/beacon/{scope}"))
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+    })
+    .unwrap();
+    let run = hosts[1].run_once(0);
+    assert!(!run.stdout.contains("ERROR"), "{}", run.stdout);
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(
+        count(&counts, "ListSecrets"),
+        KEYS.div_ceil(100),
+        "{counts:?}"
+    );
+    let rotated = hosts[0].keyprov(&["rotate", "k-001", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    assert!(beacon(&endpoint, &scope).is_some());
 }

@@ -99,6 +99,7 @@ pub(super) struct ReconcileDoc {
     pub(super) concurrency: Option<usize>,
     pub(super) max_requests_per_second: Option<f64>,
     pub(super) resync_every: Option<String>,
+    pub(super) full_sweep_every: Option<String>,
     pub(super) debounce: Option<String>,
     pub(super) retry_backoff: Option<String>,
     pub(super) retry_backoff_max: Option<String>,

@@ -98,6 +98,9 @@ pub struct ReconcileSettings {
     pub max_requests_per_second: f64,
     /// Full reconcile interval of the daemon.
     pub resync_every: Duration,
+    /// Longest time between two complete listings of the scope's secrets while the change
+    /// beacon says nothing changed (less up to 10 % of jitter).
+    pub full_sweep_every: Duration,
     /// Quiet time after a manifest change before reloading.
     pub debounce: Duration,
     /// How the daemon retries a failed key or hook: first delay, doubling up to a cap.

@@ -100,6 +100,12 @@ impl Config {
                 DEFAULT_RESYNC,
                 MAX_RESYNC,
             ),
+            full_sweep_every: duration(
+                "reconcile.fullSweepEvery",
+                &doc.reconcile.full_sweep_every,
+                crate::store::secrets_manager::DEFAULT_FULL_SWEEP,
+                MAX_RESYNC,
+            ),
             debounce: duration(
                 "reconcile.debounce",
                 &doc.reconcile.debounce,

@@ -41,7 +41,8 @@ pub use report::Report;
 pub fn new_stores(config: &Config) -> Stores {
     let limiter = crate::fleet::limiter::shared(config.reconcile.max_requests_per_second);
     let stores = Stores::new(config.aws.clone(), config.reconcile.scope.clone(), limiter)
-        .with_sweep(&config.state_dir);
+        .with_sweep(&config.state_dir)
+        .with_beacon(crate::store::secrets_manager::BeaconSettings::of(config));
     crate::secret_refusal::seed(&config.state_dir, stores.secrets());
     stores
 }

@@ -265,7 +265,14 @@ impl DirHandle {
     ) -> Result<(), StoreError> {
         let tmp = format!(".tmp-{name}-{}", std::process::id());
         self.remove_file(&tmp)?;
-        let file = self.create_file(&tmp, bytes, mode, owner)?;
+        let file = match self.create_file(&tmp, bytes, mode, owner) {
+            Ok(file) => file,
+            Err(err) => {
+                // A full disk fails the write after the file was created: no temporary stays.
+                let _ = self.remove_file(&tmp);
+                return Err(err);
+            }
+        };
         let renamed = file
             .sync_all()
             .map_err(|e| io_error("cannot fsync", &self.path.join(&tmp), e))

@@ -42,6 +42,13 @@ impl Stores {
         self
     }
 
+    /// Skips a sweep's listing while the scope's change beacon is unchanged; a writer bumps it
+    /// at [`Stores::finish`] after writing a secret (see [`SecretsManagerStore::bump_beacon`]).
+    pub fn with_beacon(mut self, settings: super::secrets_manager::BeaconSettings) -> Self {
+        self.secrets.enable_beacon(settings);
+        self
+    }
+
     /// The Secrets Manager store (for orphan listing and pruning).
     pub fn secrets(&self) -> &SecretsManagerStore {
         &self.secrets
@@ -56,6 +63,7 @@ impl Stores {
     /// handle; otherwise the writer stops when the last one goes).
     pub async fn finish(self: Arc<Self>) {
         self.secrets.save_sweep();
+        self.secrets.bump_beacon().await;
         if let Ok(stores) = Arc::try_unwrap(self) {
             stores.files.finish().await;
         }

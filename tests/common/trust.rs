@@ -43,7 +43,7 @@ pub async fn aws(endpoint: &str) -> Aws {
 
 pub fn aws_install(endpoint: &str) -> Install {
     let mut install = Install::new(&format!(
-        "provider: aws\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 2, operationTimeout: 30s}}"
+        "provider: aws\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 4, operationTimeout: 30s}}"
     ));
     install.env = vec![
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),

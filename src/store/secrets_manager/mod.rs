@@ -9,6 +9,8 @@
 //! deprecates it; pruning removes the labels. Labels are drift, repaired to what the versions
 //! say (module `labels`), and every label move tolerates other hosts moving the same labels.
 
+mod beacon;
+pub use beacon::{BeaconSettings, DEFAULT_FULL_SWEEP};
 mod describe;
 mod errors;
 pub use errors::NO_CREDENTIALS;
@@ -64,6 +66,8 @@ pub struct SecretsManagerStore {
     refused: Mutex<Vec<Refusal>>,
     /// What this host read of each version (see [`sweep`]).
     sweep: sweep::Cache,
+    /// The scope's change beacon (see [`beacon`]).
+    beacon: beacon::Beacon,
 }
 
 impl SecretsManagerStore {
@@ -86,6 +90,7 @@ impl SecretsManagerStore {
             written: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
             sweep: sweep::Cache::default(),
+            beacon: beacon::Beacon::default(),
         }
     }
 
@@ -180,6 +185,7 @@ impl Store for SecretsManagerStore {
         generation: u32,
         link: Link,
     ) -> Result<(), StoreError> {
+        self.note_write();
         self.link_generation(key, output, generation, link).await
     }
 
@@ -199,6 +205,7 @@ impl Store for SecretsManagerStore {
         output: &SecretsManagerOutput,
         input: &RepairInput<'_>,
     ) -> Result<(), StoreError> {
+        self.note_write();
         self.repair_secret(key, output, input).await
     }
 
@@ -208,6 +215,7 @@ impl Store for SecretsManagerStore {
         output: &SecretsManagerOutput,
         generations: &[u32],
     ) -> Result<(), StoreError> {
+        self.note_write();
         self.prune_versions(key, output, generations).await
     }
 }

@@ -175,6 +175,11 @@ impl Cache {
         self.state_dir.is_some()
     }
 
+    /// Where the cache persists.
+    pub(super) fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
         let mut guard = self.record.lock().expect("never poisoned");
         let record = guard.get_or_insert_with(|| {
@@ -336,7 +341,7 @@ fn shard_ledger(state_dir: &Path, index: usize) -> crate::ledger::Ledger {
 }
 
 /// The shard of a secret (FNV-1a of its ARN: stable across releases and hosts).
-fn shard_of(arn: &str) -> usize {
+pub(super) fn shard_of(arn: &str) -> usize {
     let hash = arn.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -344,6 +349,7 @@ fn shard_of(arn: &str) -> usize {
 }
 
 /// The secrets of this scope as one sweep listed them, each as `DescribeSecret` would say.
+#[derive(Default)]
 pub struct Listing {
     by_arn: HashMap<String, DescribeSecretOutput>,
     /// Secret name -> ARN.
@@ -356,6 +362,20 @@ impl Listing {
         self.by_arn
             .get(secret_id)
             .or_else(|| self.by_arn.get(self.names.get(secret_id)?))
+    }
+
+    /// Adds a listed secret.
+    pub(super) fn insert(&mut self, entry: DescribeSecretOutput) {
+        let (Some(arn), Some(name)) = (entry.arn(), entry.name()) else {
+            return;
+        };
+        self.names.insert(name.to_string(), arn.to_string());
+        self.by_arn.insert(arn.to_string(), entry);
+    }
+
+    /// Every listed secret by ARN.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (&String, &DescribeSecretOutput)> {
+        self.by_arn.iter()
     }
 
     /// How many secrets were listed.
@@ -383,16 +403,21 @@ impl SecretsManagerStore {
     /// Saves what this reconcile read (see [`Cache::save`]).
     pub fn save_sweep(&self) {
         self.sweep.save();
+        self.save_listing();
     }
 
-    /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page);
-    /// then reads what this host has not seen of the versions holding `AWSCURRENT` of `keys`'
-    /// secrets (`BatchGetSecretValue`, 20 a call).
+    /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page),
+    /// unless the change beacon says nothing changed since the last listing (see [`super::beacon`]:
+    /// the remembered listing stands in for it); then reads what this host has not seen of the
+    /// versions holding `AWSCURRENT` of `keys`' secrets (`BatchGetSecretValue`, 20 a call).
     pub async fn sweep(&self, keys: &[KeyPair]) -> Result<Listing, StoreError> {
-        let mut listing = Listing {
-            by_arn: HashMap::new(),
-            names: HashMap::new(),
-        };
+        let seen = self.read_beacon().await;
+        if let Some(listing) = self.remembered(&seen) {
+            tracing::debug!("sweep: the change beacon is unchanged; not listing");
+            self.read_unseen(keys, &listing).await;
+            return Ok(listing);
+        }
+        let mut listing = Listing::default();
         let mut token = None;
         loop {
             let page = self
@@ -442,6 +467,7 @@ impl SecretsManagerStore {
             }
         }
         self.sweep.retain(&listing);
+        self.remember_listing(&listing, seen);
         self.read_unseen(keys, &listing).await;
         Ok(listing)
     }

@@ -124,6 +124,7 @@ impl SecretsManagerStore {
         version: Arc<StoredVersion>,
         link: Option<Link>,
     ) -> Result<bool, StoreError> {
+        self.note_write();
         let generation = version.meta.generation;
         let text = layout::secret_string(&version)?;
         let mut current = false;
