@@ -125,8 +125,9 @@ pub async fn run(mut config: Config) -> Exit {
         return Exit::KeyFailed;
     }
     log_start(&config, &inputs);
-    // The sets as they are on disk until the first reconcile has run.
-    crate::jwks_served::refresh(&config.jwks, None);
+    // The sets as they are on disk until the first reconcile has run, not to be cached: the
+    // next publication is not known before it.
+    crate::jwks_served::refresh(&config.jwks, Some(clock::now()));
     let mut pass = Pass::Everything;
     let mut reload = false;
     let mut pace = Pace::new(&config, Instant::now());
@@ -152,7 +153,9 @@ pub async fn run(mut config: Config) -> Exit {
             break Exit::Ok;
         };
         let wait = pace.wait(next_wake(&config, &report), Instant::now());
-        crate::jwks_served::refresh(&config.jwks, report.next_event);
+        // Served sets are cached until the schedule's next publication, not this host's turn.
+        let publication = report.next_event.into_iter().chain(report.next_publication);
+        crate::jwks_served::refresh(&config.jwks, publication.min());
         let status = summary(&report, wait);
         tracing::info!("{status}");
         // The first READY=1 ends start-up; later ones end a reload.

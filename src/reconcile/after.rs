@@ -152,12 +152,10 @@ async fn observe_changed(pass: &mut Pass<'_>) {
         pending.keys.iter().map(|k| (k.name.as_str(), k)).collect();
     for (name, outputs) in &pass.after {
         if let (Ok(outputs), Some(&key)) = (outputs, by_name.get(name.as_str())) {
-            pass.report.next_event = pass
-                .report
-                .next_event
-                .into_iter()
-                .chain(plan::next_event(key, outputs, now))
-                .min();
+            let at = plan::next_event(key, outputs, now);
+            let report = &mut pass.report;
+            report.next_event = report.next_event.into_iter().chain(at).min();
+            report.next_publication = report.next_publication.into_iter().chain(at).min();
         }
     }
 }

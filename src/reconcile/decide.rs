@@ -58,7 +58,8 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
         pending.now,
     )
     .await;
-    pending.next_event = settled.next_event(pending.next_event);
+    let next_publication = pending.next_event;
+    pending.next_event = settled.next_event(next_publication);
     let (unproven, proofs) = {
         let considered: Vec<&KeyPair> = pending
             .keys
@@ -104,6 +105,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
         invalid: pending.invalid,
         provider_calls: 0,
         next_event: pending.next_event,
+        next_publication,
         lock_held: None,
         waiting: waiting.len(),
         failed_outside_keys: false,

@@ -22,6 +22,10 @@ pub struct Report {
     pub invalid: bool,
     /// The earliest time a rotation or activation falls due (for the daemon's timer).
     pub next_event: Option<std::time::SystemTime>,
+    /// The earliest time a rotation is published or a generation activated by the schedule
+    /// itself, before any host's turn (fleet offsets delay `next_event`, not a publication
+    /// elsewhere): a served JWK Set may be cached until then at most.
+    pub next_publication: Option<std::time::SystemTime>,
     /// The stateDir lock was held by another keyprov and not waited for: nothing was done.
     pub lock_held: Option<String>,
     /// Failed keys the daemon left alone in this pass: their retry time has not come.
