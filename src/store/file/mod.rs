@@ -341,7 +341,13 @@ fn move_links(
             }
             // `current` first: a crash in between leaves `previous` below it, and the next
             // run finds the version that was current between the two (see `plan::garbage`).
-            set_link(dir, CURRENT, Some(generation))?;
+            // A published `next` becomes `current` by renaming the link: `next` goes in the
+            // same step, so a crash never leaves `next` at `current`'s generation.
+            if read_link_generation(dir, NEXT)? == Some(generation) {
+                dir.rename(NEXT, CURRENT)?;
+            } else {
+                set_link(dir, CURRENT, Some(generation))?;
+            }
             if let Some(old) = old.filter(|&old| old < generation) {
                 set_link(dir, PREVIOUS, Some(old))?;
             }
