@@ -81,6 +81,20 @@ impl Ledger {
             .map_err(|e| context(e.to_string()))?
             .ok_or_else(|| context("the ledger directory vanished".into()))?;
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| context(e.to_string()))?;
+        // A run killed while writing leaves its temporary file (`.tmp-<file>-<pid>`, see
+        // `DirHandle::replace_file`); writers of a stateDir hold its lock, so any there is
+        // stale.
+        let prefix = format!(".tmp-{}-", self.file);
+        for leftover in dir.names().map_err(|e| context(e.to_string()))? {
+            let leftover = leftover.to_string_lossy();
+            if leftover
+                .strip_prefix(&prefix)
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            {
+                dir.remove_file(&*leftover)
+                    .map_err(|e| context(e.to_string()))?;
+            }
+        }
         dir.replace_file(&self.file, &bytes, 0o600, (None, None))
             .map_err(|e| context(e.to_string()))?;
         dir.sync().map_err(|e| context(e.to_string()))
@@ -91,6 +105,31 @@ impl Ledger {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_save_removes_the_temporary_file_a_killed_writer_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::new(tmp.path(), "test");
+        ledger.save(&BTreeMap::from([("a", 1)])).unwrap();
+        let dir = tmp.path().join(LEDGER_DIR);
+        for name in [
+            ".tmp-test.json-123",
+            ".tmp-test.json-x",
+            ".tmp-other.json-123",
+        ] {
+            std::fs::write(dir.join(name), "{").unwrap();
+        }
+        ledger.save(&BTreeMap::from([("a", 2)])).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".tmp-other.json-123", ".tmp-test.json-x", "test.json"]
+        );
+    }
 
     #[test]
     fn a_record_round_trips_and_a_damaged_one_reads_as_empty() {

@@ -309,6 +309,44 @@ fn version_count(dir: &Path) -> usize {
     })
 }
 
+/// With `KEYPROV_CRASH_DUMP` set, the links and versions (with their rounds) of each output
+/// of the key named by it (of every key with `all`): printed after every kill and around
+/// every restart, to replay a failure.
+fn dump(keys: &[Key], when: &str) {
+    let Ok(name) = std::env::var("KEYPROV_CRASH_DUMP") else {
+        return;
+    };
+    for key in keys.iter().filter(|k| name == "all" || k.name == name) {
+        for dir in &key.dirs {
+            let mut entries: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| {
+                            let path = e.path();
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            match std::fs::read_link(&path) {
+                                Ok(target) => format!("{name}->{}", target.display()),
+                                Err(_) => {
+                                    let meta =
+                                        std::fs::read(path.join("meta.json")).ok().and_then(|b| {
+                                            serde_json::from_slice::<serde_json::Value>(&b).ok()
+                                        });
+                                    let round = meta
+                                        .as_ref()
+                                        .map(|m| m["encryptionContext"]["round"].to_string());
+                                    format!("{name}(r{})", round.unwrap_or_default())
+                                }
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            entries.sort();
+            eprintln!("dump {when}: {}: {}", dir.display(), entries.join(" "));
+        }
+    }
+}
+
 /// Figures of one harness run.
 #[derive(Default, Debug)]
 struct Figures {
@@ -358,7 +396,12 @@ fn restart(
         figures.restart_failures += 1;
         figures.problem(format!("restart {}: {text}", figures.restarts));
     };
+    dump(
+        keys,
+        &format!("before restart {} (round {round})", figures.restarts),
+    );
     let run = install.keyprov(&["run", "--once"]);
+    dump(keys, &format!("after restart {}", figures.restarts));
     let calls = provider_calls(&run.stdout);
     figures.restart_calls += calls.unwrap_or(0);
     if run.code != 0 {
@@ -514,6 +557,7 @@ fn sigkilled_runs_never_break_a_pair_and_a_restart_converges() {
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         child.wait().unwrap();
         figures.kills += 1;
+        dump(&keys, &format!("after kill {kill_number} (round {round})"));
         for key in &keys {
             for problem in inspect(key, &mut history).1 {
                 figures.broken += 1;

@@ -339,9 +339,18 @@ fn move_links(
             if old != Some(generation) {
                 public::trust_before_current(dir, output, generation, sync)?;
             }
+            if let Some(old) = old.filter(|&old| old < generation) {
+                drop_superseded(dir, old, generation)?;
+            }
             // `current` first: a crash in between leaves `previous` below it, and the next
             // run finds the version that was current between the two (see `plan::garbage`).
-            set_link(dir, CURRENT, Some(generation))?;
+            // A published `next` becomes `current` by renaming the link: `next` goes in the
+            // same step, so a crash never leaves `next` at `current`'s generation.
+            if read_link_generation(dir, NEXT)? == Some(generation) {
+                dir.rename(NEXT, CURRENT)?;
+            } else {
+                set_link(dir, CURRENT, Some(generation))?;
+            }
             if let Some(old) = old.filter(|&old| old < generation) {
                 set_link(dir, PREVIOUS, Some(old))?;
             }
@@ -360,6 +369,36 @@ fn move_links(
     }
     public::write_jwks(dir, output, sync)?;
     sync.add_dir(dir)
+}
+
+/// Removes the versions strictly between `old` (current) and `generation` (about to become
+/// current): published as `next` and replaced by a newer generation, never in use. Done
+/// before `current` moves, while they are still above it (garbage to the next run): left in
+/// place they would sit between `previous` and `current`, where only a version that was
+/// current is found after a crash, and be taken for `previous`.
+fn drop_superseded(dir: &DirHandle, old: u32, generation: u32) -> Result<(), StoreError> {
+    let next = read_link_generation(dir, NEXT)?;
+    if next.is_some_and(|n| old < n && n < generation) {
+        set_link(dir, NEXT, None)?;
+    }
+    let previous = read_link_generation(dir, PREVIOUS)?;
+    let mut trash = Vec::new();
+    for superseded in versions_present(dir)?
+        .into_iter()
+        .filter(|&v| old < v && v < generation && Some(v) != previous)
+    {
+        // Renamed aside durably first (as `prune` does): never half deleted under its name.
+        let name = version_name(superseded);
+        let aside = temporary_name(TRASH_PREFIX, &name);
+        dir.remove_tree(&aside)?;
+        dir.rename(&name, &aside)?;
+        trash.push(aside);
+    }
+    if trash.is_empty() {
+        return Ok(());
+    }
+    dir.sync()?;
+    trash.iter().try_for_each(|aside| dir.remove_tree(aside))
 }
 
 /// The JWKs of the versions `next`, `current` and `previous` of `output` point at (next

@@ -153,6 +153,23 @@ fn staged_versions_become_next_then_current() {
 }
 
 #[test]
+fn a_next_replaced_before_use_is_gone_once_a_newer_one_is_current() {
+    let root = tempfile::tempdir().unwrap();
+    let out = output(root.path(), "k");
+    commit(&out, &version("k", 1), Link::Current).unwrap();
+    commit(&out, &version("k", 2), Link::Next).unwrap();
+    commit(&out, &version("k", 3), Link::Next).unwrap();
+    link(&out, 3, Link::Current).unwrap();
+    let observed = observe(&out, "k", false).unwrap();
+    assert_eq!(observed.current.map(|v| v.generation), Some(3));
+    // v2 was never in use: it does not linger between previous and current.
+    assert_eq!(observed.previous, Some(1));
+    assert_eq!(observed.versions, [1, 3]);
+    assert!(observed.next.is_none());
+    assert!(no_leftovers(&out.dir));
+}
+
+#[test]
 fn a_version_once_in_place_is_never_replaced() {
     let root = tempfile::tempdir().unwrap();
     let out = output(root.path(), "k");
