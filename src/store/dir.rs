@@ -331,6 +331,19 @@ impl DirHandle {
         fchown(&file, &path, owner)
     }
 
+    /// Sets the times of the entry `name` itself (a symlink is not followed) to now.
+    pub fn touch(&self, name: &str) -> Result<(), StoreError> {
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        nix::sys::stat::utimensat(
+            &self.fd,
+            name,
+            &now,
+            &now,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| errno_error("cannot set the times of", &self.path.join(name), e))
+    }
+
     /// `lstat` of `name`; `None` when it does not exist or cannot be read.
     pub fn stat(&self, name: impl AsRef<OsStr>) -> Option<FileStat> {
         nix::sys::stat::fstatat(&self.fd, name.as_ref(), AtFlags::AT_SYMLINK_NOFOLLOW).ok()

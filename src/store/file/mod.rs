@@ -346,8 +346,11 @@ fn move_links(
             // run finds the version that was current between the two (see `plan::garbage`).
             // A published `next` becomes `current` by renaming the link: `next` goes in the
             // same step, so a crash never leaves `next` at `current`'s generation.
+            // Its time becomes the activation's: the observation reads an early activation
+            // (`rotate --now`) from it (see `observe`).
             if read_link_generation(dir, NEXT)? == Some(generation) {
                 dir.rename(NEXT, CURRENT)?;
+                dir.touch(CURRENT)?;
             } else {
                 set_link(dir, CURRENT, Some(generation))?;
             }
