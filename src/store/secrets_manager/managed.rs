@@ -1,5 +1,6 @@
 //! The secrets of this installation (`keyprov:scope`), for orphan listing and pruning.
 
+use aws_sdk_secretsmanager::operation::list_secrets::ListSecretsOutput;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 
 use super::SecretsManagerStore;
@@ -40,27 +41,41 @@ impl SecretsManagerStore {
             .cloned()
     }
 
+    /// One `ListSecrets` page (100 secrets, the most AWS allows) of the secrets tagged with this store's scope,
+    /// tags and `SecretVersionsToStages` included: what sweeps and orphan listing page through.
+    pub(super) async fn list_scope_page(
+        &self,
+        token: Option<String>,
+    ) -> Result<ListSecretsOutput, StoreError> {
+        self.client()
+            .await
+            .list_secrets()
+            .filters(
+                Filter::builder()
+                    .key(FilterNameStringType::TagKey)
+                    .values(SCOPE_TAG)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .key(FilterNameStringType::TagValue)
+                    .values(&self.scope)
+                    .build(),
+            )
+            .max_results(100)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())
+    }
+
     /// Managed secrets (`keyprov:managed=true`) of this store's scope, for orphan listing; at
     /// most 10,000.
     pub async fn list_managed(&self) -> Result<Vec<ManagedSecret>, StoreError> {
         let mut found = Vec::new();
         let mut token = None;
         loop {
-            let page = self
-                .client()
-                .await
-                .list_secrets()
-                .filters(
-                    Filter::builder()
-                        .key(FilterNameStringType::TagKey)
-                        .values(SCOPE_TAG)
-                        .build(),
-                )
-                .max_results(100)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())?;
+            let page = self.list_scope_page(token).await?;
             for secret in page.secret_list() {
                 let tags = tag_map(secret.tags());
                 if tags.get(MANAGED_TAG).map(String::as_str) == Some("true")

@@ -19,12 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
-use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 use serde::{Deserialize, Serialize};
 
 use super::SecretsManagerStore;
 use super::errors::explain;
-use super::layout::{self, CURRENT, PENDING, SCOPE_TAG};
+use super::layout::{self, CURRENT, PENDING};
 use super::versions::Described;
 use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
 use crate::observed::{ObservedOutput, ObservedVersion};
@@ -35,8 +34,6 @@ use crate::store::StoreError;
 const RECORD: &str = "secret-versions";
 /// Shards of the cache.
 const SHARDS: usize = 16;
-/// Secrets a `ListSecrets` page holds (the API's maximum).
-const PAGE: i32 = 100;
 /// Secrets a `BatchGetSecretValue` call reads (the API's maximum with a list of ids).
 const BATCH: usize = 20;
 /// Most secrets one sweep lists; beyond, keys are observed directly.
@@ -420,27 +417,7 @@ impl SecretsManagerStore {
         let mut listing = Listing::default();
         let mut token = None;
         loop {
-            let page = self
-                .client()
-                .await
-                .list_secrets()
-                .filters(
-                    Filter::builder()
-                        .key(FilterNameStringType::TagKey)
-                        .values(SCOPE_TAG)
-                        .build(),
-                )
-                .filters(
-                    Filter::builder()
-                        .key(FilterNameStringType::TagValue)
-                        .values(&self.scope)
-                        .build(),
-                )
-                .max_results(PAGE)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|err| explain(&err, "(all)", "ListSecrets").into_error())?;
+            let page = self.list_scope_page(token).await?;
             for entry in page.secret_list() {
                 let (Some(arn), Some(name)) = (entry.arn(), entry.name()) else {
                     continue;
