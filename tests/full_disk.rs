@@ -106,6 +106,42 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     filler
 }
 
+/// The file output of every key here (jwks.json makes a second file to write).
+const FILE: &str = "    - file: {publicFormats: [jwk]}\n";
+
+/// A secret output writing to `secret`.
+fn secret_output(secret: &str) -> String {
+    format!("    - secretsManager: {{secretId: \"{secret}\"}}\n")
+}
+
+/// Writes key `name` (ECC_NIST_P256, `spec_extra` lines, `outputs` in that order) and mounts a
+/// 128 KiB tmpfs on its directory: only the file output runs out of space (the state
+/// directory's journal and lock stay writable). Returns the directory and its mount.
+fn key_on_a_small_disk(
+    install: &Install,
+    name: &str,
+    spec_extra: &str,
+    outputs: &str,
+) -> (std::path::PathBuf, Mount) {
+    install.manifest(
+        &format!("{name}.yaml"),
+        &manifest(name, "ECC_NIST_P256", spec_extra).replace("    - file: {}\n", outputs),
+    );
+    let dir = install.key_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mount = Mount::new(
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=128k,mode=0750",
+            "keyprov-fulldisk",
+        ],
+        &dir,
+    );
+    (dir, mount)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_during_a_rotation_never_moves_awscurrent_before_the_files() {
     let Some(endpoint) = localstack() else { return };
@@ -117,28 +153,11 @@ async fn a_full_disk_during_a_rotation_never_moves_awscurrent_before_the_files()
     let install = install(&endpoint);
     let secret = format!("keyprov-test/fulldisk-{}", uuid::Uuid::new_v4());
     let name = "signer";
-    install.manifest(
-        "signer.yaml",
-        &manifest(name, "ECC_NIST_P256", "  rotation: {every: 1d, keep: 2}\n").replace(
-            "    - file: {}\n",
-            &format!(
-                "    - file: {{publicFormats: [jwk]}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"
-            ),
-        ),
-    );
-    // The key directory is its own small filesystem: only the file output runs out of space
-    // (the state directory's journal and lock stay writable).
-    let dir = install.key_dir(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _mount = Mount::new(
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=128k,mode=0750",
-            "keyprov-fulldisk",
-        ],
-        &dir,
+    let (dir, _mount) = key_on_a_small_disk(
+        &install,
+        name,
+        "  rotation: {every: 1d, keep: 2}\n",
+        &format!("{FILE}{}", secret_output(&secret)),
     );
     let first = at(&install, &["run", "--once"], "2032-01-01T01:00:00Z");
     assert_eq!(first.code, 0, "{}", first.all());
@@ -230,31 +249,11 @@ async fn a_file_output_failing_a_staged_activation_never_moves_awscurrent_first(
     let install = install(&endpoint);
     let secret = format!("keyprov-test/fulldisk-staged-{}", uuid::Uuid::new_v4());
     let name = "staged";
-    install.manifest(
-        "staged.yaml",
-        &manifest(
-            name,
-            "ECC_NIST_P256",
-            "  rotation: {every: 1d, publishAhead: 6h, keep: 2}\n",
-        )
-        .replace(
-            "    - file: {}\n",
-            &format!(
-                "    - secretsManager: {{secretId: \"{secret}\"}}\n    - file: {{publicFormats: [jwk]}}\n"
-            ),
-        ),
-    );
-    let dir = install.key_dir(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _mount = Mount::new(
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=128k,mode=0750",
-            "keyprov-fulldisk",
-        ],
-        &dir,
+    let (dir, _mount) = key_on_a_small_disk(
+        &install,
+        name,
+        "  rotation: {every: 1d, publishAhead: 6h, keep: 2}\n",
+        &format!("{}{FILE}", secret_output(&secret)),
     );
     for now in ["2032-01-01T01:00:00Z", "2032-01-01T20:00:00Z"] {
         let run = at(&install, &["run", "--once"], now);
@@ -327,26 +326,11 @@ async fn a_new_key_on_a_full_disk_converges_on_the_secrets_first_version() {
     let install = install(&endpoint);
     let secret = format!("keyprov-test/fulldisk-new-{}", uuid::Uuid::new_v4());
     let name = "fresh";
-    install.manifest(
-        "fresh.yaml",
-        &manifest(name, "ECC_NIST_P256", "").replace(
-            "    - file: {}\n",
-            &format!(
-                "    - file: {{publicFormats: [jwk]}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"
-            ),
-        ),
-    );
-    let dir = install.key_dir(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _mount = Mount::new(
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=128k,mode=0750",
-            "keyprov-fulldisk",
-        ],
-        &dir,
+    let (dir, _mount) = key_on_a_small_disk(
+        &install,
+        name,
+        "",
+        &format!("{FILE}{}", secret_output(&secret)),
     );
     let filler = fill(&dir);
     let now = "2032-01-01T01:00:00Z";
