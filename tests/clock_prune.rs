@@ -502,15 +502,7 @@ async fn a_pruned_secret_is_restored_with_the_same_pair_when_its_key_comes_back(
 async fn a_clock_far_from_aws_generates_and_activates_nothing_and_names_both_times() {
     let Some(endpoint) = localstack() else { return };
     let kms = kms_client(&endpoint).await;
-    let arn = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn = new_kms_key(&kms).await;
     let mut install = Install::new(&format!(
         "provider: aws\naws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 2}}"
     ));
@@ -814,15 +806,7 @@ async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
 async fn with_provider_aws_an_orphan_is_seen_only_by_a_clock_that_agrees_with_aws() {
     let Some(endpoint) = localstack() else { return };
     let kms = kms_client(&endpoint).await;
-    let arn = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn = new_kms_key(&kms).await;
     let mut install = Install::new("");
     configure(
         &install,

@@ -428,16 +428,7 @@ async fn a_host_still_on_the_old_manifest_never_refuses_the_new_generation_of_a_
     first.run_once(0);
     second.run_once(0);
     // The new manifest (another KMS key: a new generation) reaches the first host only.
-    let newer = aws
-        .kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .arn
-        .unwrap();
+    let newer = new_kms_key(&aws.kms).await;
     let new = key(name, &newer, &secret, "");
     first.manifest("a.yaml", &new);
     first.run_once(0);

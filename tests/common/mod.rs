@@ -320,6 +320,12 @@ pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
     aws_sdk_kms::Client::new(&localstack_sdk_config(endpoint).await)
 }
 
+/// The ARN of a new symmetric KMS key (a key of one test only).
+pub async fn new_kms_key(kms: &aws_sdk_kms::Client) -> String {
+    let created = kms.create_key().send().await.unwrap();
+    created.key_metadata.unwrap().arn.unwrap()
+}
+
 impl Install {
     /// `keyprov ARGS --config <config>` as a command to spawn (for processes a test kills or
     /// runs side by side), with the same clean environment as [`Install::keyprov`].
