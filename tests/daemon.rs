@@ -823,3 +823,56 @@ fn a_failure_repaired_by_hand_does_not_make_the_daemon_spin() {
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+#[test]
+fn a_due_wake_reconciles_only_the_keys_due() {
+    let install = daemon_install();
+    install.manifest(
+        "due.yaml",
+        &manifest(
+            "due",
+            "ECC_NIST_P256",
+            "  rotation: {every: 3s, keep: 10}\n",
+        ),
+    );
+    install.manifest("still.yaml", &manifest("still", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    let daemon = Daemon::start_with(&install, &[("KEYPROV_LOG", "debug")]);
+    daemon.expect_notify("READY=1");
+    // After the start-up pass, still's key directory gives way to a regular file: a pass that
+    // looked at still would fail it (an error, a retry record); a wake for due alone does not.
+    let dir = install.key_dir("still");
+    let aside = install.state().join("still-aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    daemon.wait_until("due rotated twice", || {
+        common::versions(&install.key_dir("due")).len() >= 3
+    });
+    let log = daemon.log();
+    assert_eq!(retry_attempts(&install, "still"), None, "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("still")),
+        "{log}"
+    );
+    assert!(
+        log.contains("partial pass (due keys): 1 key, 1 changed, 0 failed"),
+        "{log}"
+    );
+    assert!(log.contains("timer: reconciling 1 key due"), "{log}");
+    // A manifest change is a full pass: it sees still's damage.
+    replace(
+        &install.manifests().join("still.yaml"),
+        &manifest("still", "ECC_NIST_P256", "  rotation: {every: 90d}\n"),
+    );
+    daemon.wait_until("the full pass fails still", || {
+        retry_attempts(&install, "still").is_some()
+    });
+    assert!(
+        daemon.log().contains("full pass: 2 keys"),
+        "{}",
+        daemon.log()
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}
