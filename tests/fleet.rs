@@ -377,6 +377,8 @@ fn failure_recorded(install: &Install, name: &str) -> bool {
 /// Daemon settings of the quiet tests: a retry after 1 s (2 s at most), no resync for an hour,
 /// so every pass after the failure resolved is one the daemon wanted on its own.
 const QUIET: &str = ", debounce: 100ms, resyncEvery: 1h, retryBackoff: 1s, retryBackoffMax: 2s";
+/// How long after a failure resolved the requests of a daemon are counted.
+const WINDOW: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_an_outage_repaired_by_another_host_the_daemon_goes_quiet() {
@@ -413,23 +415,31 @@ async fn after_an_outage_repaired_by_another_host_the_daemon_goes_quiet() {
     std::thread::sleep(Duration::from_secs(2));
     // The outage ends by itself: the next retry copies the other host's generation.
     let proxy = Proxy::start(port, &endpoint);
+    let ended = Instant::now();
+    let before = daemon.passes();
     daemon.wait_until("the key converges again", || {
         !failure_recorded(&install, "quiet")
             && current_generation(&install, "quiet").as_deref() == Some("v0002")
     });
     let settled = daemon.passes();
-    std::thread::sleep(Duration::from_secs(20));
+    // Every request of the 90 s after the outage ended is counted (issue 20's window).
+    std::thread::sleep(WINDOW.saturating_sub(ended.elapsed()));
     let passes = daemon.passes() - settled;
     let counts = proxy.stop();
-    eprintln!("after the outage: {passes} passes, requests {counts:?}");
+    eprintln!(
+        "in the {WINDOW:?} after the outage: {} passes ({passes} after the key converged), \
+         {} requests {counts:?}",
+        daemon.passes() - before,
+        total(&counts)
+    );
     assert!(
         passes <= 1,
-        "{passes} passes in 20 s after the outage ended (resyncEvery 1h)\n{}",
+        "{passes} passes after the key converged (resyncEvery 1h)\n{}",
         daemon.log()
     );
     assert!(
         total(&counts) <= 20,
-        "{} requests from the end of the outage: {counts:?}",
+        "{} requests in the {WINDOW:?} after the outage: {counts:?}",
         total(&counts)
     );
     assert_eq!(public_sha(&install, "quiet"), public_sha(&other, "quiet"));

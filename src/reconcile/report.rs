@@ -120,6 +120,7 @@ pub(super) async fn finish(pass: Pass<'_>) -> Report {
         );
     }
     pass.metrics.reconcile_took(pass.started.elapsed());
+    pass.metrics.reconciled(pass.only.is_some());
     pass.stores.finish().await;
     report
 }
