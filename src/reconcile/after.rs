@@ -22,7 +22,7 @@ pub(super) async fn after_effects(pass: &mut Pass<'_>) {
         &pass.report.failed,
         &pass.waiting,
     );
-    if config.reconcile.prune && pass.rotate.is_none() && pass.only.is_none() {
+    if config.reconcile.prune && pass.every_key() {
         let pending = &pass.pending;
         let failures = crate::prune_ledger::prune_orphans(
             config,
@@ -62,8 +62,7 @@ pub(super) async fn after_effects(pass: &mut Pass<'_>) {
     )
     .await;
     pass.report.failed.extend(hook_failures);
-    if pass.rotate.is_none() && pass.only.is_none() && !pending.invalid && pending.frozen.is_empty()
-    {
+    if pass.every_key() && !pending.invalid && pending.frozen.is_empty() {
         journal::forget_unknown_keys(&pending.keys, &pass.journal).await;
     }
     if matches!(pass.mode, Mode::Daemon { .. }) {

@@ -117,6 +117,14 @@ struct Pass<'a> {
     report: Report,
 }
 
+impl Pass<'_> {
+    /// Whether this pass considers every valid key (not `rotate`'s one, not a due wake's few):
+    /// only such a pass may prune, forget records or drop series of keys it did not see.
+    fn every_key(&self) -> bool {
+        self.rotate.is_none() && self.only.is_none()
+    }
+}
+
 /// Reconciles every valid key once (or only `rotate.name` when rotating), holding the
 /// stateDir lock throughout, phase by phase (see the module's documentation).
 pub async fn reconcile(
