@@ -7,11 +7,13 @@ when stdin closes, prints how many requests it saw per `X-Amz-Target` (e.g.
 
 With PORTS (default 1) it listens on PORTS consecutive ports from LISTEN_PORT, one per client
 (bench/fleet.sh gives each host its own), and with COUNT_PROXY_LOG=FILE it appends one line per
-request to FILE: `<unix time> <port> <target>`.
+request to FILE: `<unix time> <port> <target>`; with COUNT_PROXY_LOG_IDS=1 as well, each line
+ends with the request's `SecretId` (or `Name`), `-` when it has none.
 """
 import collections
 import http.client
 import http.server
+import json
 import os
 import signal
 import sys
@@ -24,6 +26,15 @@ ports = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 counts = collections.Counter()
 lock = threading.Lock()
 log = open(os.environ["COUNT_PROXY_LOG"], "a", buffering=1) if os.environ.get("COUNT_PROXY_LOG") else None
+log_ids = os.environ.get("COUNT_PROXY_LOG_IDS") == "1"
+
+
+def secret_id(body):
+    try:
+        request = json.loads(body)
+        return str(request.get("SecretId") or request.get("Name") or "-").replace(" ", "_")
+    except (ValueError, AttributeError):
+        return "-"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -35,7 +46,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with lock:
             counts[target] += 1
             if log:
-                log.write(f"{time.time():.3f} {self.server.server_address[1]} {target}\n")
+                id_field = f" {secret_id(body)}" if log_ids else ""
+                log.write(f"{time.time():.3f} {self.server.server_address[1]} {target}{id_field}\n")
         conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
         conn.request(self.command, self.path, body, headers)

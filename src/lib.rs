@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod jwks_aggregate;
 pub mod jwks_members;
 pub mod jwks_served;
+pub mod key_events;
 pub mod key_material;
 pub mod ledger;
 pub mod lock;

@@ -778,48 +778,135 @@ fn timer_reconciles(log: &str) -> usize {
         .count()
 }
 
-#[test]
-fn a_failure_repaired_by_hand_does_not_make_the_daemon_spin() {
-    let install = daemon_install();
-    std::fs::write(
-        install.config(),
-        "manifests: [manifests.d]\nstateDir: state\nreconcile: {debounce: 100ms, \
-         resyncEvery: 1h, retryBackoff: 500ms, retryBackoffMax: 1s}\n",
-    )
-    .unwrap();
-    install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
-    install.run_once(0);
-    // The converged key directory moves aside and a regular file takes its place: every
-    // attempt fails until someone puts the directory back, without keyprov making anything.
+/// A repair by hand of what a sabotage broke, to be undone by `restore`.
+type Sabotage = fn(&Install) -> Box<dyn FnOnce()>;
+
+/// The converged key directory moves aside and a regular file takes its place.
+fn directory_replaced(install: &Install) -> Box<dyn FnOnce()> {
     let dir = install.key_dir("alpha");
     let aside = install.state().join("alpha-aside");
     std::fs::rename(&dir, &aside).unwrap();
     std::fs::write(&dir, "not a directory").unwrap();
+    Box::new(move || {
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::rename(&aside, &dir).unwrap();
+    })
+}
 
+/// The `current` link gives way to a regular file (keyprov never replaces what is not a link).
+fn current_link_replaced(install: &Install) -> Box<dyn FnOnce()> {
+    let link = install.key_dir("alpha").join("current");
+    let target = std::fs::read_link(&link).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::fs::write(&link, "not a link").unwrap();
+    Box::new(move || {
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+    })
+}
+
+#[test]
+fn a_failure_repaired_by_hand_does_not_make_the_daemon_spin() {
+    let sabotages: [(&str, Sabotage); 2] = [
+        ("key directory replaced", directory_replaced),
+        ("current link replaced", current_link_replaced),
+    ];
+    for (what, sabotage) in sabotages {
+        let install = daemon_install();
+        std::fs::write(
+            install.config(),
+            "manifests: [manifests.d]\nstateDir: state\nreconcile: {debounce: 100ms, \
+             resyncEvery: 1h, retryBackoff: 500ms, retryBackoffMax: 1s}\n",
+        )
+        .unwrap();
+        install.manifest("alpha.yaml", &manifest("alpha", "ECC_NIST_P256", ""));
+        install.run_once(0);
+        // Every attempt fails until someone repairs it by hand, without keyprov making anything.
+        let restore = sabotage(&install);
+
+        let daemon = Daemon::start_with(&install, &[("KEYPROV_LOG", "debug")]);
+        daemon.expect_notify("READY=1");
+        daemon.wait_until("the failure is recorded", || {
+            retry_attempts(&install, "alpha").is_some()
+        });
+        restore();
+        // The next retry (within retryBackoffMax) finds the key converged, with no action to
+        // take; then nothing is due (resyncEvery 1h).
+        std::thread::sleep(Duration::from_secs(2));
+        let before = timer_reconciles(&daemon.log());
+        std::thread::sleep(Duration::from_secs(3));
+        let after = timer_reconciles(&daemon.log());
+        assert!(
+            after - before <= 1,
+            "{what}: {} timer reconciles in 3 s after the repair (resyncEvery 1h)\n{}",
+            after - before,
+            daemon.log()
+        );
+        assert_eq!(
+            retry_attempts(&install, "alpha"),
+            None,
+            "{what}: the failure is forgotten\n{}",
+            daemon.log()
+        );
+        assert_eq!(
+            current(&install, "alpha").as_deref(),
+            Some("v0001"),
+            "{what}"
+        );
+        let (code, log) = daemon.stop();
+        assert_eq!(code, 0, "{what}: {log}");
+    }
+}
+
+#[test]
+fn a_due_wake_reconciles_only_the_keys_due() {
+    let install = daemon_install();
+    install.manifest(
+        "due.yaml",
+        &manifest(
+            "due",
+            "ECC_NIST_P256",
+            "  rotation: {every: 3s, keep: 10}\n",
+        ),
+    );
+    install.manifest("still.yaml", &manifest("still", "ECC_NIST_P256", ""));
+    install.run_once(0);
     let daemon = Daemon::start_with(&install, &[("KEYPROV_LOG", "debug")]);
     daemon.expect_notify("READY=1");
-    daemon.wait_until("the failure is recorded", || {
-        retry_attempts(&install, "alpha").is_some()
+    // After the start-up pass, still's key directory gives way to a regular file: a pass that
+    // looked at still would fail it (an error, a retry record); a wake for due alone does not.
+    let dir = install.key_dir("still");
+    let aside = install.state().join("still-aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    daemon.wait_until("due rotated twice", || {
+        common::versions(&install.key_dir("due")).len() >= 3
     });
-    std::fs::remove_file(&dir).unwrap();
-    std::fs::rename(&aside, &dir).unwrap();
-    // The next retry (within retryBackoffMax) finds the key converged, with no action to take.
-    std::thread::sleep(Duration::from_secs(2));
-    let before = timer_reconciles(&daemon.log());
-    std::thread::sleep(Duration::from_secs(3));
-    let after = timer_reconciles(&daemon.log());
+    let log = daemon.log();
+    assert_eq!(retry_attempts(&install, "still"), None, "{log}");
     assert!(
-        after - before <= 1,
-        "{} timer reconciles in 3 s after the repair (resyncEvery 1h)\n{}",
-        after - before,
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("still")),
+        "{log}"
+    );
+    assert!(
+        log.contains("partial pass (due keys): 1 key, 1 changed, 0 failed"),
+        "{log}"
+    );
+    assert!(log.contains("timer: reconciling 1 key due"), "{log}");
+    // A manifest change is a full pass: it sees still's damage.
+    replace(
+        &install.manifests().join("still.yaml"),
+        &manifest("still", "ECC_NIST_P256", "  rotation: {every: 90d}\n"),
+    );
+    daemon.wait_until("the full pass fails still", || {
+        retry_attempts(&install, "still").is_some()
+    });
+    assert!(
+        daemon.log().contains("full pass: 2 keys"),
+        "{}",
         daemon.log()
     );
-    assert_eq!(
-        retry_attempts(&install, "alpha"),
-        None,
-        "the failure is forgotten"
-    );
-    assert_eq!(current(&install, "alpha").as_deref(), Some("v0001"));
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }

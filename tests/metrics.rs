@@ -449,6 +449,15 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     );
     assert_eq!(previous.len(), 1, "{samples:?}");
     assert_eq!(previous[0].labels["key_spec"], "ECC_NIST_P256");
+    // Publication and activation came on due wakes over staged alone: the other keys' series
+    // stayed.
+    let partial = value(&samples, "keyprov_reconciles_total", &[("pass", "partial")]);
+    assert!(partial.is_some_and(|n| n >= 2.0), "{partial:?}");
+    assert!(value(&samples, "keyprov_reconciles_total", &[("pass", "full")]).is_some());
+    assert_eq!(
+        value(&samples, "keyprov_key_ready", &[("key", "steady")]),
+        Some(1.0)
+    );
     assert!(
         find(
             &samples,

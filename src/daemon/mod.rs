@@ -5,9 +5,12 @@
 //! STATUS, and WATCHDOG pings when `WatchdogSec=` is set.
 //!
 //! Between reconciles the daemon sleeps on one timer, set to the earliest of: the next
-//! scheduled event, a due watchdog ping, the end of a debounce. Nothing else wakes it.
+//! scheduled event, a due watchdog ping, the end of a debounce. Nothing else wakes it. A wake
+//! for due events reconciles only the keys due ([`due`]); the resync, a manifest change and a
+//! reload reconcile every key.
 
 mod debounce;
+mod due;
 mod pace;
 mod watch;
 mod watchdog;
@@ -25,9 +28,10 @@ use crate::clock;
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::provider::AnyProvider;
-use crate::reconcile::{LockWait, Mode, Report, reconcile};
+use crate::reconcile::{LockWait, Mode, Report, reconcile, reconcile_due};
 
 use debounce::Debounce;
+use due::Schedule;
 use pace::Pace;
 use watch::ManifestWatcher;
 use watchdog::Watchdog;
@@ -49,8 +53,20 @@ enum Signal {
 enum Pass {
     /// Start-up, or a configuration reload: every key, backoff ignored.
     Everything,
-    /// A timer (schedule, retry, resync) or a manifest change: keys in backoff wait.
+    /// The resync, a manifest change, an event tied to no key: every key; keys in backoff wait.
     Scheduled,
+    /// A due wake: only these keys (their rotation, activation, publication or retry came).
+    Due(std::collections::BTreeSet<String>),
+}
+
+impl Pass {
+    /// The keys of a due wake; `None` for a full pass.
+    fn due_keys(&self) -> Option<&std::collections::BTreeSet<String>> {
+        match self {
+            Pass::Due(keys) => Some(keys),
+            Pass::Everything | Pass::Scheduled => None,
+        }
+    }
 }
 
 /// What the daemon listens to.
@@ -131,6 +147,7 @@ pub async fn run(mut config: Config) -> Exit {
     let mut pass = Pass::Everything;
     let mut reload = false;
     let mut pace = Pace::new(&config, Instant::now());
+    let mut schedule = Schedule::default();
     let exit = loop {
         if reload {
             reload = false;
@@ -144,34 +161,61 @@ pub async fn run(mut config: Config) -> Exit {
             }
             pass = Pass::Everything;
         }
-        let mode = Mode::Daemon {
-            honor_backoff: pass == Pass::Scheduled,
-        };
-        let Some(report) =
-            reconcile_watched(&config, &provider, mode, &mut inputs, &mut reload).await
+        let Some((report, changed)) =
+            reconcile_watched(&config, &provider, &pass, &mut inputs, &mut reload).await
         else {
             break Exit::Ok;
         };
-        let wait = pace.wait(next_wake(&config, &report), Instant::now());
+        let ended = Instant::now();
+        if pass.due_keys().is_none() {
+            pace.full_pass_ended(ended);
+        }
+        let whole = retry_whole(&config, &report, changed);
+        schedule.record(pass.due_keys(), &report, whole);
+        let mut wait = pace.wait(until(&config, schedule.earliest()), ended);
         // Served sets are cached until the schedule's next publication, not this host's turn.
-        let publication = report.next_event.into_iter().chain(report.next_publication);
-        crate::jwks_served::refresh(&config.jwks, publication.min());
-        let status = summary(&report, wait);
+        crate::jwks_served::refresh(&config.jwks, schedule.publication());
+        let status = summary(&pass, &report, wait);
         tracing::info!("{status}");
         // The first READY=1 ends start-up; later ones end a reload.
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         if reload {
             continue;
         }
-        pass = Pass::Scheduled;
-        match sleep(&config, &mut inputs, Instant::now() + wait).await {
-            Wake::Stop => break Exit::Ok,
-            Wake::Reload => reload = true,
-            Wake::Timer => tracing::debug!("timer: reconciling"),
-            Wake::Changed(paths) => {
-                tracing::info!(paths = ?paths, "manifests changed: reconciling")
+        let next = loop {
+            match sleep(&config, &mut inputs, Instant::now() + wait).await {
+                Wake::Stop => break None,
+                Wake::Reload => {
+                    reload = true;
+                    break Some(Pass::Everything);
+                }
+                Wake::Timer => {
+                    let now = clock::now_unlogged();
+                    match schedule.wake(now, pace.resync_due(Instant::now())) {
+                        due::Wake::Full => {
+                            tracing::debug!("timer: reconciling every key (resync)");
+                            break Some(Pass::Scheduled);
+                        }
+                        due::Wake::Keys(keys) => {
+                            let count = crate::output::count(keys.len(), "key");
+                            tracing::debug!(keys = ?keys, "timer: reconciling {count} due");
+                            break Some(Pass::Due(keys));
+                        }
+                        due::Wake::Nothing => {
+                            wait = pace.until(until(&config, schedule.earliest()), Instant::now());
+                        }
+                    }
+                }
+                Wake::Changed(paths) => {
+                    tracing::info!(paths = ?paths, "manifests changed: reconciling");
+                    break Some(Pass::Scheduled);
+                }
             }
-        }
+        };
+        let Some(next) = next else {
+            break Exit::Ok;
+        };
+        pass = next;
     };
     notify(&[NotifyState::Stopping]);
     tracing::info!("stopped");
@@ -329,19 +373,27 @@ async fn sleep(config: &Config, inputs: &mut Inputs, until: Instant) -> Wake {
     }
 }
 
-/// Reconciles once, pinging the watchdog while the reconcile makes progress. A stop request
+/// Runs `pass`, pinging the watchdog while the reconcile makes progress. A stop request
 /// lets the reconcile finish within [`STOP_GRACE`] and returns `None`. Other wakes during the
-/// reconcile are not lost: SIGHUP sets `reload`, a manifest change makes the report's next
-/// event "now", so another pass follows at once.
+/// reconcile are not lost: SIGHUP sets `reload`, a manifest change comes back as `true`, so a
+/// full pass follows at once.
 async fn reconcile_watched(
     config: &Config,
     provider: &Arc<AnyProvider>,
-    mode: Mode,
+    pass: &Pass,
     inputs: &mut Inputs,
     reload: &mut bool,
-) -> Option<Report> {
+) -> Option<(Report, bool)> {
     crate::progress::beat();
-    let reconciling = reconcile(config, provider.clone(), None, mode, LockWait::Wait);
+    let mode = Mode::Daemon {
+        honor_backoff: *pass != Pass::Everything,
+    };
+    let reconciling = async {
+        match pass.due_keys() {
+            Some(keys) => reconcile_due(config, provider.clone(), keys, LockWait::Wait).await,
+            None => reconcile(config, provider.clone(), None, mode, LockWait::Wait).await,
+        }
+    };
     tokio::pin!(reconciling);
     let mut changed_meanwhile = Vec::new();
     let mut stopping: Option<Instant> = None;
@@ -378,7 +430,7 @@ async fn reconcile_watched(
         return None;
     }
     if changed_meanwhile.is_empty() {
-        return report;
+        return report.map(|r| (r, false));
     }
     let (config_changed, rewatch) = inputs.classify(&changed_meanwhile);
     if config_changed {
@@ -388,10 +440,7 @@ async fn reconcile_watched(
         tracing::error!("{err}");
     }
     tracing::info!(paths = ?changed_meanwhile, "manifests changed during the reconcile");
-    report.map(|mut r| {
-        r.next_event = Some(clock::now());
-        r
-    })
+    report.map(|r| (r, true))
 }
 
 /// A deadline that never comes (tokio's timer wheel holds about two years).
@@ -399,25 +448,38 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// How long a reconcile wants to sleep: until the next rotation, activation or retry (a
-/// failure outside any key, such as an unusable stateDir, is retried after
-/// `reconcile.retryBackoff`), or `resyncEvery`, whichever comes first ([`Pace`] decides).
-fn next_wake(config: &Config, report: &Report) -> Duration {
-    let mut wait = config.reconcile.resync_every;
-    if report.failed_outside_keys || report.lock_held.is_some() {
-        wait = wait.min(config.reconcile.retry_backoff.initial);
+/// When the daemon wants a full pass after `report`, for reasons tied to no key: at once when
+/// manifests `changed` during it; after `reconcile.retryBackoff` after a failure outside any
+/// key (an unusable stateDir, a JWK Set, orphans) or a stateDir lock held elsewhere.
+fn retry_whole(config: &Config, report: &Report, changed: bool) -> Option<SystemTime> {
+    let now = clock::now_unlogged();
+    if changed {
+        Some(now)
+    } else if report.failed_outside_keys || report.lock_held.is_some() {
+        Some(now + config.reconcile.retry_backoff.initial)
+    } else {
+        None
     }
-    if let Some(at) = report.next_event {
-        let until = at.duration_since(clock::now()).unwrap_or_default();
-        wait = wait.min(until);
-    }
-    wait
 }
 
-fn summary(report: &Report, wait: Duration) -> String {
+/// How long until `at` (the schedule's next event), at most `resyncEvery` ([`Pace`] decides
+/// the rest).
+fn until(config: &Config, at: Option<SystemTime>) -> Duration {
+    let wait = config.reconcile.resync_every;
+    at.map_or(wait, |at| {
+        wait.min(at.duration_since(clock::now_unlogged()).unwrap_or_default())
+    })
+}
+
+/// The pass's status line: full or over due keys, what it did, when the next comes.
+fn summary(pass: &Pass, report: &Report, wait: Duration) -> String {
     let next = SystemTime::now() + wait;
+    let kind = match pass {
+        Pass::Due(_) => "partial pass (due keys)",
+        Pass::Everything | Pass::Scheduled => "full pass",
+    };
     format!(
-        "{report}; next reconcile at {}",
+        "{kind}: {report}; next reconcile at {}",
         humantime::format_rfc3339_seconds(next)
     )
 }

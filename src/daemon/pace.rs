@@ -51,13 +51,29 @@ impl Pace {
         self.next_resync = now + jittered(self.resync_every, random());
     }
 
-    /// How long to sleep after a pass that ended at `now`, when the pass itself wants the next
-    /// one after `wanted` (its next due event, retry or `resyncEvery`).
-    pub fn wait(&mut self, wanted: Duration, now: Instant) -> Duration {
+    /// Whether the resync has come: the next pass is a full one.
+    pub fn resync_due(&self, now: Instant) -> bool {
+        now >= self.next_resync
+    }
+
+    /// A full pass ended at `now`: when it was the resync (or stood in for it), the next one
+    /// comes a jittered period later. A pass over due keys never moves the resync.
+    pub fn full_pass_ended(&mut self, now: Instant) {
         if now >= self.next_resync {
             self.next_resync = now + jittered(self.resync_every, random());
         }
-        let wait = wanted.min(self.next_resync - now);
+    }
+
+    /// How long to sleep until `wanted` or the resync, whichever comes first, with no pacing:
+    /// for a wake that found nothing due yet (the wall clock ran a little behind the timer).
+    pub fn until(&self, wanted: Duration, now: Instant) -> Duration {
+        wanted.min(self.next_resync.saturating_duration_since(now))
+    }
+
+    /// How long to sleep after a pass that ended at `now`, when the pass itself wants the next
+    /// one after `wanted` (its next due event, retry or `resyncEvery`).
+    pub fn wait(&mut self, wanted: Duration, now: Instant) -> Duration {
+        let wait = self.until(wanted, now);
         if wait >= self.floor {
             self.streak = 0;
             return wait;
@@ -148,8 +164,14 @@ mod tests {
             pace.wait(Duration::from_secs(600), start + Duration::from_secs(30)),
             Duration::from_secs(90)
         );
-        // The resync pass schedules the next one, jittered by at most 10 %.
+        // A pass over due keys that ends after the resync time does not stand in for it: the
+        // next pass, at once, is the resync.
         let at = start + Duration::from_secs(120);
+        assert!(pace.resync_due(at));
+        assert_eq!(pace.until(Duration::from_secs(600), at), Duration::ZERO);
+        // The resync pass schedules the next one, jittered by at most 10 %.
+        pace.full_pass_ended(at);
+        assert!(!pace.resync_due(at));
         let next = pace.wait(Duration::from_secs(600), at);
         assert!(
             next <= Duration::from_secs(120) && next >= Duration::from_secs(108),

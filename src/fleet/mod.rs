@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use crate::key_events::KeyEvents;
 use crate::manifest::KeyPair;
 use crate::observed::Observed;
 use crate::plan::KeyPlan;
@@ -131,10 +132,10 @@ pub struct RoleStatus {
 }
 
 impl Settled {
-    /// The pass's next event once settled: [`Settled::next_event`] in the daemon, else
+    /// The keys' next events once settled: [`Settled::key_events`] in the daemon, else
     /// `reckoned` (what the pass reckoned by itself).
-    pub fn next_event(&self, reckoned: Option<SystemTime>) -> Option<SystemTime> {
-        self.next_event.unwrap_or(reckoned)
+    pub fn key_events(&self, reckoned: KeyEvents) -> KeyEvents {
+        self.key_events.clone().unwrap_or(reckoned)
     }
 }
 
@@ -181,9 +182,9 @@ pub fn default_host_id() -> String {
 /// What [`settle`] adds to the pass.
 #[derive(Debug, Default)]
 pub struct Settled {
-    /// In the daemon: the earliest time a key wants another pass, this host's turn at a
-    /// rotation included (replaces the pass's own reckoning, which knows no turns).
-    pub next_event: Option<Option<SystemTime>>,
+    /// In the daemon: when each key wants another pass, this host's turn at a rotation
+    /// included (replaces the pass's own reckoning, which knows no turns).
+    pub key_events: Option<KeyEvents>,
     /// Keys held by the no-flip-flop rule ([`spec_hold`]): neither changed nor proven nor
     /// failed on this host.
     pub held: BTreeSet<String>,
@@ -213,14 +214,21 @@ pub async fn settle(
     }
     let consumer = config.fleet.role == Role::Consumer;
     if daemon {
-        let mut held_back = None;
+        let mut events = KeyEvents::default();
         if !consumer {
-            held_back = offset::hold_back(&config.fleet, keys, observed, plans, now);
+            events = offset::hold_back(&config.fleet, keys, observed, plans, now);
             recheck::adopt_made_elsewhere(stores, keys, observed, plans, now).await;
             plans.retain(|p| !p.actions.is_empty());
         }
-        let others = offset::next_event(&config.fleet, consumer, keys, observed, plans, now);
-        settled.next_event = Some(held_back.into_iter().chain(others).min());
+        events.extend(&offset::next_events(
+            &config.fleet,
+            consumer,
+            keys,
+            observed,
+            plans,
+            now,
+        ));
+        settled.key_events = Some(events);
     }
     spec_hold::remember(&config.state_dir, keys, observed, plans);
     settled

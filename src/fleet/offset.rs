@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::FleetSettings;
+use crate::key_events::KeyEvents;
 use crate::manifest::KeyPair;
 use crate::observed::{Observed, ObservedOutput};
 use crate::plan::{self, Action, KeyPlan, Reason};
@@ -81,16 +82,16 @@ pub fn rotates(plan: &KeyPlan) -> bool {
 }
 
 /// Holds back every scheduled generation whose time has not come for this host (its other
-/// actions stay); returns the earliest time one of them is released.
+/// actions stay); returns when each of them is released.
 pub fn hold_back(
     settings: &FleetSettings,
     keys: &[KeyPair],
     observed: &Observed,
     plans: &mut Vec<KeyPlan>,
     now: SystemTime,
-) -> Option<SystemTime> {
+) -> KeyEvents {
     let host = settings.host_id();
-    let mut earliest: Option<SystemTime> = None;
+    let mut released = KeyEvents::default();
     for plan in plans.iter_mut().filter(|p| rotates(p)) {
         let Some(key) = keys.iter().find(|k| k.name == plan.name) else {
             continue;
@@ -108,26 +109,28 @@ pub fn hold_back(
             at = %crate::schedule::format_time(release),
             "rotation due: this host generates at its offset unless another host did first");
         plan.actions = plan_before_due(key, outputs, due);
-        earliest = earliest.into_iter().chain([release]).min();
+        released.add(&key.name, release);
     }
     plans.retain(|p| !p.actions.is_empty());
-    earliest
+    released
 }
 
-/// The earliest time a key with no plan wants a pass, as [`plan::next_event`] says, except that
+/// When each key with no plan wants a pass, as [`plan::next_event`] says, except that
 /// a rotation is looked at when this host's turn comes: a writer at its offset, a consumer
 /// (`consumer`) once the whole window has passed, when the writers are done. So the daemons of
 /// a fleet do not all wake at the instant a key falls due.
-pub fn next_event(
+pub fn next_events(
     settings: &FleetSettings,
     consumer: bool,
     keys: &[KeyPair],
     observed: &Observed,
     plans: &[KeyPlan],
     now: SystemTime,
-) -> Option<SystemTime> {
+) -> KeyEvents {
     let host = settings.host_id();
-    keys.iter()
+    let mut events = KeyEvents::default();
+    let turns = keys
+        .iter()
         .filter(|key| !plans.iter().any(|p| p.name == key.name))
         .filter_map(|key| {
             let Some(Ok(outputs)) = observed.get(&key.name) else {
@@ -145,9 +148,12 @@ pub fn next_event(
                         release
                     }
                 });
-            Some(turn.unwrap_or(at))
-        })
-        .min()
+            Some((key, turn.unwrap_or(at)))
+        });
+    for (key, at) in turns {
+        events.add(&key.name, at);
+    }
+    events
 }
 
 #[cfg(test)]
@@ -258,10 +264,10 @@ mod hold_tests {
         // Due, but before this host's turn: nothing now, a wake at its turn.
         let (plans, next) = plan_at(due);
         assert!(plans.is_empty(), "{plans:?}");
-        assert_eq!(next, Some(release));
+        assert_eq!(next.get("k"), Some(release));
         // Its turn: the generation goes ahead.
         let (plans, next) = plan_at(release);
         assert!(rotates(&plans[0]), "{plans:?}");
-        assert_eq!(next, None);
+        assert_eq!(next.earliest(), None);
     }
 }

@@ -67,3 +67,9 @@ pub(super) struct BuildLabels {
     pub(super) version: &'static str,
     pub(super) revision: &'static str,
 }
+
+/// `{pass}`: `full` or `partial` (the daemon's due wake).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct PassLabel {
+    pub(super) pass: &'static str,
+}

@@ -51,6 +51,7 @@ pub struct Metrics {
     next_activation: Family<KeyLabel, TimeGauge>,
     last_success: Family<KeyLabel, TimeGauge>,
     reconcile_duration: Histogram,
+    reconciles: Family<PassLabel, Counter>,
     generations: Family<KeyReasonLabels, Counter>,
     failures: Family<KeyReasonLabels, Counter>,
     provider_requests: Family<RequestLabels, Counter>,
@@ -89,6 +90,7 @@ impl Metrics {
             next_activation: Family::default(),
             last_success: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            reconciles: Family::default(),
             generations: Family::default(),
             failures: Family::default(),
             provider_requests: Family::default(),
@@ -141,6 +143,11 @@ impl Metrics {
             "Duration of a reconcile, from taking the stateDir lock to its report",
             Unit::Seconds,
             metrics.reconcile_duration.clone(),
+        );
+        metrics.registry.register(
+            "reconciles",
+            "Reconcile passes: full (every key) or partial (the daemon's wake for due keys)",
+            metrics.reconciles.clone(),
         );
         metrics.registry.register(
             "generations",
@@ -286,6 +293,12 @@ impl Metrics {
     /// Records one reconcile's duration.
     pub fn reconcile_took(&self, elapsed: Duration) {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a reconcile pass: `partial` for the daemon's wake for due keys.
+    pub fn reconciled(&self, partial: bool) {
+        let pass = if partial { "partial" } else { "full" };
+        self.reconciles.get_or_create(&PassLabel { pass }).inc();
     }
 
     /// Sets `manifest_valid` for exactly `files` (path, valid): files no longer read go.

@@ -22,7 +22,7 @@ pub(super) async fn after_effects(pass: &mut Pass<'_>) {
         &pass.report.failed,
         &pass.waiting,
     );
-    if config.reconcile.prune && pass.rotate.is_none() {
+    if config.reconcile.prune && pass.every_key() {
         let pending = &pass.pending;
         let failures = crate::prune_ledger::prune_orphans(
             config,
@@ -62,17 +62,14 @@ pub(super) async fn after_effects(pass: &mut Pass<'_>) {
     )
     .await;
     pass.report.failed.extend(hook_failures);
-    if pass.rotate.is_none() && !pending.invalid && pending.frozen.is_empty() {
+    if pass.every_key() && !pending.invalid && pending.frozen.is_empty() {
         journal::forget_unknown_keys(&pending.keys, &pass.journal).await;
     }
     if matches!(pass.mode, Mode::Daemon { .. }) {
         let latest = clock::now() + config.reconcile.retry_backoff.max;
-        pass.report.next_event = pass
-            .report
-            .next_event
-            .into_iter()
-            .chain(journal::next_retry(&pass.journal).map(|at| at.min(latest)))
-            .min();
+        for (name, at) in journal::retries(&pass.journal, &pass.pending.keys) {
+            pass.report.wake_key(&name, at.min(latest));
+        }
     }
 }
 
@@ -154,7 +151,10 @@ async fn observe_changed(pass: &mut Pass<'_>) {
         if let (Ok(outputs), Some(&key)) = (outputs, by_name.get(name.as_str())) {
             let at = plan::next_event(key, outputs, now);
             let report = &mut pass.report;
-            report.next_event = report.next_event.into_iter().chain(at).min();
+            if let Some(at) = at {
+                report.wake_key(name, at);
+                report.key_publications.add(name, at);
+            }
             report.next_publication = report.next_publication.into_iter().chain(at).min();
         }
     }

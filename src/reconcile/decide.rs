@@ -17,7 +17,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
     );
     if !restores.is_empty() {
         pass.refused = crate::prune_ledger::restore(config, pass.stores.secrets(), &restores).await;
-        pass.pending = super::load::prepare(config, &pass.stores, rotate).await;
+        pass.pending = super::load::prepare_some(config, &pass.stores, rotate, pass.only).await;
         // A key whose copy could not be restored is not regenerated over it.
         let refused = &pass.refused;
         pass.pending
@@ -30,7 +30,11 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
         && let Err(err) = crate::clock_guard::remember(
             &config.state_dir,
             &pending.clock_notes,
-            |name| pending.frozen.contains(name) || pending.failed.iter().any(|(n, _)| n == name),
+            |name| {
+                pending.frozen.contains(name)
+                    || pending.failed.iter().any(|(n, _)| n == name)
+                    || pass.only.is_some_and(|only| !only.contains(name))
+            },
             pending.now,
         )
     {
@@ -58,8 +62,9 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
         pending.now,
     )
     .await;
-    let next_publication = pending.next_event;
-    pending.next_event = settled.next_event(next_publication);
+    let (next_publication, key_publications) = (pending.next_event, pending.key_events.clone());
+    pending.key_events = settled.key_events(std::mem::take(&mut pending.key_events));
+    pending.next_event = pending.key_events.earliest();
     let (unproven, proofs) = {
         let considered: Vec<&KeyPair> = pending
             .keys
@@ -106,6 +111,8 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
         provider_calls: 0,
         next_event: pending.next_event,
         next_publication,
+        key_events: pending.key_events.clone(),
+        key_publications,
         lock_held: None,
         waiting: waiting.len(),
         failed_outside_keys: false,

@@ -114,21 +114,23 @@ pub(super) async fn forget_unknown_keys(keys: &[KeyPair], journal: &Journal) {
     }
 }
 
-/// The earliest retry of a failed key or hook.
-pub(super) fn next_retry(journal: &Journal) -> Option<SystemTime> {
-    journal
-        .snapshot()
-        .values()
-        .flat_map(|record| {
+/// The earliest retry of a failed key or hook of each of `keys` (a key a pass cannot look at,
+/// its manifest invalid, is not worth a wake).
+pub(super) fn retries(journal: &Journal, keys: &[KeyPair]) -> Vec<(String, SystemTime)> {
+    let records = journal.snapshot();
+    keys.iter()
+        .filter_map(|key| {
+            let record = records.get(&key.name)?;
             let failure = record.failure.as_ref().map(retry::Failure::next_attempt);
             let hooks = record
                 .hooks
                 .iter()
                 .filter(|h| h.attempts > 0)
                 .map(retry::PendingHook::next_attempt);
-            failure.into_iter().chain(hooks)
+            let at = failure.into_iter().chain(hooks).min()?;
+            Some((key.name.clone(), at))
         })
-        .min()
+        .collect()
 }
 
 #[cfg(test)]

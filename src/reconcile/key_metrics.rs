@@ -12,6 +12,8 @@ pub(super) struct KeysNow<'a> {
     pub(super) keys: &'a [KeyPair],
     pub(super) frozen: &'a BTreeSet<String>,
     pub(super) file_validity: &'a [(std::path::PathBuf, bool)],
+    /// `keys` are every valid key (not a due wake's few): the series of the others go.
+    pub(super) every_key: bool,
 }
 
 /// Sets every key's state series from what its outputs hold after this reconcile, the
@@ -52,6 +54,9 @@ pub(super) fn update_key_metrics<'a>(
         .map(|(path, valid)| (path.display().to_string(), *valid))
         .collect();
     metrics.manifests(&files);
+    if !pending.every_key {
+        return;
+    }
     let keep: BTreeSet<String> = pending
         .keys
         .iter()

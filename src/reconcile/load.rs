@@ -2,13 +2,14 @@
 //! considered keys observed (clock readings guarded), and their plans made ([`Pending`], also
 //! what `keyprov plan` shows).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use super::metered::Metered;
 use super::{Mode, Pass, Report};
 use crate::clock;
 use crate::config::Config;
+use crate::key_events::KeyEvents;
 use crate::manifest::KeyPair;
 use crate::metrics::Metrics;
 use crate::plan::{self, KeyPlan, RotateRequest};
@@ -22,6 +23,7 @@ pub(super) async fn load<'a>(
     provider: Arc<Metered>,
     metrics: &'static Metrics,
     rotate: Option<&'a RotateRequest>,
+    only: Option<&'a BTreeSet<String>>,
     mode: Mode,
 ) -> Pass<'a> {
     let started = std::time::Instant::now();
@@ -31,10 +33,11 @@ pub(super) async fn load<'a>(
     });
     let stores = Arc::new(super::new_stores(config));
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
-    let pending = prepare(config, &stores, rotate).await;
+    let pending = prepare_some(config, &stores, rotate, only).await;
     Pass {
         config,
         rotate,
+        only,
         mode,
         started,
         warm_up,
@@ -66,6 +69,8 @@ pub struct Pending {
     pub failed: Vec<(String, String)>,
     /// The earliest next event among keys with nothing to do now.
     pub next_event: Option<std::time::SystemTime>,
+    /// The next event of each key with nothing to do now.
+    pub key_events: KeyEvents,
     /// Keys whose manifest did not load.
     pub frozen: std::collections::BTreeSet<String>,
     /// What each key's outputs held before any change.
@@ -82,6 +87,17 @@ pub struct Pending {
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
 pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest>) -> Pending {
+    prepare_some(config, stores, rotate, None).await
+}
+
+/// [`prepare`], of only the keys named in `only` when given (the daemon's due wakes): those are
+/// observed one by one, the scope's secrets never listed.
+pub(super) async fn prepare_some(
+    config: &Config,
+    stores: &Stores,
+    rotate: Option<&RotateRequest>,
+    only: Option<&BTreeSet<String>>,
+) -> Pending {
     let started = std::time::Instant::now();
     let mut loaded = crate::commands::load_manifests(config);
     tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
@@ -98,6 +114,7 @@ pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateReq
         plans: Vec::new(),
         failed: Vec::new(),
         next_event: None,
+        key_events: KeyEvents::default(),
         frozen: loaded.frozen.clone(),
         observed: Default::default(),
         diagnostics: loaded.diagnostics.clone(),
@@ -118,7 +135,13 @@ pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateReq
         },
         None => loaded.keys,
     };
-    let mut observed = stores.observe_all(&pending.keys).await;
+    if let Some(only) = only {
+        pending.keys.retain(|key| only.contains(&key.name));
+    }
+    let mut observed = match only {
+        None => stores.observe_all(&pending.keys).await,
+        Some(_) => super::due_keys::observe_each(stores, &pending.keys).await,
+    };
     tracing::debug!(elapsed = ?started.elapsed(), "outputs observed");
     for key in &pending.keys {
         let unplannable = match observed.get(&key.name) {
@@ -152,22 +175,27 @@ pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateReq
         .keys
         .iter()
         .filter(|key| !planned.contains(key.name.as_str()));
-    pending.next_event = next_event(converged, &observed, pending.now);
+    pending.key_events = next_events(converged, &observed, pending.now);
+    pending.next_event = pending.key_events.earliest();
     tracing::debug!(elapsed = ?started.elapsed(), changed = pending.plans.len(), "planned");
     pending.observed = observed;
     crate::progress::beat();
     pending
 }
 
-/// The earliest [`plan::next_event`] of `keys`.
-fn next_event<'a>(
+/// The [`plan::next_event`] of each of `keys`.
+fn next_events<'a>(
     keys: impl Iterator<Item = &'a KeyPair>,
     observed: &crate::observed::Observed,
     now: std::time::SystemTime,
-) -> Option<std::time::SystemTime> {
-    keys.filter_map(|key| match observed.get(&key.name) {
-        Some(Ok(outputs)) => plan::next_event(key, outputs, now),
-        _ => None,
-    })
-    .min()
+) -> KeyEvents {
+    let mut events = KeyEvents::default();
+    for key in keys {
+        if let Some(Ok(outputs)) = observed.get(&key.name)
+            && let Some(at) = plan::next_event(key, outputs, now)
+        {
+            events.add(&key.name, at);
+        }
+    }
+    events
 }

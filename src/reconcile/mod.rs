@@ -12,6 +12,7 @@
 mod activate;
 mod after;
 mod decide;
+mod due_keys;
 pub mod execute;
 mod hooks_due;
 mod journal;
@@ -81,6 +82,8 @@ pub enum Mode {
 struct Pass<'a> {
     config: &'a Config,
     rotate: Option<&'a RotateRequest>,
+    /// The daemon's due wake: only these keys (see [`reconcile_due`]).
+    only: Option<&'a BTreeSet<String>>,
     mode: Mode,
     started: std::time::Instant,
     /// The provider's client getting ready (aborted when nothing is to be generated).
@@ -114,6 +117,14 @@ struct Pass<'a> {
     report: Report,
 }
 
+impl Pass<'_> {
+    /// Whether this pass considers every valid key (not `rotate`'s one, not a due wake's few):
+    /// only such a pass may prune, forget records or drop series of keys it did not see.
+    fn every_key(&self) -> bool {
+        self.rotate.is_none() && self.only.is_none()
+    }
+}
+
 /// Reconciles every valid key once (or only `rotate.name` when rotating), holding the
 /// stateDir lock throughout, phase by phase (see the module's documentation).
 pub async fn reconcile(
@@ -123,13 +134,38 @@ pub async fn reconcile(
     mode: Mode,
     wait: LockWait,
 ) -> Report {
+    run(config, provider, rotate, None, mode, wait).await
+}
+
+/// The daemon's due wake: reconciles only the keys in `due` (their JWK Sets and hooks
+/// included), honouring backoff; no other key is observed, no secret listed, nothing pruned.
+pub async fn reconcile_due(
+    config: &Config,
+    provider: Arc<AnyProvider>,
+    due: &BTreeSet<String>,
+    wait: LockWait,
+) -> Report {
+    let mode = Mode::Daemon {
+        honor_backoff: true,
+    };
+    run(config, provider, None, Some(due), mode, wait).await
+}
+
+async fn run(
+    config: &Config,
+    provider: Arc<AnyProvider>,
+    rotate: Option<&RotateRequest>,
+    only: Option<&BTreeSet<String>>,
+    mode: Mode,
+    wait: LockWait,
+) -> Report {
     let _lock = match lock::lock(config, wait).await {
         Ok(lock) => lock,
         Err(report) => return report,
     };
     let metrics = crate::metrics::global();
     let provider = Arc::new(Metered::new(provider, metrics));
-    let mut pass = load::load(config, provider, metrics, rotate, mode).await;
+    let mut pass = load::load(config, provider, metrics, rotate, only, mode).await;
     decide::decide(&mut pass).await;
     publish::publish(&mut pass).await;
     activate::activate(&mut pass).await;

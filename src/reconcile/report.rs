@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::Pass;
 use crate::exit::Exit;
+use crate::key_events::KeyEvents;
 
 /// The result of one reconcile, for the daemon and for `run --once`.
 #[derive(Debug, Default)]
@@ -26,6 +27,12 @@ pub struct Report {
     /// itself, before any host's turn (fleet offsets delay `next_event`, not a publication
     /// elsewhere): a served JWK Set may be cached until then at most.
     pub next_publication: Option<std::time::SystemTime>,
+    /// The earliest time each key wants another pass ([`Report::wake_key`]): the daemon's
+    /// due wakes reconcile only the keys due. An event only in `next_event`, tied to no key,
+    /// makes the daemon's next pass at that time a full one.
+    pub key_events: KeyEvents,
+    /// Each key's share of `next_publication`, for the daemon to keep across partial passes.
+    pub key_publications: KeyEvents,
     /// The stateDir lock was held by another keyprov and not waited for: nothing was done.
     pub lock_held: Option<String>,
     /// Failed keys the daemon left alone in this pass: their retry time has not come.
@@ -61,6 +68,12 @@ impl std::fmt::Display for Report {
 }
 
 impl Report {
+    /// Key `name` wants another pass at `at` (a rotation, a retry, a claim retry, ...).
+    pub fn wake_key(&mut self, name: &str, at: std::time::SystemTime) {
+        self.key_events.add(name, at);
+        self.next_event = self.next_event.into_iter().chain([at]).min();
+    }
+
     /// The exit code this report calls for.
     pub fn exit(&self) -> Exit {
         if self.lock_held.is_some() {
@@ -95,6 +108,7 @@ pub(super) async fn finish(pass: Pass<'_>) -> Report {
             keys: &pending.keys,
             frozen: &pending.frozen,
             file_validity: &pending.file_validity,
+            every_key: pass.only.is_none(),
         };
         super::key_metrics::update_key_metrics(
             pass.metrics,
@@ -106,6 +120,7 @@ pub(super) async fn finish(pass: Pass<'_>) -> Report {
         );
     }
     pass.metrics.reconcile_took(pass.started.elapsed());
+    pass.metrics.reconciled(pass.only.is_some());
     pass.stores.finish().await;
     report
 }

@@ -42,6 +42,7 @@ pub const KEYPROV_METRICS: &[(&str, Kind, &[&str])] = &[
         &["key"],
     ),
     ("keyprov_reconcile_duration_seconds", Histogram, &[]),
+    ("keyprov_reconciles_total", Counter, &["pass"]),
     ("keyprov_generations_total", Counter, &["key", "reason"]),
     ("keyprov_failures_total", Counter, &["key", "reason"]),
     (
