@@ -304,6 +304,9 @@ mod tests {
         assert_eq!(set.host_id(), "web-17");
         assert_eq!(set.role, Role::Consumer);
         assert_eq!(set.generate_window, Some(Duration::from_secs(90)));
+        assert_eq!(default.claim_timeout(), claim::DEFAULT_TIMEOUT);
+        let claims = load("fleet: {claimTimeout: 45s}").unwrap().fleet;
+        assert_eq!(claims.claim_timeout(), Duration::from_secs(45));
         assert_eq!(
             load("fleet: {generateWindow: 0s}")
                 .unwrap()
@@ -324,6 +327,10 @@ mod tests {
             (
                 "fleet: {generateWindow: 2d}",
                 "fleet.generateWindow: \"2d\" is longer",
+            ),
+            (
+                "fleet: {claimTimeout: 0s}",
+                "fleet.claimTimeout: \"0s\" must be a duration from 1s",
             ),
             (
                 "fleet: {role: reader}",
