@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use super::FleetSettings;
-use crate::manifest::{KeyPair, Output};
+use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
 use crate::observed::Observed;
 use crate::plan::{Action, KeyPlan};
 use crate::store::Stores;
@@ -27,6 +27,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Spread added to [`RETRY_AFTER`], per host and key, so the losers do not come back at once.
 pub const RETRY_SPREAD: Duration = Duration::from_secs(10);
+/// Claims in flight at once (each is one or two Secrets Manager requests, paced by the
+/// process's rate limiter).
+const CONCURRENCY: usize = 16;
 
 /// What claiming did to a pass.
 #[derive(Debug, Default)]
@@ -54,7 +57,8 @@ pub fn retry_at(host: &str, name: &str, generation: u32, now: SystemTime) -> Sys
 }
 
 /// Claims every generation `plans` make for keys with a secret that holds a generation
-/// already; the plans of keys another host holds are emptied (the caller drops them).
+/// already (several keys at once); the plans of keys another host holds are emptied (the
+/// caller drops them).
 pub async fn claim_generations(
     settings: &FleetSettings,
     stores: &Stores,
@@ -63,34 +67,39 @@ pub async fn claim_generations(
     plans: &mut [KeyPlan],
     now: SystemTime,
 ) -> Claimed {
+    use futures_util::StreamExt;
     let host = settings.host_id();
     let timeout = settings.claim_timeout();
+    let wanted: Vec<(usize, &KeyPair, &SecretsManagerOutput, u32)> = plans
+        .iter()
+        .enumerate()
+        .filter_map(|(at, plan)| {
+            let generation = generation_made(plan)?;
+            let key = keys.iter().find(|k| k.name == plan.name)?;
+            let (index, output) = key.outputs.iter().enumerate().find_map(|(i, o)| match o {
+                Output::SecretsManager(output) => Some((i, output)),
+                Output::File(_) => None,
+            })?;
+            let holds_a_generation = matches!(observed.get(&key.name),
+                Some(Ok(outputs)) if outputs.get(index).is_some_and(|o| !o.versions.is_empty()));
+            holds_a_generation.then_some((at, key, output, generation))
+        })
+        .collect();
+    let host = host.as_str();
+    let results: Vec<_> = futures_util::stream::iter(wanted)
+        .map(|(at, key, output, generation)| async move {
+            let claim = stores
+                .secrets()
+                .claim(key, output, generation, host, timeout)
+                .await;
+            (at, key, generation, claim)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let mut claimed = Claimed::default();
-    for plan in plans.iter_mut() {
-        let Some(generation) = generation_made(plan) else {
-            continue;
-        };
-        let Some(key) = keys.iter().find(|k| k.name == plan.name) else {
-            continue;
-        };
-        let Some((index, Output::SecretsManager(output))) = key
-            .outputs
-            .iter()
-            .enumerate()
-            .find(|(_, o)| matches!(o, Output::SecretsManager(_)))
-        else {
-            continue;
-        };
-        let holds_a_generation = matches!(observed.get(&key.name),
-            Some(Ok(outputs)) if outputs.get(index).is_some_and(|o| !o.versions.is_empty()));
-        if !holds_a_generation {
-            continue;
-        }
-        match stores
-            .secrets()
-            .claim(key, output, generation, &host, timeout)
-            .await
-        {
+    for (at, key, generation, claim) in results {
+        match claim {
             Ok(Claim::Won { attempt }) => {
                 tracing::info!(key = %key.name, generation, attempt,
                     "claimed generation {generation}: this host makes it");
@@ -101,14 +110,14 @@ pub async fn claim_generations(
                 attempt,
                 stale_in,
             }) => {
-                let again = retry_at(&host, &key.name, generation, now);
+                let again = retry_at(host, &key.name, generation, now);
                 tracing::info!(key = %key.name, generation, attempt,
                     holder = holder.as_deref().unwrap_or("another host"),
                     stale_in = %humantime::format_duration(Duration::from_secs(stale_in.as_secs())),
                     at = %crate::schedule::format_time(again),
                     "another host claimed generation {generation}: leaving it to that host; looking \
                      again later to copy it (or to claim it once the claim is stale)");
-                plan.actions.clear();
+                plans[at].actions.clear();
                 claimed.lost.insert(key.name.clone());
                 claimed.retry_at = claimed.retry_at.into_iter().chain([again]).min();
             }
