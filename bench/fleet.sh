@@ -7,7 +7,8 @@
 #   - per scheduled rotation (ROTATIONS of them): GenerateDataKeyPair* and PutSecretValue per key
 #     (whole fleet), all requests per key, the wake spread (per host, its first request other
 #     than ListSecrets from 5 s before the rotation's first GenerateDataKeyPair on: max - min),
-#     and the time from that first GenerateDataKeyPair until every host's files were current;
+#     and the time from that first GenerateDataKeyPair until every host's files were current,
+#     and the claims the daemons logged in that window (won / lost, README "Fleets");
 #   - a converged sweep: one `run --once` on host 0 between rotations: requests per key;
 #   - follow latency: `rotate key-000 --now` on host 0, then the time until each other host's
 #     `current` holds the new generation (median and max; FOLLOW_TIMEOUT caps the wait);
@@ -18,8 +19,8 @@
 #   bench/fleet.sh
 # Environment: HOSTS ("10 40"), KEYS (10), EVERY (3m), ROTATIONS (2), RESYNC (empty: the
 #   config's default resyncEvery), FOLLOW_TIMEOUT (660 s), SWEEP_KEYS (1000; 0 skips),
-#   EXTRA_CONFIG (config lines added to every host, `{host}` replaced by h00, h01, ...: e.g.
-#   'fleet: {hostId: "{host}"}'), RPS (reconcile.maxRequestsPerSecond, empty: default),
+#   EXTRA_CONFIG (config lines added to every host, `{host}` replaced by h00, h01, ...; default
+#   'fleet: {hostId: "{host}"}': daemons on one machine share its machine-id), RPS (reconcile.maxRequestsPerSecond, empty: default),
 #   BENCH_DIR (bench/work).
 # Needs LocalStack (scripts/localstack start).
 set -euo pipefail
@@ -33,7 +34,7 @@ rotations=${ROTATIONS:-2}
 resync=${RESYNC:-}
 follow_timeout=${FOLLOW_TIMEOUT:-660}
 sweep_keys=${SWEEP_KEYS:-1000}
-extra=${EXTRA_CONFIG:-}
+extra=${EXTRA_CONFIG-'fleet: {hostId: "{host}"}'}
 rps=${RPS:-}
 endpoint=${KEYPROV_LOCALSTACK_ENDPOINT:-http://127.0.0.1:4566}
 work=${BENCH_DIR:-$repo/bench/work}/fleet
@@ -219,9 +220,29 @@ PY
   pids=()
   kill "$proxy"; wait "$proxy" 2>/dev/null || true; proxy=
 
-  python3 - "$log" "$marks" "$hosts" "$keys" "$base" <<'PY'
-import collections, sys
+  python3 - "$log" "$marks" "$hosts" "$keys" "$base" "${hostdirs[@]}" <<'PY'
+import collections, datetime, json, sys
 log, marks, hosts, keys, base = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+claims = []  # (time, won) from every daemon's JSON log
+generating = []  # (time, key): one GenerateDataKeyPair each
+for d in sys.argv[6:]:
+    for line in open(f"{d}/daemon.log", errors="replace"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        message = event.get("message", "")
+        won = message.startswith("claimed generation")
+        made = message == "generating"
+        if not (won or made or message.startswith("another host claimed generation")):
+            continue
+        stamp = event["timestamp"].rstrip("Z")
+        head, _, frac = stamp.partition(".")
+        at = datetime.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+        if made:
+            generating.append((at, event.get("key")))
+        else:
+            claims.append((at, won))
 reqs = []
 for line in open(log):
     t, port, target = line.split(" ", 2)
@@ -252,6 +273,11 @@ for mark in open(marks):
         spread = max(wakes.values()) - min(wakes.values()) if wakes else float("nan")
         line += (f"; wake spread {spread:.2f} s over {len(wakes)} hosts; every host current "
                  f"{end - first:.1f} s after the first GenerateDataKeyPair (polled)")
+    inside = [won for t, won in claims if start <= t <= end]
+    line += f"; claims won {sum(inside)}, lost {len(inside) - sum(inside)}"
+    made = collections.Counter(k for t, k in generating if start <= t <= end)
+    line += f"; generations logged per key: max {max(made.values(), default=0)}"
+
     print(line)
 PY
   cat "$dir/follow"

@@ -6,8 +6,11 @@
 //! generation by a stable offset of its own ([`offset`]), re-checks the secret right before
 //! generating ([`recheck`]), never regenerates over a generation another manifest version made
 //! after its own ([`spec_hold`]), and a consumer never generates nor writes a secret
-//! ([`consumer`]). One rate limiter paces every AWS request of the process ([`limiter`]).
+//! ([`consumer`]). In the daemon a writer claims each generation through the key's secret
+//! before making it, so one host calls KMS per generation ([`claim`]). One rate limiter paces
+//! every AWS request of the process ([`limiter`]).
 
+pub mod claim;
 pub mod consumer;
 pub mod limiter;
 pub mod offset;
@@ -41,6 +44,8 @@ pub struct FleetDoc {
     role: Option<Role>,
     /// Longest delay of a scheduled generation; default: 5 % of `rotation.every`, at most 10 m.
     generate_window: Option<String>,
+    /// Age at which another host's claim of a generation is stale; default 5m.
+    claim_timeout: Option<String>,
 }
 
 /// Whether a host may generate and write secrets.
@@ -75,6 +80,8 @@ pub struct FleetSettings {
     pub role: Role,
     /// `fleet.generateWindow`; `None`: [`offset::default_window`] of each key.
     pub generate_window: Option<Duration>,
+    /// `fleet.claimTimeout`; `None`: [`claim::DEFAULT_TIMEOUT`].
+    pub claim_timeout: Option<Duration>,
 }
 
 impl FleetSettings {
@@ -111,11 +118,33 @@ impl FleetSettings {
                 Some(window)
             }
         };
+        let claim_timeout = match doc.claim_timeout.as_deref() {
+            None => None,
+            Some(text) => Some(
+                humantime::parse_duration(text.trim())
+                    .ok()
+                    .filter(|t| (Duration::from_secs(1)..=MAX_WINDOW).contains(t))
+                    .ok_or_else(|| {
+                        (
+                            "fleet.claimTimeout",
+                            format!(
+                                "{text:?} must be a duration from 1s to 1day (examples: 5m, 30s)"
+                            ),
+                        )
+                    })?,
+            ),
+        };
         Ok(FleetSettings {
             host_id: doc.host_id.clone(),
             role: doc.role.unwrap_or_default(),
             generate_window,
+            claim_timeout,
         })
+    }
+
+    /// `fleet.claimTimeout`, else [`claim::DEFAULT_TIMEOUT`].
+    pub fn claim_timeout(&self) -> Duration {
+        self.claim_timeout.unwrap_or(claim::DEFAULT_TIMEOUT)
     }
 
     /// This host's identity: `fleet.hostId`, else [`default_host_id`].
@@ -194,7 +223,8 @@ pub struct Settled {
 /// version already superseded is held ([`spec_hold`]); a consumer's generations and secret
 /// writes go; in the daemon (`daemon`; `run --once` and `rotate` generate at once) a scheduled
 /// generation waits for this host's offset and is re-checked against the secret just before it
-/// is made (copied instead when another host made it).
+/// is made (copied instead when another host made it), and every generation is claimed through
+/// the key's secret first ([`claim`]: a key another host holds waits for a later pass).
 pub async fn settle(
     config: &crate::config::Config,
     daemon: bool,
@@ -215,9 +245,12 @@ pub async fn settle(
     let consumer = config.fleet.role == Role::Consumer;
     if daemon {
         let mut events = KeyEvents::default();
+        let mut claimed = claim::Claimed::default();
         if !consumer {
             events = offset::hold_back(&config.fleet, keys, observed, plans, now);
             recheck::adopt_made_elsewhere(stores, keys, observed, plans, now).await;
+            claimed =
+                claim::claim_generations(&config.fleet, stores, keys, observed, plans, now).await;
             plans.retain(|p| !p.actions.is_empty());
         }
         events.extend(&offset::next_events(
@@ -226,8 +259,10 @@ pub async fn settle(
             keys,
             observed,
             plans,
+            &claimed.lost,
             now,
         ));
+        events.extend(&claimed.retry);
         settled.key_events = Some(events);
     }
     spec_hold::remember(&config.state_dir, keys, observed, plans);
@@ -265,6 +300,9 @@ mod tests {
         assert_eq!(set.host_id(), "web-17");
         assert_eq!(set.role, Role::Consumer);
         assert_eq!(set.generate_window, Some(Duration::from_secs(90)));
+        assert_eq!(default.claim_timeout(), claim::DEFAULT_TIMEOUT);
+        let claims = load("fleet: {claimTimeout: 45s}").unwrap().fleet;
+        assert_eq!(claims.claim_timeout(), Duration::from_secs(45));
         assert_eq!(
             load("fleet: {generateWindow: 0s}")
                 .unwrap()
@@ -285,6 +323,10 @@ mod tests {
             (
                 "fleet: {generateWindow: 2d}",
                 "fleet.generateWindow: \"2d\" is longer",
+            ),
+            (
+                "fleet: {claimTimeout: 0s}",
+                "fleet.claimTimeout: \"0s\" must be a duration from 1s",
             ),
             (
                 "fleet: {role: reader}",

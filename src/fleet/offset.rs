@@ -118,20 +118,22 @@ pub fn hold_back(
 /// When each key with no plan wants a pass, as [`plan::next_event`] says, except that
 /// a rotation is looked at when this host's turn comes: a writer at its offset, a consumer
 /// (`consumer`) once the whole window has passed, when the writers are done. So the daemons of
-/// a fleet do not all wake at the instant a key falls due.
+/// a fleet do not all wake at the instant a key falls due. Keys in `skip` (another host
+/// claimed their generation) have their own time.
 pub fn next_events(
     settings: &FleetSettings,
     consumer: bool,
     keys: &[KeyPair],
     observed: &Observed,
     plans: &[KeyPlan],
+    skip: &std::collections::BTreeSet<String>,
     now: SystemTime,
 ) -> KeyEvents {
     let host = settings.host_id();
     let mut events = KeyEvents::default();
     let turns = keys
         .iter()
-        .filter(|key| !plans.iter().any(|p| p.name == key.name))
+        .filter(|key| !plans.iter().any(|p| p.name == key.name) && !skip.contains(&key.name))
         .filter_map(|key| {
             let Some(Ok(outputs)) = observed.get(&key.name) else {
                 return None;

@@ -11,6 +11,7 @@
 
 mod beacon;
 pub use beacon::{BeaconSettings, DEFAULT_FULL_SWEEP};
+pub mod claim;
 mod describe;
 mod errors;
 pub use errors::NO_CREDENTIALS;
