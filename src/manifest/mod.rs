@@ -16,6 +16,7 @@ pub mod scan;
 mod shape;
 pub mod source;
 mod validate;
+mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
