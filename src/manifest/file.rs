@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeSeed;
 
+use super::walk::Walk;
 use super::{
     Context, Diagnostic, KeyPair, Position, PositionIndex, display_path, document, file_diagnostic,
     scan, shape, validate,
@@ -98,21 +99,24 @@ pub(super) fn parse_file(
 /// Deserializes and validates every document of `text` into `file`; returns how many documents
 /// were not empty.
 ///
-/// Two passes. The first walks each document as serde_yaml sees it (any YAML, limits
-/// checked, see [`scan::Walk`]) and stops at the first error: a syntax error, or a limit.
+/// One libyaml pass walks each document as serde_yaml sees it (any YAML, limits checked, the
+/// value built, see [`Walk`]) and stops at the first error: a syntax error, or a limit.
 /// serde_yaml reports a document's syntax error only after its data errors, and after an
 /// unknown anchor the next document starts in the middle of the broken one, where serde_yaml
-/// panics; so only the documents before the first error are deserialized, in the second pass,
-/// where every error is a data error of its document and the next one can still be read.
+/// panics; so only the documents before the first error are checked, where every error is a
+/// data error of its document and the next one can still be read. The rare document whose
+/// value the walk could not vouch for (a duplicated key, a tag) is read again by serde_yaml's
+/// own `Value`, for its exact error.
 fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize {
     let budget = std::cell::Cell::new(0);
-    let mut sound = 0;
+    let mut walked: Vec<Option<Option<serde_yaml::Value>>> = Vec::new();
     let mut broken = None;
     // The scan bounds the documents; `take` bounds this loop even if libyaml disagreed with it
     // (after an error libyaml repeats it forever).
     for deserializer in serde_yaml::Deserializer::from_str(text).take(scan::MAX_DOCUMENTS + 1) {
-        match guarded(|| scan::Walk::new(&budget).deserialize(deserializer)) {
-            Ok(Ok(())) => sound += 1,
+        match guarded(|| Walk::new(&budget).deserialize(deserializer)) {
+            // An empty document (null) is no document, as for serde_yaml's `Option`.
+            Ok(Ok(value)) => walked.push(value.map(|v| (!v.is_null()).then_some(v))),
             Ok(Err(err)) => {
                 broken = Some(serde_diagnostic(&file.path, &err));
                 break;
@@ -123,10 +127,22 @@ fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize 
             }
         }
     }
+    // Read in step with `walked`, only when some document needs serde_yaml's own reading.
+    let mut again = walked
+        .iter()
+        .any(Option::is_none)
+        .then(|| serde_yaml::Deserializer::from_str(text));
     let mut documents = 0;
-    let stream = serde_yaml::Deserializer::from_str(text).take(sound);
-    for (doc, deserializer) in stream.enumerate() {
-        let parsed = match guarded(|| Option::<serde_yaml::Value>::deserialize(deserializer)) {
+    for (doc, value) in walked.into_iter().enumerate() {
+        let deserializer = again.as_mut().and_then(Iterator::next);
+        let parsed = match (value, deserializer) {
+            (Some(value), _) => Ok(Ok(value)),
+            (None, Some(deserializer)) => {
+                guarded(|| Option::<serde_yaml::Value>::deserialize(deserializer))
+            }
+            (None, None) => Err("the YAML parser failed on this document (internal error)".into()),
+        };
+        let parsed = match parsed {
             Ok(parsed) => parsed,
             Err(message) => {
                 file.diagnostics.push(file_diagnostic(

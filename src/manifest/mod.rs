@@ -10,12 +10,15 @@ mod diagnostics;
 pub mod document;
 mod file;
 mod model;
+mod parallel;
 pub mod paths;
 mod positions;
 pub mod scan;
+mod schema_tree;
 mod shape;
 pub mod source;
 mod validate;
+mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -33,6 +36,8 @@ pub use validate::{API_VERSION, KIND, absolute, check_name, parse_mode};
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
 /// All manifest files together may hold at most this much; later files are refused.
 pub const MAX_TOTAL_BYTES: u64 = 256 << 20;
+/// Manifest text read before it is parsed (in parallel).
+const BATCH_BYTES: usize = 16 << 20;
 
 /// What validation needs to know of the daemon's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -86,25 +91,36 @@ pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
     loaded.files = paths.len();
     let started = std::time::Instant::now();
     let mut budget = MAX_TOTAL_BYTES;
-    let files: Vec<ManifestFile> = paths
-        .into_iter()
-        .map(|path| {
-            let text = source::read_text(&path, MAX_FILE_BYTES.min(budget)).map_err(|message| {
-                if budget < MAX_FILE_BYTES && message.starts_with("file is larger") {
-                    format!(
-                        "not read: the manifests before it hold nearly {} MiB, the most read in all",
-                        MAX_TOTAL_BYTES >> 20
-                    )
-                } else {
-                    message
-                }
-            });
-            if let Ok(text) = &text {
-                budget -= text.len() as u64;
+    // Read in order (the budget counts the files before), parsed on every core a batch at a
+    // time, so that at most a batch of texts is held at once.
+    let mut files: Vec<ManifestFile> = Vec::with_capacity(paths.len());
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    let mut paths = paths.into_iter().peekable();
+    while let Some(path) = paths.next() {
+        let text = source::read_text(&path, MAX_FILE_BYTES.min(budget)).map_err(|message| {
+            if budget < MAX_FILE_BYTES && message.starts_with("file is larger") {
+                format!(
+                    "not read: the manifests before it hold nearly {} MiB, the most read in all",
+                    MAX_TOTAL_BYTES >> 20
+                )
+            } else {
+                message
             }
-            parse_file(path, text, ctx)
-        })
-        .collect();
+        });
+        if let Ok(text) = &text {
+            budget -= text.len() as u64;
+            batch_bytes += text.len();
+        }
+        batch.push((path, text));
+        if batch_bytes >= BATCH_BYTES || paths.peek().is_none() {
+            files.extend(parallel::map_in_order(
+                std::mem::take(&mut batch),
+                |(path, text)| parse_file(path, text, ctx),
+            ));
+            batch_bytes = 0;
+        }
+    }
     tracing::debug!(elapsed = ?started.elapsed(), files = files.len(), "manifest files parsed");
     finish(files, loaded)
 }

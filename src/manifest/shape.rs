@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use serde_json::Value as Schema;
 use serde_yaml::Value;
 
+use super::schema_tree::{Additional, Kind, Node, Object, Shape, Tree};
+
 /// One problem: the dotted field path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeProblem {
@@ -17,66 +19,59 @@ pub struct ShapeProblem {
     pub message: String,
 }
 
-/// The manifest's JSON Schema, as JSON.
-fn schema() -> &'static Schema {
-    static SCHEMA: OnceLock<Schema> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        serde_json::to_value(schemars::schema_for!(super::document::Document))
-            .expect("the schema serializes")
+/// The manifest's JSON Schema, compiled.
+fn tree() -> &'static Tree {
+    static TREE: OnceLock<Tree> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let schema = serde_json::to_value(schemars::schema_for!(super::document::Document))
+            .expect("the schema serializes");
+        Tree::compile(&schema)
     })
 }
 
 /// Checks `document` against the manifest schema; removes what is wrong from it and returns
 /// the problems.
 pub fn check(document: &mut Value) -> Vec<ShapeProblem> {
-    check_against(document, schema())
+    check_tree(document, tree())
 }
 
 /// Checks `document` against `schema` (a JSON Schema as JSON, from schemars); removes what is
 /// wrong from it and returns the problems.
 pub fn check_against(document: &mut Value, schema: &Schema) -> Vec<ShapeProblem> {
+    check_tree(document, &Tree::compile(schema))
+}
+
+fn check_tree(document: &mut Value, tree: &Tree) -> Vec<ShapeProblem> {
     let mut problems = Vec::new();
-    walk(document, schema, schema, "", &mut problems);
+    let mut walker = Walker {
+        tree,
+        problems: &mut problems,
+    };
+    walker.walk(document, tree.root, Path::Root);
     problems
 }
 
-/// The schema `schema` stands for: `$ref` and single-entry `allOf` followed; of an `anyOf`
-/// (an optional value: the schema or null), the schema.
-fn resolve<'a>(schema: &'a Schema, root: &'a Schema) -> &'a Schema {
-    if let Some(reference) = schema.get("$ref").and_then(Schema::as_str) {
-        let name = reference.trim_start_matches("#/definitions/");
-        return resolve(&root["definitions"][name], root);
-    }
-    if let Some(any) = schema.get("anyOf").and_then(Schema::as_array)
-        && let Some(not_null) = any
-            .iter()
-            .find(|s| s.get("type") != Some(&Schema::from("null")))
-    {
-        return resolve(not_null, root);
-    }
-    match schema.get("allOf").and_then(Schema::as_array) {
-        Some(all) if all.len() == 1 => resolve(&all[0], root),
-        _ => schema,
-    }
+/// Where a value is, rendered as a dotted field path only when a problem is reported.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
 }
 
-/// Whether `schema` (before [`resolve`]) also allows null.
-fn nullable(schema: &Schema) -> bool {
-    schema
-        .get("anyOf")
-        .and_then(Schema::as_array)
-        .is_some_and(|any| {
-            any.iter()
-                .any(|s| s.get("type") == Some(&Schema::from("null")))
-        })
-}
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root => String::new(),
+            Path::Field(parent, key) => join(&parent.render(), key),
+            Path::Item(parent, index) => format!("{}[{index}]", parent.render()),
+        }
+    }
 
-/// The JSON types `schema` allows.
-fn types(schema: &Schema) -> Vec<&str> {
-    match schema.get("type") {
-        Some(Schema::String(t)) => vec![t.as_str()],
-        Some(Schema::Array(ts)) => ts.iter().filter_map(Schema::as_str).collect(),
-        _ => Vec::new(),
+    /// The last field name, as `rsplit('.')` of the rendered path gives it.
+    fn last_field(&self) -> String {
+        let path = self.render();
+        path.rsplit('.').next().unwrap_or_default().to_string()
     }
 }
 
@@ -88,264 +83,249 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// Checks `value` at `path` against `schema`; returns false when `value` is of the wrong
-/// kind (its parent removes it).
-fn walk(
-    value: &mut Value,
-    schema: &Schema,
-    root: &Schema,
-    path: &str,
-    problems: &mut Vec<ShapeProblem>,
-) -> bool {
-    if value.is_null() && nullable(schema) {
-        return true;
+struct Walker<'t, 'p> {
+    tree: &'t Tree,
+    problems: &'p mut Vec<ShapeProblem>,
+}
+
+impl Walker<'_, '_> {
+    fn problem(&mut self, path: Path, message: String) {
+        self.problems.push(ShapeProblem {
+            field: path.render(),
+            message,
+        });
     }
-    let schema = resolve(schema, root);
-    // An enum whose values carry their own descriptions: `oneOf` single-value enums.
-    if let Some(variants) = schema.get("oneOf").and_then(Schema::as_array) {
-        let choices: Vec<&str> = variants
-            .iter()
-            .filter_map(|v| v.get("enum")?.as_array())
-            .flatten()
-            .filter_map(Schema::as_str)
-            .collect();
-        if !choices.is_empty() {
-            if value.as_str().is_some_and(|v| choices.contains(&v)) {
-                return true;
-            }
-            problems.push(ShapeProblem {
-                field: path.to_string(),
-                message: format!(
+
+    /// Checks `value` at `path` against `node`; returns false when `value` is of the wrong
+    /// kind (its parent removes it).
+    fn walk(&mut self, value: &mut Value, node: Node, path: Path) -> bool {
+        if value.is_null() && node.nullable {
+            return true;
+        }
+        let (null_ok, kind) = match self.tree.shape(node) {
+            Shape::Choice(choices) => {
+                if value
+                    .as_str()
+                    .is_some_and(|v| choices.iter().any(|c| c == v))
+                {
+                    return true;
+                }
+                let message = format!(
                     "unknown value {}, expected one of {}",
                     match value.as_str() {
                         Some(text) => format!("{text:?}"),
                         None => describe(value),
                     },
                     choices.join(", ")
-                ),
-            });
-            return false;
+                );
+                self.problem(path, message);
+                return false;
+            }
+            Shape::Typed { null_ok, kind } => (*null_ok, kind),
+        };
+        if value.is_null() && null_ok {
+            return true;
         }
-    }
-    let allowed = types(schema);
-    if allowed.is_empty() || (value.is_null() && allowed.contains(&"null")) {
-        return true;
-    }
-    let mut problem = |message: String| {
-        problems.push(ShapeProblem {
-            field: path.to_string(),
-            message,
-        })
-    };
-    if allowed.contains(&"object") {
-        let Value::Mapping(mapping) = value else {
-            problem(format!(
-                "must be a mapping (`key: value` lines), not {}",
-                describe(value)
-            ));
-            return false;
-        };
-        check_mapping(mapping, schema, root, path, problems);
-        return true;
-    }
-    if allowed.contains(&"array") {
-        let Value::Sequence(items) = value else {
-            problem(format!(
-                "must be a list (`- item` lines or `[a, b]`), not {}",
-                describe(value)
-            ));
-            return false;
-        };
-        let item_schema = schema.get("items").unwrap_or(&Schema::Null);
-        let mut index = 0;
-        items.retain_mut(|item| {
-            let kept = walk(
-                item,
-                item_schema,
-                root,
-                &format!("{path}[{index}]"),
-                problems,
-            );
-            index += 1;
-            kept
-        });
-        return true;
-    }
-    if allowed.contains(&"string") {
-        return match value {
-            Value::String(text) => {
-                let choices: Vec<&str> = schema
-                    .get("enum")
-                    .and_then(Schema::as_array)
-                    .map(|e| e.iter().filter_map(Schema::as_str).collect())
-                    .unwrap_or_default();
-                if choices.is_empty() || choices.contains(&text.as_str()) || !check_enums(path) {
+        match kind {
+            Kind::Any => true,
+            Kind::Object(object) => {
+                let Value::Mapping(mapping) = value else {
+                    let message = format!(
+                        "must be a mapping (`key: value` lines), not {}",
+                        describe(value)
+                    );
+                    self.problem(path, message);
+                    return false;
+                };
+                self.check_mapping(mapping, object, path);
+                true
+            }
+            Kind::Array(items) => {
+                let Value::Sequence(sequence) = value else {
+                    let message = format!(
+                        "must be a list (`- item` lines or `[a, b]`), not {}",
+                        describe(value)
+                    );
+                    self.problem(path, message);
+                    return false;
+                };
+                if let Some(items) = *items {
+                    let mut index = 0;
+                    sequence.retain_mut(|item| {
+                        let kept = self.walk(item, items, Path::Item(&path, index));
+                        index += 1;
+                        kept
+                    });
+                }
+                true
+            }
+            Kind::String(choices) => match value {
+                Value::String(text) => {
+                    if choices.is_empty()
+                        || choices.iter().any(|c| c == text)
+                        || !check_enums(&path.render())
+                    {
+                        return true;
+                    }
+                    let message = format!(
+                        "unknown value {text:?}, expected one of {}",
+                        choices.join(", ")
+                    );
+                    self.problem(path, message);
+                    false
+                }
+                Value::Number(_) | Value::Bool(_) => {
+                    let text = serde_yaml::to_string(value).unwrap_or_default();
+                    let text = text.trim();
+                    // A bare number where a duration is wanted lacks its unit: quoting it
+                    // would still be invalid.
+                    let unit = match path.last_field().as_str() {
+                        "every" | "publishAhead" => Some("d"),
+                        "timeout" => Some("s"),
+                        _ => None,
+                    };
+                    let message = match unit {
+                        Some(unit) if value.is_number() => format!(
+                            "must be a duration with its unit, not {}; write \"{text}{unit}\" \
+                             (units: s, m, h, d)",
+                            describe(value)
+                        ),
+                        _ => format!(
+                            "must be a text, not {}; quote it: \"{text}\"",
+                            describe(value)
+                        ),
+                    };
+                    self.problem(path, message);
+                    false
+                }
+                _ => {
+                    self.problem(path, format!("must be a text, not {}", describe(value)));
+                    false
+                }
+            },
+            Kind::Boolean => {
+                if value.is_bool() {
                     return true;
                 }
-                problem(format!(
-                    "unknown value {text:?}, expected one of {}",
-                    choices.join(", ")
-                ));
+                self.problem(
+                    path,
+                    format!("must be true or false, not {}", describe(value)),
+                );
                 false
             }
-            Value::Number(_) | Value::Bool(_) => {
-                let text = serde_yaml::to_string(value).unwrap_or_default();
-                let text = text.trim();
-                // A bare number where a duration is wanted lacks its unit: quoting it would
-                // still be invalid.
-                let unit = match path.rsplit('.').next() {
-                    Some("every" | "publishAhead") => Some("d"),
-                    Some("timeout") => Some("s"),
-                    _ => None,
+            &Kind::Integer { unsigned, max } => {
+                let fits = if unsigned {
+                    value.as_u64().is_some_and(|n| n <= max)
+                } else {
+                    value.as_i64().is_some()
                 };
-                problem(match unit {
-                    Some(unit) if value.is_number() => format!(
-                        "must be a duration with its unit, not {}; write \"{text}{unit}\" \
-                         (units: s, m, h, d)",
+                if fits {
+                    return true;
+                }
+                let message = if unsigned && max == u64::from(u32::MAX) {
+                    format!(
+                        "must be a whole number >= 0 (at most {max}), not {}",
                         describe(value)
-                    ),
-                    _ => format!(
-                        "must be a text, not {}; quote it: \"{text}\"",
-                        describe(value)
-                    ),
-                });
+                    )
+                } else if unsigned {
+                    format!("must be a whole number >= 0, not {}", describe(value))
+                } else {
+                    format!("must be a whole number, not {}", describe(value))
+                };
+                self.problem(path, message);
                 false
             }
-            _ => {
-                problem(format!("must be a text, not {}", describe(value)));
+            Kind::Number => {
+                if value.is_number() {
+                    return true;
+                }
+                self.problem(path, format!("must be a number, not {}", describe(value)));
                 false
             }
-        };
-    }
-    if allowed.contains(&"boolean") {
-        if value.is_bool() {
-            return true;
         }
-        problem(format!("must be true or false, not {}", describe(value)));
-        return false;
     }
-    if allowed.contains(&"integer") {
-        let unsigned = schema
-            .get("minimum")
-            .and_then(Schema::as_f64)
-            .is_some_and(|m| m >= 0.0);
-        let max = match schema.get("format").and_then(Schema::as_str) {
-            Some("uint32") => u64::from(u32::MAX),
-            _ => u64::MAX,
-        };
-        let fits = if unsigned {
-            value.as_u64().is_some_and(|n| n <= max)
+
+    fn check_mapping(&mut self, mapping: &mut serde_yaml::Mapping, object: &Object, path: Path) {
+        // Keys left empty whose own fields include an unknown sibling: `file:` followed by
+        // `dir:` at the same indentation instead of under it. Looked for only when there is
+        // an unknown field.
+        let refused = matches!(object.additional, Additional::Refused);
+        let unknown = refused
+            && mapping
+                .keys()
+                .any(|k| k.as_str().is_some_and(|n| object.property(n).is_none()));
+        let empty_parents: Vec<(&str, &[String])> = if unknown {
+            mapping
+                .iter()
+                .filter(|(_, v)| v.is_null())
+                .filter_map(|(k, _)| {
+                    let property = object.property(k.as_str()?)?;
+                    Some((property.name.as_str(), property.fields.as_deref()?))
+                })
+                .collect()
         } else {
-            value.as_i64().is_some()
+            Vec::new()
         };
-        if fits {
-            return true;
+        let empty_parents: Vec<(String, Vec<String>)> = empty_parents
+            .into_iter()
+            .map(|(name, fields)| (name.to_string(), fields.to_vec()))
+            .collect();
+        let mut remove = Vec::new();
+        for (key, entry) in mapping.iter_mut() {
+            let Some(name) = key.as_str() else {
+                self.problem(
+                    path,
+                    format!("has a key that is not a text: {}", describe(key)),
+                );
+                remove.push(key.clone());
+                continue;
+            };
+            let field = Path::Field(&path, name);
+            let node = match (object.property(name), &object.additional) {
+                (Some(property), _) => property.node,
+                (None, Additional::Refused) => {
+                    let parent = empty_parents
+                        .iter()
+                        .find(|(_, fields)| fields.iter().any(|f| f == name));
+                    let message = match parent {
+                        Some((parent, _)) => format!(
+                            "unknown field `{name}` here: it is a field of `{parent}`, which is \
+                             empty; indent `{name}` under `{parent}`"
+                        ),
+                        None => unknown_field(name, &object.known()),
+                    };
+                    self.problem(field, message);
+                    remove.push(key.clone());
+                    continue;
+                }
+                (None, Additional::Checked(node)) => *node,
+                (None, Additional::Allowed) => continue,
+            };
+            if !self.walk(entry, node, field) {
+                remove.push(key.clone());
+            }
         }
-        problem(if unsigned && max == u64::from(u32::MAX) {
-            format!(
-                "must be a whole number >= 0 (at most {max}), not {}",
-                describe(value)
-            )
-        } else if unsigned {
-            format!("must be a whole number >= 0, not {}", describe(value))
-        } else {
-            format!("must be a whole number, not {}", describe(value))
-        });
-        return false;
-    }
-    if allowed.contains(&"number") {
-        if value.is_number() {
-            return true;
+        for key in remove {
+            mapping.remove(&key);
         }
-        problem(format!("must be a number, not {}", describe(value)));
-        return false;
+        for required in &object.required {
+            if !mapping.contains_key(required.as_str()) {
+                let field = join(&path.render(), required);
+                if !self.problems.iter().any(|p| p.field == field) {
+                    self.problems.push(ShapeProblem {
+                        field,
+                        message: "is required".into(),
+                    });
+                }
+            }
+        }
     }
-    true
 }
 
 /// Whether a string's allowed values are checked here: everywhere but the manifest fields
 /// whose values validation checks itself, with its own messages.
 fn check_enums(path: &str) -> bool {
     !path.starts_with("spec.") && !matches!(path, "apiVersion" | "kind")
-}
-
-fn check_mapping(
-    mapping: &mut serde_yaml::Mapping,
-    schema: &Schema,
-    root: &Schema,
-    path: &str,
-    problems: &mut Vec<ShapeProblem>,
-) {
-    let properties = schema.get("properties").and_then(Schema::as_object);
-    let additional = schema.get("additionalProperties");
-    let known: Vec<&str> = properties
-        .map(|p| p.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    // Keys left empty whose own fields include an unknown sibling: `file:` followed by
-    // `dir:` at the same indentation instead of under it.
-    let empty_parents: Vec<(String, Vec<String>)> = mapping
-        .iter()
-        .filter(|(_, v)| v.is_null())
-        .filter_map(|(k, _)| {
-            let name = k.as_str()?;
-            let property = resolve(properties?.get(name)?, root);
-            let fields = property.get("properties")?.as_object()?;
-            Some((name.to_string(), fields.keys().cloned().collect()))
-        })
-        .collect();
-    let mut remove = Vec::new();
-    for (key, entry) in mapping.iter_mut() {
-        let Some(name) = key.as_str() else {
-            problems.push(ShapeProblem {
-                field: path.to_string(),
-                message: format!("has a key that is not a text: {}", describe(key)),
-            });
-            remove.push(key.clone());
-            continue;
-        };
-        let field = join(path, name);
-        let entry_schema = match (properties.and_then(|p| p.get(name)), additional) {
-            (Some(property), _) => property,
-            (None, Some(Schema::Bool(false))) => {
-                let parent = empty_parents
-                    .iter()
-                    .find(|(_, fields)| fields.iter().any(|f| f == name));
-                let message = match parent {
-                    Some((parent, _)) => format!(
-                        "unknown field `{name}` here: it is a field of `{parent}`, which is \
-                         empty; indent `{name}` under `{parent}`"
-                    ),
-                    None => unknown_field(name, &known),
-                };
-                problems.push(ShapeProblem { field, message });
-                remove.push(key.clone());
-                continue;
-            }
-            (None, Some(additional @ Schema::Object(_))) => additional,
-            (None, _) => continue,
-        };
-        if !walk(entry, entry_schema, root, &field, problems) {
-            remove.push(key.clone());
-        }
-    }
-    for key in remove {
-        mapping.remove(&key);
-    }
-    for required in schema
-        .get("required")
-        .and_then(Schema::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Schema::as_str)
-    {
-        let reported = problems.iter().any(|p| p.field == join(path, required));
-        if !mapping.contains_key(required) && !reported {
-            problems.push(ShapeProblem {
-                field: join(path, required),
-                message: "is required".into(),
-            });
-        }
-    }
 }
 
 /// "unknown field `x`; did you mean `y`? (fields: ...)".
