@@ -229,6 +229,7 @@ mod hold_tests {
             damaged: Vec::new(),
             refused: Vec::new(),
             prunable: true,
+            linked_jwks: None,
         }]
     }
 
