@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::manifest::{KeyPair, Output};
 use crate::spec::KeyPairSpec;
-use crate::store::dir::DirHandle;
+use crate::store::dir::{DirHandle, MAX_GROWING_BYTES};
 
 /// Mode of the set and of the directories made for it: verifiers run as other users.
 const MODE: u32 = 0o644;
@@ -123,7 +123,10 @@ fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
             let _ = dir.remove_file(&leftover);
         }
     }
-    if dir.read_file(name).is_ok_and(|old| old == bytes) {
+    if dir
+        .read_file_at_most(name, MAX_GROWING_BYTES)
+        .is_ok_and(|old| old == bytes)
+    {
         return Ok(false);
     }
     dir.replace_file(name, bytes, MODE, (None, None))
@@ -156,7 +159,9 @@ pub fn read(aggregate: &JwksAggregate) -> Result<Option<Vec<u8>>, String> {
     if dir.stat(name).is_none() {
         return Ok(None);
     }
-    dir.read_file(name).map(Some).map_err(fail)
+    dir.read_file_at_most(name, MAX_GROWING_BYTES)
+        .map(Some)
+        .map_err(fail)
 }
 
 /// The keys whose entries stay as they were: their links cannot be trusted now.
@@ -184,11 +189,16 @@ pub struct Updated {
 /// links hold when they can be read; every other selected key's entries are its next,
 /// current and previous. A key that no valid manifest defines keeps its entries while any
 /// manifest is invalid (it may be one of them), and leaves once all are valid.
+///
+/// `observed(key, output)` gives the JWKs that key's file output (by index) links to when this
+/// pass observed them and nothing changed them since (see
+/// [`crate::observed::ObservedOutput::linked_jwks`]); other keys' versions are read.
 pub fn update_all(
     aggregates: &[JwksAggregate],
     keys: &[KeyPair],
     held: Held<'_>,
     state_dir: &Path,
+    observed: &dyn Fn(&str, usize) -> Option<Vec<serde_json::Value>>,
 ) -> Updated {
     let mut updated = Updated::default();
     let mut members = crate::jwks_members::load(state_dir).unwrap_or_else(|err| {
@@ -223,7 +233,14 @@ pub fn update_all(
                  links may hold: choose another path"
             )),
             None => {
-                let next = next_entries(aggregate, &selected, keys, held, members.get(&path));
+                let next = next_entries(
+                    aggregate,
+                    &selected,
+                    keys,
+                    held,
+                    members.get(&path),
+                    observed,
+                );
                 for problem in &next.problems {
                     let message = format!("JWK Set {path}: {problem}");
                     tracing::error!("{message}");
@@ -307,6 +324,7 @@ fn next_entries(
     keys: &[KeyPair],
     held: Held<'_>,
     remembered: Option<&BTreeMap<String, Vec<String>>>,
+    observed: &dyn Fn(&str, usize) -> Option<Vec<serde_json::Value>>,
 ) -> Next {
     let old = old_entries(aggregate);
     let mut next = Next {
@@ -320,20 +338,24 @@ fn next_entries(
                 "SM2 keys have no JWK form: left out of the JWK Set");
             continue;
         }
-        let Some(output) = key.outputs.iter().find_map(|o| match o {
-            Output::File(file) => Some(file),
+        let Some((index, output)) = key.outputs.iter().enumerate().find_map(|(i, o)| match o {
+            Output::File(file) => Some((i, file)),
             Output::SecretsManager(_) => None,
         }) else {
             tracing::warn!(key = %key.name, path = %aggregate.path().display(),
                 "the key has no file output: left out of the JWK Set");
             continue;
         };
-        let linked = crate::store::file::linked_jwks(output);
         if held.failed.contains(key.name.as_str()) {
             // Its links may be half-moved: what they hold is added, nothing it had is lost.
+            let linked = crate::store::file::linked_jwks(output);
             to_keep.push((key.name.clone(), linked.unwrap_or_default()));
             continue;
         }
+        let linked = match observed(&key.name, index) {
+            Some(linked) => Ok(linked),
+            None => crate::store::file::linked_jwks(output),
+        };
         match linked {
             Ok(linked) => {
                 next.by_key.insert(key.name.clone(), linked);

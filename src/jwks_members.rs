@@ -25,7 +25,9 @@ pub fn load(state_dir: &Path) -> Result<Members, String> {
     if root.stat(FILE).is_none() {
         return Ok(Members::new());
     }
-    let bytes = root.read_file(FILE).map_err(|e| e.to_string())?;
+    let bytes = root
+        .read_file_at_most(FILE, crate::store::dir::MAX_GROWING_BYTES)
+        .map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -14,8 +14,8 @@ use crate::store::dir::DirHandle;
 /// written there).
 pub const LEDGER_DIR: &str = "ledger";
 
-/// Records larger than this are refused when read (every writer bounds its entries far below).
-const MAX_BYTES: usize = 4 << 20;
+/// Records larger than this are refused when read (per-key records grow with the keys).
+const MAX_BYTES: u64 = crate::store::dir::MAX_GROWING_BYTES;
 
 /// One record file, `<stateDir>/ledger/<name>.json`.
 #[derive(Debug, Clone)]
@@ -60,10 +60,9 @@ impl Ledger {
         if dir.stat(&self.file).is_none() {
             return Ok(T::default());
         }
-        let bytes = dir.read_file(&self.file).map_err(|e| e.to_string())?;
-        if bytes.len() > MAX_BYTES {
-            return Err(format!("larger than {MAX_BYTES} bytes"));
-        }
+        let bytes = dir
+            .read_file_at_most(&self.file, MAX_BYTES)
+            .map_err(|e| e.to_string())?;
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 
@@ -80,7 +79,14 @@ impl Ledger {
             .open_dir(LEDGER_DIR)
             .map_err(|e| context(e.to_string()))?
             .ok_or_else(|| context("the ledger directory vanished".into()))?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| context(e.to_string()))?;
+        // Compact: records of many keys are read by every reconcile.
+        let bytes = serde_json::to_vec(record).map_err(|e| context(e.to_string()))?;
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(context(format!(
+                "{} bytes, more than a record may hold ({MAX_BYTES})",
+                bytes.len()
+            )));
+        }
         // A run killed while writing leaves its temporary file (`.tmp-<file>-<pid>`, see
         // `DirHandle::replace_file`); writers of a stateDir hold its lock, so any there is
         // stale.
@@ -129,6 +135,21 @@ mod tests {
             left,
             [".tmp-other.json-123", ".tmp-test.json-x", "test.json"]
         );
+    }
+
+    #[test]
+    fn a_record_of_many_keys_is_read_back_whole() {
+        // Larger than a stored file's read bound: read as empty, it was rewritten whole by
+        // every reconcile (a no-op of 10,000 keys wrote and flushed 1 MB).
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::new(tmp.path(), "test");
+        let record: BTreeMap<String, String> = (0..30_000)
+            .map(|i| (format!("key-{i:06}"), format!("sha256:{i:032x}")))
+            .collect();
+        ledger.save(&record).unwrap();
+        let size = std::fs::metadata(ledger.path()).unwrap().len();
+        assert!(size > crate::store::dir::MAX_READ_BYTES, "{size}");
+        assert_eq!(ledger.load::<BTreeMap<String, String>>(), record);
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct ObservedOutput {
     /// Versions the output holds that keyprov refused (forged, replayed, not keyprov's): never
     /// used, but a generation number they carry is taken.
     pub refused: Vec<RefusedVersion>,
+    /// The JWKs of the versions `next`, `current` and `previous` point at (next first), as
+    /// observation derived them to check `jwks.json` (file outputs with `publicFormats: [jwk]`;
+    /// `None` otherwise): a JWK Set aggregate takes an unchanged key's entries from here
+    /// instead of reading its versions again.
+    pub linked_jwks: Option<Vec<serde_json::Value>>,
 }
 
 /// A version keyprov refused (see [`ObservedOutput::refused`]).

@@ -77,6 +77,7 @@ fn output(key: &KeyPair, versions: &[u32], activated_day: u64) -> ObservedOutput
         damaged: vec![],
         prunable: true,
         refused: vec![],
+        linked_jwks: None,
     }
 }
 
@@ -584,6 +585,7 @@ fn arb_output(universe: Vec<ObservedVersion>) -> impl Strategy<Value = ObservedO
                 damaged: vec![],
                 prunable: true,
                 refused: vec![],
+                linked_jwks: None,
             }
         })
 }

@@ -2,8 +2,9 @@
 //! (`.orphaned-<name>-<time>`) is renamed back, a secret scheduled for deletion (by this host's
 //! prune or another fleet host's) is restored — the same pair, no new generation.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::config::Config;
@@ -77,11 +78,12 @@ pub fn restorable(
 ) -> Vec<Restore> {
     let mut found = Vec::new();
     let record: Record = ledger(config).load();
+    let mut parents = Parents::default();
     for key in keys {
         for output in &key.outputs {
             match output {
                 Output::File(f) => {
-                    if let Some(aside) = set_aside_dir(&f.dir, &key.name) {
+                    if let Some(aside) = parents.set_aside_dir(&f.dir, &key.name) {
                         found.push(Restore::File {
                             key: key.name.clone(),
                             dir: f.dir.clone(),
@@ -117,36 +119,75 @@ pub fn restorable(
     found
 }
 
-/// The newest `.orphaned-<name>-<time>` beside the missing key directory `dir` whose
-/// `current` version belongs to key `key`.
-fn set_aside_dir(dir: &std::path::Path, key: &str) -> Option<String> {
-    let (parent, name) = (dir.parent()?, dir.file_name()?.to_str()?);
-    let parent = DirHandle::open_root(parent, false).ok()??;
-    if parent.stat(name).is_some() {
-        return None;
+/// The parent directories of key directories, each listed once per call of [`restorable`]:
+/// one listing per key made finding N missing keys cost N listings of up to N entries. Writers
+/// of a stateDir hold its lock, so nothing keyprov makes appears meanwhile.
+#[derive(Default)]
+struct Parents {
+    listed: HashMap<PathBuf, Option<Listing>>,
+}
+
+/// One parent directory: its entries, and the copies set aside in it by the key directory
+/// name they were set aside from (`.orphaned-<name>-<time>`).
+struct Listing {
+    dir: DirHandle,
+    names: HashSet<OsString>,
+    aside: HashMap<String, Vec<(u64, String)>>,
+}
+
+impl Listing {
+    fn of(parent: &Path) -> Option<Listing> {
+        let dir = DirHandle::open_root(parent, false).ok()??;
+        let names: HashSet<OsString> = dir.names().ok()?.into_iter().collect();
+        let mut aside: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+        for entry in names.iter().filter_map(|n| n.to_str()) {
+            let Some((name, stamp)) = entry
+                .strip_prefix(orphans::ORPHANED_PREFIX)
+                .and_then(|rest| rest.rsplit_once('-'))
+            else {
+                continue;
+            };
+            if let Ok(stamp) = stamp.parse::<u64>() {
+                aside
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((stamp, entry.to_string()));
+            }
+        }
+        Some(Listing { dir, names, aside })
     }
-    let prefix = format!("{}{name}-", orphans::ORPHANED_PREFIX);
-    let mut candidates: Vec<(u64, String)> = parent
-        .names()
-        .ok()?
-        .into_iter()
-        .filter_map(|n| n.into_string().ok())
-        .filter_map(|n| Some((n.strip_prefix(&prefix)?.parse::<u64>().ok()?, n)))
-        .collect();
-    candidates.sort();
-    candidates.into_iter().rev().map(|(_, n)| n).find(|aside| {
-        let Ok(Some(copy)) = parent.open_dir(aside) else {
-            return false;
-        };
-        let current = copy.read_link("current").ok().flatten();
-        let generation = current
-            .as_deref()
-            .and_then(|t| t.to_str())
-            .and_then(file::parse_version_name);
-        generation.is_some_and(|g| {
-            file::read_meta(&parent.child_path(aside), g).is_ok_and(|meta| meta.name == key)
+}
+
+impl Parents {
+    /// The newest `.orphaned-<name>-<time>` beside the missing key directory `dir` whose
+    /// `current` version belongs to key `key`.
+    fn set_aside_dir(&mut self, dir: &Path, key: &str) -> Option<String> {
+        let (parent, name) = (dir.parent()?, dir.file_name()?.to_str()?);
+        let listing = self
+            .listed
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| Listing::of(parent))
+            .as_ref()?;
+        if listing.names.contains(OsStr::new(name)) {
+            return None;
+        }
+        let mut candidates = listing.aside.get(name)?.clone();
+        candidates.sort();
+        let parent = &listing.dir;
+        candidates.into_iter().rev().map(|(_, n)| n).find(|aside| {
+            let Ok(Some(copy)) = parent.open_dir(aside) else {
+                return false;
+            };
+            let current = copy.read_link("current").ok().flatten();
+            let generation = current
+                .as_deref()
+                .and_then(|t| t.to_str())
+                .and_then(file::parse_version_name);
+            generation.is_some_and(|g| {
+                file::read_meta(&parent.child_path(aside), g).is_ok_and(|meta| meta.name == key)
+            })
         })
-    })
+    }
 }
 
 /// Gets back what `restores` name. Returns the failures, by key.
@@ -206,4 +247,38 @@ fn rename_back(dir: &std::path::Path, aside: &str) -> Result<(), String> {
         return Err(format!("{} exists already", dir.display()));
     }
     parent.sync().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_parent_is_listed_once_per_pass() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("present")).unwrap();
+        // Not a copy of a key directory (no `current`): never restored.
+        std::fs::create_dir(root.path().join(".orphaned-gone-100")).unwrap();
+        let mut parents = Parents::default();
+        assert_eq!(
+            parents.set_aside_dir(&root.path().join("present"), "present"),
+            None
+        );
+        assert_eq!(
+            parents.set_aside_dir(&root.path().join("gone"), "gone"),
+            None
+        );
+        let listing = parents.listed[root.path()].as_ref().unwrap();
+        assert_eq!(
+            listing.aside["gone"],
+            [(100, ".orphaned-gone-100".to_string())]
+        );
+        // Listed once: what appears later in the same pass is not looked at.
+        std::fs::remove_dir(root.path().join("present")).unwrap();
+        assert_eq!(
+            parents.set_aside_dir(&root.path().join("present"), "present"),
+            None
+        );
+        assert_eq!(parents.listed.len(), 1);
+    }
 }

@@ -237,6 +237,7 @@ mod hold_tests {
             damaged: Vec::new(),
             refused: Vec::new(),
             prunable: true,
+            linked_jwks: None,
         }]
     }
 

@@ -93,10 +93,24 @@ pub(super) fn update_sets<'a>(
         frozen: &pending.frozen,
         invalid: pending.invalid,
     };
+    // What this pass observed of a key, while nothing changed it (the after phase observes
+    // some changed keys again).
+    let observed = |name: &str, index: usize| {
+        let outputs = if pass.changed.contains(name) {
+            pass.after.get(name)
+        } else {
+            pending.observed.get(name)
+        };
+        match outputs {
+            Some(Ok(outputs)) => outputs.get(index)?.linked_jwks.clone(),
+            _ => None,
+        }
+    };
     crate::jwks_aggregate::update_all(
         &pass.config.jwks,
         &pending.all_keys,
         held,
         &pass.config.state_dir,
+        &observed,
     )
 }

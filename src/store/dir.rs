@@ -27,6 +27,12 @@ const ROOT_MODE: u32 = 0o755;
 /// Most bytes read from any one stored file (a version's files are a few KiB).
 pub const MAX_READ_BYTES: u64 = 1 << 20;
 
+/// Most bytes read from one of keyprov's own files that grow with the number of keys (the
+/// records under `<stateDir>/ledger/`, a config JWK Set and its members): about 200 bytes a
+/// key at most, so several hundred thousand keys. Read with [`MAX_READ_BYTES`] instead, a
+/// file of 10,000 keys was refused, so ignored and written again whole by every reconcile.
+pub const MAX_GROWING_BYTES: u64 = 64 << 20;
+
 fn io_error(action: &'static str, path: &Path, source: io::Error) -> StoreError {
     StoreError::Io {
         action,
@@ -145,7 +151,7 @@ impl DirHandle {
     fn check_owner(&self, or_root: bool) -> Result<(), StoreError> {
         let stat = nix::sys::stat::fstat(&self.fd)
             .map_err(|e| errno_error("cannot stat", &self.path, e))?;
-        let euid = nix::unistd::geteuid().as_raw();
+        let euid = effective_uid();
         if stat.st_uid == euid || (or_root && stat.st_uid == 0) {
             return Ok(());
         }
@@ -302,16 +308,22 @@ impl DirHandle {
 
     /// Reads the regular file `name` (at most [`MAX_READ_BYTES`]).
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.read_file_at_most(name, MAX_READ_BYTES)
+    }
+
+    /// Reads the regular file `name`, refused when larger than `max` bytes (keyprov's own
+    /// records grow with the number of keys: see `ledger`).
+    pub fn read_file_at_most(&self, name: &str, max: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.path.join(name);
         let file = self.open_regular(name)?;
         let mut bytes = Vec::with_capacity(4096);
-        file.take(MAX_READ_BYTES + 1)
+        file.take(max + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| io_error("cannot read", &path, e))?;
-        if bytes.len() as u64 > MAX_READ_BYTES {
+        if bytes.len() as u64 > max {
             return Err(StoreError::Corrupt {
                 path: path.display().to_string(),
-                message: format!("is larger than {MAX_READ_BYTES} bytes"),
+                message: format!("is larger than {max} bytes"),
             });
         }
         Ok(bytes)
@@ -454,6 +466,13 @@ impl DirHandle {
     pub fn sync(&self) -> Result<(), StoreError> {
         nix::unistd::fsync(&self.fd).map_err(|e| errno_error("cannot fsync", &self.path, e))
     }
+}
+
+/// keyprov's effective user id, asked once: every directory walked is checked against it (a
+/// system call per check added up over many keys), and keyprov never changes it.
+fn effective_uid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| nix::unistd::geteuid().as_raw())
 }
 
 fn fchown(fd: impl AsFd, path: &Path, owner: Owner) -> Result<(), StoreError> {

@@ -16,6 +16,10 @@ pub fn observe(
         return Ok(observed);
     };
     let mut links = Vec::with_capacity(3);
+    // Public keys of linked versions read and verified here, for `jwks.json`'s check.
+    let mut verified: Vec<(u32, Vec<u8>)> = Vec::with_capacity(2);
+    // What next, current and previous point at (for `jwks.json`'s check).
+    let mut linked = [None; 3];
     for raw in dir.names()? {
         let name = raw.to_string_lossy();
         if let Some(generation) = parse_version_name(&name) {
@@ -60,13 +64,17 @@ pub fn observe(
             ));
             continue;
         }
+        linked[[NEXT, CURRENT, PREVIOUS]
+            .iter()
+            .position(|l| *l == link)
+            .expect("one of the three links")] = Some(generation);
         if link == PREVIOUS {
             observed.previous = Some(generation);
             continue;
         }
         let checked = open_version(&dir, generation).and_then(|version| {
             let meta = read_version_meta(&version, generation)?;
-            let mut problems = check_version_files(
+            let (mut problems, der) = check_version_files(
                 &version,
                 output,
                 &meta,
@@ -74,6 +82,9 @@ pub fn observe(
                 owner,
                 &mut observed.drift,
             );
+            if let Some(der) = der {
+                verified.push((generation, der));
+            }
             if meta.name != key_name {
                 problems.insert(
                     0,
@@ -130,7 +141,7 @@ pub fn observe(
             observed.next = Some(version);
         }
     }
-    public::jwks_drift(&dir, output, &mut observed.drift);
+    observed.linked_jwks = public::jwks_drift(&dir, output, linked, &verified, &mut observed.drift);
     // A plaintext key must not outlive `includePlaintext: false` in any version kept.
     let linked: Vec<u32> = [
         observed.current.as_ref().map(|c| c.generation),
@@ -181,8 +192,9 @@ fn is_regular(stat: &FileStat) -> bool {
 
 /// Checks what a linked version's readers rely on: the public key parses and matches
 /// `publicKeySha256`, the ciphertext is there (and matches its recorded hash), the plaintext
-/// key parses. Returns those problems (damage, repaired from another output); modes, owners
-/// and files of the wrong format go to `drift` (repaired in place).
+/// key parses. Returns those problems (damage, repaired from another output) and the public
+/// key when it matched its meta; modes, owners and files of the wrong format go to `drift`
+/// (repaired in place).
 fn check_version_files(
     version: &DirHandle,
     output: &FileOutput,
@@ -190,7 +202,7 @@ fn check_version_files(
     include_plaintext: bool,
     owner: Option<Owner>,
     drift: &mut Vec<String>,
-) -> Vec<String> {
+) -> (Vec<String>, Option<Vec<u8>>) {
     let vname = version_name(meta.generation);
     let mut problems = Vec::new();
     let mut present = Vec::new();
@@ -281,11 +293,11 @@ fn check_version_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-    check_public_format_files(version, output, meta, public_der, drift);
+    check_public_format_files(version, output, meta, public_der.as_deref(), drift);
     if include_plaintext {
         check_private_format_files(version, output, meta, drift);
     }
-    problems
+    (problems, public_der)
 }
 
 /// Drift of a linked version's private format files (derived from its plaintext key, so
@@ -324,13 +336,13 @@ fn check_public_format_files(
     version: &DirHandle,
     output: &FileOutput,
     meta: &VersionMeta,
-    public_der: Option<Vec<u8>>,
+    public_der: Option<&[u8]>,
     drift: &mut Vec<String>,
 ) {
     let vname = version_name(meta.generation);
     if !output.public_formats.is_empty() {
         let der = match public_der {
-            Some(der) => Ok(der),
+            Some(der) => Ok(der.to_vec()),
             None => public::read_public_der(version, output.format),
         };
         let wanted = der.and_then(|der| public::format_files(output, meta, &der));

@@ -61,22 +61,39 @@ pub(super) fn linked_jwks(
     dir: &DirHandle,
     format: Format,
 ) -> Result<Vec<serde_json::Value>, StoreError> {
+    let links =
+        [NEXT, CURRENT, PREVIOUS].map(|link| read_link_generation(dir, link).ok().flatten());
+    jwks_of(dir, format, links, &[])
+}
+
+/// The JWKs of the generations `links` name (next, current, previous; none or repeated ones
+/// left out), each public key taken from `known` (generation, DER already read and verified
+/// against its meta) or read from its version.
+pub(super) fn jwks_of(
+    dir: &DirHandle,
+    format: Format,
+    links: [Option<u32>; 3],
+    known: &[(u32, Vec<u8>)],
+) -> Result<Vec<serde_json::Value>, StoreError> {
     let mut keys = Vec::with_capacity(3);
     let mut seen = Vec::with_capacity(3);
-    for link in [NEXT, CURRENT, PREVIOUS] {
-        let Ok(Some(generation)) = read_link_generation(dir, link) else {
-            continue;
-        };
+    for generation in links.into_iter().flatten() {
         if seen.contains(&generation) {
             continue;
         }
-        let Some(version) = dir.open_dir(&version_name(generation))? else {
-            continue;
+        let path = dir.child_path(version_name(generation));
+        let der = match known.iter().find(|(g, _)| *g == generation) {
+            Some((_, der)) => std::borrow::Cow::Borrowed(der),
+            None => {
+                let Some(version) = dir.open_dir(&version_name(generation))? else {
+                    continue;
+                };
+                std::borrow::Cow::Owned(read_public_der(&version, format)?)
+            }
         };
         seen.push(generation);
-        let der = read_public_der(&version, format)?;
         let jwk = public_formats::jwk(&der).map_err(|message| StoreError::Corrupt {
-            path: version.path().display().to_string(),
+            path: path.display().to_string(),
             message: format!("its public key has no JWK form: {message}"),
         })?;
         keys.push(jwk);
@@ -157,15 +174,30 @@ fn replace_jwks(
     sync.add_dir(dir)
 }
 
-/// Drift of `jwks.json`: missing, out of date, unwanted, or with the wrong mode.
-pub(super) fn jwks_drift(dir: &DirHandle, output: &FileOutput, drift: &mut Vec<String>) {
-    let expected = match expected_jwks(dir, output) {
-        Ok(expected) => expected,
+/// Drift of `jwks.json`: missing, out of date, unwanted, or with the wrong mode. `links` are
+/// the generations observation found `next`, `current` and `previous` at, `known` the public
+/// keys it already read and verified (not read again). Returns the JWKs of those links, when
+/// the output asks for `jwk` and they could be made.
+pub(super) fn jwks_drift(
+    dir: &DirHandle,
+    output: &FileOutput,
+    links: [Option<u32>; 3],
+    known: &[(u32, Vec<u8>)],
+    drift: &mut Vec<String>,
+) -> Option<Vec<serde_json::Value>> {
+    let keys = if output.public_formats.contains(&PublicFormat::Jwk) {
+        jwks_of(dir, output.format, links, known).map(Some)
+    } else {
+        Ok(None)
+    };
+    let keys = match keys {
+        Ok(keys) => keys,
         Err(err) => {
             drift.push(format!("{JWKS} cannot be made: {err}"));
-            return;
+            return None;
         }
     };
+    let expected = keys.as_deref().map(public_formats::jwks);
     match (expected, dir.stat(JWKS)) {
         (None, None) => {}
         (None, Some(_)) => drift.push(format!("{JWKS} should not be there")),
@@ -183,4 +215,5 @@ pub(super) fn jwks_drift(dir: &DirHandle, output: &FileOutput, drift: &mut Vec<S
             }
         }
     }
+    keys
 }
