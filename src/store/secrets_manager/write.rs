@@ -124,7 +124,9 @@ impl SecretsManagerStore {
         version: Arc<StoredVersion>,
         link: Option<Link>,
     ) -> Result<bool, StoreError> {
-        self.note_write();
+        for output in outputs {
+            self.note_write(&output.secret_id);
+        }
         let generation = version.meta.generation;
         let text = layout::secret_string(&version)?;
         let mut current = false;

@@ -22,6 +22,7 @@ use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use serde::{Deserialize, Serialize};
 
 use super::SecretsManagerStore;
+use super::beacon::Plan;
 use super::errors::explain;
 use super::layout::{self, CURRENT, PENDING};
 use super::versions::Described;
@@ -370,6 +371,22 @@ impl Listing {
         self.by_arn.insert(arn.to_string(), entry);
     }
 
+    /// Takes out the listed secret `secret_id` (a name or an ARN) names.
+    pub(super) fn remove(&mut self, secret_id: &str) {
+        let arn = self.arn_of(secret_id).map(str::to_string);
+        if let Some(arn) = arn
+            && let Some(entry) = self.by_arn.remove(&arn)
+            && let Some(name) = entry.name()
+        {
+            self.names.remove(name);
+        }
+    }
+
+    /// The ARN of the listed secret `secret_id` (a name or an ARN) names.
+    pub(super) fn arn_of(&self, secret_id: &str) -> Option<&str> {
+        self.get(secret_id)?.arn()
+    }
+
     /// Every listed secret by ARN.
     pub(super) fn entries(&self) -> impl Iterator<Item = (&String, &DescribeSecretOutput)> {
         self.by_arn.iter()
@@ -404,15 +421,35 @@ impl SecretsManagerStore {
     }
 
     /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page),
-    /// unless the change beacon says nothing changed since the last listing (see [`super::beacon`]:
-    /// the remembered listing stands in for it); then reads what this host has not seen of the
-    /// versions holding `AWSCURRENT` of `keys`' secrets (`BatchGetSecretValue`, 20 a call).
+    /// unless the change beacon says what changed since the last listing (see
+    /// [`super::beacon`]: the remembered listing stands in for it, with the secrets named since
+    /// described again); then reads what this host has not seen of the versions holding
+    /// `AWSCURRENT` of `keys`' secrets (`BatchGetSecretValue`, 20 a call, after a listing;
+    /// `GetSecretValue` each after the beacon named a few).
     pub async fn sweep(&self, keys: &[KeyPair]) -> Result<Listing, StoreError> {
         let seen = self.read_beacon().await;
-        if let Some(listing) = self.remembered(&seen) {
-            tracing::debug!("sweep: the change beacon is unchanged; not listing");
-            self.read_unseen(keys, &listing).await;
-            return Ok(listing);
+        match self.plan_sweep(&seen, keys) {
+            Plan::Remembered(listing) => {
+                tracing::debug!("sweep: the change beacon names nothing new; not listing");
+                self.read_unseen(keys, &listing, true).await;
+                return Ok(listing);
+            }
+            Plan::Describe {
+                mut listing,
+                named,
+                list_after,
+            } => {
+                tracing::debug!(
+                    "sweep: the change beacon names {} of this host's secrets; not listing",
+                    named.len()
+                );
+                self.describe_into(&mut listing, &named).await;
+                self.sweep.retain(&listing);
+                self.remember_listing(&listing, &seen, Some(list_after));
+                self.read_unseen(keys, &listing, false).await;
+                return Ok(listing);
+            }
+            Plan::List => {}
         }
         let mut listing = Listing::default();
         let mut token = None;
@@ -439,19 +476,25 @@ impl SecretsManagerStore {
             }
             if listing.len() >= MAX_LISTED {
                 // Incomplete: keys it misses are observed directly; nothing is forgotten.
-                self.read_unseen(keys, &listing).await;
+                self.read_unseen(keys, &listing, true).await;
                 return Ok(listing);
             }
         }
+        // A listing may lag behind the latest writes: what the beacon names as written just
+        // before is described (consistent).
+        let recent = self.recent(&seen, keys, &listing);
+        self.describe_into(&mut listing, &recent).await;
         self.sweep.retain(&listing);
-        self.remember_listing(&listing, seen);
-        self.read_unseen(keys, &listing).await;
+        self.remember_listing(&listing, &seen, None);
+        self.read_unseen(keys, &listing, true).await;
         Ok(listing)
     }
 
-    /// Reads, 20 secrets a call, the `AWSCURRENT` versions of `keys`' listed secrets that this
-    /// host has not seen; a failure only leaves them to be read directly.
-    async fn read_unseen(&self, keys: &[KeyPair], listing: &Listing) {
+    /// Reads the `AWSCURRENT` versions of `keys`' listed secrets that this host has not seen,
+    /// 20 secrets a call with `batch` (`BatchGetSecretValue`, whose quota is 100/s), else one
+    /// by one (`GetSecretValue`, 10,000/s: a few secrets the beacon named); a failure only
+    /// leaves them to be read directly.
+    async fn read_unseen(&self, keys: &[KeyPair], listing: &Listing, batch: bool) {
         let mut unseen: Vec<(String, String, Described)> = Vec::new();
         for key in keys {
             for output in &key.outputs {
@@ -473,6 +516,31 @@ impl SecretsManagerStore {
                     unseen.push((key.name.clone(), id, described));
                 }
             }
+        }
+        if !batch {
+            for (key, id, described) in &unseen {
+                let Some(arn) = described.arn.as_deref() else {
+                    continue;
+                };
+                let read = self
+                    .client()
+                    .await
+                    .get_secret_value()
+                    .secret_id(arn)
+                    .version_id(id)
+                    .send()
+                    .await;
+                let Ok(value) = read else {
+                    continue;
+                };
+                let generation = described.generation_of(id).unwrap_or_default();
+                let secret = value.name().unwrap_or_default();
+                let text = value.secret_string().unwrap_or_default();
+                if let Some(version) = checked(text, secret, key, generation) {
+                    self.sweep.remember(Some(arn), key, id, &version);
+                }
+            }
+            return;
         }
         for chunk in unseen.chunks(BATCH) {
             let arns: Vec<String> = chunk.iter().filter_map(|(_, _, d)| d.arn.clone()).collect();
