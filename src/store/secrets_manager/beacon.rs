@@ -237,15 +237,37 @@ impl SecretsManagerStore {
         }
         let name = name(&self.scope);
         match self.append(&name, &by, &secrets).await {
-            Ok(seq) => tracing::debug!(
-                "sweep: bumped beacon {name} to {seq} ({} secrets)",
-                secrets.len()
-            ),
+            Ok((arn, log, fresh)) => {
+                tracing::debug!(
+                    "sweep: bumped beacon {name} to {} ({} secrets)",
+                    log.seq,
+                    secrets.len()
+                );
+                if fresh {
+                    self.adopt_fresh_log(arn, &log);
+                }
+            }
             Err(err) if !WARNED_WRITE.swap(true, Ordering::Relaxed) => tracing::warn!(
                 "cannot bump the change beacon {name} ({err}): other hosts notice this host's \
                  writes at their next full listing (reconcile.fullSweepEvery)"
             ),
             Err(err) => tracing::debug!("sweep: cannot bump beacon {name}: {err}"),
+        }
+    }
+
+    /// This pass listed because the beacon held no log, then wrote a fresh one: the listing
+    /// taken this pass stands for the log from its start (the next sweep describes what this
+    /// pass's own bump names), so the change costs one listing, not two.
+    fn adopt_fresh_log(&self, arn: String, log: &Log) {
+        let mut pending = self.beacon.pending.lock().expect("never poisoned");
+        if let Some((_, header)) = pending.as_mut()
+            && header.format == 0
+            && log.bumps.first().is_some_and(|b| b.seq == 1)
+        {
+            header.format = HEADER_FORMAT;
+            header.arn = Some(arn);
+            header.epoch = log.epoch.clone();
+            header.seq = 0;
         }
     }
 
@@ -256,7 +278,7 @@ impl SecretsManagerStore {
         name: &str,
         by: &str,
         secrets: &BTreeSet<String>,
-    ) -> Result<u64, Failure> {
+    ) -> Result<(String, Log, bool), Failure> {
         for attempt in 0..MAX_TRIES {
             if attempt > 0 {
                 let pause = 20 + (random() * 100.0 * attempt as f64) as u64;
@@ -266,6 +288,7 @@ impl SecretsManagerStore {
             let base = current
                 .as_ref()
                 .and_then(|(_, id, text)| usable(name, id, text));
+            let fresh = base.is_none();
             let next = base
                 .unwrap_or_else(|| Log::fresh(by))
                 .next(by, aws_now(), secrets);
@@ -280,12 +303,10 @@ impl SecretsManagerStore {
                 Err(Failure::Exists | Failure::NotFound) => continue,
                 Err(other) => return Err(other),
             }
-            let back = self.get_beacon(name).await?;
-            if back
-                .and_then(|(_, id, text)| usable(name, &id, &text))
-                .is_some_and(|log| log.carries(&next))
+            if let Some((arn, id, text)) = self.get_beacon(name).await?
+                && usable(name, &id, &text).is_some_and(|log| log.carries(&next))
             {
-                return Ok(next.seq);
+                return Ok((arn, next, fresh));
             }
         }
         Err(Failure::Other(format!(
@@ -407,17 +428,18 @@ impl SecretsManagerStore {
             (Seen::Log { log, .. }, None) => log.since(None),
             _ => Since::Gap,
         };
-        let named = match since {
+        let named = match &since {
             Since::Nothing => BTreeSet::new(),
-            Since::Named(named) => named,
+            Since::Named(named) => named.clone(),
             Since::Gap => return Plan::List,
         };
         let Some(listing) = self.remembered(dir, &header) else {
             return Plan::List;
         };
-        if named.is_empty() {
+        if matches!(since, Since::Nothing) {
             return Plan::Remembered(listing);
         }
+        // Even when none is this host's: the header moves on with the log.
         let named = ours(keys, &listing, &named);
         if named.len() > MAX_DESCRIBED {
             return Plan::List;
@@ -516,7 +538,9 @@ impl SecretsManagerStore {
         let (arn, epoch, seq) = match seen {
             Seen::Log { arn, log } => (Some(arn.clone()), log.epoch.clone(), log.seq),
             Seen::Absent => (None, String::new(), 0),
-            Seen::Off | Seen::Unusable => return,
+            // Kept with an unusable header: used only if this pass writes a fresh log.
+            Seen::Unusable => (None, String::new(), 0),
+            Seen::Off => return,
         };
         let stamp = uuid::Uuid::new_v4().to_string();
         let mut shards: Vec<Shard> = (0..SHARDS)
@@ -547,7 +571,11 @@ impl SecretsManagerStore {
             unix_now().saturating_add(every.as_secs())
         });
         let header = Header {
-            format: HEADER_FORMAT,
+            format: if matches!(seen, Seen::Unusable) {
+                0
+            } else {
+                HEADER_FORMAT
+            },
             scope: self.scope.clone(),
             arn,
             epoch,
