@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::SecretsManagerStore;
 use super::beacon::Plan;
@@ -44,6 +45,8 @@ const MAX_CACHED: usize = 30_000;
 /// Largest shard written (a ledger file is read up to 1 MiB; a version takes about 500 bytes,
 /// so about 28,000 keys are swept without reading after a restart).
 const MAX_BYTES: usize = 900_000;
+/// Most version values kept in memory for one process (see [`Cache::value`]).
+const MAX_VALUES: usize = 1024;
 /// A key whose next event is this close is observed directly: the decision to act is made on
 /// fresh state, never on a listing that may lag.
 pub const DUE_MARGIN: Duration = Duration::from_secs(60);
@@ -157,6 +160,10 @@ pub(super) struct Cache {
     state_dir: Option<PathBuf>,
     record: Mutex<Option<Record>>,
     dirty: AtomicBool,
+    /// Values this process read of versions the beacon named, by (secret ARN, version id):
+    /// the copy into files and its proof take them from here instead of reading them again
+    /// (a version id names one content forever). Only for this process; wiped when dropped.
+    values: Mutex<HashMap<(String, String), Zeroizing<String>>>,
 }
 
 impl Cache {
@@ -257,6 +264,25 @@ impl Cache {
             let id = layout::version_id(&key.name, generation);
             self.remember(arn, &key.name, &id, &version);
         }
+    }
+
+    /// Keeps what a version held, for [`Cache::value`] (a bounded number).
+    fn keep_value(&self, arn: &str, version_id: &str, text: &str) {
+        let mut values = self.values.lock().expect("never poisoned");
+        if values.len() < MAX_VALUES {
+            values.insert(
+                (arn.to_string(), version_id.to_string()),
+                Zeroizing::new(text.to_string()),
+            );
+        }
+    }
+
+    /// What version `version_id` of the secret `arn` held when this process read it.
+    pub(super) fn value(&self, arn: &str, version_id: &str) -> Option<Zeroizing<String>> {
+        let values = self.values.lock().expect("never poisoned");
+        values
+            .get(&(arn.to_string(), version_id.to_string()))
+            .cloned()
     }
 
     /// Forgets secrets a complete listing no longer shows, and versions a sweep will not read
@@ -538,6 +564,7 @@ impl SecretsManagerStore {
                 let text = value.secret_string().unwrap_or_default();
                 if let Some(version) = checked(text, secret, key, generation) {
                     self.sweep.remember(Some(arn), key, id, &version);
+                    self.sweep.keep_value(arn, id, text);
                 }
             }
             return;
