@@ -178,7 +178,13 @@ impl Stores {
                 (None, Output::File(_)) => return None,
             });
         }
-        settled(key, &outputs, now).then_some(outputs)
+        // A secret described in this sweep (the change beacon named it) is fresh state: the
+        // key is decided on it without describing it again.
+        let fresh = key.outputs.iter().all(|o| match o {
+            Output::SecretsManager(secret) => listing.is_fresh(&secret.secret_id),
+            Output::File(_) => true,
+        });
+        (fresh || settled(key, &outputs, now)).then_some(outputs)
     }
 
     /// Whether output `index` of `key` holds a complete `generation`.

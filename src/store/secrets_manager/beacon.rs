@@ -356,7 +356,7 @@ impl SecretsManagerStore {
             listing.remove(secret);
             match described {
                 Ok(out) if tag_map(out.tags()).get(SCOPE_TAG) == Some(&self.scope) => {
-                    listing.insert(out);
+                    listing.insert_fresh(out);
                 }
                 Ok(_) => {}
                 Err(err) => tracing::debug!(

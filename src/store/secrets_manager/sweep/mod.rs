@@ -378,6 +378,9 @@ pub struct Listing {
     by_arn: HashMap<String, DescribeSecretOutput>,
     /// Secret name -> ARN.
     names: HashMap<String, String>,
+    /// ARNs of the entries described (`DescribeSecret`, consistent) in this sweep: as fresh
+    /// as a direct observation, so a key whose secrets all are need not be described again.
+    fresh: std::collections::HashSet<String>,
 }
 
 impl Listing {
@@ -395,6 +398,20 @@ impl Listing {
         };
         self.names.insert(name.to_string(), arn.to_string());
         self.by_arn.insert(arn.to_string(), entry);
+    }
+
+    /// Adds a secret this sweep described (see [`Listing::is_fresh`]).
+    pub(super) fn insert_fresh(&mut self, entry: DescribeSecretOutput) {
+        if let Some(arn) = entry.arn() {
+            self.fresh.insert(arn.to_string());
+        }
+        self.insert(entry);
+    }
+
+    /// Whether the secret `secret_id` names was described in this sweep, not listed.
+    pub fn is_fresh(&self, secret_id: &str) -> bool {
+        self.arn_of(secret_id)
+            .is_some_and(|arn| self.fresh.contains(arn))
     }
 
     /// Takes out the listed secret `secret_id` (a name or an ARN) names.
