@@ -162,6 +162,8 @@ struct Header {
     stamp: String,
     /// Unix seconds after which the next sweep lists whatever the beacon says.
     list_after: u64,
+    /// Unix seconds of the last listing (a shorter `fullSweepEvery` applies at once).
+    listed_at: u64,
 }
 
 /// A shard of the remembered listing.
@@ -202,7 +204,8 @@ pub(super) enum Plan {
     Describe {
         listing: Listing,
         named: BTreeSet<String>,
-        list_after: u64,
+        /// When the last listing was, and when the next is due (kept).
+        listed: (u64, u64),
     },
     /// List the scope.
     List,
@@ -291,6 +294,12 @@ impl SecretsManagerStore {
             || header.scope != self.scope
             || header.stamp.is_empty()
             || unix_now() >= header.list_after
+            || self.beacon.settings.as_ref().is_none_or(|s| {
+                unix_now()
+                    >= header
+                        .listed_at
+                        .saturating_add(s.full_sweep_every.as_secs())
+            })
         {
             return Plan::List;
         }
@@ -322,7 +331,7 @@ impl SecretsManagerStore {
         Plan::Describe {
             listing,
             named,
-            list_after: header.list_after,
+            listed: (header.listed_at, header.list_after),
         }
     }
 
@@ -404,9 +413,15 @@ impl SecretsManagerStore {
     }
 
     /// Keeps a complete listing (listed, or remembered and patched) and the beacon seen right
-    /// before it, for [`Self::save_listing`]; `list_after` is kept from the last listing when
+    /// before it, for [`Self::save_listing`]; `kept` (when the last listing was, when the next
+    /// is due) is kept from the last listing when
     /// this one was patched, else set anew (jittered).
-    pub(super) fn remember_listing(&self, listing: &Listing, seen: &Seen, list_after: Option<u64>) {
+    pub(super) fn remember_listing(
+        &self,
+        listing: &Listing,
+        seen: &Seen,
+        kept: Option<(u64, u64)>,
+    ) {
         let Some(settings) = &self.beacon.settings else {
             return;
         };
@@ -440,10 +455,10 @@ impl SecretsManagerStore {
                 }
             }
         }
-        let list_after = list_after.unwrap_or_else(|| {
+        let (listed_at, list_after) = kept.unwrap_or_else(|| {
             let every = settings.full_sweep_every;
             let every = every.saturating_sub(every.mul_f64(random() * JITTER));
-            unix_now().saturating_add(every.as_secs())
+            (unix_now(), unix_now().saturating_add(every.as_secs()))
         });
         let header = Header {
             format: if matches!(seen, Seen::Unusable) {
@@ -457,6 +472,7 @@ impl SecretsManagerStore {
             seq,
             stamp,
             list_after,
+            listed_at,
         };
         *self.beacon.pending.lock().expect("never poisoned") = Some((shards, header));
     }

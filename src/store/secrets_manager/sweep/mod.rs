@@ -479,7 +479,7 @@ impl SecretsManagerStore {
             Plan::Describe {
                 mut listing,
                 named,
-                list_after,
+                listed,
             } => {
                 tracing::debug!(
                     "sweep: the change beacon names {} of this host's secrets; not listing",
@@ -487,7 +487,7 @@ impl SecretsManagerStore {
                 );
                 self.describe_into(&mut listing, &named).await;
                 self.sweep.retain(&listing);
-                self.remember_listing(&listing, &seen, Some(list_after));
+                self.remember_listing(&listing, &seen, Some(listed));
                 self.read_unseen(keys, &listing, false).await;
                 return Ok(listing);
             }
