@@ -34,7 +34,7 @@
 //!   that parses and omits a change can delay noticing it until the next full listing, at most
 //!   `fullSweepEvery` later; anything it names only costs a description (only secrets of this
 //!   host's own keys are described). The same bound holds for a writer whose bump failed
-//!   (one WARN).
+//!   (one WARN), and for any change made outside keyprov (no bump names it).
 //! - Old-format beacons (`{"changedAt","by"}`, before this log) read as "list", and the next
 //!   pass of a writer replaces them with a log (rolling upgrade: old writers bumping the old
 //!   way only cause listings).
