@@ -525,6 +525,15 @@ async fn a_forged_current_version_of_a_secret_only_key_fails_that_key() {
     let again = install.run_once(0);
     assert!(again.stdout.contains("0 provider calls"), "{}", again.all());
     let _ = first;
+    // A version put outside keyprov is named by no bump of the change beacon: sweeps notice
+    // it at their next full listing (reconcile.fullSweepEvery), here at once.
+    let config = std::fs::read_to_string(install.config()).unwrap();
+    let config = config.replace(
+        "maxRequestsPerSecond: 1000}",
+        "maxRequestsPerSecond: 1000, fullSweepEvery: 1s}",
+    );
+    assert!(config.contains("fullSweepEvery"), "{config}");
+    std::fs::write(install.config(), config).unwrap();
     // Generation 2 under keyprov's token, made under someone else's KMS key, put as current.
     let original = secret_json(&aws.sm, &secret, None).await;
     let pair = kms_pair(&aws, &aws.theirs, &bound(name, 2)).await;

@@ -48,6 +48,15 @@ async fn a_forged_current_beside_files_is_moved_off_refused_and_never_used_again
         &key("refused-current-sibling", &aws.ours, &sibling, ""),
     );
     install.run_once(0);
+    // A version put outside keyprov is named by no bump of the change beacon: sweeps notice
+    // it at their next full listing (reconcile.fullSweepEvery), here at once.
+    let config = std::fs::read_to_string(install.config()).unwrap();
+    let config = config.replace(
+        "maxRequestsPerSecond: 1000}",
+        "maxRequestsPerSecond: 1000, fullSweepEvery: 1s}",
+    );
+    assert!(config.contains("fullSweepEvery"), "{config}");
+    std::fs::write(install.config(), config).unwrap();
     let original = secret_json(&aws.sm, &secret, None).await;
     let before = visible(&install, name);
     // Generation 2 under keyprov's token, made under someone else's KMS key, put as current.

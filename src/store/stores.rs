@@ -62,8 +62,9 @@ impl Stores {
     /// Waits until every write handed to a batch writer is done (when this is the last
     /// handle; otherwise the writer stops when the last one goes).
     pub async fn finish(self: Arc<Self>) {
-        self.secrets.save_sweep();
+        // The bump first: a fresh log it writes is what the remembered listing then stands for.
         self.secrets.bump_beacon().await;
+        self.secrets.save_sweep();
         if let Ok(stores) = Arc::try_unwrap(self) {
             stores.files.finish().await;
         }
@@ -177,7 +178,13 @@ impl Stores {
                 (None, Output::File(_)) => return None,
             });
         }
-        settled(key, &outputs, now).then_some(outputs)
+        // A secret described in this sweep (the change beacon named it) is fresh state: the
+        // key is decided on it without describing it again.
+        let fresh = key.outputs.iter().all(|o| match o {
+            Output::SecretsManager(secret) => listing.is_fresh(&secret.secret_id),
+            Output::File(_) => true,
+        });
+        (fresh || settled(key, &outputs, now)).then_some(outputs)
     }
 
     /// Whether output `index` of `key` holds a complete `generation`.

@@ -1,17 +1,50 @@
-//! The change beacon: one small secret per scope, `keyprov/beacon/<scope>`, that every writer
-//! bumps (`PutSecretValue`) once per pass after it wrote a key's secret. A sweep describes it
-//! first (one request): when it is what this host saw at its last complete listing, and that
-//! listing is younger than `reconcile.fullSweepEvery` (jittered), the listing is skipped and the
-//! remembered one (under `<stateDir>/ledger/secret-listing-*.json`) stands in for it.
+//! The change beacon: one small secret per scope, `keyprov/beacon/<scope>`, whose value is a
+//! bounded log of recent changes ([`log`]): each writer's pass that wrote keys' secrets appends
+//! one bump naming every secret it wrote, numbered in sequence. A sweep reads the value first
+//! (`GetSecretValue`, one request). When the sequence number this host saw last is the latest,
+//! the listing remembered under `<stateDir>/ledger/secret-listing-*.json` stands in for a
+//! listing; when it is still in the log, only the secrets named since are described
+//! (`DescribeSecret`, consistent) and patched into that listing, and values are read only where
+//! their version ids are new to this host. The scope is listed (`ListSecrets`) only when the
+//! log has a gap (this host is too far behind, or the log was started afresh), the beacon is
+//! absent where it was present, unreadable, of the old format or forged-looking, or
+//! `reconcile.fullSweepEvery` (jittered) passed since the last listing.
 //!
-//! Safety rests on the order of effects: a writer bumps after its writes, a sweep describes the
-//! beacon before it lists. A beacon value is trusted only once two listings in a row saw it (the
-//! second one is at least a sweep interval later than the change, so a listing that lagged behind
-//! the write is listed again). A forged or moved beacon can only cause a listing; a beacon that
-//! cannot be read (no permission, an outage) means listing every sweep, with one WARN.
+//! Writers append by compare-and-set through the secret's own atomic primitive:
+//! `PutSecretValue` with `ClientRequestToken` = UUIDv5(beacon name, epoch, seq + 1) (see
+//! [`log::Log::token`]). Two writers that read the same sequence number put under the same
+//! token with different values: Secrets Manager accepts one and refuses the other
+//! (`ResourceExistsException`), which reads again and appends on top, a few times at most;
+//! the value is read back, so a backend whose token check is not atomic loses nothing either.
+//! Bumps are coalesced: one per pass, at its end.
+//!
+//! Why this is safe (a beacon is a hint, never a source of truth about keys):
+//! - Writes are named after they happen: a pass bumps at its end, after every write it names,
+//!   and a sweep reads the beacon before it describes or lists. So a bump a reader sees names
+//!   writes that `DescribeSecret` (consistent) already shows.
+//! - What is read is still proven: a described or listed secret goes through the same checks
+//!   as before (keyprov's own, the scope's; versions read whole, bound to their generation,
+//!   forged or replayed ones refused); a key that calls for work is described again directly.
+//!   The beacon only decides which secrets are looked at in this sweep.
+//! - A listing may lag behind writes by seconds: after a listing, the secrets named by bumps
+//!   younger than [`RECENT`] are described as well.
+//! - A forged, rolled-back, moved, deleted or unreadable beacon: a value that does not parse,
+//!   whose version id is not its own token, another epoch or ARN, or a sequence number lower
+//!   than this host saw, means a listing (and a writer writes a fresh log). A forged value
+//!   that parses and omits a change can delay noticing it until the next full listing, at most
+//!   `fullSweepEvery` later; anything it names only costs a description (only secrets of this
+//!   host's own keys are described). The same bound holds for a writer whose bump failed
+//!   (one WARN), and for any change made outside keyprov (no bump names it).
+//! - Old-format beacons (`{"changedAt","by"}`, before this log) read as "list", and the next
+//!   pass of a writer replaces them with a log (rolling upgrade: old writers bumping the old
+//!   way only cause listings).
 
-use std::collections::{BTreeMap, HashMap};
+mod log;
+mod write;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,10 +52,13 @@ use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use aws_sdk_secretsmanager::types::Tag;
 use serde::{Deserialize, Serialize};
 
+use self::log::{Log, Since};
 use super::SecretsManagerStore;
+use super::describe::tag_map;
 use super::errors::{Failure, explain};
-use super::layout::{CURRENT, SCOPE_TAG};
+use super::layout::SCOPE_TAG;
 use super::sweep::Listing;
+use crate::manifest::{KeyPair, Output};
 
 /// Name of a scope's beacon: `keyprov/beacon/<scope>`.
 pub fn name(scope: &str) -> String {
@@ -36,14 +72,21 @@ pub const BEACON_TAG: &str = "keyprov:beacon";
 pub const DEFAULT_FULL_SWEEP: Duration = Duration::from_secs(30 * 60);
 /// Share of `fullSweepEvery` a full listing may come early by (hosts do not list in step).
 const JITTER: f64 = 0.1;
-/// What this host saw at its last complete listing: `<stateDir>/ledger/sweep-beacon.json`.
+/// What this host saw at its last look: `<stateDir>/ledger/sweep-beacon.json`.
 const HEADER: &str = "sweep-beacon";
+/// Format of that header (older headers are not used: one listing).
+const HEADER_FORMAT: u32 = 2;
 /// The remembered listing: `secret-listing-0.json` to `-f.json`, one shard per ARN hash.
 const LISTED: &str = "secret-listing";
-/// How long after a beacon's change a listing surely shows the writes before it (by AWS's
-/// clock: the beacon's `LastChangedDate` against the `Date` of AWS's latest response).
-/// `ListSecrets` lags by seconds; a younger change is trusted only once a second listing saw it.
-const LISTING_LAG: Duration = Duration::from_secs(60);
+/// How far back, by the bumps' times, a listing may lag behind writes: `ListSecrets` lags by
+/// seconds; this leaves room for the writer's clock too (it stamps by AWS's clock as it last
+/// read it).
+pub(super) const RECENT: Duration = Duration::from_secs(120);
+/// Most secrets a sweep describes from the log; beyond, it lists (100 descriptions cost about
+/// one listing page's share of its quota).
+const MAX_DESCRIBED: usize = 300;
+/// Times a writer tries to append before giving up (another writer won each time).
+const MAX_TRIES: usize = 8;
 /// Shards of the remembered listing.
 const SHARDS: usize = 16;
 /// Largest shard written (a ledger file is read up to 1 MiB); secrets past it are left out
@@ -93,27 +136,34 @@ impl BeaconSettings {
 #[derive(Default)]
 pub(super) struct Beacon {
     settings: Option<BeaconSettings>,
-    /// A key's secret was written since the last bump.
-    wrote: AtomicBool,
+    /// The secrets written since the last bump (as the manifests name them).
+    wrote: Mutex<BTreeSet<String>>,
+    /// The beacon holds no log (old format, garbage, forged-looking): a writer writes one.
+    rewrite: AtomicBool,
     /// The listing of this process's sweep and its header, written by
     /// [`SecretsManagerStore::save_listing`] when the pass ends (read-only commands such as
     /// `status` never write it).
-    pending: std::sync::Mutex<Option<(Vec<Shard>, Header)>>,
+    pending: Mutex<Option<(Vec<Shard>, Header)>>,
 }
 
-/// What this host saw at its last complete listing.
+/// What this host saw at its last look at the beacon, and when it must list again.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 struct Header {
+    /// [`HEADER_FORMAT`] (anything else is not used).
+    format: u32,
     scope: String,
-    /// The beacon then (`None`: unreadable).
-    token: Option<String>,
-    /// The listing before that one saw the same beacon.
-    trusted: bool,
-    /// Written in every shard of that listing (a shard of another listing is not this one).
+    /// The beacon's ARN (`None`: there was no beacon).
+    arn: Option<String>,
+    /// Its log's epoch and latest sequence number.
+    epoch: String,
+    seq: u64,
+    /// Written in every shard of the remembered listing (a shard of another listing is not it).
     stamp: String,
     /// Unix seconds after which the next sweep lists whatever the beacon says.
     list_after: u64,
+    /// Unix seconds of the last listing (a shorter `fullSweepEvery` applies at once).
+    listed_at: u64,
 }
 
 /// A shard of the remembered listing.
@@ -133,9 +183,33 @@ struct Listed {
     stages: BTreeMap<String, Vec<String>>,
 }
 
-/// The beacon as one sweep saw it before listing: its token, or `None` when it could not be
-/// read (or beacons are off), and how long ago it changed by AWS's clock (when known).
-pub(super) struct Seen(Option<String>, Option<Duration>);
+/// The beacon as one sweep read it, before describing or listing anything.
+pub(super) enum Seen {
+    /// Beacons are off.
+    Off,
+    /// No log to go by: unreadable (no permission, an outage), old format, garbage or
+    /// forged-looking. The sweep lists.
+    Unusable,
+    /// There is no beacon (no writer wrote since the scope began, or it was deleted).
+    Absent,
+    /// A log, under the beacon `arn`.
+    Log { arn: String, log: Log },
+}
+
+/// What a sweep does, given the beacon and what this host saw last.
+pub(super) enum Plan {
+    /// Nothing changed: the remembered listing stands.
+    Remembered(Listing),
+    /// The remembered listing, once the named secrets (this host's) are described again.
+    Describe {
+        listing: Listing,
+        named: BTreeSet<String>,
+        /// When the last listing was, and when the next is due (kept).
+        listed: (u64, u64),
+    },
+    /// List the scope.
+    List,
+}
 
 impl SecretsManagerStore {
     /// Turns the change beacon on (with sweeps: see [`Self::enable_sweep`]).
@@ -143,125 +217,167 @@ impl SecretsManagerStore {
         self.beacon.settings = Some(settings);
     }
 
-    /// Notes that a key's secret was written: the pass bumps the beacon at its end.
-    pub(super) fn note_write(&self) {
-        self.beacon.wrote.store(true, Ordering::Relaxed);
+    /// Notes that `secret` (a key's secret) was written: the pass names it in its bump.
+    pub(super) fn note_write(&self, secret: &str) {
+        self.beacon
+            .wrote
+            .lock()
+            .expect("never poisoned")
+            .insert(secret.to_string());
     }
 
-    /// Bumps the beacon when this store wrote a key's secret since the last bump (a writer's
-    /// pass calls it once, at its end): `PutSecretValue` of `{changedAt, by}`, creating the
-    /// beacon when it is missing. A failure is one WARN per process, never a failed pass:
-    /// other hosts then notice the change at their next full listing.
-    pub async fn bump_beacon(&self) {
-        let Some(by) = self.beacon.settings.as_ref().and_then(|s| s.by.clone()) else {
-            return;
-        };
-        if !self.beacon.wrote.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let name = name(&self.scope);
-        let changed_at = aws_smithy_types::DateTime::from(SystemTime::now())
-            .fmt(aws_smithy_types::date_time::Format::DateTime)
-            .unwrap_or_default();
-        let body = serde_json::json!({"changedAt": changed_at, "by": by}).to_string();
-        let result = match self.put_beacon(&name, &body).await {
-            Err(Failure::NotFound) => match self.create_beacon(&name, &body).await {
-                // Another host created it meanwhile: this change still needs its own bump.
-                Err(Failure::Exists) => self.put_beacon(&name, &body).await,
-                other => other,
-            },
-            other => other,
-        };
-        match result {
-            Ok(()) => tracing::debug!("sweep: bumped beacon {name}"),
-            Err(err) if !WARNED_WRITE.swap(true, Ordering::Relaxed) => tracing::warn!(
-                "cannot bump the change beacon {name} ({err}): other hosts notice this host's \
-                 writes at their next full listing (reconcile.fullSweepEvery)"
-            ),
-            Err(err) => tracing::debug!("sweep: cannot bump beacon {name}: {err}"),
-        }
-    }
-
-    async fn put_beacon(&self, name: &str, body: &str) -> Result<(), Failure> {
-        self.client()
-            .await
-            .put_secret_value()
-            .secret_id(name)
-            .secret_string(body)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|err| explain(&err, name, "PutSecretValue"))
-    }
-
-    async fn create_beacon(&self, name: &str, body: &str) -> Result<(), Failure> {
-        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
-        self.client()
-            .await
-            .create_secret()
-            .name(name)
-            .description(format!(
-                "keyprov change beacon of scope {}: bumped after a host writes a key's secret \
-                 so that other hosts list the scope again; holds no key",
-                self.scope
-            ))
-            .secret_string(body)
-            .tags(tag(SCOPE_TAG, &self.scope))
-            .tags(tag(BEACON_TAG, "true"))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|err| explain(&err, name, "CreateSecret"))
-    }
-
-    /// Describes the beacon (one request) when beacons are on. A missing beacon is a value
-    /// like any other (a writer creates it with its first write); one that cannot be read is
-    /// `None`, with one WARN per process.
-    pub(super) async fn read_beacon(&self) -> Seen {
-        if self.beacon.settings.is_none() || !self.sweep.enabled() {
-            return Seen(None, None);
-        }
-        let name = name(&self.scope);
-        let described = self
+    /// The beacon's ARN, current version id and value; `None` when it does not exist.
+    async fn get_beacon(&self, name: &str) -> Result<Option<(String, String, String)>, Failure> {
+        let read = self
             .client()
             .await
-            .describe_secret()
-            .secret_id(&name)
+            .get_secret_value()
+            .secret_id(name)
             .send()
             .await;
-        match described {
-            Ok(output) => Seen(Some(token(&output)), age(&output)),
-            Err(err) => match explain(&err, &name, "DescribeSecret") {
-                Failure::NotFound => Seen(Some("absent".into()), None),
-                other => {
-                    if WARNED_READ.swap(true, Ordering::Relaxed) {
-                        tracing::debug!("sweep: cannot read beacon {name}: {other}");
-                    } else {
-                        tracing::warn!(
-                            "cannot read the change beacon {name} ({other}): every sweep lists \
-                             the scope's secrets"
-                        );
-                    }
-                    Seen(None, None)
-                }
+        match read {
+            Ok(out) => Ok(Some((
+                out.arn().unwrap_or_default().to_string(),
+                out.version_id().unwrap_or_default().to_string(),
+                out.secret_string().unwrap_or_default().to_string(),
+            ))),
+            Err(err) => match explain(&err, name, "GetSecretValue") {
+                Failure::NotFound => Ok(None),
+                other => Err(other),
             },
         }
     }
 
-    /// The listing remembered from the last complete one, when the beacon is unchanged since,
-    /// trusted, and the last listing is younger than `fullSweepEvery` (jittered).
-    pub(super) fn remembered(&self, seen: &Seen) -> Option<Listing> {
-        let token = seen.0.as_ref()?;
-        let dir = self.sweep.state_dir()?;
-        let header: Header = header_ledger(dir).load();
-        if header.scope != self.scope
-            || header.token.as_ref() != Some(token)
-            || !header.trusted
-            || unix_now() >= header.list_after
-            || header.stamp.is_empty()
-        {
-            return None;
+    /// Reads the beacon's value (one request) when beacons and sweeps are on. One that cannot
+    /// be read is [`Seen::Unusable`], with one WARN per process; one that holds no log is too,
+    /// and a writer writes a log at the end of its pass.
+    pub(super) async fn read_beacon(&self) -> Seen {
+        if self.beacon.settings.is_none() || !self.sweep.enabled() {
+            return Seen::Off;
         }
+        let name = name(&self.scope);
+        match self.get_beacon(&name).await {
+            Ok(None) => Seen::Absent,
+            Ok(Some((arn, id, text))) => match usable(&name, &id, &text) {
+                Some(log) => Seen::Log { arn, log },
+                None => {
+                    tracing::debug!("sweep: beacon {name} holds no log (old format?): listing");
+                    self.beacon.rewrite.store(true, Ordering::Relaxed);
+                    Seen::Unusable
+                }
+            },
+            Err(err) => {
+                if WARNED_READ.swap(true, Ordering::Relaxed) {
+                    tracing::debug!("sweep: cannot read beacon {name}: {err}");
+                } else {
+                    tracing::warn!(
+                        "cannot read the change beacon {name} ({err}): every sweep lists the \
+                         scope's secrets"
+                    );
+                }
+                Seen::Unusable
+            }
+        }
+    }
+
+    /// What this sweep does, from the beacon and what this host saw last (see the module's
+    /// documentation).
+    pub(super) fn plan_sweep(&self, seen: &Seen, keys: &[KeyPair]) -> Plan {
+        let Some(dir) = self.sweep.state_dir() else {
+            return Plan::List;
+        };
+        if matches!(seen, Seen::Off | Seen::Unusable) {
+            return Plan::List;
+        }
+        let header: Header = header_ledger(dir).load();
+        if header.format != HEADER_FORMAT
+            || header.scope != self.scope
+            || header.stamp.is_empty()
+            || unix_now() >= header.list_after
+            || self.beacon.settings.as_ref().is_none_or(|s| {
+                unix_now()
+                    >= header
+                        .listed_at
+                        .saturating_add(s.full_sweep_every.as_secs())
+            })
+        {
+            return Plan::List;
+        }
+        let since = match (seen, &header.arn) {
+            (Seen::Absent, None) => Since::Nothing,
+            (Seen::Log { arn, log }, Some(had)) if had == arn => {
+                log.since(Some((&header.epoch, header.seq)))
+            }
+            // The beacon appeared: its log tells everything only if it reaches back to bump 1.
+            (Seen::Log { log, .. }, None) => log.since(None),
+            _ => Since::Gap,
+        };
+        let named = match &since {
+            Since::Nothing => BTreeSet::new(),
+            Since::Named(named) => named.clone(),
+            Since::Gap => return Plan::List,
+        };
+        let Some(listing) = self.remembered(dir, &header) else {
+            return Plan::List;
+        };
+        if matches!(since, Since::Nothing) {
+            return Plan::Remembered(listing);
+        }
+        // Even when none is this host's: the header moves on with the log.
+        let named = ours(keys, &listing, &named);
+        if named.len() > MAX_DESCRIBED {
+            return Plan::List;
+        }
+        Plan::Describe {
+            listing,
+            named,
+            listed: (header.listed_at, header.list_after),
+        }
+    }
+
+    /// The secrets of `keys` that bumps younger than [`RECENT`] name (a listing may not show
+    /// them yet).
+    pub(super) fn recent(
+        &self,
+        seen: &Seen,
+        keys: &[KeyPair],
+        listing: &Listing,
+    ) -> BTreeSet<String> {
+        let Seen::Log { log, .. } = seen else {
+            return BTreeSet::new();
+        };
+        let named = log.written_since(aws_now().saturating_sub(RECENT.as_secs()));
+        ours(keys, listing, &named)
+    }
+
+    /// Describes each of `secrets` (`DescribeSecret`, consistent) and puts what it says into
+    /// `listing`; one that is gone, not of this scope, or cannot be described is taken out
+    /// (its key is then observed directly, which reports any error).
+    pub(super) async fn describe_into(&self, listing: &mut Listing, secrets: &BTreeSet<String>) {
+        for secret in secrets {
+            let described = self
+                .client()
+                .await
+                .describe_secret()
+                .secret_id(secret)
+                .send()
+                .await;
+            listing.remove(secret);
+            match described {
+                Ok(out) if tag_map(out.tags()).get(SCOPE_TAG) == Some(&self.scope) => {
+                    listing.insert_fresh(out);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(
+                    "sweep: {}",
+                    explain(&err, secret, "DescribeSecret").into_error()
+                ),
+            }
+        }
+    }
+
+    /// The listing remembered from the last complete one (as patched since).
+    fn remembered(&self, dir: &Path, header: &Header) -> Option<Listing> {
         let mut listing = Listing::default();
         for index in 0..SHARDS {
             let shard: Shard = shard_ledger(dir, index).load();
@@ -296,15 +412,26 @@ impl SecretsManagerStore {
         }
     }
 
-    /// Keeps a complete listing and the beacon seen right before it, for
-    /// [`Self::save_listing`].
-    pub(super) fn remember_listing(&self, listing: &Listing, seen: Seen) {
-        let (Some(settings), Some(dir)) = (&self.beacon.settings, self.sweep.state_dir()) else {
+    /// Keeps a complete listing (listed, or remembered and patched) and the beacon seen right
+    /// before it, for [`Self::save_listing`]; `kept` (when the last listing was, when the next
+    /// is due) is kept from the last listing when
+    /// this one was patched, else set anew (jittered).
+    pub(super) fn remember_listing(
+        &self,
+        listing: &Listing,
+        seen: &Seen,
+        kept: Option<(u64, u64)>,
+    ) {
+        let Some(settings) = &self.beacon.settings else {
             return;
         };
-        let previous: Header = header_ledger(dir).load();
-        let same = previous.scope == self.scope && previous.token == seen.0;
-        let trusted = trusted(seen.0.is_some(), same, seen.1);
+        let (arn, epoch, seq) = match seen {
+            Seen::Log { arn, log } => (Some(arn.clone()), log.epoch.clone(), log.seq),
+            Seen::Absent => (None, String::new(), 0),
+            // Kept with an unusable header: used only if this pass writes a fresh log.
+            Seen::Unusable => (None, String::new(), 0),
+            Seen::Off => return,
+        };
         let stamp = uuid::Uuid::new_v4().to_string();
         let mut shards: Vec<Shard> = (0..SHARDS)
             .map(|_| Shard {
@@ -328,56 +455,59 @@ impl SecretsManagerStore {
                 }
             }
         }
-        let every = settings.full_sweep_every;
-        let every = every.saturating_sub(every.mul_f64(random() * JITTER));
+        let (listed_at, list_after) = kept.unwrap_or_else(|| {
+            let every = settings.full_sweep_every;
+            let every = every.saturating_sub(every.mul_f64(random() * JITTER));
+            (unix_now(), unix_now().saturating_add(every.as_secs()))
+        });
         let header = Header {
+            format: if matches!(seen, Seen::Unusable) {
+                0
+            } else {
+                HEADER_FORMAT
+            },
             scope: self.scope.clone(),
-            token: seen.0,
-            trusted,
+            arn,
+            epoch,
+            seq,
             stamp,
-            list_after: unix_now().saturating_add(every.as_secs()),
+            list_after,
+            listed_at,
         };
         *self.beacon.pending.lock().expect("never poisoned") = Some((shards, header));
     }
 }
 
-/// Whether a listing taken after seeing the beacon can stand in for the next ones: the beacon
-/// was readable, and either the listing before saw the same value (so this one came at least a
-/// sweep after the change) or the change is older than [`LISTING_LAG`].
-fn trusted(readable: bool, same_as_before: bool, age: Option<Duration>) -> bool {
-    readable && (same_as_before || age.is_some_and(|age| age >= LISTING_LAG))
+/// The log a beacon value holds, when it is one and sits under its own token (anything else
+/// was not written by keyprov's protocol: forged-looking).
+fn usable(name: &str, version_id: &str, text: &str) -> Option<Log> {
+    Log::parse(text).filter(|log| log.token(name) == version_id)
 }
 
-/// How long ago the beacon changed, by AWS's clock (the `Date` of its latest response, moved
-/// on by the local monotonic clock since).
-fn age(output: &DescribeSecretOutput) -> Option<Duration> {
-    let changed = SystemTime::try_from(*output.last_changed_date()?).ok()?;
-    let reading = crate::aws_clock::reading()?;
-    let aws_now = reading.aws + reading.at.elapsed();
-    // The Date header has whole seconds: one more second of margin.
-    aws_now
-        .duration_since(changed)
-        .ok()?
-        .checked_sub(Duration::from_secs(1))
-}
-
-/// The beacon's state as one string: the version holding `AWSCURRENT` and when the secret
-/// last changed (a label moved back to an old version still changes the date).
-fn token(output: &DescribeSecretOutput) -> String {
-    let current = output
-        .version_ids_to_stages()
-        .and_then(|stages| {
-            stages
-                .iter()
-                .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
-                .map(|(id, _)| id.clone())
+/// The secret ids of `keys`' secret outputs that `named` names, by id or by the ARN the
+/// listing gives either (a writer may name a secret by its ARN, this host by its name).
+fn ours(keys: &[KeyPair], listing: &Listing, named: &BTreeSet<String>) -> BTreeSet<String> {
+    let named_arns: BTreeSet<&str> = named.iter().filter_map(|n| listing.arn_of(n)).collect();
+    keys.iter()
+        .flat_map(|k| &k.outputs)
+        .filter_map(|o| match o {
+            Output::SecretsManager(s) => Some(&s.secret_id),
+            Output::File(_) => None,
         })
-        .unwrap_or_default();
-    let changed = output
-        .last_changed_date()
-        .map(|d| format!("{}.{:09}", d.secs(), d.subsec_nanos()))
-        .unwrap_or_default();
-    format!("{current}@{changed}")
+        .filter(|id| {
+            named.contains(*id) || listing.arn_of(id).is_some_and(|a| named_arns.contains(a))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Unix seconds by AWS's clock as last read (the `Date` of its latest response, moved on by
+/// the local monotonic clock since), else by the local clock.
+fn aws_now() -> u64 {
+    let now = crate::aws_clock::reading()
+        .map(|r| r.aws + r.at.elapsed())
+        .unwrap_or_else(SystemTime::now);
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn listed(entry: &DescribeSecretOutput) -> Listed {
@@ -437,6 +567,7 @@ fn random() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::CURRENT;
     use super::*;
 
     #[test]
@@ -453,32 +584,6 @@ mod tests {
         assert_eq!(back.kms_key_id(), Some("k"));
         assert_eq!(back.tags(), entry.tags());
         assert_eq!(back.version_ids_to_stages(), entry.version_ids_to_stages());
-    }
-
-    #[test]
-    fn the_token_changes_with_the_current_version_and_the_date() {
-        let at = |id: &str, secs| {
-            token(
-                &DescribeSecretOutput::builder()
-                    .version_ids_to_stages(id, vec![CURRENT.to_string()])
-                    .last_changed_date(aws_smithy_types::DateTime::from_secs(secs))
-                    .build(),
-            )
-        };
-        assert_eq!(at("a", 1), at("a", 1));
-        assert_ne!(at("a", 1), at("b", 1));
-        // A label moved back to an old version is a change too.
-        assert_ne!(at("a", 1), at("a", 2));
-    }
-
-    #[test]
-    fn a_listing_is_trusted_after_a_second_look_or_an_old_change_only() {
-        assert!(!trusted(true, false, None));
-        assert!(!trusted(true, false, Some(Duration::from_secs(5))));
-        assert!(trusted(true, false, Some(LISTING_LAG)));
-        assert!(trusted(true, true, None));
-        // An unreadable beacon never lets a listing be skipped.
-        assert!(!trusted(false, true, Some(LISTING_LAG)));
     }
 
     #[test]

@@ -124,6 +124,8 @@ impl SecretsManagerStore {
             .send()
             .await
             .map_err(|err| explain(&err, &secret.name, "DeleteSecret").into_error())?;
+        // Other hosts learn it from the change beacon (a key they still hold restores it).
+        self.note_write(&secret.name);
         Ok(())
     }
 
@@ -161,6 +163,7 @@ impl SecretsManagerStore {
             .send()
             .await
             .map_err(|err| explain(&err, secret, "RestoreSecret").into_error())?;
+        self.note_write(secret);
         self.managed.lock().expect("never poisoned").remove(secret);
         Ok(true)
     }

@@ -186,7 +186,7 @@ impl Store for SecretsManagerStore {
         generation: u32,
         link: Link,
     ) -> Result<(), StoreError> {
-        self.note_write();
+        self.note_write(&output.secret_id);
         self.link_generation(key, output, generation, link).await
     }
 
@@ -206,7 +206,7 @@ impl Store for SecretsManagerStore {
         output: &SecretsManagerOutput,
         input: &RepairInput<'_>,
     ) -> Result<(), StoreError> {
-        self.note_write();
+        self.note_write(&output.secret_id);
         self.repair_secret(key, output, input).await
     }
 
@@ -216,7 +216,7 @@ impl Store for SecretsManagerStore {
         output: &SecretsManagerOutput,
         generations: &[u32],
     ) -> Result<(), StoreError> {
-        self.note_write();
+        self.note_write(&output.secret_id);
         self.prune_versions(key, output, generations).await
     }
 }

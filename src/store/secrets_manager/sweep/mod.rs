@@ -20,12 +20,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::SecretsManagerStore;
-use super::errors::explain;
+use super::beacon::Plan;
 use super::layout::{self, CURRENT, PENDING};
 use super::versions::Described;
-use crate::manifest::{KeyPair, Output, SecretsManagerOutput};
+use crate::manifest::{KeyPair, SecretsManagerOutput};
 use crate::observed::{ObservedOutput, ObservedVersion};
 use crate::store::StoreError;
 
@@ -43,6 +44,8 @@ const MAX_CACHED: usize = 30_000;
 /// Largest shard written (a ledger file is read up to 1 MiB; a version takes about 500 bytes,
 /// so about 28,000 keys are swept without reading after a restart).
 const MAX_BYTES: usize = 900_000;
+/// Most version values kept in memory for one process (see [`Cache::value`]).
+const MAX_VALUES: usize = 1024;
 /// A key whose next event is this close is observed directly: the decision to act is made on
 /// fresh state, never on a listing that may lag.
 pub const DUE_MARGIN: Duration = Duration::from_secs(60);
@@ -156,6 +159,10 @@ pub(super) struct Cache {
     state_dir: Option<PathBuf>,
     record: Mutex<Option<Record>>,
     dirty: AtomicBool,
+    /// Values this process read of versions the beacon named, by (secret ARN, version id):
+    /// the copy into files and its proof take them from here instead of reading them again
+    /// (a version id names one content forever). Only for this process; wiped when dropped.
+    values: Mutex<HashMap<(String, String), Zeroizing<String>>>,
 }
 
 impl Cache {
@@ -258,6 +265,25 @@ impl Cache {
         }
     }
 
+    /// Keeps what a version held, for [`Cache::value`] (a bounded number).
+    fn keep_value(&self, arn: &str, version_id: &str, text: &str) {
+        let mut values = self.values.lock().expect("never poisoned");
+        if values.len() < MAX_VALUES {
+            values.insert(
+                (arn.to_string(), version_id.to_string()),
+                Zeroizing::new(text.to_string()),
+            );
+        }
+    }
+
+    /// What version `version_id` of the secret `arn` held when this process read it.
+    pub(super) fn value(&self, arn: &str, version_id: &str) -> Option<Zeroizing<String>> {
+        let values = self.values.lock().expect("never poisoned");
+        values
+            .get(&(arn.to_string(), version_id.to_string()))
+            .cloned()
+    }
+
     /// Forgets secrets a complete listing no longer shows, and versions a sweep will not read
     /// again: those holding neither `AWSCURRENT` nor `AWSPENDING` and older than the version
     /// holding `AWSCURRENT` (a previous generation).
@@ -351,6 +377,9 @@ pub struct Listing {
     by_arn: HashMap<String, DescribeSecretOutput>,
     /// Secret name -> ARN.
     names: HashMap<String, String>,
+    /// ARNs of the entries described (`DescribeSecret`, consistent) in this sweep: as fresh
+    /// as a direct observation, so a key whose secrets all are need not be described again.
+    fresh: std::collections::HashSet<String>,
 }
 
 impl Listing {
@@ -368,6 +397,36 @@ impl Listing {
         };
         self.names.insert(name.to_string(), arn.to_string());
         self.by_arn.insert(arn.to_string(), entry);
+    }
+
+    /// Adds a secret this sweep described (see [`Listing::is_fresh`]).
+    pub(super) fn insert_fresh(&mut self, entry: DescribeSecretOutput) {
+        if let Some(arn) = entry.arn() {
+            self.fresh.insert(arn.to_string());
+        }
+        self.insert(entry);
+    }
+
+    /// Whether the secret `secret_id` names was described in this sweep, not listed.
+    pub fn is_fresh(&self, secret_id: &str) -> bool {
+        self.arn_of(secret_id)
+            .is_some_and(|arn| self.fresh.contains(arn))
+    }
+
+    /// Takes out the listed secret `secret_id` (a name or an ARN) names.
+    pub(super) fn remove(&mut self, secret_id: &str) {
+        let arn = self.arn_of(secret_id).map(str::to_string);
+        if let Some(arn) = arn
+            && let Some(entry) = self.by_arn.remove(&arn)
+            && let Some(name) = entry.name()
+        {
+            self.names.remove(name);
+        }
+    }
+
+    /// The ARN of the listed secret `secret_id` (a name or an ARN) names.
+    pub(super) fn arn_of(&self, secret_id: &str) -> Option<&str> {
+        self.get(secret_id)?.arn()
     }
 
     /// Every listed secret by ARN.
@@ -404,15 +463,35 @@ impl SecretsManagerStore {
     }
 
     /// Lists every secret of this scope (`ListSecrets` filtered by the scope tag, 100 a page),
-    /// unless the change beacon says nothing changed since the last listing (see [`super::beacon`]:
-    /// the remembered listing stands in for it); then reads what this host has not seen of the
-    /// versions holding `AWSCURRENT` of `keys`' secrets (`BatchGetSecretValue`, 20 a call).
+    /// unless the change beacon says what changed since the last listing (see
+    /// [`super::beacon`]: the remembered listing stands in for it, with the secrets named since
+    /// described again); then reads what this host has not seen of the versions holding
+    /// `AWSCURRENT` of `keys`' secrets (`BatchGetSecretValue`, 20 a call, after a listing;
+    /// `GetSecretValue` each after the beacon named a few).
     pub async fn sweep(&self, keys: &[KeyPair]) -> Result<Listing, StoreError> {
         let seen = self.read_beacon().await;
-        if let Some(listing) = self.remembered(&seen) {
-            tracing::debug!("sweep: the change beacon is unchanged; not listing");
-            self.read_unseen(keys, &listing).await;
-            return Ok(listing);
+        match self.plan_sweep(&seen, keys) {
+            Plan::Remembered(listing) => {
+                tracing::debug!("sweep: the change beacon names nothing new; not listing");
+                self.read_unseen(keys, &listing, true).await;
+                return Ok(listing);
+            }
+            Plan::Describe {
+                mut listing,
+                named,
+                listed,
+            } => {
+                tracing::debug!(
+                    "sweep: the change beacon names {} of this host's secrets; not listing",
+                    named.len()
+                );
+                self.describe_into(&mut listing, &named).await;
+                self.sweep.retain(&listing);
+                self.remember_listing(&listing, &seen, Some(listed));
+                self.read_unseen(keys, &listing, false).await;
+                return Ok(listing);
+            }
+            Plan::List => {}
         }
         let mut listing = Listing::default();
         let mut token = None;
@@ -439,81 +518,18 @@ impl SecretsManagerStore {
             }
             if listing.len() >= MAX_LISTED {
                 // Incomplete: keys it misses are observed directly; nothing is forgotten.
-                self.read_unseen(keys, &listing).await;
+                self.read_unseen(keys, &listing, true).await;
                 return Ok(listing);
             }
         }
+        // A listing may lag behind the latest writes: what the beacon names as written just
+        // before is described (consistent).
+        let recent = self.recent(&seen, keys, &listing);
+        self.describe_into(&mut listing, &recent).await;
         self.sweep.retain(&listing);
-        self.remember_listing(&listing, seen);
-        self.read_unseen(keys, &listing).await;
+        self.remember_listing(&listing, &seen, None);
+        self.read_unseen(keys, &listing, true).await;
         Ok(listing)
-    }
-
-    /// Reads, 20 secrets a call, the `AWSCURRENT` versions of `keys`' listed secrets that this
-    /// host has not seen; a failure only leaves them to be read directly.
-    async fn read_unseen(&self, keys: &[KeyPair], listing: &Listing) {
-        let mut unseen: Vec<(String, String, Described)> = Vec::new();
-        for key in keys {
-            for output in &key.outputs {
-                let Output::SecretsManager(secret) = output else {
-                    continue;
-                };
-                let Some(entry) = listing.get(&secret.secret_id) else {
-                    continue;
-                };
-                let Ok(described) = self.accept(&key.name, &secret.secret_id, entry) else {
-                    continue;
-                };
-                let Some(id) = described.holder(CURRENT).map(str::to_string) else {
-                    continue;
-                };
-                if described.generation_of(&id).is_some()
-                    && self.sweep.cached(&described, &key.name, &id).is_none()
-                {
-                    unseen.push((key.name.clone(), id, described));
-                }
-            }
-        }
-        for chunk in unseen.chunks(BATCH) {
-            let arns: Vec<String> = chunk.iter().filter_map(|(_, _, d)| d.arn.clone()).collect();
-            let read = self
-                .client()
-                .await
-                .batch_get_secret_value()
-                .set_secret_id_list(Some(arns))
-                .send()
-                .await;
-            let values = match read {
-                Ok(values) => values,
-                Err(err) => {
-                    let why = explain(&err, "(several)", "BatchGetSecretValue").into_error();
-                    tracing::debug!("sweep: {why}; reading those secrets one by one");
-                    return;
-                }
-            };
-            for value in values.secret_values() {
-                let Some((key, id, described)) = chunk
-                    .iter()
-                    .find(|(_, _, d)| d.arn.as_deref() == value.arn() && value.arn().is_some())
-                else {
-                    continue;
-                };
-                if value.version_id() != Some(id.as_str()) {
-                    continue;
-                }
-                let generation = described.generation_of(id).unwrap_or_default();
-                let secret = value.name().unwrap_or_default();
-                if let Some(version) = checked(
-                    value.secret_string().unwrap_or_default(),
-                    secret,
-                    key,
-                    generation,
-                ) {
-                    self.sweep
-                        .remember(described.arn.as_deref(), key, id, &version);
-                }
-            }
-        }
     }
 
     /// The secret output as the listing shows it, its versions served from what this host
@@ -567,5 +583,6 @@ pub fn settled(key: &KeyPair, outputs: &[ObservedOutput], now: SystemTime) -> bo
         && crate::plan::next_event(key, outputs, now).is_none_or(|at| at > now + DUE_MARGIN)
 }
 
+mod read;
 #[cfg(test)]
 mod tests;

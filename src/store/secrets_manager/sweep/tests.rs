@@ -52,6 +52,7 @@ fn listing(arn: &str, generations: &[u32]) -> Listing {
     Listing {
         by_arn: HashMap::from([(arn.to_string(), entry)]),
         names: HashMap::from([("s".to_string(), arn.to_string())]),
+        fresh: Default::default(),
     }
 }
 
@@ -192,4 +193,20 @@ fn only_a_whole_version_of_the_named_generation_is_checked_in() {
     assert_eq!(checked("{}", "s", "k", 1), None);
     assert_eq!(checked("not json", "s", "k", 1), None);
     assert_eq!(checked("{}", "s", "k", 0), None);
+}
+
+#[test]
+fn a_secret_described_by_the_sweep_replaces_its_listed_entry_by_name_or_arn() {
+    let mut listed = listing(ARN, &[1]);
+    assert_eq!(listed.arn_of("s"), Some(ARN));
+    assert_eq!(listed.arn_of(ARN), Some(ARN));
+    assert!(!listed.is_fresh("s"));
+    // Taken out by its ARN, it is gone by its name too.
+    listed.remove(ARN);
+    assert!(listed.is_empty());
+    assert_eq!(listed.arn_of("s"), None);
+    listed.insert_fresh(DescribeSecretOutput::builder().arn(ARN).name("s").build());
+    assert!(listed.is_fresh("s"));
+    assert!(listed.is_fresh(ARN));
+    assert_eq!(listed.len(), 1);
 }
