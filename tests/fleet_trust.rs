@@ -534,6 +534,9 @@ async fn a_forged_current_version_of_a_secret_only_key_fails_that_key() {
     );
     assert!(config.contains("fullSweepEvery"), "{config}");
     std::fs::write(install.config(), config).unwrap();
+    // Let that second pass since the last listing (not a timing assertion: a wait for it to
+    // be due; the forgery below may take less than a second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     // Generation 2 under keyprov's token, made under someone else's KMS key, put as current.
     let original = secret_json(&aws.sm, &secret, None).await;
     let pair = kms_pair(&aws, &aws.theirs, &bound(name, 2)).await;

@@ -57,6 +57,9 @@ async fn a_forged_current_beside_files_is_moved_off_refused_and_never_used_again
     );
     assert!(config.contains("fullSweepEvery"), "{config}");
     std::fs::write(install.config(), config).unwrap();
+    // Let that second pass since the last listing (not a timing assertion: a wait for it to
+    // be due; the forgery below may take less than a second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let original = secret_json(&aws.sm, &secret, None).await;
     let before = visible(&install, name);
     // Generation 2 under keyprov's token, made under someone else's KMS key, put as current.
