@@ -331,13 +331,22 @@ async fn forged_claims_delay_a_rotation_by_the_timeout_at_most(case: &str) {
     wait_until("the victim makes generation 2", &daemons, || {
         current_generation(&install, case).as_deref() == Some("v0002")
     });
+    // The file output activates first, the secret's AWSCURRENT right after.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let [current] = holders(&client, &secret, &["AWSCURRENT"])
+            .await
+            .try_into()
+            .unwrap();
+        if current == Some(version_id(case, 2)) {
+            break;
+        }
+        let log = daemons[0].log();
+        assert!(Instant::now() < deadline, "AWSCURRENT: {current:?}\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = daemons[0].log();
     assert_eq!(generated(&log), [2], "{log}");
-    let [current] = holders(&client, &secret, &["AWSCURRENT"])
-        .await
-        .try_into()
-        .unwrap();
-    assert_eq!(current, Some(version_id(case, 2)));
     only_generations(&install, case, 2);
 }
 
