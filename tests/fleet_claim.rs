@@ -284,3 +284,78 @@ async fn a_stale_claim_of_a_dead_host_is_taken_over_after_the_timeout() {
     assert_eq!(claim, Some(claim_id("stale", 2, 1)), "attempt 1 took over");
     only_generations(&install, "stale", 2);
 }
+
+/// Red team: forged claims delay a rotation by `claimTimeout` at most, whatever they claim.
+async fn forged_claims_delay_a_rotation_by_the_timeout_at_most(case: &str) {
+    let Some(endpoint) = localstack() else { return };
+    let client = secrets_client(&endpoint).await;
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique(case);
+    let install = host(
+        &endpoint,
+        &keyring,
+        "{hostId: victim, generateWindow: 0s, claimTimeout: 20s}",
+    );
+    let text = with_secret(case, &secret, "  rotation: {every: 25s, keep: 5}\n");
+    install.manifest("k.yaml", &text);
+    install.run_once(0);
+    let put = |token: String, value: String, label: &str| {
+        client
+            .put_secret_value()
+            .secret_id(&secret)
+            .client_request_token(token)
+            .secret_string(value)
+            .version_stages(label)
+            .send()
+    };
+    match case {
+        // A claim of a far later generation, under its own token.
+        "future" => {
+            let g = 4_000_000_000;
+            put(claim_id(case, g, 0), claim_value("evil", g, 0), CLAIM_LABEL)
+                .await
+                .unwrap();
+        }
+        // The next attempt's token taken in advance (garbage, no label), then a fresh claim.
+        _ => {
+            put(claim_id(case, 2, 1), "garbage".into(), "PLANTED")
+                .await
+                .unwrap();
+            put(claim_id(case, 2, 0), claim_value("evil", 2, 0), CLAIM_LABEL)
+                .await
+                .unwrap();
+        }
+    }
+    let daemons = [Daemon::start(&install)];
+    wait_until("the victim makes generation 2", &daemons, || {
+        current_generation(&install, case).as_deref() == Some("v0002")
+    });
+    // The file output activates first, the secret's AWSCURRENT right after.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let [current] = holders(&client, &secret, &["AWSCURRENT"])
+            .await
+            .try_into()
+            .unwrap();
+        if current == Some(version_id(case, 2)) {
+            break;
+        }
+        let log = daemons[0].log();
+        assert!(Instant::now() < deadline, "AWSCURRENT: {current:?}\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = daemons[0].log();
+    assert_eq!(generated(&log), [2], "{log}");
+    only_generations(&install, case, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_claim_of_a_far_later_generation_goes_stale_too() {
+    forged_claims_delay_a_rotation_by_the_timeout_at_most("future").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_attempt_token_taken_in_advance_does_not_block_a_rotation() {
+    forged_claims_delay_a_rotation_by_the_timeout_at_most("planted").await;
+}

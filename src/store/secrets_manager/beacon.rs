@@ -293,13 +293,11 @@ impl SecretsManagerStore {
         if header.format != HEADER_FORMAT
             || header.scope != self.scope
             || header.stamp.is_empty()
-            || unix_now() >= header.list_after
-            || self.beacon.settings.as_ref().is_none_or(|s| {
-                unix_now()
-                    >= header
-                        .listed_at
-                        .saturating_add(s.full_sweep_every.as_secs())
-            })
+            || self
+                .beacon
+                .settings
+                .as_ref()
+                .is_none_or(|s| listing_due(&header, unix_now(), s.full_sweep_every))
         {
             return Plan::List;
         }
@@ -478,6 +476,15 @@ impl SecretsManagerStore {
     }
 }
 
+/// Whether the next sweep lists, by the times in `header` and the local clock at `now`: the
+/// jittered time has come, `fullSweepEvery` passed since the last listing, or the last listing
+/// is dated ahead of `now` (the clock was set back: otherwise no listing until it caught up).
+fn listing_due(header: &Header, now: u64, full_sweep_every: Duration) -> bool {
+    now >= header.list_after
+        || now >= header.listed_at.saturating_add(full_sweep_every.as_secs())
+        || header.listed_at > now
+}
+
 /// The log a beacon value holds, when it is one and sits under its own token (anything else
 /// was not written by keyprov's protocol: forged-looking).
 fn usable(name: &str, version_id: &str, text: &str) -> Option<Log> {
@@ -584,6 +591,22 @@ mod tests {
         assert_eq!(back.kms_key_id(), Some("k"));
         assert_eq!(back.tags(), entry.tags());
         assert_eq!(back.version_ids_to_stages(), entry.version_ids_to_stages());
+    }
+
+    #[test]
+    fn a_listing_is_due_by_its_times_and_when_the_clock_was_set_back() {
+        let every = Duration::from_secs(1800);
+        let header = |listed_at, list_after| Header {
+            listed_at,
+            list_after,
+            ..Header::default()
+        };
+        let t = 1_800_000_000;
+        assert!(!listing_due(&header(t, t + 1700), t + 60, every));
+        assert!(listing_due(&header(t, t + 1700), t + 1700, every));
+        assert!(listing_due(&header(t, t + 9999), t + 1800, every));
+        // Listed while the clock was a day ahead: list now, not a day later.
+        assert!(listing_due(&header(t + 86_400, t + 88_100), t, every));
     }
 
     #[test]

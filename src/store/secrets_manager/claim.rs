@@ -101,13 +101,15 @@ impl SecretsManagerStore {
         timeout: Duration,
     ) -> Result<Claim, StoreError> {
         let (name, secret) = (key.name.as_str(), output.secret_id.as_str());
-        let attempt = match self.latest_claim(name, secret).await? {
-            Some((holder, _)) if holder.generation > generation => {
+        let mut attempt = match self.latest_claim(name, secret).await? {
+            Some((holder, age)) if holder.generation > generation && age < timeout => {
                 // A later generation is claimed: this one was made; the re-check adopts it.
+                // Stale, it holds nothing back (a claim forged for a far generation, a
+                // generation that was never made): this generation is claimed afresh.
                 return Ok(Claim::Held {
                     host: Some(holder.host),
                     attempt: holder.attempt,
-                    stale_in: Duration::ZERO,
+                    stale_in: timeout - age,
                 });
             }
             Some((holder, age)) if holder.generation == generation && age < timeout => {
@@ -130,34 +132,71 @@ impl SecretsManagerStore {
             }
             _ => 0,
         };
-        if attempt >= MAX_ATTEMPTS {
-            return Err(StoreError::Conflict {
-                path: format!("secret {secret}:"),
-                message: format!(
-                    "generation {generation} of key {name:?} was claimed {MAX_ATTEMPTS} times \
-                     and never made: remove the versions labelled {CLAIM_LABEL} from the secret"
-                ),
-            });
+        loop {
+            if attempt >= MAX_ATTEMPTS {
+                return Err(StoreError::Conflict {
+                    path: format!("secret {secret}:"),
+                    message: format!(
+                        "generation {generation} of key {name:?} was claimed {MAX_ATTEMPTS} \
+                         times and never made: remove the versions labelled {CLAIM_LABEL} from \
+                         the secret"
+                    ),
+                });
+            }
+            let put = self
+                .client()
+                .await
+                .put_secret_value()
+                .secret_id(secret)
+                .client_request_token(claim_id(name, generation, attempt))
+                .secret_string(claim_value(host, generation, attempt))
+                .version_stages(CLAIM_LABEL)
+                .send()
+                .await;
+            match put.map_err(|err| explain(&err, secret, "PutSecretValue")) {
+                Ok(_) => return Ok(Claim::Won { attempt }),
+                // This attempt's token is taken: by another host just now (a fresh claim in
+                // it), else by a claim gone stale or by a value that is no claim (planted
+                // ahead): then it holds nothing back and the next attempt is tried.
+                Err(Failure::Exists) => {
+                    match self.claim_at(name, secret, generation, attempt).await? {
+                        Some((holder, age)) if age < timeout => {
+                            return Ok(Claim::Held {
+                                host: Some(holder.host),
+                                attempt,
+                                stale_in: timeout - age,
+                            });
+                        }
+                        _ => attempt += 1,
+                    }
+                }
+                Err(other) => return Err(other.into_error()),
+            }
         }
-        let put = self
+    }
+
+    /// The claim under the token of `attempt` at `generation` and its age by AWS's clock;
+    /// `None` when that version holds no claim of it (or is gone).
+    async fn claim_at(
+        &self,
+        name: &str,
+        secret: &str,
+        generation: u32,
+        attempt: u32,
+    ) -> Result<Option<(Holder, Duration)>, StoreError> {
+        let read = self
             .client()
             .await
-            .put_secret_value()
+            .get_secret_value()
             .secret_id(secret)
-            .client_request_token(claim_id(name, generation, attempt))
-            .secret_string(claim_value(host, generation, attempt))
-            .version_stages(CLAIM_LABEL)
+            .version_id(claim_id(name, generation, attempt))
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(Claim::Won { attempt }),
-            Err(err) => match explain(&err, secret, "PutSecretValue") {
-                // Another host put this attempt first, just now.
-                Failure::Exists => Ok(Claim::Held {
-                    host: None,
-                    attempt,
-                    stale_in: timeout,
-                }),
+        match read {
+            Ok(value) => Ok(parse(name, &value)
+                .filter(|(h, _)| h.generation == generation && h.attempt == attempt)),
+            Err(err) => match explain(&err, secret, "GetSecretValue") {
+                Failure::NotFound => Ok(None),
                 other => Err(other.into_error()),
             },
         }
@@ -188,19 +227,25 @@ impl SecretsManagerStore {
                 };
             }
         };
-        let Some(holder) = value
-            .secret_string()
-            .and_then(|text| serde_json::from_str::<ClaimValue>(text).ok())
-            .map(|v| v.keyprov_claim)
-            .filter(|h| value.version_id() == Some(&claim_id(name, h.generation, h.attempt)))
-        else {
-            return Ok(None);
-        };
-        let created = value
-            .created_date()
-            .and_then(|d| SystemTime::try_from(*d).ok());
-        Ok(Some((holder, age(created, aws_now()))))
+        Ok(parse(name, &value))
     }
+}
+
+/// The claim `value` holds and its age by AWS's clock; `None` when it is no claim of `name`
+/// (its value or its id is not what a claim of its attempt would be).
+fn parse(
+    name: &str,
+    value: &aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput,
+) -> Option<(Holder, Duration)> {
+    let holder = value
+        .secret_string()
+        .and_then(|text| serde_json::from_str::<ClaimValue>(text).ok())
+        .map(|v| v.keyprov_claim)
+        .filter(|h| value.version_id() == Some(&claim_id(name, h.generation, h.attempt)))?;
+    let created = value
+        .created_date()
+        .and_then(|d| SystemTime::try_from(*d).ok());
+    Some((holder, age(created, aws_now())))
 }
 
 /// AWS's time now, as its latest response said (the local clock without a fresh reading).

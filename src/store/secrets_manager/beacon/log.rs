@@ -15,6 +15,9 @@ pub const MAX_BYTES: usize = 60 * 1024;
 const MAX_BUMPS: usize = 4096;
 /// Longest secret id kept (Secrets Manager names are at most 512 characters, ARNs a bit more).
 const MAX_SECRET_LEN: usize = 2048;
+/// Highest sequence number a value read may hold: far beyond any real log, and the next bump
+/// must not overflow (a forged `u64::MAX` panicked a debug build, wrapped a release one).
+const MAX_SEQ: u64 = 1 << 53;
 /// Namespace of the request tokens of beacon versions.
 const TOKEN_NAMESPACE: uuid::Uuid = uuid::uuid!("0d6c3f0e-7a51-5b2e-8e44-5f1c2b7d9a10");
 
@@ -77,6 +80,7 @@ impl Log {
         let consecutive = log.bumps.windows(2).all(|w| w[1].seq == w[0].seq + 1);
         let ends_at_seq = log.bumps.last().is_none_or(|b| b.seq == log.seq);
         let bounded = log.bumps.len() <= MAX_BUMPS
+            && log.seq <= MAX_SEQ
             && log.epoch.len() <= 64
             && !log.epoch.is_empty()
             && log
@@ -245,6 +249,8 @@ mod tests {
             r#"{"format":"keyprov-beacon/2","epoch":"e","seq":5,"by":"h","bumps":[{"seq":4,"at":0,"secrets":[]}]}"#,
             r#"{"format":"keyprov-beacon/2","epoch":"","seq":0,"by":"h","bumps":[]}"#,
             r#"{"format":"keyprov-beacon/2","epoch":"e","seq":1,"by":"h","bumps":[{"seq":1,"at":0,"secrets":[""]}]}"#,
+            // A sequence number whose next bump would overflow.
+            r#"{"format":"keyprov-beacon/2","epoch":"e","seq":18446744073709551615,"by":"h","bumps":[]}"#,
         ] {
             assert_eq!(Log::parse(text), None, "{text}");
         }
