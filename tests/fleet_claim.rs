@@ -113,6 +113,28 @@ fn current_generation(install: &Install, name: &str) -> Option<String> {
     link(&install.key_dir(name), "current")
 }
 
+/// Waits until the secret's AWSCURRENT is `version`: a host's file output activates first,
+/// the secret's label moves right after.
+async fn wait_for_current(client: &Client, secret: &str, version: &str, daemons: &[Daemon]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let [current] = holders(client, secret, &["AWSCURRENT"])
+            .await
+            .try_into()
+            .unwrap();
+        if current.as_deref() == Some(version) {
+            return;
+        }
+        let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+        assert!(
+            Instant::now() < deadline,
+            "AWSCURRENT: {current:?}\n{}",
+            logs.join("\n-----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The version holding each of `labels` in the secret.
 async fn holders(client: &Client, secret: &str, labels: &[&str]) -> Vec<Option<String>> {
     let described = client
@@ -200,6 +222,7 @@ async fn racing_daemons_make_each_rotation_once_the_others_copy_it() {
             .iter()
             .all(|h| current_generation(h, "race").as_deref() == Some("v0003"))
     });
+    wait_for_current(&client, &secret, &version_id("race", 3), &daemons).await;
     let logs: Vec<String> = daemons.iter().map(Daemon::log).collect();
     drop(daemons);
     let mut made: Vec<u32> = logs.iter().flat_map(|l| generated(l)).collect();
@@ -276,6 +299,7 @@ async fn a_stale_claim_of_a_dead_host_is_taken_over_after_the_timeout() {
     let made = log.find(" generating key=").unwrap();
     assert!(waited < stale && stale < made, "{log}");
     assert_eq!(generated(&log), [2], "{log}");
+    wait_for_current(&client, &secret, &version_id("stale", 2), &daemons).await;
     let [current, claim] = holders(&client, &secret, &["AWSCURRENT", CLAIM_LABEL])
         .await
         .try_into()
@@ -331,20 +355,7 @@ async fn forged_claims_delay_a_rotation_by_the_timeout_at_most(case: &str) {
     wait_until("the victim makes generation 2", &daemons, || {
         current_generation(&install, case).as_deref() == Some("v0002")
     });
-    // The file output activates first, the secret's AWSCURRENT right after.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let [current] = holders(&client, &secret, &["AWSCURRENT"])
-            .await
-            .try_into()
-            .unwrap();
-        if current == Some(version_id(case, 2)) {
-            break;
-        }
-        let log = daemons[0].log();
-        assert!(Instant::now() < deadline, "AWSCURRENT: {current:?}\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_current(&client, &secret, &version_id(case, 2), &daemons).await;
     let log = daemons[0].log();
     assert_eq!(generated(&log), [2], "{log}");
     only_generations(&install, case, 2);
