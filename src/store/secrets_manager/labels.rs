@@ -111,6 +111,7 @@ impl SecretsManagerStore {
             .key(layout::ACTIVATED_TAG)
             .value(layout::activated_tag(generation, crate::clock::now()))
             .build();
+        self.note_write(secret);
         self.client()
             .await
             .tag_resource()
@@ -181,6 +182,9 @@ impl SecretsManagerStore {
                 Wanted::Nowhere => (None, holders.first().copied()),
                 Wanted::Off(id) => (None, Some(id)),
             };
+            // Named in the beacon only when a label really moves: a follower linking what the
+            // writer already linked changes nothing and bumps nothing.
+            self.note_write(secret);
             let moved = self
                 .client()
                 .await

@@ -186,7 +186,7 @@ impl Store for SecretsManagerStore {
         generation: u32,
         link: Link,
     ) -> Result<(), StoreError> {
-        self.note_write(&output.secret_id);
+        // The label moves note their own writes (a link already in place writes nothing).
         self.link_generation(key, output, generation, link).await
     }
 
@@ -216,7 +216,7 @@ impl Store for SecretsManagerStore {
         output: &SecretsManagerOutput,
         generations: &[u32],
     ) -> Result<(), StoreError> {
-        self.note_write(&output.secret_id);
+        // The label removals note their own writes (a version already pruned writes nothing).
         self.prune_versions(key, output, generations).await
     }
 }
