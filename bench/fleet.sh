@@ -246,7 +246,8 @@ for d in sys.argv[6:]:
 reqs = []
 for line in open(log):
     t, port, target = line.split(" ", 2)
-    reqs.append((float(t), int(port) - base, target.strip().split(".")[-1]))
+    target = target.split()[0]  # COUNT_PROXY_LOG_IDS=1 appends the secret's id
+    reqs.append((float(t), int(port) - base, target.split(".")[-1]))
 for mark in open(marks):
     kind, start, end, *rest = mark.split()
     start, end = float(start), float(end)
