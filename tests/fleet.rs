@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::Client;
+use common::logged_daemon::Daemon;
 use common::*;
-
-const PATIENCE: Duration = Duration::from_secs(120);
 
 fn unique(prefix: &str) -> String {
     format!("keyprov-test/fleet-{prefix}-{}", uuid::Uuid::new_v4())
@@ -330,55 +329,6 @@ async fn a_consumer_never_generates_nor_writes_the_secret() {
     assert!(writes.is_empty(), "the consumer wrote: {counts:?}");
     assert!(total(&counts) > 0, "the consumer read through the proxy");
     assert_eq!(generations(&client, &secret, "shared").await.len(), 2);
-}
-
-/// A daemon of `install`, its log in `<root>/daemon.log`.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(install: &Install) -> Daemon {
-        let log = install.root().join("daemon.log");
-        let mut command = install.command(&["run"]);
-        command
-            .env("KEYPROV_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Daemon {
-            child: command.spawn().expect("keyprov run starts"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Passes finished so far.
-    fn passes(&self) -> usize {
-        self.log().matches("next reconcile at").count()
-    }
-
-    fn wait_until(&self, what: &str, mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if condition() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("timed out waiting until {what}\nlog:\n{}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn failure_recorded(install: &Install, name: &str) -> bool {

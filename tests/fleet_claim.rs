@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::Client;
+use common::logged_daemon::Daemon;
 use common::*;
 use keyprov::store::secrets_manager::claim::{CLAIM_LABEL, claim_id, claim_value};
 use keyprov::store::secrets_manager::layout::version_id;
@@ -45,39 +45,6 @@ fn host(endpoint: &str, keyring: &Path, fleet: &str) -> Install {
     )
     .unwrap();
     install
-}
-
-/// A daemon of `install`, its log in `<root>/daemon.log`.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(install: &Install) -> Daemon {
-        let log = install.root().join("daemon.log");
-        let mut command = install.command(&["run"]);
-        command
-            .env("KEYPROV_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Daemon {
-            child: command.spawn().expect("keyprov run starts"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn wait_until(what: &str, daemons: &[Daemon], mut condition: impl FnMut() -> bool) {
