@@ -270,6 +270,16 @@ fn main() -> ExitCode {
             now,
             no_wait,
         } => with_config(&config.path, |config| {
+            // A consumer follows the writers: a generation of its own (or one activated ahead
+            // of the secret's AWSCURRENT) would set its files apart from the fleet.
+            if config.fleet.role == keyprov::fleet::Role::Consumer {
+                keyprov::output::error(format_args!(
+                    "rotate {name}: this host is a consumer (fleet.role: consumer in {}): it never \
+                     makes nor activates a generation itself; rotate on a writer, this host follows",
+                    config.path.display()
+                ));
+                return Exit::Usage;
+            }
             let request = RotateRequest { name, now };
             runtime().block_on(reconcile::run_once(
                 &config,

@@ -566,3 +566,21 @@ async fn a_due_wake_describes_only_the_due_keys_secret_and_lists_nothing() {
         daemon.log()
     );
 }
+
+/// `rotate` on a consumer is refused and changes nothing: activating ahead of the secret's
+/// AWSCURRENT (or making a generation) would set its files apart from the fleet's.
+#[test]
+fn a_consumer_refuses_to_rotate_and_changes_nothing() {
+    let install = Install::new("fleet: {role: consumer}");
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", ""));
+    for args in [&["rotate", "k"][..], &["rotate", "k", "--now"]] {
+        let run = install.keyprov(args);
+        assert_eq!(run.code, 64, "{args:?}: {}", run.all());
+        assert!(
+            run.stderr.contains("this host is a consumer"),
+            "{args:?}: {}",
+            run.all()
+        );
+    }
+    assert!(!install.key_dir("k").exists(), "a consumer made nothing");
+}

@@ -68,7 +68,8 @@ pub async fn claim_generations(
     now: SystemTime,
 ) -> Claimed {
     use futures_util::StreamExt;
-    let host = settings.host_id();
+    // Claims name the host by its digest: other hosts (consumers too) read them.
+    let host = super::host_digest(&settings.host_id());
     let timeout = settings.claim_timeout();
     let wanted: Vec<(usize, &KeyPair, &SecretsManagerOutput, u32)> = plans
         .iter()

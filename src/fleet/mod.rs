@@ -71,6 +71,17 @@ impl Role {
     }
 }
 
+/// A short SHA-256 of a host id (16 hex digits): what keyprov writes where other hosts read it
+/// (a claim's holder, the change beacon's `by`), so the id itself (by default /etc/machine-id)
+/// is never written nor logged.
+pub fn host_digest(host_id: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, host_id.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The validated `fleet` section.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetSettings {

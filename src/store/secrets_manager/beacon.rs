@@ -120,11 +120,7 @@ impl BeaconSettings {
     /// The settings of a host: `by` is a short SHA-256 of `host_id` (the id itself is never
     /// written anywhere), and nothing when the host is a consumer.
     pub fn new(full_sweep_every: Duration, host_id: &str, consumer: bool) -> Self {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, host_id.as_bytes());
-        let by: String = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let by = crate::fleet::host_digest(host_id);
         BeaconSettings {
             full_sweep_every,
             by: (!consumer).then_some(by),
