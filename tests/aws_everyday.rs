@@ -147,12 +147,26 @@ fn missing_credentials_on_a_secret_say_credentials_in_words() {
                 assert!(!all.contains(debug), "{args:?} {env:?}: {debug:?} in {all}");
             }
         }
+        // plan fails the key as run --once does (1, not 0: a CI gate on plan must not pass
+        // what run fails), naming it and why.
         let plan = install.keyprov_env(&["plan"], &env);
+        assert_eq!(plan.code, 1, "{env:?}: {}", plan.all());
         assert!(
-            plan.stderr.contains("not planned: ") && plan.stderr.contains("no AWS credentials"),
+            plan.stderr
+                .contains("error: not planned: key \"nocreds\": cannot read its outputs: no AWS credentials"),
             "{env:?}: {}",
             plan.all()
         );
+        assert!(
+            plan.stdout.contains("1 not planned for lack of AWS credentials"),
+            "{env:?}: {}",
+            plan.all()
+        );
+        let json = install.keyprov_env(&["plan", "--json"], &env);
+        assert_eq!(json.code, 1, "{env:?}: {}", json.all());
+        let document: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(document["exitCode"], 1, "{document}");
+        assert_eq!(document["notPlanned"][0]["key"], "nocreds", "{document}");
     }
 }
 

@@ -56,15 +56,16 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     pending.failed.extend(unproven);
     let mut unobserved = 0;
     for (_, err) in &pending.failed {
-        // A plan needs no credentials: keys whose secrets cannot be read without them are
-        // shown as not planned, not as failures.
+        // A key whose outputs cannot be read is not planned, and `run --once` would fail it:
+        // the exit says so too (1), so that a CI gate on `plan` never passes what `run`
+        // fails. Missing credentials are told apart in the summary: the usual cause.
         if err.contains(crate::store::secrets_manager::NO_CREDENTIALS) {
-            crate::output::note(format!("not planned: {err}"));
+            crate::output::error(format_args!("not planned: {err}"));
             unobserved += 1;
         } else {
             crate::output::error(err);
-            exit = exit.max(Exit::KeyFailed);
         }
+        exit = exit.max(Exit::KeyFailed);
     }
     let changes =
         crate::spec_change::collect(&pending.keys, &pending.plans, &pending.observed, &stores)
@@ -167,7 +168,7 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     }
     if unobserved > 0 {
         summary.push(format!(
-            "{unobserved} not planned for lack of AWS credentials"
+            "{unobserved} not planned for lack of AWS credentials (see the errors above)"
         ));
     }
     if pending.invalid {
