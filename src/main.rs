@@ -281,11 +281,7 @@ fn main() -> ExitCode {
                 return Exit::Usage;
             }
             let request = RotateRequest { name, now };
-            runtime().block_on(reconcile::run_once(
-                &config,
-                Some(&request),
-                lock_wait(no_wait),
-            ))
+            runtime().block_on(reconcile::rotate(&config, &request, lock_wait(no_wait)))
         }),
         Command::Decrypt {
             name,

@@ -118,3 +118,25 @@ fn help_states_the_precedence() {
     let status = help(&["status", "--help"]);
     assert!(status.stdout.contains("failing"), "{}", status.stdout);
 }
+
+#[test]
+fn rotate_or_decrypt_of_a_key_no_manifest_defines_is_a_usage_error_naming_the_keys() {
+    let install = Install::new("");
+    install.manifest("a.yaml", &manifest("payments", "ECC_NIST_P256", ""));
+    install.manifest("b.yaml", &manifest("orders", "ECC_NIST_P256", ""));
+    install.run_once(0);
+    for args in [&["rotate", "nosuch"][..], &["decrypt", "nosuch"]] {
+        let run = install.keyprov(args);
+        assert_eq!(run.code, 64, "{args:?}: {}", run.all());
+        assert!(
+            run.stderr.contains(&format!(
+                "error: {} nosuch: no manifest defines key \"nosuch\"; keys known: orders, payments",
+                args[0]
+            )),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // Nothing was rotated meanwhile.
+    assert_eq!(versions(&install.key_dir("payments")), ["v0001"]);
+}

@@ -319,7 +319,7 @@ fn rotate_command_stages_or_activates_now() {
     assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
     assert_eq!(link(&dir, "next"), None);
     let run = install.keyprov(&["rotate", "nosuch"]);
-    assert_ne!(run.code, 0);
+    assert_eq!(run.code, 64, "{}", run.all());
     assert!(
         run.stderr.contains("no manifest defines key \"nosuch\""),
         "{}",

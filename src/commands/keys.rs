@@ -108,6 +108,10 @@ pub async fn decrypt(
     out: Option<&Path>,
 ) -> Exit {
     let loaded = super::load_manifests(config);
+    if let Some(message) = super::unknown_key(&loaded, name) {
+        crate::output::error(format_args!("decrypt {name}: {message}"));
+        return Exit::Usage;
+    }
     let out = out.filter(|path| *path != Path::new("-"));
     let result = async {
         if let Some(path) = out {

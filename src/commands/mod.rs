@@ -104,7 +104,35 @@ pub fn find_key<'a>(loaded: &'a manifest::Loaded, name: &str) -> Result<&'a KeyP
                  (keyprov validate)"
             )
         } else {
-            format!("no manifest defines key {name:?}")
+            unknown_key(loaded, name).unwrap_or_default()
         }
     })
+}
+
+/// When no manifest, valid or not, defines key `name`: a usage error (exit 64) naming the
+/// keys the manifests do define, so that a typo shows next to what was meant.
+pub fn unknown_key(loaded: &manifest::Loaded, name: &str) -> Option<String> {
+    if loaded.keys.iter().any(|k| k.name == name) || loaded.frozen.contains(name) {
+        return None;
+    }
+    // At most 20 named: a directory of thousands of keys must not make a line of megabytes.
+    const NAMED: usize = 20;
+    let mut known: Vec<&str> = loaded
+        .keys
+        .iter()
+        .map(|k| k.name.as_str())
+        .chain(loaded.frozen.iter().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    let total = known.len();
+    let listed = match total {
+        0 => "the manifests define no key".to_string(),
+        _ if total > NAMED => format!(
+            "keys known: {}, … ({total} in all; keyprov status lists them)",
+            known[..NAMED].join(", ")
+        ),
+        _ => format!("keys known: {}", known.join(", ")),
+    };
+    Some(format!("no manifest defines key {name:?}; {listed}"))
 }

@@ -27,6 +27,18 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
     report.exit()
 }
 
+/// `keyprov rotate NAME`: a name no manifest defines is a usage error (64), told before the
+/// stateDir lock is waited for; otherwise [`run_once`] for that key.
+pub async fn rotate(config: &Config, request: &RotateRequest, wait: LockWait) -> Exit {
+    // Read without reporting: the pass that follows reports the manifests' problems once.
+    let loaded = crate::manifest::load(&config.manifests, &config.manifest_context());
+    if let Some(message) = super::unknown_key(&loaded, &request.name) {
+        crate::output::error(format_args!("rotate {}: {message}", request.name));
+        return Exit::Usage;
+    }
+    run_once(config, Some(request), wait).await
+}
+
 /// `keyprov plan`: print what `run --once` would do (with `json`, one JSON document on
 /// stdout). Exit 3 when changes are pending.
 pub async fn plan(config: &Config, json: bool) -> Exit {
