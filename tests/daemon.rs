@@ -910,3 +910,31 @@ fn a_due_wake_reconciles_only_the_keys_due() {
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+#[test]
+fn an_invalid_manifest_is_told_once_per_full_pass_not_at_every_due_wake() {
+    let install = daemon_install();
+    install.manifest(
+        "due.yaml",
+        &manifest("due", "ECC_NIST_P256", "  rotation: {every: 3s, keep: 10}\n"),
+    );
+    install.manifest(
+        "broken.yaml",
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: broken}\nspec: {keyPairSpec: NOPE}\n",
+    );
+    let daemon = Daemon::start(&install);
+    daemon.expect_notify("READY=1");
+    daemon.wait_until("due rotated twice", || {
+        common::versions(&install.key_dir("due")).len() >= 3
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("partial pass (due keys): 1 key, 1 changed"),
+        "{log}"
+    );
+    // Told by the start-up pass; the due wakes since (the same files) do not repeat it.
+    assert_eq!(log.matches("invalid manifests: 1 key left").count(), 1, "{log}");
+    assert_eq!(log.matches("broken.yaml:4:1: spec.kmsKeyId").count(), 1, "{log}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}

@@ -17,7 +17,14 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
     );
     if !restores.is_empty() {
         pass.refused = crate::prune_ledger::restore(config, pass.stores.secrets(), &restores).await;
-        pass.pending = super::load::prepare_some(config, &pass.stores, rotate, pass.only).await;
+        pass.pending = super::load::prepare_some(
+            config,
+            &pass.stores,
+            rotate,
+            pass.only,
+            super::load::Problems::Quiet,
+        )
+        .await;
         // A key whose copy could not be restored is not regenerated over it.
         let refused = &pass.refused;
         pass.pending

@@ -33,7 +33,7 @@ pub(super) async fn load<'a>(
     });
     let stores = Arc::new(super::new_stores(config));
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
-    let pending = prepare_some(config, &stores, rotate, only).await;
+    let pending = prepare_some(config, &stores, rotate, only, Problems::Report).await;
     Pass {
         config,
         rotate,
@@ -87,7 +87,16 @@ pub struct Pending {
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
 pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest>) -> Pending {
-    prepare_some(config, stores, rotate, None).await
+    prepare_some(config, stores, rotate, None, Problems::Report).await
+}
+
+/// Whether a pass prints the manifests' problems (and the "invalid manifests" warning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Problems {
+    /// Print them: the first reading of the manifests in this pass.
+    Report,
+    /// Already told: the pass reads them again after a restore.
+    Quiet,
 }
 
 /// [`prepare`], of only the keys named in `only` when given (the daemon's due wakes): those are
@@ -97,13 +106,24 @@ pub(super) async fn prepare_some(
     stores: &Stores,
     rotate: Option<&RotateRequest>,
     only: Option<&BTreeSet<String>>,
+    problems: Problems,
 ) -> Pending {
     let started = std::time::Instant::now();
-    let mut loaded = crate::commands::load_manifests(config);
+    // A due wake follows a full pass that told the manifests' problems, and any change to
+    // the manifests makes a full pass of its own: told again at every due wake, each invalid
+    // manifest was logged once per rotation of every other key.
+    let told = problems == Problems::Quiet || only.is_some();
+    let mut loaded = if told {
+        crate::manifest::load(&config.manifests, &config.manifest_context())
+    } else {
+        crate::commands::load_manifests(config)
+    };
     tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
     if let Some(problem) = crate::prune_ledger::scope_problem(config, &loaded.keys) {
         // A configuration error: nothing is touched until it is fixed.
-        crate::commands::report(std::slice::from_ref(&problem));
+        if !told {
+            crate::commands::report(std::slice::from_ref(&problem));
+        }
         loaded.diagnostics.push(problem);
         loaded.keys.clear();
     }
