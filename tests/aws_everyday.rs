@@ -152,13 +152,15 @@ fn missing_credentials_on_a_secret_say_credentials_in_words() {
         let plan = install.keyprov_env(&["plan"], &env);
         assert_eq!(plan.code, 1, "{env:?}: {}", plan.all());
         assert!(
-            plan.stderr
-                .contains("error: not planned: key \"nocreds\": cannot read its outputs: no AWS credentials"),
+            plan.stderr.contains(
+                "error: not planned: key \"nocreds\": cannot read its outputs: no AWS credentials"
+            ),
             "{env:?}: {}",
             plan.all()
         );
         assert!(
-            plan.stdout.contains("1 not planned for lack of AWS credentials"),
+            plan.stdout
+                .contains("1 not planned for lack of AWS credentials"),
             "{env:?}: {}",
             plan.all()
         );

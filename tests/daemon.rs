@@ -916,7 +916,11 @@ fn an_invalid_manifest_is_told_once_per_full_pass_not_at_every_due_wake() {
     let install = daemon_install();
     install.manifest(
         "due.yaml",
-        &manifest("due", "ECC_NIST_P256", "  rotation: {every: 3s, keep: 10}\n"),
+        &manifest(
+            "due",
+            "ECC_NIST_P256",
+            "  rotation: {every: 3s, keep: 10}\n",
+        ),
     );
     install.manifest(
         "broken.yaml",
@@ -933,8 +937,16 @@ fn an_invalid_manifest_is_told_once_per_full_pass_not_at_every_due_wake() {
         "{log}"
     );
     // Told by the start-up pass; the due wakes since (the same files) do not repeat it.
-    assert_eq!(log.matches("invalid manifests: 1 key left").count(), 1, "{log}");
-    assert_eq!(log.matches("broken.yaml:4:1: spec.kmsKeyId").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("invalid manifests: 1 key left").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("broken.yaml:4:1: spec.kmsKeyId").count(),
+        1,
+        "{log}"
+    );
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }

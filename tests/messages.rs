@@ -803,3 +803,40 @@ fn orphans_of_keys_with_a_custom_dir_are_listed_and_look_alikes_are_not() {
     assert!(!plan.stdout.contains("fake"), "{}", plan.stdout);
     assert!(!plan.stdout.contains("link"), "{}", plan.stdout);
 }
+
+#[test]
+fn a_configuration_duration_without_its_unit_says_what_to_write() {
+    for (extra, want) in [
+        (
+            "fleet: {claimTimeout: 5}",
+            "fleet.claimTimeout: must be a duration with its unit, not the number 5; write \
+             `claimTimeout: 5s` for 5 seconds (units: ms, s, m, h, d)",
+        ),
+        (
+            "fleet: {generateWindow: \"10\"}",
+            "fleet.generateWindow: must be a duration with its unit, not \"10\" (a number); \
+             write `generateWindow: 10s` for 10 seconds",
+        ),
+        (
+            "reconcile: {debounce: 300}",
+            "reconcile.debounce: must be a duration with its unit, not the number 300; write \
+             `debounce: 300ms` for 300 milliseconds",
+        ),
+        (
+            "aws: {operationTimeout: 60}",
+            "aws.operationTimeout: must be a duration with its unit, not the number 60; write \
+             `operationTimeout: 60s` for 60 seconds",
+        ),
+    ] {
+        let install = Install::new("");
+        std::fs::write(
+            install.config(),
+            format!("manifests: [manifests.d]\nstateDir: state\n{extra}\n"),
+        )
+        .unwrap();
+        let run = install.keyprov(&["validate"]);
+        assert_eq!(run.code, 2, "{extra}: {}", run.all());
+        assert!(run.stderr.contains(want), "{extra}: {}", run.stderr);
+        assert!(!run.stderr.contains("quote it"), "{extra}: {}", run.stderr);
+    }
+}

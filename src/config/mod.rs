@@ -2,6 +2,7 @@
 //! provider to use, and the reconcile, hook and log settings.
 
 mod document;
+mod duration_hint;
 mod limits;
 mod validate;
 

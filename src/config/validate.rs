@@ -23,7 +23,8 @@ impl Config {
                 message: refusal.message,
             }]);
         }
-        let (doc, mut problems): (ConfigDoc, _) = manifest::parse_checked(&path, text)?;
+        let (doc, mut problems): (ConfigDoc, _) = manifest::parse_checked(&path, text)
+            .map_err(|problems| super::duration_hint::amend(text, problems))?;
         let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let index = manifest::PositionIndex::build(text);
         let mut field_error = |field: &str, message: String| {
@@ -294,7 +295,7 @@ impl Config {
             );
         }
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(super::duration_hint::amend(text, problems));
         }
         let state_dir = absolute(&base, Path::new(&doc.state_dir));
         let keyring = match &doc.local.keyring {
