@@ -504,7 +504,8 @@ fn the_configuration_reports_every_problem_at_once() {
     for want in [
         "keyprov.yaml:3:1: providr: unknown field `providr`; did you mean `provider`?",
         "keyprov.yaml:4:13: reconcile.concurrency: must be a whole number >= 0",
-        "keyprov.yaml:4:30: reconcile.debounce: must be a text, not the number 5",
+        "keyprov.yaml:4:30: reconcile.debounce: must be a duration with its unit, not the \
+         number 5; write `debounce: 5ms`",
         "keyprov.yaml:4:43: reconcile.prune: must be true or false",
         "keyprov.yaml:5:7: log.format: unknown value \"xml\", expected one of text, json",
     ] {
