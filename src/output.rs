@@ -54,6 +54,19 @@ pub fn note(message: impl std::fmt::Display) {
     }
 }
 
+/// Warns on stderr of something that works but likely not as meant: `warning: MESSAGE`, or a
+/// warning event in JSON.
+pub fn warning(message: impl std::fmt::Display) {
+    if json_stdout() {
+        return;
+    }
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::warn!("{message}");
+    } else {
+        err(format!("warning: {message}\n").as_bytes());
+    }
+}
+
 /// Whether stderr speaks JSON ([`set_json_logs`]).
 pub fn json_logs() -> bool {
     JSON_LOGS.load(Ordering::Relaxed)

@@ -1,5 +1,6 @@
 //! The subcommands, one module each; `main.rs` only parses flags and dispatches here.
 
+pub mod consumer;
 pub mod decrypt_out;
 pub mod keys;
 pub mod man;

@@ -79,6 +79,13 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         }
         exit = exit.max(Exit::KeyFailed);
     }
+    // A consumer does only what it can copy: the generations it would make wait for a writer.
+    let held =
+        super::consumer::restrict(config, &pending.keys, &pending.observed, &mut pending.plans);
+    let never_made = held
+        .iter()
+        .filter(|(_, h)| *h == super::consumer::Held::NeverMade)
+        .count();
     let changes =
         crate::spec_change::collect(&pending.keys, &pending.plans, &pending.observed, &stores)
             .await;
@@ -114,7 +121,8 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
         .filter(|k| !failed.contains(k.name.as_str()))
         .count()
         - pending.plans.len()
-        - restore_lines.len();
+        - restore_lines.len()
+        - held.len();
     let to_change = pending.plans.len() + restore_lines.len();
     if to_change > 0 || due_prunes > 0 {
         exit = exit.max(Exit::ChangesPending);
@@ -136,6 +144,18 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
                 }))
                 .collect::<Vec<_>>(),
             "converged": converged,
+            "consumer": super::consumer::is_consumer(config),
+            "waitingForWriter": held.iter()
+                .filter_map(|(key, h)| match h {
+                    super::consumer::Held::Waiting { generation } =>
+                        Some(serde_json::json!({"key": key, "generation": generation})),
+                    super::consumer::Held::NeverMade => None,
+                })
+                .collect::<Vec<_>>(),
+            "neverMadeHere": held.iter()
+                .filter(|(_, h)| *h == super::consumer::Held::NeverMade)
+                .map(|(key, h)| serde_json::json!({"key": key, "reason": h.to_string()}))
+                .collect::<Vec<_>>(),
             "failed": pending.failed.iter().filter(|(_, e)| !is_unobserved(e))
                 .map(|(key, error)| serde_json::json!({"key": key, "error": error}))
                 .collect::<Vec<_>>(),
@@ -169,6 +189,9 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     {
         crate::outln!("{key}: {action}");
     }
+    for (key, why) in &held {
+        crate::outln!("{key}: {why}");
+    }
     for prune in &prunes {
         crate::outln!("{}", prune.line(pending.now, config.reconcile.prune_after));
     }
@@ -183,6 +206,19 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
             "{unobserved} not planned for lack of AWS credentials (see the errors above)"
         ));
     }
+    let waiting = held.len() - never_made;
+    if waiting > 0 {
+        summary.push(format!(
+            "{} waiting for a writer (this host is a consumer)",
+            crate::output::count(waiting, "key")
+        ));
+    }
+    if never_made > 0 {
+        summary.push(format!(
+            "{} never made on this consumer (see above)",
+            crate::output::count(never_made, "key")
+        ));
+    }
     if pending.invalid {
         summary.push("invalid manifests: their keys are left as they are (see above)".into());
     }
@@ -192,7 +228,7 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
             crate::output::count(due_prunes, "orphan")
         ));
     }
-    let clean = failed.is_empty() && !pending.invalid;
+    let clean = failed.is_empty() && !pending.invalid && held.is_empty();
     if to_change == 0 && due_prunes == 0 && clean {
         crate::outln!(
             "No changes: {} converged.",

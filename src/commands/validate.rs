@@ -62,6 +62,10 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
     {
         loaded.diagnostics.push(problem);
     }
+    let warnings = config
+        .as_ref()
+        .map(|c| super::consumer::warnings(c, &loaded.keys))
+        .unwrap_or_default();
     if json {
         let document = serde_json::json!({
             "valid": loaded.is_valid(),
@@ -69,6 +73,7 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
             "files": loaded.files,
             "configuration": config.as_ref().map(|c| c.path.display().to_string()),
             "problems": loaded.diagnostics.iter().map(super::diagnostic_json).collect::<Vec<_>>(),
+            "warnings": warnings,
         });
         crate::outln!(
             "{}",
@@ -81,6 +86,9 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
         };
     }
     super::report(&loaded.diagnostics);
+    for warning in &warnings {
+        crate::output::warning(warning);
+    }
     if loaded.is_valid() {
         crate::outln!(
             "{} in {} valid",
