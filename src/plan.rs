@@ -514,6 +514,79 @@ pub fn kept_versions(
     kept
 }
 
+impl Action {
+    /// The action in the user's words: outputs named by what the manifest says (`file:DIR`,
+    /// `secretsManager:SECRET-ID`), not by their index in `outputs`.
+    pub fn describe<'a>(&'a self, key: &'a KeyPair) -> impl fmt::Display + 'a {
+        Described { action: self, key }
+    }
+}
+
+/// [`Action::describe`].
+struct Described<'a> {
+    action: &'a Action,
+    key: &'a KeyPair,
+}
+
+impl Described<'_> {
+    fn output(&self, index: usize) -> String {
+        self.key
+            .outputs
+            .get(index)
+            .map_or_else(|| format!("output {index}"), ToString::to_string)
+    }
+}
+
+/// `1`, or `1, 2` with the noun's plural.
+fn generations_list(generations: &[u32]) -> String {
+    let list: Vec<String> = generations.iter().map(u32::to_string).collect();
+    match list.len() {
+        1 => format!("generation {}", list[0]),
+        _ => format!("generations {}", list.join(", ")),
+    }
+}
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.action {
+            Action::Copy {
+                generation,
+                outputs,
+                link,
+            } => {
+                let to: Vec<String> = outputs.iter().map(|&i| self.output(i)).collect();
+                write!(
+                    f,
+                    "copy generation {generation} as {} to {}",
+                    link_name(*link),
+                    to.join(", ")
+                )
+            }
+            Action::Repair {
+                output, reasons, ..
+            } => write!(f, "repair {}: {}", self.output(*output), reasons.join("; ")),
+            Action::Prune {
+                output,
+                generations,
+            } => write!(
+                f,
+                "prune {} from {}",
+                generations_list(generations),
+                self.output(*output)
+            ),
+            other => other.fmt(f),
+        }
+    }
+}
+
+fn link_name(link: Link) -> &'static str {
+    match link {
+        Link::Current => "current",
+        Link::Next => "next",
+        Link::Previous => "previous",
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -539,11 +612,7 @@ impl fmt::Display for Action {
                 outputs,
                 link,
             } => {
-                let link = match link {
-                    Link::Current => "current",
-                    Link::Next => "next",
-                    Link::Previous => "previous",
-                };
+                let link = link_name(*link);
                 write!(
                     f,
                     "copy generation {generation} as {link} to outputs {outputs:?}"

@@ -841,3 +841,51 @@ fn a_configuration_duration_without_its_unit_says_what_to_write() {
         assert!(!run.stderr.contains("quote it"), "{extra}: {}", run.stderr);
     }
 }
+
+#[test]
+fn plan_names_outputs_by_their_directory_or_secret_not_their_index() {
+    let install = Install::new("");
+    let text = |keep: u32| {
+        manifest(
+            "two",
+            "ECC_NIST_P256",
+            &format!("  rotation: {{keep: {keep}}}\n"),
+        )
+        .replace(
+            "    - file: {}\n",
+            "    - file: {}\n    - file: {dir: two-copy}\n",
+        )
+    };
+    install.manifest("two.yaml", &text(1));
+    install.run_once(0);
+    let rotated = install.keyprov(&["rotate", "two", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    let main = install.key_dir("two");
+    let copy = install.state().join("two-copy");
+    // Fewer generations kept, a lost copy, a loosened mode: a prune, a copy and a repair.
+    install.manifest("two.yaml", &text(0));
+    std::fs::remove_dir_all(&copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        main.join("v0002/public.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let plan = install.keyprov(&["plan"]);
+    assert_eq!(plan.code, 3, "{}", plan.all());
+    let (main, copy) = (main.display(), copy.display());
+    for want in [
+        format!("two: copy generation 2 as current to file:{copy}"),
+        format!("two: repair file:{main}: "),
+        format!("two: prune generation 1 from file:{main}"),
+    ] {
+        assert!(
+            plan.stdout.contains(&want),
+            "missing {want:?} in\n{}",
+            plan.all()
+        );
+    }
+    for index in ["output 0", "output 1", "outputs [", "[file:"] {
+        assert!(!plan.stdout.contains(index), "{index:?} in\n{}", plan.all());
+    }
+}

@@ -315,11 +315,7 @@ fn plan_lines(
     for plan in plans {
         let key = by_name.get(plan.name.as_str());
         for action in &plan.actions {
-            let target = match action {
-                plan::Action::Repair { output, .. } | plan::Action::Prune { output, .. } => key
-                    .and_then(|k| k.outputs.get(*output))
-                    .map(|o| format!(" [{o}]"))
-                    .unwrap_or_default(),
+            let change = match action {
                 plan::Action::Generate {
                     reason: plan::Reason::SpecChanged,
                     ..
@@ -329,7 +325,12 @@ fn plan_lines(
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            lines.push((plan.name.clone(), format!("{action}{target}")));
+            // Outputs by what the manifest calls them (a directory, a secret id).
+            let action = match key {
+                Some(key) => action.describe(key).to_string(),
+                None => action.to_string(),
+            };
+            lines.push((plan.name.clone(), format!("{action}{change}")));
         }
     }
     lines

@@ -188,14 +188,16 @@ impl<P: Provider> KeyContext<'_, P> {
                 previous,
                 damaged,
             } => {
-                tracing::info!(key = %name, output, reasons = %reasons.join("; "), "repairing");
+                tracing::info!(key = %name, output = %self.key.outputs[*output],
+                    reasons = %reasons.join("; "), "repairing");
                 self.repair(*output, *previous, damaged, reasons).await?;
             }
             Action::Prune {
                 output,
                 generations,
             } => {
-                tracing::info!(key = %name, output, ?generations, "pruning");
+                tracing::info!(key = %name, output = %self.key.outputs[*output], ?generations,
+                    "pruning");
                 self.stores
                     .prune(self.key, *output, generations)
                     .await
