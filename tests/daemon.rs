@@ -950,3 +950,33 @@ fn an_invalid_manifest_is_told_once_per_full_pass_not_at_every_due_wake() {
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+#[test]
+fn one_wake_per_scheduled_rotation_at_this_hosts_turn() {
+    let install = daemon_install();
+    install.manifest(
+        "due.yaml",
+        &manifest(
+            "due",
+            "ECC_NIST_P256",
+            "  rotation: {every: 3s, keep: 10}\n",
+        ),
+    );
+    let daemon = Daemon::start(&install);
+    daemon.expect_notify("READY=1");
+    daemon.wait_until("due rotated three times", || {
+        common::versions(&install.key_dir("due")).len() >= 4
+    });
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+    // Each rotation is one due wake, at the host's offset: none woke at the publication time
+    // only to find the rotation held back until the offset.
+    assert!(
+        log.contains("partial pass (due keys): 1 key, 1 changed"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("partial pass (due keys): 1 key, 0 changed"),
+        "{log}"
+    );
+}

@@ -34,7 +34,11 @@ async fn kms_key_works_without_the_virtualenv_and_is_idempotent() {
     let created = kms_key(&endpoint, &alias, &venv);
     assert_eq!(created.code, 0, "{}", created.all());
     let arn = created.stdout.trim().to_string();
-    assert!(arn.starts_with("arn:aws:kms:us-east-1:"), "{}", created.all());
+    assert!(
+        arn.starts_with("arn:aws:kms:us-east-1:"),
+        "{}",
+        created.all()
+    );
     // The alias names that key in LocalStack's KMS.
     let described = kms_client(&endpoint)
         .await
@@ -52,5 +56,9 @@ async fn kms_key_works_without_the_virtualenv_and_is_idempotent() {
 
     let bad = kms_key(&endpoint, "keyprov", &venv);
     assert_eq!(bad.code, 2, "{}", bad.all());
-    assert!(bad.stderr.contains("is not an alias name (alias/NAME)"), "{}", bad.all());
+    assert!(
+        bad.stderr.contains("is not an alias name (alias/NAME)"),
+        "{}",
+        bad.all()
+    );
 }

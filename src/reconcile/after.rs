@@ -147,12 +147,24 @@ async fn observe_changed(pass: &mut Pass<'_>) {
     );
     let by_name: std::collections::HashMap<&str, &KeyPair> =
         pending.keys.iter().map(|k| (k.name.as_str(), k)).collect();
+    // The next rotation is looked at when this host's turn comes, as for the keys without a
+    // plan (`fleet::settle`): waking at the publication time found it held back until the
+    // host's offset, and woke again then, two passes for one rotation.
+    let turns = crate::fleet::offset::next_events(
+        &config.fleet,
+        config.fleet.role == crate::fleet::Role::Consumer,
+        &pending.keys,
+        &pass.after,
+        &[],
+        &Default::default(),
+        now,
+    );
     for (name, outputs) in &pass.after {
         if let (Ok(outputs), Some(&key)) = (outputs, by_name.get(name.as_str())) {
             let at = plan::next_event(key, outputs, now);
             let report = &mut pass.report;
             if let Some(at) = at {
-                report.wake_key(name, at);
+                report.wake_key(name, turns.get(name).unwrap_or(at));
                 report.key_publications.add(name, at);
             }
             report.next_publication = report.next_publication.into_iter().chain(at).min();
