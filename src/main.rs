@@ -92,6 +92,9 @@ enum Command {
         json: bool,
     },
     /// Start a rotation of NAME now (staged when publishAhead is set).
+    ///
+    /// A NAME no manifest defines is a usage error (exit 64), as is rotate on a consumer host.
+    #[command(after_help = EXIT_CODES)]
     Rotate {
         /// Key pair name.
         name: String,
