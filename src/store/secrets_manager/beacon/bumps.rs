@@ -1,0 +1,467 @@
+//! The beacon's bumps as tags (pure, no I/O): tag `keyprov:bump:<seq>` holds
+//! `"<at> <digest> <digest> ..."`, the short digests of the secrets writers wrote, appended to
+//! the highest tag until it is full, then a new tag one higher; `"<at> list"` for a pass that
+//! wrote more than a tag holds. Writers remove the lowest tags to stay within
+//! [`MAX_BUMP_TAGS`]. A reader remembers the digests it saw under each tag, so what is new is
+//! what it has not seen yet, wherever it was appended; it sees a gap (and lists) when a tag it
+//! may not have read whole could have been removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Prefix of a bump tag's key; the rest is its sequence number.
+pub const PREFIX: &str = "keyprov:bump:";
+/// Most bump tags a writer leaves on the beacon: AWS allows 50 tags per resource, and the
+/// beacon carries `keyprov:scope` and `keyprov:beacon` too (48 in all, 2 spare).
+pub const MAX_BUMP_TAGS: usize = 46;
+/// Longest tag value AWS accepts.
+pub const MAX_VALUE: usize = 256;
+/// Longest tag key AWS accepts.
+pub const MAX_KEY: usize = 128;
+/// Digests a tag holds: `at` (10 digits) and 27 × (space + 8 characters) = 253 ≤ 256.
+pub const MAX_NAMED: usize = 27;
+/// The value's word for "more secrets than a tag holds were written: list".
+pub const LIST: &str = "list";
+/// A writer's digests must land at most this far below the highest tag (read back), else it
+/// appends again at the top; a reader sees no gap only while a tag it saw that is at least
+/// this far below its highest is still there (see [`Bumps::since`]).
+pub const MARGIN: u64 = 2;
+/// Characters of a digest: 48 bits of SHA-256 in base64url (a collision costs one description).
+const DIGEST_LEN: usize = 8;
+/// Highest sequence number accepted (the next must not overflow).
+const MAX_SEQ: u64 = 1 << 53;
+
+/// The short digest of a secret id (a name or an ARN) as bumps name it.
+pub fn digest(secret: &str) -> String {
+    let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    URL_SAFE_NO_PAD.encode(&sha.as_ref()[..6])
+}
+
+/// What one tag names: its digests, or "list".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// These digests (at most [`MAX_NAMED`]).
+    Secrets(BTreeSet<String>),
+    /// More than a tag holds: list.
+    List,
+}
+
+/// One bump tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    /// When it was last appended to (Unix seconds, by AWS's clock as the writer last read it).
+    pub at: u64,
+    /// What it names.
+    pub named: Named,
+}
+
+impl Tag {
+    /// The tag after appending `digests` at `at`: `None` when they do not fit (a new tag then).
+    pub fn appended(&self, at: u64, digests: &BTreeSet<String>) -> Option<Tag> {
+        let Named::Secrets(had) = &self.named else {
+            return None;
+        };
+        let all: BTreeSet<String> = had.union(digests).cloned().collect();
+        (all.len() <= MAX_NAMED).then(|| Tag {
+            at: at.max(self.at),
+            named: Named::Secrets(all),
+        })
+    }
+
+    /// A new tag naming `digests` (or "list" when they do not fit one tag).
+    pub fn new(at: u64, digests: &BTreeSet<String>) -> Tag {
+        let named = if digests.len() > MAX_NAMED {
+            Named::List
+        } else {
+            Named::Secrets(digests.clone())
+        };
+        Tag { at, named }
+    }
+
+    /// Whether this tag carries every one of `digests` (or says "list").
+    pub fn carries(&self, digests: &BTreeSet<String>) -> bool {
+        match &self.named {
+            Named::List => true,
+            Named::Secrets(had) => digests.is_subset(had),
+        }
+    }
+
+    /// The tag's value.
+    pub fn value(&self) -> String {
+        let mut value = self.at.to_string();
+        match &self.named {
+            Named::List => value.push_str(&format!(" {LIST}")),
+            Named::Secrets(digests) => {
+                for d in digests {
+                    value.push(' ');
+                    value.push_str(d);
+                }
+            }
+        }
+        value
+    }
+
+    /// A tag value, when it is one keyprov writes.
+    pub fn parse(value: &str) -> Option<Tag> {
+        let mut words = value.split(' ');
+        let at: u64 = words.next()?.parse().ok()?;
+        let rest: Vec<&str> = words.collect();
+        let named = if rest == [LIST] {
+            Named::List
+        } else {
+            let ok = |d: &&str| {
+                d.len() == DIGEST_LEN
+                    && d.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if rest.len() > MAX_NAMED || !rest.iter().all(ok) {
+                return None;
+            }
+            Named::Secrets(rest.iter().map(|d| d.to_string()).collect())
+        };
+        (value.len() <= MAX_VALUE).then_some(Tag { at, named })
+    }
+}
+
+/// The key of bump tag `seq`.
+pub fn key(seq: u64) -> String {
+    let key = format!("{PREFIX}{seq}");
+    debug_assert!(key.len() <= MAX_KEY);
+    key
+}
+
+/// What a reader saw: the digests under each tag (`"list"` for a tag that said list).
+pub type Seen = BTreeMap<u64, BTreeSet<String>>;
+
+/// What changed since a reader's last look.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Nothing.
+    Nothing,
+    /// These digests were written since.
+    Named(BTreeSet<String>),
+    /// A tag may have gone before this reader read it whole, or one says "list": list.
+    Gap,
+}
+
+/// The bump tags of a beacon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bumps {
+    /// By sequence number.
+    pub tags: BTreeMap<u64, Tag>,
+    /// Keys with the bump prefix that are not well-formed bumps (garbage, forged): a reader
+    /// lists, a writer removes them.
+    pub malformed: Vec<String>,
+}
+
+impl Bumps {
+    /// The bumps among a beacon's tags (other tags are ignored).
+    pub fn from_tags<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Bumps {
+        let mut bumps = Bumps::default();
+        for (key, value) in tags {
+            let Some(seq) = key.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let seq = seq
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=MAX_SEQ).contains(s) && key == self::key(*s));
+            match (seq, Tag::parse(value)) {
+                (Some(seq), Some(tag)) => {
+                    bumps.tags.insert(seq, tag);
+                }
+                _ => bumps.malformed.push(key.to_string()),
+            }
+        }
+        bumps
+    }
+
+    /// The highest sequence number (0: none).
+    pub fn top(&self) -> u64 {
+        self.tags.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// What a reader that saw `seen` learns (see the module's documentation and
+    /// [`MARGIN`] for why the witness rule is enough).
+    pub fn since(&self, seen: &Seen) -> Since {
+        if !self.malformed.is_empty() {
+            return Since::Gap;
+        }
+        let Some(&high) = seen.keys().next_back() else {
+            return if self.tags.is_empty() {
+                Since::Nothing
+            } else {
+                Since::Gap
+            };
+        };
+        // Writers only ever remove the lowest tags: the highest seen must be there, and so
+        // must a seen tag far enough below it (or the first tag ever) that whatever was
+        // removed since lay below anything a writer could still have appended to.
+        let witness = seen
+            .keys()
+            .any(|x| self.tags.contains_key(x) && (*x == 1 || x + MARGIN < high));
+        if !self.tags.contains_key(&high) || !witness {
+            return Since::Gap;
+        }
+        let mut named = BTreeSet::new();
+        for (seq, tag) in &self.tags {
+            let had = seen.get(seq);
+            match &tag.named {
+                Named::List if had.is_some_and(|h| h.contains(LIST)) => {}
+                Named::List => return Since::Gap,
+                Named::Secrets(digests) => {
+                    named.extend(
+                        digests
+                            .iter()
+                            .filter(|d| had.is_none_or(|h| !h.contains(*d)))
+                            .cloned(),
+                    );
+                }
+            }
+        }
+        if named.is_empty() {
+            Since::Nothing
+        } else {
+            Since::Named(named)
+        }
+    }
+
+    /// What a reader has seen once it read these tags.
+    pub fn seen(&self) -> Seen {
+        self.tags
+            .iter()
+            .map(|(seq, t)| {
+                let words = match &t.named {
+                    Named::List => BTreeSet::from([LIST.to_string()]),
+                    Named::Secrets(d) => d.clone(),
+                };
+                (*seq, words)
+            })
+            .collect()
+    }
+
+    /// Whether a tag saying "list" was appended to between `after` and `until` (a listing
+    /// taken now may not show those writes yet).
+    pub fn recent_list(&self, after: u64, until: u64) -> bool {
+        self.tags
+            .values()
+            .any(|t| t.named == Named::List && (after..=until).contains(&t.at))
+    }
+
+    /// The digests of tags appended to between `after` and `until` (a forged time far in the
+    /// future does not make a tag recent forever).
+    pub fn named_since(&self, after: u64, until: u64) -> BTreeSet<String> {
+        self.tags
+            .values()
+            .filter(|t| (after..=until).contains(&t.at))
+            .filter_map(|t| match &t.named {
+                Named::Secrets(d) => Some(d.iter().cloned()),
+                Named::List => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Where a writer puts `digests` at `at`: appended to the highest tag when they fit,
+    /// else a new tag one higher.
+    pub fn placement(&self, at: u64, digests: &BTreeSet<String>) -> (u64, Tag) {
+        let top = self.top();
+        match self.tags.get(&top).and_then(|t| t.appended(at, digests)) {
+            Some(tag) => (top, tag),
+            None => (top + 1, Tag::new(at, digests)),
+        }
+    }
+
+    /// The tag keys a writer removes before putting tag `seq`: the malformed ones, and the
+    /// lowest until at most [`MAX_BUMP_TAGS`] remain with `seq` in.
+    pub fn to_remove(&self, seq: u64) -> Vec<String> {
+        let mut keys = self.malformed.clone();
+        let after = self.tags.len() + usize::from(!self.tags.contains_key(&seq));
+        let excess = after.saturating_sub(MAX_BUMP_TAGS);
+        keys.extend(
+            self.tags
+                .keys()
+                .filter(|s| **s != seq)
+                .take(excess)
+                .map(|s| key(*s)),
+        );
+        keys
+    }
+
+    /// Whether `digests`, put in tag `seq`, are there as a reader would need them: the tag
+    /// carries them and lies at most [`MARGIN`] below the highest.
+    pub fn landed(&self, seq: u64, digests: &BTreeSet<String>) -> bool {
+        self.tags.get(&seq).is_some_and(|t| t.carries(digests)) && seq + MARGIN >= self.top()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn bumps(tags: &[(u64, &str)]) -> Bumps {
+        let owned: Vec<(String, String)> =
+            tags.iter().map(|(s, v)| (key(*s), v.to_string())).collect();
+        Bumps::from_tags(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    fn d(n: u32) -> String {
+        digest(&format!("prod/secret-{n}"))
+    }
+
+    #[test]
+    fn digests_are_short_and_tags_fit_aws_limits() {
+        assert_eq!(d(1).len(), DIGEST_LEN);
+        assert_ne!(d(1), d(2));
+        let full: BTreeSet<String> = (0..MAX_NAMED as u32).map(d).collect();
+        let tag = Tag::new(9_999_999_999, &full);
+        assert!(tag.value().len() <= MAX_VALUE, "{}", tag.value().len());
+        assert!(
+            tag.value()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " _.:/=+-@".contains(c))
+        );
+        assert_eq!(Tag::parse(&tag.value()), Some(tag.clone()));
+        assert!(key(1 << 53).len() <= MAX_KEY);
+        // One more does not fit: a new tag; far more: "list".
+        assert_eq!(tag.appended(1, &set(&[&d(99)])), None);
+        let many: BTreeSet<String> = (0..100).map(d).collect();
+        assert_eq!(Tag::new(1, &many).named, Named::List);
+    }
+
+    #[test]
+    fn a_writer_appends_to_the_highest_tag_until_full_then_opens_the_next() {
+        let mut b = Bumps::default();
+        for n in 0..60 {
+            let mine = set(&[&d(n)]);
+            let (seq, tag) = b.placement(100 + u64::from(n), &mine);
+            for k in b.to_remove(seq) {
+                b.tags.remove(&k[PREFIX.len()..].parse().unwrap());
+            }
+            b.tags.insert(seq, tag);
+            assert!(b.landed(seq, &mine));
+        }
+        assert_eq!(b.top(), 3);
+        assert_eq!(b.tags[&1].named, Named::Secrets((0..27).map(d).collect()));
+    }
+
+    #[test]
+    fn writers_keep_at_most_the_bump_tag_budget() {
+        let many: BTreeSet<String> = (0..100).map(d).collect();
+        let mut b = Bumps::default();
+        for _ in 0..100 {
+            let (seq, tag) = b.placement(1, &many);
+            for k in b.to_remove(seq) {
+                b.tags.remove(&k[PREFIX.len()..].parse().unwrap());
+            }
+            b.tags.insert(seq, tag);
+            assert!(b.tags.len() <= MAX_BUMP_TAGS);
+        }
+        assert_eq!(b.top(), 100);
+        assert_eq!(
+            b.tags.keys().next(),
+            Some(&(100 - MAX_BUMP_TAGS as u64 + 1))
+        );
+    }
+
+    #[test]
+    fn a_reader_learns_what_was_appended_or_added_since_its_last_look() {
+        let before = bumps(&[(1, &format!("10 {}", d(1))), (2, &format!("20 {}", d(2)))]);
+        let seen = before.seen();
+        assert_eq!(before.since(&seen), Since::Nothing);
+        // Appended to tag 2, and a tag 3 opened.
+        let after = bumps(&[
+            (1, &format!("10 {}", d(1))),
+            (2, &format!("30 {} {}", d(2), d(3))),
+            (3, &format!("40 {}", d(4))),
+        ]);
+        assert_eq!(after.since(&seen), Since::Named(set(&[&d(3), &d(4)])));
+        // A new tag saying "list": list.
+        let list = bumps(&[
+            (1, &format!("10 {}", d(1))),
+            (2, &format!("20 {}", d(2))),
+            (3, "50 list"),
+        ]);
+        assert_eq!(list.since(&seen), Since::Gap);
+        // A recent "list" tag is found by its time.
+        assert!(list.recent_list(45, 100));
+        assert!(!list.recent_list(55, 100));
+    }
+
+    #[test]
+    fn a_gap_when_tags_a_reader_may_not_have_read_whole_were_removed() {
+        let tags: Vec<(u64, String)> = (10..=50)
+            .map(|s| (s, format!("1 {}", d(s as u32))))
+            .collect();
+        let refs: Vec<(u64, &str)> = tags.iter().map(|(s, v)| (*s, v.as_str())).collect();
+        let seen = bumps(&refs).seen();
+        // 20 more tags, the lowest removed: a seen tag far below the highest remains.
+        let later: Vec<(u64, String)> = (30..=70)
+            .map(|s| (s, format!("1 {}", d(s as u32))))
+            .collect();
+        let refs: Vec<(u64, &str)> = later.iter().map(|(s, v)| (*s, v.as_str())).collect();
+        assert!(matches!(bumps(&refs).since(&seen), Since::Named(n) if n.len() == 20));
+        // 40 more: only the top seen tags remain, which writers may still have appended to.
+        let far: Vec<(u64, String)> = (49..=90)
+            .map(|s| (s, format!("1 {}", d(s as u32))))
+            .collect();
+        let refs: Vec<(u64, &str)> = far.iter().map(|(s, v)| (*s, v.as_str())).collect();
+        assert_eq!(bumps(&refs).since(&seen), Since::Gap);
+        // The highest seen removed (rolled back, forged): a gap.
+        let rolled: Vec<(u64, &str)> = tags[..tags.len() - 1]
+            .iter()
+            .map(|(s, v)| (*s, v.as_str()))
+            .collect();
+        assert_eq!(bumps(&rolled).since(&seen), Since::Gap);
+        // While the first tag ever is there nothing was removed.
+        let young = bumps(&[(1, "1"), (2, "1")]);
+        let seen = young.seen();
+        assert_eq!(
+            bumps(&[(1, "1"), (2, &format!("2 {}", d(1)))]).since(&seen),
+            Since::Named(set(&[&d(1)]))
+        );
+        // A reader that saw no tag, and tags appeared: a gap; none still: nothing.
+        assert_eq!(young.since(&Seen::new()), Since::Gap);
+        assert_eq!(Bumps::default().since(&Seen::new()), Since::Nothing);
+    }
+
+    #[test]
+    fn malformed_bump_tags_are_garbage_and_other_tags_are_ignored() {
+        for (key, value) in [
+            ("keyprov:bump:x", "1"),
+            ("keyprov:bump:01", "1"),
+            ("keyprov:bump:0", "1"),
+            ("keyprov:bump:9007199254740993", "1"),
+            ("keyprov:bump:3", "not a time"),
+            ("keyprov:bump:3", "1 short"),
+            ("keyprov:bump:3", "1 bad!char"),
+            ("keyprov:bump:3", "1 list list"),
+        ] {
+            let b = Bumps::from_tags([(key, value), ("keyprov:scope", "s")]);
+            assert_eq!(b.malformed, vec![key.to_string()], "{key}={value}");
+            assert_eq!(b.since(&Seen::new()), Since::Gap);
+            assert_eq!(b.to_remove(1), vec![key.to_string()]);
+        }
+        let b = Bumps::from_tags([("keyprov:scope", "s"), ("team", "x")]);
+        assert_eq!(b, Bumps::default());
+    }
+
+    #[test]
+    fn a_late_or_overwritten_append_is_not_landed() {
+        let mine = set(&[&d(1)]);
+        // Lost to a concurrent overwrite of the same tag.
+        assert!(!bumps(&[(5, &format!("1 {}", d(2)))]).landed(5, &mine));
+        // Landed, but more than MARGIN below the highest: append again at the top.
+        let b = bumps(&[(5, &format!("1 {}", d(1))), (6, "1"), (7, "1"), (8, "1")]);
+        assert!(!b.landed(5, &mine));
+        assert!(b.landed(5, &set(&[])) == false);
+        let b = bumps(&[(5, &format!("1 {}", d(1))), (6, "1"), (7, "1")]);
+        assert!(b.landed(5, &mine));
+    }
+}
