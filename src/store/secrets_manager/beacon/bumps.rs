@@ -460,7 +460,7 @@ mod tests {
         // Landed, but more than MARGIN below the highest: append again at the top.
         let b = bumps(&[(5, &format!("1 {}", d(1))), (6, "1"), (7, "1"), (8, "1")]);
         assert!(!b.landed(5, &mine));
-        assert!(b.landed(5, &set(&[])) == false);
+        assert!(!b.landed(5, &set(&[])));
         let b = bumps(&[(5, &format!("1 {}", d(1))), (6, "1"), (7, "1")]);
         assert!(b.landed(5, &mine));
     }
