@@ -364,8 +364,8 @@ impl SecretsManagerStore {
         }
     }
 
-    /// The secrets of `keys` that bump tags appended to within [`RECENT`] name (a listing may not show
-    /// them yet).
+    /// The secrets of `keys` that bump tags appended to within [`RECENT`] name (a listing may
+    /// not show them yet).
     pub(super) fn recent(
         &self,
         seen: &Seen,
