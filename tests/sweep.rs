@@ -350,11 +350,11 @@ fn a_converged_sweep_is_one_request_and_a_change_elsewhere_is_described_not_list
         !tags.iter().any(|(k, _)| k == "keyprov:managed"),
         "{tags:?}"
     );
+    assert_eq!(beacon_versions(&endpoint, &scope), Vec::<String>::new());
     assert_eq!(
         bump_tags(&endpoint, &scope).get(&1),
         Some(&vec!["list".to_string()])
     );
-    assert_eq!(beacon_versions(&endpoint, &scope), Vec::<String>::new());
 
     // A converged sweep: the beacon's description, one request, on either host.
     for host in &hosts {
