@@ -20,8 +20,11 @@
 //! highest, removing the lowest tags first to stay within 46 bump tags, 48 tags in all: AWS
 //! allows 50), and describes it again: when another writer overwrote the same tag meanwhile, or
 //! its tag is more than [`bumps::MARGIN`] below the highest, it puts its digests again on top
-//! (a few times at most). So two writers bumping at once both land. Bumps are coalesced: one per
-//! pass, at its end.
+//! (a few times at most). It looks once more a second later: a writer that described the
+//! beacon before this tag and tags the same key after the read-back replaces the value without
+//! these digests (tags have no compare-and-set), and a writer slower than that second loses its
+//! bump to the next full listing of the others. So two writers bumping at once both land.
+//! Bumps are coalesced: one per pass, at its end.
 //!
 //! Why this is safe (a beacon is a hint, never a source of truth about keys):
 //! - Writes are named after they happen: a pass bumps at its end, after every write it names,

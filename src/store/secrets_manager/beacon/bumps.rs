@@ -290,6 +290,15 @@ impl Bumps {
         keys
     }
 
+    /// Whether `digests`, landed in tag `seq` a little earlier, are still there, or that tag
+    /// went as the lowest (a reader that did not read it sees a gap).
+    pub fn still_carries(&self, seq: u64, digests: &BTreeSet<String>) -> bool {
+        match self.tags.get(&seq) {
+            Some(tag) => tag.carries(digests),
+            None => self.tags.keys().next().is_some_and(|low| *low > seq),
+        }
+    }
+
     /// Whether `digests`, put in tag `seq`, are there as a reader would need them: the tag
     /// carries them and lies at most [`MARGIN`] below the highest.
     pub fn landed(&self, seq: u64, digests: &BTreeSet<String>) -> bool {
@@ -450,6 +459,17 @@ mod tests {
         }
         let b = Bumps::from_tags([("keyprov:scope", "s"), ("team", "x")]);
         assert_eq!(b, Bumps::default());
+    }
+
+    #[test]
+    fn an_append_replaced_later_is_not_still_carried_one_removed_as_the_lowest_is() {
+        let mine = set(&[&d(1)]);
+        let b = bumps(&[(5, &format!("1 {}", d(1))), (6, "1")]);
+        assert!(b.still_carries(5, &mine));
+        assert!(!bumps(&[(5, &format!("1 {}", d(2))), (6, "1")]).still_carries(5, &mine));
+        assert!(bumps(&[(6, "1"), (7, "1")]).still_carries(5, &mine));
+        // Gone while lower tags remain: not a removal writers make.
+        assert!(!bumps(&[(4, "1"), (6, "1")]).still_carries(5, &mine));
     }
 
     #[test]

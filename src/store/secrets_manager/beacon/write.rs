@@ -14,6 +14,10 @@ use crate::store::secrets_manager::SecretsManagerStore;
 use crate::store::secrets_manager::errors::{Failure, explain};
 use crate::store::secrets_manager::layout::SCOPE_TAG;
 
+/// How long after its read-back a writer looks again whether a concurrent writer's tag of the
+/// same key replaced its digests.
+const CONFIRM_AFTER: Duration = Duration::from_secs(1);
+
 impl SecretsManagerStore {
     /// Puts one bump naming every secret this store wrote since the last bump (a writer's pass
     /// calls it once, at its end), creating the beacon when it is missing; malformed bump tags
@@ -51,10 +55,12 @@ impl SecretsManagerStore {
     }
 
     /// Describes the beacon, removes what must go, puts `digests` in their tag, and describes
-    /// it again; once more on top when they did not land (another writer overwrote the same
-    /// tag, or many tags came above it). The tag they landed in (`None`: only a repair).
+    /// it again, and once more [`CONFIRM_AFTER`] later; puts them again on top when they did
+    /// not land (another writer overwrote the same tag, or many tags came above it). The tag
+    /// they landed in (`None`: only a repair).
     async fn bump(&self, name: &str, digests: &BTreeSet<String>) -> Result<Option<u64>, Failure> {
         let mut put: Option<u64> = None;
+        let mut confirming = false;
         let mut tries = 0;
         loop {
             let retry = |tries: &mut usize| {
@@ -79,9 +85,20 @@ impl SecretsManagerStore {
                 continue;
             };
             if let Some(seq) = put.take() {
-                if bumps.landed(seq, digests) {
+                if confirming && bumps.still_carries(seq, digests) {
                     return Ok(Some(seq));
                 }
+                if !confirming && bumps.landed(seq, digests) {
+                    // A writer that described the beacon before this tag and tags the same
+                    // key after this read-back replaces the value without these digests: look
+                    // once more a little later (what a writer takes between its description
+                    // and its tag is a request or two).
+                    confirming = true;
+                    put = Some(seq);
+                    tokio::time::sleep(CONFIRM_AFTER).await;
+                    continue;
+                }
+                confirming = false;
                 retry(&mut tries)?;
                 let pause = 20 + (pace::random() * 100.0 * tries as f64) as u64;
                 tokio::time::sleep(Duration::from_millis(pause)).await;
