@@ -351,9 +351,10 @@ fn a_converged_sweep_is_one_request_and_a_change_elsewhere_is_described_not_list
         "{tags:?}"
     );
     assert_eq!(beacon_versions(&endpoint, &scope), Vec::<String>::new());
-    assert_eq!(
-        bump_tags(&endpoint, &scope).get(&1),
-        Some(&vec!["list".to_string()])
+    let first = bump_tags(&endpoint, &scope).remove(&1).unwrap_or_default();
+    assert!(
+        first.len() == 1 && first[0].starts_with("list-"),
+        "{first:?}"
     );
 
     // A converged sweep: the beacon's description, one request, on either host.
@@ -496,7 +497,7 @@ fn an_old_writer_garbage_forged_rolled_back_or_moved_beacon_costs_one_listing() 
         &endpoint,
         &scope,
         &format!("keyprov:bump:{}", top + 2),
-        &format!("{} list", now() - 3600),
+        &format!("{} list-AAAAAAAA", now() - 3600),
     );
     lists_then_one_request(&hosts, 0, &endpoint, pages, "a forged list tag");
     lists_then_one_request(&hosts, 1, &endpoint, pages, "a forged list tag");
