@@ -26,8 +26,8 @@
 //! these digests (tags have no compare-and-set), and a writer slower than that second loses its
 //! bump to the next full listing of the others. So two writers bumping at once both land; with
 //! three or more within a request or two of each other, a chain of stale overwrites can still
-//! lose one (a simulation of constant contention by four writers: 39 digests missed in 5,112 bumps; a wave is
-//! about 0.3 bumps a second fleet-wide), noticed at the next full listing.
+//! lose one (a simulation of constant contention by four writers: 39 digests missed in 5,112
+//! bumps; a wave is about 0.3 bumps a second fleet-wide), noticed at the next full listing.
 //! Bumps are coalesced: one per pass, at its end.
 //!
 //! Why this is safe (a beacon is a hint, never a source of truth about keys):
