@@ -60,11 +60,16 @@ pub struct Tag {
 }
 
 impl Tag {
-    /// The tag after appending `digests` at `at`: `None` when they do not fit (a new tag then).
+    /// The tag after appending `digests` at `at`: `None` when they do not fit, or one of them
+    /// is there already (a secret written again: a reader that saw the tag would not see it
+    /// as new), so a new tag then.
     pub fn appended(&self, at: u64, digests: &BTreeSet<String>) -> Option<Tag> {
         let Named::Secrets(had) = &self.named else {
             return None;
         };
+        if !had.is_disjoint(digests) {
+            return None;
+        }
         let all: BTreeSet<String> = had.union(digests).cloned().collect();
         (all.len() <= MAX_NAMED).then(|| Tag {
             at: at.max(self.at),
@@ -380,6 +385,17 @@ mod tests {
         }
         assert_eq!(b.top(), 3);
         assert_eq!(b.tags[&1].named, Named::Secrets((0..27).map(d).collect()));
+    }
+
+    #[test]
+    fn a_secret_written_again_is_new_to_a_reader_that_saw_its_first_write() {
+        let first = bumps(&[(1, &format!("10 {} {}", d(1), d(2)))]);
+        let seen = first.seen();
+        let (seq, tag) = first.placement(20, &set(&[&d(1)]));
+        assert_eq!(seq, 2);
+        let mut again = first.clone();
+        again.tags.insert(seq, tag);
+        assert_eq!(again.since(&seen), Since::Named(set(&[&d(1)])));
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl SecretsManagerStore {
                 if digests.is_empty() {
                     return Ok(None);
                 }
+                confirming = false;
                 match self.create_beacon(name, digests).await {
                     Ok(()) => put = Some(1),
                     Err(Failure::Exists) => retry(&mut tries)?,
