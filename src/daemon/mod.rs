@@ -11,7 +11,7 @@
 
 mod debounce;
 mod due;
-mod pace;
+pub mod pace;
 mod watch;
 mod watchdog;
 

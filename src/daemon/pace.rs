@@ -96,13 +96,14 @@ impl Pace {
     }
 }
 
-/// `period` less `jitter` (0.0..1.0) of [`RESYNC_JITTER`] of it.
-fn jittered(period: Duration, jitter: f64) -> Duration {
+/// `period` less `jitter` (0.0..1.0) of [`RESYNC_JITTER`] of it: how the daemon's resyncs and
+/// the change beacon's full listings spread a fleet's hosts.
+pub fn jittered(period: Duration, jitter: f64) -> Duration {
     period.saturating_sub(period.mul_f64(jitter.clamp(0.0, 1.0) * RESYNC_JITTER))
 }
 
 /// A random number in `0.0..1.0`.
-fn random() -> f64 {
+pub fn random() -> f64 {
     let mut bytes = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         return 0.5;

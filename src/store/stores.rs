@@ -62,7 +62,7 @@ impl Stores {
     /// Waits until every write handed to a batch writer is done (when this is the last
     /// handle; otherwise the writer stops when the last one goes).
     pub async fn finish(self: Arc<Self>) {
-        // The bump first: a fresh log it writes is what the remembered listing then stands for.
+        // The bump first, then what this sweep read and saw of the beacon.
         self.secrets.bump_beacon().await;
         self.secrets.save_sweep();
         if let Ok(stores) = Arc::try_unwrap(self) {

@@ -1,21 +1,33 @@
-//! The change beacon: one small secret per scope, `keyprov/beacon/<scope>`, whose value is a
-//! bounded log of recent changes ([`log`]): each writer's pass that wrote keys' secrets appends
-//! one bump naming every secret it wrote, numbered in sequence. A sweep reads the value first
-//! (`GetSecretValue`, one request). When the sequence number this host saw last is the latest,
-//! the listing remembered under `<stateDir>/ledger/secret-listing-*.json` stands in for a
-//! listing; when it is still in the log, only the secrets named since are described
-//! (`DescribeSecret`, consistent) and patched into that listing, and values are read only where
-//! their version ids are new to this host. The scope is listed (`ListSecrets`) only when the
-//! log has a gap (this host is too far behind, or the log was started afresh), the beacon is
-//! absent where it was present, unreadable, of the old format or forged-looking, or
-//! `reconcile.fullSweepEvery` (jittered) passed since the last listing.
+//! The change beacon: one small secret per scope, `keyprov/beacon/<scope>`, whose *tags* say
+//! which secrets writers changed recently ([`bumps`]); it holds no value, so a bump creates no
+//! secret version (Secrets Manager's versions quota and its advice against updating a secret
+//! more than once every 10 minutes do not apply; `TagResource`/`UntagResource` share a quota
+//! of 50/s). Each writer's pass that wrote keys' secrets appends the short digests of their
+//! names (48 bits of SHA-256) to the highest bump tag `keyprov:bump:<seq>`, or opens the next
+//! one when it is full (27 digests; a pass that wrote more opens one saying "list", with the
+//! digest of those digests, so that two such tags put under one key differ). A sweep
+//! describes the beacon first (`DescribeSecret`, one request, consistent). When it shows
+//! nothing this host has not seen, the listing remembered under
+//! `<stateDir>/ledger/secret-listing-*.json` stands in for a listing; otherwise only this
+//! host's secrets whose digests are new are described (`DescribeSecret`) and patched into that
+//! listing, and values are read only where their version ids are new to this host. The scope is
+//! listed (`ListSecrets`) when there is a gap (a tag this host may not have read whole was
+//! removed: it is too far behind), a tag says "list", the beacon is absent where it was
+//! present, unreadable, holds malformed bump tags or another value than before (an older
+//! keyprov bumped it), or `reconcile.fullSweepEvery` (jittered) passed since the last listing.
 //!
-//! Writers append by compare-and-set through the secret's own atomic primitive:
-//! `PutSecretValue` with `ClientRequestToken` = UUIDv5(beacon name, epoch, seq + 1) (see
-//! [`log::Log::token`]). Two writers that read the same sequence number put under the same
-//! token with different values: Secrets Manager accepts one and refuses the other
-//! (`ResourceExistsException`), which reads again and appends on top, a few times at most;
-//! the value is read back, so a backend whose token check is not atomic loses nothing either.
+//! Writers append through the tags' own primitive: `TagResource` merges keys, and a key written
+//! again takes the new value. A writer describes the beacon, puts its tag (appended to the
+//! highest, removing the lowest tags first to stay within 46 bump tags, 48 tags in all: AWS
+//! allows 50), and describes it again: when another writer overwrote the same tag meanwhile, or
+//! its tag is more than [`bumps::MARGIN`] below the highest, it puts its digests again on top
+//! (a few times at most). It looks once more a second later: a writer that described the
+//! beacon before this tag and tags the same key after the read-back replaces the value without
+//! these digests (tags have no compare-and-set), and a writer slower than that second loses its
+//! bump to the next full listing of the others. So two writers bumping at once both land; with
+//! three or more within a request or two of each other, a chain of stale overwrites can still
+//! lose one (a simulation of constant contention by four writers: 39 digests missed in 5,112
+//! bumps; a wave is about 0.3 bumps a second fleet-wide), noticed at the next full listing.
 //! Bumps are coalesced: one per pass, at its end.
 //!
 //! Why this is safe (a beacon is a hint, never a source of truth about keys):
@@ -25,21 +37,30 @@
 //! - What is read is still proven: a described or listed secret goes through the same checks
 //!   as before (keyprov's own, the scope's; versions read whole, bound to their generation,
 //!   forged or replayed ones refused); a key that calls for work is described again directly.
-//!   The beacon only decides which secrets are looked at in this sweep.
-//! - A listing may lag behind writes by seconds: after a listing, the secrets named by bumps
-//!   younger than [`RECENT`] are described as well.
-//! - A forged, rolled-back, moved, deleted or unreadable beacon: a value that does not parse,
-//!   whose version id is not its own token, another epoch or ARN, or a sequence number lower
-//!   than this host saw, means a listing (and a writer writes a fresh log). A forged value
-//!   that parses and omits a change can delay noticing it until the next full listing, at most
-//!   `fullSweepEvery` later; anything it names only costs a description (only secrets of this
-//!   host's own keys are described). The same bound holds for a writer whose bump failed
-//!   (one WARN), and for any change made outside keyprov (no bump names it).
-//! - Old-format beacons (`{"changedAt","by"}`, before this log) read as "list", and the next
-//!   pass of a writer replaces them with a log (rolling upgrade: old writers bumping the old
-//!   way only cause listings).
+//!   The beacon only decides which secrets are looked at in this sweep; a digest names no
+//!   secret, it only matches this host's own keys' secrets (a collision costs a description).
+//! - Gaps are detected: writers remove only the lowest tags, so a reader sees no gap only while
+//!   the highest tag it saw and one it saw more than [`bumps::MARGIN`] below that (or the first
+//!   tag ever) are still there; anything removed since lay below any tag a writer could still
+//!   land its digests in (see [`bumps::Bumps::since`]).
+//! - A listing may lag behind writes by seconds: after a listing, the secrets named in tags
+//!   appended to within [`RECENT`] are described as well; when such a tag says "list", the next
+//!   full listing comes [`RECENT`] later instead of `fullSweepEvery` later.
+//! - A forged, rolled-back, moved, deleted or unreadable beacon: malformed bump tags, the
+//!   highest tag seen removed, another ARN or value, or a new "list" tag mean a listing (and a
+//!   writer removes the malformed tags). A forged removal or rewrite that drops a change can
+//!   delay noticing it until the next full listing, at most `fullSweepEvery` later; anything a
+//!   forged tag names only costs a description of this host's own keys' secrets. The same bound
+//!   holds for a writer whose bump failed (one WARN) or that died between its tag and its read
+//!   back, and for any change made outside keyprov (no bump names it).
+//! - Rolling upgrade: older keyprovs bumped by putting a value (a log `keyprov-beacon/2`, or
+//!   `{"changedAt","by"}` before it). This keyprov never writes a value; it reads the version
+//!   holding `AWSCURRENT` from the description, so an older writer's bump (a new version) makes
+//!   every new host list once. An older host does not see tag bumps: it notices a new writer's
+//!   changes at its next full listing; and a beacon a new writer created holds no value, which
+//!   an older reader takes as no beacon and an older writer fails to bump (one WARN).
 
-mod log;
+mod bumps;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,12 +73,13 @@ use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use aws_sdk_secretsmanager::types::Tag;
 use serde::{Deserialize, Serialize};
 
-use self::log::{Log, Since};
+use self::bumps::{Bumps, Since};
 use super::SecretsManagerStore;
 use super::describe::tag_map;
-use super::errors::{Failure, explain};
-use super::layout::SCOPE_TAG;
+use super::errors::{Failure, explain, found};
+use super::layout::{CURRENT, SCOPE_TAG};
 use super::sweep::Listing;
+use crate::daemon::pace;
 use crate::manifest::{KeyPair, Output};
 
 /// Name of a scope's beacon: `keyprov/beacon/<scope>`.
@@ -70,12 +92,10 @@ pub fn name(scope: &str) -> String {
 pub const BEACON_TAG: &str = "keyprov:beacon";
 /// `reconcile.fullSweepEvery` when unset.
 pub const DEFAULT_FULL_SWEEP: Duration = Duration::from_secs(30 * 60);
-/// Share of `fullSweepEvery` a full listing may come early by (hosts do not list in step).
-const JITTER: f64 = 0.1;
 /// What this host saw at its last look: `<stateDir>/ledger/sweep-beacon.json`.
 const HEADER: &str = "sweep-beacon";
 /// Format of that header (older headers are not used: one listing).
-const HEADER_FORMAT: u32 = 2;
+const HEADER_FORMAT: u32 = 3;
 /// The remembered listing: `secret-listing-0.json` to `-f.json`, one shard per ARN hash.
 const LISTED: &str = "secret-listing";
 /// How far back, by the bumps' times, a listing may lag behind writes: `ListSecrets` lags by
@@ -102,8 +122,8 @@ static WARNED_WRITE: AtomicBool = AtomicBool::new(false);
 pub struct BeaconSettings {
     /// Longest time between two complete listings (`reconcile.fullSweepEvery`).
     pub full_sweep_every: Duration,
-    /// What the beacon says wrote it (a hash of `fleet.hostId`); `None`: a consumer, which
-    /// never writes it.
+    /// A writer's short SHA-256 of `fleet.hostId` (the beacon's tags do not carry it: writers
+    /// share tags); `None`: a consumer, which never bumps.
     pub by: Option<String>,
 }
 
@@ -134,7 +154,7 @@ pub(super) struct Beacon {
     settings: Option<BeaconSettings>,
     /// The secrets written since the last bump (as the manifests name them).
     wrote: Mutex<BTreeSet<String>>,
-    /// The beacon holds no log (old format, garbage, forged-looking): a writer writes one.
+    /// The beacon holds malformed bump tags (garbage, forged): a writer removes them.
     rewrite: AtomicBool,
     /// The listing of this process's sweep and its header, written by
     /// [`SecretsManagerStore::save_listing`] when the pass ends (read-only commands such as
@@ -151,9 +171,11 @@ struct Header {
     scope: String,
     /// The beacon's ARN (`None`: there was no beacon).
     arn: Option<String>,
-    /// Its log's epoch and latest sequence number.
-    epoch: String,
-    seq: u64,
+    /// The version of its value holding `AWSCURRENT` (`None`: no value): an older keyprov's
+    /// bump changes it.
+    value: Option<String>,
+    /// The digests seen under each bump tag.
+    seen: bumps::Seen,
     /// Written in every shard of the remembered listing (a shard of another listing is not it).
     stamp: String,
     /// Unix seconds after which the next sweep lists whatever the beacon says.
@@ -183,13 +205,16 @@ struct Listed {
 pub(super) enum Seen {
     /// Beacons are off.
     Off,
-    /// No log to go by: unreadable (no permission, an outage), old format, garbage or
-    /// forged-looking. The sweep lists.
+    /// Nothing to go by: unreadable (no permission, an outage). The sweep lists.
     Unusable,
     /// There is no beacon (no writer wrote since the scope began, or it was deleted).
     Absent,
-    /// A log, under the beacon `arn`.
-    Log { arn: String, log: Log },
+    /// The bump tags of the beacon `arn`, whose value's current version is `value`.
+    Tags {
+        arn: String,
+        value: Option<String>,
+        bumps: Bumps,
+    },
 }
 
 /// What a sweep does, given the beacon and what this host saw last.
@@ -222,52 +247,68 @@ impl SecretsManagerStore {
             .insert(secret.to_string());
     }
 
-    /// The beacon's ARN, current version id and value; `None` when it does not exist.
-    async fn get_beacon(&self, name: &str) -> Result<Option<(String, String, String)>, Failure> {
-        let read = self
+    /// The beacon's ARN, the version of its value holding `AWSCURRENT` and its bump tags
+    /// (`DescribeSecret`, one request); `None` when it does not exist.
+    pub(super) async fn describe_beacon(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>, Bumps)>, Failure> {
+        let described = self
             .client()
             .await
-            .get_secret_value()
+            .describe_secret()
             .secret_id(name)
             .send()
             .await;
-        match read {
-            Ok(out) => Ok(Some((
-                out.arn().unwrap_or_default().to_string(),
-                out.version_id().unwrap_or_default().to_string(),
-                out.secret_string().unwrap_or_default().to_string(),
-            ))),
-            Err(err) => match explain(&err, name, "GetSecretValue") {
-                Failure::NotFound => Ok(None),
-                other => Err(other),
-            },
-        }
+        let Some(out) = found(described, name, "DescribeSecret")? else {
+            return Ok(None);
+        };
+        let value = out.version_ids_to_stages().and_then(|stages| {
+            stages
+                .iter()
+                .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
+                .map(|(id, _)| id.clone())
+        });
+        let bumps = Bumps::from_tags(
+            out.tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?, t.value()?))),
+        );
+        Ok(Some((
+            out.arn().unwrap_or_default().to_string(),
+            value,
+            bumps,
+        )))
     }
 
-    /// Reads the beacon's value (one request) when beacons and sweeps are on. One that cannot
-    /// be read is [`Seen::Unusable`], with one WARN per process; one that holds no log is too,
-    /// and a writer writes a log at the end of its pass.
+    /// Describes the beacon (one request) when beacons and sweeps are on. One that cannot be
+    /// read is [`Seen::Unusable`], with one WARN per process; malformed bump tags mean a
+    /// listing ([`bumps::Bumps::since`]), and a writer removes them at the end of its pass.
     pub(super) async fn read_beacon(&self) -> Seen {
         if self.beacon.settings.is_none() || !self.sweep.enabled() {
             return Seen::Off;
         }
         let name = name(&self.scope);
-        match self.get_beacon(&name).await {
+        match self.describe_beacon(&name).await {
             Ok(None) => Seen::Absent,
-            Ok(Some((arn, id, text))) => match usable(&name, &id, &text) {
-                Some(log) => Seen::Log { arn, log },
-                None => {
-                    tracing::debug!("sweep: beacon {name} holds no log (old format?): listing");
+            Ok(Some((arn, value, bumps))) => {
+                if !bumps.malformed.is_empty() {
+                    // A gap for the sweep (it lists); the well-formed tags are still what this
+                    // host saw, so once a writer removed these the next sweep is one request.
+                    tracing::debug!(
+                        "sweep: beacon {name} holds malformed bump tags {:?}: listing",
+                        bumps.malformed
+                    );
                     self.beacon.rewrite.store(true, Ordering::Relaxed);
-                    Seen::Unusable
                 }
-            },
+                Seen::Tags { arn, value, bumps }
+            }
             Err(err) => {
                 if WARNED_READ.swap(true, Ordering::Relaxed) {
-                    tracing::debug!("sweep: cannot read beacon {name}: {err}");
+                    tracing::debug!("sweep: cannot describe beacon {name}: {err}");
                 } else {
                     tracing::warn!(
-                        "cannot read the change beacon {name} ({err}): every sweep lists the \
+                        "cannot describe the change beacon {name} ({err}): every sweep lists the \
                          scope's secrets"
                     );
                 }
@@ -299,11 +340,12 @@ impl SecretsManagerStore {
         }
         let since = match (seen, &header.arn) {
             (Seen::Absent, None) => Since::Nothing,
-            (Seen::Log { arn, log }, Some(had)) if had == arn => {
-                log.since(Some((&header.epoch, header.seq)))
+            (Seen::Tags { arn, value, bumps }, Some(had))
+                if had == arn && *value == header.value =>
+            {
+                bumps.since(&header.seen)
             }
-            // The beacon appeared: its log tells everything only if it reaches back to bump 1.
-            (Seen::Log { log, .. }, None) => log.since(None),
+            // Appeared, moved, or an older keyprov put a value: list.
             _ => Since::Gap,
         };
         let named = match &since {
@@ -317,7 +359,7 @@ impl SecretsManagerStore {
         if matches!(since, Since::Nothing) {
             return Plan::Remembered(listing);
         }
-        // Even when none is this host's: the header moves on with the log.
+        // Even when none is this host's: the header moves on with the tags.
         let named = ours(keys, &listing, &named);
         if named.len() > MAX_DESCRIBED {
             return Plan::List;
@@ -329,18 +371,22 @@ impl SecretsManagerStore {
         }
     }
 
-    /// The secrets of `keys` that bumps younger than [`RECENT`] name (a listing may not show
-    /// them yet).
+    /// The secrets of `keys` that bump tags appended to within [`RECENT`] name (a listing may
+    /// not show them yet).
     pub(super) fn recent(
         &self,
         seen: &Seen,
         keys: &[KeyPair],
         listing: &Listing,
     ) -> BTreeSet<String> {
-        let Seen::Log { log, .. } = seen else {
+        let Seen::Tags { bumps, .. } = seen else {
             return BTreeSet::new();
         };
-        let named = log.written_since(aws_now().saturating_sub(RECENT.as_secs()));
+        let now = aws_now();
+        let named = bumps.named_since(
+            now.saturating_sub(RECENT.as_secs()),
+            now.saturating_add(RECENT.as_secs()),
+        );
         ours(keys, listing, &named)
     }
 
@@ -419,13 +465,20 @@ impl SecretsManagerStore {
         let Some(settings) = &self.beacon.settings else {
             return;
         };
-        let (arn, epoch, seq) = match seen {
-            Seen::Log { arn, log } => (Some(arn.clone()), log.epoch.clone(), log.seq),
-            Seen::Absent => (None, String::new(), 0),
-            // Kept with an unusable header: used only if this pass writes a fresh log.
-            Seen::Unusable => (None, String::new(), 0),
+        let (arn, value, seen_tags) = match seen {
+            Seen::Tags { arn, value, bumps } => (Some(arn.clone()), value.clone(), bumps.seen()),
+            Seen::Absent | Seen::Unusable => (None, None, bumps::Seen::new()),
             Seen::Off => return,
         };
+        // A listing taken within RECENT of a pass too large to name its secrets may not show
+        // all of them yet: the next listing comes once that window has passed.
+        let now = aws_now();
+        let lagging = matches!(seen, Seen::Tags { bumps, .. }
+        if kept.is_none()
+            && bumps.recent_list(
+                now.saturating_sub(RECENT.as_secs()),
+                now.saturating_add(RECENT.as_secs()),
+            ));
         let stamp = uuid::Uuid::new_v4().to_string();
         let mut shards: Vec<Shard> = (0..SHARDS)
             .map(|_| Shard {
@@ -450,10 +503,15 @@ impl SecretsManagerStore {
             }
         }
         let (listed_at, list_after) = kept.unwrap_or_else(|| {
-            let every = settings.full_sweep_every;
-            let every = every.saturating_sub(every.mul_f64(random() * JITTER));
+            // Hosts do not list in step: up to 10 % early, as the daemon's resyncs.
+            let every = pace::jittered(settings.full_sweep_every, pace::random());
             (unix_now(), unix_now().saturating_add(every.as_secs()))
         });
+        let list_after = if lagging {
+            list_after.min(unix_now().saturating_add(RECENT.as_secs()))
+        } else {
+            list_after
+        };
         let header = Header {
             format: if matches!(seen, Seen::Unusable) {
                 0
@@ -462,8 +520,8 @@ impl SecretsManagerStore {
             },
             scope: self.scope.clone(),
             arn,
-            epoch,
-            seq,
+            value,
+            seen: seen_tags,
             stamp,
             list_after,
             listed_at,
@@ -481,16 +539,10 @@ fn listing_due(header: &Header, now: u64, full_sweep_every: Duration) -> bool {
         || header.listed_at > now
 }
 
-/// The log a beacon value holds, when it is one and sits under its own token (anything else
-/// was not written by keyprov's protocol: forged-looking).
-fn usable(name: &str, version_id: &str, text: &str) -> Option<Log> {
-    Log::parse(text).filter(|log| log.token(name) == version_id)
-}
-
-/// The secret ids of `keys`' secret outputs that `named` names, by id or by the ARN the
-/// listing gives either (a writer may name a secret by its ARN, this host by its name).
+/// The secret ids of `keys`' secret outputs whose digest `named` holds: the digest of the id
+/// as this host's manifest gives it, or of the name or ARN the listing gives (a writer names a
+/// secret as its manifest does: by name or by ARN).
 fn ours(keys: &[KeyPair], listing: &Listing, named: &BTreeSet<String>) -> BTreeSet<String> {
-    let named_arns: BTreeSet<&str> = named.iter().filter_map(|n| listing.arn_of(n)).collect();
     keys.iter()
         .flat_map(|k| &k.outputs)
         .filter_map(|o| match o {
@@ -498,7 +550,10 @@ fn ours(keys: &[KeyPair], listing: &Listing, named: &BTreeSet<String>) -> BTreeS
             Output::File(_) => None,
         })
         .filter(|id| {
-            named.contains(*id) || listing.arn_of(id).is_some_and(|a| named_arns.contains(a))
+            [Some(id.as_str()), listing.name_of(id), listing.arn_of(id)]
+                .into_iter()
+                .flatten()
+                .any(|n| named.contains(&bumps::digest(n)))
         })
         .cloned()
         .collect()
@@ -557,15 +612,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A random number in `0.0..1.0`.
-fn random() -> f64 {
-    let mut bytes = [0u8; 8];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

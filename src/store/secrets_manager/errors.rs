@@ -40,6 +40,26 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The output of `operation` on `secret`, `None` when the secret does not exist; any other
+/// failure explained.
+pub fn found<T, E, R>(
+    result: Result<T, SdkError<E, R>>,
+    secret: &str,
+    operation: &str,
+) -> Result<Option<T>, Failure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match result {
+        Ok(output) => Ok(Some(output)),
+        Err(err) => match explain(&err, secret, operation) {
+            Failure::NotFound => Ok(None),
+            other => Err(other),
+        },
+    }
+}
+
 /// Explains a failed `operation` on `secret`.
 pub fn explain<E, R>(err: &SdkError<E, R>, secret: &str, operation: &str) -> Failure
 where

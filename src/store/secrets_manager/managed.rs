@@ -5,7 +5,7 @@ use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 
 use super::SecretsManagerStore;
 use super::describe::tag_map;
-use super::errors::{Failure, explain};
+use super::errors::{Failure, explain, found};
 use super::layout::{MANAGED_TAG, NAME_TAG, SCOPE_TAG};
 use crate::store::StoreError;
 
@@ -140,14 +140,10 @@ impl SecretsManagerStore {
             .secret_id(secret)
             .send()
             .await;
-        let output = match described {
-            Ok(output) => output,
-            Err(err) => {
-                return match explain(&err, secret, "DescribeSecret") {
-                    Failure::NotFound => Ok(false),
-                    other => Err(other.into_error()),
-                };
-            }
+        let Some(output) =
+            found(described, secret, "DescribeSecret").map_err(Failure::into_error)?
+        else {
+            return Ok(false);
         };
         let tags = tag_map(output.tags());
         let ours = tags.get(MANAGED_TAG).map(String::as_str) == Some("true")

@@ -429,6 +429,11 @@ impl Listing {
         self.get(secret_id)?.arn()
     }
 
+    /// The name of the listed secret `secret_id` (a name or an ARN) names.
+    pub(super) fn name_of(&self, secret_id: &str) -> Option<&str> {
+        self.get(secret_id)?.name()
+    }
+
     /// Every listed secret by ARN.
     pub(super) fn entries(&self) -> impl Iterator<Item = (&String, &DescribeSecretOutput)> {
         self.by_arn.iter()
