@@ -62,19 +62,20 @@ async fn pause(attempt: u32) {
 }
 
 impl SecretsManagerStore {
-    /// After `AWSCURRENT` moved to `generation` from `old` (its version id and generation):
-    /// `old` keeps its own label and holds `AWSPREVIOUS` (Secrets Manager moves that label, but
-    /// emulators differ in what else they take off), and an `AWSPENDING` at or below
-    /// `generation` goes. Nothing is done when another host has moved `AWSCURRENT` on
-    /// meanwhile: that host settles.
+    /// After `AWSCURRENT` moved to `generation` from `old` (its version id and generation),
+    /// the secret then described as `after`: `old` keeps its own label and holds `AWSPREVIOUS`
+    /// (Secrets Manager moves that label, but emulators differ in what else they take off),
+    /// and an `AWSPENDING` at or below `generation` goes. Nothing is done when another host has
+    /// moved `AWSCURRENT` on meanwhile: that host settles. (Each label move looks again before
+    /// it writes.)
     pub(super) async fn settle(
         &self,
         key: &str,
         secret: &str,
         generation: u32,
         old: Option<(String, Option<u32>)>,
+        after: Described,
     ) -> Result<(), StoreError> {
-        let after = self.describe_existing(key, secret).await?;
         if after.holder(CURRENT) != after.id_of(generation) {
             return Ok(());
         }

@@ -285,12 +285,15 @@ impl SecretsManagerStore {
                     .map(|old| (old.to_string(), described.generation_of(old)));
                 self.set_label(&key.name, secret, CURRENT, Some(&id))
                     .await?;
+                // As the secret is after the move (the move's own look when nothing moved): a
+                // host that finds another's activation done, tag included, adds nothing.
+                let after = self.describe_existing(&key.name, secret).await?;
                 // Every activation is recorded: the tag is what tells, after AWSCURRENT was
                 // moved back by hand, which generation was current.
-                if described.activated() != Some(generation) {
+                if after.activated() != Some(generation) {
                     self.record_activation(secret, generation).await?;
                 }
-                self.settle(&key.name, secret, generation, old).await
+                self.settle(&key.name, secret, generation, old, after).await
             }
         }
     }
