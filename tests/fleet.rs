@@ -586,11 +586,13 @@ fn a_consumer_refuses_to_rotate_and_changes_nothing() {
 }
 
 /// Most `DescribeSecret` requests a follower makes per key-rotation it copies: one look at the
-/// secret when its turn comes (or when the change beacon names it); every later step of that
-/// pass (the copy, its links, its prune) reads the same description.
+/// secret when its turn comes, and the re-check's when that look came before the writer's put;
+/// every later step of the pass (the copy, its links, its prune) reads the same description.
+/// (Before stop 25: 7 for the 2 rotations of the test.)
 const FOLLOW_DESCRIBES: usize = 2;
 /// Most `GetSecretValue` requests per key-rotation a follower makes: the new version, read once
-/// for the observation, the proof and the copy; the scope's change beacon once per pass.
+/// for the observation, the proof and the copy, and a claim's when its turn came before the
+/// writer's put (one key: no sweep, no beacon). (Before stop 25: 6 for 2 rotations.)
 const FOLLOW_READS: usize = 2;
 
 #[tokio::test(flavor = "multi_thread")]
