@@ -584,3 +584,86 @@ fn a_consumer_refuses_to_rotate_and_changes_nothing() {
     }
     assert!(!install.key_dir("k").exists(), "a consumer made nothing");
 }
+
+/// Most `DescribeSecret` requests a follower makes per key-rotation it copies: one look at the
+/// secret when its turn comes, and the re-check's when that look came before the writer's put;
+/// every later step of the pass (the copy, its links, its prune) reads the same description.
+/// (Before stop 25: 7 for the 2 rotations of the test.)
+const FOLLOW_DESCRIBES: usize = 2;
+/// Most `GetSecretValue` requests per key-rotation a follower makes: the new version, read once
+/// for the observation, the proof and the copy, and a claim's when its turn came before the
+/// writer's put (one key: no sweep, no beacon). (Before stop 25: 6 for 2 rotations.)
+const FOLLOW_READS: usize = 2;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_copies_a_rotation_with_one_look_and_one_read() {
+    let Some(endpoint) = localstack() else { return };
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique("follow");
+    let window = Duration::from_secs(8);
+    // The writer's offset for the key at least 3 s before the follower's.
+    let offset = |host: &str| keyprov::fleet::offset::offset(host, "follow", window);
+    let first = "host-a".to_string();
+    let second = (0..)
+        .map(|i| format!("host-b{i}"))
+        .find(|h| offset(h) > offset(&first) + Duration::from_secs(3))
+        .unwrap();
+    let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: 8s}}");
+    let reconcile = ", debounce: 100ms, resyncEvery: 1h";
+    let port = free_port();
+    let log = keyring.with_file_name("proxy.log");
+    let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
+    let writer = host(&endpoint, &keyring, reconcile, &fleet(&first));
+    let follower = host(
+        &format!("http://127.0.0.1:{port}"),
+        &keyring,
+        reconcile,
+        &fleet(&second),
+    );
+    let text = with_secret("follow", &secret, "  rotation: {every: 15s, keep: 5}\n");
+    writer.manifest("follow.yaml", &text);
+    follower.manifest("follow.yaml", &text);
+    writer.run_once(0);
+    follower.run_once(0);
+    let daemons = [Daemon::start(&writer), Daemon::start(&follower)];
+    daemons[1].wait_until("the follower's start-up pass", || daemons[1].passes() >= 1);
+    let since = unix_now();
+    let rotations = 2;
+    daemons[1].wait_until("the follower holds generation 3", || {
+        current_generation(&follower, "follow").as_deref() == Some("v0003")
+    });
+    // The pass that copied generation 3 finishes its requests (the next rotation is 15 s away).
+    let passes = daemons[1].passes();
+    daemons[1].wait_until("the copying pass ends", || daemons[1].passes() > passes);
+    let requests = logged_since(&log, since);
+    drop(proxy);
+    let count = |op: &str| requests.iter().filter(|(t, _)| t.ends_with(op)).count();
+    eprintln!(
+        "follower, {rotations} key-rotations: {} DescribeSecret, {} GetSecretValue, all {:?}",
+        count(".DescribeSecret"),
+        count(".GetSecretValue"),
+        requests
+    );
+    assert!(
+        generated(&daemons[1].log()).is_empty(),
+        "the follower made a generation:\n{}",
+        daemons[1].log()
+    );
+    assert_eq!(
+        public_sha(&writer, "follow"),
+        public_sha(&follower, "follow")
+    );
+    assert!(
+        count(".DescribeSecret") <= FOLLOW_DESCRIBES * rotations,
+        "{} DescribeSecret for {rotations} key-rotations: {requests:?}\n{}",
+        count(".DescribeSecret"),
+        daemons[1].log()
+    );
+    assert!(
+        count(".GetSecretValue") <= FOLLOW_READS * rotations,
+        "{} GetSecretValue for {rotations} key-rotations: {requests:?}\n{}",
+        count(".GetSecretValue"),
+        daemons[1].log()
+    );
+}

@@ -245,8 +245,9 @@ pub async fn settle(
     plans: &mut Vec<KeyPlan>,
     now: SystemTime,
 ) -> Settled {
+    let marks = spec_hold::Marks::load(&config.state_dir);
     let mut settled = Settled {
-        held: spec_hold::held(&config.state_dir, keys, observed),
+        held: spec_hold::held(&marks, keys, observed),
         ..Settled::default()
     };
     spec_hold::hold(plans, &settled.held);
@@ -276,7 +277,7 @@ pub async fn settle(
         events.extend(&claimed.retry);
         settled.key_events = Some(events);
     }
-    spec_hold::remember(&config.state_dir, keys, observed, plans);
+    spec_hold::remember(&config.state_dir, marks, keys, observed, plans);
     settled
 }
 

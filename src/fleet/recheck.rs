@@ -1,6 +1,7 @@
 //! The last look before a scheduled generation: one `DescribeSecret` of the key's secret. When
 //! another host made the generation since this pass observed the key, the key is observed
-//! again and planned from that: the generation is copied (after its proof), not made twice.
+//! again from that description (no second one) and planned from it: the generation is copied
+//! (after its proof), not made twice.
 
 use std::time::SystemTime;
 
@@ -37,16 +38,16 @@ pub async fn adopt_made_elsewhere(
         let Some(key) = keys.iter().find(|k| k.name == plan.name) else {
             continue;
         };
-        let Some(index) = key
-            .outputs
-            .iter()
-            .position(|o| matches!(o, Output::SecretsManager(_)))
-        else {
+        let Some(output) = key.outputs.iter().find_map(|o| match o {
+            Output::SecretsManager(output) => Some(output),
+            Output::File(_) => None,
+        }) else {
             continue;
         };
         // A failed check is no evidence: the write's own race check still stands.
         if !stores
-            .has_version(key, index, generation)
+            .secrets()
+            .has_version_now(key, output, generation)
             .await
             .unwrap_or(false)
         {

@@ -38,8 +38,16 @@ pub struct Mark {
     pub generation: u32,
 }
 
-/// Per key name.
-type Marks = BTreeMap<String, Mark>;
+/// Per key name: the record, read once per pass ([`Marks::load`]).
+#[derive(Debug, Default)]
+pub struct Marks(BTreeMap<String, Mark>);
+
+impl Marks {
+    /// The record under `state_dir` (empty when there is none).
+    pub fn load(state_dir: &Path) -> Self {
+        Marks(crate::ledger::Ledger::new(state_dir, RECORD).load())
+    }
+}
 
 /// Whether a key whose manifest has `fingerprint`, marked `mark`, is held while its current
 /// generation is `current` of spec `current_fingerprint`.
@@ -55,8 +63,7 @@ pub fn superseded(
 }
 
 /// The keys held by the rule (see the module's doc), among `keys`, given what was observed.
-pub fn held(state_dir: &Path, keys: &[KeyPair], observed: &Observed) -> BTreeSet<String> {
-    let marks: Marks = crate::ledger::Ledger::new(state_dir, RECORD).load();
+pub fn held(marks: &Marks, keys: &[KeyPair], observed: &Observed) -> BTreeSet<String> {
     let mut held = BTreeSet::new();
     for key in keys {
         let Some(Ok(outputs)) = observed.get(&key.name) else {
@@ -66,7 +73,7 @@ pub fn held(state_dir: &Path, keys: &[KeyPair], observed: &Observed) -> BTreeSet
             continue;
         };
         let fingerprint = key.spec_fingerprint();
-        let mark = marks.get(&key.name);
+        let mark = marks.0.get(&key.name);
         if superseded(
             &fingerprint,
             mark,
@@ -92,10 +99,15 @@ pub fn hold(plans: &mut Vec<KeyPlan>, held: &BTreeSet<String>) {
 }
 
 /// Records, per key, the newest generation of its manifest's spec: the one about to be made,
-/// else the current one when it is of that spec.
-pub fn remember(state_dir: &Path, keys: &[KeyPair], observed: &Observed, plans: &[KeyPlan]) {
-    let ledger = crate::ledger::Ledger::new(state_dir, RECORD);
-    let mut marks: Marks = ledger.load();
+/// else the current one when it is of that spec (`marks` as [`Marks::load`] read them).
+pub fn remember(
+    state_dir: &Path,
+    marks: Marks,
+    keys: &[KeyPair],
+    observed: &Observed,
+    plans: &[KeyPlan],
+) {
+    let Marks(mut marks) = marks;
     let mut changed = false;
     for key in keys {
         let fingerprint = key.spec_fingerprint();
@@ -129,7 +141,7 @@ pub fn remember(state_dir: &Path, keys: &[KeyPair], observed: &Observed, plans: 
             changed = true;
         }
     }
-    if changed && let Err(err) = ledger.save(&marks) {
+    if changed && let Err(err) = crate::ledger::Ledger::new(state_dir, RECORD).save(&marks) {
         // Costs at most one extra generation if another manifest version disagrees.
         tracing::warn!("{err}");
     }

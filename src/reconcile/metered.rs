@@ -1,7 +1,10 @@
 //! The provider as a pass calls it: every request and clock refusal reported to the metrics
-//! the pass passes in, so that providers know nothing of a registry.
+//! the pass passes in, so that providers know nothing of a registry; and a ciphertext decrypted
+//! once per pass (the proof of a secret's new version before the pass decides, and the copy's
+//! proof of the same version after, ask KMS once).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::metrics::Metrics;
@@ -10,16 +13,29 @@ use crate::provider::{
     ProviderError,
 };
 
+/// Most Decrypt answers a pass keeps.
+const DECRYPTED: usize = 1024;
+
+/// What a Decrypt answer depends on: the ciphertext, the KMS key it must be under and the
+/// encryption context.
+type Asked = (Vec<u8>, String, BTreeMap<String, String>);
+
 /// A provider whose calls are counted in `metrics`.
 pub struct Metered {
     inner: Arc<AnyProvider>,
     metrics: &'static Metrics,
+    /// The successful Decrypt answers of this pass (KMS answers the same request the same).
+    decrypted: Mutex<HashMap<Asked, PrivateKey>>,
 }
 
 impl Metered {
     /// `inner`, reporting to `metrics`.
     pub fn new(inner: Arc<AnyProvider>, metrics: &'static Metrics) -> Self {
-        Metered { inner, metrics }
+        Metered {
+            inner,
+            metrics,
+            decrypted: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The provider itself (for what depends on its kind, as the AWS clock check).
@@ -64,6 +80,14 @@ impl Provider for Metered {
     }
 
     async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {
+        let asked: Asked = (
+            request.ciphertext.to_vec(),
+            request.kms_key_arn.to_string(),
+            request.encryption_context.clone(),
+        );
+        if let Some(key) = self.decrypted.lock().expect("never poisoned").get(&asked) {
+            return Ok(key.clone());
+        }
         let started = Instant::now();
         let result = self.inner.decrypt(request).await;
         self.metrics.provider_request(
@@ -72,6 +96,12 @@ impl Provider for Metered {
             result.as_ref().map(|_| ()),
             started.elapsed(),
         );
+        if let Ok(key) = &result {
+            let mut known = self.decrypted.lock().expect("never poisoned");
+            if known.len() < DECRYPTED {
+                known.insert(asked, key.clone());
+            }
+        }
         result
     }
 }

@@ -153,6 +153,7 @@ impl SecretsManagerStore {
                 .version_stages(CLAIM_LABEL)
                 .send()
                 .await;
+            self.forget_description(secret);
             match put.map_err(|err| explain(&err, secret, "PutSecretValue")) {
                 Ok(_) => return Ok(Claim::Won { attempt }),
                 // This attempt's token is taken: by another host just now (a fresh claim in
@@ -184,22 +185,10 @@ impl SecretsManagerStore {
         generation: u32,
         attempt: u32,
     ) -> Result<Option<(Holder, Duration)>, StoreError> {
-        let read = self
-            .client()
-            .await
-            .get_secret_value()
-            .secret_id(secret)
-            .version_id(claim_id(name, generation, attempt))
-            .send()
-            .await;
-        match read {
-            Ok(value) => Ok(parse(name, &value)
-                .filter(|(h, _)| h.generation == generation && h.attempt == attempt)),
-            Err(err) => match explain(&err, secret, "GetSecretValue") {
-                Failure::NotFound => Ok(None),
-                other => Err(other.into_error()),
-            },
-        }
+        let found = self
+            .read_claim(name, secret, Some(claim_id(name, generation, attempt)))
+            .await?;
+        Ok(found.filter(|(h, _)| h.generation == generation && h.attempt == attempt))
     }
 
     /// The claim holding [`CLAIM_LABEL`] and its age by AWS's clock; `None` when no version
@@ -210,24 +199,29 @@ impl SecretsManagerStore {
         name: &str,
         secret: &str,
     ) -> Result<Option<(Holder, Duration)>, StoreError> {
-        let read = self
-            .client()
-            .await
-            .get_secret_value()
-            .secret_id(secret)
-            .version_stage(CLAIM_LABEL)
-            .send()
-            .await;
-        let value = match read {
-            Ok(value) => value,
-            Err(err) => {
-                return match explain(&err, secret, "GetSecretValue") {
-                    Failure::NotFound => Ok(None),
-                    other => Err(other.into_error()),
-                };
-            }
+        self.read_claim(name, secret, None).await
+    }
+
+    /// Reads the claim version `version_id` (else the one holding [`CLAIM_LABEL`]) and what
+    /// it holds (see [`parse`]); `None` when there is no such version.
+    async fn read_claim(
+        &self,
+        name: &str,
+        secret: &str,
+        version_id: Option<String>,
+    ) -> Result<Option<(Holder, Duration)>, StoreError> {
+        let request = self.client().await.get_secret_value().secret_id(secret);
+        let request = match version_id {
+            Some(id) => request.version_id(id),
+            None => request.version_stage(CLAIM_LABEL),
         };
-        Ok(parse(name, &value))
+        match request.send().await {
+            Ok(value) => Ok(parse(name, &value)),
+            Err(err) => match explain(&err, secret, "GetSecretValue") {
+                Failure::NotFound => Ok(None),
+                other => Err(other.into_error()),
+            },
+        }
     }
 }
 

@@ -1,4 +1,12 @@
 //! `DescribeSecret`, and the check that the secret is keyprov's own for the key.
+//!
+//! One reconcile describes a secret once: the answer is kept by secret id and every later step
+//! of the pass (the copy, its links and prunes, a refusal's label moves) reads it again,
+//! re-checked as keyprov's and with the versions refused since left out, without a request.
+//! A step whose work that description shows done sends nothing. Whatever this host writes to a
+//! secret drops its description, and every write decides on a fresh one (label moves
+//! re-describe before each try: labels other hosts moved matter to their compare-and-set), as
+//! does the re-check before a generation ([`SecretsManagerStore::has_version_now`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,9 +21,52 @@ use super::versions::Described;
 use crate::store::StoreError;
 
 impl SecretsManagerStore {
-    /// Describes the secret; `None` when it does not exist. Fails when it is not keyprov's
-    /// secret of `key` or is scheduled for deletion.
+    /// Describes the secret, from this reconcile's description of it when there is one (see
+    /// the module's doc); `None` when it does not exist. Fails when it is not keyprov's secret
+    /// of `key` or is scheduled for deletion.
     pub(super) async fn describe(
+        &self,
+        key: &str,
+        secret: &str,
+    ) -> Result<Option<Described>, StoreError> {
+        match self.known(key, secret) {
+            Some(known) => known.map(Some),
+            None => self.describe_fresh(key, secret).await,
+        }
+    }
+
+    /// This reconcile's description of the secret, without a request; `None` when there is
+    /// none (never described, or written since).
+    pub(super) fn known(&self, key: &str, secret: &str) -> Option<Result<Described, StoreError>> {
+        let output = self
+            .descriptions
+            .lock()
+            .expect("never poisoned")
+            .get(secret)
+            .cloned()?;
+        Some(self.accept(key, secret, &output))
+    }
+
+    /// Keeps `output` as this reconcile's description of `secret` (a `DescribeSecret` answer,
+    /// never a listing's entry, which may lag).
+    pub(super) fn remember_description(&self, secret: &str, output: &DescribeSecretOutput) {
+        self.descriptions
+            .lock()
+            .expect("never poisoned")
+            .insert(secret.to_string(), output.clone());
+    }
+
+    /// Drops this reconcile's description of `secret`: this host wrote it (called once the
+    /// write returned, whatever it answered).
+    pub(super) fn forget_description(&self, secret: &str) {
+        self.descriptions
+            .lock()
+            .expect("never poisoned")
+            .remove(secret);
+    }
+
+    /// Describes the secret with a request (and keeps the answer, see [`Self::describe`]).
+    pub(super) async fn describe_fresh(
         &self,
         key: &str,
         secret: &str,
@@ -37,7 +88,9 @@ impl SecretsManagerStore {
                 };
             }
         };
-        self.accept(key, secret, &output).map(Some)
+        let described = self.accept(key, secret, &output)?;
+        self.remember_description(secret, &output);
+        Ok(Some(described))
     }
 
     /// What `DescribeSecret` (or a `ListSecrets` entry, see [`super::sweep`]) said of `secret`,
@@ -105,18 +158,34 @@ impl SecretsManagerStore {
         }
     }
 
-    /// Describes a secret that must exist.
+    /// Describes a secret that must exist ([`Self::describe`]).
     pub(super) async fn describe_existing(
         &self,
         key: &str,
         secret: &str,
     ) -> Result<Described, StoreError> {
-        self.describe(key, secret).await?.ok_or_else(|| {
-            StoreError::Config(format!(
-                "secret {secret} does not exist (deleted meanwhile?)"
-            ))
-        })
+        self.describe(key, secret)
+            .await?
+            .ok_or_else(|| gone(secret))
     }
+
+    /// Describes a secret that must exist, with a request ([`Self::describe_fresh`]).
+    pub(super) async fn describe_existing_fresh(
+        &self,
+        key: &str,
+        secret: &str,
+    ) -> Result<Described, StoreError> {
+        self.describe_fresh(key, secret)
+            .await?
+            .ok_or_else(|| gone(secret))
+    }
+}
+
+/// A secret that should exist and does not.
+fn gone(secret: &str) -> StoreError {
+    StoreError::Config(format!(
+        "secret {secret} does not exist (deleted meanwhile?)"
+    ))
 }
 
 /// Tags as a map.

@@ -62,19 +62,20 @@ async fn pause(attempt: u32) {
 }
 
 impl SecretsManagerStore {
-    /// After `AWSCURRENT` moved to `generation` from `old` (its version id and generation):
-    /// `old` keeps its own label and holds `AWSPREVIOUS` (Secrets Manager moves that label, but
-    /// emulators differ in what else they take off), and an `AWSPENDING` at or below
-    /// `generation` goes. Nothing is done when another host has moved `AWSCURRENT` on
-    /// meanwhile: that host settles.
+    /// After `AWSCURRENT` moved to `generation` from `old` (its version id and generation),
+    /// the secret then described as `after`: `old` keeps its own label and holds `AWSPREVIOUS`
+    /// (Secrets Manager moves that label, but emulators differ in what else they take off),
+    /// and an `AWSPENDING` at or below `generation` goes. Nothing is done when another host has
+    /// moved `AWSCURRENT` on meanwhile: that host settles. (Each label move looks again before
+    /// it writes.)
     pub(super) async fn settle(
         &self,
         key: &str,
         secret: &str,
         generation: u32,
         old: Option<(String, Option<u32>)>,
+        after: Described,
     ) -> Result<(), StoreError> {
-        let after = self.describe_existing(key, secret).await?;
         if after.holder(CURRENT) != after.id_of(generation) {
             return Ok(());
         }
@@ -112,14 +113,16 @@ impl SecretsManagerStore {
             .value(layout::activated_tag(generation, crate::clock::now()))
             .build();
         self.note_write(secret);
-        self.client()
+        let tagged = self
+            .client()
             .await
             .tag_resource()
             .secret_id(secret)
             .tags(tag)
             .send()
-            .await
-            .map_err(|err| explain(&err, secret, "TagResource").into_error())?;
+            .await;
+        self.forget_description(secret);
+        tagged.map_err(|err| explain(&err, secret, "TagResource").into_error())?;
         Ok(())
     }
 
@@ -148,11 +151,13 @@ impl SecretsManagerStore {
             .await
     }
 
-    /// One label operation, idempotent against concurrent hosts: it re-describes the secret
-    /// before each try and succeeds as soon as the secret holds what this host wanted, whoever
-    /// did it. A try refused because another host moved the label or the version meanwhile
-    /// (`InvalidParameterException`, `ResourceNotFoundException`) is tried again; any other
-    /// failure, or [`ATTEMPTS`] refusals, fails naming the secret, label and version.
+    /// One label operation, idempotent against concurrent hosts: nothing is sent when this
+    /// reconcile's description of the secret already shows what this host wants (another host
+    /// did it); otherwise it re-describes the secret before each try and succeeds as soon as
+    /// the secret holds what this host wanted, whoever did it. A try refused because another
+    /// host moved the label or the version meanwhile (`InvalidParameterException`,
+    /// `ResourceNotFoundException`) is tried again; any other failure, or [`ATTEMPTS`]
+    /// refusals, fails naming the secret, label and version.
     async fn label_operation(
         &self,
         key: &str,
@@ -160,9 +165,14 @@ impl SecretsManagerStore {
         label: &str,
         wanted: Wanted<'_>,
     ) -> Result<(), StoreError> {
+        if let Some(known) = self.known(key, secret)
+            && wanted.holds(&known?, label)
+        {
+            return Ok(());
+        }
         let mut refusals = Vec::new();
         for attempt in 0..ATTEMPTS {
-            let described = self.describe_existing(key, secret).await?;
+            let described = self.describe_existing_fresh(key, secret).await?;
             if wanted.holds(&described, label) {
                 return Ok(());
             }
@@ -195,6 +205,7 @@ impl SecretsManagerStore {
                 .set_remove_from_version_id(remove_from.map(str::to_string))
                 .send()
                 .await;
+            self.forget_description(secret);
             match moved {
                 // One holder moved: done, unless a racing backend left the label on several.
                 Ok(_) if holders.len() <= 1 => return Ok(()),
@@ -214,7 +225,7 @@ impl SecretsManagerStore {
                 }
             }
         }
-        let described = self.describe_existing(key, secret).await?;
+        let described = self.describe_existing_fresh(key, secret).await?;
         if wanted.holds(&described, label) {
             return Ok(());
         }

@@ -103,7 +103,7 @@ impl SecretsManagerStore {
         secret: &ManagedSecret,
         recovery_window_days: i64,
     ) -> Result<(), StoreError> {
-        let Some(described) = self.describe(&secret.key_name, &secret.arn).await? else {
+        let Some(described) = self.describe_fresh(&secret.key_name, &secret.arn).await? else {
             return Ok(());
         };
         if described.current().is_none() {
@@ -116,14 +116,17 @@ impl SecretsManagerStore {
                 ),
             });
         }
-        self.client()
+        let deleted = self
+            .client()
             .await
             .delete_secret()
             .secret_id(&secret.arn)
             .recovery_window_in_days(recovery_window_days)
             .send()
-            .await
-            .map_err(|err| explain(&err, &secret.name, "DeleteSecret").into_error())?;
+            .await;
+        self.forget_description(&secret.name);
+        self.forget_description(&secret.arn);
+        deleted.map_err(|err| explain(&err, &secret.name, "DeleteSecret").into_error())?;
         // Other hosts learn it from the change beacon (a key they still hold restores it).
         self.note_write(&secret.name);
         Ok(())
@@ -152,13 +155,15 @@ impl SecretsManagerStore {
         if !ours || output.deleted_date().is_none() {
             return Ok(false);
         }
-        self.client()
+        let restored = self
+            .client()
             .await
             .restore_secret()
             .secret_id(secret)
             .send()
-            .await
-            .map_err(|err| explain(&err, secret, "RestoreSecret").into_error())?;
+            .await;
+        self.forget_description(secret);
+        restored.map_err(|err| explain(&err, secret, "RestoreSecret").into_error())?;
         self.note_write(secret);
         self.managed.lock().expect("never poisoned").remove(secret);
         Ok(true)

@@ -54,6 +54,11 @@ pub struct SecretsManagerStore {
     client: OnceCell<Client>,
     /// Secrets this reconcile has seen to be keyprov's (so a write need not describe again).
     managed: Mutex<HashMap<String, bool>>,
+    /// What `DescribeSecret` answered for each secret id in this reconcile, until this host
+    /// writes that secret (see [`describe`]).
+    descriptions: Mutex<
+        HashMap<String, aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput>,
+    >,
     /// Secret id -> ARN of each secret this reconcile described as keyprov's (see
     /// [`crate::prune_ledger::record_managed`]).
     arns: Mutex<HashMap<String, String>>,
@@ -86,6 +91,7 @@ impl SecretsManagerStore {
             limiter,
             client: OnceCell::new(),
             managed: Mutex::new(HashMap::new()),
+            descriptions: Mutex::new(HashMap::new()),
             arns: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             written: Mutex::new(Vec::new()),
@@ -93,6 +99,19 @@ impl SecretsManagerStore {
             sweep: sweep::Cache::default(),
             beacon: beacon::Beacon::default(),
         }
+    }
+
+    /// Whether the secret of `output` holds `generation` now: described with a request, not
+    /// from this reconcile's description (the last look before generating, see
+    /// [`crate::fleet::recheck`]; the steps after it reuse the answer).
+    pub async fn has_version_now(
+        &self,
+        key: &KeyPair,
+        output: &SecretsManagerOutput,
+        generation: u32,
+    ) -> Result<bool, StoreError> {
+        let described = self.describe_fresh(&key.name, &output.secret_id).await?;
+        Ok(holds_generation(described.as_ref(), &key.name, generation))
     }
 
     /// The client, once the rate limit allows another request.
@@ -104,6 +123,12 @@ impl SecretsManagerStore {
         self.limiter.until_ready().await;
         client
     }
+}
+
+/// Whether a secret described as `described` holds `generation` of key `name`.
+fn holds_generation(described: Option<&versions::Described>, name: &str, generation: u32) -> bool {
+    let id = layout::version_id(name, generation);
+    described.is_some_and(|d| d.stages.contains_key(&id) || d.generations().contains(&generation))
 }
 
 /// The tags a key's secret must carry: the manifest's labels, the output's own tags (which win
@@ -141,11 +166,8 @@ impl Store for SecretsManagerStore {
         output: &SecretsManagerOutput,
         generation: u32,
     ) -> Result<bool, StoreError> {
-        let id = layout::version_id(&key.name, generation);
-        Ok(self
-            .describe(&key.name, &output.secret_id)
-            .await?
-            .is_some_and(|d| d.stages.contains_key(&id) || d.generations().contains(&generation)))
+        let described = self.describe(&key.name, &output.secret_id).await?;
+        Ok(holds_generation(described.as_ref(), &key.name, generation))
     }
 
     async fn read_version(

@@ -244,6 +244,10 @@ impl SecretsManagerStore {
                     })?;
                 self.sweep
                     .remember(described.arn.as_deref(), &key.name, version_id, &version);
+                if let Some(arn) = described.arn.as_deref() {
+                    // The copy of this version reads it from here (and proves it).
+                    self.sweep.keep_value(arn, version_id, text);
+                }
                 Ok(Some(version))
             }
             Err(err) => {

@@ -30,26 +30,30 @@ impl SecretsManagerStore {
         let described = self.describe_existing(&key.name, secret).await?;
         let wanted = wanted(&self.scope, key, output);
         if wanted.iter().any(|(k, v)| described.tags.get(k) != Some(v)) {
-            self.client()
+            let tagged = self
+                .client()
                 .await
                 .tag_resource()
                 .secret_id(secret)
                 .set_tags(Some(wanted_tags(&self.scope, key, output)))
                 .send()
-                .await
-                .map_err(|err| explain(&err, secret, "TagResource").into_error())?;
+                .await;
+            self.forget_description(secret);
+            tagged.map_err(|err| explain(&err, secret, "TagResource").into_error())?;
         }
         if let Some(wanted_key) = &output.kms_key_id
             && !same_kms_key(described.kms_key_id.as_deref(), wanted_key)
         {
-            self.client()
+            let updated = self
+                .client()
                 .await
                 .update_secret()
                 .secret_id(secret)
                 .kms_key_id(wanted_key)
                 .send()
-                .await
-                .map_err(|err| explain(&err, secret, "UpdateSecret").into_error())?;
+                .await;
+            self.forget_description(secret);
+            updated.map_err(|err| explain(&err, secret, "UpdateSecret").into_error())?;
         }
         self.repair_labels(&key.name, secret, input.previous).await
     }

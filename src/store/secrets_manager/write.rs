@@ -34,6 +34,7 @@ impl SecretsManagerStore {
             .set_tags(Some(wanted_tags(&self.scope, key, output)))
             .send()
             .await;
+        self.forget_description(secret);
         match created {
             Ok(created) => {
                 self.remember_arn(secret, created.arn());
@@ -64,20 +65,22 @@ impl SecretsManagerStore {
     }
 
     /// Whether the version stored under `version`'s token holds `version`'s pair (read back
-    /// after a write).
+    /// after a write, always with a request: a backend whose token check is not atomic may
+    /// have let another pair in).
     pub(super) async fn holds(
         &self,
         key: &KeyPair,
         secret: &str,
         version: &StoredVersion,
     ) -> Result<bool, StoreError> {
-        let (parts, _) = self.read(key, secret, version.meta.generation).await?;
+        let (parts, _) = self.fetch(key, secret, version.meta.generation).await?;
         Ok(parts
             .meta
             .is_ok_and(|m| m.public_key_sha256 == version.meta.public_key_sha256))
     }
 
-    /// Reads the SecretString of a version (by id) into its parts.
+    /// Reads the SecretString of a version (by id) into its parts: the text this reconcile
+    /// already read (a sweep's or an observation's read of it), else [`Self::fetch`].
     pub(super) async fn read(
         &self,
         key: &KeyPair,
@@ -85,8 +88,7 @@ impl SecretsManagerStore {
         generation: u32,
     ) -> Result<(VersionParts, bool), StoreError> {
         let id = layout::version_id(&key.name, generation);
-        // A version the sweep just read (the beacon named it): the same content, still parsed
-        // and proven by the caller.
+        // Versions are immutable: the same content, still parsed and proven by the caller.
         if let Some(text) = self
             .described_arn(secret)
             .and_then(|arn| self.sweep.value(&arn, &id))
@@ -94,6 +96,17 @@ impl SecretsManagerStore {
             let plaintext = layout::has_plaintext(&text);
             return Ok((layout::parse(&text, secret, generation)?, plaintext));
         }
+        self.fetch(key, secret, generation).await
+    }
+
+    /// Reads the SecretString of a version (by id) into its parts with `GetSecretValue`.
+    async fn fetch(
+        &self,
+        key: &KeyPair,
+        secret: &str,
+        generation: u32,
+    ) -> Result<(VersionParts, bool), StoreError> {
+        let id = layout::version_id(&key.name, generation);
         let value = self
             .client()
             .await
@@ -163,6 +176,7 @@ impl SecretsManagerStore {
                 .set_version_stages(Some(stages))
                 .send()
                 .await;
+            self.forget_description(secret);
             match put {
                 Ok(_) if !self.holds(key, secret, &version).await? => {
                     // Another writer's pair is stored under this generation's token: a backend
@@ -271,12 +285,15 @@ impl SecretsManagerStore {
                     .map(|old| (old.to_string(), described.generation_of(old)));
                 self.set_label(&key.name, secret, CURRENT, Some(&id))
                     .await?;
+                // As the secret is after the move (the move's own look when nothing moved): a
+                // host that finds another's activation done, tag included, adds nothing.
+                let after = self.describe_existing(&key.name, secret).await?;
                 // Every activation is recorded: the tag is what tells, after AWSCURRENT was
                 // moved back by hand, which generation was current.
-                if described.activated() != Some(generation) {
+                if after.activated() != Some(generation) {
                     self.record_activation(secret, generation).await?;
                 }
-                self.settle(&key.name, secret, generation, old).await
+                self.settle(&key.name, secret, generation, old, after).await
             }
         }
     }

@@ -266,7 +266,7 @@ impl Cache {
     }
 
     /// Keeps what a version held, for [`Cache::value`] (a bounded number).
-    fn keep_value(&self, arn: &str, version_id: &str, text: &str) {
+    pub(super) fn keep_value(&self, arn: &str, version_id: &str, text: &str) {
         let mut values = self.values.lock().expect("never poisoned");
         if values.len() < MAX_VALUES {
             values.insert(
@@ -548,6 +548,10 @@ impl SecretsManagerStore {
     ) -> Option<ObservedOutput> {
         let entry = listing.get(&output.secret_id)?;
         let described = self.accept(&key.name, &output.secret_id, entry).ok()?;
+        if listing.is_fresh(&output.secret_id) {
+            // Described in this sweep: the pass's later steps need not describe it again.
+            self.remember_description(&output.secret_id, entry);
+        }
         let current = match described.current() {
             Some(generation) => described.id_of(generation),
             None => described.holder(CURRENT),
