@@ -15,6 +15,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::dir::{DirHandle, Owner};
 mod commit;
 mod leftovers;
+mod listed;
 mod observe;
 mod private;
 mod prune;
