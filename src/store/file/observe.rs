@@ -10,11 +10,21 @@ pub fn observe(
     key_name: &str,
     include_plaintext: bool,
 ) -> Result<ObservedOutput, StoreError> {
+    observe_in(output, key_name, include_plaintext, None)
+}
+
+/// [`observe`], the key directory's parent taken from `parents` (one pass over many keys).
+pub fn observe_in(
+    output: &FileOutput,
+    key_name: &str,
+    include_plaintext: bool,
+    parents: Option<&Parents>,
+) -> Result<ObservedOutput, StoreError> {
     let mut observed = ObservedOutput {
         prunable: true,
         ..Default::default()
     };
-    let Some(dir) = open_key_dir(output)? else {
+    let Some(dir) = open_key_dir_in(output, parents)? else {
         return Ok(observed);
     };
     let mut links = Vec::with_capacity(3);
