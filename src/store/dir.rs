@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
@@ -17,6 +17,9 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::StoreError;
+
+mod listing;
+pub use listing::{Entry, EntryType, Listing, OpenFile};
 
 /// Numeric owner and group to give created entries (`None`: leave as created).
 pub type Owner = (Option<Uid>, Option<Gid>);
@@ -61,6 +64,11 @@ fn not_followed(path: &Path, what: &str) -> StoreError {
 pub struct DirHandle {
     fd: OwnedFd,
     path: PathBuf,
+    /// The owner's uid, when it was read as the directory was opened (its owner check needs no
+    /// second `fstat`).
+    uid: Option<u32>,
+    /// Whether a listing moved the descriptor's offset (the next listing rewinds first).
+    listed: std::sync::atomic::AtomicBool,
 }
 
 impl AsFd for DirHandle {
@@ -94,6 +102,8 @@ impl DirHandle {
             Ok(fd) => Ok(Some(DirHandle {
                 fd,
                 path: path.to_path_buf(),
+                uid: None,
+                listed: Default::default(),
             })),
             Err(Errno::ENOENT) if create => {
                 use std::os::unix::fs::DirBuilderExt;
@@ -135,7 +145,13 @@ impl DirHandle {
             Err(Errno::ENOTDIR) => return Err(not_followed(&path, "not a directory")),
             Err(errno) => return Err(errno_error("cannot open", &path, errno)),
         };
-        let dir = DirHandle { fd, path };
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| errno_error("cannot stat", &path, e))?;
+        let dir = DirHandle {
+            fd,
+            path,
+            uid: Some(stat.st_uid),
+            listed: Default::default(),
+        };
         // Only keyprov (or root, who could do anything anyway) may own a directory it walks.
         dir.check_owner(true)?;
         Ok(Some(dir))
@@ -148,18 +164,27 @@ impl DirHandle {
 
     /// Refuses this directory unless keyprov's effective user (or, with `or_root`, root)
     /// owns it.
+    ///
+    /// A directory opened below a root had its owner read through its descriptor as it was
+    /// opened: an open directory's owner changes only by `chown`, which only root may do to a
+    /// directory keyprov's user owns, so that reading stands.
     fn check_owner(&self, or_root: bool) -> Result<(), StoreError> {
-        let stat = nix::sys::stat::fstat(&self.fd)
-            .map_err(|e| errno_error("cannot stat", &self.path, e))?;
+        let uid = match self.uid {
+            Some(uid) => uid,
+            None => {
+                nix::sys::stat::fstat(&self.fd)
+                    .map_err(|e| errno_error("cannot stat", &self.path, e))?
+                    .st_uid
+            }
+        };
         let euid = effective_uid();
-        if stat.st_uid == euid || (or_root && stat.st_uid == 0) {
+        if uid == euid || (or_root && uid == 0) {
             return Ok(());
         }
         Err(StoreError::Unsafe {
             path: self.path.display().to_string(),
             message: format!(
-                "is owned by uid {}, not by keyprov (uid {euid}); refusing to write into it",
-                stat.st_uid
+                "is owned by uid {uid}, not by keyprov (uid {euid}); refusing to write into it"
             ),
         })
     }
@@ -291,7 +316,7 @@ impl DirHandle {
 
     /// Opens the regular file `name` for reading, without following a symlink or blocking on
     /// a FIFO.
-    fn open_regular(&self, name: &str) -> Result<File, StoreError> {
+    fn open_regular(&self, name: &str) -> Result<(File, FileStat), StoreError> {
         let path = self.path.join(name);
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         let fd = match nix::fcntl::openat(&self.fd, name, flags, Mode::empty()) {
@@ -303,7 +328,7 @@ impl DirHandle {
         if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Err(not_followed(&path, "not a regular file"));
         }
-        Ok(File::from(fd))
+        Ok((File::from(fd), stat))
     }
 
     /// Reads the regular file `name` (at most [`MAX_READ_BYTES`]).
@@ -314,19 +339,8 @@ impl DirHandle {
     /// Reads the regular file `name`, refused when larger than `max` bytes (keyprov's own
     /// records grow with the number of keys: see `ledger`).
     pub fn read_file_at_most(&self, name: &str, max: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self.path.join(name);
-        let file = self.open_regular(name)?;
-        let mut bytes = Vec::with_capacity(4096);
-        file.take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| io_error("cannot read", &path, e))?;
-        if bytes.len() as u64 > max {
-            return Err(StoreError::Corrupt {
-                path: path.display().to_string(),
-                message: format!("is larger than {max} bytes"),
-            });
-        }
-        Ok(bytes)
+        let (file, stat) = self.open_regular(name)?;
+        listing::read_bounded(file, &stat, &self.path.join(name), max)
     }
 
     /// Sets the mode and owner of the regular file `name` through its own descriptor.
@@ -337,7 +351,7 @@ impl DirHandle {
         owner: Owner,
     ) -> Result<(), StoreError> {
         let path = self.path.join(name);
-        let file = self.open_regular(name)?;
+        let (file, _) = self.open_regular(name)?;
         nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode))
             .map_err(|e| errno_error("cannot chmod", &path, e))?;
         fchown(&file, &path, owner)
@@ -365,26 +379,6 @@ impl DirHandle {
     pub fn is_dir(&self, name: impl AsRef<OsStr>) -> bool {
         self.stat(name)
             .is_some_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
-    }
-
-    /// Names in the directory, `.` and `..` excluded, as they are (not necessarily UTF-8).
-    pub fn names(&self) -> Result<Vec<std::ffi::OsString>, StoreError> {
-        let list = |e| errno_error("cannot list", &self.path, e);
-        let fd = self
-            .fd
-            .try_clone()
-            .map_err(|e| io_error("cannot list", &self.path, e))?;
-        let mut dir = nix::dir::Dir::from_fd(fd).map_err(list)?;
-        let mut names = Vec::new();
-        for entry in dir.iter() {
-            let entry = entry.map_err(list)?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names
-                    .push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string());
-            }
-        }
-        Ok(names)
     }
 
     /// The target of the symlink `name`; `None` when there is no entry of that name.

@@ -85,12 +85,13 @@ impl Stores {
 
     /// Observes every key: file outputs on all cores, secrets concurrently (bounded).
     pub async fn observe_all(&self, keys: &[KeyPair]) -> Observed {
+        let parents = crate::store::file::Parents::default();
         let files: Vec<Result<Vec<Option<ObservedOutput>>, String>> =
             crate::parallel::map(keys, |key| {
                 key.outputs
                     .iter()
                     .map(|output| match output {
-                        Output::File(file) => FileStore::observe_now(key, file)
+                        Output::File(file) => FileStore::observe_in(key, file, &parents)
                             .map(Some)
                             .map_err(|e| e.to_string()),
                         Output::SecretsManager(_) => Ok(None),

@@ -7,7 +7,9 @@
 //! handles ([`DirHandle`]): nothing is ever followed through a symlink. A reader following
 //! `current/` sees the old pair or the new pair, never a mix.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::sys::stat::FileStat;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -15,6 +17,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::dir::{DirHandle, Owner};
 mod commit;
 mod leftovers;
+mod listed;
 mod observe;
 mod private;
 mod prune;
@@ -32,7 +35,8 @@ use crate::plan::Link;
 use commit::version_files;
 pub use commit::{NewVersion, commit_versions};
 pub use leftovers::Leftovers;
-pub use observe::observe;
+
+pub use observe::{observe, observe_in};
 pub use prune::prune;
 pub use repair::{missing_plaintext, repair};
 pub use store::FileStore;
@@ -140,6 +144,71 @@ fn relative_dir(output: &FileOutput) -> Result<&Path, StoreError> {
 }
 
 /// Opens the key directory of `output` below its root; `None` when it does not exist.
+/// The directories holding key directories (`<stateDir>/keys`, an output root's `dir`
+/// parents), opened from their root and owner-checked once per pass of observation, by root
+/// and relative path: 10,000 keys opened `<stateDir>` and `keys` 10,000 times. Held as handles,
+/// as a key directory is: a parent swapped for a symlink meanwhile is never followed.
+#[derive(Debug, Default)]
+pub struct Parents(std::sync::Mutex<HashMap<(PathBuf, PathBuf), Arc<DirHandle>>>);
+
+impl Parents {
+    /// The directory `parent` below `root`, opened the first time it is asked for; `None`
+    /// when a component is missing (not remembered: it may be made during the pass).
+    fn open(&self, root: &Path, parent: &Path) -> Result<Option<Arc<DirHandle>>, StoreError> {
+        let key = (root.to_path_buf(), parent.to_path_buf());
+        if let Some(dir) = self.lock().get(&key) {
+            return Ok(Some(Arc::clone(dir)));
+        }
+        let Some(root_dir) = DirHandle::open_root(root, false)? else {
+            return Ok(None);
+        };
+        let Some(dir) = root_dir.walk(parent, None)? else {
+            return Ok(None);
+        };
+        let dir = Arc::new(dir);
+        self.lock().insert(key, Arc::clone(&dir));
+        Ok(Some(dir))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, PathBuf), Arc<DirHandle>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// [`open_key_dir`] through `parents`: the key directory opened from its parent's handle,
+/// with the same checks (a real directory, not a symlink, owned by keyprov's user).
+fn open_key_dir_in(
+    output: &FileOutput,
+    parents: Option<&Parents>,
+) -> Result<Option<DirHandle>, StoreError> {
+    let relative = relative_dir(output)?;
+    let mut names = Vec::new();
+    for component in relative.components() {
+        match component {
+            std::path::Component::Normal(name) => names.push(name),
+            // Refused by the walk, with its message.
+            _ => return open_key_dir(output),
+        }
+    }
+    let (Some(parents), Some((name, parent))) = (parents, names.split_last()) else {
+        return open_key_dir(output);
+    };
+    if parent.is_empty() {
+        return open_key_dir(output);
+    }
+    let parent: PathBuf = parent.iter().collect();
+    let Some(parent) = parents.open(&output.root, &parent)? else {
+        return Ok(None);
+    };
+    let dir = parent.open_dir_os(name)?;
+    if let Some(dir) = &dir {
+        dir.check_owned_by_us()?;
+    }
+    Ok(dir)
+}
+
 fn open_key_dir(output: &FileOutput) -> Result<Option<DirHandle>, StoreError> {
     let Some(root) = DirHandle::open_root(&output.root, false)? else {
         return Ok(None);

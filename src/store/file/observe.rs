@@ -1,6 +1,8 @@
 //! Observing a key directory: links, versions, drift from the manifest, damaged files.
 
+use super::listed::Listed;
 use super::*;
+use crate::store::dir::{EntryType, MAX_READ_BYTES, OpenFile};
 
 /// Observes what the directory holds. A missing directory is an empty output.
 pub fn observe(
@@ -8,11 +10,21 @@ pub fn observe(
     key_name: &str,
     include_plaintext: bool,
 ) -> Result<ObservedOutput, StoreError> {
+    observe_in(output, key_name, include_plaintext, None)
+}
+
+/// [`observe`], the key directory's parent taken from `parents` (one pass over many keys).
+pub fn observe_in(
+    output: &FileOutput,
+    key_name: &str,
+    include_plaintext: bool,
+    parents: Option<&Parents>,
+) -> Result<ObservedOutput, StoreError> {
     let mut observed = ObservedOutput {
         prunable: true,
         ..Default::default()
     };
-    let Some(dir) = open_key_dir(output)? else {
+    let Some(dir) = open_key_dir_in(output, parents)? else {
         return Ok(observed);
     };
     let mut links = Vec::with_capacity(3);
@@ -20,15 +32,22 @@ pub fn observe(
     let mut verified: Vec<(u32, Vec<u8>)> = Vec::with_capacity(2);
     // What next, current and previous point at (for `jwks.json`'s check).
     let mut linked = [None; 3];
-    for raw in dir.names()? {
+    let listing = dir.entries()?;
+    for entry in &listing.0 {
+        let raw = &entry.name;
         let name = raw.to_string_lossy();
         if let Some(generation) = parse_version_name(&name) {
-            if dir.is_dir(&raw) {
+            let is_dir = match entry.kind {
+                EntryType::Dir => true,
+                EntryType::Regular | EntryType::Other => false,
+                EntryType::Unknown => dir.is_dir(raw),
+            };
+            if is_dir {
                 observed.versions.push(generation);
             } else {
                 // Not keyprov's: never linked, never deleted, and the key waits for it to go.
                 return Err(StoreError::Unsafe {
-                    path: dir.child_path(&raw).display().to_string(),
+                    path: dir.child_path(raw).display().to_string(),
                     message: "is named like a version but is not a directory: keyprov did not \
                               create it, and neither links nor deletes it. Move it away"
                         .into(),
@@ -141,7 +160,17 @@ pub fn observe(
             observed.next = Some(version);
         }
     }
-    observed.linked_jwks = public::jwks_drift(&dir, output, linked, &verified, &mut observed.drift);
+    observed.linked_jwks = public::jwks_drift(
+        &dir,
+        output,
+        linked,
+        &verified,
+        &Listed {
+            dir: &dir,
+            listing: Some(listing),
+        },
+        &mut observed.drift,
+    );
     // A plaintext key must not outlive `includePlaintext: false` in any version kept.
     let linked: Vec<u32> = [
         observed.current.as_ref().map(|c| c.generation),
@@ -206,11 +235,21 @@ fn check_version_files(
     let vname = version_name(meta.generation);
     let mut problems = Vec::new();
     let mut present = Vec::new();
-    // meta.json was just read, and shares its mode with public.*: a mode change shows there.
+    // One listing says what is there (and what must not be); files it lists as regular are
+    // opened once, `fstat`ed and read through that descriptor. Anything else, or a version
+    // that cannot be listed, is looked at with `lstat` as before.
+    let files = Listed::list(version);
+    let mut opened: Vec<(String, OpenFile)> = Vec::new();
     for (name, mode) in expected_files(output, include_plaintext) {
-        let Some(stat) = version.stat(&name) else {
+        // meta.json was just read (so it is there, and a regular file), and it shares its
+        // mode with public.*: a mode change shows there.
+        if name == META {
+            continue;
+        }
+        let (stat, file) = files.open(&name);
+        let Some(stat) = stat else {
             let other_public = public_name(other_format(output.format));
-            if name == public_name(output.format) && version.stat(&other_public).is_some() {
+            if name == public_name(output.format) && files.has(&other_public) {
                 // A format change: rewritten from the other format's file.
                 drift.push(format!("{vname}/{name} is missing"));
             } else {
@@ -223,8 +262,8 @@ fn check_version_files(
             continue;
         }
         present.push(name.clone());
-        if name == META {
-            continue;
+        if let Some(file) = file {
+            opened.push((name.clone(), file));
         }
         let actual = stat.st_mode & 0o7777;
         if actual != mode {
@@ -246,8 +285,7 @@ fn check_version_files(
     // The verified public key, reused for the derived formats below.
     let mut public_der = None;
     if present.contains(&public) {
-        match version
-            .read_file(&public)
+        match read_opened(version, &mut opened, &public)
             .and_then(|bytes| decode_public(output.format, &bytes, &version.child_path(&public)))
         {
             Ok(der) if public_key_sha256(&der) == meta.public_key_sha256 => public_der = Some(der),
@@ -258,7 +296,7 @@ fn check_version_files(
         }
     }
     if present.iter().any(|n| n == CIPHERTEXT) {
-        match version.read_file(CIPHERTEXT) {
+        match read_opened(version, &mut opened, CIPHERTEXT) {
             Ok(bytes) if bytes.is_empty() => {
                 problems.push(format!("{vname}/{CIPHERTEXT} is empty"))
             }
@@ -276,8 +314,8 @@ fn check_version_files(
     }
     let private = private_name(output.format);
     if include_plaintext && present.contains(&private) {
-        let parsed = version
-            .read_file(&private)
+        let parsed = read_opened(version, &mut opened, &private)
+            .map(zeroize::Zeroizing::new)
             .map(|bytes| match output.format {
                 Format::Pem => pem::parse(&bytes).is_ok_and(|p| p.tag() == "PRIVATE KEY"),
                 Format::Der => !bytes.is_empty(),
@@ -289,34 +327,48 @@ fn check_version_files(
         }
     }
     for name in unwanted_files(output, include_plaintext) {
-        if version.stat(&name).is_some() {
+        if files.has(&name) {
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-    check_public_format_files(version, output, meta, public_der.as_deref(), drift);
+    check_public_format_files(&files, output, meta, public_der.as_deref(), drift);
     if include_plaintext {
-        check_private_format_files(version, output, meta, drift);
+        check_private_format_files(&files, output, meta, drift);
     }
     (problems, public_der)
+}
+
+/// Reads `name` through its descriptor in `opened` (taken out), or opens it again.
+fn read_opened(
+    version: &DirHandle,
+    opened: &mut Vec<(String, OpenFile)>,
+    name: &str,
+) -> Result<Vec<u8>, StoreError> {
+    match opened.iter().position(|(n, _)| n == name) {
+        Some(at) => opened.swap_remove(at).1.read(MAX_READ_BYTES),
+        None => version.read_file(name),
+    }
 }
 
 /// Drift of a linked version's private format files (derived from its plaintext key, so
 /// rewritten in place): missing, altered, or of another mode than 0600. A plaintext key that
 /// cannot be read is reported above, as damage.
 fn check_private_format_files(
-    version: &DirHandle,
+    files: &Listed,
     output: &FileOutput,
     meta: &VersionMeta,
     drift: &mut Vec<String>,
 ) {
     let vname = version_name(meta.generation);
-    let Some(files) = private::wanted_files(version, output, meta, None) else {
+    let Some(wanted) = private::wanted_files(files.dir, output, meta, None) else {
         return;
     };
-    for (name, bytes) in files {
-        match version.read_file(name).map(zeroize::Zeroizing::new) {
-            Ok(actual) if *actual == *bytes => {
-                let mode = version.stat(name).map(|s| s.st_mode & 0o7777);
+    for (name, bytes) in wanted {
+        match files
+            .read_with_mode(name)
+            .map(|(actual, mode)| (zeroize::Zeroizing::new(actual), mode))
+        {
+            Ok((actual, mode)) if *actual == *bytes => {
                 if let Some(mode) = mode.filter(|&m| m != PLAINTEXT_MODE) {
                     drift.push(format!(
                         "{vname}/{name} has mode {mode:04o}, want {PLAINTEXT_MODE:04o}"
@@ -333,7 +385,7 @@ fn check_private_format_files(
 /// rewritten in place): missing, altered, or no longer listed. `public_der` is the public key
 /// already read and verified, if it was.
 fn check_public_format_files(
-    version: &DirHandle,
+    files: &Listed,
     output: &FileOutput,
     meta: &VersionMeta,
     public_der: Option<&[u8]>,
@@ -343,15 +395,14 @@ fn check_public_format_files(
     if !output.public_formats.is_empty() {
         let der = match public_der {
             Some(der) => Ok(der.to_vec()),
-            None => public::read_public_der(version, output.format),
+            None => public::read_public_der(files.dir, output.format),
         };
         let wanted = der.and_then(|der| public::format_files(output, meta, &der));
         // An unreadable public key is reported as damage.
-        if let Ok(files) = wanted {
-            for (name, bytes) in files {
-                match version.read_file(name) {
-                    Ok(actual) if actual == bytes => {
-                        let mode = version.stat(name).map(|s| s.st_mode & 0o7777);
+        if let Ok(wanted) = wanted {
+            for (name, bytes) in wanted {
+                match files.read_with_mode(name) {
+                    Ok((actual, mode)) if actual == bytes => {
                         if let Some(mode) = mode.filter(|&m| m != output.mode) {
                             drift.push(format!(
                                 "{vname}/{name} has mode {mode:04o}, want {:04o}",
@@ -366,7 +417,7 @@ fn check_public_format_files(
         }
     }
     for name in public::unwanted_format_files(output) {
-        if version.stat(name).is_some() {
+        if files.has(name) {
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }

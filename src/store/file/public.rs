@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::public_formats::{self, PublicFormat};
+use crate::store::dir::MAX_READ_BYTES;
 
 /// The JWK Set beside `current`.
 pub(super) const JWKS: &str = "jwks.json";
@@ -183,6 +184,7 @@ pub(super) fn jwks_drift(
     output: &FileOutput,
     links: [Option<u32>; 3],
     known: &[(u32, Vec<u8>)],
+    listed: &super::listed::Listed,
     drift: &mut Vec<String>,
 ) -> Option<Vec<serde_json::Value>> {
     let keys = if output.public_formats.contains(&PublicFormat::Jwk) {
@@ -198,7 +200,8 @@ pub(super) fn jwks_drift(
         }
     };
     let expected = keys.as_deref().map(public_formats::jwks);
-    match (expected, dir.stat(JWKS)) {
+    let (stat, file) = listed.open(JWKS);
+    match (expected, stat) {
         (None, None) => {}
         (None, Some(_)) => drift.push(format!("{JWKS} should not be there")),
         (Some(_), None) => drift.push(format!("{JWKS} is missing")),
@@ -210,7 +213,11 @@ pub(super) fn jwks_drift(
                     output.mode
                 ));
             }
-            if dir.read_file(JWKS).ok() != Some(bytes) {
+            let actual = match file {
+                Some(file) => file.read(MAX_READ_BYTES),
+                None => dir.read_file(JWKS),
+            };
+            if actual.ok() != Some(bytes) {
                 drift.push(format!("{JWKS} does not hold next, current and previous"));
             }
         }

@@ -32,6 +32,16 @@ impl FileStore {
     pub fn observe_now(key: &KeyPair, output: &FileOutput) -> Result<ObservedOutput, StoreError> {
         file::observe(output, &key.name, key.include_plaintext)
     }
+
+    /// [`FileStore::observe_now`] for one of many keys observed in one pass, their parent
+    /// directories opened once in `parents`.
+    pub fn observe_in(
+        key: &KeyPair,
+        output: &FileOutput,
+        parents: &file::Parents,
+    ) -> Result<ObservedOutput, StoreError> {
+        file::observe_in(output, &key.name, key.include_plaintext, Some(parents))
+    }
 }
 
 impl Store for FileStore {

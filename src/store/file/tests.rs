@@ -241,3 +241,48 @@ fn dir_modes_follow_file_modes() {
     assert_eq!(dir_mode(0o644), 0o755);
     assert_eq!(dir_mode(0o400), 0o700);
 }
+
+/// Keys observed in one pass share their parent's handle, and see what each one alone sees:
+/// a converged key, a key directory that is a symlink (refused), a missing one, a parent
+/// planted as a symlink (refused, for every key under it, each time it is asked).
+#[test]
+fn observing_through_shared_parents_sees_what_each_key_alone_sees() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("keys")).unwrap();
+    let out = |name: &str| output(root.path(), &format!("keys/{name}"));
+    commit(&out("a"), &version("a", 1), Link::Current).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("keys/b")).unwrap();
+    fs::create_dir_all(root.path().join("planted")).unwrap();
+    std::os::unix::fs::symlink(root.path().join("keys"), root.path().join("planted/p")).unwrap();
+    let parents = Parents::default();
+    for _ in 0..2 {
+        let shared = observe_in(&out("a"), "a", false, Some(&parents)).unwrap();
+        let alone = observe(&out("a"), "a", false).unwrap();
+        assert_eq!(format!("{shared:?}"), format!("{alone:?}"));
+        assert_eq!(shared.current.map(|c| c.generation), Some(1));
+        assert!(shared.drift.is_empty(), "{:?}", shared.drift);
+        let refused = observe_in(&out("b"), "b", false, Some(&parents)).unwrap_err();
+        let alone = observe(&out("b"), "b", false).unwrap_err();
+        assert_eq!(refused.to_string(), alone.to_string());
+        assert!(refused.to_string().contains("symlink"), "{refused}");
+        let missing = observe_in(&out("c"), "c", false, Some(&parents)).unwrap();
+        assert!(missing.versions.is_empty() && missing.current.is_none());
+        let through = output(root.path(), "planted/p/a");
+        let refused = observe_in(&through, "a", false, Some(&parents)).unwrap_err();
+        let alone = observe(&through, "a", false).unwrap_err();
+        assert_eq!(refused.to_string(), alone.to_string());
+        assert!(refused.to_string().contains("symlink"), "{refused}");
+    }
+    // The parent held by the pass is never re-resolved: swapped for a symlink to elsewhere
+    // meanwhile, the pass still reads the directory it checked, never the one planted.
+    fs::rename(root.path().join("keys"), root.path().join("moved")).unwrap();
+    fs::create_dir_all(outside.path().join("a")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("keys")).unwrap();
+    let held = observe_in(&out("a"), "a", false, Some(&parents)).unwrap();
+    assert_eq!(held.current.map(|c| c.generation), Some(1));
+    assert!(
+        observe(&out("a"), "a", false).is_err(),
+        "a new pass refuses the symlink"
+    );
+}
