@@ -717,3 +717,54 @@ fn a_forged_tag_at_the_highest_sequence_number_does_not_stop_bumps() {
         );
     }
 }
+
+/// Red team: a beacon scheduled for deletion (anyone with `DeleteSecret`, default window 30
+/// days) takes no tag and its name cannot be created again: a writer restores it, so bumps
+/// land again instead of every host falling back to full listings for the whole window.
+#[test]
+fn a_beacon_scheduled_for_deletion_is_restored_by_the_next_bump() {
+    let Some(endpoint) = localstack() else { return };
+    let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "deleted");
+    let (arn, _) = beacon(&endpoint, &scope).unwrap();
+    block_on(async {
+        let client = secrets_client(&endpoint).await;
+        client
+            .delete_secret()
+            .secret_id(beacon_name(&scope))
+            .recovery_window_in_days(7)
+            .send()
+            .await
+    })
+    .unwrap();
+    // Readers: the frozen tags name nothing new (nobody can tag it meanwhile).
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(count(&counts, "ListSecrets"), 0, "{counts:?}");
+    let rotated = hosts[0].keyprov(&["rotate", "k-006", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    assert!(!rotated.all().contains("cannot bump"), "{}", rotated.all());
+    let deleted = block_on(async {
+        let client = secrets_client(&endpoint).await;
+        client
+            .describe_secret()
+            .secret_id(beacon_name(&scope))
+            .send()
+            .await
+    })
+    .unwrap()
+    .deleted_date()
+    .is_some();
+    assert!(!deleted, "the beacon is still scheduled for deletion");
+    assert_eq!(beacon(&endpoint, &scope).unwrap().0, arn);
+    assert!(
+        logged(&endpoint, &scope)
+            .1
+            .contains(&digest(&format!("{prefix}/k-006")))
+    );
+    // Host 1 follows from the tags, without listing.
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(count(&counts, "ListSecrets"), 0, "{counts:?}");
+    assert_eq!(
+        public_der(&hosts[0].key_dir("k-006")),
+        public_der(&hosts[1].key_dir("k-006"))
+    );
+}
