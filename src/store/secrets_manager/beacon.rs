@@ -49,10 +49,10 @@
 //! - A forged, rolled-back, moved, deleted or unreadable beacon: malformed bump tags, the
 //!   highest tag seen removed, another ARN or value, or a new "list" tag mean a listing (and a
 //!   writer removes the malformed tags). A beacon scheduled for deletion takes no tag and its
-//!   name cannot be created again: a writer restores it (`RestoreSecret`) before it bumps.
-//!   A forged removal or rewrite that drops a change can
-//!   delay noticing it until the next full listing, at most `fullSweepEvery` later; anything a
-//!   forged tag names only costs a description of this host's own keys' secrets. The same bound
+//!   name cannot be created again: a writer restores it (`RestoreSecret`) before it bumps. A
+//!   forged removal or rewrite that drops a change can delay noticing it until the next full
+//!   listing, at most `fullSweepEvery` later; anything a forged tag names only costs a
+//!   description of this host's own keys' secrets. The same bound
 //!   holds for a writer whose bump failed (one WARN) or that died between its tag and its read
 //!   back, and for any change made outside keyprov (no bump names it).
 //! - Rolling upgrade: older keyprovs bumped by putting a value (a log `keyprov-beacon/2`, or
