@@ -137,10 +137,10 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
         deleted(&sm, &secrets[2]).await,
     ];
     for host in &hosts[1..] {
-        for i in 0..3 {
+        for (i, before) in before.iter().enumerate() {
             let dir = host.key_dir(&format!("k{i}"));
             assert_eq!(versions(&dir), ["v0001"], "k{i}");
-            assert_eq!(public_der(&dir), before[i], "k{i}");
+            assert_eq!(&public_der(&dir), before, "k{i}");
         }
     }
     assert_eq!(
