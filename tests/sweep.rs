@@ -658,3 +658,113 @@ fn run_and_follow(host: &Install, endpoint: &str) {
         "{counts:?}"
     );
 }
+
+/// Red team: a forged bump tag at the highest sequence number a reader accepts (2^53), full,
+/// costs one listing per host; it must not leave writers unable to bump (their next tag,
+/// 2^53 + 1, is malformed to every reader: a listing per bump per host, and the bump lost to
+/// hosts that read after a writer removed it) for as long as the forged tag stays.
+#[test]
+fn a_forged_tag_at_the_highest_sequence_number_does_not_stop_bumps() {
+    let Some(endpoint) = localstack() else { return };
+    let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "maxseq");
+    let pages = KEYS.div_ceil(100);
+    let max_seq: u64 = 1 << 53;
+    let full: Vec<String> = (0..27).map(|i| digest(&format!("elsewhere/{i}"))).collect();
+    tag_beacon(
+        &endpoint,
+        &scope,
+        &format!("keyprov:bump:{max_seq}"),
+        &format!("{} {}", now() - 3600, full.join(" ")),
+    );
+    // Readers: nothing of theirs is named (no listing).
+    for index in [0, 1] {
+        let counts = counted_run(&hosts[index], &endpoint);
+        assert_eq!(count(&counts, "ListSecrets"), 0, "host {index}: {counts:?}");
+    }
+    for (round, key) in ["k-003", "k-004", "k-005"].into_iter().enumerate() {
+        let rotated = hosts[0].keyprov(&["rotate", key, "--now"]);
+        assert_eq!(rotated.code, 0, "{}", rotated.all());
+        assert!(
+            !rotated.all().contains("cannot bump"),
+            "round {round}: {}",
+            rotated.all()
+        );
+        let tags = bump_tags(&endpoint, &scope);
+        assert!(
+            tags.keys().all(|seq| (1..=max_seq).contains(seq)),
+            "round {round}: {:?}",
+            tags.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            logged(&endpoint, &scope)
+                .1
+                .contains(&digest(&format!("{prefix}/{key}"))),
+            "round {round}"
+        );
+        assert_within_tag_limits(&endpoint, &scope);
+        // Host 1 follows: one listing at most (the first round: the forged tag went), then
+        // from the tags alone.
+        let counts = counted_run(&hosts[1], &endpoint);
+        let listed = if round == 0 { pages } else { 0 };
+        assert!(
+            count(&counts, "ListSecrets") <= listed,
+            "round {round}: {counts:?}"
+        );
+        assert_eq!(
+            public_der(&hosts[0].key_dir(key)),
+            public_der(&hosts[1].key_dir(key)),
+            "{key}"
+        );
+    }
+}
+
+/// Red team: a beacon scheduled for deletion (anyone with `DeleteSecret`, default window 30
+/// days) takes no tag and its name cannot be created again: a writer restores it, so bumps
+/// land again instead of every host falling back to full listings for the whole window.
+#[test]
+fn a_beacon_scheduled_for_deletion_is_restored_by_the_next_bump() {
+    let Some(endpoint) = localstack() else { return };
+    let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "deleted");
+    let (arn, _) = beacon(&endpoint, &scope).unwrap();
+    block_on(async {
+        let client = secrets_client(&endpoint).await;
+        client
+            .delete_secret()
+            .secret_id(beacon_name(&scope))
+            .recovery_window_in_days(7)
+            .send()
+            .await
+    })
+    .unwrap();
+    // Readers: the frozen tags name nothing new (nobody can tag it meanwhile).
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(count(&counts, "ListSecrets"), 0, "{counts:?}");
+    let rotated = hosts[0].keyprov(&["rotate", "k-006", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    assert!(!rotated.all().contains("cannot bump"), "{}", rotated.all());
+    let deleted = block_on(async {
+        let client = secrets_client(&endpoint).await;
+        client
+            .describe_secret()
+            .secret_id(beacon_name(&scope))
+            .send()
+            .await
+    })
+    .unwrap()
+    .deleted_date()
+    .is_some();
+    assert!(!deleted, "the beacon is still scheduled for deletion");
+    assert_eq!(beacon(&endpoint, &scope).unwrap().0, arn);
+    assert!(
+        logged(&endpoint, &scope)
+            .1
+            .contains(&digest(&format!("{prefix}/k-006")))
+    );
+    // Host 1 follows from the tags, without listing.
+    let counts = counted_run(&hosts[1], &endpoint);
+    assert_eq!(count(&counts, "ListSecrets"), 0, "{counts:?}");
+    assert_eq!(
+        public_der(&hosts[0].key_dir("k-006")),
+        public_der(&hosts[1].key_dir("k-006"))
+    );
+}

@@ -48,9 +48,11 @@
 //!   full listing comes [`RECENT`] later instead of `fullSweepEvery` later.
 //! - A forged, rolled-back, moved, deleted or unreadable beacon: malformed bump tags, the
 //!   highest tag seen removed, another ARN or value, or a new "list" tag mean a listing (and a
-//!   writer removes the malformed tags). A forged removal or rewrite that drops a change can
-//!   delay noticing it until the next full listing, at most `fullSweepEvery` later; anything a
-//!   forged tag names only costs a description of this host's own keys' secrets. The same bound
+//!   writer removes the malformed tags). A beacon scheduled for deletion takes no tag and its
+//!   name cannot be created again: a writer restores it (`RestoreSecret`) before it bumps. A
+//!   forged removal or rewrite that drops a change can delay noticing it until the next full
+//!   listing, at most `fullSweepEvery` later; anything a forged tag names only costs a
+//!   description of this host's own keys' secrets. The same bound
 //!   holds for a writer whose bump failed (one WARN) or that died between its tag and its read
 //!   back, and for any change made outside keyprov (no bump names it).
 //! - Rolling upgrade: older keyprovs bumped by putting a value (a log `keyprov-beacon/2`, or
@@ -201,6 +203,19 @@ struct Listed {
     stages: BTreeMap<String, Vec<String>>,
 }
 
+/// The beacon as `DescribeSecret` shows it.
+pub(super) struct Described {
+    /// Its ARN.
+    arn: String,
+    /// The version of its value holding `AWSCURRENT` (`None`: no value).
+    value: Option<String>,
+    /// Its bump tags.
+    bumps: Bumps,
+    /// Scheduled for deletion (by anyone with `DeleteSecret`): it takes no tag until restored,
+    /// and its name cannot be created again before the recovery window ends.
+    deleted: bool,
+}
+
 /// The beacon as one sweep read it, before describing or listing anything.
 pub(super) enum Seen {
     /// Beacons are off.
@@ -247,12 +262,8 @@ impl SecretsManagerStore {
             .insert(secret.to_string());
     }
 
-    /// The beacon's ARN, the version of its value holding `AWSCURRENT` and its bump tags
-    /// (`DescribeSecret`, one request); `None` when it does not exist.
-    pub(super) async fn describe_beacon(
-        &self,
-        name: &str,
-    ) -> Result<Option<(String, Option<String>, Bumps)>, Failure> {
+    /// The beacon as `DescribeSecret` (one request) shows it; `None` when it does not exist.
+    pub(super) async fn describe_beacon(&self, name: &str) -> Result<Option<Described>, Failure> {
         let described = self
             .client()
             .await
@@ -274,11 +285,12 @@ impl SecretsManagerStore {
                 .iter()
                 .filter_map(|t| Some((t.key()?, t.value()?))),
         );
-        Ok(Some((
-            out.arn().unwrap_or_default().to_string(),
+        Ok(Some(Described {
+            arn: out.arn().unwrap_or_default().to_string(),
             value,
             bumps,
-        )))
+            deleted: out.deleted_date().is_some(),
+        }))
     }
 
     /// Describes the beacon (one request) when beacons and sweeps are on. One that cannot be
@@ -291,7 +303,9 @@ impl SecretsManagerStore {
         let name = name(&self.scope);
         match self.describe_beacon(&name).await {
             Ok(None) => Seen::Absent,
-            Ok(Some((arn, value, bumps))) => {
+            Ok(Some(Described {
+                arn, value, bumps, ..
+            })) => {
                 if !bumps.malformed.is_empty() {
                     // A gap for the sweep (it lists); the well-formed tags are still what this
                     // host saw, so once a writer removed these the next sweep is one request.

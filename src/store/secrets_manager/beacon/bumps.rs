@@ -287,19 +287,28 @@ impl Bumps {
     }
 
     /// Where a writer puts `digests` at `at`: appended to the highest tag when they fit,
-    /// else a new tag one higher.
+    /// else a new tag one higher; tag 1 again when the highest is the last a reader accepts
+    /// (a forged tag at [`MAX_SEQ`]: the next would be malformed to every reader, so no bump
+    /// would ever land again).
     pub fn placement(&self, at: u64, digests: &BTreeSet<String>) -> (u64, Tag) {
         let top = self.top();
         match self.tags.get(&top).and_then(|t| t.appended(at, digests)) {
             Some(tag) => (top, tag),
+            None if top >= MAX_SEQ => (1, Tag::new(at, digests)),
             None => (top + 1, Tag::new(at, digests)),
         }
     }
 
     /// The tag keys a writer removes before putting tag `seq`: the malformed ones, and the
-    /// lowest until at most [`MAX_BUMP_TAGS`] remain with `seq` in.
+    /// lowest until at most [`MAX_BUMP_TAGS`] remain with `seq` in; every other bump tag when
+    /// `seq` lies below the highest (numbering starts again: a reader sees the highest tag it
+    /// saw gone, a gap, and lists once).
     pub fn to_remove(&self, seq: u64) -> Vec<String> {
         let mut keys = self.malformed.clone();
+        if seq < self.top() {
+            keys.extend(self.tags.keys().filter(|s| **s != seq).map(|s| key(*s)));
+            return keys;
+        }
         let after = self.tags.len() + usize::from(!self.tags.contains_key(&seq));
         let excess = after.saturating_sub(MAX_BUMP_TAGS);
         keys.extend(
@@ -385,6 +394,33 @@ mod tests {
         }
         assert_eq!(b.top(), 3);
         assert_eq!(b.tags[&1].named, Named::Secrets((0..27).map(d).collect()));
+    }
+
+    #[test]
+    fn a_full_tag_at_the_highest_sequence_number_starts_the_numbering_again() {
+        let full: Vec<String> = (0..MAX_NAMED as u32).map(|n| d(1000 + n)).collect();
+        let forged = format!("5 {}", full.join(" "));
+        let b = bumps(&[(7, &format!("10 {}", d(1))), (MAX_SEQ, &forged)]);
+        assert!(b.malformed.is_empty());
+        let seen = b.seen();
+        let mine = set(&[&d(2)]);
+        let (seq, tag) = b.placement(20, &mine);
+        assert_eq!(seq, 1);
+        let mut after = b.clone();
+        for k in b.to_remove(seq) {
+            after.tags.remove(&k[PREFIX.len()..].parse().unwrap());
+        }
+        after.tags.insert(seq, tag);
+        assert_eq!(after.tags.keys().collect::<Vec<_>>(), vec![&1]);
+        assert!(after.landed(seq, &mine));
+        assert!(after.still_carries(seq, &mine));
+        // A reader that saw the forged tag sees a gap (one listing), then follows tag 1.
+        assert_eq!(after.since(&seen), Since::Gap);
+        let (seq, tag) = after.placement(30, &set(&[&d(3)]));
+        assert_eq!(seq, 1);
+        let mut next = after.clone();
+        next.tags.insert(seq, tag);
+        assert_eq!(next.since(&after.seen()), Since::Named(set(&[&d(3)])));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::types::Tag;
 
 use super::bumps::{self, Bumps};
-use super::{BEACON_TAG, MAX_TRIES, WARNED_WRITE, aws_now, name};
+use super::{BEACON_TAG, Described, MAX_TRIES, WARNED_WRITE, aws_now, name};
 use crate::daemon::pace;
 use crate::store::secrets_manager::SecretsManagerStore;
 use crate::store::secrets_manager::errors::{Failure, explain};
@@ -73,7 +73,7 @@ impl SecretsManagerStore {
                     Ok(())
                 }
             };
-            let Some((_, _, bumps)) = self.describe_beacon(name).await? else {
+            let Some(Described { bumps, deleted, .. }) = self.describe_beacon(name).await? else {
                 if digests.is_empty() {
                     return Ok(None);
                 }
@@ -85,6 +85,13 @@ impl SecretsManagerStore {
                 }
                 continue;
             };
+            if deleted {
+                // Scheduled for deletion: no tag lands (and no bump would for up to 30 days,
+                // every host falling back to its full listings) until it is restored.
+                self.restore_beacon(name).await?;
+                retry(&mut tries)?;
+                continue;
+            }
             if let Some(seq) = put.take() {
                 if confirming && bumps.still_carries(seq, digests) {
                     return Ok(Some(seq));
@@ -142,6 +149,22 @@ impl SecretsManagerStore {
             .await
             .map_err(|err| explain(&err, name, "TagResource"))?;
         Ok(seq)
+    }
+
+    /// Cancels the scheduled deletion of the beacon (`RestoreSecret`), with a WARN: someone
+    /// deleted it.
+    async fn restore_beacon(&self, name: &str) -> Result<(), Failure> {
+        self.client()
+            .await
+            .restore_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map_err(|err| explain(&err, name, "RestoreSecret"))?;
+        tracing::warn!(
+            "the change beacon {name} was scheduled for deletion (it took no bump then): restored"
+        );
+        Ok(())
     }
 
     async fn untag_beacon(&self, name: &str, keys: &[String]) -> Result<(), Failure> {
