@@ -160,7 +160,7 @@ fn missing_credentials_on_a_secret_say_credentials_in_words() {
         );
         assert!(
             plan.stdout
-                .contains("1 not planned for lack of AWS credentials"),
+                .contains("Not planned: 0 converged, 1 not planned for lack of AWS credentials"),
             "{env:?}: {}",
             plan.all()
         );

@@ -235,7 +235,9 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
             crate::output::count(converged, "key")
         );
     } else {
-        let head = if to_change == 0 && due_prunes == 0 {
+        let head = if to_change == 0 && due_prunes == 0 && !failed.is_empty() {
+            "Not planned".to_string()
+        } else if to_change == 0 && due_prunes == 0 {
             "No changes planned".to_string()
         } else if to_change == 0 {
             "Orphans to prune".to_string()

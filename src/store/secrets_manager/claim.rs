@@ -69,6 +69,9 @@ pub fn claim_value(host: &str, generation: u32, attempt: u32) -> String {
     .expect("a claim always encodes")
 }
 
+/// How long a won claim is left before it is read back (see [`SecretsManagerStore::claim`]).
+const CLAIM_SETTLE: Duration = Duration::from_millis(500);
+
 /// What claiming a generation came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -155,7 +158,21 @@ impl SecretsManagerStore {
                 .await;
             self.forget_description(secret);
             match put.map_err(|err| explain(&err, secret, "PutSecretValue")) {
-                Ok(_) => return Ok(Claim::Won { attempt }),
+                Ok(_) => {
+                    // Secrets Manager refuses a second value under a taken token. A backend
+                    // whose check is not atomic (LocalStack under load) can take two at once,
+                    // the later replacing the earlier: the claim is read back a moment later,
+                    // and the host it names holds it.
+                    tokio::time::sleep(CLAIM_SETTLE).await;
+                    return Ok(match self.claim_at(name, secret, generation, attempt).await? {
+                        Some((holder, age)) if holder.host != host => Claim::Held {
+                            host: Some(holder.host),
+                            attempt,
+                            stale_in: timeout.saturating_sub(age),
+                        },
+                        _ => Claim::Won { attempt },
+                    });
+                }
                 // This attempt's token is taken: by another host just now (a fresh claim in
                 // it), else by a claim gone stale or by a value that is no claim (planted
                 // ahead): then it holds nothing back and the next attempt is tried.
