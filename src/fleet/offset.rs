@@ -55,6 +55,26 @@ pub fn release_time(
     Some((due.publish_at, at))
 }
 
+/// When this host's daemon looks at the scheduled rotation of `key` (`outputs` its
+/// observation): `(due, turn)`, the publication time and this host's turn, a writer's at its
+/// offset ([`release_time`]), a consumer's once the whole window has passed (when the writers
+/// are done). `None` when the key does not rotate or has no current generation.
+pub fn turn(
+    settings: &FleetSettings,
+    host: &str,
+    consumer: bool,
+    key: &KeyPair,
+    outputs: &[ObservedOutput],
+) -> Option<(SystemTime, SystemTime)> {
+    let (due, release) = release_time(settings, host, key, outputs)?;
+    if !consumer {
+        return Some((due, release));
+    }
+    let every = key.rotation.every.unwrap_or_default();
+    let window = settings.generate_window.unwrap_or(default_window(every));
+    Some((due, crate::schedule::add(due, window)))
+}
+
 /// The plan of `key` as it was just before its rotation fell due: repairs, copies and prunes,
 /// no new generation.
 pub fn plan_before_due(
@@ -139,17 +159,9 @@ pub fn next_events(
                 return None;
             };
             let at = plan::next_event(key, outputs, now)?;
-            let turn = release_time(settings, &host, key, outputs)
+            let turn = turn(settings, &host, consumer, key, outputs)
                 .filter(|(due, _)| *due == at)
-                .map(|(due, release)| {
-                    if consumer {
-                        let every = key.rotation.every.unwrap_or_default();
-                        let window = settings.generate_window.unwrap_or(default_window(every));
-                        crate::schedule::add(due, window)
-                    } else {
-                        release
-                    }
-                });
+                .map(|(_, turn)| turn);
             Some((key, turn.unwrap_or(at)))
         });
     for (key, at) in turns {
@@ -272,5 +284,44 @@ mod hold_tests {
         let (plans, next) = plan_at(release);
         assert!(rotates(&plans[0]), "{plans:?}");
         assert_eq!(next.earliest(), None);
+    }
+
+    #[test]
+    fn a_listed_key_is_settled_near_its_due_time_until_this_hosts_turn_is_near() {
+        use crate::store::secrets_manager::settled;
+        const MINUTE: Duration = Duration::from_secs(60);
+        let key = key("{every: 1000s}");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let outputs = converged(&key, t0);
+        let window = 10 * MINUTE;
+        let settings = FleetSettings {
+            generate_window: Some(window),
+            ..Default::default()
+        };
+        // A host whose turn comes at least 3 minutes after the due time.
+        let host = (0..)
+            .map(|i| format!("h{i}"))
+            .find(|h| offset(h, "k", window) > 3 * MINUTE)
+            .unwrap();
+        let (due, at) = turn(&settings, &host, false, &key, &outputs).unwrap();
+        assert_eq!(at, due + offset(&host, "k", window));
+        let turn_of = Some((due, at));
+        let secs = Duration::from_secs;
+        // Far from the due time: settled either way.
+        assert!(settled(&key, &outputs, due - 2 * MINUTE, None));
+        // Within a minute of it: observed directly unless this host's turn is later.
+        assert!(!settled(&key, &outputs, due - secs(30), None));
+        assert!(settled(&key, &outputs, due - secs(30), turn_of));
+        // Due (only the scheduled generation to do, held until the turn): still settled.
+        assert!(!settled(&key, &outputs, due + secs(10), None));
+        assert!(settled(&key, &outputs, due + secs(10), turn_of));
+        // Within a minute of the turn, and at it: observed directly.
+        assert!(!settled(&key, &outputs, at - secs(30), turn_of));
+        assert!(!settled(&key, &outputs, at, turn_of));
+        // A consumer's turn is the end of the window.
+        assert_eq!(
+            turn(&settings, &host, true, &key, &outputs),
+            Some((due, due + window))
+        );
     }
 }

@@ -31,7 +31,11 @@ pub(super) async fn load<'a>(
         let provider = provider.clone();
         async move { provider.warm_up().await }
     });
-    let stores = Arc::new(super::new_stores(config));
+    let stores = super::new_stores(config);
+    let stores = Arc::new(match mode {
+        Mode::Daemon { .. } => stores.with_turns(&config.fleet),
+        Mode::Once => stores,
+    });
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
     let pending = prepare_some(config, &stores, rotate, only, Problems::Report).await;
     Pass {

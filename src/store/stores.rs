@@ -22,6 +22,15 @@ pub struct Stores {
     files: FileStore,
     secrets: SecretsManagerStore,
     limiter: Arc<Limiter>,
+    /// In the daemon: this host's turns at scheduled rotations (see [`Stores::with_turns`]).
+    turns: Option<Turns>,
+}
+
+/// What tells this host's turn at a key's scheduled rotation.
+struct Turns {
+    fleet: crate::fleet::FleetSettings,
+    host: String,
+    consumer: bool,
 }
 
 impl Stores {
@@ -32,7 +41,21 @@ impl Stores {
             files: FileStore::start(),
             secrets: SecretsManagerStore::new(settings, scope, limiter.clone()),
             limiter,
+            turns: None,
         }
+    }
+
+    /// For the daemon's passes, which hold a scheduled generation until this host's turn
+    /// (its fleet offset; a consumer's after the window): a sweep takes a key near or past its
+    /// due time from the listing while that turn is more than `DUE_MARGIN` (60 s) away (see
+    /// [`settled`]); the pass at the turn observes it directly.
+    pub fn with_turns(mut self, fleet: &crate::fleet::FleetSettings) -> Self {
+        self.turns = Some(Turns {
+            host: fleet.host_id(),
+            consumer: fleet.role == crate::fleet::Role::Consumer,
+            fleet: fleet.clone(),
+        });
+        self
     }
 
     /// Checks secrets from their version ids ([`SecretsManagerStore::sweep`]), keeping what
@@ -185,7 +208,11 @@ impl Stores {
             Output::SecretsManager(secret) => listing.is_fresh(&secret.secret_id),
             Output::File(_) => true,
         });
-        (fresh || settled(key, &outputs, now)).then_some(outputs)
+        let turn = self
+            .turns
+            .as_ref()
+            .and_then(|t| crate::fleet::offset::turn(&t.fleet, &t.host, t.consumer, key, &outputs));
+        (fresh || settled(key, &outputs, now, turn)).then_some(outputs)
     }
 
     /// Whether output `index` of `key` holds a complete `generation`.

@@ -586,10 +586,44 @@ fn checked(text: &str, secret: &str, key: &str, generation: u32) -> Option<Obser
 /// Whether a key observed from a listing is settled enough to take as it is: nothing to do and
 /// nothing due within [`DUE_MARGIN`]. Otherwise it is observed directly before anything is
 /// decided.
-pub fn settled(key: &KeyPair, outputs: &[ObservedOutput], now: SystemTime) -> bool {
-    crate::plan::unplannable(key, outputs).is_none()
-        && crate::plan::plan_key(key, outputs, now, None).is_empty()
-        && crate::plan::next_event(key, outputs, now).is_none_or(|at| at > now + DUE_MARGIN)
+///
+/// `turn`: in the daemon, the key's scheduled rotation and this host's turn at it
+/// (`(due, turn)`, [`crate::fleet::offset::turn`]). The daemon holds a scheduled generation
+/// until this host's turn ([`crate::fleet::offset::hold_back`]) and observes the key directly
+/// then, so near or past the due time the key is settled while that turn is more than
+/// [`DUE_MARGIN`] away and nothing but the rotation is to do: the listing decides no action
+/// (the held generation waits; its wake is the turn).
+pub fn settled(
+    key: &KeyPair,
+    outputs: &[ObservedOutput],
+    now: SystemTime,
+    turn: Option<(SystemTime, SystemTime)>,
+) -> bool {
+    let far = |at: SystemTime| at > now + DUE_MARGIN;
+    if crate::plan::unplannable(key, outputs).is_some() {
+        return false;
+    }
+    let plan = crate::plan::plan_key(key, outputs, now, None);
+    let next = crate::plan::next_event(key, outputs, now);
+    if plan.is_empty() && next.is_none_or(far) {
+        return true;
+    }
+    let Some((due, turn)) = turn else {
+        return false;
+    };
+    let scheduled = |a: &crate::plan::Action| {
+        matches!(
+            a,
+            crate::plan::Action::Generate {
+                reason: crate::plan::Reason::RotationDue,
+                ..
+            }
+        )
+    };
+    far(turn)
+        && next.is_none_or(|at| at >= due)
+        && plan.iter().all(scheduled)
+        && crate::fleet::offset::plan_before_due(key, outputs, due).is_empty()
 }
 
 mod read;
