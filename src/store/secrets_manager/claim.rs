@@ -164,14 +164,16 @@ impl SecretsManagerStore {
                     // the later replacing the earlier: the claim is read back a moment later,
                     // and the host it names holds it.
                     tokio::time::sleep(CLAIM_SETTLE).await;
-                    return Ok(match self.claim_at(name, secret, generation, attempt).await? {
-                        Some((holder, age)) if holder.host != host => Claim::Held {
-                            host: Some(holder.host),
-                            attempt,
-                            stale_in: timeout.saturating_sub(age),
+                    return Ok(
+                        match self.claim_at(name, secret, generation, attempt).await? {
+                            Some((holder, age)) if holder.host != host => Claim::Held {
+                                host: Some(holder.host),
+                                attempt,
+                                stale_in: timeout.saturating_sub(age),
+                            },
+                            _ => Claim::Won { attempt },
                         },
-                        _ => Claim::Won { attempt },
-                    });
+                    );
                 }
                 // This attempt's token is taken: by another host just now (a fresh claim in
                 // it), else by a claim gone stale or by a value that is no claim (planted
