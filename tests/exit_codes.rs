@@ -140,3 +140,30 @@ fn rotate_or_decrypt_of_a_key_no_manifest_defines_is_a_usage_error_naming_the_ke
     // Nothing was rotated meanwhile.
     assert_eq!(versions(&install.key_dir("payments")), ["v0001"]);
 }
+
+#[test]
+fn rotate_or_decrypt_of_a_key_in_an_invalid_manifest_exits_2_naming_it() {
+    let install = install(false, false, false);
+    // steady's manifest broken after it was made: the key is frozen, not unknown.
+    install.manifest(
+        "steady.yaml",
+        "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: steady}\nspec: {keyPairSpec: NOPE}\n",
+    );
+    for args in [&["rotate", "steady"][..], &["decrypt", "steady"]] {
+        let run = install.keyprov(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.all());
+        assert!(
+            run.stderr
+                .contains("key \"steady\" is defined in an invalid manifest"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        // No private key printed (rotate prints its summary line).
+        assert!(
+            !run.stdout.contains("PRIVATE KEY"),
+            "{args:?}: {}",
+            run.stdout
+        );
+    }
+    assert_eq!(versions(&install.key_dir("steady")), ["v0001"]);
+}

@@ -112,6 +112,12 @@ pub async fn decrypt(
         crate::output::error(format_args!("decrypt {name}: {message}"));
         return Exit::Usage;
     }
+    if loaded.frozen.contains(name) && !loaded.keys.iter().any(|k| k.name == name) {
+        // Defined in an invalid manifest: exit 2, as rotate does (nothing is read or written).
+        let message = super::find_key(&loaded, name).err().unwrap_or_default();
+        crate::output::error(format_args!("decrypt {name}: {message}"));
+        return Exit::Invalid;
+    }
     let out = out.filter(|path| *path != Path::new("-"));
     let result = async {
         if let Some(path) = out {
