@@ -72,7 +72,7 @@ impl Role {
 }
 
 /// A short SHA-256 of a host id (16 hex digits): what keyprov writes where other hosts read it
-/// (a claim's holder, the change beacon's `by`), so the id itself (by default /etc/machine-id)
+/// (a claim's holder), so the id itself (by default /etc/machine-id)
 /// is never written nor logged.
 pub fn host_digest(host_id: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, host_id.as_bytes());
