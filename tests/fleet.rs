@@ -667,3 +667,84 @@ async fn a_follower_copies_a_rotation_with_one_look_and_one_read() {
         daemons[1].log()
     );
 }
+
+/// A follower's due wake describes the rotated secret at its turn, more than the margin after
+/// the writer's bump of the beacon; its next sweep reads that bump and does not describe the
+/// secret again (it already shows what the bump names). Before, every bump a follower had
+/// copied cost it one more `DescribeSecret` per key at its next sweep.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_does_not_describe_again_what_a_due_wake_described_after_the_bump() {
+    let Some(endpoint) = localstack() else { return };
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let secret = unique("covered");
+    let calm = unique("covered-calm");
+    let window = Duration::from_secs(20);
+    // The follower's turn at least 9 s after the writer's: its look comes after the bump.
+    let offset = |host: &str| keyprov::fleet::offset::offset(host, "covered", window);
+    let first = (0..)
+        .map(|i| format!("host-a{i}"))
+        .find(|h| offset(h) < Duration::from_secs(5))
+        .unwrap();
+    let second = (0..)
+        .map(|i| format!("host-b{i}"))
+        .find(|h| offset(h) > offset(&first) + Duration::from_secs(9))
+        .unwrap();
+    let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: 20s}}");
+    let reconcile = ", debounce: 100ms, resyncEvery: 1h";
+    let port = free_port();
+    let log = keyring.with_file_name("proxy.log");
+    let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
+    let writer = host(&endpoint, &keyring, reconcile, &fleet(&first));
+    let follower = host(
+        &format!("http://127.0.0.1:{port}"),
+        &keyring,
+        reconcile,
+        &fleet(&second),
+    );
+    // 90 s: the sweep after the copy is more than a minute before the next rotation, so the
+    // key is settled on the listing and only the bump could make it described.
+    let rotating = with_secret("covered", &secret, "  rotation: {every: 90s, keep: 5}\n");
+    for h in [&writer, &follower] {
+        h.manifest("covered.yaml", &rotating);
+        h.manifest("calm.yaml", &with_secret("calm", &calm, ""));
+    }
+    writer.run_once(0);
+    follower.run_once(0);
+    let daemons = [Daemon::start(&writer), Daemon::start(&follower)];
+    daemons[1].wait_until("the follower holds generation 2", || {
+        current_generation(&follower, "covered").as_deref() == Some("v0002")
+    });
+    let passes = daemons[1].passes();
+    daemons[1].wait_until("the copying pass ends", || daemons[1].passes() > passes);
+    let since = unix_now();
+    let passes = daemons[1].passes();
+    daemons[1].reload();
+    daemons[1].wait_until("the reload's pass ends", || daemons[1].passes() > passes);
+    let requests = logged_since(&log, since);
+    drop(proxy);
+    assert!(
+        generated(&daemons[1].log()).is_empty(),
+        "the follower made a generation:\n{}",
+        daemons[1].log()
+    );
+    let described = |id: &str| {
+        requests
+            .iter()
+            .filter(|(t, i)| t.ends_with(".DescribeSecret") && i.contains(id))
+            .count()
+    };
+    assert_eq!(
+        described("keyprov/beacon/"),
+        1,
+        "the reload's sweep reads the beacon once: {requests:?}\n{}",
+        daemons[1].log()
+    );
+    assert_eq!(
+        described(&secret),
+        0,
+        "the sweep described again the secret the due wake described after the bump: \
+         {requests:?}\n{}",
+        daemons[1].log()
+    );
+}

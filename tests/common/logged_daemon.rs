@@ -41,6 +41,15 @@ impl Daemon {
         self.log().matches("next reconcile at").count()
     }
 
+    /// Sends SIGHUP: reload the configuration and reconcile every key (a sweep).
+    pub fn reload(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("the daemon is running");
+    }
+
     /// Waits until `condition` holds; panics with the log after [`PATIENCE`].
     pub fn wait_until(&self, what: &str, mut condition: impl FnMut() -> bool) {
         let deadline = Instant::now() + PATIENCE;

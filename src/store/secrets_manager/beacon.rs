@@ -63,6 +63,7 @@
 //!   an older reader takes as no beacon and an older writer fails to bump (one WARN).
 
 mod bumps;
+pub(super) mod covered;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -162,6 +163,9 @@ pub(super) struct Beacon {
     /// [`SecretsManagerStore::save_listing`] when the pass ends (read-only commands such as
     /// `status` never write it).
     pending: Mutex<Option<(Vec<Shard>, Header)>>,
+    /// This pass's `DescribeSecret` answers, patched into the remembered listing at its end
+    /// ([`covered`]).
+    described: Mutex<covered::Kept>,
 }
 
 /// What this host saw at its last look at the beacon, and when it must list again.
@@ -201,6 +205,10 @@ struct Listed {
     kms: Option<String>,
     tags: BTreeMap<String, String>,
     stages: BTreeMap<String, Vec<String>>,
+    /// When this entry was described (`DescribeSecret` sent, Unix seconds by AWS's clock);
+    /// `None`: listed ([`covered`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    described_at: Option<u64>,
 }
 
 /// The beacon as `DescribeSecret` shows it.
@@ -374,7 +382,17 @@ impl SecretsManagerStore {
             return Plan::Remembered(listing);
         }
         // Even when none is this host's: the header moves on with the tags.
-        let named = ours(keys, &listing, &named);
+        let mut named = ours(keys, &listing, &named);
+        if let Seen::Tags { bumps, .. } = seen {
+            let before = named.len();
+            named.retain(|secret| !covered::covered(&listing, bumps, secret));
+            if named.len() < before {
+                tracing::debug!(
+                    "sweep: {} of the secrets the change beacon names were described after                      their bumps; not describing them again",
+                    before - named.len()
+                );
+            }
+        }
         if named.len() > MAX_DESCRIBED {
             return Plan::List;
         }
@@ -409,6 +427,7 @@ impl SecretsManagerStore {
     /// (its key is then observed directly, which reports any error).
     pub(super) async fn describe_into(&self, listing: &mut Listing, secrets: &BTreeSet<String>) {
         for secret in secrets {
+            let sent = std::time::Instant::now();
             let described = self
                 .client()
                 .await
@@ -419,6 +438,9 @@ impl SecretsManagerStore {
             listing.remove(secret);
             match described {
                 Ok(out) if tag_map(out.tags()).get(SCOPE_TAG) == Some(&self.scope) => {
+                    if let (Some(at), Some(arn)) = (covered::sent_at(sent), out.arn()) {
+                        listing.set_described_at(arn, at);
+                    }
                     listing.insert_fresh(out);
                 }
                 Ok(_) => {}
@@ -439,6 +461,9 @@ impl SecretsManagerStore {
                 return None;
             }
             for (arn, listed) in shard.secrets {
+                if let Some(at) = listed.described_at {
+                    listing.set_described_at(&arn, at);
+                }
                 listing.insert(described(&arn, listed));
             }
         }
@@ -451,10 +476,13 @@ impl SecretsManagerStore {
         let Some(dir) = self.sweep.state_dir() else {
             return;
         };
+        let kept = self.take_described();
         let pending = self.beacon.pending.lock().expect("never poisoned").take();
-        let Some((shards, header)) = pending else {
+        let Some((mut shards, header)) = pending else {
+            covered::patch_saved(dir, &self.scope, &kept);
             return;
         };
+        covered::patch(&mut shards, &kept);
         for (index, shard) in shards.iter().enumerate() {
             if let Err(err) = shard_ledger(dir, index).save(shard) {
                 tracing::warn!("{err}");
@@ -504,17 +532,11 @@ impl SecretsManagerStore {
             if entry.deleted_date().is_none() {
                 shards[super::sweep::shard_of(arn)]
                     .secrets
-                    .insert(arn.clone(), listed(entry));
+                    .insert(arn.clone(), listed(entry, listing.described_at_arn(arn)));
             }
         }
         for shard in &mut shards {
-            while serde_json::to_vec_pretty(&*shard).map_or(0, |b| b.len()) > MAX_BYTES {
-                let keep = shard.secrets.len() * 9 / 10;
-                let dropped: Vec<String> = shard.secrets.keys().skip(keep).cloned().collect();
-                for arn in dropped {
-                    shard.secrets.remove(&arn);
-                }
-            }
+            trim(shard);
         }
         let (listed_at, list_after) = kept.unwrap_or_else(|| {
             // Hosts do not list in step: up to 10 % early, as the daemon's resyncs.
@@ -582,7 +604,20 @@ fn aws_now() -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn listed(entry: &DescribeSecretOutput) -> Listed {
+/// Leaves secrets out of `shard` until it fits [`MAX_BYTES`] (they are described directly
+/// when a key needs them).
+fn trim(shard: &mut Shard) {
+    while serde_json::to_vec_pretty(&*shard).map_or(0, |b| b.len()) > MAX_BYTES {
+        let keep = shard.secrets.len() * 9 / 10;
+        let dropped: Vec<String> = shard.secrets.keys().skip(keep).cloned().collect();
+        for arn in dropped {
+            shard.secrets.remove(&arn);
+        }
+    }
+}
+
+/// One secret as the remembered listing keeps it (`described_at`: see [`Listed`]).
+fn listed(entry: &DescribeSecretOutput, described_at: Option<u64>) -> Listed {
     Listed {
         name: entry.name().unwrap_or_default().to_string(),
         kms: entry.kms_key_id().map(str::to_string),
@@ -595,6 +630,7 @@ fn listed(entry: &DescribeSecretOutput) -> Listed {
             .version_ids_to_stages()
             .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default(),
+        described_at,
     }
 }
 
@@ -642,7 +678,7 @@ mod tests {
             .tags(Tag::builder().key(SCOPE_TAG).value("prod").build())
             .version_ids_to_stages("v1", vec![CURRENT.to_string(), "keyprov-v0001".into()])
             .build();
-        let back = described("arn:s", listed(&entry));
+        let back = described("arn:s", listed(&entry, None));
         assert_eq!(back.name(), Some("s"));
         assert_eq!(back.kms_key_id(), Some("k"));
         assert_eq!(back.tags(), entry.tags());

@@ -14,7 +14,7 @@ use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use aws_sdk_secretsmanager::types::Tag;
 
 use super::SecretsManagerStore;
-use super::errors::{Failure, explain};
+use super::errors::{Failure, found};
 use super::layout::{self, MANAGED_TAG, NAME_TAG, SCOPE_TAG};
 use super::refusal::Refusal;
 use super::versions::Described;
@@ -63,6 +63,7 @@ impl SecretsManagerStore {
             .lock()
             .expect("never poisoned")
             .remove(secret);
+        self.drop_described(secret);
     }
 
     /// Describes the secret with a request (and keeps the answer, see [`Self::describe`]).
@@ -71,25 +72,21 @@ impl SecretsManagerStore {
         key: &str,
         secret: &str,
     ) -> Result<Option<Described>, StoreError> {
-        let found = self
+        let sent = std::time::Instant::now();
+        let answer = self
             .client()
             .await
             .describe_secret()
             .secret_id(secret)
             .send()
             .await;
-        let output = match found {
-            Ok(output) => output,
-            Err(err) => {
-                let failure = explain(&err, secret, "DescribeSecret");
-                return match failure {
-                    Failure::NotFound => Ok(None),
-                    other => Err(other.into_error()),
-                };
-            }
+        let Some(output) = found(answer, secret, "DescribeSecret").map_err(Failure::into_error)?
+        else {
+            return Ok(None);
         };
         let described = self.accept(key, secret, &output)?;
         self.remember_description(secret, &output);
+        self.keep_described(secret, super::beacon::covered::sent_at(sent), &output);
         Ok(Some(described))
     }
 

@@ -380,6 +380,9 @@ pub struct Listing {
     /// ARNs of the entries described (`DescribeSecret`, consistent) in this sweep: as fresh
     /// as a direct observation, so a key whose secrets all are need not be described again.
     fresh: std::collections::HashSet<String>,
+    /// ARN -> when its entry was described (Unix seconds by AWS's clock, a lower bound; see
+    /// [`super::beacon`]'s covered descriptions): a bump older than that names nothing new.
+    described_at: HashMap<String, u64>,
 }
 
 impl Listing {
@@ -407,6 +410,24 @@ impl Listing {
         self.insert(entry);
     }
 
+    /// Notes that the entry of `arn` is a `DescribeSecret` answer sent at `at` (Unix seconds by
+    /// AWS's clock, no later than the answer), keeping the latest.
+    pub(super) fn set_described_at(&mut self, arn: &str, at: u64) {
+        let had = self.described_at.entry(arn.to_string()).or_insert(at);
+        *had = (*had).max(at);
+    }
+
+    /// When the entry of the secret `secret_id` names was described, if it was (see
+    /// [`Listing::set_described_at`]).
+    pub(super) fn described_at(&self, secret_id: &str) -> Option<u64> {
+        self.described_at.get(self.arn_of(secret_id)?).copied()
+    }
+
+    /// When the entry of `arn` was described, if it was.
+    pub(super) fn described_at_arn(&self, arn: &str) -> Option<u64> {
+        self.described_at.get(arn).copied()
+    }
+
     /// Whether the secret `secret_id` names was described in this sweep, not listed.
     pub fn is_fresh(&self, secret_id: &str) -> bool {
         self.arn_of(secret_id)
@@ -418,9 +439,11 @@ impl Listing {
         let arn = self.arn_of(secret_id).map(str::to_string);
         if let Some(arn) = arn
             && let Some(entry) = self.by_arn.remove(&arn)
-            && let Some(name) = entry.name()
         {
-            self.names.remove(name);
+            self.described_at.remove(&arn);
+            if let Some(name) = entry.name() {
+                self.names.remove(name);
+            }
         }
     }
 

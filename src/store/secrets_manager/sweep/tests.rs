@@ -53,6 +53,7 @@ fn listing(arn: &str, generations: &[u32]) -> Listing {
         by_arn: HashMap::from([(arn.to_string(), entry)]),
         names: HashMap::from([("s".to_string(), arn.to_string())]),
         fresh: Default::default(),
+        described_at: Default::default(),
     }
 }
 
