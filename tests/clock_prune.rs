@@ -621,16 +621,6 @@ async fn a_staged_version_published_by_a_clock_ahead_activates_on_time_from_its_
     assert_eq!(secret_json(&sm, &secret).await["generation"], 2);
 }
 
-async fn deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
-    sm.describe_secret()
-        .secret_id(secret)
-        .send()
-        .await
-        .unwrap()
-        .deleted_date()
-        .is_some()
-}
-
 fn tag(key: &str, value: &str) -> aws_sdk_secretsmanager::types::Tag {
     aws_sdk_secretsmanager::types::Tag::builder()
         .key(key)
@@ -723,19 +713,19 @@ async fn a_secret_that_only_carries_keyprovs_tags_is_never_pruned() {
     }
     run_at(&fresh, due, 0);
     assert!(
-        !deleted(&sm, &mine).await,
+        !secret_deleted(&sm, &mine).await,
         "the fresh host never managed it"
     );
     run_at(&host, due, 0);
     assert!(
-        deleted(&sm, &mine).await,
+        secret_deleted(&sm, &mine).await,
         "the host that managed it prunes it"
     );
     assert!(
-        !deleted(&sm, &victim).await,
+        !secret_deleted(&sm, &victim).await,
         "never managed here: left alone"
     );
-    assert!(!deleted(&sm, &kept).await);
+    assert!(!secret_deleted(&sm, &kept).await);
     let ledger = std::fs::read_to_string(host.state().join("ledger/prune.json")).unwrap();
     assert!(!ledger.contains(&victim), "{ledger}");
     sm.delete_secret()
@@ -776,7 +766,7 @@ async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
     assert!(ledger.contains(&gone), "seen: {ledger}");
     // The clock is right: the wait starts now, it does not lie ten years behind.
     run_at(&host, now, 0);
-    assert!(!deleted(&sm, &gone).await, "not pruned at once");
+    assert!(!secret_deleted(&sm, &gone).await, "not pruned at once");
     assert!(host.key_dir("gone").join("current").exists());
     let plan = at(&host, &["plan"], now);
     assert!(
@@ -789,9 +779,12 @@ async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
     );
     // Seen again within pruneAfter, then past it: pruned.
     run_at(&host, now + DAY / 2, 0);
-    assert!(!deleted(&sm, &gone).await);
+    assert!(!secret_deleted(&sm, &gone).await);
     run_at(&host, now + Duration::from_secs(25 * 3600), 0);
-    assert!(deleted(&sm, &gone).await, "pruned once seen for pruneAfter");
+    assert!(
+        secret_deleted(&sm, &gone).await,
+        "pruned once seen for pruneAfter"
+    );
     assert!(!host.key_dir("gone").exists());
 }
 

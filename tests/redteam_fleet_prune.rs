@@ -36,16 +36,6 @@ fn pruning_host(endpoint: &str, keyring: &Path, scope: &str) -> Install {
     )
 }
 
-async fn deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
-    sm.describe_secret()
-        .secret_id(secret)
-        .send()
-        .await
-        .unwrap()
-        .deleted_date()
-        .is_some()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
     let Some(endpoint) = localstack() else { return };
@@ -84,7 +74,7 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
     run_at(&hosts[0], t0() + 2 * DAY + Duration::from_secs(1));
     for secret in &secrets {
         assert!(
-            !deleted(&sm, secret).await,
+            !secret_deleted(&sm, secret).await,
             "{secret} pruned by an emptied host"
         );
     }
@@ -95,8 +85,8 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
     run_at(&hosts[0], t0() + 4 * DAY + DAY / 2);
     run_at(&hosts[0], t0() + 5 * DAY + Duration::from_secs(1));
     let pruned = [
-        deleted(&sm, &secrets[1]).await,
-        deleted(&sm, &secrets[2]).await,
+        secret_deleted(&sm, &secrets[1]).await,
+        secret_deleted(&sm, &secrets[2]).await,
     ];
     assert_eq!(
         pruned,
@@ -109,14 +99,14 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
         assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.all());
     }
     for secret in &secrets {
-        assert!(!deleted(&sm, secret).await, "{secret} not restored");
+        assert!(!secret_deleted(&sm, secret).await, "{secret} not restored");
     }
     // Host 0 runs again right after: a secret just restored by the fleet is not pruned again
     // at once (it would flip between deleted and restored at every pass).
     run_at(&hosts[0], t0() + 5 * DAY + Duration::from_secs(180));
     let again = [
-        deleted(&sm, &secrets[1]).await,
-        deleted(&sm, &secrets[2]).await,
+        secret_deleted(&sm, &secrets[1]).await,
+        secret_deleted(&sm, &secrets[2]).await,
     ];
     for host in &hosts[1..] {
         for (i, before) in before.iter().enumerate() {

@@ -821,3 +821,15 @@ pub fn file_and_secret(name: &str, secret: &str, extra: &str) -> String {
         &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
     )
 }
+
+/// Whether Secrets Manager has `secret` scheduled for deletion (DescribeSecret's
+/// `DeletedDate`).
+pub async fn secret_deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
+    sm.describe_secret()
+        .secret_id(secret)
+        .send()
+        .await
+        .unwrap()
+        .deleted_date()
+        .is_some()
+}
