@@ -42,6 +42,15 @@ pub enum LockError {
 pub struct StateLock {
     _file: Flock<File>,
     _dir: Flock<File>,
+    waited: bool,
+}
+
+impl StateLock {
+    /// Whether another keyprov held the lock first (it may have changed the stateDir, or
+    /// acted on changed manifests, meanwhile).
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 /// Takes the lock of `state_dir` (creating the directory and the file when missing). When
@@ -56,8 +65,10 @@ pub fn acquire(state_dir: &Path, wait: bool) -> Result<StateLock, LockError> {
     let dir = DirHandle::open_root(state_dir, true)
         .map_err(|e| failed(e.to_string()))?
         .ok_or_else(|| failed("the state directory does not exist".into()))?;
+    let mut waited = false;
     loop {
-        let locked = lock_file(&dir, &path, wait)?;
+        let (locked, waited_for_file) = lock_file(&dir, &path, wait)?;
+        waited |= waited_for_file;
         // Someone may have removed or replaced the file while we waited for it: a lock on a
         // file no longer at `.lock` excludes nobody. Take the one that is there now.
         let held = nix::sys::stat::fstat(&*locked).map_err(|e| failed(e.desc().to_string()))?;
@@ -66,18 +77,19 @@ pub fn acquire(state_dir: &Path, wait: bool) -> Result<StateLock, LockError> {
             // The stateDir itself is locked too: `.lock` can be deleted while held (and a new
             // one created and locked by someone else); the directory cannot.
             let dir_file = dir.file().map_err(|e| failed(e.to_string()))?;
-            let dir_lock = flock(dir_file, &path, wait)?;
+            let (dir_lock, waited_for_dir) = flock(dir_file, &path, wait)?;
             return Ok(StateLock {
                 _file: locked,
                 _dir: dir_lock,
+                waited: waited || waited_for_dir,
             });
         }
         tracing::debug!(lock = %path.display(), "the lock file was replaced; locking again");
     }
 }
 
-/// Opens (or creates) `.lock` in `dir` and flocks it.
-fn lock_file(dir: &DirHandle, path: &Path, wait: bool) -> Result<Flock<File>, LockError> {
+/// Opens (or creates) `.lock` in `dir` and flocks it (see [`flock`]).
+fn lock_file(dir: &DirHandle, path: &Path, wait: bool) -> Result<(Flock<File>, bool), LockError> {
     let failed = |message: String| LockError::Failed {
         path: path.to_path_buf(),
         message,
@@ -89,13 +101,14 @@ fn lock_file(dir: &DirHandle, path: &Path, wait: bool) -> Result<Flock<File>, Lo
 }
 
 /// flocks `file` exclusively; when another process holds it, waits (saying so) or fails.
-fn flock(file: File, path: &Path, wait: bool) -> Result<Flock<File>, LockError> {
+/// Returns the lock and whether it was waited for.
+fn flock(file: File, path: &Path, wait: bool) -> Result<(Flock<File>, bool), LockError> {
     let failed = |message: String| LockError::Failed {
         path: path.to_path_buf(),
         message,
     };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => Ok(locked),
+        Ok(locked) => Ok((locked, false)),
         Err((file, Errno::EWOULDBLOCK)) => {
             let holder = holder(&file);
             if !wait {
@@ -113,6 +126,7 @@ fn flock(file: File, path: &Path, wait: bool) -> Result<Flock<File>, LockError> 
             }
             tracing::info!(lock = %path.display(), holder, "waiting for the stateDir lock");
             Flock::lock(file, FlockArg::LockExclusive)
+                .map(|locked| (locked, true))
                 .map_err(|(_, errno)| failed(errno.desc().to_string()))
         }
         Err((_, errno)) => Err(failed(errno.desc().to_string())),
@@ -155,6 +169,36 @@ mod tests {
             other => panic!("expected Held, got {other:?}"),
         }
         drop(first);
-        acquire(state.path(), false).unwrap();
+        let again = acquire(state.path(), false).unwrap();
+        assert!(!again.waited(), "a free lock is not waited for");
+    }
+
+    #[test]
+    fn a_lock_taken_after_another_holder_says_it_waited() {
+        let state = tempfile::tempdir().unwrap();
+        let first = acquire(state.path(), false).unwrap();
+        let dir = state.path().to_path_buf();
+        let second = std::thread::spawn(move || acquire(&dir, true).unwrap().waited());
+        // Released only once the second is blocked on it: "1: -> FLOCK ADVISORY WRITE <pid>
+        // <dev>:<inode> 0 EOF" in /proc/locks.
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(state.path().join(LOCK_FILE)).unwrap(),
+        );
+        let waiter = |line: &str| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"->")
+                && fields
+                    .get(6)
+                    .is_some_and(|id| id.ends_with(&format!(":{inode}")))
+        };
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .lines()
+            .any(waiter)
+        {
+            std::thread::yield_now();
+        }
+        drop(first);
+        assert!(second.join().unwrap(), "the second holder waited");
     }
 }

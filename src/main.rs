@@ -232,8 +232,7 @@ fn main() -> ExitCode {
                 if metrics_file.is_some() {
                     keyprov::metrics::enable();
                 }
-                let exit =
-                    runtime().block_on(reconcile::run_once(&config, None, lock_wait(no_wait)));
+                let exit = runtime().block_on(reconcile::run_once(&config, lock_wait(no_wait)));
                 match metrics_file {
                     Some(path) => match keyprov::metrics::write_textfile(&path) {
                         Ok(()) => exit,

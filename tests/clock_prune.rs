@@ -334,13 +334,6 @@ fn secret_install(endpoint: &str, keyring: &Path, reconcile: &str) -> Install {
     install
 }
 
-fn with_secret(name: &str, secret: &str, extra: &str) -> String {
-    manifest(name, "ECC_NIST_P256", extra).replace(
-        "    - file: {}\n",
-        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
-    )
-}
-
 async fn secret_json(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> serde_json::Value {
     let value = sm
         .get_secret_value()
@@ -366,7 +359,7 @@ async fn a_clock_ahead_on_one_host_does_not_suspend_the_fleets_rotation() {
     for host in &hosts {
         host.manifest(
             "k.yaml",
-            &with_secret("clocked", &secret, "  rotation: {every: 30d}\n"),
+            &file_and_secret("clocked", &secret, "  rotation: {every: 30d}\n"),
         );
     }
     run_at(&hosts[0], t0(), 0);
@@ -420,9 +413,9 @@ async fn a_pruned_secret_is_restored_with_the_same_pair_when_its_key_comes_back(
         secret_install(&endpoint, &keyring.path().join("k"), &reconcile),
         secret_install(&endpoint, &keyring.path().join("k"), &reconcile),
     ];
-    let manifest_text = with_secret("pruned", &secret, "");
+    let manifest_text = file_and_secret("pruned", &secret, "");
     // Another key keeps the installation using secrets (orphan secrets are listed then).
-    let other = with_secret(
+    let other = file_and_secret(
         "other",
         &format!("keyprov-test/prune-other-{}", uuid::Uuid::new_v4()),
         "",
@@ -628,16 +621,6 @@ async fn a_staged_version_published_by_a_clock_ahead_activates_on_time_from_its_
     assert_eq!(secret_json(&sm, &secret).await["generation"], 2);
 }
 
-async fn deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
-    sm.describe_secret()
-        .secret_id(secret)
-        .send()
-        .await
-        .unwrap()
-        .deleted_date()
-        .is_some()
-}
-
 fn tag(key: &str, value: &str) -> aws_sdk_secretsmanager::types::Tag {
     aws_sdk_secretsmanager::types::Tag::builder()
         .key(key)
@@ -657,8 +640,8 @@ async fn a_secret_that_only_carries_keyprovs_tags_is_never_pruned() {
     let host = secret_install(&endpoint, &keyring, &reconcile);
     let mine = format!("keyprov-test/deputy-mine-{}", uuid::Uuid::new_v4());
     let kept = format!("keyprov-test/deputy-kept-{}", uuid::Uuid::new_v4());
-    host.manifest("mine.yaml", &with_secret("mine", &mine, ""));
-    host.manifest("kept.yaml", &with_secret("kept", &kept, ""));
+    host.manifest("mine.yaml", &file_and_secret("mine", &mine, ""));
+    host.manifest("kept.yaml", &file_and_secret("kept", &kept, ""));
     run_at(&host, t0(), 0);
 
     // Someone else's secret (say, a database password), which anyone with TagResource can make
@@ -684,7 +667,7 @@ async fn a_secret_that_only_carries_keyprovs_tags_is_never_pruned() {
         .unwrap();
     // A fresh host of the same fleet (empty ledger) that never had the key `mine`.
     let fresh = secret_install(&endpoint, &keyring, &reconcile);
-    fresh.manifest("kept.yaml", &with_secret("kept", &kept, ""));
+    fresh.manifest("kept.yaml", &file_and_secret("kept", &kept, ""));
     std::fs::remove_file(host.manifests().join("mine.yaml")).unwrap();
     for now in [t0() + DAY, t0() + DAY + DAY / 2] {
         run_at(&host, now, 0);
@@ -730,19 +713,19 @@ async fn a_secret_that_only_carries_keyprovs_tags_is_never_pruned() {
     }
     run_at(&fresh, due, 0);
     assert!(
-        !deleted(&sm, &mine).await,
+        !secret_deleted(&sm, &mine).await,
         "the fresh host never managed it"
     );
     run_at(&host, due, 0);
     assert!(
-        deleted(&sm, &mine).await,
+        secret_deleted(&sm, &mine).await,
         "the host that managed it prunes it"
     );
     assert!(
-        !deleted(&sm, &victim).await,
+        !secret_deleted(&sm, &victim).await,
         "never managed here: left alone"
     );
-    assert!(!deleted(&sm, &kept).await);
+    assert!(!secret_deleted(&sm, &kept).await);
     let ledger = std::fs::read_to_string(host.state().join("ledger/prune.json")).unwrap();
     assert!(!ledger.contains(&victim), "{ledger}");
     sm.delete_secret()
@@ -765,10 +748,10 @@ async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
         &format!("scope: {scope}, prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7"),
     );
     let gone = format!("keyprov-test/behind-gone-{}", uuid::Uuid::new_v4());
-    host.manifest("gone.yaml", &with_secret("gone", &gone, ""));
+    host.manifest("gone.yaml", &file_and_secret("gone", &gone, ""));
     host.manifest(
         "kept.yaml",
-        &with_secret(
+        &file_and_secret(
             "kept",
             &format!("keyprov-test/behind-kept-{}", uuid::Uuid::new_v4()),
             "",
@@ -783,7 +766,7 @@ async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
     assert!(ledger.contains(&gone), "seen: {ledger}");
     // The clock is right: the wait starts now, it does not lie ten years behind.
     run_at(&host, now, 0);
-    assert!(!deleted(&sm, &gone).await, "not pruned at once");
+    assert!(!secret_deleted(&sm, &gone).await, "not pruned at once");
     assert!(host.key_dir("gone").join("current").exists());
     let plan = at(&host, &["plan"], now);
     assert!(
@@ -796,9 +779,12 @@ async fn a_clock_behind_at_the_first_sighting_does_not_shorten_prune_after() {
     );
     // Seen again within pruneAfter, then past it: pruned.
     run_at(&host, now + DAY / 2, 0);
-    assert!(!deleted(&sm, &gone).await);
+    assert!(!secret_deleted(&sm, &gone).await);
     run_at(&host, now + Duration::from_secs(25 * 3600), 0);
-    assert!(deleted(&sm, &gone).await, "pruned once seen for pruneAfter");
+    assert!(
+        secret_deleted(&sm, &gone).await,
+        "pruned once seen for pruneAfter"
+    );
     assert!(!host.key_dir("gone").exists());
 }
 

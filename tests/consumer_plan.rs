@@ -4,32 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-
-fn with_secret(name: &str, secret: &str) -> String {
-    manifest(name, "ECC_NIST_P256", "").replace(
-        "    - file: {}\n",
-        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
-    )
-}
-
-/// A host of LocalStack at `endpoint` sharing `keyring` (one KMS key serves a fleet).
-fn host(endpoint: &str, keyring: &Path, extra: &str) -> Install {
-    let install = secrets_install(endpoint, "");
-    std::fs::write(
-        install.config(),
-        format!(
-            "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
-             local: {{keyring: \"{}\"}}\n\
-             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n{extra}\n",
-            keyring.display()
-        ),
-    )
-    .unwrap();
-    install
-}
 
 #[test]
 fn a_key_a_consumer_never_makes_is_warned_of_and_not_planned_as_a_generation() {
@@ -99,10 +74,10 @@ fn plan_on_a_consumer_waits_for_a_writer_then_plans_the_copy() {
     let keyring = tempfile::tempdir().unwrap();
     let keyring = keyring.path().join("fleet.keyring");
     let secret = format!("keyprov-test/consumer-plan-{}", uuid::Uuid::new_v4());
-    let writer = host(&endpoint, &keyring, "");
-    let consumer = host(&endpoint, &keyring, "fleet: {role: consumer}");
-    writer.manifest("shared.yaml", &with_secret("shared", &secret));
-    consumer.manifest("shared.yaml", &with_secret("shared", &secret));
+    let writer = fleet_host(&endpoint, &keyring, "", "");
+    let consumer = fleet_host(&endpoint, &keyring, "", "fleet: {role: consumer}");
+    writer.manifest("shared.yaml", &file_and_secret("shared", &secret, ""));
+    consumer.manifest("shared.yaml", &file_and_secret("shared", &secret, ""));
 
     let validate = consumer.keyprov(&["validate"]);
     assert!(!validate.stderr.contains("warning"), "{}", validate.all());

@@ -17,33 +17,6 @@ fn unique(prefix: &str) -> String {
     format!("keyprov-test/fleet-{prefix}-{}", uuid::Uuid::new_v4())
 }
 
-/// A manifest with a file output and a secret output.
-fn with_secret(name: &str, secret: &str, extra: &str) -> String {
-    manifest(name, "ECC_NIST_P256", extra).replace(
-        "    - file: {}\n",
-        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
-    )
-}
-
-/// A host of a fleet: LocalStack at `endpoint`, the local provider with the fleet's `keyring`
-/// (one keyring for every host, as one KMS key serves a fleet), `reconcile` settings added to
-/// the usual ones, and `extra` configuration lines.
-fn host(endpoint: &str, keyring: &Path, reconcile: &str, extra: &str) -> Install {
-    let install = secrets_install(endpoint, "");
-    std::fs::write(
-        install.config(),
-        format!(
-            "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
-             local: {{keyring: \"{}\"}}\n\
-             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n\
-             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000{reconcile}}}\n{extra}\n",
-            keyring.display()
-        ),
-    )
-    .unwrap();
-    install
-}
-
 /// Generations the secret holds, labelled or not (versions whose id is keyprov's token of a generation), with
 /// the public key SHA-256 of each.
 async fn generations(client: &Client, secret: &str, name: &str) -> Vec<(u32, String)> {
@@ -99,11 +72,11 @@ async fn two_manifest_versions_do_not_flip_flop() {
     let keyring = tempfile::tempdir().unwrap();
     let keyring = keyring.path().join("fleet.keyring");
     let secret = unique("flip");
-    let old = with_secret("flip", &secret, "  encryptionContext: {service: old}\n");
+    let old = file_and_secret("flip", &secret, "  encryptionContext: {service: old}\n");
     let new = old.replace("service: old", "service: new");
     let (a, b) = (
-        host(&endpoint, &keyring, "", ""),
-        host(&endpoint, &keyring, "", ""),
+        fleet_host(&endpoint, &keyring, "", ""),
+        fleet_host(&endpoint, &keyring, "", ""),
     );
     a.manifest("flip.yaml", &old);
     b.manifest("flip.yaml", &old);
@@ -268,14 +241,14 @@ async fn a_consumer_never_generates_nor_writes_the_secret() {
     let secret = unique("consumer");
     let port = free_port();
     let proxy = Proxy::start(port, &endpoint);
-    let writer = host(&endpoint, &keyring, "", "");
-    let consumer = host(
+    let writer = fleet_host(&endpoint, &keyring, "", "");
+    let consumer = fleet_host(
         &format!("http://127.0.0.1:{port}"),
         &keyring,
         "",
         "fleet: {role: consumer}",
     );
-    let text = with_secret("shared", &secret, "  rotation: {every: 90d}\n");
+    let text = file_and_secret("shared", &secret, "  rotation: {every: 90d}\n");
     writer.manifest("shared.yaml", &text);
     consumer.manifest("shared.yaml", &text);
 
@@ -353,7 +326,7 @@ async fn after_an_outage_repaired_by_another_host_the_daemon_goes_quiet() {
     let secret = unique("outage");
     let port = free_port();
     let proxy = Proxy::start(port, &endpoint);
-    let install = host(&format!("http://127.0.0.1:{port}"), &keyring, QUIET, "");
+    let install = fleet_host(&format!("http://127.0.0.1:{port}"), &keyring, QUIET, "");
     // maxAttempts 1: the outage fails a pass at once.
     std::fs::write(
         install.config(),
@@ -362,8 +335,8 @@ async fn after_an_outage_repaired_by_another_host_the_daemon_goes_quiet() {
             .replace("maxAttempts: 3", "maxAttempts: 1, connectTimeout: 1s"),
     )
     .unwrap();
-    let other = host(&endpoint, &keyring, "", "");
-    let text = with_secret("quiet", &secret, "  rotation: {every: 90d}\n");
+    let other = fleet_host(&endpoint, &keyring, "", "");
+    let text = file_and_secret("quiet", &secret, "  rotation: {every: 90d}\n");
     install.manifest("quiet.yaml", &text);
     other.manifest("quiet.yaml", &text);
     install.run_once(0);
@@ -442,10 +415,10 @@ async fn daemons_take_turns_one_writes_each_rotation_the_others_copy_it() {
     let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: 8s}}");
     let reconcile = ", debounce: 100ms, resyncEvery: 1h";
     let hosts = [
-        host(&endpoint, &keyring, reconcile, &fleet(&first)),
-        host(&endpoint, &keyring, reconcile, &fleet(&second)),
+        fleet_host(&endpoint, &keyring, reconcile, &fleet(&first)),
+        fleet_host(&endpoint, &keyring, reconcile, &fleet(&second)),
     ];
-    let text = with_secret("turns", &secret, "  rotation: {every: 15s, keep: 5}\n");
+    let text = file_and_secret("turns", &secret, "  rotation: {every: 15s, keep: 5}\n");
     for h in &hosts {
         h.manifest("turns.yaml", &text);
     }
@@ -509,7 +482,7 @@ async fn a_due_wake_describes_only_the_due_keys_secret_and_lists_nothing() {
     let port = free_port();
     let log = keyring.with_file_name("proxy.log");
     let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
-    let install = host(
+    let install = fleet_host(
         &format!("http://127.0.0.1:{port}"),
         &keyring,
         ", debounce: 100ms, resyncEvery: 1h",
@@ -519,11 +492,11 @@ async fn a_due_wake_describes_only_the_due_keys_secret_and_lists_nothing() {
     for name in &calm {
         install.manifest(
             &format!("{name}.yaml"),
-            &with_secret(name, &unique(name), ""),
+            &file_and_secret(name, &unique(name), ""),
         );
     }
     let every = "  rotation: {every: 6s, keep: 5}\n";
-    install.manifest("due.yaml", &with_secret("due", &unique("due"), every));
+    install.manifest("due.yaml", &file_and_secret("due", &unique("due"), every));
     let daemon = Daemon::start(&install);
     daemon.wait_until("the start-up pass", || daemon.passes() >= 1);
     assert!(
@@ -614,14 +587,14 @@ async fn a_follower_copies_a_rotation_with_one_look_and_one_read() {
     let port = free_port();
     let log = keyring.with_file_name("proxy.log");
     let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
-    let writer = host(&endpoint, &keyring, reconcile, &fleet(&first));
-    let follower = host(
+    let writer = fleet_host(&endpoint, &keyring, reconcile, &fleet(&first));
+    let follower = fleet_host(
         &format!("http://127.0.0.1:{port}"),
         &keyring,
         reconcile,
         &fleet(&second),
     );
-    let text = with_secret("follow", &secret, "  rotation: {every: 15s, keep: 5}\n");
+    let text = file_and_secret("follow", &secret, "  rotation: {every: 15s, keep: 5}\n");
     writer.manifest("follow.yaml", &text);
     follower.manifest("follow.yaml", &text);
     writer.run_once(0);

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::Client;
@@ -16,35 +15,12 @@ use keyprov::store::secrets_manager::layout::version_id;
 
 const PATIENCE: Duration = Duration::from_secs(150);
 
+/// The reconcile settings of a writer host here: a manifest edit followed at once, no resync
+/// within a test.
+const DAEMON: &str = ", debounce: 100ms, resyncEvery: 1h";
+
 fn unique(prefix: &str) -> String {
     format!("keyprov-test/claim-{prefix}-{}", uuid::Uuid::new_v4())
-}
-
-/// A manifest with a file output and a secret output.
-fn with_secret(name: &str, secret: &str, extra: &str) -> String {
-    manifest(name, "ECC_NIST_P256", extra).replace(
-        "    - file: {}\n",
-        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
-    )
-}
-
-/// A writer host of a fleet sharing `keyring` (one KMS key serves a fleet), with `fleet`
-/// settings.
-fn host(endpoint: &str, keyring: &Path, fleet: &str) -> Install {
-    let install = secrets_install(endpoint, "");
-    std::fs::write(
-        install.config(),
-        format!(
-            "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
-             local: {{keyring: \"{}\"}}\n\
-             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n\
-             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000, debounce: 100ms, \
-             resyncEvery: 1h}}\nfleet: {fleet}\n",
-            keyring.display()
-        ),
-    )
-    .unwrap();
-    install
 }
 
 fn wait_until(what: &str, daemons: &[Daemon], mut condition: impl FnMut() -> bool) {
@@ -179,14 +155,15 @@ async fn racing_daemons_make_each_rotation_once_the_others_copy_it() {
     let secret = unique("race");
     let hosts: Vec<Install> = (0..3)
         .map(|i| {
-            host(
+            fleet_host(
                 &endpoint,
                 &keyring,
-                &format!("{{hostId: racer-{i}, generateWindow: 0s}}"),
+                DAEMON,
+                &format!("fleet: {{hostId: racer-{i}, generateWindow: 0s}}"),
             )
         })
         .collect();
-    let text = with_secret("race", &secret, "  rotation: {every: 20s, keep: 5}\n");
+    let text = file_and_secret("race", &secret, "  rotation: {every: 20s, keep: 5}\n");
     for h in &hosts {
         h.manifest("race.yaml", &text);
         h.run_once(0);
@@ -241,12 +218,13 @@ async fn a_stale_claim_of_a_dead_host_is_taken_over_after_the_timeout() {
     let keyring = tempfile::tempdir().unwrap();
     let keyring = keyring.path().join("fleet.keyring");
     let secret = unique("stale");
-    let install = host(
+    let install = fleet_host(
         &endpoint,
         &keyring,
-        "{hostId: survivor, generateWindow: 0s, claimTimeout: 40s}",
+        DAEMON,
+        "fleet: {hostId: survivor, generateWindow: 0s, claimTimeout: 40s}",
     );
-    let text = with_secret("stale", &secret, "  rotation: {every: 25s, keep: 5}\n");
+    let text = file_and_secret("stale", &secret, "  rotation: {every: 25s, keep: 5}\n");
     install.manifest("stale.yaml", &text);
     install.run_once(0);
     // A host claimed generation 2 ahead of its rotation, and died.
@@ -292,12 +270,13 @@ async fn forged_claims_delay_a_rotation_by_the_timeout_at_most(case: &str) {
     let keyring = tempfile::tempdir().unwrap();
     let keyring = keyring.path().join("fleet.keyring");
     let secret = unique(case);
-    let install = host(
+    let install = fleet_host(
         &endpoint,
         &keyring,
-        "{hostId: victim, generateWindow: 0s, claimTimeout: 20s}",
+        DAEMON,
+        "fleet: {hostId: victim, generateWindow: 0s, claimTimeout: 20s}",
     );
-    let text = with_secret(case, &secret, "  rotation: {every: 25s, keep: 5}\n");
+    let text = file_and_secret(case, &secret, "  rotation: {every: 25s, keep: 5}\n");
     install.manifest("k.yaml", &text);
     install.run_once(0);
     let put = |token: String, value: String, label: &str| {

@@ -26,42 +26,14 @@ fn run_at(install: &Install, now: SystemTime) -> Run {
     run
 }
 
-fn fleet_host(endpoint: &str, keyring: &Path, scope: &str) -> Install {
-    let mut install = Install::new("");
-    std::fs::write(
-        install.config(),
-        format!(
-            "manifests: [manifests.d]\nstateDir: state\n\
-             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000, scope: {scope}, \
-             prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7}}\n\
-             provider: local\nlocal: {{keyring: \"{}\"}}\n\
-             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n",
-            keyring.display()
-        ),
+/// A host of the fleet pruning its orphans of `scope` (after 24 h seen orphaned).
+fn pruning_host(endpoint: &str, keyring: &Path, scope: &str) -> Install {
+    fleet_host(
+        endpoint,
+        keyring,
+        &format!(", scope: {scope}, prune: true, pruneAfter: 24h, pruneRecoveryWindowDays: 7"),
+        "",
     )
-    .unwrap();
-    install.env = vec![
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-    ];
-    install
-}
-
-fn with_secret(name: &str, secret: &str) -> String {
-    manifest(name, "ECC_NIST_P256", "").replace(
-        "    - file: {}\n",
-        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
-    )
-}
-
-async fn deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
-    sm.describe_secret()
-        .secret_id(secret)
-        .send()
-        .await
-        .unwrap()
-        .deleted_date()
-        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,7 +44,7 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
     let scope = format!("redprune-{id}");
     let keyring = tempfile::tempdir().unwrap();
     let hosts: Vec<Install> = (0..3)
-        .map(|_| fleet_host(&endpoint, &keyring.path().join("k"), &scope))
+        .map(|_| pruning_host(&endpoint, &keyring.path().join("k"), &scope))
         .collect();
     let secrets: Vec<String> = (0..3)
         .map(|i| format!("keyprov-test/redprune-{id}/k{i}"))
@@ -81,7 +53,7 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
         for (i, secret) in secrets.iter().enumerate() {
             host.manifest(
                 &format!("k{i}.yaml"),
-                &with_secret(&format!("k{i}"), secret),
+                &file_and_secret(&format!("k{i}"), secret, ""),
             );
         }
     }
@@ -102,19 +74,19 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
     run_at(&hosts[0], t0() + 2 * DAY + Duration::from_secs(1));
     for secret in &secrets {
         assert!(
-            !deleted(&sm, secret).await,
+            !secret_deleted(&sm, secret).await,
             "{secret} pruned by an emptied host"
         );
     }
     // Host 0 keeps only k0: k1 and k2 go after pruneAfter (documented: one scope, one set of
     // manifests); hosts 1 and 2 restore them (same pair), nothing regenerated anywhere.
-    hosts[0].manifest("k0.yaml", &with_secret("k0", &secrets[0]));
+    hosts[0].manifest("k0.yaml", &file_and_secret("k0", &secrets[0], ""));
     run_at(&hosts[0], t0() + 4 * DAY);
     run_at(&hosts[0], t0() + 4 * DAY + DAY / 2);
     run_at(&hosts[0], t0() + 5 * DAY + Duration::from_secs(1));
     let pruned = [
-        deleted(&sm, &secrets[1]).await,
-        deleted(&sm, &secrets[2]).await,
+        secret_deleted(&sm, &secrets[1]).await,
+        secret_deleted(&sm, &secrets[2]).await,
     ];
     assert_eq!(
         pruned,
@@ -127,14 +99,14 @@ async fn one_host_emptied_or_missing_a_key_never_costs_the_fleet_a_key() {
         assert_eq!(provider_calls(&run.stdout), Some(0), "{}", run.all());
     }
     for secret in &secrets {
-        assert!(!deleted(&sm, secret).await, "{secret} not restored");
+        assert!(!secret_deleted(&sm, secret).await, "{secret} not restored");
     }
     // Host 0 runs again right after: a secret just restored by the fleet is not pruned again
     // at once (it would flip between deleted and restored at every pass).
     run_at(&hosts[0], t0() + 5 * DAY + Duration::from_secs(180));
     let again = [
-        deleted(&sm, &secrets[1]).await,
-        deleted(&sm, &secrets[2]).await,
+        secret_deleted(&sm, &secrets[1]).await,
+        secret_deleted(&sm, &secrets[2]).await,
     ];
     for host in &hosts[1..] {
         for (i, before) in before.iter().enumerate() {

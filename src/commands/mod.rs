@@ -51,6 +51,13 @@ pub fn load_config(path: &Path) -> Result<Config, Exit> {
 /// Loads every manifest of the configuration and reports problems.
 pub fn load_manifests(config: &Config) -> manifest::Loaded {
     let loaded = manifest::load(&config.manifests, &config.manifest_context());
+    tell_manifest_problems(&loaded);
+    loaded
+}
+
+/// Reports the problems of the loaded manifests, and the keys an invalid one leaves as they
+/// are.
+pub fn tell_manifest_problems(loaded: &manifest::Loaded) {
     report(&loaded.diagnostics);
     if !loaded.is_valid() {
         // Named, not counted: the reader must know which keys stay as they are (at most 20
@@ -81,7 +88,6 @@ pub fn load_manifests(config: &Config) -> manifest::Loaded {
         };
         tracing::warn!(frozen = loaded.frozen.len(), "invalid manifests: {what}");
     }
-    loaded
 }
 
 /// A manifest problem as `--json` output shows it.

@@ -14,10 +14,14 @@ pub use crate::reconcile::LockWait;
 use crate::reconcile::load::{Pending, prepare};
 use crate::reconcile::{Mode, new_stores, reconcile};
 
-/// `keyprov run --once` / `keyprov rotate`: reconcile and print a summary line.
-pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: LockWait) -> Exit {
+/// `keyprov run --once`: reconcile and print a summary line.
+pub async fn run_once(config: &Config, wait: LockWait) -> Exit {
     let provider = Arc::new(AnyProvider::from_config(config));
-    let report = reconcile(config, provider, rotate, Mode::Once, wait).await;
+    summary(reconcile(config, provider, Mode::Once, wait).await)
+}
+
+/// Prints what a pass of `run --once` or `rotate` did; its exit code.
+fn summary(report: crate::reconcile::Report) -> Exit {
     if let Some(held) = &report.lock_held {
         crate::output::error(held);
         return report.exit();
@@ -28,7 +32,8 @@ pub async fn run_once(config: &Config, rotate: Option<&RotateRequest>, wait: Loc
 }
 
 /// `keyprov rotate NAME`: a name no manifest defines is a usage error (64), told before the
-/// stateDir lock is waited for; otherwise [`run_once`] for that key.
+/// stateDir lock is waited for; otherwise the pass of [`run_once`] for that key, from the
+/// manifests read for that check.
 pub async fn rotate(config: &Config, request: &RotateRequest, wait: LockWait) -> Exit {
     // Read without reporting: the pass that follows reports the manifests' problems once.
     let loaded = crate::manifest::load(&config.manifests, &config.manifest_context());
@@ -36,7 +41,8 @@ pub async fn rotate(config: &Config, request: &RotateRequest, wait: LockWait) ->
         crate::output::error(format_args!("rotate {}: {message}", request.name));
         return Exit::Usage;
     }
-    run_once(config, Some(request), wait).await
+    let provider = Arc::new(AnyProvider::from_config(config));
+    summary(crate::reconcile::rotate(config, provider, request, loaded, wait).await)
 }
 
 /// `keyprov plan`: print what `run --once` would do (with `json`, one JSON document on

@@ -391,7 +391,7 @@ async fn reconcile_watched(
     let reconciling = async {
         match pass.due_keys() {
             Some(keys) => reconcile_due(config, provider.clone(), keys, LockWait::Wait).await,
-            None => reconcile(config, provider.clone(), None, mode, LockWait::Wait).await,
+            None => reconcile(config, provider.clone(), mode, LockWait::Wait).await,
         }
     };
     tokio::pin!(reconciling);

@@ -64,6 +64,12 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         request: &DecryptRequest<'_>,
     ) -> impl Future<Output = Result<PrivateKey, ProviderError>> + Send;
+
+    /// The answer to `request` this provider already holds, given without asking KMS (a
+    /// pass's cache); `None` by default.
+    fn remembered(&self, _request: &DecryptRequest<'_>) -> Option<PrivateKey> {
+        None
+    }
 }
 
 /// The provider the configuration names.

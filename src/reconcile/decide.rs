@@ -22,6 +22,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
             &pass.stores,
             rotate,
             pass.only,
+            None,
             super::load::Problems::Quiet,
         )
         .await;

@@ -10,7 +10,7 @@ use super::{Mode, Pass, Report};
 use crate::clock;
 use crate::config::Config;
 use crate::key_events::KeyEvents;
-use crate::manifest::KeyPair;
+use crate::manifest::{KeyPair, Loaded};
 use crate::metrics::Metrics;
 use crate::plan::{self, KeyPlan, RotateRequest};
 use crate::retry::{Journal, RetryStore};
@@ -24,6 +24,7 @@ pub(super) async fn load<'a>(
     metrics: &'static Metrics,
     rotate: Option<&'a RotateRequest>,
     only: Option<&'a BTreeSet<String>>,
+    manifests: Option<Loaded>,
     mode: Mode,
 ) -> Pass<'a> {
     let started = std::time::Instant::now();
@@ -37,7 +38,7 @@ pub(super) async fn load<'a>(
         Mode::Once => stores,
     });
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
-    let pending = prepare_some(config, &stores, rotate, only, Problems::Report).await;
+    let pending = prepare_some(config, &stores, rotate, only, manifests, Problems::Report).await;
     Pass {
         config,
         rotate,
@@ -91,7 +92,7 @@ pub struct Pending {
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
 pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest>) -> Pending {
-    prepare_some(config, stores, rotate, None, Problems::Report).await
+    prepare_some(config, stores, rotate, None, None, Problems::Report).await
 }
 
 /// Whether a pass prints the manifests' problems (and the "invalid manifests" warning).
@@ -104,12 +105,14 @@ pub(super) enum Problems {
 }
 
 /// [`prepare`], of only the keys named in `only` when given (the daemon's due wakes): those are
-/// observed one by one, the scope's secrets never listed.
+/// observed one by one, the scope's secrets never listed. `manifests`, when given, were read
+/// already (by `rotate`, before the lock); otherwise they are read here.
 pub(super) async fn prepare_some(
     config: &Config,
     stores: &Stores,
     rotate: Option<&RotateRequest>,
     only: Option<&BTreeSet<String>>,
+    manifests: Option<Loaded>,
     problems: Problems,
 ) -> Pending {
     let started = std::time::Instant::now();
@@ -117,11 +120,11 @@ pub(super) async fn prepare_some(
     // the manifests makes a full pass of its own: told again at every due wake, each invalid
     // manifest was logged once per rotation of every other key.
     let told = problems == Problems::Quiet || only.is_some();
-    let mut loaded = if told {
-        crate::manifest::load(&config.manifests, &config.manifest_context())
-    } else {
-        crate::commands::load_manifests(config)
-    };
+    let mut loaded = manifests
+        .unwrap_or_else(|| crate::manifest::load(&config.manifests, &config.manifest_context()));
+    if !told {
+        crate::commands::tell_manifest_problems(&loaded);
+    }
     tracing::debug!(elapsed = ?started.elapsed(), keys = loaded.keys.len(), "manifests loaded");
     if let Some(problem) = crate::prune_ledger::scope_problem(config, &loaded.keys) {
         // A configuration error: nothing is touched until it is fixed.

@@ -43,6 +43,12 @@ impl Metered {
         &self.inner
     }
 
+    /// The answer this pass already had to `asked`.
+    fn answer(&self, asked: &Asked) -> Option<PrivateKey> {
+        let known = self.decrypted.lock().expect("never poisoned");
+        known.get(asked).cloned()
+    }
+
     /// See [`AnyProvider::warm_up`].
     pub async fn warm_up(&self) {
         self.inner.warm_up().await;
@@ -80,13 +86,9 @@ impl Provider for Metered {
     }
 
     async fn decrypt(&self, request: &DecryptRequest<'_>) -> Result<PrivateKey, ProviderError> {
-        let asked: Asked = (
-            request.ciphertext.to_vec(),
-            request.kms_key_arn.to_string(),
-            request.encryption_context.clone(),
-        );
-        if let Some(key) = self.decrypted.lock().expect("never poisoned").get(&asked) {
-            return Ok(key.clone());
+        let asked = asked(request);
+        if let Some(key) = self.answer(&asked) {
+            return Ok(key);
         }
         let started = Instant::now();
         let result = self.inner.decrypt(request).await;
@@ -104,4 +106,18 @@ impl Provider for Metered {
         }
         result
     }
+
+    /// A Decrypt this pass already made: counted in no metric (no request was made).
+    fn remembered(&self, request: &DecryptRequest<'_>) -> Option<PrivateKey> {
+        self.answer(&asked(request))
+    }
+}
+
+/// What `request` asks, as the cache of answers knows it.
+fn asked(request: &DecryptRequest<'_>) -> Asked {
+    (
+        request.ciphertext.to_vec(),
+        request.kms_key_arn.to_string(),
+        request.encryption_context.clone(),
+    )
 }

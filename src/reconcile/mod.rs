@@ -27,6 +27,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::manifest::Loaded;
 use crate::metrics::Metrics;
 use crate::plan::RotateRequest;
 use crate::provider::AnyProvider;
@@ -125,16 +126,39 @@ impl Pass<'_> {
     }
 }
 
-/// Reconciles every valid key once (or only `rotate.name` when rotating), holding the
-/// stateDir lock throughout, phase by phase (see the module's documentation).
+/// Reconciles every valid key once, holding the stateDir lock throughout, phase by phase (see
+/// the module's documentation).
 pub async fn reconcile(
     config: &Config,
     provider: Arc<AnyProvider>,
-    rotate: Option<&RotateRequest>,
     mode: Mode,
     wait: LockWait,
 ) -> Report {
-    run(config, provider, rotate, None, mode, wait).await
+    run(config, provider, None, None, None, mode, wait).await
+}
+
+/// `keyprov rotate`: reconciles only `request.name` ([`reconcile`]'s pass), from `manifests`,
+/// the manifests the command read to check the name before the lock. They are read again
+/// when the lock was waited for: the keyprov that held it may have acted on newer ones (added
+/// a key to a JWK Set, say) that this pass must not undo.
+pub async fn rotate(
+    config: &Config,
+    provider: Arc<AnyProvider>,
+    request: &RotateRequest,
+    manifests: Loaded,
+    wait: LockWait,
+) -> Report {
+    let mode = Mode::Once;
+    run(
+        config,
+        provider,
+        Some(request),
+        None,
+        Some(manifests),
+        mode,
+        wait,
+    )
+    .await
 }
 
 /// The daemon's due wake: reconciles only the keys in `due` (their JWK Sets and hooks
@@ -148,24 +172,27 @@ pub async fn reconcile_due(
     let mode = Mode::Daemon {
         honor_backoff: true,
     };
-    run(config, provider, None, Some(due), mode, wait).await
+    run(config, provider, None, Some(due), None, mode, wait).await
 }
 
+/// One pass; `manifests`, when given, were read before the lock (see [`rotate`]).
 async fn run(
     config: &Config,
     provider: Arc<AnyProvider>,
     rotate: Option<&RotateRequest>,
     only: Option<&BTreeSet<String>>,
+    manifests: Option<Loaded>,
     mode: Mode,
     wait: LockWait,
 ) -> Report {
-    let _lock = match lock::lock(config, wait).await {
+    let lock = match lock::lock(config, wait).await {
         Ok(lock) => lock,
         Err(report) => return report,
     };
+    let manifests = manifests.filter(|_| !lock.waited());
     let metrics = crate::metrics::global();
     let provider = Arc::new(Metered::new(provider, metrics));
-    let mut pass = load::load(config, provider, metrics, rotate, only, mode).await;
+    let mut pass = load::load(config, provider, metrics, rotate, only, manifests, mode).await;
     decide::decide(&mut pass).await;
     publish::publish(&mut pass).await;
     activate::activate(&mut pass).await;

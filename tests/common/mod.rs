@@ -793,3 +793,43 @@ pub fn secrets_install(endpoint: &str, extra: &str) -> Install {
 pub async fn secrets_client(endpoint: &str) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&localstack_sdk_config(endpoint).await)
 }
+
+/// A host of a fleet: LocalStack at `endpoint`, the local provider with the fleet's `keyring`
+/// (one keyring for every host, as one KMS key serves a fleet), `reconcile` settings added to
+/// the usual ones (e.g. `", debounce: 100ms"`), and `extra` configuration lines.
+pub fn fleet_host(endpoint: &str, keyring: &Path, reconcile: &str, extra: &str) -> Install {
+    let install = secrets_install(endpoint, "");
+    std::fs::write(
+        install.config(),
+        format!(
+            "manifests: [manifests.d]\nstateDir: state\nprovider: local\n\
+             local: {{keyring: \"{}\"}}\n\
+             aws: {{region: us-east-1, endpointUrl: \"{endpoint}\", maxAttempts: 3}}\n\
+             reconcile: {{concurrency: 4, maxRequestsPerSecond: 1000{reconcile}}}\n{extra}\n",
+            keyring.display()
+        ),
+    )
+    .unwrap();
+    install
+}
+
+/// A KeyPair manifest ([`manifest`], ECC_NIST_P256) with a file output and the secret output
+/// `secret`; `extra` spec lines.
+pub fn file_and_secret(name: &str, secret: &str, extra: &str) -> String {
+    manifest(name, "ECC_NIST_P256", extra).replace(
+        "    - file: {}\n",
+        &format!("    - file: {{}}\n    - secretsManager: {{secretId: \"{secret}\"}}\n"),
+    )
+}
+
+/// Whether Secrets Manager has `secret` scheduled for deletion (DescribeSecret's
+/// `DeletedDate`).
+pub async fn secret_deleted(sm: &aws_sdk_secretsmanager::Client, secret: &str) -> bool {
+    sm.describe_secret()
+        .secret_id(secret)
+        .send()
+        .await
+        .unwrap()
+        .deleted_date()
+        .is_some()
+}

@@ -54,17 +54,14 @@ impl<P: Provider> KeyContext<'_, P> {
         generation: u32,
         origin: &str,
     ) -> Result<StoredVersion, String> {
-        let proof = {
-            let _slot = self.provider_slot().await;
-            crate::binding::prove(
-                self.provider,
-                self.key,
-                &version,
-                generation,
-                crate::binding::Unbound::Refuse,
-            )
-            .await
-        };
+        let proof = crate::binding::prove(
+            self.provider,
+            self.key,
+            &version,
+            generation,
+            crate::binding::Unbound::Refuse,
+        )
+        .await;
         let private = proof.map_err(|err| {
             self.failing(
                 err.provider_error()

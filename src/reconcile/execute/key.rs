@@ -3,13 +3,9 @@
 //! waits for the pass to activate it ([`KeyContext::activate`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use governor::DefaultDirectRateLimiter;
-use tokio::sync::Semaphore;
-
-use super::{Activation, Stats};
+use super::Activation;
 use crate::hooks::{self, HookEvent};
 use crate::manifest::KeyPair;
 use crate::metrics::{FailureReason, Metrics};
@@ -21,11 +17,9 @@ use crate::store::{StoreError, StoredVersion, Stores, VersionMeta};
 /// What one key's task works with.
 pub(super) struct KeyContext<'a, P: Provider> {
     pub(super) key: &'a KeyPair,
+    /// The provider, paced and counted ([`super::paced`]).
     pub(super) provider: &'a P,
-    pub(super) requests: &'a Semaphore,
     pub(super) stores: &'a Stores,
-    pub(super) limiter: &'a DefaultDirectRateLimiter,
-    pub(super) stats: &'a Stats,
     pub(super) journal: &'a Journal,
     pub(super) metrics: &'a Metrics,
     pub(super) now: SystemTime,
@@ -207,26 +201,13 @@ impl<P: Provider> KeyContext<'_, P> {
         Ok(None)
     }
 
-    /// Waits for a free request slot and the rate limit; counts the call. The slot is held
-    /// until the returned permit drops.
-    pub(super) async fn provider_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        let permit = self
-            .requests
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
-        self.limiter.until_ready().await;
-        self.stats.provider_calls.fetch_add(1, Ordering::Relaxed);
-        permit
-    }
-
-    async fn generate(
+    /// Generates `generation` of the key (a provider call): the version to publish.
+    pub(super) async fn generate(
         &self,
         generation: u32,
         activates_at: SystemTime,
     ) -> Result<StoredVersion, String> {
         let key = self.key;
-        let _slot = self.provider_slot().await;
         let context = crate::binding::context(&key.encryption_context, &key.name, generation);
         let pair = self
             .provider
@@ -262,7 +243,6 @@ impl<P: Provider> KeyContext<'_, P> {
         meta: &VersionMeta,
         ciphertext: &[u8],
     ) -> Result<PrivateKey, String> {
-        let _slot = self.provider_slot().await;
         self.provider
             .decrypt(&DecryptRequest {
                 name: &self.key.name,

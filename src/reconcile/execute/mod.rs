@@ -8,6 +8,7 @@
 
 mod copy;
 mod key;
+mod paced;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -25,6 +26,7 @@ use crate::provider::Provider;
 use crate::retry::Journal;
 use crate::store::Stores;
 use key::KeyContext;
+use paced::Paced;
 
 /// How hard the executor may push.
 #[derive(Debug, Clone)]
@@ -140,8 +142,12 @@ async fn run<P: Provider>(
     let by_name: HashMap<&str, &KeyPair> = keys.iter().map(|k| (k.name.as_str(), k)).collect();
     // Only provider requests are bounded here: new versions queue for the one writer, so keys
     // waiting on the disk never leave the provider idle.
-    let requests = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let limiter = stores.limiter().clone();
+    let provider = Arc::new(Paced {
+        inner: provider,
+        requests: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+        limiter: stores.limiter().clone(),
+        stats,
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = HashMap::new();
     for (name, work) in work {
@@ -149,23 +155,13 @@ async fn run<P: Provider>(
             continue;
         };
         let key = (*key).clone();
-        let (provider, requests, stores, limiter, stats, journal) = (
-            provider.clone(),
-            requests.clone(),
-            stores.clone(),
-            limiter.clone(),
-            stats.clone(),
-            journal.clone(),
-        );
+        let (provider, stores, journal) = (provider.clone(), stores.clone(), journal.clone());
         let task_name = key.name.clone();
         let handle = tasks.spawn(async move {
             let ctx = KeyContext {
                 key: &key,
                 provider: &*provider,
-                requests: &requests,
                 stores: &stores,
-                limiter: &limiter,
-                stats: &stats,
                 journal: &journal,
                 metrics,
                 now,
@@ -268,6 +264,33 @@ mod tests {
         );
     }
 
+    /// The one key named `name` (a P-256 pair with a file output), `state` its stateDir.
+    fn one_key(state: &Path, name: &str) -> KeyPair {
+        let manifest = format!(
+            "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {{name: {name}}}\n\
+             spec: {{keyPairSpec: ECC_NIST_P256, kmsKeyId: alias/k, outputs: [{{file: {{}}}}]}}\n"
+        );
+        let ctx = crate::manifest::Context {
+            state_dir: state,
+            output_roots: &[],
+            hooks_allowed: &[],
+            check_hooks_allowed: true,
+        };
+        let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
+        assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
+        loaded.keys.into_iter().next().unwrap()
+    }
+
+    /// Stores of a default configuration, their AWS requests paced by `limiter`.
+    fn stores(limiter: Arc<DefaultDirectRateLimiter>) -> Stores {
+        let config = crate::config::Config::from_bytes(
+            Path::new("c.yaml"),
+            b"manifests: [m]\nstateDir: /tmp/s\n",
+        )
+        .unwrap();
+        Stores::new(config.aws, "default".into(), limiter)
+    }
+
     /// A provider with a bug: every call panics.
     struct PanickingProvider;
 
@@ -294,26 +317,11 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_key_task_is_a_failed_key() {
         let state = tempfile::tempdir().unwrap();
-        let manifest = "apiVersion: keyprov/v1\nkind: KeyPair\nmetadata: {name: boom}\n\
-                        spec: {keyPairSpec: ECC_NIST_P256, kmsKeyId: alias/k, outputs: [{file: {}}]}\n";
-        let ctx = crate::manifest::Context {
-            state_dir: state.path(),
-            output_roots: &[],
-            hooks_allowed: &[],
-            check_hooks_allowed: true,
-        };
-        let loaded = crate::manifest::load_bytes(Path::new("m.yaml"), manifest.as_bytes(), &ctx);
-        assert!(loaded.is_valid(), "{:?}", loaded.diagnostics);
-        let limiter = Arc::new(rate_limiter(100.0));
-        let config = crate::config::Config::from_bytes(
-            Path::new("c.yaml"),
-            b"manifests: [m]\nstateDir: /tmp/s\n",
-        )
-        .unwrap();
-        let stores = Arc::new(Stores::new(config.aws, "default".into(), limiter));
-        let observed = stores.observe_all(&loaded.keys).await;
+        let keys = vec![one_key(state.path(), "boom")];
+        let stores = Arc::new(stores(Arc::new(rate_limiter(100.0))));
+        let observed = stores.observe_all(&keys).await;
         let now = SystemTime::now();
-        let plans = crate::plan::plan(&loaded.keys, &observed, now, None);
+        let plans = crate::plan::plan(&keys, &observed, now, None);
         let limits = Limits {
             concurrency: 2,
             max_requests_per_second: 100.0,
@@ -328,7 +336,7 @@ mod tests {
         let outcomes = publish(
             Arc::new(PanickingProvider),
             stores,
-            &loaded.keys,
+            &keys,
             plans,
             now,
             limits,
@@ -340,5 +348,63 @@ mod tests {
         let (err, reason) = outcomes[0].result.as_ref().unwrap_err();
         assert!(err.contains("panicked"), "{err}");
         assert_eq!(*reason, FailureReason::Other);
+    }
+
+    /// A Decrypt the pass already made (the decide phase's proof of a secret's version) and
+    /// the copy asks again is answered from the pass's cache: not a provider call, and no
+    /// token of the rate limit.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_decrypt_answered_from_the_pass_cache_is_neither_counted_nor_paced() {
+        let state = tempfile::tempdir().unwrap();
+        let key = one_key(state.path(), "copied");
+        let local = crate::provider::local::LocalProvider::new(state.path().join("keyring"));
+        let provider = Arc::new(crate::reconcile::metered::Metered::new(
+            Arc::new(crate::provider::AnyProvider::Local(local)),
+            crate::metrics::global(),
+        ));
+        // Two tokens in all, none back within the test.
+        let limiter = Arc::new(RateLimiter::direct(
+            Quota::with_period(Duration::from_secs(3600))
+                .unwrap()
+                .allow_burst(NonZeroU32::new(2).unwrap()),
+        ));
+        let stores = stores(limiter.clone());
+        let stats = Arc::new(Stats::default());
+        let journal = Journal::load(crate::retry::RetryStore::new(state.path()));
+        let paced = Paced {
+            inner: provider.clone(),
+            requests: Arc::new(Semaphore::new(1)),
+            limiter: limiter.clone(),
+            stats: stats.clone(),
+        };
+        let ctx = KeyContext {
+            key: &key,
+            provider: &paced,
+            stores: &stores,
+            journal: &journal,
+            metrics: crate::metrics::global(),
+            now: SystemTime::now(),
+            failure: std::sync::Mutex::new(None),
+        };
+        // Generation 1 (a provider call), then the decide phase's proof of it: one Decrypt,
+        // remembered for the pass.
+        let version = ctx.generate(1, ctx.now).await.unwrap();
+        let refuse = crate::binding::Unbound::Refuse;
+        crate::binding::prove(&*provider, &key, &version, 1, refuse)
+            .await
+            .unwrap();
+        // The copy proves the same version again before it writes it.
+        ctx.prove(version, 1, "the secret").await.unwrap();
+        assert_eq!(
+            stats
+                .provider_calls
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the generation only: a cached answer is not a provider call"
+        );
+        assert!(
+            limiter.check().is_ok(),
+            "a cached answer takes no token of the rate limit"
+        );
     }
 }
