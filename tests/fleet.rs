@@ -668,8 +668,8 @@ async fn a_sweep_does_not_describe_again_what_a_due_wake_described_after_the_bum
     let port = free_port();
     let log = keyring.with_file_name("proxy.log");
     let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
-    let writer = host(&endpoint, &keyring, reconcile, &fleet(&first));
-    let follower = host(
+    let writer = fleet_host(&endpoint, &keyring, reconcile, &fleet(&first));
+    let follower = fleet_host(
         &format!("http://127.0.0.1:{port}"),
         &keyring,
         reconcile,
@@ -677,10 +677,10 @@ async fn a_sweep_does_not_describe_again_what_a_due_wake_described_after_the_bum
     );
     // 90 s: the sweep after the copy is more than a minute before the next rotation, so the
     // key is settled on the listing and only the bump could make it described.
-    let rotating = with_secret("covered", &secret, "  rotation: {every: 90s, keep: 5}\n");
+    let rotating = file_and_secret("covered", &secret, "  rotation: {every: 90s, keep: 5}\n");
     for h in [&writer, &follower] {
         h.manifest("covered.yaml", &rotating);
-        h.manifest("calm.yaml", &with_secret("calm", &calm, ""));
+        h.manifest("calm.yaml", &file_and_secret("calm", &calm, ""));
     }
     writer.run_once(0);
     follower.run_once(0);
