@@ -30,6 +30,9 @@ pub const LIST: &str = "list-";
 /// appends again at the top; a reader sees no gap only while a tag it saw that is at least
 /// this far below its highest is still there (see [`Bumps::since`]).
 pub const MARGIN: u64 = 2;
+/// How far ahead of a writer's own stamp a tag's stamp may be and still be kept when it
+/// appends (writers stamp by AWS's clock: they differ by seconds).
+const AHEAD: u64 = 60;
 /// Characters of a digest: 48 bits of SHA-256 in base64url (a collision costs one description).
 const DIGEST_LEN: usize = 8;
 /// Highest sequence number accepted (the next must not overflow).
@@ -71,8 +74,15 @@ impl Tag {
             return None;
         }
         let all: BTreeSet<String> = had.union(digests).cloned().collect();
+        // A stamp far ahead of this writer's (forged, or a clock gone wrong) is not kept: it
+        // would make the tag look older than recent appends forever.
+        let at = if self.at > at.saturating_add(AHEAD) {
+            at
+        } else {
+            at.max(self.at)
+        };
         (all.len() <= MAX_NAMED).then(|| Tag {
-            at: at.max(self.at),
+            at,
             named: Named::Secrets(all),
         })
     }
@@ -450,6 +460,19 @@ mod tests {
         assert_eq!(
             b.tags.keys().next(),
             Some(&(100 - MAX_BUMP_TAGS as u64 + 1))
+        );
+    }
+
+    #[test]
+    fn an_append_keeps_the_latest_stamp_but_not_one_far_ahead() {
+        let tag = |at: u64| Tag::new(at, &set(&[&d(1)]));
+        let appended = |t: Tag| t.appended(1_000, &set(&[&d(2)])).unwrap().at;
+        assert_eq!(appended(tag(990)), 1_000);
+        assert_eq!(appended(tag(1_030)), 1_030, "a few seconds ahead: kept");
+        assert_eq!(
+            appended(tag(99_999_999)),
+            1_000,
+            "forged far ahead: replaced"
         );
     }
 
