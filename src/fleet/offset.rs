@@ -287,7 +287,7 @@ mod hold_tests {
     }
 
     #[test]
-    fn a_listed_key_is_settled_near_its_due_time_until_this_hosts_turn_is_near() {
+    fn a_listed_key_is_settled_near_its_due_time_until_seconds_before_this_hosts_turn() {
         use crate::store::secrets_manager::settled;
         const MINUTE: Duration = Duration::from_secs(60);
         let key = key("{every: 1000s}");
@@ -315,9 +315,12 @@ mod hold_tests {
         // Due (only the scheduled generation to do, held until the turn): still settled.
         assert!(!settled(&key, &outputs, due + secs(10), None));
         assert!(settled(&key, &outputs, due + secs(10), turn_of));
-        // Within a minute of the turn, and at it: observed directly.
-        assert!(!settled(&key, &outputs, at - secs(30), turn_of));
+        // Up to seconds before the turn: settled (the wake at the turn looks directly).
+        assert!(settled(&key, &outputs, at - secs(30), turn_of));
+        // Within seconds of the turn, at it and past it: observed directly.
+        assert!(!settled(&key, &outputs, at - secs(3), turn_of));
         assert!(!settled(&key, &outputs, at, turn_of));
+        assert!(!settled(&key, &outputs, at + secs(30), turn_of));
         // A consumer's turn is the end of the window.
         assert_eq!(
             turn(&settings, &host, true, &key, &outputs),

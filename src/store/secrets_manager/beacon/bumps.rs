@@ -81,7 +81,7 @@ impl Tag {
         } else {
             at.max(self.at)
         };
-        (all.len() <= MAX_NAMED).then(|| Tag {
+        (all.len() <= MAX_NAMED).then_some(Tag {
             at,
             named: Named::Secrets(all),
         })

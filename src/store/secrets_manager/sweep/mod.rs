@@ -49,6 +49,10 @@ const MAX_VALUES: usize = 1024;
 /// A key whose next event is this close is observed directly: the decision to act is made on
 /// fresh state, never on a listing that may lag.
 pub const DUE_MARGIN: Duration = Duration::from_secs(60);
+/// In the daemon, a key whose rotation is held until this host's turn is observed directly by
+/// a pass that starts this close to that turn (it may reach it); earlier passes take it from the
+/// listing, and the wake at the turn looks at it directly.
+pub const TURN_MARGIN: Duration = Duration::from_secs(5);
 
 /// What each secret held per version, by secret ARN (a secret deleted and created again under
 /// the same name has another ARN, so nothing carries over to it).
@@ -614,8 +618,9 @@ fn checked(text: &str, secret: &str, key: &str, generation: u32) -> Option<Obser
 /// (`(due, turn)`, [`crate::fleet::offset::turn`]). The daemon holds a scheduled generation
 /// until this host's turn ([`crate::fleet::offset::hold_back`]) and observes the key directly
 /// then, so near or past the due time the key is settled while that turn is more than
-/// [`DUE_MARGIN`] away and nothing but the rotation is to do: the listing decides no action
-/// (the held generation waits; its wake is the turn).
+/// [`TURN_MARGIN`] away and nothing but the rotation is to do: the listing decides no action
+/// (the held generation waits; its wake is the turn). (Until stop 26 the turn had to be
+/// [`DUE_MARGIN`] away: a resync within a minute before a host's turn described every key due.)
 pub fn settled(
     key: &KeyPair,
     outputs: &[ObservedOutput],
@@ -643,7 +648,7 @@ pub fn settled(
             }
         )
     };
-    far(turn)
+    turn > now + TURN_MARGIN
         && next.is_none_or(|at| at >= due)
         && plan.iter().all(scheduled)
         && crate::fleet::offset::plan_before_due(key, outputs, due).is_empty()
