@@ -70,6 +70,7 @@ enum Command {
         json: bool,
     },
     /// Check manifests offline; no credentials needed.
+    #[command(after_help = EXIT_CODES)]
     Validate {
         #[command(flatten)]
         config: ConfigArg,
@@ -108,6 +109,7 @@ enum Command {
         no_wait: bool,
     },
     /// Print the private key of NAME as PEM, decrypted by the provider.
+    #[command(after_help = EXIT_CODES)]
     Decrypt {
         /// Key pair name.
         name: String,
@@ -123,6 +125,7 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Decrypt every current and next (staged) pair and check it matches its public key.
+    #[command(after_help = EXIT_CODES)]
     Verify {
         #[command(flatten)]
         config: ConfigArg,

@@ -55,6 +55,22 @@ fn usage_errors_exit_64_help_and_version_exit_0() {
 }
 
 #[test]
+fn every_command_that_reads_the_configuration_lists_the_exit_codes_in_its_help() {
+    for command in [
+        "run", "plan", "validate", "status", "rotate", "decrypt", "verify",
+    ] {
+        let run = keyprov(&[command, "--help"]);
+        assert_eq!(run.code, 0, "{command}: {}", run.all());
+        assert!(
+            run.stdout.contains("Exit codes: 0 converged")
+                && run.stdout.contains("75 stateDir lock held"),
+            "keyprov {command} --help: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
 fn an_invalid_config_still_exits_2() {
     let install = Install::new("bogusField: 1");
     let run = install.keyprov(&["validate"]);

@@ -53,6 +53,32 @@ fn a_missing_manifest_directory_is_an_error_naming_its_whole_path() {
 }
 
 #[test]
+fn validate_of_a_path_that_does_not_exist_blames_the_argument_not_the_configuration() {
+    let install = Install::new("");
+    install.manifest("k.yaml", &manifest("k", "ECC_NIST_P256", ""));
+    let missing = install.root().join("typo.yaml");
+    let present = install.manifests().join("k.yaml");
+    let run = install.keyprov(&[
+        "validate",
+        missing.to_str().unwrap(),
+        present.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("typo.yaml: does not exist: fix this path given to `keyprov validate`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("listed under `manifests`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("1 problem found"), "{}", run.stdout);
+}
+
+#[test]
 fn an_invalid_keyprov_log_is_an_error() {
     let install = Install::new("");
     let run = install.keyprov_env(&["plan"], &[("KEYPROV_LOG", "[span{x=1}]=trace")]);

@@ -55,7 +55,16 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
             .collect()
     };
+    // A path given here that does not exist is the caller's typo, not the configuration's:
+    // the loader's message would send the user to `manifests` in a file they never named.
+    let (sources, missing): (Vec<PathBuf>, Vec<PathBuf>) = sources.into_iter().partition(|p| {
+        paths.is_empty()
+            || !std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    });
     let mut loaded = manifest::load(&sources, &ctx);
+    loaded
+        .diagnostics
+        .splice(0..0, missing.iter().map(|p| missing_argument(p)));
     if let Some(problem) = config
         .as_ref()
         .and_then(|c| crate::prune_ledger::scope_problem(c, &loaded.keys))
@@ -116,4 +125,15 @@ pub fn schema() -> Exit {
         serde_json::to_string_pretty(&schema).expect("schema serializes")
     );
     Exit::Ok
+}
+
+/// The problem of a path given to `validate` that does not exist.
+fn missing_argument(path: &Path) -> manifest::Diagnostic {
+    manifest::Diagnostic {
+        file: manifest::display_path(path),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: "does not exist: fix this path given to `keyprov validate`".to_string(),
+    }
 }
