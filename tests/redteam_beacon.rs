@@ -316,3 +316,54 @@ fn a_tag_forged_far_ahead_does_not_date_a_writers_bump() {
         Some("v0002")
     );
 }
+
+/// A bump tag re-dated to an older stamp, its digests unchanged (anyone with `TagResource` on
+/// the beacon; the writer's read-back only checks digests, so it is not put again): a follower
+/// that described the secret after the older stamp takes it as covered and skips it, so the
+/// change waits for the next full listing, as a removed tag does. It is copied then, and
+/// nobody generates.
+#[test]
+fn a_bump_re_dated_to_an_older_stamp_is_followed_at_the_next_full_listing() {
+    let Some(endpoint) = localstack() else { return };
+    let id = uuid::Uuid::new_v4();
+    let scope = format!("redbeacon-{id}");
+    let keyring = tempfile::tempdir().unwrap();
+    let keyring = keyring.path().join("fleet.keyring");
+    let writer = host(&endpoint, &keyring, &scope, "host-a", "20s");
+    let follower = host(&endpoint, &keyring, &scope, "host-f", "20s");
+    let x = format!("keyprov-test/redbeacon-{id}/x");
+    let y = format!("keyprov-test/redbeacon-{id}/y");
+    // Two keys: a pass over one key describes it directly, without a sweep.
+    for h in [&writer, &follower] {
+        h.manifest("x.yaml", &file_and_secret("x", &x, ""));
+        h.manifest("y.yaml", &file_and_secret("y", &y, ""));
+    }
+    writer.run_once(0);
+    // The follower's first sweep lists, then describes what the recent bump names: more than
+    // the margin (5 s) after that bump's stamp.
+    std::thread::sleep(Duration::from_secs(7));
+    follower.run_once(0);
+    let oldest = bumps(&endpoint, &scope).values().map(|(at, _)| *at).min();
+    let rotated = writer.keyprov(&["rotate", "x", "--now"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.all());
+    for (seq, (at, named)) in bumps(&endpoint, &scope) {
+        if named.contains(&digest(&x)) && Some(at) != oldest {
+            let value = format!("{} {}", oldest.unwrap(), named.join(" "));
+            tag_beacon(&endpoint, &scope, &format!("keyprov:bump:{seq}"), &value);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = follower.run_once(0);
+        assert!(!run.all().contains("generating"), "{}", run.all());
+        if link(&follower.key_dir("x"), "current").as_deref() == Some("v0002") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower never copied x");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        generations(&endpoint, &x).last().map(String::as_str),
+        Some("keyprov-v0002")
+    );
+}
