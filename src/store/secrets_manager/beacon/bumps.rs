@@ -30,9 +30,9 @@ pub const LIST: &str = "list-";
 /// appends again at the top; a reader sees no gap only while a tag it saw that is at least
 /// this far below its highest is still there (see [`Bumps::since`]).
 pub const MARGIN: u64 = 2;
-/// How far ahead of a writer's own stamp a tag's stamp may be and still be kept when it
-/// appends (writers stamp by AWS's clock: they differ by seconds).
-const AHEAD: u64 = 60;
+/// Most seconds a tag may be dated after a writer's time (by AWS's clock) for the writer to
+/// append to it: writers stamp by AWS's clock as each last read it (seconds apart at most).
+pub const AHEAD: u64 = 60;
 /// Characters of a digest: 48 bits of SHA-256 in base64url (a collision costs one description).
 const DIGEST_LEN: usize = 8;
 /// Highest sequence number accepted (the next must not overflow).
@@ -63,26 +63,21 @@ pub struct Tag {
 }
 
 impl Tag {
-    /// The tag after appending `digests` at `at`: `None` when they do not fit, or one of them
+    /// The tag after appending `digests` at `at`: `None` when they do not fit, one of them
     /// is there already (a secret written again: a reader that saw the tag would not see it
-    /// as new), so a new tag then.
+    /// as new), or the tag is dated more than [`AHEAD`] after `at` (forged or stamped by a
+    /// wrong clock: appended digests would take its date, never recent after a listing), so a
+    /// new tag then.
     pub fn appended(&self, at: u64, digests: &BTreeSet<String>) -> Option<Tag> {
         let Named::Secrets(had) = &self.named else {
             return None;
         };
-        if !had.is_disjoint(digests) {
+        if !had.is_disjoint(digests) || self.at > at.saturating_add(AHEAD) {
             return None;
         }
         let all: BTreeSet<String> = had.union(digests).cloned().collect();
-        // A stamp far ahead of this writer's (forged, or a clock gone wrong) is not kept: it
-        // would make the tag look older than recent appends forever.
-        let at = if self.at > at.saturating_add(AHEAD) {
-            at
-        } else {
-            at.max(self.at)
-        };
-        (all.len() <= MAX_NAMED).then_some(Tag {
-            at,
+        (all.len() <= MAX_NAMED).then(|| Tag {
+            at: at.max(self.at),
             named: Named::Secrets(all),
         })
     }
@@ -407,6 +402,16 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_dated_far_ahead_takes_no_more_digests() {
+        let forged = bumps(&[(3, &format!("9999999999 {}", d(1)))]);
+        let (seq, tag) = forged.placement(1_800_000_000, &set(&[&d(2)]));
+        assert_eq!((seq, tag.at), (4, 1_800_000_000), "a new tag, dated now");
+        // A few seconds ahead (another writer's reading of AWS's clock): appended.
+        let near = bumps(&[(3, &format!("1800000030 {}", d(1)))]);
+        assert_eq!(near.placement(1_800_000_000, &set(&[&d(2)])).0, 3);
+    }
+
+    #[test]
     fn a_full_tag_at_the_highest_sequence_number_starts_the_numbering_again() {
         let full: Vec<String> = (0..MAX_NAMED as u32).map(|n| d(1000 + n)).collect();
         let forged = format!("5 {}", full.join(" "));
@@ -460,19 +465,6 @@ mod tests {
         assert_eq!(
             b.tags.keys().next(),
             Some(&(100 - MAX_BUMP_TAGS as u64 + 1))
-        );
-    }
-
-    #[test]
-    fn an_append_keeps_the_latest_stamp_but_not_one_far_ahead() {
-        let tag = |at: u64| Tag::new(at, &set(&[&d(1)]));
-        let appended = |t: Tag| t.appended(1_000, &set(&[&d(2)])).unwrap().at;
-        assert_eq!(appended(tag(990)), 1_000);
-        assert_eq!(appended(tag(1_030)), 1_030, "a few seconds ahead: kept");
-        assert_eq!(
-            appended(tag(99_999_999)),
-            1_000,
-            "forged far ahead: replaced"
         );
     }
 

@@ -17,7 +17,10 @@
 //! made before writing the secret itself is dropped with the write (the pass's description
 //! is). Without a fresh reading of AWS's clock nothing is kept (the local clock may be
 //! anywhere). A forged tag dated early only spares a description of what this host described
-//! later anyway; one dated late costs a description, as before.
+//! later anyway; but a writer's tag re-dated early (its digests kept, so the writer's read-back
+//! does not put them again) hides the write it names from a host that described the secret
+//! after the earlier date, as a removed tag does: until the next full listing
+//! (`tests/redteam_beacon.rs`). One dated late costs a description, as before.
 
 use std::collections::HashMap;
 use std::path::Path;
