@@ -669,7 +669,7 @@ fn verify_checks_the_public_files_verifiers_consume() {
 /// built.
 #[test]
 fn jwks_bytes_are_the_pretty_json_of_the_keys_member() {
-    let keys = vec![
+    let keys = [
         serde_json::json!({"kty": "EC", "crv": "P-256", "x": "a", "y": "b", "kid": "k1"}),
         serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": "c", "kid": "k2"}),
     ];
