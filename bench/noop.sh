@@ -14,8 +14,9 @@
 # Two variants per size, each a fleet of its own: `plain` (one PEM file output), and `formats`
 # (the same with `publicFormats: [jwk, openssh]` and a config `jwks` set of all keys); the
 # formats row also gives its ratio to the plain run of the same size (issue 20: ≤ 1.2×).
-# Medians of RUNS runs of each (after one warm-up), measured in the same run; when a fleet is
-# created (first run), also the time of the one `run --once` that created its N keys.
+# Medians of RUNS runs of each (after one warm-up), measured in the same run, of wall time and
+# of CPU time (user + sys, `bench/timed.py`); when a fleet is created (first run), also the
+# wall and CPU time of the one `run --once` that created its N keys.
 #
 #   bench/noop.sh [N ...]      default: 1000 10000 100000
 # Environment: RUNS (default 11), BENCH_DIR (default bench/work, git-ignored), VARIANTS
@@ -78,11 +79,13 @@ spec:
 """)
     open(f"{out}/keys-{f // per_file:04d}.yaml", "w").write("---\n".join(docs))
 PY
-  local start end
+  local start end user sys
   start=$(date +%s%N)
-  "$bin" run --once --config "$work/keyprov.yaml" >/dev/null
+  /usr/bin/time -f '%U %S' -o "$work/create.time" "$bin" run --once --config "$work/keyprov.yaml" >/dev/null
   end=$(date +%s%N)
-  echo "created $n keys ($variant) in one run --once: $(( (end - start) / 1000000 )) ms" >&2
+  read -r user sys <"$work/create.time"
+  echo "created $n keys ($variant) in one run --once: $(( (end - start) / 1000000 )) ms" \
+    "(user $user s, sys $sys s; load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   touch "$work/converged"
 }
 
@@ -115,7 +118,11 @@ list_floor() { # work-dir variant
   fi
 }
 
-printf '%-8s %-8s %14s %12s %8s %8s %14s\n' keys variant "run --once ms" "floor ms" files ratio "vs plain run"
+# Wall-time columns first (as before), then CPU time (user + sys, children included) of the
+# same runs, which other load on the machine disturbs far less, and the load average (1 min)
+# when the row was measured.
+printf '%-8s %-8s %14s %12s %8s %8s %14s %12s %12s %8s %10s %6s\n' keys variant "run --once ms" \
+  "floor ms" files ratio "vs plain run" "run cpu ms" "floor cpu ms" "cpu ratio" "cpu vs plain" load
 for n in "${sizes[@]}"; do
   plain_ms=""
   for variant in "${variants[@]}"; do
@@ -125,15 +132,20 @@ for n in "${sizes[@]}"; do
     # The no-op must really be a no-op.
     "$bin" run --once --config "$work/keyprov.yaml" | grep -q "$n keys, 0 changed, 0 failed, 0 provider calls"
     list_floor "$work" "$variant"
-    run_ms=$(median_ms "$bin" run --once --config "$work/keyprov.yaml")
-    floor_ms=$(median_ms xargs -a "$work/floor-files" cat)
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    read -r run_ms run_cpu _ <<<"$(python3 "$repo/bench/timed.py" "$runs" "$bin" run --once --config "$work/keyprov.yaml")"
+    read -r floor_ms floor_cpu _ <<<"$(python3 "$repo/bench/timed.py" "$runs" xargs -a "$work/floor-files" cat)"
     vs_plain="-"
+    cpu_vs_plain="-"
     if [ "$variant" = plain ]; then
       plain_ms=$run_ms
+      plain_cpu=$run_cpu
     elif [ -n "$plain_ms" ]; then
       vs_plain=$(printf '%.2f' "$(echo "$run_ms / $plain_ms" | bc -l)")
+      cpu_vs_plain=$(printf '%.2f' "$(echo "$run_cpu / $plain_cpu" | bc -l)")
     fi
-    printf '%-8s %-8s %14s %12s %8s %8.2f %14s\n' "$n" "$variant" "$run_ms" "$floor_ms" \
-      "$(wc -l <"$work/floor-files")" "$(echo "$run_ms / $floor_ms" | bc -l)" "$vs_plain"
+    printf '%-8s %-8s %14s %12s %8s %8.2f %14s %12s %12s %8.2f %12s %6s\n' "$n" "$variant" "$run_ms" \
+      "$floor_ms" "$(wc -l <"$work/floor-files")" "$(echo "$run_ms / $floor_ms" | bc -l)" "$vs_plain" \
+      "$run_cpu" "$floor_cpu" "$(echo "$run_cpu / $floor_cpu" | bc -l)" "$cpu_vs_plain" "$load"
   done
 done

@@ -210,7 +210,8 @@ pub fn update_all(
         updated.failures.push(("jwks:members".into(), message));
         crate::jwks_members::Members::new()
     });
-    let before = members.clone();
+    // Whether the members changed (an insert that differs), so that the file is written only then.
+    let mut members_changed = false;
     for aggregate in aggregates {
         let path = aggregate.path().display().to_string();
         let selected: Vec<&KeyPair> = keys.iter().filter(|k| aggregate.selects(k)).collect();
@@ -219,11 +220,10 @@ pub fn update_all(
                 "the JWK Set's selector matches no key: left as it is");
             continue;
         }
+        let set_path = aggregate.path();
         let inside_a_key = keys.iter().find_map(|key| {
             key.outputs.iter().find_map(|o| match o {
-                Output::File(file) if aggregate.path().starts_with(&file.dir) => {
-                    Some(key.name.clone())
-                }
+                Output::File(file) if set_path.starts_with(&file.dir) => Some(key.name.clone()),
                 _ => None,
             })
         });
@@ -259,7 +259,10 @@ pub fn update_all(
                     .into_iter()
                     .map(|(name, entries)| (name, entries.iter().filter_map(kid).collect()))
                     .collect();
-                members.insert(path, kids);
+                if members.get(&path) != Some(&kids) {
+                    members.insert(path, kids);
+                    members_changed = true;
+                }
             }
             Err(err) => {
                 let message = format!("JWK Set {path}: {err}");
@@ -271,9 +274,7 @@ pub fn update_all(
             }
         }
     }
-    if members != before
-        && let Err(err) = crate::jwks_members::save(state_dir, &members)
-    {
+    if members_changed && let Err(err) = crate::jwks_members::save(state_dir, &members) {
         let message = format!(
             "cannot record which keys the JWK Sets hold in {}: {err}",
             state_dir.join(crate::jwks_members::FILE).display()
@@ -326,7 +327,10 @@ fn next_entries(
     remembered: Option<&BTreeMap<String, Vec<String>>>,
     observed: &dyn Fn(&str, usize) -> Option<Vec<serde_json::Value>>,
 ) -> Next {
-    let old = old_entries(aggregate);
+    // The set as written is parsed only for a held key's last entries: a pass that holds no
+    // key (a no-op) builds the set from the links alone (`write` still compares the bytes).
+    let old = std::cell::OnceCell::new();
+    let old = || old.get_or_init(|| old_entries(aggregate));
     let mut next = Next {
         by_key: BTreeMap::new(),
         problems: Vec::new(),
@@ -393,9 +397,9 @@ fn next_entries(
                 .get(&name)
                 .into_iter()
                 .flatten()
-                .filter_map(|k| old.get(k).cloned())
+                .filter_map(|k| old().get(k).cloned())
                 .collect(),
-            None => old
+            None => old()
                 .iter()
                 .filter(|(k, _)| !accounted.contains(*k))
                 .map(|(_, entry)| entry.clone())
@@ -414,11 +418,15 @@ fn next_entries(
 /// The set's bytes: the keys by name, each key's entries in order, every kid once.
 fn bytes_of(by_key: &BTreeMap<String, Vec<serde_json::Value>>) -> Vec<u8> {
     let mut seen = HashSet::new();
-    let entries: Vec<serde_json::Value> = by_key
+    let entries: Vec<&serde_json::Value> = by_key
         .values()
         .flatten()
-        .filter(|entry| kid(entry).is_none_or(|k| seen.insert(k)))
-        .cloned()
+        .filter(|entry| {
+            entry
+                .get("kid")
+                .and_then(serde_json::Value::as_str)
+                .is_none_or(|k| seen.insert(k))
+        })
         .collect();
     crate::public_formats::jwks(&entries)
 }

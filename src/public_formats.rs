@@ -232,18 +232,27 @@ pub fn jwk(der: &[u8]) -> Result<serde_json::Value, String> {
 }
 
 /// A JWK Set (RFC 7517 §5) of `keys`, in order, as the bytes of `jwks.json`.
-pub fn jwks(keys: &[serde_json::Value]) -> Vec<u8> {
-    let mut text = serde_json::to_vec_pretty(&serde_json::json!({ "keys": keys }))
-        .expect("JSON values serialize");
+pub fn jwks<K: serde::Serialize>(keys: &[K]) -> Vec<u8> {
+    /// `{"keys": [...]}` without copying the keys into a JSON value first.
+    #[derive(serde::Serialize)]
+    struct Set<'a, K> {
+        keys: &'a [K],
+    }
+    let mut text = serde_json::to_vec_pretty(&Set { keys }).expect("JSON values serialize");
     text.push(b'\n');
     text
 }
 
 /// The bytes of `public.jwk`.
 pub fn jwk_file(der: &[u8]) -> Result<Vec<u8>, String> {
-    let mut text = serde_json::to_vec_pretty(&jwk(der)?).expect("JSON values serialize");
+    Ok(jwk_file_of(&jwk(der)?))
+}
+
+/// The bytes of `public.jwk` holding `jwk` (made by [`jwk`]).
+pub fn jwk_file_of(jwk: &serde_json::Value) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(jwk).expect("JSON values serialize");
     text.push(b'\n');
-    Ok(text)
+    text
 }
 
 /// The OpenSSH public key line (`ssh-ed25519 AAAA… comment`) of a DER SubjectPublicKeyInfo.

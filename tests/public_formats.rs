@@ -662,3 +662,22 @@ fn verify_checks_the_public_files_verifiers_consume() {
         assert!(bad.all().contains(wanted), "{wanted}: {}", bad.all());
     }
 }
+
+/// The JWK Set's bytes are what `serde_json` writes for `{"keys": [...]}` pretty, plus a
+/// newline, whether the keys are values or references to them (the config's set is built from
+/// references): the bytes a verifier and the drift check compare do not depend on how it is
+/// built.
+#[test]
+fn jwks_bytes_are_the_pretty_json_of_the_keys_member() {
+    let keys = [
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": "a", "y": "b", "kid": "k1"}),
+        serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": "c", "kid": "k2"}),
+    ];
+    for set in [&keys[..], &keys[..1], &[]] {
+        let mut want = serde_json::to_vec_pretty(&serde_json::json!({ "keys": set })).unwrap();
+        want.push(b'\n');
+        assert_eq!(keyprov::public_formats::jwks(set), want);
+        let refs: Vec<&serde_json::Value> = set.iter().collect();
+        assert_eq!(keyprov::public_formats::jwks(&refs), want);
+    }
+}

@@ -109,11 +109,19 @@ pub fn remember(
 ) {
     let Marks(mut marks) = marks;
     let mut changed = false;
+    // Each key's plans, looked up by name (a scan of every plan per key made a pass creating
+    // N keys quadratic).
+    let mut plans_of: std::collections::HashMap<&str, Vec<&KeyPlan>> =
+        std::collections::HashMap::new();
+    for plan in plans {
+        plans_of.entry(plan.name.as_str()).or_default().push(plan);
+    }
     for key in keys {
         let fingerprint = key.spec_fingerprint();
-        let made = plans
-            .iter()
-            .filter(|p| p.name == key.name)
+        let made = plans_of
+            .get(key.name.as_str())
+            .into_iter()
+            .flatten()
             .flat_map(|p| &p.actions)
             .find_map(|a| match a {
                 Action::Generate { generation, .. } => Some(*generation),

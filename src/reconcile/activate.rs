@@ -21,10 +21,21 @@ pub(super) async fn activate(pass: &mut Pass<'_>) {
         super::publish::ledger(pass),
     )
     .await;
+    // By name: one activation per key, and a lookup each (not a scan of every outcome, which
+    // made a pass creating N keys quadratic).
+    let mut at: std::collections::HashMap<String, usize> = pass
+        .outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.name.clone(), i))
+        .collect();
     for outcome in done {
-        match pass.outcomes.iter_mut().find(|o| o.name == outcome.name) {
-            Some(published) => published.result = outcome.result,
-            None => pass.outcomes.push(outcome),
+        match at.get(&outcome.name) {
+            Some(&i) => pass.outcomes[i].result = outcome.result,
+            None => {
+                at.insert(outcome.name.clone(), pass.outcomes.len());
+                pass.outcomes.push(outcome);
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ pub fn observe_in(
     };
     let mut links = Vec::with_capacity(3);
     // Public keys of linked versions read and verified here, for `jwks.json`'s check.
-    let mut verified: Vec<(u32, Vec<u8>)> = Vec::with_capacity(2);
+    let mut verified: Vec<public::Verified> = Vec::with_capacity(2);
     // What next, current and previous point at (for `jwks.json`'s check).
     let mut linked = [None; 3];
     let listing = dir.entries()?;
@@ -93,7 +93,7 @@ pub fn observe_in(
         }
         let checked = open_version(&dir, generation).and_then(|version| {
             let meta = read_version_meta(&version, generation)?;
-            let (mut problems, der) = check_version_files(
+            let (mut problems, known) = check_version_files(
                 &version,
                 output,
                 &meta,
@@ -101,9 +101,7 @@ pub fn observe_in(
                 owner,
                 &mut observed.drift,
             );
-            if let Some(der) = der {
-                verified.push((generation, der));
-            }
+            verified.extend(known);
             if meta.name != key_name {
                 problems.insert(
                     0,
@@ -222,8 +220,8 @@ fn is_regular(stat: &FileStat) -> bool {
 /// Checks what a linked version's readers rely on: the public key parses and matches
 /// `publicKeySha256`, the ciphertext is there (and matches its recorded hash), the plaintext
 /// key parses. Returns those problems (damage, repaired from another output) and the public
-/// key when it matched its meta; modes, owners and files of the wrong format go to `drift`
-/// (repaired in place).
+/// key when it matched its meta (with its JWK, when one was made from it); modes, owners and
+/// files of the wrong format go to `drift` (repaired in place).
 fn check_version_files(
     version: &DirHandle,
     output: &FileOutput,
@@ -231,7 +229,7 @@ fn check_version_files(
     include_plaintext: bool,
     owner: Option<Owner>,
     drift: &mut Vec<String>,
-) -> (Vec<String>, Option<Vec<u8>>) {
+) -> (Vec<String>, Option<public::Verified>) {
     let vname = version_name(meta.generation);
     let mut problems = Vec::new();
     let mut present = Vec::new();
@@ -331,11 +329,16 @@ fn check_version_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-    check_public_format_files(&files, output, meta, public_der.as_deref(), drift);
+    let jwk = check_public_format_files(&files, output, meta, public_der.as_deref(), drift);
     if include_plaintext {
         check_private_format_files(&files, output, meta, drift);
     }
-    (problems, public_der)
+    let verified = public_der.map(|der| public::Verified {
+        generation: meta.generation,
+        der,
+        jwk,
+    });
+    (problems, verified)
 }
 
 /// Reads `name` through its descriptor in `opened` (taken out), or opens it again.
@@ -383,21 +386,25 @@ fn check_private_format_files(
 
 /// Drift of a linked version's public format files (derived from its public key, so
 /// rewritten in place): missing, altered, or no longer listed. `public_der` is the public key
-/// already read and verified, if it was.
+/// already read and verified, if it was; the JWK made from it is returned (for `jwks.json`).
 fn check_public_format_files(
     files: &Listed,
     output: &FileOutput,
     meta: &VersionMeta,
     public_der: Option<&[u8]>,
     drift: &mut Vec<String>,
-) {
+) -> Option<serde_json::Value> {
     let vname = version_name(meta.generation);
+    let mut verified_jwk = None;
     if !output.public_formats.is_empty() {
-        let der = match public_der {
-            Some(der) => Ok(der.to_vec()),
-            None => public::read_public_der(files.dir, output.format),
+        let wanted = match public_der {
+            Some(der) => public::format_files_and_jwk(output, meta, der).map(|(wanted, jwk)| {
+                verified_jwk = jwk;
+                wanted
+            }),
+            None => public::read_public_der(files.dir, output.format)
+                .and_then(|der| public::format_files(output, meta, &der)),
         };
-        let wanted = der.and_then(|der| public::format_files(output, meta, &der));
         // An unreadable public key is reported as damage.
         if let Ok(wanted) = wanted {
             for (name, bytes) in wanted {
@@ -421,4 +428,5 @@ fn check_public_format_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
+    verified_jwk
 }

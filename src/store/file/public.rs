@@ -14,17 +14,39 @@ fn ssh_comment(meta: &VersionMeta) -> String {
     format!("keyprov:{}:{}", meta.name, version_name(meta.generation))
 }
 
+/// Files of a version: name and contents.
+type Files = Vec<(&'static str, Vec<u8>)>;
+
 /// The public format files `output` asks of a version: name and contents.
 pub(super) fn format_files(
     output: &FileOutput,
     meta: &VersionMeta,
     der: &[u8],
-) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
-    output
+) -> Result<Files, StoreError> {
+    format_files_and_jwk(output, meta, der).map(|(files, _)| files)
+}
+
+/// [`format_files`], and the version's JWK when the output asks for `jwk` (made once, for
+/// `public.jwk` and for `jwks.json`).
+pub(super) fn format_files_and_jwk(
+    output: &FileOutput,
+    meta: &VersionMeta,
+    der: &[u8],
+) -> Result<(Files, Option<serde_json::Value>), StoreError> {
+    let mut jwk = None;
+    let files = output
         .public_formats
         .iter()
         .map(|&format| {
-            public_formats::encode(format, der, &ssh_comment(meta))
+            let bytes = match format {
+                PublicFormat::Jwk => public_formats::jwk(der).map(|value| {
+                    let bytes = public_formats::jwk_file_of(&value);
+                    jwk = Some(value);
+                    bytes
+                }),
+                PublicFormat::Openssh => public_formats::encode(format, der, &ssh_comment(meta)),
+            };
+            bytes
                 .map(|bytes| (format.file_name(), bytes))
                 .map_err(|message| StoreError::Corrupt {
                     path: version_dir(output, meta.generation).display().to_string(),
@@ -34,7 +56,8 @@ pub(super) fn format_files(
                     ),
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((files, jwk))
 }
 
 /// Public format files a version must not hold: those the manifest no longer lists.
@@ -67,14 +90,22 @@ pub(super) fn linked_jwks(
     jwks_of(dir, format, links, &[])
 }
 
+/// A linked version's public key as observation read and verified it against its meta, and
+/// its JWK when one was made from it.
+pub(super) struct Verified {
+    pub(super) generation: u32,
+    pub(super) der: Vec<u8>,
+    pub(super) jwk: Option<serde_json::Value>,
+}
+
 /// The JWKs of the generations `links` name (next, current, previous; none or repeated ones
-/// left out), each public key taken from `known` (generation, DER already read and verified
-/// against its meta) or read from its version.
+/// left out), each taken from `known` (already made, or made from the public key already read
+/// and verified against its meta) or made from the public key read from its version.
 pub(super) fn jwks_of(
     dir: &DirHandle,
     format: Format,
     links: [Option<u32>; 3],
-    known: &[(u32, Vec<u8>)],
+    known: &[Verified],
 ) -> Result<Vec<serde_json::Value>, StoreError> {
     let mut keys = Vec::with_capacity(3);
     let mut seen = Vec::with_capacity(3);
@@ -82,9 +113,15 @@ pub(super) fn jwks_of(
         if seen.contains(&generation) {
             continue;
         }
+        let known = known.iter().find(|k| k.generation == generation);
+        if let Some(jwk) = known.and_then(|k| k.jwk.clone()) {
+            seen.push(generation);
+            keys.push(jwk);
+            continue;
+        }
         let path = dir.child_path(version_name(generation));
-        let der = match known.iter().find(|(g, _)| *g == generation) {
-            Some((_, der)) => std::borrow::Cow::Borrowed(der),
+        let der = match known {
+            Some(known) => std::borrow::Cow::Borrowed(&known.der),
             None => {
                 let Some(version) = dir.open_dir(&version_name(generation))? else {
                     continue;
@@ -183,7 +220,7 @@ pub(super) fn jwks_drift(
     dir: &DirHandle,
     output: &FileOutput,
     links: [Option<u32>; 3],
-    known: &[(u32, Vec<u8>)],
+    known: &[Verified],
     listed: &super::listed::Listed,
     drift: &mut Vec<String>,
 ) -> Option<Vec<serde_json::Value>> {
