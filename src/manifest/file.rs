@@ -75,17 +75,37 @@ pub(super) fn parse_file(
             return file;
         }
     };
-    if let Err(refusal) = scan::scan(&text, scan::MAX_DOCUMENTS) {
-        file.diagnostics.push(Diagnostic {
-            file: display_path(&file.path),
-            line: refusal.line,
-            column: refusal.column,
-            field: String::new(),
-            message: refusal.message,
-        });
-        return file;
+    let built = match scan::scan_values(&text, scan::MAX_DOCUMENTS) {
+        Ok((_, built)) => built,
+        Err(refusal) => {
+            file.diagnostics.push(Diagnostic {
+                file: display_path(&file.path),
+                line: refusal.line,
+                column: refusal.column,
+                field: String::new(),
+                message: refusal.message,
+            });
+            return file;
+        }
+    };
+    // The cheap reading (values from the scan, see `fast.rs`) is kept only when the file has
+    // no problem at all; otherwise the file is read again in full, for today's diagnostics.
+    if let Some(values) = built {
+        let mut cheap = ManifestFile {
+            path: file.path.clone(),
+            text: String::new(),
+            keys: Vec::new(),
+            diagnostics: Vec::new(),
+            names: Vec::new(),
+            index: None,
+        };
+        if parse_documents(&mut cheap, &text, ctx, Some(values)) > 0 && cheap.diagnostics.is_empty()
+        {
+            cheap.text = text;
+            return cheap;
+        }
     }
-    let documents = parse_documents(&mut file, &text, ctx);
+    let documents = parse_documents(&mut file, &text, ctx, None);
     file.text = text;
     if documents == 0 && file.diagnostics.is_empty() {
         file.diagnostics.push(file_diagnostic(
@@ -107,13 +127,28 @@ pub(super) fn parse_file(
 /// data error of its document and the next one can still be read. The rare document whose
 /// value the walk could not vouch for (a duplicated key, a tag) is read again by serde_yaml's
 /// own `Value`, for its exact error.
-fn parse_documents(file: &mut ManifestFile, text: &str, ctx: &Context) -> usize {
+///
+/// `built`: the documents' values already read by the scan (see `fast.rs`), then libyaml is
+/// not run.
+fn parse_documents(
+    file: &mut ManifestFile,
+    text: &str,
+    ctx: &Context,
+    built: Option<Vec<serde_yaml::Value>>,
+) -> usize {
     let budget = std::cell::Cell::new(0);
     let mut walked: Vec<Option<Option<serde_yaml::Value>>> = Vec::new();
     let mut broken = None;
+    let libyaml = match built {
+        Some(values) => {
+            walked = values.into_iter().map(|v| Some(Some(v))).collect();
+            None
+        }
+        None => Some(serde_yaml::Deserializer::from_str(text)),
+    };
     // The scan bounds the documents; `take` bounds this loop even if libyaml disagreed with it
     // (after an error libyaml repeats it forever).
-    for deserializer in serde_yaml::Deserializer::from_str(text).take(scan::MAX_DOCUMENTS + 1) {
+    for deserializer in libyaml.into_iter().flatten().take(scan::MAX_DOCUMENTS + 1) {
         match guarded(|| Walk::new(&budget).deserialize(deserializer)) {
             // An empty document (null) is no document, as for serde_yaml's `Option`.
             Ok(Ok(value)) => walked.push(value.map(|v| (!v.is_null()).then_some(v))),
@@ -316,7 +351,7 @@ mod tests {
             names: Vec::new(),
             index: None,
         };
-        parse_documents(&mut file, text, &ctx);
+        parse_documents(&mut file, text, &ctx, None);
         file
     }
 

@@ -8,6 +8,7 @@ mod across;
 mod dedent;
 mod diagnostics;
 pub mod document;
+mod fast;
 mod file;
 mod model;
 mod parallel;

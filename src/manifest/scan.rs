@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, Parser};
+
+use super::fast::Builder;
 use yaml_rust2::scanner::{Marker, Scanner, Token, TokenType};
 
 /// Deepest nesting of sequences and mappings accepted (a manifest needs about 6).
@@ -38,6 +40,24 @@ pub struct Summary {
 
 /// Checks `text` against the limits above and at most `max_documents` documents.
 pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
+    scan_with(text, max_documents, None)
+}
+
+/// [`scan`], also building the documents' values when [`Builder`] vouches for the text.
+pub fn scan_values(
+    text: &str,
+    max_documents: usize,
+) -> Result<(Summary, Option<Vec<serde_yaml::Value>>), Refusal> {
+    let mut builder = Builder::new(text);
+    let summary = scan_with(text, max_documents, Some(&mut builder))?;
+    Ok((summary, builder.finish()))
+}
+
+fn scan_with(
+    text: &str,
+    max_documents: usize,
+    mut builder: Option<&mut Builder>,
+) -> Result<Summary, Refusal> {
     let mut parser = Parser::new_from_str(text);
     // Open collections: (anchor id, nodes so far).
     let mut open: Vec<(usize, u64)> = Vec::new();
@@ -47,7 +67,7 @@ pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
     let mut documents = 0;
     let mut nodes = 0;
     loop {
-        let (event, mark) = parser.next_token().map_err(|err| {
+        let (mut event, mark) = parser.next_token().map_err(|err| {
             if err.info().ends_with("found unknown anchor") {
                 return undefined_alias(text, err.marker());
             }
@@ -75,6 +95,9 @@ pub fn scan(text: &str, max_documents: usize) -> Result<Summary, Refusal> {
                 message: format!("YAML syntax error: {}{hint}", err.info()),
             }
         })?;
+        if let Some(builder) = builder.as_deref_mut() {
+            builder.feed(&mut event, &mark);
+        }
         let refuse = |message: String| Refusal {
             line: mark.line(),
             column: mark.col() + 1,
