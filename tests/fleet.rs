@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::Client;
+use common::count_proxy::{Proxy, free_port};
 use common::logged_daemon::Daemon;
 use common::*;
 
@@ -132,100 +132,6 @@ async fn two_manifest_versions_do_not_flip_flop() {
         Some(3),
         "one generation for the rollback"
     );
-}
-
-/// A counting proxy (bench/count_proxy.py) in front of LocalStack on `port`.
-struct Proxy {
-    child: Child,
-}
-
-impl Proxy {
-    fn start(port: u16, endpoint: &str) -> Proxy {
-        Proxy::start_logged(port, endpoint, None)
-    }
-
-    /// [`Proxy::start`], each request also logged to `log` as `<unix time> <port> <target>`.
-    fn start_logged(port: u16, endpoint: &str, log: Option<&Path>) -> Proxy {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/count_proxy.py");
-        let mut command = Command::new("python3");
-        if let Some(log) = log {
-            command
-                .env("COUNT_PROXY_LOG", log)
-                .env("COUNT_PROXY_LOG_IDS", "1");
-        }
-        let mut child = command
-            .arg(script)
-            .arg(port.to_string())
-            .arg(endpoint)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        // "ready" on stderr once it listens.
-        let mut stderr = child.stderr.take().unwrap();
-        let mut byte = [0u8; 1];
-        let mut seen = Vec::new();
-        while !seen.ends_with(b"ready") {
-            use std::io::Read;
-            if stderr.read(&mut byte).unwrap_or(0) == 0 {
-                panic!(
-                    "the proxy did not start: {}",
-                    String::from_utf8_lossy(&seen)
-                );
-            }
-            seen.push(byte[0]);
-        }
-        // Drained for as long as it runs: a closed pipe would fail its error reports.
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            if !rest.trim().is_empty() {
-                eprintln!("count_proxy.py: {rest}");
-            }
-        });
-        Proxy { child }
-    }
-
-    /// Stops the proxy; returns its counts by operation (e.g. `secretsmanager.GetSecretValue`).
-    fn stop(mut self) -> Vec<(String, u64)> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let mut out = String::new();
-        use std::io::Read;
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let _ = self.child.wait();
-        out.lines()
-            .filter_map(|l| {
-                let (n, op) = l.split_once(' ')?;
-                Some((op.to_string(), n.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn total(counts: &[(String, u64)]) -> u64 {
@@ -558,6 +464,44 @@ fn a_consumer_refuses_to_rotate_and_changes_nothing() {
     assert!(!install.key_dir("k").exists(), "a consumer made nothing");
 }
 
+/// Two fleet hosts whose turns at the rotation of `key` (in a `window` of seconds) are at least
+/// `gap` seconds apart, the first's earlier: the writer on LocalStack, the follower behind a
+/// counting proxy that logs every request to the returned path (`debounce: 100ms, resyncEvery:
+/// 1h`).
+fn writer_and_logged_follower(
+    endpoint: &str,
+    keyring: &Path,
+    key: &str,
+    window: u64,
+    gap: u64,
+) -> (Install, Install, Proxy, std::path::PathBuf) {
+    let offset =
+        |host: &str| keyprov::fleet::offset::offset(host, key, Duration::from_secs(window));
+    let gap = Duration::from_secs(gap);
+    let first = ["host-a".to_string()]
+        .into_iter()
+        .chain((0..).map(|i| format!("host-a{i}")))
+        .find(|h| offset(h) + gap < Duration::from_secs(window.saturating_sub(1)))
+        .unwrap();
+    let second = (0..)
+        .map(|i| format!("host-b{i}"))
+        .find(|h| offset(h) > offset(&first) + gap)
+        .unwrap();
+    let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: {window}s}}");
+    let reconcile = ", debounce: 100ms, resyncEvery: 1h";
+    let port = free_port();
+    let log = keyring.with_file_name("proxy.log");
+    let proxy = Proxy::start_logged(port, endpoint, Some(&log));
+    let writer = fleet_host(endpoint, keyring, reconcile, &fleet(&first));
+    let follower = fleet_host(
+        &format!("http://127.0.0.1:{port}"),
+        keyring,
+        reconcile,
+        &fleet(&second),
+    );
+    (writer, follower, proxy, log)
+}
+
 /// Most `DescribeSecret` requests a follower makes per key-rotation it copies: one look at the
 /// secret when its turn comes, and the re-check's when that look came before the writer's put;
 /// every later step of the pass (the copy, its links, its prune) reads the same description.
@@ -574,26 +518,9 @@ async fn a_follower_copies_a_rotation_with_one_look_and_one_read() {
     let keyring = tempfile::tempdir().unwrap();
     let keyring = keyring.path().join("fleet.keyring");
     let secret = unique("follow");
-    let window = Duration::from_secs(8);
     // The writer's offset for the key at least 3 s before the follower's.
-    let offset = |host: &str| keyprov::fleet::offset::offset(host, "follow", window);
-    let first = "host-a".to_string();
-    let second = (0..)
-        .map(|i| format!("host-b{i}"))
-        .find(|h| offset(h) > offset(&first) + Duration::from_secs(3))
-        .unwrap();
-    let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: 8s}}");
-    let reconcile = ", debounce: 100ms, resyncEvery: 1h";
-    let port = free_port();
-    let log = keyring.with_file_name("proxy.log");
-    let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
-    let writer = fleet_host(&endpoint, &keyring, reconcile, &fleet(&first));
-    let follower = fleet_host(
-        &format!("http://127.0.0.1:{port}"),
-        &keyring,
-        reconcile,
-        &fleet(&second),
-    );
+    let (writer, follower, proxy, log) =
+        writer_and_logged_follower(&endpoint, &keyring, "follow", 8, 3);
     let text = file_and_secret("follow", &secret, "  rotation: {every: 15s, keep: 5}\n");
     writer.manifest("follow.yaml", &text);
     follower.manifest("follow.yaml", &text);
@@ -652,29 +579,9 @@ async fn a_sweep_does_not_describe_again_what_a_due_wake_described_after_the_bum
     let keyring = keyring.path().join("fleet.keyring");
     let secret = unique("covered");
     let calm = unique("covered-calm");
-    let window = Duration::from_secs(20);
     // The follower's turn at least 9 s after the writer's: its look comes after the bump.
-    let offset = |host: &str| keyprov::fleet::offset::offset(host, "covered", window);
-    let first = (0..)
-        .map(|i| format!("host-a{i}"))
-        .find(|h| offset(h) < Duration::from_secs(5))
-        .unwrap();
-    let second = (0..)
-        .map(|i| format!("host-b{i}"))
-        .find(|h| offset(h) > offset(&first) + Duration::from_secs(9))
-        .unwrap();
-    let fleet = |host: &str| format!("fleet: {{hostId: {host}, generateWindow: 20s}}");
-    let reconcile = ", debounce: 100ms, resyncEvery: 1h";
-    let port = free_port();
-    let log = keyring.with_file_name("proxy.log");
-    let proxy = Proxy::start_logged(port, &endpoint, Some(&log));
-    let writer = fleet_host(&endpoint, &keyring, reconcile, &fleet(&first));
-    let follower = fleet_host(
-        &format!("http://127.0.0.1:{port}"),
-        &keyring,
-        reconcile,
-        &fleet(&second),
-    );
+    let (writer, follower, proxy, log) =
+        writer_and_logged_follower(&endpoint, &keyring, "covered", 20, 9);
     // 90 s: the sweep after the copy is more than a minute before the next rotation, so the
     // key is settled on the listing and only the bump could make it described.
     let rotating = file_and_secret("covered", &secret, "  rotation: {every: 90s, keep: 5}\n");

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::count_proxy::{Proxy, free_port};
 use common::*;
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -89,62 +88,36 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn host(endpoint: &str, keyring: &Path, scope: &str, id: &str, full: &str) -> Install {
-    fleet_host(
-        endpoint,
-        keyring,
-        &format!(", scope: {scope}, fullSweepEvery: {full}"),
-        &format!("fleet: {{hostId: {id}}}"),
-    )
+/// A fleet of this test: its own scope and one keyring for its hosts.
+struct Fleet {
+    id: uuid::Uuid,
+    scope: String,
+    dir: tempfile::TempDir,
 }
 
-/// bench/count_proxy.py in front of `endpoint`, every request logged to `log` with its secret
-/// id.
-struct Proxy(Child);
-
-impl Proxy {
-    fn start(port: u16, endpoint: &str, log: &Path) -> Proxy {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/count_proxy.py");
-        let mut child = Command::new("python3")
-            .env("COUNT_PROXY_LOG", log)
-            .env("COUNT_PROXY_LOG_IDS", "1")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(endpoint)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut stderr = child.stderr.take().unwrap();
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while !seen.ends_with(b"ready") {
-            assert_ne!(
-                stderr.read(&mut byte).unwrap_or(0),
-                0,
-                "the proxy did not start"
-            );
-            seen.push(byte[0]);
+impl Fleet {
+    fn new() -> Fleet {
+        let id = uuid::Uuid::new_v4();
+        Fleet {
+            id,
+            scope: format!("redbeacon-{id}"),
+            dir: tempfile::tempdir().unwrap(),
         }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Proxy(child)
     }
-}
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    fn keyring(&self) -> std::path::PathBuf {
+        self.dir.path().join("fleet.keyring")
     }
-}
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// A host reaching AWS at `endpoint`, `fleet.hostId: id`, `fullSweepEvery: full`.
+    fn host(&self, endpoint: &str, id: &str, full: &str) -> Install {
+        fleet_host(
+            endpoint,
+            &self.keyring(),
+            &format!(", scope: {}, fullSweepEvery: {full}", self.scope),
+            &format!("fleet: {{hostId: {id}}}"),
+        )
+    }
 }
 
 /// A writer killed (kill -9) right after it sent its beacon `TagResource`, before its read-back,
@@ -155,21 +128,13 @@ fn free_port() -> u16 {
 #[test]
 fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing() {
     let Some(endpoint) = localstack() else { return };
-    let id = uuid::Uuid::new_v4();
-    let scope = format!("redbeacon-{id}");
-    let keyring = tempfile::tempdir().unwrap();
-    let keyring = keyring.path().join("fleet.keyring");
+    let fleet = Fleet::new();
+    let (id, scope, keyring) = (fleet.id, fleet.scope.clone(), fleet.keyring());
     let port = free_port();
     let log = keyring.with_file_name("proxy.log");
-    let _proxy = Proxy::start(port, &endpoint, &log);
-    let writer = host(
-        &format!("http://127.0.0.1:{port}"),
-        &keyring,
-        &scope,
-        "host-a",
-        "20s",
-    );
-    let follower = host(&endpoint, &keyring, &scope, "host-f", "20s");
+    let _proxy = Proxy::start_logged(port, &endpoint, Some(&log));
+    let writer = fleet.host(&format!("http://127.0.0.1:{port}"), "host-a", "20s");
+    let follower = fleet.host(&endpoint, "host-f", "20s");
     let (x, y) = (
         format!("keyprov-test/redbeacon-{id}/x"),
         format!("keyprov-test/redbeacon-{id}/y"),
@@ -278,12 +243,10 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
 #[test]
 fn a_tag_forged_far_ahead_does_not_date_a_writers_bump() {
     let Some(endpoint) = localstack() else { return };
-    let id = uuid::Uuid::new_v4();
-    let scope = format!("redbeacon-{id}");
-    let keyring = tempfile::tempdir().unwrap();
-    let keyring = keyring.path().join("fleet.keyring");
-    let writer = host(&endpoint, &keyring, &scope, "host-a", "1h");
-    let follower = host(&endpoint, &keyring, &scope, "host-f", "1h");
+    let fleet = Fleet::new();
+    let (id, scope) = (fleet.id, fleet.scope.clone());
+    let writer = fleet.host(&endpoint, "host-a", "1h");
+    let follower = fleet.host(&endpoint, "host-f", "1h");
     let x = format!("keyprov-test/redbeacon-{id}/x");
     for h in [&writer, &follower] {
         h.manifest("x.yaml", &file_and_secret("x", &x, ""));
@@ -325,12 +288,10 @@ fn a_tag_forged_far_ahead_does_not_date_a_writers_bump() {
 #[test]
 fn a_bump_re_dated_to_an_older_stamp_is_followed_at_the_next_full_listing() {
     let Some(endpoint) = localstack() else { return };
-    let id = uuid::Uuid::new_v4();
-    let scope = format!("redbeacon-{id}");
-    let keyring = tempfile::tempdir().unwrap();
-    let keyring = keyring.path().join("fleet.keyring");
-    let writer = host(&endpoint, &keyring, &scope, "host-a", "20s");
-    let follower = host(&endpoint, &keyring, &scope, "host-f", "20s");
+    let fleet = Fleet::new();
+    let (id, scope) = (fleet.id, fleet.scope.clone());
+    let writer = fleet.host(&endpoint, "host-a", "20s");
+    let follower = fleet.host(&endpoint, "host-f", "20s");
     let x = format!("keyprov-test/redbeacon-{id}/x");
     let y = format!("keyprov-test/redbeacon-{id}/y");
     // Two keys: a pass over one key describes it directly, without a sweep.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod count_proxy;
 pub mod logged_daemon;
 pub mod metric_list;
 pub mod trust;
