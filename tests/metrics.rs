@@ -202,6 +202,14 @@ impl Drop for Daemon {
     }
 }
 
+/// Passes of kind `pass` (`full`, `partial`) the daemon has finished. A pass sets the key
+/// series first, one key after the other, and counts itself last: a scrape that shows a pass
+/// counted shows every series that pass set, where one showing a key's new series may be
+/// taken in the middle of the pass.
+fn passes(samples: &[Sample], pass: &str) -> f64 {
+    value(samples, "keyprov_reconciles_total", &[("pass", pass)]).unwrap_or(0.0)
+}
+
 fn key_manifest(name: &str, extra: &str) -> String {
     manifest(name, "ECC_NIST_P256", extra)
 }
@@ -236,10 +244,11 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     let mut daemon = Daemon::start(&install);
 
     // Created.
-    let samples = daemon.wait_for("three keys are ready", |s| {
+    let samples = daemon.wait_for("three keys are ready, the start-up pass over", |s| {
         ["steady", "staged", "hooked"]
             .iter()
             .all(|k| value(s, "keyprov_key_ready", &[("key", k)]) == Some(1.0))
+            && passes(s, "full") >= 1.0
     });
     for key in ["steady", "staged", "hooked"] {
         let info = find(
@@ -407,13 +416,15 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
 
     // Staged rotation: published as next (with its activation time), then current.
-    let samples = daemon.wait_for("staged publishes generation 2", |s| {
+    let before = passes(&samples, "partial");
+    let samples = daemon.wait_for("staged publishes generation 2, that pass over", |s| {
         !find(
             s,
             "keyprov_key_info",
             &[("key", "staged"), ("state", "next"), ("generation", "2")],
         )
         .is_empty()
+            && passes(s, "partial") > before
     });
     let activation = value(
         &samples,
@@ -430,13 +441,15 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
         ),
         Some(1.0)
     );
-    let samples = daemon.wait_for("generation 2 becomes current", |s| {
+    let published = passes(&samples, "partial");
+    let samples = daemon.wait_for("generation 2 becomes current, that pass over", |s| {
         !find(
             s,
             "keyprov_key_info",
             &[("key", "staged"), ("state", "current"), ("generation", "2")],
         )
         .is_empty()
+            && passes(s, "partial") > published
     });
     let previous = find(
         &samples,
@@ -477,9 +490,10 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     );
 
     // Removal: every series of the key goes.
+    let full = passes(&samples, "full");
     std::fs::remove_file(install.manifests().join("hooked.yaml")).unwrap();
-    let samples = daemon.wait_for("hooked disappears", |s| {
-        find(s, "keyprov_key_info", &[("key", "hooked")]).is_empty()
+    let samples = daemon.wait_for("hooked disappears, that pass over", |s| {
+        find(s, "keyprov_key_info", &[("key", "hooked")]).is_empty() && passes(s, "full") > full
     });
     let stale: Vec<&Sample> = samples
         .iter()
