@@ -146,6 +146,12 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
     writer.run_once(0);
     follower.run_once(0);
     let before = bumps(&endpoint, &scope);
+    // The rotation's bump is told from `before` by its stamp (it may append to a tag that names
+    // x already): it starts in a later second than any stamp there.
+    let latest = before.values().map(|(at, _)| *at).max().unwrap_or(0);
+    while now() <= latest {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The writer rotates x and is killed as soon as its beacon TagResource went out.
     let start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
@@ -174,9 +180,26 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
         generations(&endpoint, &x),
         ["keyprov-v0001", "keyprov-v0002"]
     );
-    // The racing writer's tag, put over the killed writer's: its own digest, without x's.
-    std::thread::sleep(Duration::from_millis(500));
-    let after = bumps(&endpoint, &scope);
+    // The racing writer's tag, put over the killed writer's: its own digest, without x's. The
+    // proxy logged the killed writer's TagResource before forwarding it: wait until it has
+    // landed (a tag landing after the racing one would overwrite it and the bump not be lost).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let after = bumps(&endpoint, &scope);
+        if after != before {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed writer's TagResource never landed: {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let naming_x = |tags: &std::collections::BTreeMap<u64, (u64, Vec<String>)>| {
+        tags.values()
+            .filter(|(_, named)| named.contains(&digest(&x)))
+            .count()
+    };
     for (seq, (_, named)) in &after {
         if before.get(seq).map(|(_, n)| n) != Some(named) {
             let value = match before.get(seq) {
@@ -186,11 +209,6 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
             tag_beacon(&endpoint, &scope, &format!("keyprov:bump:{seq}"), &value);
         }
     }
-    let naming_x = |tags: &std::collections::BTreeMap<u64, (u64, Vec<String>)>| {
-        tags.values()
-            .filter(|(_, named)| named.contains(&digest(&x)))
-            .count()
-    };
     assert_eq!(
         naming_x(&bumps(&endpoint, &scope)),
         naming_x(&before),
