@@ -672,7 +672,7 @@ fn a_hook_cut_by_sigkill_runs_once_after_the_restart() {
     let (install, root) = install_with_hook(
         "echo $$ > \"$(dirname \"$0\")/hook.pid\"\n\
          echo start >> \"$(dirname \"$0\")/runs\"\n\
-         sleep 2\n\
+         while [ ! -e \"$(dirname \"$0\")/go\" ]; do sleep 0.05; done\n\
          echo done >> \"$(dirname \"$0\")/runs\"\n",
     );
     let runs = root.join("runs");
@@ -690,6 +690,9 @@ fn a_hook_cut_by_sigkill_runs_once_after_the_restart() {
     assert_eq!(lines(&runs, "done"), 0);
     assert_eq!(current(&install, "alpha").as_deref(), Some("v0001"));
     assert!(install.state().join("retry/alpha.json").exists());
+    // The first run waited for this (a `sleep 2` could have ended before the kill on a loaded
+    // machine); the run after the restart goes through.
+    std::fs::write(root.join("go"), "").unwrap();
 
     let daemon = Daemon::start(&install);
     daemon.expect_notify("READY=1");
