@@ -121,7 +121,8 @@ pub struct KeyPlan {
 pub struct RotateRequest {
     /// Key pair name.
     pub name: String,
-    /// `--now`: activate at once, skipping publishAhead.
+    /// `--now`: a fresh generation, activated at once, skipping publishAhead (a staged one
+    /// waiting is superseded, never activated).
     pub now: bool,
 }
 
@@ -291,7 +292,11 @@ pub fn plan_key(
             });
             (Some(s.generation), None)
         }
-        (Some(_), Some(s)) if force_now || now >= s.activates_at => {
+        // `rotate --now` is the emergency path (a suspected compromise): it never activates a
+        // pair made before it, but a fresh one; the staged generation is superseded (never
+        // `previous`: it was never in use) and goes.
+        (Some(_), Some(_)) if force_now => generate(Reason::Requested, now),
+        (Some(_), Some(s)) if now >= s.activates_at => {
             actions.push(Action::Activate {
                 generation: s.generation,
             });

@@ -276,12 +276,26 @@ fn transitions() {
             vec![generate(2, t(10), false, Reason::Requested)],
         ),
         (
-            "rotate --now activates a waiting staged generation",
+            "rotate --now makes a fresh pair, never activating one staged before it",
             staged_key.clone(),
             vec![with_next.clone()],
             t(85),
             Some(&rotate_now),
-            vec![Action::Activate { generation: 2 }],
+            vec![
+                generate(3, t(85), false, Reason::Requested),
+                Action::Prune {
+                    output: 0,
+                    generations: vec![2],
+                },
+            ],
+        ),
+        (
+            "rotate (no --now) while one is staged leaves it to activate on time",
+            staged_key.clone(),
+            vec![with_next.clone()],
+            t(85),
+            Some(&rotate),
+            vec![],
         ),
         (
             "rotate without publishAhead is immediate",
