@@ -49,7 +49,7 @@ enum Command {
         /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input (2 beats 1).
         #[arg(long)]
         once: bool,
-        /// With --once: exit 75 at once when another keyprov holds the stateDir lock.
+        /// With --once: exit 75 at once when another process holds the stateDir lock.
         #[arg(long, requires = "once")]
         no_wait: bool,
         /// With --once: write the metrics to F afterwards (Prometheus text format, atomically,
