@@ -314,9 +314,11 @@ fn rotate_command_stages_or_activates_now() {
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
     assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    // --now with one staged: a fresh pair, current at once (the staged one goes).
     let run = install.keyprov(&["rotate", "manual", "--now"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0003"));
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
     assert_eq!(link(&dir, "next"), None);
     let run = install.keyprov(&["rotate", "nosuch"]);
     assert_eq!(run.code, 64, "{}", run.all());
