@@ -276,12 +276,26 @@ fn transitions() {
             vec![generate(2, t(10), false, Reason::Requested)],
         ),
         (
-            "rotate --now activates a waiting staged generation",
+            "rotate --now makes a fresh pair, never activating one staged before it",
             staged_key.clone(),
             vec![with_next.clone()],
             t(85),
             Some(&rotate_now),
-            vec![Action::Activate { generation: 2 }],
+            vec![
+                generate(3, t(85), false, Reason::Requested),
+                Action::Prune {
+                    output: 0,
+                    generations: vec![2],
+                },
+            ],
+        ),
+        (
+            "rotate (no --now) while one is staged leaves it to activate on time",
+            staged_key.clone(),
+            vec![with_next.clone()],
+            t(85),
+            Some(&rotate),
+            vec![],
         ),
         (
             "rotate without publishAhead is immediate",
@@ -670,6 +684,45 @@ fn next_events() {
     let at = next_event(&staged_key, &out, t(5)).unwrap();
     assert!(plan_key(&staged_key, &out, at - HOUR, None).is_empty());
     assert!(!plan_key(&staged_key, &out, at, None).is_empty());
+}
+
+#[test]
+fn the_next_rotation_counts_from_a_staged_generation() {
+    // `keyprov rotate` on day 10 staged generation 2 to activate on day 17: the next
+    // rotation is 90 days after that, published 7 days before, not 90 days after day 0.
+    let staged_key = key(Some(90), Some(7), 1, 1);
+    let mut with_next = output(&staged_key, &[1, 2], 0);
+    with_next.current = Some(version(&staged_key, 1, 0));
+    with_next.previous = None;
+    with_next.next = Some(ObservedVersion {
+        activates_at: t(17),
+        ..version(&staged_key, 2, 10)
+    });
+    let outputs = [with_next];
+    let first = upcoming(&staged_key, &outputs);
+    assert_eq!(first.staged, Some((2, t(17))));
+    let rotation = first.rotation.unwrap();
+    assert_eq!(rotation.activate_at, due(107));
+    assert_eq!(rotation.publish_at, due(100));
+    assert_eq!(next_event(&staged_key, &outputs, t(11)), Some(t(17)));
+    // Once it activated, the plan acts at exactly that publication time.
+    let mut state = outputs.to_vec();
+    let actions = plan_key(&staged_key, &state, t(17), None);
+    assert_eq!(actions, vec![Action::Activate { generation: 2 }]);
+    apply(&staged_key, &mut state, &actions, t(17));
+    assert_eq!(upcoming(&staged_key, &state).rotation, Some(rotation));
+    assert_eq!(next_event(&staged_key, &state, t(17)), Some(due(100)));
+    assert!(plan_key(&staged_key, &state, due(100) - HOUR, None).is_empty());
+    assert!(matches!(
+        plan_key(&staged_key, &state, due(100), None)[..],
+        [Action::Generate { activates_at, staged: true, .. }, ..] if activates_at == due(107)
+    ));
+    // A staged generation the plan replaces (its spec is stale) does not count.
+    let mut stale = outputs.to_vec();
+    stale[0].next.as_mut().unwrap().spec_fingerprint = "sha256:old".into();
+    let replaced = upcoming(&staged_key, &stale);
+    assert_eq!(replaced.staged, None);
+    assert_eq!(replaced.rotation.unwrap().activate_at, due(90));
 }
 
 #[test]

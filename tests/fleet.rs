@@ -177,7 +177,15 @@ async fn a_consumer_never_generates_nor_writes_the_secret() {
     // A rotation by the writer reaches the consumer's files.
     let rotated = writer.keyprov(&["rotate", "shared", "--now"]);
     assert_eq!(rotated.code, 0, "{}", rotated.all());
-    consumer.run_once(0);
+    let run = consumer.run_once(0);
+    // The consumer copies the writer's generation; it activates nothing itself.
+    assert!(
+        run.stderr
+            .contains("copied as current key=shared generation=2"),
+        "{}",
+        run.all()
+    );
+    assert!(!run.stderr.contains("activated key="), "{}", run.all());
     assert_eq!(
         current_generation(&consumer, "shared").as_deref(),
         Some("v0002")

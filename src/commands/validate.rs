@@ -52,7 +52,11 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
     } else {
         paths
             .iter()
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .map(|p| {
+                std::path::absolute(p)
+                    .map(|p| crate::manifest::absolute(Path::new("/"), &p))
+                    .unwrap_or_else(|_| p.clone())
+            })
             .collect()
     };
     // A path given here that does not exist is the caller's typo, not the configuration's:

@@ -122,7 +122,7 @@ impl Metrics {
         );
         metrics.registry.register_with_unit(
             "key_rotation_due_timestamp",
-            "When the key's next rotation is due (Unix time); absent for keys that never rotate",
+            "When the key's next rotation is due (Unix time), counted from the staged generation while one waits; absent for keys that never rotate",
             Unit::Seconds,
             metrics.rotation_due.clone(),
         );
@@ -371,9 +371,12 @@ impl Metrics {
                 &current.kms_key_arn,
                 Some(current.created_at),
             );
-            if let Some(due) = plan::next_rotation(key, current) {
-                self.rotation_due.get_or_create(&label).set(seconds(due));
-            }
+        }
+        // Counted as `status` and `plan` count it: from the staged generation when one waits.
+        if let Some(due) = plan::upcoming(key, outputs).rotation {
+            self.rotation_due
+                .get_or_create(&label)
+                .set(seconds(due.activate_at));
         }
         let previous_generation = outputs.iter().find_map(|o| o.previous);
         if let Some(generation) = previous_generation {
