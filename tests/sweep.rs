@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 
@@ -65,69 +64,6 @@ fn manifests(prefix: &str) -> String {
         .join("---\n")
 }
 
-/// bench/count_proxy.py in front of LocalStack: every request counted by operation.
-struct Proxy {
-    child: Child,
-    url: String,
-}
-
-impl Proxy {
-    fn start(upstream: &str) -> Proxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/count_proxy.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(upstream)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs bench/count_proxy.py");
-        let mut ready = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready.trim(), "ready", "count_proxy.py did not start");
-        Proxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Stops the proxy: requests by operation (`secretsmanager.ListSecrets` -> 2).
-    fn counts(mut self) -> std::collections::BTreeMap<String, usize> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| {
-                let (n, target) = line.split_once(' ')?;
-                Some((target.to_string(), n.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One `run --once` of `install` through a counting proxy; its requests by operation.
 fn counted_run(install: &Install, endpoint: &str) -> std::collections::BTreeMap<String, usize> {
     counted(install, endpoint, &["run", "--once"])
@@ -140,12 +76,17 @@ fn counted(
     endpoint: &str,
     args: &[&str],
 ) -> std::collections::BTreeMap<String, usize> {
-    let proxy = Proxy::start(endpoint);
-    point_at(install, &proxy.url);
+    let port = count_proxy::free_port();
+    let proxy = count_proxy::Proxy::start(port, endpoint);
+    point_at(install, &format!("http://127.0.0.1:{port}"));
     let run = install.keyprov(args);
     assert_eq!(run.code, 0, "{args:?}: {}", run.all());
     point_at(install, endpoint);
-    let counts = proxy.counts();
+    let counts: std::collections::BTreeMap<String, usize> = proxy
+        .stop()
+        .into_iter()
+        .map(|(operation, n)| (operation, n as usize))
+        .collect();
     eprintln!("{}counts: {counts:?}", run.stdout);
     counts
 }
