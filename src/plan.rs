@@ -265,6 +265,7 @@ pub fn plan_key(
             });
         }
     }
+    let before_generation = actions.len();
     let mut generate = |reason: Reason, activates_at: SystemTime| {
         // Saturating: a store claiming generation u32::MAX must not crash the whole pass (the
         // write of that generation then fails for this key only).
@@ -335,6 +336,30 @@ pub fn plan_key(
             }
         }
     };
+    // A staged `next` a fresh generation replaces (`rotate --now`, a spec change) was never in
+    // use: it goes before the fresh one is made. Pruned after the activation instead, a crash
+    // between its labels' removals (`next` first) would leave it unlinked between `previous`
+    // and `current`, where it would be taken for a cut-short link move and made `previous`.
+    let mut superseded = BTreeSet::new();
+    if let Some(fresh_current) = final_current {
+        let mut early = Vec::new();
+        for (i, output) in outputs.iter().enumerate() {
+            let Some(next) = output.next.as_ref().map(|n| n.generation) else {
+                continue;
+            };
+            let replaced = next < fresh_current.max(final_next.unwrap_or(0))
+                && final_next != Some(next)
+                && fresh_current != next;
+            if replaced && output.prunable {
+                superseded.insert((i, next));
+                early.push(Action::Prune {
+                    output: i,
+                    generations: vec![next],
+                });
+            }
+        }
+        actions.splice(before_generation..before_generation, early);
+    }
     let fresh: BTreeSet<u32> = actions
         .iter()
         .filter_map(|a| match a {
@@ -392,7 +417,11 @@ pub fn plan_key(
         let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();
-        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
+        let doomed: Vec<u32> = present
+            .difference(&kept)
+            .copied()
+            .filter(|&g| !superseded.contains(&(i, g)))
+            .collect();
         // What `previous` will be once the links have moved (it takes the old current) and
         // the doomed versions are gone.
         let old_current = output.current.as_ref().map(|c| c.generation);

@@ -218,11 +218,11 @@ fn transitions() {
             t(85),
             None,
             vec![
-                generate(3, t(92), true, Reason::RotationDue),
                 Action::Prune {
                     output: 0,
                     generations: vec![2],
                 },
+                generate(3, t(92), true, Reason::RotationDue),
             ],
         ),
         (
@@ -260,11 +260,11 @@ fn transitions() {
             t(85),
             None,
             vec![
-                generate(3, t(92), true, Reason::RotationDue),
                 Action::Prune {
                     output: 0,
                     generations: vec![2],
                 },
+                generate(3, t(92), true, Reason::RotationDue),
             ],
         ),
         (
@@ -282,11 +282,11 @@ fn transitions() {
             t(85),
             Some(&rotate_now),
             vec![
-                generate(3, t(85), false, Reason::Requested),
                 Action::Prune {
                     output: 0,
                     generations: vec![2],
                 },
+                generate(3, t(85), false, Reason::Requested),
             ],
         ),
         (
@@ -764,7 +764,7 @@ fn a_published_next_replaced_by_a_newer_generation_never_becomes_previous() {
     let actions = plan_key(&new, std::slice::from_ref(&published), t(10), None);
     assert!(
         matches!(
-            actions[0],
+            actions[1],
             Action::Generate {
                 generation: 3,
                 staged: false,
@@ -872,4 +872,56 @@ fn an_output_that_joined_after_a_rotation_gets_previous_too() {
     let k = key(None, None, 0, 2);
     let actions = plan_key(&k, &[output(&k, &[3], 0), lost], t(0), None);
     assert_eq!(actions, vec![]);
+}
+
+#[test]
+fn a_superseded_staged_generation_goes_before_the_fresh_one_is_made() {
+    // `rotate --now` (or a spec change) while v0002 is staged. Were v0002 pruned after v0003
+    // was activated, a crash between its `next` link's removal and its own (a secret: between
+    // AWSPENDING's and keyprov-v2's) would leave it between `previous` and `current`, and the
+    // next run would make it `previous`.
+    let k = key(Some(90), Some(7), 1, 2);
+    let mut staged = output(&k, &[1, 2], 0);
+    staged.previous = None;
+    staged.current = Some(version(&k, 1, 0));
+    staged.next = Some(ObservedVersion {
+        activates_at: t(90),
+        ..version(&k, 2, 83)
+    });
+    let outputs = vec![staged.clone(), staged];
+    let now = RotateRequest {
+        name: "k".into(),
+        now: true,
+    };
+    let mut changed = k.clone();
+    changed.spec = KeyPairSpec::EccNistP384;
+    for (key, request) in [(&k, Some(&now)), (&changed, None)] {
+        let actions = plan_key(key, &outputs, t(85), request);
+        let made = actions
+            .iter()
+            .position(|a| matches!(a, Action::Generate { generation: 3, .. }))
+            .expect("a fresh generation");
+        for i in 0..2 {
+            let pruned = actions.iter().position(|a| {
+                matches!(a, Action::Prune { output, generations } if *output == i && generations.contains(&2))
+            });
+            assert!(pruned.is_some_and(|p| p < made), "output {i}: {actions:?}");
+        }
+        let mut state = outputs.clone();
+        apply(key, &mut state, &actions, t(85));
+        for o in &state {
+            assert!(!o.versions.contains(&2), "{o:?}");
+            assert_ne!(o.previous, Some(2));
+        }
+    }
+    // Cut off after the early prune: v0002 is above `current`, never linked: garbage, never
+    // `previous`.
+    let mut cut = output(&k, &[1, 2], 0);
+    cut.previous = None;
+    cut.current = Some(version(&k, 1, 0));
+    let actions = plan_key(&k, std::slice::from_ref(&cut), t(85), Some(&now));
+    let mut state = vec![cut];
+    apply(&k, &mut state, &actions, t(85));
+    assert_eq!(state[0].current.as_ref().map(|c| c.generation), Some(3));
+    assert_eq!(state[0].previous, Some(1));
 }
