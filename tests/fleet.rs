@@ -547,7 +547,10 @@ async fn a_follower_copies_a_rotation_with_one_look_and_one_read() {
     // Not "one more pass than when the link was seen": that pass may have ended already, and
     // the next one is the following rotation's, whose requests would count too.
     daemons[1].wait_until("the copying pass ends", || {
-        pass_ended_after(&daemons[1].log(), "activated key=follow generation=3")
+        pass_ended_after(
+            &daemons[1].log(),
+            "copied as current key=follow generation=3",
+        )
     });
     let requests = logged_since(&log, since);
     drop(proxy);
@@ -609,7 +612,10 @@ async fn a_sweep_does_not_describe_again_what_a_due_wake_described_after_the_bum
         current_generation(&follower, "covered").as_deref() == Some("v0002")
     });
     daemons[1].wait_until("the copying pass ends", || {
-        pass_ended_after(&daemons[1].log(), "activated key=covered generation=2")
+        pass_ended_after(
+            &daemons[1].log(),
+            "copied as current key=covered generation=2",
+        )
     });
     let since = unix_now();
     let passes = daemons[1].passes();
