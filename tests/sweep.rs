@@ -64,6 +64,16 @@ fn manifests(prefix: &str) -> String {
         .join("---\n")
 }
 
+/// Holds this suite's tests one at a time. They count requests exactly, and LocalStack's
+/// `ListSecrets` fails with a 500 ("dictionary changed size during iteration", seen in its log)
+/// when another test creates secrets meanwhile: the SDK's retry would be counted too.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One `run --once` of `install` through a counting proxy; its requests by operation.
 fn counted_run(install: &Install, endpoint: &str) -> std::collections::BTreeMap<String, usize> {
     counted(install, endpoint, &["run", "--once"])
@@ -279,6 +289,7 @@ fn converged_fleet(
 #[test]
 fn a_converged_sweep_is_one_request_and_a_change_elsewhere_is_described_not_listed() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "sweep");
     // The beacon: tagged with the scope, never as a key's secret; no value, so no version; one
     // bump tag saying "list" (host 1 only copied: it did not bump).
@@ -388,6 +399,7 @@ fn lists_then_one_request(
 #[test]
 fn an_old_writer_garbage_forged_rolled_back_or_moved_beacon_costs_one_listing() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "beacon");
     let pages = KEYS.div_ceil(100);
 
@@ -485,6 +497,7 @@ fn an_old_writer_garbage_forged_rolled_back_or_moved_beacon_costs_one_listing() 
 #[test]
 fn two_writers_bumping_at_once_both_land() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "bumps");
     for round in 0..3 {
         let keys = [
@@ -558,6 +571,7 @@ fn other_writers_open(endpoint: &str, scope: &str, n: u64) {
 #[test]
 fn more_tags_than_a_reader_may_miss_between_two_sweeps_is_a_gap_and_writers_stay_within_limits() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "gap");
     let pages = KEYS.div_ceil(100);
     // 10 tags opened elsewhere between two sweeps: followed without listing.
@@ -607,6 +621,7 @@ fn run_and_follow(host: &Install, endpoint: &str) {
 #[test]
 fn a_forged_tag_at_the_highest_sequence_number_does_not_stop_bumps() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "maxseq");
     let pages = KEYS.div_ceil(100);
     let max_seq: u64 = 1 << 53;
@@ -665,6 +680,7 @@ fn a_forged_tag_at_the_highest_sequence_number_does_not_stop_bumps() {
 #[test]
 fn a_beacon_scheduled_for_deletion_is_restored_by_the_next_bump() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "deleted");
     let (arn, _) = beacon(&endpoint, &scope).unwrap();
     block_on(async {
