@@ -81,7 +81,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
             .collect();
         crate::secret_proof::prove_secret_currents(
             &config.state_dir,
-            &*pass.provider,
+            &super::execute::paced_outside_actions(pass.provider.clone(), &pass.stores),
             &pass.stores,
             &considered,
             &pending.observed,
