@@ -24,6 +24,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
             pass.only,
             None,
             super::load::Problems::Quiet,
+            crate::manifest::CacheUse::Write,
         )
         .await;
         // A key whose copy could not be restored is not regenerated over it.
