@@ -129,6 +129,18 @@ mod tests {
                 .contains("outside")
         );
         assert!(ok(Some("")).unwrap_err().contains("empty"));
+        // keyprov's own directories (a key there would take them along when pruned).
+        for dir in [
+            "retry",
+            "retry/x",
+            "ledger",
+            "ledger/manifest-cache",
+            "/nonexistent-keyprov/state/ledger/x",
+        ] {
+            let err = ok(Some(dir)).unwrap_err();
+            assert!(err.contains("which keyprov keeps its"), "{dir}: {err}");
+        }
+        assert_eq!(ok(Some("ledgers")).unwrap(), state.join("ledgers"));
     }
 
     #[test]
