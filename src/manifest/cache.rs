@@ -307,6 +307,27 @@ mod tests {
         assert_eq!(left, [other, "other".to_string()]);
     }
 
+    #[test]
+    fn an_entry_of_another_user_is_a_miss() {
+        // Chowning needs root (as tests/hostile_fs.rs does); elsewhere there is nothing to see.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let built = documents("a: b\n");
+        let writer = Cache::new(tmp.path(), CacheUse::Write);
+        let key = writer.key("a: b\n").unwrap();
+        writer.put(&key, writer.entry(&key, &built).unwrap());
+        writer.finish(true);
+        let reader = Cache::new(tmp.path(), CacheUse::Read);
+        assert_eq!(reader.get(&key), Some(built));
+        // Planted by another user in a directory someone made writable to others.
+        let entry = tmp.path().join(LEDGER_DIR).join(CACHE_DIR).join(&key);
+        std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
+        let reader = Cache::new(tmp.path(), CacheUse::Read);
+        assert_eq!(reader.get(&key), None);
+    }
+
     /// Loads of the same manifests through the cache and without it.
     struct Fixture {
         _tmp: tempfile::TempDir,
