@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::store::dir::DirHandle;
 
-/// The directory under stateDir that holds the records (a JWK Set aggregate may not be
-/// written there).
-pub const LEDGER_DIR: &str = "ledger";
+/// The directory under stateDir that holds the records (neither a key's output directory nor
+/// a JWK Set aggregate may be there).
+pub use crate::state_layout::LEDGER_DIR;
 
 /// Records larger than this are refused when read (per-key records grow with the keys).
 const MAX_BYTES: u64 = crate::store::dir::MAX_GROWING_BYTES;

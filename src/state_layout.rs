@@ -4,3 +4,6 @@
 
 /// Retry records and journalled hooks ([`crate::retry`]).
 pub const RETRY_DIR: &str = "retry";
+
+/// Small durable records and the manifest parse cache ([`crate::ledger`]).
+pub const LEDGER_DIR: &str = "ledger";

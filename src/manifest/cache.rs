@@ -7,12 +7,14 @@
 //! any diagnostic is read again in full, as if there were no cache.
 //!
 //! An entry is `<checksum>\n<JSON of the documents>`, the checksum being the SHA-256 of the
-//! entry's name and its JSON: an entry torn by a crash, damaged, copied under another name or
-//! larger than [`MAX_ENTRY_BYTES`] is a miss. Entries are written (0600, under a temporary
-//! name then renamed, not flushed: a lost or torn entry is only a miss) only by a reconcile
-//! pass, which holds the stateDir lock, and only for files it missed; after writing, the pass
-//! removes the entries of files no longer read. `validate`, `plan` and a `rotate`'s first
-//! reading only read the cache, `validate` without a configuration does not use it.
+//! entry's name and its JSON: an entry torn by a crash, damaged, copied under another name,
+//! owned by another user or larger than [`MAX_ENTRY_BYTES`] is a miss. The checksum detects
+//! damage, not tampering: keyprov's own user is trusted, as for every record of the stateDir.
+//! Entries are written (0600, under a temporary name then renamed, not flushed: a lost or
+//! torn entry is only a miss) only by a reconcile pass, which holds the stateDir lock, and
+//! only for files it missed; after writing, the pass removes the entries of files no longer
+//! read. `validate`, `plan` and a `rotate`'s first reading only read the cache, `validate`
+//! without a configuration does not use it.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ pub(super) struct Cache {
     mode: CacheUse,
     state_dir: PathBuf,
     reader: OnceLock<Option<DirHandle>>,
+    /// keyprov's effective user, who alone writes entries.
+    uid: u32,
     /// Entries to write: (name, bytes).
     pending: Mutex<Vec<(String, Vec<u8>)>>,
     /// The entry names of every file of this load (kept by a prune).
@@ -62,6 +66,7 @@ impl Cache {
             mode,
             state_dir: state_dir.to_path_buf(),
             reader: OnceLock::new(),
+            uid: nix::unistd::geteuid().as_raw(),
             pending: Mutex::new(Vec::new()),
             live: Mutex::new(Vec::new()),
         }
@@ -84,13 +89,19 @@ impl Cache {
     }
 
     /// The documents cached under `key`; `None` for a miss (no entry, or one that cannot be
-    /// read or fails its checksum).
+    /// read, is not keyprov's own or fails its checksum).
     pub(super) fn get(&self, key: &str) -> Option<Vec<Value>> {
         let dir = self
             .reader
             .get_or_init(|| self.open(false).ok().flatten())
             .as_ref()?;
-        let bytes = dir.read_file_at_most(key, MAX_ENTRY_BYTES).ok()?;
+        let entry = dir.open_entry(key).ok()??;
+        // Only keyprov's own entries: one another user planted (in a directory someone made
+        // writable to others) could say anything that passes its checksum.
+        if entry.stat.st_uid != self.uid {
+            return None;
+        }
+        let bytes = entry.read(MAX_ENTRY_BYTES).ok()?;
         let found = decode(key, &bytes);
         if found.is_none() {
             tracing::debug!(entry = %dir.child_path(key).display(), "ignoring a damaged manifest cache entry");
@@ -305,6 +316,27 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [other, "other".to_string()]);
+    }
+
+    #[test]
+    fn an_entry_of_another_user_is_a_miss() {
+        // Chowning needs root (as tests/hostile_fs.rs does); elsewhere there is nothing to see.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let built = documents("a: b\n");
+        let writer = Cache::new(tmp.path(), CacheUse::Write);
+        let key = writer.key("a: b\n").unwrap();
+        writer.put(&key, writer.entry(&key, &built).unwrap());
+        writer.finish(true);
+        let reader = Cache::new(tmp.path(), CacheUse::Read);
+        assert_eq!(reader.get(&key), Some(built));
+        // Planted by another user in a directory someone made writable to others.
+        let entry = tmp.path().join(LEDGER_DIR).join(CACHE_DIR).join(&key);
+        std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
+        let reader = Cache::new(tmp.path(), CacheUse::Read);
+        assert_eq!(reader.get(&key), None);
     }
 
     /// Loads of the same manifests through the cache and without it.

@@ -41,12 +41,18 @@ pub fn resolve_output_dir(
             allowed.join(", ")
         ));
     };
-    let reserved = state_dir.join(crate::state_layout::RETRY_DIR);
-    if resolved.starts_with(&reserved) {
-        return Err(format!(
-            "{dir:?} is {}, which keyprov keeps its retry records in; choose another directory",
-            reserved.display()
-        ));
+    // keyprov's own: a key directory there would be pruned with them once its key is gone.
+    for (reserved, what) in [
+        (crate::state_layout::RETRY_DIR, "its retry records"),
+        (crate::state_layout::LEDGER_DIR, "its ledger records"),
+    ] {
+        let reserved = state_dir.join(reserved);
+        if resolved.starts_with(&reserved) {
+            return Err(format!(
+                "{dir:?} is {}, which keyprov keeps {what} in; choose another directory",
+                reserved.display()
+            ));
+        }
     }
     ensure_no_symlink_escape(root, &resolved)?;
     Ok((root.to_path_buf(), resolved))
@@ -129,6 +135,18 @@ mod tests {
                 .contains("outside")
         );
         assert!(ok(Some("")).unwrap_err().contains("empty"));
+        // keyprov's own directories (a key there would take them along when pruned).
+        for dir in [
+            "retry",
+            "retry/x",
+            "ledger",
+            "ledger/manifest-cache",
+            "/nonexistent-keyprov/state/ledger/x",
+        ] {
+            let err = ok(Some(dir)).unwrap_err();
+            assert!(err.contains("which keyprov keeps its"), "{dir}: {err}");
+        }
+        assert_eq!(ok(Some("ledgers")).unwrap(), state.join("ledgers"));
     }
 
     #[test]
