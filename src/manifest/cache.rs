@@ -142,6 +142,10 @@ impl Cache {
                 return;
             }
         };
+        if let Err(why) = room_for(&dir, &pending) {
+            tracing::debug!(dir = %dir.path().display(), "manifest cache not written: {why}");
+            return;
+        }
         for (key, entry) in &pending {
             let tmp = format!(".tmp-{key}-{}", std::process::id());
             let written = dir
@@ -190,6 +194,39 @@ impl Cache {
         }
         ledger.open_dir(CACHE_DIR)
     }
+}
+
+/// The space a write of the cache must leave free on the stateDir's filesystem, at least
+/// (bytes, and that fraction of the filesystem): the cache is a shortcut, and must never take
+/// the room the keys and records of a pass need.
+const KEEP_FREE_BYTES: u64 = 64 << 20;
+const KEEP_FREE_FRACTION: u64 = 20;
+/// Inodes the same way (an entry takes one).
+const KEEP_FREE_INODES: u64 = 10_000;
+
+/// Whether writing `pending` into `dir` leaves [`KEEP_FREE_BYTES`] and a
+/// 1/[`KEEP_FREE_FRACTION`] of the filesystem free, and [`KEEP_FREE_INODES`] inodes (each
+/// entry counted in whole blocks); the reason when it does not.
+fn room_for(dir: &DirHandle, pending: &[(String, Vec<u8>)]) -> Result<(), String> {
+    let fs = nix::sys::statvfs::fstatvfs(dir).map_err(|e| format!("fstatvfs: {e}"))?;
+    let block = fs.fragment_size().max(1);
+    let needed: u64 = pending
+        .iter()
+        .map(|(_, entry)| (entry.len() as u64).div_ceil(block).max(1) * block)
+        .sum();
+    let available = fs.blocks_available().saturating_mul(block);
+    let keep = KEEP_FREE_BYTES.max(fs.blocks().saturating_mul(block) / KEEP_FREE_FRACTION);
+    if available < needed.saturating_add(keep) {
+        return Err(format!(
+            "{available} bytes free, {needed} needed and {keep} kept free for keys"
+        ));
+    }
+    // A filesystem without an inode count (files_available 0 of files 0) has no such limit.
+    let inodes = fs.files_available();
+    if fs.files() > 0 && inodes < (pending.len() as u64).saturating_add(KEEP_FREE_INODES) {
+        return Err(format!("{inodes} inodes free, {} needed", pending.len()));
+    }
+    Ok(())
 }
 
 /// Whether `name` is an entry name (64 lowercase hex digits): only those are ever removed.
@@ -316,6 +353,51 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [other, "other".to_string()]);
+    }
+
+    #[test]
+    fn no_entry_is_written_where_it_would_take_the_room_keys_need() {
+        // A real small filesystem (a 1 MiB tmpfs: under the 64 MiB kept free), as
+        // tests/full_disk.rs mounts one; mounting needs root, elsewhere there is nothing to see.
+        let tmp = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "keyprov-cache-test"])
+            .arg(tmp.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            return;
+        }
+        let built = documents("a: b\n");
+        let writer = Cache::new(tmp.path(), CacheUse::Write);
+        let key = writer.key("a: b\n").unwrap();
+        writer.put(&key, writer.entry(&key, &built).unwrap());
+        writer.finish(true);
+        let written = tmp
+            .path()
+            .join(LEDGER_DIR)
+            .join(CACHE_DIR)
+            .join(&key)
+            .exists();
+        let left = std::fs::read_dir(tmp.path().join(LEDGER_DIR).join(CACHE_DIR))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let _ = std::process::Command::new("umount")
+            .arg(tmp.path())
+            .status();
+        assert!(!written, "an entry was written on a 1 MiB filesystem");
+        assert_eq!(left, 0, "nothing is left in the cache directory");
+        // The same on the test's own filesystem (room enough): written.
+        let roomy = tempfile::tempdir().unwrap();
+        let writer = Cache::new(roomy.path(), CacheUse::Write);
+        let key = writer.key("a: b\n").unwrap();
+        writer.put(&key, writer.entry(&key, &built).unwrap());
+        writer.finish(true);
+        assert_eq!(
+            Cache::new(roomy.path(), CacheUse::Read).get(&key),
+            Some(built)
+        );
     }
 
     #[test]
