@@ -1,7 +1,8 @@
 //! The parse cache: the documents of a manifest file that the bounded scan read cheaply and
 //! that had no problem at all (see `fast.rs`), kept under `<stateDir>/ledger/manifest-cache/`
-//! by the SHA-256 of the file's text (with keyprov's version, revision and this format), so an
-//! unchanged file is not scanned again. Only the YAML reading is skipped: the shape check,
+//! by the SHA-256 of the file's text (with keyprov's version, revision, a digest of the
+//! manifest reader's sources and this format), so an unchanged file is not scanned again.
+//! Only the YAML reading is skipped: the shape check,
 //! deserialization, validation and the checks across files run on every load, and the text
 //! stays at hand for the positions of any later diagnostic. A file whose cached documents give
 //! any diagnostic is read again in full, as if there were no cache.
@@ -78,7 +79,12 @@ impl Cache {
             return None;
         }
         let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for part in [FORMAT, env!("CARGO_PKG_VERSION"), env!("KEYPROV_REVISION")] {
+        for part in [
+            FORMAT,
+            env!("CARGO_PKG_VERSION"),
+            env!("KEYPROV_REVISION"),
+            env!("KEYPROV_MANIFEST_SOURCES"),
+        ] {
             context.update(part.as_bytes());
             context.update(b"\0");
         }
