@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Component, Path, PathBuf};
 
+use crate::fingerprints::Fingerprints;
 use crate::manifest::{KeyPair, Output};
 use crate::spec::KeyPairSpec;
 use crate::store::dir::{DirHandle, MAX_GROWING_BYTES};
@@ -98,8 +99,13 @@ impl JwksAggregate {
 
 /// Replaces the set with `bytes` below its root ([`DirHandle::replace_file`]): directories
 /// on the way created 0755 and never followed through a symlink, leftovers of earlier crashes
-/// removed. Nothing is written when it holds `bytes`.
-fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
+/// removed. Nothing is written when it holds `bytes`: known from its stat when
+/// `fingerprints` vouches for it, else read (and recorded there when right).
+fn write(
+    aggregate: &JwksAggregate,
+    bytes: &[u8],
+    fingerprints: Option<&Fingerprints>,
+) -> Result<bool, String> {
     let fail = |e: crate::store::StoreError| e.to_string();
     let root = DirHandle::open_root(&aggregate.root, true)
         .map_err(fail)?
@@ -123,10 +129,21 @@ fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
             let _ = dir.remove_file(&leftover);
         }
     }
+    let path = aggregate.path();
+    // Taken before the read: a change after it shows in a later stat.
+    let stat = fingerprints.and_then(|_| dir.stat(name));
+    if let (Some(f), Some(stat)) = (fingerprints, &stat)
+        && f.vouches(&path, "", stat, bytes)
+    {
+        return Ok(false);
+    }
     if dir
         .read_file_at_most(name, MAX_GROWING_BYTES)
         .is_ok_and(|old| old == bytes)
     {
+        if let (Some(f), Some(stat)) = (fingerprints, &stat) {
+            f.record(&path, "", stat, bytes);
+        }
         return Ok(false);
     }
     dir.replace_file(name, bytes, MODE, (None, None))
@@ -192,13 +209,15 @@ pub struct Updated {
 ///
 /// `observed(key, output)` gives the JWKs that key's file output (by index) links to when this
 /// pass observed them and nothing changed them since (see
-/// [`crate::observed::ObservedOutput::linked_jwks`]); other keys' versions are read.
+/// [`crate::observed::ObservedOutput::linked_jwks`]); other keys' versions are read. A set
+/// whose stat `fingerprints` vouches for is not read to tell whether it changed.
 pub fn update_all(
     aggregates: &[JwksAggregate],
     keys: &[KeyPair],
     held: Held<'_>,
     state_dir: &Path,
     observed: &dyn Fn(&str, usize) -> Option<Vec<serde_json::Value>>,
+    fingerprints: Option<&Fingerprints>,
 ) -> Updated {
     let mut updated = Updated::default();
     let mut members = crate::jwks_members::load(state_dir).unwrap_or_else(|err| {
@@ -246,7 +265,8 @@ pub fn update_all(
                     tracing::error!("{message}");
                     updated.failures.push((format!("jwks:{path}"), message));
                 }
-                write(aggregate, &bytes_of(&next.by_key)).map(|changed| (changed, next))
+                write(aggregate, &bytes_of(&next.by_key), fingerprints)
+                    .map(|changed| (changed, next))
             }
         };
         match result {

@@ -112,5 +112,6 @@ pub(super) fn update_sets<'a>(
         held,
         &pass.config.state_dir,
         &observed,
+        pass.stores.fingerprints(),
     )
 }

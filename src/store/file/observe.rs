@@ -2,6 +2,7 @@
 
 use super::listed::Listed;
 use super::*;
+use crate::fingerprints::Fingerprints;
 use crate::store::dir::{EntryType, MAX_READ_BYTES, OpenFile};
 
 /// Observes what the directory holds. A missing directory is an empty output.
@@ -10,15 +11,17 @@ pub fn observe(
     key_name: &str,
     include_plaintext: bool,
 ) -> Result<ObservedOutput, StoreError> {
-    observe_in(output, key_name, include_plaintext, None)
+    observe_in(output, key_name, include_plaintext, None, None)
 }
 
-/// [`observe`], the key directory's parent taken from `parents` (one pass over many keys).
+/// [`observe`], the key directory's parent taken from `parents` (one pass over many keys);
+/// derived public files whose stat `fingerprints` vouches for are not read.
 pub fn observe_in(
     output: &FileOutput,
     key_name: &str,
     include_plaintext: bool,
     parents: Option<&Parents>,
+    fingerprints: Option<&Fingerprints>,
 ) -> Result<ObservedOutput, StoreError> {
     let mut observed = ObservedOutput {
         prunable: true,
@@ -99,6 +102,7 @@ pub fn observe_in(
                 &meta,
                 include_plaintext,
                 owner,
+                fingerprints,
                 &mut observed.drift,
             );
             verified.extend(known);
@@ -167,6 +171,7 @@ pub fn observe_in(
             dir: &dir,
             listing: Some(listing),
         },
+        fingerprints,
         &mut observed.drift,
     );
     // A plaintext key must not outlive `includePlaintext: false` in any version kept.
@@ -228,6 +233,7 @@ fn check_version_files(
     meta: &VersionMeta,
     include_plaintext: bool,
     owner: Option<Owner>,
+    fingerprints: Option<&Fingerprints>,
     drift: &mut Vec<String>,
 ) -> (Vec<String>, Option<public::Verified>) {
     let vname = version_name(meta.generation);
@@ -329,7 +335,14 @@ fn check_version_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-    let jwk = check_public_format_files(&files, output, meta, public_der.as_deref(), drift);
+    let jwk = check_public_format_files(
+        &files,
+        output,
+        meta,
+        public_der.as_deref(),
+        fingerprints,
+        drift,
+    );
     if include_plaintext {
         check_private_format_files(&files, output, meta, drift);
     }
@@ -387,15 +400,20 @@ fn check_private_format_files(
 /// Drift of a linked version's public format files (derived from its public key, so
 /// rewritten in place): missing, altered, or no longer listed. `public_der` is the public key
 /// already read and verified, if it was; the JWK made from it is returned (for `jwks.json`).
+/// A file whose stat `fingerprints` vouches for is not read; one read and found right is
+/// recorded there.
 fn check_public_format_files(
     files: &Listed,
     output: &FileOutput,
     meta: &VersionMeta,
     public_der: Option<&[u8]>,
+    fingerprints: Option<&Fingerprints>,
     drift: &mut Vec<String>,
 ) -> Option<serde_json::Value> {
     let vname = version_name(meta.generation);
     let mut verified_jwk = None;
+    // Fingerprints are kept per key directory, by `vNNNN/<name>`.
+    let group = files.dir.path().parent().unwrap_or(files.dir.path());
     if !output.public_formats.is_empty() {
         let wanted = match public_der {
             Some(der) => public::format_files_and_jwk(output, meta, der).map(|(wanted, jwk)| {
@@ -408,7 +426,24 @@ fn check_public_format_files(
         // An unreadable public key is reported as damage.
         if let Ok(wanted) = wanted {
             for (name, bytes) in wanted {
-                match files.read_with_mode(name) {
+                let recorded = format!("{vname}/{name}");
+                let vouched = fingerprints.and_then(|f| {
+                    let stat = files.has(name).then(|| files.dir.stat(name)).flatten()?;
+                    f.vouches(group, &recorded, &stat, &bytes)
+                        .then_some(stat.st_mode & 0o7777)
+                });
+                let read = match vouched {
+                    Some(mode) => Ok((bytes.clone(), Some(mode))),
+                    None => files.read_with_stat(name).map(|(actual, stat)| {
+                        if actual == bytes
+                            && let (Some(f), Some(stat)) = (fingerprints, &stat)
+                        {
+                            f.record(group, &recorded, stat, &actual);
+                        }
+                        (actual, stat.map(|s| s.st_mode & 0o7777))
+                    }),
+                };
+                match read {
                     Ok((actual, mode)) if actual == bytes => {
                         if let Some(mode) = mode.filter(|&m| m != output.mode) {
                             drift.push(format!(
