@@ -63,13 +63,13 @@ fn digest(content: &[u8]) -> u64 {
 
 fn entry(stat: &FileStat, content: &[u8]) -> Entry {
     Entry(
-        stat.st_dev as u64,
-        stat.st_ino as u64,
-        stat.st_size as i64,
-        nanos(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
-        nanos(stat.st_ctime as i64, stat.st_ctime_nsec as i64),
-        stat.st_mode as u32,
-        stat.st_uid as u32,
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size,
+        nanos(stat.st_mtime, stat.st_mtime_nsec),
+        nanos(stat.st_ctime, stat.st_ctime_nsec),
+        stat.st_mode,
+        stat.st_uid,
         digest(content),
     )
 }
