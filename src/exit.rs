@@ -17,7 +17,7 @@ pub enum Exit {
     ChangesPending = 3,
     /// A usage error: unknown flag, missing argument (`EX_USAGE`).
     Usage = 64,
-    /// The stateDir lock is held by another keyprov and `--no-wait` was given (`EX_TEMPFAIL`).
+    /// The stateDir lock is held by another process and `--no-wait` was given (`EX_TEMPFAIL`).
     LockHeld = 75,
 }
 

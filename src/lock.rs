@@ -19,13 +19,14 @@ pub const LOCK_FILE: &str = ".lock";
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// Another keyprov holds it and we were asked not to wait.
-    #[error("{path} is held by another keyprov (pid {holder}); it was not waited for (--no-wait)")]
+    /// Another process (keyprov, or anything that flocks it, such as flock(1)) holds it and
+    /// we were asked not to wait.
+    #[error("{path} is held by {}; it was not waited for (--no-wait)", held_by(*holder))]
     Held {
         /// The lock file.
         path: PathBuf,
-        /// The holder's pid, or `unknown`.
-        holder: String,
+        /// The holder's pid, when `/proc/locks` tells it.
+        holder: Option<u32>,
     },
     /// The lock file could not be opened or locked.
     #[error("cannot lock {path}: {message}")]
@@ -120,11 +121,13 @@ fn flock(file: File, path: &Path, wait: bool) -> Result<(Flock<File>, bool), Loc
             // For a person at a terminal; a log (the journal) has the line below.
             if !crate::output::json_logs() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 crate::errln!(
-                    "keyprov: waiting for {} (held by another keyprov, pid {holder})",
-                    path.display()
+                    "keyprov: waiting for {} (held by {})",
+                    path.display(),
+                    held_by(holder)
                 );
             }
-            tracing::info!(lock = %path.display(), holder, "waiting for the stateDir lock");
+            tracing::info!(lock = %path.display(), holder = held_by(holder),
+                "waiting for the stateDir lock");
             Flock::lock(file, FlockArg::LockExclusive)
                 .map(|locked| (locked, true))
                 .map_err(|(_, errno)| failed(errno.desc().to_string()))
@@ -133,11 +136,17 @@ fn flock(file: File, path: &Path, wait: bool) -> Result<(Flock<File>, bool), Loc
     }
 }
 
-/// The pid of the process holding a flock on `file`, from `/proc/locks`, or `unknown`.
-fn holder(file: &File) -> String {
-    let Ok(stat) = nix::sys::stat::fstat(file) else {
-        return "unknown".into();
-    };
+/// Who holds the lock, as the messages say it: any process may (keyprov, flock(1), ...).
+fn held_by(holder: Option<u32>) -> String {
+    match holder {
+        Some(pid) => format!("another process (pid {pid})"),
+        None => "another process".into(),
+    }
+}
+
+/// The pid of the process holding a flock on `file`, from `/proc/locks`, when it says.
+fn holder(file: &File) -> Option<u32> {
+    let stat = nix::sys::stat::fstat(file).ok()?;
     let (major, minor) = (
         nix::sys::stat::major(stat.st_dev),
         nix::sys::stat::minor(stat.st_dev),
@@ -149,8 +158,7 @@ fn holder(file: &File) -> String {
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .find(|fields| fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str()))
-        .and_then(|fields| fields.get(4).map(|pid| pid.to_string()))
-        .unwrap_or_else(|| "unknown".into())
+        .and_then(|fields| fields.get(4).and_then(|pid| pid.parse().ok()))
 }
 
 #[cfg(test)]
@@ -164,7 +172,7 @@ mod tests {
         // flock locks belong to open files: a second open in this process conflicts too.
         match acquire(state.path(), false) {
             Err(LockError::Held { holder, .. }) => {
-                assert_eq!(holder, std::process::id().to_string())
+                assert_eq!(holder, Some(std::process::id()))
             }
             other => panic!("expected Held, got {other:?}"),
         }

@@ -49,7 +49,7 @@ enum Command {
         /// Reconcile one time and exit: 0 converged, 1 a key failed, 2 invalid input (2 beats 1).
         #[arg(long)]
         once: bool,
-        /// With --once: exit 75 at once when another keyprov holds the stateDir lock.
+        /// With --once: exit 75 at once when another process holds the stateDir lock.
         #[arg(long, requires = "once")]
         no_wait: bool,
         /// With --once: write the metrics to F afterwards (Prometheus text format, atomically,
@@ -94,17 +94,21 @@ enum Command {
     },
     /// Start a rotation of NAME now (staged when publishAhead is set).
     ///
-    /// A NAME no manifest defines is a usage error (exit 64), as is rotate on a consumer host.
+    /// Without --now, a generation already staged is left to activate at its time and nothing
+    /// changes. With --now, a fresh pair is made and activated at once; a generation staged
+    /// before it is never activated (it goes). A NAME no manifest defines is a usage error
+    /// (exit 64), as is rotate on a consumer host.
     #[command(after_help = EXIT_CODES)]
     Rotate {
         /// Key pair name.
         name: String,
         #[command(flatten)]
         config: ConfigArg,
-        /// Activate at once, skipping publishAhead: the emergency path.
+        /// Make a fresh pair and activate it at once, skipping publishAhead: the emergency path
+        /// (a staged generation, made before it, is replaced, never activated).
         #[arg(long)]
         now: bool,
-        /// Exit 75 at once when another keyprov holds the stateDir lock.
+        /// Exit 75 at once when another process holds the stateDir lock.
         #[arg(long)]
         no_wait: bool,
     },

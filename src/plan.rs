@@ -121,7 +121,8 @@ pub struct KeyPlan {
 pub struct RotateRequest {
     /// Key pair name.
     pub name: String,
-    /// `--now`: activate at once, skipping publishAhead.
+    /// `--now`: a fresh generation, activated at once, skipping publishAhead (a staged one
+    /// waiting is superseded, never activated).
     pub now: bool,
 }
 
@@ -178,9 +179,32 @@ pub fn rotation_due(key: &KeyPair, current_activates_at: SystemTime) -> Option<s
     )
 }
 
-/// When the next rotation of `current` is due to activate, if the key rotates.
-pub fn next_rotation(key: &KeyPair, current: &ObservedVersion) -> Option<SystemTime> {
-    rotation_due(key, current.activates_at).map(|d| d.activate_at)
+/// What a key's schedule holds from now on, as `run` will carry it out. The one place the
+/// next publication and activation are computed: `status`, `plan`, the metrics and the
+/// daemon's timer all read them here, so they agree with each other and with the pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upcoming {
+    /// The staged generation that will become current, and when (`next`/AWSPENDING). A staged
+    /// generation the plan replaces instead (stale spec, unbound) is not counted.
+    pub staged: Option<(u32, SystemTime)>,
+    /// The next scheduled rotation: counted from the staged generation's activation when one
+    /// waits (it is current by then), else from the current generation's. `None` when the key
+    /// never rotates or has no generation yet.
+    pub rotation: Option<schedule::Due>,
+}
+
+/// The [`Upcoming`] events of `key` whose outputs hold `outputs`.
+pub fn upcoming(key: &KeyPair, outputs: &[ObservedOutput]) -> Upcoming {
+    let fingerprint = key.spec_fingerprint();
+    let (current, staged) = authoritative(outputs);
+    let staged = staged
+        .filter(|s| s.spec_fingerprint == fingerprint && s.bound)
+        .map(|s| (s.generation, s.activates_at));
+    let counted_from = staged.map(|(_, at)| at).or(current.map(|c| c.activates_at));
+    Upcoming {
+        staged,
+        rotation: counted_from.and_then(|at| rotation_due(key, at)),
+    }
 }
 
 /// The next time after `now` at which [`plan_key`] would act on this key without anything
@@ -191,15 +215,12 @@ pub fn next_event(
     outputs: &[ObservedOutput],
     now: SystemTime,
 ) -> Option<SystemTime> {
-    let fingerprint = key.spec_fingerprint();
-    let (current, staged) = authoritative(outputs);
-    if let Some(staged) = staged.filter(|s| s.spec_fingerprint == fingerprint && s.bound) {
-        return (staged.activates_at > now).then_some(staged.activates_at);
-    }
-    let current = current?;
-    rotation_due(key, current.activates_at)
-        .map(|due| due.publish_at)
-        .filter(|&at| at > now)
+    let upcoming = upcoming(key, outputs);
+    let at = match upcoming.staged {
+        Some((_, activates_at)) => activates_at,
+        None => upcoming.rotation?.publish_at,
+    };
+    (at > now).then_some(at)
 }
 
 /// Plans one key.
@@ -244,6 +265,7 @@ pub fn plan_key(
             });
         }
     }
+    let before_generation = actions.len();
     let mut generate = |reason: Reason, activates_at: SystemTime| {
         // Saturating: a store claiming generation u32::MAX must not crash the whole pass (the
         // write of that generation then fails for this key only).
@@ -271,7 +293,11 @@ pub fn plan_key(
             });
             (Some(s.generation), None)
         }
-        (Some(_), Some(s)) if force_now || now >= s.activates_at => {
+        // `rotate --now` is the emergency path (a suspected compromise): it never activates a
+        // pair made before it, but a fresh one; the staged generation is superseded (never
+        // `previous`: it was never in use) and goes.
+        (Some(_), Some(_)) if force_now => generate(Reason::Requested, now),
+        (Some(_), Some(s)) if now >= s.activates_at => {
             actions.push(Action::Activate {
                 generation: s.generation,
             });
@@ -310,6 +336,30 @@ pub fn plan_key(
             }
         }
     };
+    // A staged `next` a fresh generation replaces (`rotate --now`, a spec change) was never in
+    // use: it goes before the fresh one is made. Pruned after the activation instead, a crash
+    // between its labels' removals (`next` first) would leave it unlinked between `previous`
+    // and `current`, where it would be taken for a cut-short link move and made `previous`.
+    let mut superseded = BTreeSet::new();
+    if let Some(fresh_current) = final_current {
+        let mut early = Vec::new();
+        for (i, output) in outputs.iter().enumerate() {
+            let Some(next) = output.next.as_ref().map(|n| n.generation) else {
+                continue;
+            };
+            let replaced = next < fresh_current.max(final_next.unwrap_or(0))
+                && final_next != Some(next)
+                && fresh_current != next;
+            if replaced && output.prunable {
+                superseded.insert((i, next));
+                early.push(Action::Prune {
+                    output: i,
+                    generations: vec![next],
+                });
+            }
+        }
+        actions.splice(before_generation..before_generation, early);
+    }
     let fresh: BTreeSet<u32> = actions
         .iter()
         .filter_map(|a| match a {
@@ -367,7 +417,11 @@ pub fn plan_key(
         let kept = kept_versions(&history, final_current, final_next, key.rotation.keep);
         let expected_previous = kept.range(..final_current).next_back().copied();
         let mut reasons = output.drift.clone();
-        let doomed: Vec<u32> = present.difference(&kept).copied().collect();
+        let doomed: Vec<u32> = present
+            .difference(&kept)
+            .copied()
+            .filter(|&g| !superseded.contains(&(i, g)))
+            .collect();
         // What `previous` will be once the links have moved (it takes the old current) and
         // the doomed versions are gone.
         let old_current = output.current.as_ref().map(|c| c.generation);

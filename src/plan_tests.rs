@@ -218,11 +218,11 @@ fn transitions() {
             t(85),
             None,
             vec![
-                generate(3, t(92), true, Reason::RotationDue),
                 Action::Prune {
                     output: 0,
                     generations: vec![2],
                 },
+                generate(3, t(92), true, Reason::RotationDue),
             ],
         ),
         (
@@ -260,11 +260,11 @@ fn transitions() {
             t(85),
             None,
             vec![
-                generate(3, t(92), true, Reason::RotationDue),
                 Action::Prune {
                     output: 0,
                     generations: vec![2],
                 },
+                generate(3, t(92), true, Reason::RotationDue),
             ],
         ),
         (
@@ -276,12 +276,26 @@ fn transitions() {
             vec![generate(2, t(10), false, Reason::Requested)],
         ),
         (
-            "rotate --now activates a waiting staged generation",
+            "rotate --now makes a fresh pair, never activating one staged before it",
             staged_key.clone(),
             vec![with_next.clone()],
             t(85),
             Some(&rotate_now),
-            vec![Action::Activate { generation: 2 }],
+            vec![
+                Action::Prune {
+                    output: 0,
+                    generations: vec![2],
+                },
+                generate(3, t(85), false, Reason::Requested),
+            ],
+        ),
+        (
+            "rotate (no --now) while one is staged leaves it to activate on time",
+            staged_key.clone(),
+            vec![with_next.clone()],
+            t(85),
+            Some(&rotate),
+            vec![],
         ),
         (
             "rotate without publishAhead is immediate",
@@ -673,6 +687,45 @@ fn next_events() {
 }
 
 #[test]
+fn the_next_rotation_counts_from_a_staged_generation() {
+    // `keyprov rotate` on day 10 staged generation 2 to activate on day 17: the next
+    // rotation is 90 days after that, published 7 days before, not 90 days after day 0.
+    let staged_key = key(Some(90), Some(7), 1, 1);
+    let mut with_next = output(&staged_key, &[1, 2], 0);
+    with_next.current = Some(version(&staged_key, 1, 0));
+    with_next.previous = None;
+    with_next.next = Some(ObservedVersion {
+        activates_at: t(17),
+        ..version(&staged_key, 2, 10)
+    });
+    let outputs = [with_next];
+    let first = upcoming(&staged_key, &outputs);
+    assert_eq!(first.staged, Some((2, t(17))));
+    let rotation = first.rotation.unwrap();
+    assert_eq!(rotation.activate_at, due(107));
+    assert_eq!(rotation.publish_at, due(100));
+    assert_eq!(next_event(&staged_key, &outputs, t(11)), Some(t(17)));
+    // Once it activated, the plan acts at exactly that publication time.
+    let mut state = outputs.to_vec();
+    let actions = plan_key(&staged_key, &state, t(17), None);
+    assert_eq!(actions, vec![Action::Activate { generation: 2 }]);
+    apply(&staged_key, &mut state, &actions, t(17));
+    assert_eq!(upcoming(&staged_key, &state).rotation, Some(rotation));
+    assert_eq!(next_event(&staged_key, &state, t(17)), Some(due(100)));
+    assert!(plan_key(&staged_key, &state, due(100) - HOUR, None).is_empty());
+    assert!(matches!(
+        plan_key(&staged_key, &state, due(100), None)[..],
+        [Action::Generate { activates_at, staged: true, .. }, ..] if activates_at == due(107)
+    ));
+    // A staged generation the plan replaces (its spec is stale) does not count.
+    let mut stale = outputs.to_vec();
+    stale[0].next.as_mut().unwrap().spec_fingerprint = "sha256:old".into();
+    let replaced = upcoming(&staged_key, &stale);
+    assert_eq!(replaced.staged, None);
+    assert_eq!(replaced.rotation.unwrap().activate_at, due(90));
+}
+
+#[test]
 fn a_version_never_linked_is_removed_first_and_never_becomes_previous() {
     // v0002 was renamed in but never linked (a crash), and rotation is due again.
     let k = key(Some(90), None, 1, 1);
@@ -711,7 +764,7 @@ fn a_published_next_replaced_by_a_newer_generation_never_becomes_previous() {
     let actions = plan_key(&new, std::slice::from_ref(&published), t(10), None);
     assert!(
         matches!(
-            actions[0],
+            actions[1],
             Action::Generate {
                 generation: 3,
                 staged: false,
@@ -819,4 +872,56 @@ fn an_output_that_joined_after_a_rotation_gets_previous_too() {
     let k = key(None, None, 0, 2);
     let actions = plan_key(&k, &[output(&k, &[3], 0), lost], t(0), None);
     assert_eq!(actions, vec![]);
+}
+
+#[test]
+fn a_superseded_staged_generation_goes_before_the_fresh_one_is_made() {
+    // `rotate --now` (or a spec change) while v0002 is staged. Were v0002 pruned after v0003
+    // was activated, a crash between its `next` link's removal and its own (a secret: between
+    // AWSPENDING's and keyprov-v2's) would leave it between `previous` and `current`, and the
+    // next run would make it `previous`.
+    let k = key(Some(90), Some(7), 1, 2);
+    let mut staged = output(&k, &[1, 2], 0);
+    staged.previous = None;
+    staged.current = Some(version(&k, 1, 0));
+    staged.next = Some(ObservedVersion {
+        activates_at: t(90),
+        ..version(&k, 2, 83)
+    });
+    let outputs = vec![staged.clone(), staged];
+    let now = RotateRequest {
+        name: "k".into(),
+        now: true,
+    };
+    let mut changed = k.clone();
+    changed.spec = KeyPairSpec::EccNistP384;
+    for (key, request) in [(&k, Some(&now)), (&changed, None)] {
+        let actions = plan_key(key, &outputs, t(85), request);
+        let made = actions
+            .iter()
+            .position(|a| matches!(a, Action::Generate { generation: 3, .. }))
+            .expect("a fresh generation");
+        for i in 0..2 {
+            let pruned = actions.iter().position(|a| {
+                matches!(a, Action::Prune { output, generations } if *output == i && generations.contains(&2))
+            });
+            assert!(pruned.is_some_and(|p| p < made), "output {i}: {actions:?}");
+        }
+        let mut state = outputs.clone();
+        apply(key, &mut state, &actions, t(85));
+        for o in &state {
+            assert!(!o.versions.contains(&2), "{o:?}");
+            assert_ne!(o.previous, Some(2));
+        }
+    }
+    // Cut off after the early prune: v0002 is above `current`, never linked: garbage, never
+    // `previous`.
+    let mut cut = output(&k, &[1, 2], 0);
+    cut.previous = None;
+    cut.current = Some(version(&k, 1, 0));
+    let actions = plan_key(&k, std::slice::from_ref(&cut), t(85), Some(&now));
+    let mut state = vec![cut];
+    apply(&k, &mut state, &actions, t(85));
+    assert_eq!(state[0].current.as_ref().map(|c| c.generation), Some(3));
+    assert_eq!(state[0].previous, Some(1));
 }

@@ -240,3 +240,50 @@ fn version_names_the_git_revision() {
         "{text}"
     );
 }
+
+/// Configured paths are printed normalised: `conf/../manifests.d` as `manifests.d`, a stateDir
+/// `../state` under it as `<root>/state`, in `validate`'s diagnostics and `status`'s outputs.
+#[test]
+fn configured_paths_are_printed_normalised() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    std::fs::create_dir_all(root.join("conf")).unwrap();
+    std::fs::create_dir_all(root.join("manifests.d")).unwrap();
+    std::fs::write(
+        root.join("conf/keyprov.yaml"),
+        "manifests: [../manifests.d]\nstateDir: ../state\nprovider: local\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("manifests.d/a.yaml"),
+        manifest("a", "ECC_NIST_P256", ""),
+    )
+    .unwrap();
+    std::fs::write(root.join("manifests.d/b.yaml"), "bad: 1\n").unwrap();
+    let run = |args: &[&str]| -> Run {
+        Command::new(env!("CARGO_BIN_EXE_keyprov"))
+            .args(args)
+            .current_dir(root)
+            .env_remove("KEYPROV_CONFIG")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("keyprov runs")
+            .into()
+    };
+    let validate = run(&["validate", "--config", "conf/keyprov.yaml"]);
+    assert_eq!(validate.code, 2, "{}", validate.all());
+    assert!(
+        validate.stderr.contains("error: manifests.d/b.yaml:1:1:"),
+        "{}",
+        validate.stderr
+    );
+    assert!(!validate.all().contains(".."), "{}", validate.all());
+    std::fs::remove_file(root.join("manifests.d/b.yaml")).unwrap();
+    let once = run(&["run", "--once", "--config", "conf/keyprov.yaml"]);
+    assert_eq!(once.code, 0, "{}", once.all());
+    assert!(!once.all().contains(".."), "{}", once.all());
+    let status = run(&["status", "--config", "conf/keyprov.yaml"]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    let location = format!("file:{}@1", root.join("state/keys/a").display());
+    assert!(status.stdout.contains(&location), "{}", status.stdout);
+}

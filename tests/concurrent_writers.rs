@@ -285,7 +285,8 @@ fn no_wait_exits_75_naming_the_holder_and_run_once_waits_for_it() {
             run.all()
         );
         assert!(
-            run.stderr.contains(&pid),
+            run.stderr
+                .contains(&format!("is held by another process (pid {pid})")),
             "{args:?}: stderr names the holder's pid {pid}: {}",
             run.stderr
         );

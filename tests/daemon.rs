@@ -232,6 +232,8 @@ fn the_daemon_follows_manifest_edits_reloads_on_sighup_and_stops_on_sigterm() {
         current(&install, "gamma").as_deref() == Some("v0001")
     });
     assert!(daemon.log().contains("configuration reloaded"));
+    // What the file's reload and the passes since sent is not the SIGHUP's answer.
+    while daemon.notify.try_recv().is_ok() {}
     daemon.signal(Signal::SIGHUP);
     let messages = daemon.expect_notify("RELOADING=1");
     assert!(
@@ -249,7 +251,11 @@ fn the_daemon_follows_manifest_edits_reloads_on_sighup_and_stops_on_sigterm() {
         current(&install, "delta").as_deref() == Some("v0001")
     });
 
-    // Idle means idle: its own reads and writes do not wake it.
+    // Idle means idle: its own reads and writes do not wake it. The pass that made delta
+    // ends first (on a loaded machine its summary line can come well after the link).
+    daemon.wait_until("the pass that made delta ends", || {
+        common::pass_ended_after(&daemon.log(), "activated key=delta generation=1")
+    });
     std::thread::sleep(Duration::from_millis(500));
     let reconciles = |log: &str| log.matches("next reconcile at").count();
     let settled = reconciles(&daemon.log());
@@ -311,10 +317,14 @@ fn staged_rotations_publish_and_activate_on_their_timers() {
     assert_eq!(link(&dir, "next"), None);
 
     // Nothing but the timer can move it from here.
+    // `current` read before `next` in one look: the activation renames `next` to `current`, so
+    // the pair is what the links were when `next` was read, however late this look comes.
+    let mut current_then = None;
     daemon.wait_until("v0002 is published as next", || {
+        current_then = link(&dir, "current");
         link(&dir, "next").as_deref() == Some("v0002")
     });
-    assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
+    assert_eq!(current_then.as_deref(), Some("v0001"));
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("v0002/meta.json")).unwrap()).unwrap();
     let activates_at =
@@ -340,10 +350,17 @@ fn staged_rotations_publish_and_activate_on_their_timers() {
 fn sigterm_lets_the_reconcile_in_flight_finish() {
     let install = Install::new("");
     let done = install.root().join("hook-done");
+    let go = install.root().join("go");
     let script = install.root().join("slow-hook.sh");
+    // The hook runs until the test lets it go: it is in flight when SIGTERM comes, however
+    // slowly this machine gets there (a `sleep 2` could be over by then).
     std::fs::write(
         &script,
-        format!("#!/bin/sh\nsleep 2\necho finished > {}\n", done.display()),
+        format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\necho finished > {}\n",
+            go.display(),
+            done.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -369,12 +386,15 @@ fn sigterm_lets_the_reconcile_in_flight_finish() {
         !done.exists(),
         "the hook finished before the stop was asked for"
     );
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_until("the stop waits for the reconcile in flight", || {
+        daemon
+            .log()
+            .contains("letting the reconcile in flight finish")
+    });
+    std::fs::write(&go, "").unwrap();
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
-    assert!(
-        log.contains("letting the reconcile in flight finish"),
-        "{log}"
-    );
     assert_eq!(
         std::fs::read_to_string(&done).unwrap_or_default(),
         "finished\n",
@@ -489,6 +509,15 @@ fn retry_attempts(install: &Install, name: &str) -> Option<u64> {
     record["failure"]["attempts"].as_u64()
 }
 
+/// The `attempts` and `lastAttempt` of a retry record, if any.
+fn retry_attempt(install: &Install, name: &str) -> Option<(u64, SystemTime)> {
+    let path = install.state().join("retry").join(format!("{name}.json"));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let failure = &record["failure"];
+    let at = keyprov::schedule::parse_time(failure["lastAttempt"].as_str()?).ok()?;
+    Some((failure["attempts"].as_u64()?, at))
+}
+
 fn meta_time(dir: &Path, version: &str, field: &str) -> SystemTime {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(version).join("meta.json")).unwrap())
@@ -520,30 +549,36 @@ fn a_failing_key_backs_off_while_a_healthy_key_rotates_on_time() {
 
     let daemon = Daemon::start(&install);
     daemon.expect_notify("READY=1");
+    // Each attempt as the daemon recorded it (`lastAttempt`), by number: the time this thread
+    // happens to look is no measure of the daemon's delays on a loaded machine (seen: a first
+    // look 700 ms late made the next delay look 190 ms).
     let started = Instant::now();
-    let mut increments = Vec::new();
-    let mut last = None;
+    let mut attempts = std::collections::BTreeMap::new();
     while started.elapsed() < Duration::from_secs(8) {
-        let attempts = retry_attempts(&install, "broken");
-        if attempts != last {
-            increments.push((Instant::now(), attempts));
-            last = attempts;
+        if let Some((number, at)) = retry_attempt(&install, "broken") {
+            attempts.insert(number, at);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Attempts 2, 3, 4, ... after growing delays (400 ms doubling, less up to 25% jitter).
-    let times: Vec<Instant> = increments.iter().map(|(at, _)| *at).collect();
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(gaps.len() >= 3, "retries: {increments:?}\n{}", daemon.log());
+    // Attempts 2, 3, 4, ... after growing delays (400 ms doubling, less up to 25% jitter): the
+    // delay before attempt k + 1 is nominally 400 ms << (k - 1).
+    let gaps: Vec<(u64, Duration)> = attempts
+        .iter()
+        .filter_map(|(k, at)| {
+            let next = attempts.get(&(k + 1))?;
+            Some((*k, next.duration_since(*at).unwrap_or_default()))
+        })
+        .collect();
+    assert!(gaps.len() >= 3, "retries: {attempts:?}\n{}", daemon.log());
     for pair in gaps.windows(2) {
-        assert!(pair[1] > pair[0], "delays do not grow: {gaps:?}");
+        assert!(pair[1].1 > pair[0].1, "delays do not grow: {gaps:?}");
     }
-    let nominal = [400u64, 800, 1600, 3200];
-    for (gap, nominal) in gaps.iter().zip(nominal.iter()) {
-        let nominal = Duration::from_millis(*nominal);
+    for (k, gap) in gaps.iter().filter(|(k, _)| *k <= 4) {
+        let nominal = Duration::from_millis(400 << (k - 1));
         assert!(
             *gap >= nominal.mul_f64(0.7) && *gap <= nominal + Duration::from_millis(400),
-            "delay {gap:?} for a nominal {nominal:?}: {gaps:?}"
+            "delay {gap:?} before attempt {} for a nominal {nominal:?}: {gaps:?}",
+            k + 1
         );
     }
 
@@ -634,6 +669,10 @@ fn a_hook_that_fails_twice_then_succeeds_runs_exactly_three_times() {
     let daemon = Daemon::start(&install);
     daemon.expect_notify("READY=1");
     daemon.wait_until("the hook ran three times", || lines(&runs, "run") >= 3);
+    // The success is recorded after the hook returns, not with its last line.
+    daemon.wait_until("the success clears the retry record", || {
+        !install.state().join("retry/alpha.json").exists()
+    });
     // Its backoff would have come round again within 2.4 s had the success not been recorded.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(lines(&runs, "run"), 3, "{}", daemon.log());
@@ -648,7 +687,7 @@ fn a_hook_cut_by_sigkill_runs_once_after_the_restart() {
     let (install, root) = install_with_hook(
         "echo $$ > \"$(dirname \"$0\")/hook.pid\"\n\
          echo start >> \"$(dirname \"$0\")/runs\"\n\
-         sleep 2\n\
+         while [ ! -e \"$(dirname \"$0\")/go\" ]; do sleep 0.05; done\n\
          echo done >> \"$(dirname \"$0\")/runs\"\n",
     );
     let runs = root.join("runs");
@@ -666,6 +705,9 @@ fn a_hook_cut_by_sigkill_runs_once_after_the_restart() {
     assert_eq!(lines(&runs, "done"), 0);
     assert_eq!(current(&install, "alpha").as_deref(), Some("v0001"));
     assert!(install.state().join("retry/alpha.json").exists());
+    // The first run waited for this (a `sleep 2` could have ended before the kill on a loaded
+    // machine); the run after the restart goes through.
+    std::fs::write(root.join("go"), "").unwrap();
 
     let daemon = Daemon::start(&install);
     daemon.expect_notify("READY=1");
@@ -836,6 +878,9 @@ fn a_failure_repaired_by_hand_does_not_make_the_daemon_spin() {
         restore();
         // The next retry (within retryBackoffMax) finds the key converged, with no action to
         // take; then nothing is due (resyncEvery 1h).
+        daemon.wait_until("the repair is noticed", || {
+            retry_attempts(&install, "alpha").is_none()
+        });
         std::thread::sleep(Duration::from_secs(2));
         let before = timer_reconciles(&daemon.log());
         std::thread::sleep(Duration::from_secs(3));
@@ -883,8 +928,11 @@ fn a_due_wake_reconciles_only_the_keys_due() {
     let aside = install.state().join("still-aside");
     std::fs::rename(&dir, &aside).unwrap();
     std::fs::write(&dir, "not a directory").unwrap();
+    // The pass that activated generation 3 has told its summary (had the start-up pass been
+    // slow enough to make generation 2, this one is the first due wake).
     daemon.wait_until("due rotated twice", || {
         common::versions(&install.key_dir("due")).len() >= 3
+            && common::pass_ended_after(&daemon.log(), "activated key=due generation=3")
     });
     let log = daemon.log();
     assert_eq!(retry_attempts(&install, "still"), None, "{log}");
@@ -932,8 +980,11 @@ fn an_invalid_manifest_is_told_once_per_full_pass_not_at_every_due_wake() {
     );
     let daemon = Daemon::start(&install);
     daemon.expect_notify("READY=1");
+    // The pass that activated generation 3 has told its summary (had the start-up pass been
+    // slow enough to make generation 2, this one is the first due wake).
     daemon.wait_until("due rotated twice", || {
         common::versions(&install.key_dir("due")).len() >= 3
+            && common::pass_ended_after(&daemon.log(), "activated key=due generation=3")
     });
     let log = daemon.log();
     assert!(

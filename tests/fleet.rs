@@ -177,7 +177,15 @@ async fn a_consumer_never_generates_nor_writes_the_secret() {
     // A rotation by the writer reaches the consumer's files.
     let rotated = writer.keyprov(&["rotate", "shared", "--now"]);
     assert_eq!(rotated.code, 0, "{}", rotated.all());
-    consumer.run_once(0);
+    let run = consumer.run_once(0);
+    // The consumer copies the writer's generation; it activates nothing itself.
+    assert!(
+        run.stderr
+            .contains("copied as current key=shared generation=2"),
+        "{}",
+        run.all()
+    );
+    assert!(!run.stderr.contains("activated key="), "{}", run.all());
     assert_eq!(
         current_generation(&consumer, "shared").as_deref(),
         Some("v0002")
@@ -414,8 +422,10 @@ async fn a_due_wake_describes_only_the_due_keys_secret_and_lists_nothing() {
     daemon.wait_until("due rotated twice", || {
         current_generation(&install, "due").as_deref() == Some("v0003")
     });
-    // Let the pass that activated v0003 finish its requests (the next rotation is 6 s away).
-    std::thread::sleep(Duration::from_secs(2));
+    // The pass that activated v0003 finishes its requests (the next rotation is 6 s away).
+    daemon.wait_until("the pass that activated v0003 ends", || {
+        pass_ended_after(&daemon.log(), "activated key=due generation=3")
+    });
     let requests = logged_since(&log, since);
     let partial = daemon.log().matches("partial pass (due keys)").count();
     let mut counts = std::collections::BTreeMap::<&str, u64>::new();
@@ -534,8 +544,14 @@ async fn a_follower_copies_a_rotation_with_one_look_and_one_read() {
         current_generation(&follower, "follow").as_deref() == Some("v0003")
     });
     // The pass that copied generation 3 finishes its requests (the next rotation is 15 s away).
-    let passes = daemons[1].passes();
-    daemons[1].wait_until("the copying pass ends", || daemons[1].passes() > passes);
+    // Not "one more pass than when the link was seen": that pass may have ended already, and
+    // the next one is the following rotation's, whose requests would count too.
+    daemons[1].wait_until("the copying pass ends", || {
+        pass_ended_after(
+            &daemons[1].log(),
+            "copied as current key=follow generation=3",
+        )
+    });
     let requests = logged_since(&log, since);
     drop(proxy);
     let count = |op: &str| requests.iter().filter(|(t, _)| t.ends_with(op)).count();
@@ -595,8 +611,12 @@ async fn a_sweep_does_not_describe_again_what_a_due_wake_described_after_the_bum
     daemons[1].wait_until("the follower holds generation 2", || {
         current_generation(&follower, "covered").as_deref() == Some("v0002")
     });
-    let passes = daemons[1].passes();
-    daemons[1].wait_until("the copying pass ends", || daemons[1].passes() > passes);
+    daemons[1].wait_until("the copying pass ends", || {
+        pass_ended_after(
+            &daemons[1].log(),
+            "copied as current key=covered generation=2",
+        )
+    });
     let since = unix_now();
     let passes = daemons[1].passes();
     daemons[1].reload();

@@ -330,13 +330,15 @@ fn sigkill_of_keyprov_mid_hook_20_times_never_runs_the_hook_twice_at_once() {
     let mut install = Install::new("");
     let log = install.root().join("log");
     // The work happens in a background process of the hook's group, which the death signal of
-    // the leader does not reach: only the restart can stop it.
+    // the leader does not reach: only the restart can stop it. It lasts 3 s, well past the kill
+    // (at most 0.5 s after the start) and the restart on a loaded machine: a cut-off run must
+    // not get to finish on its own before the restart stops it.
     let script = hook(
         &mut install,
         "slow.sh",
         &format!(
             "log={log}\nrun=$$\necho \"start $run $(date +%s%N)\" >> $log\n\
-             ( i=0; while [ $i -lt 8 ]; do echo \"tick $run $(date +%s%N)\" >> $log; \
+             ( i=0; while [ $i -lt 30 ]; do echo \"tick $run $(date +%s%N)\" >> $log; \
              sleep 0.1; i=$((i+1)); done; echo \"end $run $(date +%s%N)\" >> $log ) &\nwait\n",
             log = log.display()
         ),

@@ -314,9 +314,11 @@ fn rotate_command_stages_or_activates_now() {
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(link(&dir, "current").as_deref(), Some("v0001"));
     assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    // --now with one staged: a fresh pair, current at once (the staged one goes).
     let run = install.keyprov(&["rotate", "manual", "--now"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(link(&dir, "current").as_deref(), Some("v0002"));
+    assert_eq!(link(&dir, "current").as_deref(), Some("v0003"));
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
     assert_eq!(link(&dir, "next"), None);
     let run = install.keyprov(&["rotate", "nosuch"]);
     assert_eq!(run.code, 64, "{}", run.all());
@@ -487,6 +489,80 @@ fn leftovers_of_interrupted_key_creations_are_collected_when_the_keys_are_made()
     );
     let again = install.run_once(0);
     assert!(again.stdout.contains("0 changed"), "{}", again.stdout);
+}
+
+/// `rotate --now` is the emergency path (a suspected compromise): with a generation already
+/// staged, it makes and activates a fresh pair; the staged one, made before it, is never
+/// activated, never becomes `previous`, and goes. The next rotation counts from the fresh one.
+#[test]
+fn rotate_now_replaces_a_staged_generation_with_a_fresh_pair() {
+    let mut install = Install::new("");
+    let (script, log) = hook_script(&install);
+    install.extra_config = format!("hooks: {{allowed: [{}]}}", script.display());
+    install.write_config();
+    install.manifest(
+        "e.yaml",
+        &manifest(
+            "emergency",
+            "ECC_NIST_P256",
+            &format!(
+                "  rotation: {{every: 30d, publishAhead: 7d}}\n  onRotate:\n    - command: [\"{}\"]\n      on: [publish, activate]\n",
+                script.display()
+            ),
+        ),
+    );
+    let dir = install.key_dir("emergency");
+    let at = |now: &str, args: &[&str]| {
+        let run = install.keyprov_env(args, &[("KEYPROV_TEST_NOW", now)]);
+        assert_eq!(run.code, 0, "{args:?} at {now}: {}", run.all());
+        run
+    };
+    at("2030-01-01T00:00:00Z", &["run", "--once"]);
+    at("2030-01-05T00:00:00Z", &["rotate", "emergency"]);
+    assert_eq!(link(&dir, "next").as_deref(), Some("v0002"));
+    let staged = pem_der(&dir.join("v0002/public.pem"));
+    let old = pem_der(&dir.join("v0001/public.pem"));
+    let run = at("2030-01-05T01:00:00Z", &["rotate", "emergency", "--now"]);
+    assert!(run.stdout.contains("1 changed"), "{}", run.all());
+    assert_eq!(
+        link(&dir, "current").as_deref(),
+        Some("v0003"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(link(&dir, "previous").as_deref(), Some("v0001"));
+    assert_eq!(link(&dir, "next"), None);
+    assert_eq!(versions(&dir), ["v0001", "v0003"], "the staged pair goes");
+    let fresh = public_der(&dir);
+    assert!(
+        fresh != staged && fresh != old,
+        "a pair made by rotate --now"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("current/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["activatesAt"], "2030-01-05T01:00:00.000000Z");
+    let events: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "activate emergency 1",
+            "publish emergency 2",
+            "activate emergency 3"
+        ],
+        "generation 2 is never activated"
+    );
+    let status = at("2030-01-05T01:00:00Z", &["status", "--json"]).stdout;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let key = &status["keys"][0];
+    assert_eq!(key["generation"], 3);
+    assert_eq!(key["next"], serde_json::Value::Null);
+    assert_eq!(key["state"], "converged");
+    let due = at_spread("emergency", "2030-02-04T01:00:00Z", 30);
+    assert_eq!(key["nextRotation"], shifted(due, 0));
 }
 
 /// `time` plus the rotation spread of key `name` rotating every `days` days.

@@ -575,7 +575,8 @@ fn rotate_now_counts_the_next_rotation_from_the_real_activation() {
     assert_eq!(now.code, 0, "{}", now.all());
     let status = install.keyprov(&["status", "--json"]);
     let parsed: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    assert_eq!(parsed["keys"][0]["generation"], 2);
+    // A fresh pair, not the staged generation 2 made before the emergency.
+    assert_eq!(parsed["keys"][0]["generation"], 3);
     let next =
         keyprov::schedule::parse_time(parsed["keys"][0]["nextRotation"].as_str().unwrap()).unwrap();
     let from_now = next

@@ -202,6 +202,14 @@ impl Drop for Daemon {
     }
 }
 
+/// Passes of kind `pass` (`full`, `partial`) the daemon has finished. A pass sets the key
+/// series first, one key after the other, and counts itself last: a scrape that shows a pass
+/// counted shows every series that pass set, where one showing a key's new series may be
+/// taken in the middle of the pass.
+fn passes(samples: &[Sample], pass: &str) -> f64 {
+    value(samples, "keyprov_reconciles_total", &[("pass", pass)]).unwrap_or(0.0)
+}
+
 fn key_manifest(name: &str, extra: &str) -> String {
     manifest(name, "ECC_NIST_P256", extra)
 }
@@ -236,10 +244,11 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     let mut daemon = Daemon::start(&install);
 
     // Created.
-    let samples = daemon.wait_for("three keys are ready", |s| {
+    let samples = daemon.wait_for("three keys are ready, the start-up pass over", |s| {
         ["steady", "staged", "hooked"]
             .iter()
             .all(|k| value(s, "keyprov_key_ready", &[("key", k)]) == Some(1.0))
+            && passes(s, "full") >= 1.0
     });
     for key in ["steady", "staged", "hooked"] {
         let info = find(
@@ -407,13 +416,15 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
 
     // Staged rotation: published as next (with its activation time), then current.
-    let samples = daemon.wait_for("staged publishes generation 2", |s| {
+    let before = passes(&samples, "partial");
+    let samples = daemon.wait_for("staged publishes generation 2, that pass over", |s| {
         !find(
             s,
             "keyprov_key_info",
             &[("key", "staged"), ("state", "next"), ("generation", "2")],
         )
         .is_empty()
+            && passes(s, "partial") > before
     });
     let activation = value(
         &samples,
@@ -430,13 +441,15 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
         ),
         Some(1.0)
     );
-    let samples = daemon.wait_for("generation 2 becomes current", |s| {
+    let published = passes(&samples, "partial");
+    let samples = daemon.wait_for("generation 2 becomes current, that pass over", |s| {
         !find(
             s,
             "keyprov_key_info",
             &[("key", "staged"), ("state", "current"), ("generation", "2")],
         )
         .is_empty()
+            && passes(s, "partial") > published
     });
     let previous = find(
         &samples,
@@ -477,9 +490,10 @@ fn the_endpoint_tells_creation_rotation_failures_and_removal_by_value() {
     );
 
     // Removal: every series of the key goes.
+    let full = passes(&samples, "full");
     std::fs::remove_file(install.manifests().join("hooked.yaml")).unwrap();
-    let samples = daemon.wait_for("hooked disappears", |s| {
-        find(s, "keyprov_key_info", &[("key", "hooked")]).is_empty()
+    let samples = daemon.wait_for("hooked disappears, that pass over", |s| {
+        find(s, "keyprov_key_info", &[("key", "hooked")]).is_empty() && passes(s, "full") > full
     });
     let stale: Vec<&Sample> = samples
         .iter()
@@ -596,4 +610,125 @@ fn a_bad_listen_address_is_a_configuration_error() {
         "{}",
         run.stderr
     );
+}
+
+/// `time` as KEYPROV_TEST_NOW takes it, moved by `seconds`.
+fn test_now(time: std::time::SystemTime, seconds: i64) -> String {
+    let moved = if seconds < 0 {
+        time - Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        time + Duration::from_secs(seconds as u64)
+    };
+    keyprov::schedule::format_time(moved)
+}
+
+/// After a scheduled `keyprov rotate NAME` on a key with publishAhead, `status --json`, `plan
+/// --json` and the rotation-due metric tell the same next publication and rotation, counted
+/// from the staged generation's activation (not from the old generation's), and the daemon's
+/// passes publish and activate at exactly those times.
+#[test]
+fn status_plan_and_metrics_agree_on_the_schedule_after_rotate() {
+    use keyprov::schedule::{format_time, parse_time};
+    let install = Install::new("");
+    let name = "rotated-early";
+    install.manifest(
+        "r.yaml",
+        &key_manifest(name, "  rotation: {every: 30d, publishAhead: 7d}\n"),
+    );
+    let dir = install.key_dir(name);
+    let at = |now: &str, args: &[&str]| {
+        let run = install.keyprov_env(args, &[("KEYPROV_TEST_NOW", now)]);
+        assert!(
+            run.code == 0 || (args[0] == "plan" && run.code == 3),
+            "{args:?} at {now}: {}",
+            run.all()
+        );
+        run
+    };
+    at("2030-01-01T00:00:00Z", &["run", "--once"]);
+    // Rotated on day 5, staged: generation 2 activates on day 12.
+    let rotated = "2030-01-05T00:00:00Z";
+    at(rotated, &["rotate", name]);
+    assert_eq!(common::link(&dir, "next").as_deref(), Some("v0002"));
+    let activates = parse_time("2030-01-12T00:00:00Z").unwrap();
+    let every = Duration::from_secs(30 * 86_400);
+    let due = activates + every + keyprov::schedule::spread(name, every);
+    let publish = due - Duration::from_secs(7 * 86_400);
+
+    let status: Value = serde_json::from_str(&at(rotated, &["status", "--json"]).stdout).unwrap();
+    let key = &status["keys"][0];
+    assert_eq!(key["next"], 2);
+    assert_eq!(key["nextActivatesAt"], format_time(activates));
+    assert_eq!(key["nextRotation"], format_time(due), "{key}");
+    assert_eq!(key["nextPublishAt"], format_time(publish), "{key}");
+    let plan: Value = serde_json::from_str(&at(rotated, &["plan", "--json"]).stdout).unwrap();
+    let next = &plan["nextRotations"][0];
+    assert_eq!(next["key"], name);
+    assert_eq!(next["dueAt"], key["nextRotation"], "{plan}");
+    assert_eq!(next["publishAt"], key["nextPublishAt"], "{plan}");
+    assert_eq!(next["staged"]["generation"], 2);
+    assert_eq!(next["staged"]["activatesAt"], key["nextActivatesAt"]);
+    let text = at(rotated, &["plan"]).stdout;
+    assert!(
+        text.contains(&format!(
+            "generation 2 staged, activates 2030-01-12T00:00:00Z; next rotation due {}",
+            humantime::format_rfc3339_seconds(due)
+        )),
+        "{text}"
+    );
+    let file = install.root().join("keyprov.prom");
+    let scrape = |now: &str| {
+        at(
+            now,
+            &["run", "--once", "--metrics-file", file.to_str().unwrap()],
+        );
+        parse(
+            &std::fs::read_to_string(&file).unwrap(),
+            "text",
+            install.root(),
+        )
+    };
+    let samples = scrape(rotated);
+    let seconds = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let gauge = |name_: &str| value(&samples, name_, &[("key", name)]).unwrap();
+    assert!(
+        (gauge("keyprov_key_rotation_due_timestamp_seconds") - seconds(due)).abs() < 1e-3,
+        "metric {} vs status {due:?}",
+        gauge("keyprov_key_rotation_due_timestamp_seconds")
+    );
+    assert!(
+        (gauge("keyprov_key_next_activation_timestamp_seconds") - seconds(activates)).abs() < 1e-3
+    );
+
+    // What the passes do: activate at nextActivatesAt, publish at nextPublishAt, and the new
+    // generation activates at nextRotation.
+    at(&test_now(activates, -1), &["run", "--once"]);
+    assert_eq!(common::link(&dir, "current").as_deref(), Some("v0001"));
+    let samples = scrape(&test_now(activates, 0));
+    assert_eq!(common::link(&dir, "current").as_deref(), Some("v0002"));
+    let after = value(
+        &samples,
+        "keyprov_key_rotation_due_timestamp_seconds",
+        &[("key", name)],
+    )
+    .unwrap();
+    assert!(
+        (after - seconds(due)).abs() < 1e-3,
+        "unchanged by the activation"
+    );
+    at(&test_now(publish, -1), &["run", "--once"]);
+    assert_eq!(
+        common::link(&dir, "next"),
+        None,
+        "not published before nextPublishAt"
+    );
+    at(&test_now(publish, 0), &["run", "--once"]);
+    assert_eq!(common::link(&dir, "next").as_deref(), Some("v0003"));
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("next/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["activatesAt"], format_time(due));
 }

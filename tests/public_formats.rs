@@ -103,6 +103,17 @@ fn run_jose_check(set: &Path, jwk: &Path, private: &Path, public: &Path, context
     )
 }
 
+/// Activates `name`'s staged generation the way the daemon does, at its time: a pass 8 days on
+/// (past publishAhead: 7d). `rotate --now` would not: it makes a fresh pair.
+fn activate_staged(install: &Install) {
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(8 * 86_400);
+    let run = install.keyprov_env(
+        &["run", "--once"],
+        &[("KEYPROV_TEST_NOW", &keyprov::schedule::format_time(later))],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+}
+
 fn jwks_kids(install: &Install, name: &str) -> Vec<String> {
     let text = std::fs::read(install.key_dir(name).join("jwks.json")).unwrap();
     let set: serde_json::Value = serde_json::from_slice(&text).unwrap();
@@ -229,8 +240,7 @@ fn jwks_json_holds_the_next_key_before_it_is_current_and_the_previous_after() {
     assert_eq!(report["kids"], serde_json::json!([second, first]));
     jose_check(&install, "sig", "v0001");
     // Activated: current and previous.
-    let now = install.keyprov(&["rotate", "sig", "--now"]);
-    assert_eq!(now.code, 0, "{}", now.all());
+    activate_staged(&install);
     assert_eq!(
         common::link(&install.key_dir("sig"), "current").as_deref(),
         Some("v0002")
@@ -276,8 +286,7 @@ fn with_keep_0_jwks_json_never_lists_a_pruned_version_and_verify_passes_after_ea
         );
         verify(&format!("with {next} staged"));
         // Activated: keep 0 prunes the old current at once, and the set follows.
-        let now = install.keyprov(&["rotate", "sig", "--now"]);
-        assert_eq!(now.code, 0, "{}", now.all());
+        activate_staged(&install);
         assert_eq!(common::link(&dir, "current"), Some(next.clone()));
         assert_eq!(common::versions(&dir), vec![next.clone()], "keep 0");
         assert_eq!(
@@ -437,8 +446,7 @@ fn a_config_jwks_set_merges_the_keys_its_selector_picks() {
     assert_eq!(rotate.code, 0, "{}", rotate.all());
     let a2 = kid_from_pem(&pem("pay-a", "v0002"));
     assert_eq!(kids_of_set(&set), vec![a2.clone(), a1.clone(), b1.clone()]);
-    let now = install.keyprov(&["rotate", "pay-a", "--now"]);
-    assert_eq!(now.code, 0, "{}", now.all());
+    activate_staged(&install);
     assert_eq!(kids_of_set(&set), vec![a2, a1, b1.clone()]);
 
     // A JWT signed by pay-b verifies against the merged set (joserfc, key by kid).

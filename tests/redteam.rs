@@ -269,6 +269,9 @@ fn removing_the_lock_file_while_it_is_held_never_lets_a_second_writer_in() {
     );
     let run = install.keyprov(&["run", "--once", "--no-wait"]);
     assert_eq!(run.code, 75, "{}", run.all());
+    // The holder is not a keyprov (this test, as flock(1) in a script would be): not called one.
+    let holder = format!("is held by another process (pid {})", std::process::id());
+    assert!(run.stderr.contains(&holder), "{}", run.stderr);
     std::fs::remove_file(install.state().join(".lock")).unwrap();
     let run = install.keyprov(&["run", "--once", "--no-wait"]);
     assert_eq!(

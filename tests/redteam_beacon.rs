@@ -118,6 +118,23 @@ impl Fleet {
             &format!("fleet: {{hostId: {id}}}"),
         )
     }
+
+    /// The secret of key `key` in this fleet.
+    fn secret(&self, key: &str) -> String {
+        format!("keyprov-test/redbeacon-{}/{key}", self.id)
+    }
+
+    /// Gives each of `hosts` a manifest per key of `keys`: a file and the key's secret.
+    fn carry(&self, hosts: &[&Install], keys: &[&str]) {
+        for host in hosts {
+            for key in keys {
+                host.manifest(
+                    &format!("{key}.yaml"),
+                    &file_and_secret(key, &self.secret(key), ""),
+                );
+            }
+        }
+    }
 }
 
 /// A writer killed (kill -9) right after it sent its beacon `TagResource`, before its read-back,
@@ -129,23 +146,23 @@ impl Fleet {
 fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing() {
     let Some(endpoint) = localstack() else { return };
     let fleet = Fleet::new();
-    let (id, scope, keyring) = (fleet.id, fleet.scope.clone(), fleet.keyring());
+    let (scope, keyring) = (fleet.scope.clone(), fleet.keyring());
     let port = free_port();
     let log = keyring.with_file_name("proxy.log");
     let _proxy = Proxy::start_logged(port, &endpoint, Some(&log));
     let writer = fleet.host(&format!("http://127.0.0.1:{port}"), "host-a", "20s");
     let follower = fleet.host(&endpoint, "host-f", "20s");
-    let (x, y) = (
-        format!("keyprov-test/redbeacon-{id}/x"),
-        format!("keyprov-test/redbeacon-{id}/y"),
-    );
-    for h in [&writer, &follower] {
-        h.manifest("x.yaml", &file_and_secret("x", &x, ""));
-        h.manifest("y.yaml", &file_and_secret("y", &y, ""));
-    }
+    let (x, y) = (fleet.secret("x"), fleet.secret("y"));
+    fleet.carry(&[&writer, &follower], &["x", "y"]);
     writer.run_once(0);
     follower.run_once(0);
     let before = bumps(&endpoint, &scope);
+    // The rotation's bump is told from `before` by its stamp (it may append to a tag that names
+    // x already): it starts in a later second than any stamp there.
+    let latest = before.values().map(|(at, _)| *at).max().unwrap_or(0);
+    while now() <= latest {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The writer rotates x and is killed as soon as its beacon TagResource went out.
     let start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
@@ -174,9 +191,26 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
         generations(&endpoint, &x),
         ["keyprov-v0001", "keyprov-v0002"]
     );
-    // The racing writer's tag, put over the killed writer's: its own digest, without x's.
-    std::thread::sleep(Duration::from_millis(500));
-    let after = bumps(&endpoint, &scope);
+    // The racing writer's tag, put over the killed writer's: its own digest, without x's. The
+    // proxy logged the killed writer's TagResource before forwarding it: wait until it has
+    // landed (a tag landing after the racing one would overwrite it and the bump not be lost).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let after = bumps(&endpoint, &scope);
+        if after != before {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed writer's TagResource never landed: {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let naming_x = |tags: &std::collections::BTreeMap<u64, (u64, Vec<String>)>| {
+        tags.values()
+            .filter(|(_, named)| named.contains(&digest(&x)))
+            .count()
+    };
     for (seq, (_, named)) in &after {
         if before.get(seq).map(|(_, n)| n) != Some(named) {
             let value = match before.get(seq) {
@@ -186,11 +220,6 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
             tag_beacon(&endpoint, &scope, &format!("keyprov:bump:{seq}"), &value);
         }
     }
-    let naming_x = |tags: &std::collections::BTreeMap<u64, (u64, Vec<String>)>| {
-        tags.values()
-            .filter(|(_, named)| named.contains(&digest(&x)))
-            .count()
-    };
     assert_eq!(
         naming_x(&bumps(&endpoint, &scope)),
         naming_x(&before),
@@ -244,13 +273,11 @@ fn a_bump_lost_to_a_kill_and_a_racing_tag_is_followed_at_the_next_full_listing()
 fn a_tag_forged_far_ahead_does_not_date_a_writers_bump() {
     let Some(endpoint) = localstack() else { return };
     let fleet = Fleet::new();
-    let (id, scope) = (fleet.id, fleet.scope.clone());
+    let scope = fleet.scope.clone();
     let writer = fleet.host(&endpoint, "host-a", "1h");
     let follower = fleet.host(&endpoint, "host-f", "1h");
-    let x = format!("keyprov-test/redbeacon-{id}/x");
-    for h in [&writer, &follower] {
-        h.manifest("x.yaml", &file_and_secret("x", &x, ""));
-    }
+    let x = fleet.secret("x");
+    fleet.carry(&[&writer, &follower], &["x"]);
     writer.run_once(0);
     follower.run_once(0);
     let top = *bumps(&endpoint, &scope).keys().next_back().unwrap();
@@ -289,16 +316,12 @@ fn a_tag_forged_far_ahead_does_not_date_a_writers_bump() {
 fn a_bump_re_dated_to_an_older_stamp_is_followed_at_the_next_full_listing() {
     let Some(endpoint) = localstack() else { return };
     let fleet = Fleet::new();
-    let (id, scope) = (fleet.id, fleet.scope.clone());
+    let scope = fleet.scope.clone();
     let writer = fleet.host(&endpoint, "host-a", "20s");
     let follower = fleet.host(&endpoint, "host-f", "20s");
-    let x = format!("keyprov-test/redbeacon-{id}/x");
-    let y = format!("keyprov-test/redbeacon-{id}/y");
+    let x = fleet.secret("x");
     // Two keys: a pass over one key describes it directly, without a sweep.
-    for h in [&writer, &follower] {
-        h.manifest("x.yaml", &file_and_secret("x", &x, ""));
-        h.manifest("y.yaml", &file_and_secret("y", &y, ""));
-    }
+    fleet.carry(&[&writer, &follower], &["x", "y"]);
     writer.run_once(0);
     // The follower's first sweep lists, then describes what the recent bump names: more than
     // the margin (5 s) after that bump's stamp.

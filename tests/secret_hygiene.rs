@@ -212,7 +212,10 @@ impl Drop for Scene {
 fn no_plaintext_outside_private_pem_and_no_core_dumps() {
     let mut scene = Scene::start();
     let root = scene.root().to_path_buf();
-    wait_for("the hook to start", || root.join("keyprov.pid").exists());
+    // `echo $PPID > keyprov.pid` creates the file before it writes the number: wait for both.
+    wait_for("the hook to start", || {
+        std::fs::read_to_string(root.join("keyprov.pid")).is_ok_and(|pid| pid.ends_with('\n'))
+    });
     let keyprov = read_pid(&root.join("keyprov.pid"));
     let hook = read_pid(&root.join("hook.pid"));
     assert_eq!(keyprov, scene.daemon.id(), "the hook is keyprov's child");

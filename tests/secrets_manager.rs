@@ -780,10 +780,18 @@ async fn rotate_now_of_a_secret_only_key_counts_the_next_rotation_from_the_real_
         .and_then(|t| t.value())
         .unwrap_or_default()
         .to_string();
-    assert!(activated.starts_with("keyprov-v0002@"), "{activated:?}");
+    // A fresh pair (generation 3), not the staged generation 2 made before the emergency;
+    // AWSPENDING left generation 2.
+    assert!(activated.starts_with("keyprov-v0003@"), "{activated:?}");
     let status = install.keyprov(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    assert_eq!(json["keys"][0]["generation"], 2, "{}", status.stdout);
+    assert_eq!(json["keys"][0]["generation"], 3, "{}", status.stdout);
+    assert_eq!(
+        json["keys"][0]["next"],
+        serde_json::Value::Null,
+        "{}",
+        status.stdout
+    );
     let next =
         keyprov::schedule::parse_time(json["keys"][0]["nextRotation"].as_str().unwrap()).unwrap();
     let days = next

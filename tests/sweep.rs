@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 
@@ -65,67 +64,14 @@ fn manifests(prefix: &str) -> String {
         .join("---\n")
 }
 
-/// bench/count_proxy.py in front of LocalStack: every request counted by operation.
-struct Proxy {
-    child: Child,
-    url: String,
-}
-
-impl Proxy {
-    fn start(upstream: &str) -> Proxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/count_proxy.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(upstream)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs bench/count_proxy.py");
-        let mut ready = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready.trim(), "ready", "count_proxy.py did not start");
-        Proxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Stops the proxy: requests by operation (`secretsmanager.ListSecrets` -> 2).
-    fn counts(mut self) -> std::collections::BTreeMap<String, usize> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| {
-                let (n, target) = line.split_once(' ')?;
-                Some((target.to_string(), n.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Holds this suite's tests one at a time. They count requests exactly, and LocalStack's
+/// `ListSecrets` fails with a 500 ("dictionary changed size during iteration", seen in its log)
+/// when another test creates secrets meanwhile: the SDK's retry would be counted too.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One `run --once` of `install` through a counting proxy; its requests by operation.
@@ -140,12 +86,17 @@ fn counted(
     endpoint: &str,
     args: &[&str],
 ) -> std::collections::BTreeMap<String, usize> {
-    let proxy = Proxy::start(endpoint);
-    point_at(install, &proxy.url);
+    let port = count_proxy::free_port();
+    let proxy = count_proxy::Proxy::start(port, endpoint);
+    point_at(install, &format!("http://127.0.0.1:{port}"));
     let run = install.keyprov(args);
     assert_eq!(run.code, 0, "{args:?}: {}", run.all());
     point_at(install, endpoint);
-    let counts = proxy.counts();
+    let counts: std::collections::BTreeMap<String, usize> = proxy
+        .stop()
+        .into_iter()
+        .map(|(operation, n)| (operation, n as usize))
+        .collect();
     eprintln!("{}counts: {counts:?}", run.stdout);
     counts
 }
@@ -338,6 +289,7 @@ fn converged_fleet(
 #[test]
 fn a_converged_sweep_is_one_request_and_a_change_elsewhere_is_described_not_listed() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "sweep");
     // The beacon: tagged with the scope, never as a key's secret; no value, so no version; one
     // bump tag saying "list" (host 1 only copied: it did not bump).
@@ -447,6 +399,7 @@ fn lists_then_one_request(
 #[test]
 fn an_old_writer_garbage_forged_rolled_back_or_moved_beacon_costs_one_listing() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "beacon");
     let pages = KEYS.div_ceil(100);
 
@@ -544,6 +497,7 @@ fn an_old_writer_garbage_forged_rolled_back_or_moved_beacon_costs_one_listing() 
 #[test]
 fn two_writers_bumping_at_once_both_land() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "bumps");
     for round in 0..3 {
         let keys = [
@@ -617,6 +571,7 @@ fn other_writers_open(endpoint: &str, scope: &str, n: u64) {
 #[test]
 fn more_tags_than_a_reader_may_miss_between_two_sweeps_is_a_gap_and_writers_stay_within_limits() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "gap");
     let pages = KEYS.div_ceil(100);
     // 10 tags opened elsewhere between two sweeps: followed without listing.
@@ -666,6 +621,7 @@ fn run_and_follow(host: &Install, endpoint: &str) {
 #[test]
 fn a_forged_tag_at_the_highest_sequence_number_does_not_stop_bumps() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "maxseq");
     let pages = KEYS.div_ceil(100);
     let max_seq: u64 = 1 << 53;
@@ -724,6 +680,7 @@ fn a_forged_tag_at_the_highest_sequence_number_does_not_stop_bumps() {
 #[test]
 fn a_beacon_scheduled_for_deletion_is_restored_by_the_next_bump() {
     let Some(endpoint) = localstack() else { return };
+    let _alone = alone();
     let (scope, prefix, hosts, _keyring) = converged_fleet(&endpoint, "deleted");
     let (arn, _) = beacon(&endpoint, &scope).unwrap();
     block_on(async {

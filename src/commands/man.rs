@@ -53,7 +53,7 @@ only: changes pending
 usage error (unknown flag or subcommand, missing or bad argument)
 .TP
 .B 75
-the stateDir lock is held by another keyprov and
+the stateDir lock is held by another process (another keyprov, or e.g. flock(1)) and
 .B \-\-no\-wait
 was given
 "#;

@@ -172,11 +172,15 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
             "problems": pending.diagnostics.iter().map(super::diagnostic_json).collect::<Vec<_>>(),
             "nextRotations": next_rotations(&pending)
                 .into_iter()
-                .map(|(key, due, spread)| serde_json::json!({
-                    "key": key,
+                .map(|NextRotation { name, staged, due, spread }| serde_json::json!({
+                    "key": name,
                     "dueAt": crate::schedule::format_time(due.activate_at),
                     "publishAt": crate::schedule::format_time(due.publish_at),
                     "spreadSeconds": spread.as_secs(),
+                    "staged": staged.map(|(generation, at)| serde_json::json!({
+                        "generation": generation,
+                        "activatesAt": crate::schedule::format_time(at),
+                    })),
                 }))
                 .collect::<Vec<_>>(),
             "exitCode": exit.code(),
@@ -255,9 +259,19 @@ pub async fn plan(config: &Config, json: bool) -> Exit {
     exit
 }
 
-/// For each converged key that rotates: when its next generation is published and activated,
-/// and the spread ([`crate::schedule::spread`]) included in those times.
-fn next_rotations(pending: &Pending) -> Vec<(String, crate::schedule::Due, Duration)> {
+/// A converged key's schedule as `plan` prints it.
+struct NextRotation {
+    name: String,
+    /// The staged generation and when it activates.
+    staged: Option<(u32, std::time::SystemTime)>,
+    due: crate::schedule::Due,
+    spread: Duration,
+}
+
+/// For each converged key that rotates: its [`plan::Upcoming`] events (a staged generation's
+/// activation, and when the next rotation is published and activated, counted from that
+/// activation) and the spread ([`crate::schedule::spread`]) included in those times.
+fn next_rotations(pending: &Pending) -> Vec<NextRotation> {
     let planned: HashSet<&str> = pending.plans.iter().map(|p| p.name.as_str()).collect();
     let mut found = Vec::new();
     for key in pending
@@ -270,28 +284,41 @@ fn next_rotations(pending: &Pending) -> Vec<(String, crate::schedule::Due, Durat
         else {
             continue;
         };
-        let Some(current) = plan::authoritative(outputs).0 else {
+        let upcoming = plan::upcoming(key, outputs);
+        let Some(due) = upcoming.rotation else {
             continue;
         };
-        let Some(due) = plan::rotation_due(key, current.activates_at) else {
-            continue;
-        };
-        found.push((
-            key.name.clone(),
+        found.push(NextRotation {
+            name: key.name.clone(),
+            staged: upcoming.staged,
             due,
-            crate::schedule::spread(&key.name, every),
-        ));
+            spread: crate::schedule::spread(&key.name, every),
+        });
     }
     found
 }
 
 fn print_next_rotations(pending: &Pending) {
-    for (name, due, spread) in next_rotations(pending) {
+    for NextRotation {
+        name,
+        staged,
+        due,
+        spread,
+    } in next_rotations(pending)
+    {
         let every = pending
             .keys
             .iter()
             .find(|k| k.name == name)
             .and_then(|k| k.rotation.every)
+            .unwrap_or_default();
+        let staged = staged
+            .map(|(generation, at)| {
+                format!(
+                    "generation {generation} staged, activates {}; ",
+                    humantime::format_rfc3339_seconds(at)
+                )
+            })
             .unwrap_or_default();
         // With publishAhead, the publication (publish hooks, `next`) comes first.
         let published = if due.publish_at != due.activate_at {
@@ -303,7 +330,7 @@ fn print_next_rotations(pending: &Pending) {
             String::new()
         };
         crate::outln!(
-            "{name}: no change; next rotation due {}{published} (spread +{} of up to {})",
+            "{name}: no change; {staged}next rotation due {}{published} (spread +{} of up to {})",
             humantime::format_rfc3339_seconds(due.activate_at),
             humantime::format_duration(Duration::from_secs(spread.as_secs())),
             humantime::format_duration((every / 100).min(crate::schedule::MAX_SPREAD)),

@@ -23,8 +23,9 @@ struct KeyStatus {
     kms_key_arn: Option<String>,
     created_at: Option<String>,
     next_rotation: Option<String>,
-    /// When the next generation is published (`nextRotation` − publishAhead; `publish` hooks
-    /// run then); null while one is staged (`next`) or the key never rotates.
+    /// When the next scheduled generation is published (`nextRotation` − publishAhead;
+    /// `publish` hooks run then); null when the key never rotates. While one is staged
+    /// (`next`), both count from its activation (`nextActivatesAt`).
     next_publish_at: Option<String>,
     next: Option<u32>,
     /// When the staged generation (`next`) becomes current.
@@ -130,11 +131,11 @@ fn key_status(
     if let Some(current) = current {
         status.generation = Some(current.generation);
         status.created_at = Some(format_time(current.created_at));
-        let due = plan::rotation_due(key, current.activates_at);
-        status.next_rotation = due.as_ref().map(|d| format_time(d.activate_at));
-        status.next_publish_at = due
-            .filter(|_| next.is_none())
-            .map(|d| format_time(d.publish_at));
+        // As `plan` and the metrics count it (and `run` acts): from the staged generation
+        // when one waits.
+        let due = plan::upcoming(key, outputs).rotation;
+        status.next_rotation = due.map(|d| format_time(d.activate_at));
+        status.next_publish_at = due.map(|d| format_time(d.publish_at));
         let meta = key
             .outputs
             .iter()

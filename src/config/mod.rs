@@ -167,6 +167,7 @@ impl Config {
     /// file of at most [`MAX_FILE_BYTES`] is read (a FIFO is refused, not waited on).
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
         let path = std::path::absolute(path)
+            .map(|p| crate::manifest::absolute(Path::new("/"), &p))
             .map_err(|err| whole(path, format!("cannot resolve path: {err}")))?;
         let text = source::read_text(&path, MAX_FILE_BYTES).map_err(|err| {
             whole(

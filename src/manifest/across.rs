@@ -12,10 +12,11 @@ use super::file::ManifestFile;
 /// concerned are frozen.
 pub(super) fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeSet<String>) {
     let mut names: HashMap<String, (usize, usize)> = HashMap::new();
-    // Directories taken, and every ancestor of one (mapped to the directory below it).
-    let mut dirs: HashMap<PathBuf, (usize, usize, usize, String)> = HashMap::new();
+    // Directories taken, and every ancestor of one (mapped to the directory below it). An
+    // owner is (file, document, output, key within the file).
+    let mut dirs: HashMap<PathBuf, Owner> = HashMap::new();
     let mut ancestors: HashMap<PathBuf, PathBuf> = HashMap::new();
-    let mut secrets: HashMap<String, (usize, usize, usize, String)> = HashMap::new();
+    let mut secrets: HashMap<String, Owner> = HashMap::new();
     for f in 0..files.len() {
         for k in 0..files[f].keys.len() {
             let (doc, name) = (files[f].keys[k].0, files[f].keys[k].1.name.clone());
@@ -41,11 +42,12 @@ pub(super) fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeS
                 frozen.insert(name);
                 continue;
             }
-            names.insert(name.clone(), (f, doc));
-            let outputs = files[f].keys[k].1.outputs.clone();
-            for (o, output) in outputs.iter().enumerate() {
-                let field = format!("spec.outputs[{o}]");
-                match output {
+            for o in 0..files[f].keys[k].1.outputs.len() {
+                let owner = (f, doc, o, k);
+                let owner_name = |files: &[ManifestFile], (of, _, _, ok): Owner| {
+                    files[of].keys[ok].1.name.clone()
+                };
+                match &files[f].keys[k].1.outputs[o] {
                     Output::File(file) => {
                         // An ancestor (or the directory itself) already taken, or a taken
                         // directory below this one: both would mix two keys' versions.
@@ -58,50 +60,56 @@ pub(super) fn check_across_files(files: &mut [ManifestFile], frozen: &mut BTreeS
                                     .get(&file.dir)
                                     .and_then(|below| dirs.get_key_value(below))
                             })
-                            .map(|(dir, owner)| (dir.clone(), owner.clone()));
-                        if let Some((dir, (of, od, oo, other_name))) = clash {
+                            .map(|(dir, owner)| (dir == &file.dir, *owner));
+                        let dir = file.dir.clone();
+                        if let Some((same, (of, od, oo, ok))) = clash {
+                            let other_name = owner_name(files, (of, od, oo, ok));
                             let other = files[of].location(od, &format!("spec.outputs[{oo}]"));
-                            let how = if dir == file.dir {
+                            let how = if same {
                                 "the same directory as"
                             } else {
                                 "a directory nested with that of"
                             };
                             files[f].report(
                                 doc,
-                                &format!("{field}.file.dir"),
-                                format!("{} is {how} key {other_name:?} ({other}); every key needs its own directory", file.dir.display()),
+                                &format!("spec.outputs[{o}].file.dir"),
+                                format!("{} is {how} key {other_name:?} ({other}); every key needs its own directory", dir.display()),
                             );
                             frozen.insert(name.clone());
                             frozen.insert(other_name);
                         } else {
-                            for ancestor in file.dir.ancestors().skip(1) {
+                            for ancestor in dir.ancestors().skip(1) {
                                 if ancestors.contains_key(ancestor) {
                                     // Its own ancestors are in already.
                                     break;
                                 }
-                                ancestors.insert(ancestor.to_path_buf(), file.dir.clone());
+                                ancestors.insert(ancestor.to_path_buf(), dir.clone());
                             }
-                            dirs.insert(file.dir.clone(), (f, doc, o, name.clone()));
+                            dirs.insert(dir, owner);
                         }
                     }
                     Output::SecretsManager(secret) => {
-                        if let Some((of, od, oo, other_name)) =
-                            secrets.get(&secret.secret_id).cloned()
-                        {
+                        if let Some(&(of, od, oo, ok)) = secrets.get(&secret.secret_id) {
+                            let secret_id = secret.secret_id.clone();
+                            let other_name = owner_name(files, (of, od, oo, ok));
                             let other = files[of].location(od, &format!("spec.outputs[{oo}]"));
                             files[f].report(
                                 doc,
-                                &format!("{field}.secretsManager.secretId"),
-                                format!("secret {:?} is also the output of key {other_name:?} ({other})", secret.secret_id),
+                                &format!("spec.outputs[{o}].secretsManager.secretId"),
+                                format!("secret {secret_id:?} is also the output of key {other_name:?} ({other})"),
                             );
                             frozen.insert(name.clone());
                             frozen.insert(other_name);
                         } else {
-                            secrets.insert(secret.secret_id.clone(), (f, doc, o, name.clone()));
+                            secrets.insert(secret.secret_id.clone(), owner);
                         }
                     }
                 }
             }
+            names.insert(name, (f, doc));
         }
     }
 }
+
+/// Where an output was first seen: (file, document, output, key within the file).
+type Owner = (usize, usize, usize, usize);

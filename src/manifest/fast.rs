@@ -14,11 +14,21 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 const MAX_DEPTH: usize = 16;
 /// Longest scalar vouched for (libyaml limits implicit keys to 1024 characters).
 const MAX_SCALAR: usize = 1000;
+/// Most entries of one mapping vouched for (duplicated keys are looked for one by one).
+const MAX_ENTRIES: usize = 64;
+
+/// A collection being built: a sequence's items, or a mapping's entries (in order) and the key
+/// waiting for its value. A mapping becomes serde_yaml's `Mapping` once complete, at its exact
+/// size.
+enum Open {
+    Sequence(Vec<Value>),
+    Mapping(Vec<(Value, Value)>, Option<Value>),
+}
 
 /// Builds the values of a file's documents from its scan events.
 pub struct Builder<'t> {
     text: &'t str,
-    open: Vec<(Value, Option<Value>)>,
+    open: Vec<Open>,
     documents: Vec<Value>,
     started: usize,
     failed: bool,
@@ -74,13 +84,16 @@ impl<'t> Builder<'t> {
                 *anchor == 0
                     && tag.is_none()
                     && !self.open.is_empty()
-                    && self.open_child(Value::Sequence(Vec::new()))
+                    && self.open_child(Open::Sequence(Vec::new()))
             }
             Event::MappingStart(anchor, tag) => {
-                *anchor == 0 && tag.is_none() && self.open_child(Value::Mapping(Mapping::new()))
+                *anchor == 0 && tag.is_none() && self.open_child(Open::Mapping(Vec::new(), None))
             }
             Event::SequenceEnd | Event::MappingEnd => match self.open.pop() {
-                Some((value, None)) => self.add(value),
+                Some(Open::Sequence(items)) => self.add(Value::Sequence(items)),
+                Some(Open::Mapping(entries, None)) => {
+                    self.add(Value::Mapping(entries.into_iter().collect::<Mapping>()))
+                }
                 _ => false,
             },
             Event::Scalar(text, style, anchor, tag) => {
@@ -96,12 +109,12 @@ impl<'t> Builder<'t> {
     }
 
     /// Opens a collection, never as a mapping's key.
-    fn open_child(&mut self, value: Value) -> bool {
-        let as_key = matches!(self.open.last(), Some((Value::Mapping(_), None)));
+    fn open_child(&mut self, open: Open) -> bool {
+        let as_key = matches!(self.open.last(), Some(Open::Mapping(_, None)));
         if as_key || self.open.len() >= MAX_DEPTH {
             return false;
         }
-        self.open.push((value, None));
+        self.open.push(open);
         true
     }
 
@@ -115,16 +128,16 @@ impl<'t> Builder<'t> {
                 self.documents.push(value);
                 true
             }
-            Some((Value::Sequence(items), _)) => {
+            Some(Open::Sequence(items)) => {
                 items.push(value);
                 true
             }
-            Some((Value::Mapping(mapping), pending)) => match pending.take() {
+            Some(Open::Mapping(entries, pending)) => match pending.take() {
                 Some(key) => {
-                    if mapping.contains_key(&key) {
+                    if entries.len() >= MAX_ENTRIES || entries.iter().any(|(k, _)| *k == key) {
                         return false;
                     }
-                    mapping.insert(key, value);
+                    entries.push((key, value));
                     true
                 }
                 None => {
@@ -132,7 +145,6 @@ impl<'t> Builder<'t> {
                     value_is_key(pending)
                 }
             },
-            Some(_) => false,
         }
     }
 
@@ -181,22 +193,12 @@ fn plain(value: String) -> Option<Value> {
             "true" => Some(Value::Bool(true)),
             "false" => Some(Value::Bool(false)),
             _ => {
-                let lower = value.to_ascii_lowercase();
-                let special = matches!(
-                    lower.as_str(),
-                    "null"
-                        | "true"
-                        | "false"
-                        | "yes"
-                        | "no"
-                        | "on"
-                        | "off"
-                        | "y"
-                        | "n"
-                        | "inf"
-                        | "infinity"
-                        | "nan"
-                );
+                let special = [
+                    "null", "true", "false", "yes", "no", "on", "off", "y", "n", "inf", "infinity",
+                    "nan",
+                ]
+                .iter()
+                .any(|word| value.eq_ignore_ascii_case(word));
                 (!special).then_some(Value::String(value))
             }
         };
@@ -229,6 +231,11 @@ mod tests {
             .collect()
     }
 
+    /// A document of one mapping with `n` entries.
+    fn many_entries(n: usize) -> String {
+        (0..n).map(|i| format!("k{i}: {i}\n")).collect()
+    }
+
     #[test]
     fn builds_what_serde_yaml_builds() {
         for text in [
@@ -236,6 +243,7 @@ mod tests {
             "spec:\n  rotation: {every: 90d, keep: 1}\n  outputs:\n    - file: {format: pem, mode: \"0640\"}\n",
             "a: 'x y'\nb: [1, 2, 30]\nc: true\nd: false\n---\ne: f # comment\n",
             "? k\n: v\n",
+            &many_entries(MAX_ENTRIES),
         ] {
             assert_eq!(
                 built(text).as_deref(),
@@ -271,6 +279,8 @@ mod tests {
             "%YAML 1.2\n---\na: 1\n",
             "",
             "---\n",
+            &many_entries(MAX_ENTRIES + 1),
+            "a: {b: 1, c: 2, b: 3}\n",
         ] {
             assert_eq!(built(text), None, "{text:?}");
         }

@@ -36,16 +36,37 @@ pub struct KeyPair {
 
 impl KeyPair {
     /// Fingerprint of what makes a generation stale when it changes: spec, KMS key, context.
+    ///
+    /// The digest is of the compact JSON `{"encryptionContext":{..},"keyPairSpec":..,
+    /// "kmsKeyId":..}` (keys sorted), written directly rather than through a `serde_json::Value`:
+    /// a no-op run asks for it several times per key.
     pub fn spec_fingerprint(&self) -> String {
-        let canonical = serde_json::json!({
-            "keyPairSpec": self.spec.as_str(),
-            "kmsKeyId": self.kms_key_id,
-            "encryptionContext": self.encryption_context,
-        });
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.to_string().as_bytes());
-        format!("sha256:{}", hex::encode(&digest.as_ref()[..16]))
+        let mut canonical = Vec::with_capacity(128);
+        canonical.extend_from_slice(b"{\"encryptionContext\":{");
+        for (i, (key, value)) in self.encryption_context.iter().enumerate() {
+            if i > 0 {
+                canonical.push(b',');
+            }
+            json_string(&mut canonical, key);
+            canonical.push(b':');
+            json_string(&mut canonical, value);
+        }
+        canonical.extend_from_slice(b"},\"keyPairSpec\":");
+        json_string(&mut canonical, self.spec.as_str());
+        canonical.extend_from_slice(b",\"kmsKeyId\":");
+        json_string(&mut canonical, &self.kms_key_id);
+        canonical.push(b'}');
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical);
+        let mut fingerprint = String::with_capacity(39);
+        fingerprint.push_str("sha256:");
+        fingerprint.push_str(&hex::encode(&digest.as_ref()[..16]));
+        fingerprint
     }
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
 }
 
 /// When and how a key pair rotates.
@@ -165,4 +186,50 @@ pub struct Hook {
     pub on_activate: bool,
     /// Time limit.
     pub timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fingerprint as it was first defined, through a `serde_json::Value`.
+    fn through_value(key: &KeyPair) -> String {
+        let canonical = serde_json::json!({
+            "keyPairSpec": key.spec.as_str(),
+            "kmsKeyId": key.kms_key_id,
+            "encryptionContext": key.encryption_context,
+        });
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.to_string().as_bytes());
+        format!("sha256:{}", hex::encode(&digest.as_ref()[..16]))
+    }
+
+    #[test]
+    fn the_fingerprint_is_that_of_the_canonical_json() {
+        let mut key = KeyPair {
+            name: "k".into(),
+            labels: BTreeMap::new(),
+            spec: KeyPairSpec::EccNistP256,
+            kms_key_id: "alias/x".into(),
+            encryption_context: BTreeMap::new(),
+            grant_tokens: Vec::new(),
+            include_plaintext: false,
+            rotation: Rotation::default(),
+            outputs: Vec::new(),
+            on_rotate: Vec::new(),
+            source: PathBuf::from("/m.yaml"),
+        };
+        assert_eq!(key.spec_fingerprint(), through_value(&key));
+        key.spec = KeyPairSpec::Rsa4096;
+        key.kms_key_id = "arn:aws:kms:eu-west-1:1:key/\"q\"\\\u{1}\u{7f}é\u{2028}".into();
+        for (k, v) in [
+            ("b", "2"),
+            ("a", "x\ny\t\"z\""),
+            ("é", "\u{0}\u{1f}"),
+            ("", ""),
+        ] {
+            key.encryption_context.insert(k.into(), v.into());
+        }
+        assert_eq!(key.spec_fingerprint(), through_value(&key));
+    }
 }

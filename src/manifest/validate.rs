@@ -495,14 +495,56 @@ fn check_hook(
     })
 }
 
-/// Makes `path` absolute against `base` (the config file's directory), without touching disk.
+/// Makes `path` absolute against `base` (the config file's directory) and normalises it
+/// lexically, so keyprov prints `/etc/state`, not `/etc/keyprov/../state`: `.` goes and
+/// `dir/..` collapses. Symlinks are not resolved; only where `dir` is one is its `..` kept (the
+/// kernel's `..` leaves the link's target, not `dir`'s parent), so the path names the same
+/// file either way.
 pub fn absolute(base: &Path, path: &Path) -> PathBuf {
-    base.join(path).components().collect()
+    use std::path::Component;
+    let mut normal = PathBuf::new();
+    for component in base.join(path).components() {
+        if component != Component::ParentDir {
+            normal.push(component);
+            continue;
+        }
+        match normal.components().next_back() {
+            // `/..` is `/`.
+            Some(Component::RootDir) => {}
+            Some(Component::Normal(_))
+                if !std::fs::symlink_metadata(&normal).is_ok_and(|m| m.is_symlink()) =>
+            {
+                normal.pop();
+            }
+            _ => normal.push(".."),
+        }
+    }
+    normal
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_paths_are_normalised_without_changing_what_they_name() {
+        let cases = [
+            ("/etc/keyprov", "../manifests.d", "/etc/manifests.d"),
+            ("/etc/keyprov", "./state/./keys", "/etc/keyprov/state/keys"),
+            ("/etc/keyprov", "../../../x", "/x"),
+            ("h2", "../manifests.d", "manifests.d"),
+            ("h2", "../../m", "../m"),
+            ("/etc/keyprov", "/var/lib/keyprov/..", "/var/lib"),
+        ];
+        for (base, path, want) in cases {
+            assert_eq!(absolute(Path::new(base), Path::new(path)), Path::new(want));
+        }
+        // Through a symlink, `..` is the target's parent: kept, so the path still names it.
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/usr/share", tmp.path().join("link")).unwrap();
+        let through = absolute(&tmp.path().join("link"), Path::new("../x"));
+        assert_eq!(through, tmp.path().join("link/../x"));
+    }
 
     #[test]
     fn names() {

@@ -20,7 +20,7 @@ type TimeGauge = Gauge<f64, AtomicU64>;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +63,9 @@ pub struct Metrics {
     series: Mutex<BTreeMap<String, KeySeries>>,
     /// Keys with counters, so their series can go with them.
     counted: Mutex<BTreeMap<String, Vec<CountedSeries>>>,
+    /// Held for writing while a key's series are replaced (removed, then set again) and for
+    /// reading while a scrape encodes: a scrape never sees a key half replaced.
+    replacing: RwLock<()>,
 }
 
 /// A counter series that names a key.
@@ -102,6 +105,7 @@ impl Metrics {
             manifest_valid: Family::default(),
             series: Mutex::default(),
             counted: Mutex::default(),
+            replacing: RwLock::default(),
             registry: Registry::with_prefix("keyprov"),
         };
         metrics.registry.register(
@@ -122,7 +126,7 @@ impl Metrics {
         );
         metrics.registry.register_with_unit(
             "key_rotation_due_timestamp",
-            "When the key's next rotation is due (Unix time); absent for keys that never rotate",
+            "When the key's next rotation is due (Unix time), counted from the staged generation while one waits; absent for keys that never rotate",
             Unit::Seconds,
             metrics.rotation_due.clone(),
         );
@@ -303,6 +307,7 @@ impl Metrics {
 
     /// Sets `manifest_valid` for exactly `files` (path, valid): files no longer read go.
     pub fn manifests(&self, files: &[(String, bool)]) {
+        let _replacing = self.replacing.write().expect("metrics lock");
         self.manifest_valid.clear();
         for (file, valid) in files {
             self.manifest_valid
@@ -321,6 +326,7 @@ impl Metrics {
         previous: Option<&crate::store::VersionMeta>,
         converged_at: Option<SystemTime>,
     ) {
+        let _replacing = self.replacing.write().expect("metrics lock");
         self.clear_state(&key.name);
         let name = &key.name;
         let label = KeyLabel { key: name.clone() };
@@ -371,9 +377,12 @@ impl Metrics {
                 &current.kms_key_arn,
                 Some(current.created_at),
             );
-            if let Some(due) = plan::next_rotation(key, current) {
-                self.rotation_due.get_or_create(&label).set(seconds(due));
-            }
+        }
+        // Counted as `status` and `plan` count it: from the staged generation when one waits.
+        if let Some(due) = plan::upcoming(key, outputs).rotation {
+            self.rotation_due
+                .get_or_create(&label)
+                .set(seconds(due.activate_at));
         }
         let previous_generation = outputs.iter().find_map(|o| o.previous);
         if let Some(generation) = previous_generation {
@@ -406,6 +415,7 @@ impl Metrics {
 
     /// Marks a key whose outputs could not be read: not ready, nothing else known.
     pub fn key_unreadable(&self, name: &str) {
+        let _replacing = self.replacing.write().expect("metrics lock");
         self.clear_state(name);
         self.key_ready
             .get_or_create(&KeyLabel {
@@ -438,6 +448,7 @@ impl Metrics {
 
     /// Drops every series of keys not in `keep` (their manifest is gone), counters included.
     pub fn forget_keys(&self, keep: &BTreeSet<String>) {
+        let _replacing = self.replacing.write().expect("metrics lock");
         let gone: Vec<String> = {
             let series = self.series.lock().expect("metrics lock");
             let counted = self.counted.lock().expect("metrics lock");
@@ -491,6 +502,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition (what Prometheus asks for).
     pub fn openmetrics(&self) -> String {
+        let _replacing = self.replacing.read().expect("metrics lock");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -500,6 +512,7 @@ impl Metrics {
     /// The Prometheus text format 0.0.4 (what node-exporter's textfile collector reads, and
     /// what a plain `curl` gets).
     pub fn prometheus_text(&self) -> String {
+        let _replacing = self.replacing.read().expect("metrics lock");
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -551,4 +564,41 @@ pub fn write_textfile(path: &Path) -> Result<(), crate::store::StoreError> {
         (None, None),
     )?;
     dir.sync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    /// Every scrape taken while a pass replaces keys' series shows every key once.
+    #[test]
+    fn a_scrape_never_sees_a_key_half_replaced() {
+        const KEYS: usize = 50;
+        let metrics = Metrics::new();
+        let names: Vec<String> = (0..KEYS).map(|i| format!("key-{i:03}")).collect();
+        for name in &names {
+            metrics.key_unreadable(name);
+        }
+        let ready = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("keyprov_key_ready{"))
+                .count()
+        };
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..400 {
+                    for name in &names {
+                        metrics.key_unreadable(name);
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let mut scrapes = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || scrapes == 0 {
+                assert_eq!(ready(&metrics.prometheus_text()), KEYS, "scrape {scrapes}");
+                scrapes += 1;
+            }
+        });
+    }
 }

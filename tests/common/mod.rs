@@ -173,6 +173,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a daemon's `log` shows a pass that ended (its summary line, `... next reconcile at`)
+/// after the first line containing `marker` (e.g. `activated key=k generation=3`, or `copied as
+/// current key=k generation=3` on a host that copies): the pass that did what `marker` tells
+/// has finished all its steps, not just the one a test saw.
+pub fn pass_ended_after(log: &str, marker: &str) -> bool {
+    log.find(marker)
+        .is_some_and(|at| log[at..].contains("next reconcile at"))
+}
+
 /// The target of a version link (`current`, `previous`, `next`), if present.
 pub fn link(dir: &Path, name: &str) -> Option<String> {
     std::fs::read_link(dir.join(name))

@@ -97,6 +97,7 @@ impl<P: Provider> KeyContext<'_, P> {
                     name: self.key.name.clone(),
                     generation,
                     outputs,
+                    copied: matches!(action, Action::Copy { .. }),
                     rest: actions[i + 1..].to_vec(),
                 }));
             }
@@ -113,7 +114,11 @@ impl<P: Provider> KeyContext<'_, P> {
         for i in self.secrets_last(&activation.outputs) {
             self.link(i, generation, Link::Current).await?;
         }
-        tracing::info!(key = %self.key.name, generation, "activated");
+        if activation.copied {
+            tracing::info!(key = %self.key.name, generation, "copied as current");
+        } else {
+            tracing::info!(key = %self.key.name, generation, "activated");
+        }
         for action in &activation.rest {
             // A plan activates one generation at most; another would be linked at once.
             if let Some((generation, outputs)) = self.step(action).await? {

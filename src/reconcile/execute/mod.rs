@@ -59,6 +59,9 @@ pub struct Activation {
     pub generation: u32,
     /// Outputs whose `current` moves to it (secrets last).
     pub outputs: Vec<usize>,
+    /// It was copied (a generation made and activated elsewhere, adopted here: a consumer
+    /// following its writer, an output catching up), not made current by this host.
+    pub copied: bool,
     /// What the plan does once it is current (repairs, prunes).
     pub rest: Vec<Action>,
 }
