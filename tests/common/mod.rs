@@ -154,7 +154,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u32, i64, i64)> {
 }
 
 /// [`snapshot`] of a stateDir without the stat fingerprints of derived public files
-/// (`ledger/fingerprints-*.json`, and so the ledger directory's own mtime): the no-op after
+/// (`ledger/fingerprints.bin`, and so the ledger directory's own mtime): the no-op after
 /// those files were written records them, at once or (racily clean) on the one after.
 pub fn snapshot_without_fingerprints(state: &Path) -> BTreeMap<PathBuf, (String, u32, i64, i64)> {
     let ledger = state.join("ledger");
@@ -164,7 +164,7 @@ pub fn snapshot_without_fingerprints(state: &Path) -> BTreeMap<PathBuf, (String,
             && !(path.parent() == Some(&ledger)
                 && path
                     .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("fingerprints-")))
+                    .is_some_and(|n| n.to_string_lossy().starts_with("fingerprints")))
     });
     map
 }

@@ -400,8 +400,9 @@ fn check_private_format_files(
 /// Drift of a linked version's public format files (derived from its public key, so
 /// rewritten in place): missing, altered, or no longer listed. `public_der` is the public key
 /// already read and verified, if it was; the JWK made from it is returned (for `jwks.json`).
-/// A file whose stat `fingerprints` vouches for is not read; one read and found right is
-/// recorded there.
+/// With `fingerprints`, the files of a verified version whose stamp (their stats, and what
+/// they are made from) is the one recorded are neither read nor made (no JWK is returned);
+/// files read and found right are recorded.
 fn check_public_format_files(
     files: &Listed,
     output: &FileOutput,
@@ -412,9 +413,35 @@ fn check_public_format_files(
 ) -> Option<serde_json::Value> {
     let vname = version_name(meta.generation);
     let mut verified_jwk = None;
-    // Fingerprints are kept per key directory, by `vNNNN/<name>`.
-    let group = files.dir.path().parent().unwrap_or(files.dir.path());
-    if !output.public_formats.is_empty() {
+    // Only a version whose public key matched its meta is stamped.
+    let fingerprints = fingerprints.filter(|_| public_der.is_some());
+    let mode_drift = |name: &str, mode: u32, drift: &mut Vec<String>| {
+        if mode != output.mode {
+            drift.push(format!(
+                "{vname}/{name} has mode {mode:04o}, want {:04o}",
+                output.mode
+            ));
+        }
+    };
+    let vouched = fingerprints.is_some_and(|f| {
+        let stats: Vec<Option<FileStat>> = output
+            .public_formats
+            .iter()
+            .map(|format| {
+                let name = format.file_name();
+                files.has(name).then(|| files.dir.stat(name)).flatten()
+            })
+            .collect();
+        let vouched = !stats.is_empty()
+            && version_stamp(files.dir, meta, output, &stats).is_some_and(|s| f.vouches(&s));
+        if vouched {
+            for (format, stat) in output.public_formats.iter().zip(stats.iter().flatten()) {
+                mode_drift(format.file_name(), stat.st_mode & 0o7777, drift);
+            }
+        }
+        vouched
+    });
+    if !output.public_formats.is_empty() && !vouched {
         let wanted = match public_der {
             Some(der) => public::format_files_and_jwk(output, meta, der).map(|(wanted, jwk)| {
                 verified_jwk = jwk;
@@ -425,35 +452,25 @@ fn check_public_format_files(
         };
         // An unreadable public key is reported as damage.
         if let Ok(wanted) = wanted {
+            // The stats of the files found right, taken before they were read.
+            let mut right = Vec::with_capacity(wanted.len());
             for (name, bytes) in wanted {
-                let recorded = format!("{vname}/{name}");
-                let vouched = fingerprints.and_then(|f| {
-                    let stat = files.has(name).then(|| files.dir.stat(name)).flatten()?;
-                    f.vouches(group, &recorded, &stat, &bytes)
-                        .then_some(stat.st_mode & 0o7777)
-                });
-                let read = match vouched {
-                    Some(mode) => Ok((bytes.clone(), Some(mode))),
-                    None => files.read_with_stat(name).map(|(actual, stat)| {
-                        if actual == bytes
-                            && let (Some(f), Some(stat)) = (fingerprints, &stat)
-                        {
-                            f.record(group, &recorded, stat, &actual);
+                match files.read_with_stat(name) {
+                    Ok((actual, stat)) if actual == bytes => {
+                        if let Some(stat) = &stat {
+                            mode_drift(name, stat.st_mode & 0o7777, drift);
                         }
-                        (actual, stat.map(|s| s.st_mode & 0o7777))
-                    }),
-                };
-                match read {
-                    Ok((actual, mode)) if actual == bytes => {
-                        if let Some(mode) = mode.filter(|&m| m != output.mode) {
-                            drift.push(format!(
-                                "{vname}/{name} has mode {mode:04o}, want {:04o}",
-                                output.mode
-                            ));
-                        }
+                        right.push(stat);
                     }
                     Ok(_) => drift.push(format!("{vname}/{name} does not match its public key")),
                     Err(_) => drift.push(format!("{vname}/{name} is missing")),
+                }
+            }
+            if let Some(f) = fingerprints {
+                let all_right = right.len() == output.public_formats.len();
+                match version_stamp(files.dir, meta, output, &right) {
+                    Some(stamp) if all_right => f.record(&stamp),
+                    _ => f.forget(VERSION_STAMP, files.dir.path()),
                 }
             }
         }
@@ -464,4 +481,29 @@ fn check_public_format_files(
         }
     }
     verified_jwk
+}
+
+/// The kind of a version's stamp.
+const VERSION_STAMP: &str = "version";
+
+/// The stamp of a version's public format files (`stats`, in the order of the output's
+/// `publicFormats`) holding what its verified public key makes: their name depends on the
+/// formats, their bytes on the key (`publicKeySha256`), the key's name and the generation.
+fn version_stamp(
+    version: &DirHandle,
+    meta: &VersionMeta,
+    output: &FileOutput,
+    stats: &[Option<FileStat>],
+) -> Option<crate::fingerprints::Stamp> {
+    let mut stamper = crate::fingerprints::Stamper::new(VERSION_STAMP, version.path());
+    stamper
+        .input(meta.name.as_bytes())
+        .input(&meta.generation.to_le_bytes())
+        .input(meta.public_key_sha256.as_bytes());
+    for (format, stat) in output.public_formats.iter().zip(stats) {
+        stamper
+            .input(format.as_str().as_bytes())
+            .file(stat.as_ref());
+    }
+    stamper.finish()
 }
