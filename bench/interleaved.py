@@ -1,36 +1,44 @@
 #!/usr/bin/env python3
-"""Runs several commands in turn, RUNS rounds after one warm-up round (output discarded), and
-prints for each the medians of its wall time and CPU time (user + sys, from wait4's rusage),
-in ms: `label wall cpu user sys`. Commands that alternate see the same load on a noisy
-machine, so their ratios move less than those of `bench/timed.py` rows measured one after
-the other.
+"""A no-op `run --once` of each given keyprov binary and the floor of bench/noop.sh (`xargs -a
+WORK/floor-files cat`), run in turn ROUNDS times after one warm-up of each; prints the medians
+of wall time and of CPU time (user + sys, from wait4) and their ratios to the floor's. Run in
+turn, binaries compared on a loaded machine see the same load; WORK is a fleet made by
+bench/noop.sh (its floor-files listed).
 
-    bench/interleaved.py RUNS LABEL=COMMAND [LABEL=COMMAND ...]
-
-COMMAND is split on spaces (no quoting).
+    bench/interleaved.py ROUNDS WORK BIN...
 """
+import os
 import statistics
+import subprocess
 import sys
+import time
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from timed import once  # noqa: E402
+
+def once(command):
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(child.pid, 0)
+    child.returncode = 0  # reaped here
+    return (time.perf_counter() - start) * 1000, (usage.ru_utime + usage.ru_stime) * 1000
 
 
 def main():
-    runs = int(sys.argv[1])
-    commands = [arg.split("=", 1) for arg in sys.argv[2:]]
-    samples = {label: [] for label, _ in commands}
-    for round_ in range(runs + 1):
-        for label, command in commands:
-            sample = once(command.split())
-            if round_ > 0:
-                samples[label].append(sample)
-    for label, rows in samples.items():
-        wall = statistics.median(s[0] for s in rows)
-        cpu = statistics.median(s[1] + s[2] for s in rows)
-        user = statistics.median(s[1] for s in rows)
-        system = statistics.median(s[2] for s in rows)
-        print(f"{label} {wall:.2f} {cpu:.2f} {user:.2f} {system:.2f}")
+    rounds, work, bins = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    commands = {b: [b, "run", "--once", "--config", f"{work}/keyprov.yaml"] for b in bins}
+    commands["floor"] = ["xargs", "-a", f"{work}/floor-files", "cat"]
+    for command in commands.values():
+        once(command)
+    samples = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, command in commands.items():
+            samples[name].append(once(command))
+    floor_wall = statistics.median(s[0] for s in samples["floor"])
+    floor_cpu = statistics.median(s[1] for s in samples["floor"])
+    for name, runs in samples.items():
+        wall = statistics.median(s[0] for s in runs)
+        cpu = statistics.median(s[1] for s in runs)
+        print(f"{name}: wall {wall:.1f} ms ({wall / floor_wall:.2f}x), "
+              f"cpu {cpu:.1f} ms ({cpu / floor_cpu:.2f}x), load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

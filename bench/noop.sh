@@ -9,7 +9,8 @@
 # meta.json, public.pem and private.enc (the tamper checks read and hash them), plus public.jwk,
 # public.pub, the key's jwks.json and the config's JWK Set with publicFormats. Without strace
 # the list is made from the layout (same files). Each file is listed once, however often the
-# run reads it.
+# run reads it. The parse cache's entries (`<stateDir>/ledger/manifest-cache/`) are not in the
+# floor: they are keyprov's shortcut, not files a no-op must read (the manifests are).
 #
 # Two variants per size, each a fleet of its own: `plain` (one PEM file output), and `formats`
 # (the same with `publicFormats: [jwk, openssh]` and a config `jwks` set of all keys); the
@@ -97,7 +98,7 @@ list_floor() { # work-dir variant
       "$bin" run --once --config "$work/keyprov.yaml" >/dev/null 2>&1
     # Successful opens (`= FD</path>`, also on `<... openat resumed>` lines), regular files only.
     sed -nE 's/.*\)[[:space:]]+= [0-9]+<([^>]*)>$/\1/p' "$work/floor.trace" |
-      grep -F "$work/" | grep -vE '/\.lock$|/\.tmp-' | sort -u |
+      grep -F "$work/" | grep -vE '/\.lock$|/\.tmp-|/ledger/manifest-cache/' | sort -u |
       while IFS= read -r path; do if [ -f "$path" ]; then printf '%s\n' "$path"; fi; done \
         >"$work/floor-files"
     rm -f "$work/floor.trace"

@@ -221,7 +221,10 @@ pub async fn plan_proofs(
     keys: &[KeyPair],
     observed: &Observed,
 ) -> Vec<(String, String)> {
-    let provider = AnyProvider::from_config(config);
+    let provider = crate::reconcile::execute::paced_outside_actions(
+        std::sync::Arc::new(AnyProvider::from_config(config)),
+        stores,
+    );
     let keys: Vec<&KeyPair> = keys.iter().collect();
     let (failed, _) = prove_secret_currents(
         &config.state_dir,

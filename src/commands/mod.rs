@@ -50,7 +50,11 @@ pub fn load_config(path: &Path) -> Result<Config, Exit> {
 
 /// Loads every manifest of the configuration and reports problems.
 pub fn load_manifests(config: &Config) -> manifest::Loaded {
-    let loaded = manifest::load(&config.manifests, &config.manifest_context());
+    let loaded = manifest::load_with(
+        &config.manifests,
+        &config.manifest_context(),
+        crate::manifest::CacheUse::Read,
+    );
     tell_manifest_problems(&loaded);
     loaded
 }

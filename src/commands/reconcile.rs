@@ -36,7 +36,11 @@ fn summary(report: crate::reconcile::Report) -> Exit {
 /// manifests read for that check.
 pub async fn rotate(config: &Config, request: &RotateRequest, wait: LockWait) -> Exit {
     // Read without reporting: the pass that follows reports the manifests' problems once.
-    let loaded = crate::manifest::load(&config.manifests, &config.manifest_context());
+    let loaded = crate::manifest::load_with(
+        &config.manifests,
+        &config.manifest_context(),
+        crate::manifest::CacheUse::Read,
+    );
     if let Some(message) = super::unknown_key(&loaded, &request.name) {
         crate::output::error(format_args!("rotate {}: {message}", request.name));
         return Exit::Usage;

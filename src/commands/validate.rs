@@ -65,7 +65,14 @@ pub fn validate(config_path: &Path, paths: &[PathBuf], json: bool) -> Exit {
         paths.is_empty()
             || !std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     });
-    let mut loaded = manifest::load(&sources, &ctx);
+    // The parse cache of the configuration's stateDir is read (never written), when there
+    // is a configuration.
+    let cache = if config.is_some() {
+        manifest::CacheUse::Read
+    } else {
+        manifest::CacheUse::Off
+    };
+    let mut loaded = manifest::load_with(&sources, &ctx, cache);
     loaded
         .diagnostics
         .splice(0..0, missing.iter().map(|p| missing_argument(p)));

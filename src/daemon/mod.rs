@@ -262,9 +262,13 @@ fn log_start(config: &Config, inputs: &Inputs) {
         .map(|d| d.display().to_string())
         .collect();
     // Counted without reporting: the first reconcile, right after, reports the problems.
-    let keys = crate::manifest::load(&config.manifests, &config.manifest_context())
-        .keys
-        .len();
+    let keys = crate::manifest::load_with(
+        &config.manifests,
+        &config.manifest_context(),
+        crate::manifest::CacheUse::Read,
+    )
+    .keys
+    .len();
     // Words, not Rust's Debug (`Local`, `None`, `Some(30s)`).
     let provider_name = match config.provider {
         crate::config::ProviderKind::Local => "local",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeSeed;
 
+use super::cache::Cache;
 use super::walk::Walk;
 use super::{
     Context, Diagnostic, KeyPair, Position, PositionIndex, display_path, document, file_diagnostic,
@@ -55,10 +56,13 @@ impl ManifestFile {
     }
 }
 
+/// Parses and validates one manifest file read as `text` (or the reason it could not be
+/// read), its documents taken from `cache` when an entry holds them.
 pub(super) fn parse_file(
     path: PathBuf,
     text: Result<String, String>,
     ctx: &Context,
+    cache: &Cache,
 ) -> ManifestFile {
     let mut file = ManifestFile {
         path,
@@ -75,6 +79,25 @@ pub(super) fn parse_file(
             return file;
         }
     };
+    let key = cache.key(&text);
+    // A hit is kept on the same terms as the cheap reading below (which built what the entry
+    // holds): documents and no problem at all; otherwise the file is read as if uncached.
+    if let Some(values) = key.as_deref().and_then(|key| cache.get(key)) {
+        let mut cached = ManifestFile {
+            path: file.path.clone(),
+            text: String::new(),
+            keys: Vec::new(),
+            diagnostics: Vec::new(),
+            names: Vec::new(),
+            index: None,
+        };
+        if parse_documents(&mut cached, &text, ctx, Some(values)) > 0
+            && cached.diagnostics.is_empty()
+        {
+            cached.text = text;
+            return cached;
+        }
+    }
     let built = match scan::scan_values(&text, scan::MAX_DOCUMENTS) {
         Ok((_, built)) => built,
         Err(refusal) => {
@@ -99,8 +122,13 @@ pub(super) fn parse_file(
             names: Vec::new(),
             index: None,
         };
+        // Encoded before the values are consumed; written only once they proved valid.
+        let entry = key.as_deref().and_then(|key| cache.entry(key, &values));
         if parse_documents(&mut cheap, &text, ctx, Some(values)) > 0 && cheap.diagnostics.is_empty()
         {
+            if let (Some(key), Some(entry)) = (key.as_deref(), entry) {
+                cache.put(key, entry);
+            }
             cheap.text = text;
             return cheap;
         }

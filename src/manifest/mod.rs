@@ -5,6 +5,7 @@
 //! in one place.
 
 mod across;
+mod cache;
 mod dedent;
 mod diagnostics;
 pub mod document;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use across::check_across_files;
 use file::{ManifestFile, duplicate_key_diagnostic, parse_file, serde_diagnostic};
 
+pub use cache::CacheUse;
 pub use diagnostics::{Diagnostic, display_path};
 pub use model::{FileOutput, Format, Hook, KeyPair, Output, Rotation, SecretsManagerOutput};
 pub use positions::{Position, PositionIndex};
@@ -81,6 +83,13 @@ impl Loaded {
 /// Loads and validates every manifest named by `sources` (files, or directories whose `*.yaml`
 /// and `*.yml` files are read in name order).
 pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
+    load_with(sources, ctx, CacheUse::Off)
+}
+
+/// [`load`], using the parse cache under `ctx.state_dir` as `cache` says (see `cache.rs`):
+/// the keys and diagnostics are the same with or without it.
+pub fn load_with(sources: &[PathBuf], ctx: &Context, cache: CacheUse) -> Loaded {
+    let cache = cache::Cache::new(ctx.state_dir, cache);
     let mut loaded = Loaded::default();
     let mut paths = Vec::new();
     for source in sources {
@@ -117,13 +126,15 @@ pub fn load(sources: &[PathBuf], ctx: &Context) -> Loaded {
         if batch_bytes >= BATCH_BYTES || paths.peek().is_none() {
             files.extend(parallel::map_in_order(
                 std::mem::take(&mut batch),
-                |(path, text)| parse_file(path, text, ctx),
+                |(path, text)| parse_file(path, text, ctx, &cache),
             ));
             batch_bytes = 0;
         }
     }
     tracing::debug!(elapsed = ?started.elapsed(), files = files.len(), "manifest files parsed");
-    finish(files, loaded)
+    let loaded = finish(files, loaded);
+    cache.finish(loaded.is_valid());
+    loaded
 }
 
 /// Loads and validates one manifest file given as bytes, as if read from `path`: the entry
@@ -141,7 +152,11 @@ pub fn load_bytes(path: &Path, bytes: &[u8], ctx: &Context) -> Loaded {
         files: 1,
         ..Loaded::default()
     };
-    finish(vec![parse_file(path.to_path_buf(), text, ctx)], loaded)
+    let cache = cache::Cache::new(ctx.state_dir, CacheUse::Off);
+    finish(
+        vec![parse_file(path.to_path_buf(), text, ctx, &cache)],
+        loaded,
+    )
 }
 
 /// Checks across parsed files, then gathers keys and diagnostics.

@@ -24,6 +24,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
             pass.only,
             None,
             super::load::Problems::Quiet,
+            crate::manifest::CacheUse::Write,
         )
         .await;
         // A key whose copy could not be restored is not regenerated over it.
@@ -81,7 +82,7 @@ pub(super) async fn decide(pass: &mut Pass<'_>) {
             .collect();
         crate::secret_proof::prove_secret_currents(
             &config.state_dir,
-            &*pass.provider,
+            &super::execute::paced_outside_actions(pass.provider.clone(), &pass.stores),
             &pass.stores,
             &considered,
             &pending.observed,

@@ -10,7 +10,7 @@ use super::{Mode, Pass, Report};
 use crate::clock;
 use crate::config::Config;
 use crate::key_events::KeyEvents;
-use crate::manifest::{KeyPair, Loaded};
+use crate::manifest::{CacheUse, KeyPair, Loaded};
 use crate::metrics::Metrics;
 use crate::plan::{self, KeyPlan, RotateRequest};
 use crate::retry::{Journal, RetryStore};
@@ -38,7 +38,16 @@ pub(super) async fn load<'a>(
         Mode::Once => stores,
     });
     let journal = Arc::new(Journal::load(RetryStore::new(&config.state_dir)));
-    let pending = prepare_some(config, &stores, rotate, only, manifests, Problems::Report).await;
+    let pending = prepare_some(
+        config,
+        &stores,
+        rotate,
+        only,
+        manifests,
+        Problems::Report,
+        CacheUse::Write,
+    )
+    .await;
     Pass {
         config,
         rotate,
@@ -92,7 +101,16 @@ pub struct Pending {
 
 /// Loads, observes and plans every valid key (or only `rotate.name` when rotating).
 pub async fn prepare(config: &Config, stores: &Stores, rotate: Option<&RotateRequest>) -> Pending {
-    prepare_some(config, stores, rotate, None, None, Problems::Report).await
+    prepare_some(
+        config,
+        stores,
+        rotate,
+        None,
+        None,
+        Problems::Report,
+        CacheUse::Read,
+    )
+    .await
 }
 
 /// Whether a pass prints the manifests' problems (and the "invalid manifests" warning).
@@ -106,7 +124,8 @@ pub(super) enum Problems {
 
 /// [`prepare`], of only the keys named in `only` when given (the daemon's due wakes): those are
 /// observed one by one, the scope's secrets never listed. `manifests`, when given, were read
-/// already (by `rotate`, before the lock); otherwise they are read here.
+/// already (by `rotate`, before the lock); otherwise they are read here, with the parse cache
+/// used as `cache` says (written only by a pass, which holds the stateDir lock).
 pub(super) async fn prepare_some(
     config: &Config,
     stores: &Stores,
@@ -114,14 +133,16 @@ pub(super) async fn prepare_some(
     only: Option<&BTreeSet<String>>,
     manifests: Option<Loaded>,
     problems: Problems,
+    cache: CacheUse,
 ) -> Pending {
     let started = std::time::Instant::now();
     // A due wake follows a full pass that told the manifests' problems, and any change to
     // the manifests makes a full pass of its own: told again at every due wake, each invalid
     // manifest was logged once per rotation of every other key.
     let told = problems == Problems::Quiet || only.is_some();
-    let mut loaded = manifests
-        .unwrap_or_else(|| crate::manifest::load(&config.manifests, &config.manifest_context()));
+    let mut loaded = manifests.unwrap_or_else(|| {
+        crate::manifest::load_with(&config.manifests, &config.manifest_context(), cache)
+    });
     if !told {
         crate::commands::tell_manifest_problems(&loaded);
     }

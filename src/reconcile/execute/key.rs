@@ -171,6 +171,13 @@ impl<P: Provider> KeyContext<'_, P> {
                 outputs,
                 link,
             } => {
+                // A generation another host made reaches this host's outputs here: its hooks
+                // fire as they do where it was made (a follower's service reloads too).
+                match link {
+                    Link::Current => self.expect_hooks(HookEvent::Activate, *generation).await?,
+                    Link::Next => self.expect_hooks(HookEvent::Publish, *generation).await?,
+                    Link::Previous => {}
+                }
                 let lacking = self.lacking(outputs, *generation).await;
                 self.prove_held(outputs, &lacking, *generation).await?;
                 self.copy(*generation, &lacking, *link).await?;

@@ -233,6 +233,20 @@ async fn run<P: Provider>(
     outcomes
 }
 
+/// `provider` for the requests a pass makes outside the key actions (the proofs of secret
+/// versions, [`crate::secret_proof`]): each one that goes out waits for the process's rate
+/// limit of `stores` like the actions' requests, one at a time; an answer the provider
+/// remembers takes no token. Not counted among the pass's provider calls (proofs are
+/// reported on their own).
+pub fn paced_outside_actions<P: Provider>(provider: Arc<P>, stores: &Stores) -> impl Provider {
+    Paced {
+        inner: provider,
+        requests: Arc::new(Semaphore::new(1)),
+        limiter: stores.limiter().clone(),
+        stats: Arc::new(Stats::default()),
+    }
+}
+
 /// A token bucket of one second's worth of requests.
 pub fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
     let per_second = per_second.clamp(0.001, 1_000_000.0);
@@ -409,5 +423,56 @@ mod tests {
             limiter.check().is_ok(),
             "a cached answer takes no token of the rate limit"
         );
+    }
+
+    /// The proofs of secret versions (made outside the key actions) wait for the same rate
+    /// limit: a Decrypt that goes out takes a token, one the pass remembers takes none.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn proofs_outside_the_actions_take_the_rate_limit_tokens_of_their_requests() {
+        let state = tempfile::tempdir().unwrap();
+        let key = one_key(state.path(), "proven");
+        let local = crate::provider::local::LocalProvider::new(state.path().join("keyring"));
+        let provider = Arc::new(crate::reconcile::metered::Metered::new(
+            Arc::new(crate::provider::AnyProvider::Local(local)),
+            crate::metrics::global(),
+        ));
+        // Two tokens in all, none back within the test.
+        let limiter = Arc::new(RateLimiter::direct(
+            Quota::with_period(Duration::from_secs(3600))
+                .unwrap()
+                .allow_burst(NonZeroU32::new(2).unwrap()),
+        ));
+        let stores = stores(limiter.clone());
+        let journal = Journal::load(crate::retry::RetryStore::new(state.path()));
+        let unpaced = Paced {
+            inner: provider.clone(),
+            requests: Arc::new(Semaphore::new(1)),
+            limiter: Arc::new(rate_limiter(1000.0)),
+            stats: Arc::default(),
+        };
+        let ctx = KeyContext {
+            key: &key,
+            provider: &unpaced,
+            stores: &stores,
+            journal: &journal,
+            metrics: crate::metrics::global(),
+            now: SystemTime::now(),
+            failure: std::sync::Mutex::new(None),
+        };
+        let version = ctx.generate(1, ctx.now).await.unwrap();
+        let proofs = paced_outside_actions(provider.clone(), &stores);
+        let refuse = crate::binding::Unbound::Refuse;
+        crate::binding::prove(&proofs, &key, &version, 1, refuse)
+            .await
+            .unwrap();
+        assert!(limiter.check().is_ok(), "one of two tokens left");
+        assert!(
+            limiter.check().is_err(),
+            "the proof's Decrypt took the other"
+        );
+        // Asked again, the answer is remembered: no token needed (none is left).
+        crate::binding::prove(&proofs, &key, &version, 1, refuse)
+            .await
+            .unwrap();
     }
 }
