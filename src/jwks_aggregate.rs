@@ -11,7 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Component, Path, PathBuf};
 
+use nix::sys::stat::FileStat;
+
+use crate::fingerprints::{Fingerprints, Stamp, Stamper};
+use crate::jwks_members::Members;
 use crate::manifest::{KeyPair, Output};
+use crate::observed::LinkedJwks;
 use crate::spec::KeyPairSpec;
 use crate::store::dir::{DirHandle, MAX_GROWING_BYTES};
 
@@ -96,10 +101,10 @@ impl JwksAggregate {
     }
 }
 
-/// Replaces the set with `bytes` below its root ([`DirHandle::replace_file`]): directories
-/// on the way created 0755 and never followed through a symlink, leftovers of earlier crashes
-/// removed. Nothing is written when it holds `bytes`.
-fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
+/// Opens the directory of the set below its root, and returns it with the set's name:
+/// directories on the way created 0755 and never followed through a symlink, leftovers of
+/// earlier crashes removed.
+fn open_dir(aggregate: &JwksAggregate) -> Result<(DirHandle, &str), String> {
     let fail = |e: crate::store::StoreError| e.to_string();
     let root = DirHandle::open_root(&aggregate.root, true)
         .map_err(fail)?
@@ -123,6 +128,13 @@ fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
             let _ = dir.remove_file(&leftover);
         }
     }
+    Ok((dir, name))
+}
+
+/// Replaces the set `name` in `dir` with `bytes` ([`DirHandle::replace_file`]). Nothing is
+/// written when it holds `bytes`. Returns whether it was written.
+fn write(dir: &DirHandle, name: &str, bytes: &[u8]) -> Result<bool, String> {
+    let fail = |e: crate::store::StoreError| e.to_string();
     if dir
         .read_file_at_most(name, MAX_GROWING_BYTES)
         .is_ok_and(|old| old == bytes)
@@ -133,6 +145,28 @@ fn write(aggregate: &JwksAggregate, bytes: &[u8]) -> Result<bool, String> {
         .map_err(fail)?;
     dir.sync().map_err(fail)?;
     Ok(true)
+}
+
+/// The kind of a config JWK Set's stamp.
+const SET_STAMP: &str = "set";
+
+/// The stamp of a set (`stat` its own) holding the entries of `members` (each key's name and
+/// the stamp of what its links' JWKs are made from), with the record of the sets' members as
+/// `members_stat` says; `None` when a member's links could not be stamped.
+fn set_stamp<'o>(
+    aggregate: &JwksAggregate,
+    members: &[Member<'_>],
+    observed: &dyn Fn(&str, usize) -> Option<&'o LinkedJwks>,
+    members_stat: Option<&FileStat>,
+    stat: Option<&FileStat>,
+) -> Option<Stamp> {
+    let mut stamper = Stamper::new(SET_STAMP, &aggregate.path());
+    for member in members {
+        let linked = observed(&member.key.name, member.index)?.stamp.as_ref()?;
+        stamper.input(member.key.name.as_bytes()).stamp(linked);
+    }
+    stamper.file_or_none(members_stat).file(stat);
+    stamper.finish()
 }
 
 /// The set as written (for serving it): `None` when it does not exist yet. Read through
@@ -192,24 +226,26 @@ pub struct Updated {
 ///
 /// `observed(key, output)` gives the JWKs that key's file output (by index) links to when this
 /// pass observed them and nothing changed them since (see
-/// [`crate::observed::ObservedOutput::linked_jwks`]); other keys' versions are read.
-pub fn update_all(
+/// [`crate::observed::ObservedOutput::linked_jwks`]); other keys' versions are read. With
+/// `fingerprints`, when no key is held, a set whose stamp (its stat, the record of members'
+/// stat, and the stamps of what each member's JWKs are made from) is the one recorded is
+/// neither made nor read; one found right is recorded.
+pub fn update_all<'o>(
     aggregates: &[JwksAggregate],
     keys: &[KeyPair],
     held: Held<'_>,
     state_dir: &Path,
-    observed: &dyn Fn(&str, usize) -> Option<Vec<serde_json::Value>>,
+    observed: &dyn Fn(&str, usize) -> Option<&'o LinkedJwks>,
+    fingerprints: Option<&Fingerprints>,
 ) -> Updated {
     let mut updated = Updated::default();
-    let mut members = crate::jwks_members::load(state_dir).unwrap_or_else(|err| {
-        let message = format!(
-            "cannot read which keys the JWK Sets hold ({err}): every entry no readable key \
-             accounts for is kept while a key is held"
-        );
-        tracing::error!("{message}");
-        updated.failures.push(("jwks:members".into(), message));
-        crate::jwks_members::Members::new()
-    });
+    // Taken before the members are read (a change after it shows in a later stat).
+    let members_stat = fingerprints.and_then(|_| crate::jwks_members::stat(state_dir));
+    let nothing_held = held.failed.is_empty() && held.frozen.is_empty() && !held.invalid;
+    // Read at first need when the sets' stamps may vouch for them (then none is needed).
+    let mut members =
+        (fingerprints.is_none() || !nothing_held).then(|| load_members(state_dir, &mut updated));
+    let mut any_vouched = false;
     // Whether the members changed (an insert that differs), so that the file is written only then.
     let mut members_changed = false;
     for aggregate in aggregates {
@@ -227,15 +263,33 @@ pub fn update_all(
                 _ => None,
             })
         });
+        let mut stamp = None;
         let result = match inside_a_key {
             Some(name) => Err(format!(
                 "is inside the key directory of {name:?}, which only keyprov's versions and \
                  links may hold: choose another path"
             )),
-            None => {
+            None => open_dir(aggregate).and_then(|(dir, name)| {
+                let members_of = members_of(aggregate, &selected);
+                // Taken before the set is read.
+                stamp = fingerprints.filter(|_| nothing_held).and_then(|_| {
+                    set_stamp(
+                        aggregate,
+                        &members_of,
+                        observed,
+                        members_stat.as_ref(),
+                        dir.stat(name).as_ref(),
+                    )
+                });
+                if let (Some(f), Some(stamp)) = (fingerprints, &stamp)
+                    && f.vouches(stamp)
+                {
+                    return Ok((false, None));
+                }
+                let members = members.get_or_insert_with(|| load_members(state_dir, &mut updated));
                 let next = next_entries(
                     aggregate,
-                    &selected,
+                    &members_of,
                     keys,
                     held,
                     members.get(&path),
@@ -246,22 +300,32 @@ pub fn update_all(
                     tracing::error!("{message}");
                     updated.failures.push((format!("jwks:{path}"), message));
                 }
-                write(aggregate, &bytes_of(&next.by_key)).map(|changed| (changed, next))
-            }
+                write(&dir, name, &bytes_of(&next.by_key)).map(|changed| (changed, Some(next)))
+            }),
         };
         match result {
-            Ok((changed, next)) => {
+            Ok((_, None)) => any_vouched = true,
+            Ok((changed, Some(next))) => {
                 if changed {
                     tracing::info!(path = %path, "JWK Set updated");
                 }
+                let right = !changed && next.problems.is_empty();
                 let kids = next
                     .by_key
                     .into_iter()
                     .map(|(name, entries)| (name, entries.iter().filter_map(kid).collect()))
                     .collect();
-                if members.get(&path) != Some(&kids) {
+                let members = members.get_or_insert_with(Members::new);
+                let same = members.get(&path) == Some(&kids);
+                if !same {
                     members.insert(path, kids);
                     members_changed = true;
+                }
+                if let Some(f) = fingerprints {
+                    match &stamp {
+                        Some(stamp) if right && same => f.record(stamp),
+                        _ => f.forget(SET_STAMP, &aggregate.path()),
+                    }
                 }
             }
             Err(err) => {
@@ -274,7 +338,14 @@ pub fn update_all(
             }
         }
     }
-    if members_changed && let Err(err) = crate::jwks_members::save(state_dir, &members) {
+    if members.is_none() && !any_vouched {
+        // As without fingerprints: an unreadable record is reported.
+        load_members(state_dir, &mut updated);
+    }
+    if members_changed
+        && let Some(members) = &members
+        && let Err(err) = crate::jwks_members::save(state_dir, members)
+    {
         let message = format!(
             "cannot record which keys the JWK Sets hold in {}: {err}",
             state_dir.join(crate::jwks_members::FILE).display()
@@ -283,6 +354,49 @@ pub fn update_all(
         updated.failures.push(("jwks:members".into(), message));
     }
     updated
+}
+
+/// The remembered members of the sets ([`crate::jwks_members::load`]); an unreadable record
+/// is reported in `updated` and read as empty.
+fn load_members(state_dir: &Path, updated: &mut Updated) -> Members {
+    crate::jwks_members::load(state_dir).unwrap_or_else(|err| {
+        let message = format!(
+            "cannot read which keys the JWK Sets hold ({err}): every entry no readable key \
+             accounts for is kept while a key is held"
+        );
+        tracing::error!("{message}");
+        updated.failures.push(("jwks:members".into(), message));
+        Members::new()
+    })
+}
+
+/// A key whose entries a set takes: the key, and its file output (by index) they come from.
+struct Member<'k> {
+    key: &'k KeyPair,
+    index: usize,
+    output: &'k crate::manifest::FileOutput,
+}
+
+/// The selected keys that can have entries in the set (logged: those that cannot).
+fn members_of<'k>(aggregate: &JwksAggregate, selected: &[&'k KeyPair]) -> Vec<Member<'k>> {
+    let mut members = Vec::with_capacity(selected.len());
+    for key in selected {
+        if key.spec == KeyPairSpec::Sm2 {
+            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
+                "SM2 keys have no JWK form: left out of the JWK Set");
+            continue;
+        }
+        let Some((index, output)) = key.outputs.iter().enumerate().find_map(|(i, o)| match o {
+            Output::File(file) => Some((i, file)),
+            Output::SecretsManager(_) => None,
+        }) else {
+            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
+                "the key has no file output: left out of the JWK Set");
+            continue;
+        };
+        members.push(Member { key, index, output });
+    }
+    members
 }
 
 /// An entry's kid.
@@ -319,13 +433,13 @@ struct Next {
 /// The entries of `aggregate` now: see [`update_all`]. `remembered` is what each key put in
 /// it last; without it (first run with this file) a held key keeps every entry of the set as
 /// written that no readable key accounts for.
-fn next_entries(
+fn next_entries<'o>(
     aggregate: &JwksAggregate,
-    selected: &[&KeyPair],
+    members: &[Member<'_>],
     keys: &[KeyPair],
     held: Held<'_>,
     remembered: Option<&BTreeMap<String, Vec<String>>>,
-    observed: &dyn Fn(&str, usize) -> Option<Vec<serde_json::Value>>,
+    observed: &dyn Fn(&str, usize) -> Option<&'o LinkedJwks>,
 ) -> Next {
     // The set as written is parsed only for a held key's last entries: a pass that holds no
     // key (a no-op) builds the set from the links alone (`write` still compares the bytes).
@@ -336,20 +450,7 @@ fn next_entries(
         problems: Vec::new(),
     };
     let mut to_keep = Vec::new();
-    for key in selected {
-        if key.spec == KeyPairSpec::Sm2 {
-            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
-                "SM2 keys have no JWK form: left out of the JWK Set");
-            continue;
-        }
-        let Some((index, output)) = key.outputs.iter().enumerate().find_map(|(i, o)| match o {
-            Output::File(file) => Some((i, file)),
-            Output::SecretsManager(_) => None,
-        }) else {
-            tracing::warn!(key = %key.name, path = %aggregate.path().display(),
-                "the key has no file output: left out of the JWK Set");
-            continue;
-        };
+    for &Member { key, index, output } in members {
         if held.failed.contains(key.name.as_str()) {
             // Its links may be half-moved: what they hold is added, nothing it had is lost.
             let linked = crate::store::file::linked_jwks(output);
@@ -357,7 +458,7 @@ fn next_entries(
             continue;
         }
         let linked = match observed(&key.name, index) {
-            Some(linked) => Ok(linked),
+            Some(linked) => crate::store::file::jwks_of_linked(output, linked),
             None => crate::store::file::linked_jwks(output),
         };
         match linked {

@@ -31,6 +31,14 @@ pub fn load(state_dir: &Path) -> Result<Members, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The file's `lstat`, `None` when there is none (a JWK Set's fingerprint covers it).
+pub fn stat(state_dir: &Path) -> Option<nix::sys::stat::FileStat> {
+    DirHandle::open_root(state_dir, false)
+        .ok()
+        .flatten()
+        .and_then(|root| root.stat(FILE))
+}
+
 /// Replaces the file with `members`.
 pub fn save(state_dir: &Path, members: &Members) -> Result<(), String> {
     let root = DirHandle::open_root(state_dir, true)

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod durable;
 pub mod exit;
+pub mod fingerprints;
 pub mod fleet;
 pub mod group_commit;
 pub mod hook_process;

@@ -48,11 +48,27 @@ pub struct ObservedOutput {
     /// Versions the output holds that keyprov refused (forged, replayed, not keyprov's): never
     /// used, but a generation number they carry is taken.
     pub refused: Vec<RefusedVersion>,
-    /// The JWKs of the versions `next`, `current` and `previous` point at (next first), as
-    /// observation derived them to check `jwks.json` (file outputs with `publicFormats: [jwk]`;
-    /// `None` otherwise): a JWK Set aggregate takes an unchanged key's entries from here
-    /// instead of reading its versions again.
-    pub linked_jwks: Option<Vec<serde_json::Value>>,
+    /// The JWKs of the versions `next`, `current` and `previous` point at, as observation
+    /// found them to check `jwks.json` (file outputs with `publicFormats: [jwk]`; `None`
+    /// otherwise): a JWK Set aggregate takes an unchanged key's entries from here instead of
+    /// reading its versions again.
+    pub linked_jwks: Option<LinkedJwks>,
+}
+
+/// The JWKs a file output's links hold (see [`ObservedOutput::linked_jwks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkedJwks {
+    /// The JWKs, next first, when observation made them (not when `jwks.json` was vouched for
+    /// by its fingerprint: see `crate::store::file::jwks_of_linked`).
+    pub keys: Option<Vec<serde_json::Value>>,
+    /// The generations `next`, `current` and `previous` point at.
+    pub links: [Option<u32>; 3],
+    /// The public keys (DER) of linked versions that observation read and verified against
+    /// their meta, by generation (the others are read when the JWKs are made).
+    pub verified: Vec<(u32, Vec<u8>)>,
+    /// What the JWKs are made from, stamped (see [`crate::fingerprints`]), when it could be: a
+    /// JWK Set whose members all have one is vouched for by its own stamp.
+    pub stamp: Option<crate::fingerprints::Stamp>,
 }
 
 /// A version keyprov refused (see [`ObservedOutput::refused`]).

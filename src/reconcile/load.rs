@@ -32,7 +32,7 @@ pub(super) async fn load<'a>(
         let provider = provider.clone();
         async move { provider.warm_up().await }
     });
-    let stores = super::new_stores(config);
+    let stores = super::new_stores(config).with_fingerprints(&config.state_dir);
     let stores = Arc::new(match mode {
         Mode::Daemon { .. } => stores.with_turns(&config.fleet),
         Mode::Once => stores,

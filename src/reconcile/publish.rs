@@ -102,7 +102,7 @@ pub(super) fn update_sets<'a>(
             pending.observed.get(name)
         };
         match outputs {
-            Some(Ok(outputs)) => outputs.get(index)?.linked_jwks.clone(),
+            Some(Ok(outputs)) => outputs.get(index)?.linked_jwks.as_ref(),
             _ => None,
         }
     };
@@ -112,5 +112,6 @@ pub(super) fn update_sets<'a>(
         held,
         &pass.config.state_dir,
         &observed,
+        pass.stores.fingerprints(),
     )
 }

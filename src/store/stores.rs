@@ -24,6 +24,8 @@ pub struct Stores {
     limiter: Arc<Limiter>,
     /// In the daemon: this host's turns at scheduled rotations (see [`Stores::with_turns`]).
     turns: Option<Turns>,
+    /// Stat fingerprints of derived public files (see [`Stores::with_fingerprints`]).
+    fingerprints: Option<Arc<crate::fingerprints::Fingerprints>>,
 }
 
 /// What tells this host's turn at a key's scheduled rotation.
@@ -42,7 +44,22 @@ impl Stores {
             secrets: SecretsManagerStore::new(settings, scope, limiter.clone()),
             limiter,
             turns: None,
+            fingerprints: None,
         }
+    }
+
+    /// Checks derived public files (`public.jwk`, `public.pub`, `jwks.json`, config JWK
+    /// Sets) by a stat against the fingerprints kept under `state_dir` (read when it does
+    /// not match), recording those read and found right; written at [`Stores::finish`]. For
+    /// the passes that hold the stateDir lock.
+    pub fn with_fingerprints(mut self, state_dir: &std::path::Path) -> Self {
+        self.fingerprints = Some(Arc::new(crate::fingerprints::Fingerprints::new(state_dir)));
+        self
+    }
+
+    /// The fingerprints of derived public files, when this pass keeps them.
+    pub fn fingerprints(&self) -> Option<&crate::fingerprints::Fingerprints> {
+        self.fingerprints.as_deref()
     }
 
     /// For the daemon's passes, which hold a scheduled generation until this host's turn
@@ -88,6 +105,9 @@ impl Stores {
         // The bump first, then what this sweep read and saw of the beacon.
         self.secrets.bump_beacon().await;
         self.secrets.save_sweep();
+        if let Some(fingerprints) = &self.fingerprints {
+            fingerprints.save();
+        }
         if let Ok(stores) = Arc::try_unwrap(self) {
             stores.files.finish().await;
         }
@@ -109,14 +129,17 @@ impl Stores {
     /// Observes every key: file outputs on all cores, secrets concurrently (bounded).
     pub async fn observe_all(&self, keys: &[KeyPair]) -> Observed {
         let parents = crate::store::file::Parents::default();
+        let fingerprints = self.fingerprints();
         let files: Vec<Result<Vec<Option<ObservedOutput>>, String>> =
             crate::parallel::map(keys, |key| {
                 key.outputs
                     .iter()
                     .map(|output| match output {
-                        Output::File(file) => FileStore::observe_in(key, file, &parents)
-                            .map(Some)
-                            .map_err(|e| e.to_string()),
+                        Output::File(file) => {
+                            FileStore::observe_in(key, file, &parents, fingerprints)
+                                .map(Some)
+                                .map_err(|e| e.to_string())
+                        }
                         Output::SecretsManager(_) => Ok(None),
                     })
                     .collect()

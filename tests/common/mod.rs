@@ -153,6 +153,22 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u32, i64, i64)> {
     map
 }
 
+/// [`snapshot`] of a stateDir without the stat fingerprints of derived public files
+/// (`ledger/fingerprints.bin`, and so the ledger directory's own mtime): the no-op after
+/// those files were written records them, at once or (racily clean) on the one after.
+pub fn snapshot_without_fingerprints(state: &Path) -> BTreeMap<PathBuf, (String, u32, i64, i64)> {
+    let ledger = state.join("ledger");
+    let mut map = snapshot(state);
+    map.retain(|path, _| {
+        *path != ledger
+            && !(path.parent() == Some(&ledger)
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("fingerprints")))
+    });
+    map
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

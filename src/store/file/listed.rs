@@ -54,10 +54,19 @@ impl<'a> Listed<'a> {
         (self.dir.stat(name), None)
     }
 
-    /// Reads `name` with its mode (`None` when `lstat` fails after the read), as a read of
-    /// the file followed by an `lstat` would, in one open when the listing says it is a
-    /// regular file.
+    /// Reads `name` with its mode (`None` when `lstat` fails), in one open when the listing
+    /// says it is a regular file.
     pub(super) fn read_with_mode(&self, name: &str) -> Result<(Vec<u8>, Option<u32>), StoreError> {
+        self.read_with_stat(name)
+            .map(|(bytes, stat)| (bytes, stat.map(|s| s.st_mode & 0o7777)))
+    }
+
+    /// Reads `name` with its stat taken *before* the read (`fstat` of the descriptor read
+    /// when the listing says it is a regular file, else `lstat`; `None` when that fails).
+    pub(super) fn read_with_stat(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<u8>, Option<FileStat>), StoreError> {
         match self.listing.as_ref().map(|l| l.get(name)) {
             Some(None) => Err(StoreError::Io {
                 action: "cannot open",
@@ -70,12 +79,13 @@ impl<'a> Listed<'a> {
                     path: self.dir.child_path(name).display().to_string(),
                     source: std::io::ErrorKind::NotFound.into(),
                 })?;
-                let mode = file.stat.st_mode & 0o7777;
-                Ok((file.read(MAX_READ_BYTES)?, Some(mode)))
+                let stat = file.stat;
+                Ok((file.read(MAX_READ_BYTES)?, Some(stat)))
             }
             _ => {
+                let stat = self.dir.stat(name);
                 let bytes = self.dir.read_file(name)?;
-                Ok((bytes, self.dir.stat(name).map(|s| s.st_mode & 0o7777)))
+                Ok((bytes, stat))
             }
         }
     }

@@ -483,6 +483,31 @@ pub fn linked_jwks(output: &FileOutput) -> Result<Vec<serde_json::Value>, StoreE
     }
 }
 
+/// The JWKs of `linked`, as observation found `output`'s links: those it made, or made now
+/// from the public keys it verified, and from the versions' files for the others (as
+/// [`linked_jwks`] would).
+pub fn jwks_of_linked(
+    output: &FileOutput,
+    linked: &crate::observed::LinkedJwks,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    if let Some(keys) = &linked.keys {
+        return Ok(keys.clone());
+    }
+    let Some(dir) = open_key_dir(output)? else {
+        return Ok(Vec::new());
+    };
+    let known: Vec<public::Verified> = linked
+        .verified
+        .iter()
+        .map(|(generation, der)| public::Verified {
+            generation: *generation,
+            der: der.clone(),
+            jwk: None,
+        })
+        .collect();
+    public::jwks_of(&dir, output.format, linked.links, &known)
+}
+
 /// The directory of a version, for messages and status.
 pub fn version_dir(output: &FileOutput, generation: u32) -> PathBuf {
     output.dir.join(version_name(generation))

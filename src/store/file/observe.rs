@@ -2,6 +2,7 @@
 
 use super::listed::Listed;
 use super::*;
+use crate::fingerprints::Fingerprints;
 use crate::store::dir::{EntryType, MAX_READ_BYTES, OpenFile};
 
 /// Observes what the directory holds. A missing directory is an empty output.
@@ -10,15 +11,17 @@ pub fn observe(
     key_name: &str,
     include_plaintext: bool,
 ) -> Result<ObservedOutput, StoreError> {
-    observe_in(output, key_name, include_plaintext, None)
+    observe_in(output, key_name, include_plaintext, None, None)
 }
 
-/// [`observe`], the key directory's parent taken from `parents` (one pass over many keys).
+/// [`observe`], the key directory's parent taken from `parents` (one pass over many keys);
+/// derived public files whose stat `fingerprints` vouches for are not read.
 pub fn observe_in(
     output: &FileOutput,
     key_name: &str,
     include_plaintext: bool,
     parents: Option<&Parents>,
+    fingerprints: Option<&Fingerprints>,
 ) -> Result<ObservedOutput, StoreError> {
     let mut observed = ObservedOutput {
         prunable: true,
@@ -99,6 +102,7 @@ pub fn observe_in(
                 &meta,
                 include_plaintext,
                 owner,
+                fingerprints,
                 &mut observed.drift,
             );
             verified.extend(known);
@@ -167,6 +171,7 @@ pub fn observe_in(
             dir: &dir,
             listing: Some(listing),
         },
+        fingerprints,
         &mut observed.drift,
     );
     // A plaintext key must not outlive `includePlaintext: false` in any version kept.
@@ -228,6 +233,7 @@ fn check_version_files(
     meta: &VersionMeta,
     include_plaintext: bool,
     owner: Option<Owner>,
+    fingerprints: Option<&Fingerprints>,
     drift: &mut Vec<String>,
 ) -> (Vec<String>, Option<public::Verified>) {
     let vname = version_name(meta.generation);
@@ -329,7 +335,14 @@ fn check_version_files(
             drift.push(format!("{vname}/{name} should not be there"));
         }
     }
-    let jwk = check_public_format_files(&files, output, meta, public_der.as_deref(), drift);
+    let jwk = check_public_format_files(
+        &files,
+        output,
+        meta,
+        public_der.as_deref(),
+        fingerprints,
+        drift,
+    );
     if include_plaintext {
         check_private_format_files(&files, output, meta, drift);
     }
@@ -387,16 +400,48 @@ fn check_private_format_files(
 /// Drift of a linked version's public format files (derived from its public key, so
 /// rewritten in place): missing, altered, or no longer listed. `public_der` is the public key
 /// already read and verified, if it was; the JWK made from it is returned (for `jwks.json`).
+/// With `fingerprints`, the files of a verified version whose stamp (their stats, and what
+/// they are made from) is the one recorded are neither read nor made (no JWK is returned);
+/// files read and found right are recorded.
 fn check_public_format_files(
     files: &Listed,
     output: &FileOutput,
     meta: &VersionMeta,
     public_der: Option<&[u8]>,
+    fingerprints: Option<&Fingerprints>,
     drift: &mut Vec<String>,
 ) -> Option<serde_json::Value> {
     let vname = version_name(meta.generation);
     let mut verified_jwk = None;
-    if !output.public_formats.is_empty() {
+    // Only a version whose public key matched its meta is stamped.
+    let fingerprints = fingerprints.filter(|_| public_der.is_some());
+    let mode_drift = |name: &str, mode: u32, drift: &mut Vec<String>| {
+        if mode != output.mode {
+            drift.push(format!(
+                "{vname}/{name} has mode {mode:04o}, want {:04o}",
+                output.mode
+            ));
+        }
+    };
+    let vouched = fingerprints.is_some_and(|f| {
+        let stats: Vec<Option<FileStat>> = output
+            .public_formats
+            .iter()
+            .map(|format| {
+                let name = format.file_name();
+                files.has(name).then(|| files.dir.stat(name)).flatten()
+            })
+            .collect();
+        let vouched = !stats.is_empty()
+            && version_stamp(files.dir, meta, output, &stats).is_some_and(|s| f.vouches(&s));
+        if vouched {
+            for (format, stat) in output.public_formats.iter().zip(stats.iter().flatten()) {
+                mode_drift(format.file_name(), stat.st_mode & 0o7777, drift);
+            }
+        }
+        vouched
+    });
+    if !output.public_formats.is_empty() && !vouched {
         let wanted = match public_der {
             Some(der) => public::format_files_and_jwk(output, meta, der).map(|(wanted, jwk)| {
                 verified_jwk = jwk;
@@ -407,18 +452,25 @@ fn check_public_format_files(
         };
         // An unreadable public key is reported as damage.
         if let Ok(wanted) = wanted {
+            // The stats of the files found right, taken before they were read.
+            let mut right = Vec::with_capacity(wanted.len());
             for (name, bytes) in wanted {
-                match files.read_with_mode(name) {
-                    Ok((actual, mode)) if actual == bytes => {
-                        if let Some(mode) = mode.filter(|&m| m != output.mode) {
-                            drift.push(format!(
-                                "{vname}/{name} has mode {mode:04o}, want {:04o}",
-                                output.mode
-                            ));
+                match files.read_with_stat(name) {
+                    Ok((actual, stat)) if actual == bytes => {
+                        if let Some(stat) = &stat {
+                            mode_drift(name, stat.st_mode & 0o7777, drift);
                         }
+                        right.push(stat);
                     }
                     Ok(_) => drift.push(format!("{vname}/{name} does not match its public key")),
                     Err(_) => drift.push(format!("{vname}/{name} is missing")),
+                }
+            }
+            if let Some(f) = fingerprints {
+                let all_right = right.len() == output.public_formats.len();
+                match version_stamp(files.dir, meta, output, &right) {
+                    Some(stamp) if all_right => f.record(&stamp),
+                    _ => f.forget(VERSION_STAMP, files.dir.path()),
                 }
             }
         }
@@ -429,4 +481,29 @@ fn check_public_format_files(
         }
     }
     verified_jwk
+}
+
+/// The kind of a version's stamp.
+const VERSION_STAMP: &str = "version";
+
+/// The stamp of a version's public format files (`stats`, in the order of the output's
+/// `publicFormats`) holding what its verified public key makes: their name depends on the
+/// formats, their bytes on the key (`publicKeySha256`), the key's name and the generation.
+fn version_stamp(
+    version: &DirHandle,
+    meta: &VersionMeta,
+    output: &FileOutput,
+    stats: &[Option<FileStat>],
+) -> Option<crate::fingerprints::Stamp> {
+    let mut stamper = crate::fingerprints::Stamper::new(VERSION_STAMP, version.path());
+    stamper
+        .input(meta.name.as_bytes())
+        .input(&meta.generation.to_le_bytes())
+        .input(meta.public_key_sha256.as_bytes());
+    for (format, stat) in output.public_formats.iter().zip(stats) {
+        stamper
+            .input(format.as_str().as_bytes())
+            .file(stat.as_ref());
+    }
+    stamper.finish()
 }

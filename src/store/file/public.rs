@@ -3,6 +3,8 @@
 //! previous, rewritten atomically whenever the links move.
 
 use super::*;
+use crate::fingerprints::{Fingerprints, Stamp, Stamper};
+use crate::observed::LinkedJwks;
 use crate::public_formats::{self, PublicFormat};
 use crate::store::dir::MAX_READ_BYTES;
 
@@ -214,35 +216,61 @@ fn replace_jwks(
 
 /// Drift of `jwks.json`: missing, out of date, unwanted, or with the wrong mode. `links` are
 /// the generations observation found `next`, `current` and `previous` at, `known` the public
-/// keys it already read and verified (not read again). Returns the JWKs of those links, when
-/// the output asks for `jwk` and they could be made.
+/// keys it already read and verified (not read again). Returns what those links hold, when
+/// the output asks for `jwk` and their JWKs could be made. With `fingerprints`, a set whose
+/// stamp (its stat, and what its keys are made from) is the one recorded is neither read nor
+/// made (nor are the JWKs); one read and found right is recorded.
 pub(super) fn jwks_drift(
     dir: &DirHandle,
     output: &FileOutput,
     links: [Option<u32>; 3],
     known: &[Verified],
     listed: &super::listed::Listed,
+    fingerprints: Option<&Fingerprints>,
     drift: &mut Vec<String>,
-) -> Option<Vec<serde_json::Value>> {
-    let keys = if output.public_formats.contains(&PublicFormat::Jwk) {
-        jwks_of(dir, output.format, links, known).map(Some)
-    } else {
-        Ok(None)
-    };
-    let keys = match keys {
+) -> Option<LinkedJwks> {
+    if !output.public_formats.contains(&PublicFormat::Jwk) {
+        if listed.open(JWKS).0.is_some() {
+            drift.push(format!("{JWKS} should not be there"));
+        }
+        return None;
+    }
+    let stamp = fingerprints.and_then(|_| linked_stamp(dir, output, links, known));
+    if let (Some(f), Some(linked)) = (fingerprints, &stamp)
+        && listed.has(JWKS)
+        && let Some(stat) = dir.stat(JWKS)
+        && jwks_stamp(dir, linked, Some(&stat)).is_some_and(|s| f.vouches(&s))
+    {
+        if stat.st_mode & 0o7777 != output.mode {
+            drift.push(format!(
+                "{JWKS} has mode {:04o}, want {:04o}",
+                stat.st_mode & 0o7777,
+                output.mode
+            ));
+        }
+        return Some(LinkedJwks {
+            keys: None,
+            links,
+            verified: known
+                .iter()
+                .map(|k| (k.generation, k.der.clone()))
+                .collect(),
+            stamp,
+        });
+    }
+    let keys = match jwks_of(dir, output.format, links, known) {
         Ok(keys) => keys,
         Err(err) => {
             drift.push(format!("{JWKS} cannot be made: {err}"));
             return None;
         }
     };
-    let expected = keys.as_deref().map(public_formats::jwks);
+    let bytes = public_formats::jwks(&keys);
     let (stat, file) = listed.open(JWKS);
-    match (expected, stat) {
-        (None, None) => {}
-        (None, Some(_)) => drift.push(format!("{JWKS} should not be there")),
-        (Some(_), None) => drift.push(format!("{JWKS} is missing")),
-        (Some(bytes), Some(stat)) => {
+    let mut right = false;
+    match &stat {
+        None => drift.push(format!("{JWKS} is missing")),
+        Some(stat) => {
             if stat.st_mode & 0o7777 != output.mode {
                 drift.push(format!(
                     "{JWKS} has mode {:04o}, want {:04o}",
@@ -250,14 +278,85 @@ pub(super) fn jwks_drift(
                     output.mode
                 ));
             }
+            // `stat` was taken before the read (the open file's `fstat`, or `lstat`).
             let actual = match file {
                 Some(file) => file.read(MAX_READ_BYTES),
                 None => dir.read_file(JWKS),
             };
-            if actual.ok() != Some(bytes) {
+            right = actual.as_ref().ok() == Some(&bytes);
+            if !right {
                 drift.push(format!("{JWKS} does not hold next, current and previous"));
             }
         }
     }
-    keys
+    if let Some(f) = fingerprints {
+        match stamp
+            .as_ref()
+            .and_then(|l| jwks_stamp(dir, l, stat.as_ref()))
+        {
+            Some(set) if right => f.record(&set),
+            _ => f.forget(JWKS_STAMP, dir.path()),
+        }
+    }
+    Some(LinkedJwks {
+        keys: Some(keys),
+        links,
+        verified: Vec::new(),
+        stamp,
+    })
+}
+
+/// The kind of a key's `jwks.json` stamp.
+const JWKS_STAMP: &str = "jwks";
+
+/// The stamp of what the JWKs of `links` are made from (see [`jwks_of`]): the output's format,
+/// the links, the verified public key of each linked version in `known`, and the stat of the
+/// public key files of the others (`previous`); `None` when `next` or `current` is not in
+/// `known`, or a file cannot be stamped.
+fn linked_stamp(
+    dir: &DirHandle,
+    output: &FileOutput,
+    links: [Option<u32>; 3],
+    known: &[Verified],
+) -> Option<Stamp> {
+    let mut stamper = Stamper::new("linked", dir.path());
+    stamper.input(public_name(output.format).as_bytes());
+    for (at, link) in links.iter().enumerate() {
+        stamper.input(&link.map_or([0xff; 5], |g| {
+            let mut bytes = [0; 5];
+            bytes[..4].copy_from_slice(&g.to_le_bytes());
+            bytes
+        }));
+        let Some(generation) = link else { continue };
+        match known.iter().find(|k| k.generation == *generation) {
+            Some(known) => {
+                stamper.input(&known.der);
+            }
+            // `next` and `current` are read and verified by observation when they are usable.
+            None if at < 2 => return None,
+            None => {
+                let version = version_name(*generation);
+                stamper
+                    .file(
+                        dir.stat(format!("{version}/{}", public_name(output.format)))
+                            .as_ref(),
+                    )
+                    .file_or_none(
+                        dir.stat(format!(
+                            "{version}/{}",
+                            public_name(other_format(output.format))
+                        ))
+                        .as_ref(),
+                    );
+            }
+        }
+    }
+    stamper.finish()
+}
+
+/// The stamp of `jwks.json` holding the JWKs `linked` stamps, `stat` being its own.
+fn jwks_stamp(dir: &DirHandle, linked: &Stamp, stat: Option<&FileStat>) -> Option<Stamp> {
+    let mut stamper = Stamper::new(JWKS_STAMP, dir.path());
+    stamper.stamp(linked).file(stat);
+    stamper.finish()
 }

@@ -34,13 +34,21 @@ impl FileStore {
     }
 
     /// [`FileStore::observe_now`] for one of many keys observed in one pass, their parent
-    /// directories opened once in `parents`.
+    /// directories opened once in `parents`, derived public files checked by their stat in
+    /// `fingerprints` when given.
     pub fn observe_in(
         key: &KeyPair,
         output: &FileOutput,
         parents: &file::Parents,
+        fingerprints: Option<&crate::fingerprints::Fingerprints>,
     ) -> Result<ObservedOutput, StoreError> {
-        file::observe_in(output, &key.name, key.include_plaintext, Some(parents))
+        file::observe_in(
+            output,
+            &key.name,
+            key.include_plaintext,
+            Some(parents),
+            fingerprints,
+        )
     }
 }
 

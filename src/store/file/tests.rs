@@ -257,19 +257,19 @@ fn observing_through_shared_parents_sees_what_each_key_alone_sees() {
     std::os::unix::fs::symlink(root.path().join("keys"), root.path().join("planted/p")).unwrap();
     let parents = Parents::default();
     for _ in 0..2 {
-        let shared = observe_in(&out("a"), "a", false, Some(&parents)).unwrap();
+        let shared = observe_in(&out("a"), "a", false, Some(&parents), None).unwrap();
         let alone = observe(&out("a"), "a", false).unwrap();
         assert_eq!(format!("{shared:?}"), format!("{alone:?}"));
         assert_eq!(shared.current.map(|c| c.generation), Some(1));
         assert!(shared.drift.is_empty(), "{:?}", shared.drift);
-        let refused = observe_in(&out("b"), "b", false, Some(&parents)).unwrap_err();
+        let refused = observe_in(&out("b"), "b", false, Some(&parents), None).unwrap_err();
         let alone = observe(&out("b"), "b", false).unwrap_err();
         assert_eq!(refused.to_string(), alone.to_string());
         assert!(refused.to_string().contains("symlink"), "{refused}");
-        let missing = observe_in(&out("c"), "c", false, Some(&parents)).unwrap();
+        let missing = observe_in(&out("c"), "c", false, Some(&parents), None).unwrap();
         assert!(missing.versions.is_empty() && missing.current.is_none());
         let through = output(root.path(), "planted/p/a");
-        let refused = observe_in(&through, "a", false, Some(&parents)).unwrap_err();
+        let refused = observe_in(&through, "a", false, Some(&parents), None).unwrap_err();
         let alone = observe(&through, "a", false).unwrap_err();
         assert_eq!(refused.to_string(), alone.to_string());
         assert!(refused.to_string().contains("symlink"), "{refused}");
@@ -279,7 +279,7 @@ fn observing_through_shared_parents_sees_what_each_key_alone_sees() {
     fs::rename(root.path().join("keys"), root.path().join("moved")).unwrap();
     fs::create_dir_all(outside.path().join("a")).unwrap();
     std::os::unix::fs::symlink(outside.path(), root.path().join("keys")).unwrap();
-    let held = observe_in(&out("a"), "a", false, Some(&parents)).unwrap();
+    let held = observe_in(&out("a"), "a", false, Some(&parents), None).unwrap();
     assert_eq!(held.current.map(|c| c.generation), Some(1));
     assert!(
         observe(&out("a"), "a", false).is_err(),
