@@ -190,6 +190,10 @@ const SETTLING: [nix::sys::statfs::FsType; 3] = [
 /// writable before faults again and updates its mtime and ctime. False when it cannot be (not
 /// a regular file, a filesystem not in [`SETTLING`], or the sync failed): it is not recorded.
 pub fn settle(dir: &DirHandle, name: &str) -> bool {
+    // Only a regular file is opened (never a device or a FIFO).
+    if !dir.stat(name).is_some_and(|stat| is_regular(&stat)) {
+        return false;
+    }
     let Ok(Some(file)) = dir.open_entry(name) else {
         return false;
     };
