@@ -9,6 +9,10 @@
 //! trusts the files without reading them, or making what they should hold; any other stamp
 //! means they are read and checked as before. ctime cannot be set from userland, so a write,
 //! a rename over, a chmod or a chown shows; anything but a regular file is never stamped.
+//! A write through a shared writable mapping shows only at the write fault that makes a
+//! page writable (once per page until it is written out): a file is stamped only after
+//! [`settle`] wrote its pages out (so every mapping faults again), on a filesystem that
+//! updates the times at that fault (not on tmpfs, where a mapped page never faults again).
 //! Files changed less than [`RACY_NS`] before the check (or later than now: a clock set back)
 //! are not recorded (racily clean: a change within the timestamps' granularity could hide).
 //!
@@ -170,6 +174,32 @@ impl Stamper {
             clean: self.newest_ns.saturating_add(RACY_NS) <= now,
         })
     }
+}
+
+/// Filesystems whose write faults update mtime and ctime once a file's pages were written out
+/// (ext2/3/4, XFS, Btrfs): on others (tmpfs, whose mapped pages never fault again; network
+/// and FUSE filesystems) a stat cannot vouch for a file.
+const SETTLING: [nix::sys::statfs::FsType; 3] = [
+    nix::sys::statfs::EXT4_SUPER_MAGIC,
+    nix::sys::statfs::XFS_SUPER_MAGIC,
+    nix::sys::statfs::BTRFS_SUPER_MAGIC,
+];
+
+/// Makes the regular file `name` in `dir` safe to stamp by a stat taken after this: its dirty
+/// pages written out (`fdatasync`), so that a later write through a shared mapping made
+/// writable before faults again and updates its mtime and ctime. False when it cannot be (not
+/// a regular file, a filesystem not in [`SETTLING`], or the sync failed): it is not recorded.
+pub fn settle(dir: &DirHandle, name: &str) -> bool {
+    // Only a regular file is opened (never a device or a FIFO).
+    if !dir.stat(name).is_some_and(|stat| is_regular(&stat)) {
+        return false;
+    }
+    let Ok(Some(file)) = dir.open_entry(name) else {
+        return false;
+    };
+    file.is_regular()
+        && nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| SETTLING.contains(&fs.filesystem_type()))
+        && nix::unistd::fdatasync(&file).is_ok()
 }
 
 /// The stamps of one stateDir: read on first use, written by [`Fingerprints::save`] when one
@@ -518,6 +548,26 @@ mod tests {
             std::fs::write(&path, &damaged).unwrap();
             let read = Fingerprints::new(tmp.path());
             assert!(!read.vouches(&stamp(&file, b"", &old)));
+        }
+    }
+
+    #[test]
+    fn only_a_regular_file_on_a_filesystem_that_faults_again_settles() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), "x").unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("link")).unwrap();
+        let dir = DirHandle::open_root(tmp.path(), false).unwrap().unwrap();
+        let here = nix::sys::statfs::statfs(tmp.path())
+            .unwrap()
+            .filesystem_type();
+        assert_eq!(settle(&dir, "f"), SETTLING.contains(&here));
+        assert!(!settle(&dir, "link"));
+        assert!(!settle(&dir, "missing"));
+        // tmpfs: a page mapped writable stays so, a stat never shows a write through it.
+        if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+            std::fs::write(shm.path().join("f"), "x").unwrap();
+            let dir = DirHandle::open_root(shm.path(), false).unwrap().unwrap();
+            assert!(!settle(&dir, "f"));
         }
     }
 

@@ -286,6 +286,21 @@ pub fn update_all<'o>(
                 {
                     return Ok((false, None));
                 }
+                // Not vouched for: its pages written out, then stamped again before it is
+                // read (see `settle`).
+                if stamp.is_some() {
+                    stamp = crate::fingerprints::settle(&dir, name)
+                        .then(|| {
+                            set_stamp(
+                                aggregate,
+                                &members_of,
+                                observed,
+                                members_stat.as_ref(),
+                                dir.stat(name).as_ref(),
+                            )
+                        })
+                        .flatten();
+                }
                 let members = members.get_or_insert_with(|| load_members(state_dir, &mut updated));
                 let next = next_entries(
                     aggregate,

@@ -311,3 +311,85 @@ fn stale_damaged_or_foreign_records_files_gone_and_files_from_the_future_are_rea
     assert_repaired(&install, "dated later than now");
     assert_original("dated later than now");
 }
+
+/// A file mapped shared and writable: a write through it changes the file without a system
+/// call, and the kernel updates mtime and ctime only at the write that makes a clean page
+/// writable again (the first after the page was written out), not at later ones.
+struct Mapping {
+    at: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(path: &Path) -> Self {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a fresh shared mapping of the whole file, unmapped on drop; only bytes
+        // within it are written.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED, "{path:?}");
+        Mapping { at: at.cast(), len }
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        assert_eq!(bytes.len(), self.len);
+        // SAFETY: `len` bytes mapped at `at`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at, self.len) };
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new`.
+        unsafe { libc::munmap(self.at.cast(), self.len) };
+    }
+}
+
+#[test]
+fn derived_files_changed_through_a_shared_mapping_are_found_and_repaired() {
+    let install =
+        Install::new("jwks:\n  - path: issuer/jwks.json\n    selector: {labels: {team: t}}");
+    install.manifest("a.yaml", &key("a"));
+    install.run_once(0);
+    let files = [
+        install.key_dir("a").join("v0001/public.jwk"),
+        install.key_dir("a").join("jwks.json"),
+        install.state().join("issuer/jwks.json"),
+    ];
+    let original: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    // Mapped and written with what they hold: their pages dirty and writable in the mapping.
+    let mappings: Vec<Mapping> = files.iter().map(|p| Mapping::new(p)).collect();
+    for (mapping, bytes) in mappings.iter().zip(&original) {
+        mapping.write(bytes);
+    }
+    // Read, found right and recorded (the files were last changed more than 2 s ago).
+    std::thread::sleep(PAST_RACY);
+    let run = install.run_once(0);
+    assert!(run.stdout.contains(" 0 changed"), "{}", run.all());
+    // Changed through the mappings: no write fault, so no new mtime or ctime unless the
+    // pages were written out (and write-protected) before the stamps were taken.
+    for (mapping, bytes) in mappings.iter().zip(&original) {
+        mapping.write(&same_size_change(bytes));
+    }
+    for (path, bytes) in files.iter().zip(&original) {
+        assert_ne!(&std::fs::read(path).unwrap(), bytes, "{path:?} changed");
+    }
+    assert_repaired(&install, "changed through a shared mapping");
+    for (path, bytes) in files.iter().zip(&original) {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{path:?} repaired");
+    }
+}

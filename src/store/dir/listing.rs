@@ -84,6 +84,12 @@ impl OpenFile {
     }
 }
 
+impl std::os::fd::AsFd for OpenFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 impl DirHandle {
     /// The directory's entries with their types, `.` and `..` excluded.
     pub fn entries(&self) -> Result<Listing, StoreError> {

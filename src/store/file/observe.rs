@@ -454,7 +454,12 @@ fn check_public_format_files(
         if let Ok(wanted) = wanted {
             // The stats of the files found right, taken before they were read.
             let mut right = Vec::with_capacity(wanted.len());
+            // Their pages written out before they are stat'ed and read (see `settle`).
+            let mut settled = true;
             for (name, bytes) in wanted {
+                if fingerprints.is_some() {
+                    settled &= crate::fingerprints::settle(files.dir, name);
+                }
                 match files.read_with_stat(name) {
                     Ok((actual, stat)) if actual == bytes => {
                         if let Some(stat) = &stat {
@@ -469,7 +474,7 @@ fn check_public_format_files(
             if let Some(f) = fingerprints {
                 let all_right = right.len() == output.public_formats.len();
                 match version_stamp(files.dir, meta, output, &right) {
-                    Some(stamp) if all_right => f.record(&stamp),
+                    Some(stamp) if all_right && settled => f.record(&stamp),
                     _ => f.forget(VERSION_STAMP, files.dir.path()),
                 }
             }

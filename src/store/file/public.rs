@@ -266,6 +266,8 @@ pub(super) fn jwks_drift(
         }
     };
     let bytes = public_formats::jwks(&keys);
+    // Its pages written out before it is stat'ed and read (see `settle`).
+    let settled = fingerprints.is_some_and(|_| crate::fingerprints::settle(dir, JWKS));
     let (stat, file) = listed.open(JWKS);
     let mut right = false;
     match &stat {
@@ -294,7 +296,7 @@ pub(super) fn jwks_drift(
             .as_ref()
             .and_then(|l| jwks_stamp(dir, l, stat.as_ref()))
         {
-            Some(set) if right => f.record(&set),
+            Some(set) if right && settled => f.record(&set),
             _ => f.forget(JWKS_STAMP, dir.path()),
         }
     }
