@@ -22,7 +22,7 @@
 //! and rewritten by [`Fingerprints::save`] only when a stamp changed. Any damage to it only
 //! costs reads: an unreadable record is dropped, and a digest read wrong matches nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -210,6 +210,11 @@ pub struct Fingerprints {
     recorded: OnceLock<Vec<(u64, Digest)>>,
     /// Made in this pass: a digest, or `None` for one forgotten.
     changes: Mutex<HashMap<u64, Option<Digest>>>,
+    /// The ids of recorded stamps a lookup vouched for in this pass.
+    vouched: Mutex<HashSet<u64>>,
+    /// Set by [`Fingerprints::looked_at_everything`]: stamps this pass neither vouched for nor
+    /// made are of files no key has any more (pruned versions), dropped when saved.
+    complete: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Fingerprints {
@@ -323,6 +328,8 @@ impl Fingerprints {
             state_dir: state_dir.to_path_buf(),
             recorded: OnceLock::new(),
             changes: Mutex::default(),
+            vouched: Mutex::default(),
+            complete: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -381,7 +388,22 @@ impl Fingerprints {
                     .map(|at| recorded[at].1)
             }
         };
-        recorded == Some(stamp.digest)
+        let vouched = recorded == Some(stamp.digest);
+        if vouched {
+            self.vouched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(stamp.id);
+        }
+        vouched
+    }
+
+    /// Says that this pass looked up or made the stamp of every derived file any key has (a
+    /// pass over every key, none held): the stamps it did not touch are dropped when saved, so
+    /// the record does not keep those of pruned versions for ever.
+    pub fn looked_at_everything(&self) {
+        self.complete
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records `stamp`, made of files just read (stats taken before the reads) and found to
@@ -400,7 +422,14 @@ impl Fingerprints {
     /// Writes the record when a stamp changed (a failure is logged: it only costs reads).
     pub fn save(&self) {
         let changes = std::mem::take(&mut *self.changes());
-        if changes.is_empty() {
+        let vouched = std::mem::take(
+            &mut *self
+                .vouched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let complete = self.complete.load(std::sync::atomic::Ordering::Relaxed);
+        if changes.is_empty() && (!complete || vouched.len() == self.recorded().len()) {
             return;
         }
         let recorded = self.recorded();
@@ -408,6 +437,8 @@ impl Fingerprints {
         let mut changed = false;
         for &(id, digest) in recorded {
             match changes.get(&id) {
+                // Not touched by a pass that looked at everything: no key has these files.
+                None if complete && !vouched.contains(&id) => changed = true,
                 None => merged.push((id, digest)),
                 Some(made) => {
                     changed |= *made != Some(digest);
@@ -569,6 +600,47 @@ mod tests {
             let dir = DirHandle::open_root(shm.path(), false).unwrap().unwrap();
             assert!(!settle(&dir, "f"));
         }
+    }
+
+    #[test]
+    fn a_pass_that_looked_at_everything_drops_the_stamps_it_did_not_touch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for file in [&a, &b] {
+            std::fs::write(file, "x").unwrap();
+        }
+        let old = |path: &Path| {
+            let mut stat = stat(path);
+            stat.st_ctime -= 10;
+            stat.st_mtime -= 10;
+            stat
+        };
+        let first = Fingerprints::new(tmp.path());
+        first.record(&stamp(&a, b"", &old(&a)));
+        first.record(&stamp(&b, b"", &old(&b)));
+        first.save();
+        // A partial pass (a due wake) that only met `a` keeps `b`'s stamp.
+        let partial = Fingerprints::new(tmp.path());
+        assert!(partial.vouches(&stamp(&a, b"", &old(&a))));
+        partial.save();
+        let after = Fingerprints::new(tmp.path());
+        assert!(after.vouches(&stamp(&b, b"", &old(&b))));
+        // A pass over every key that only met `a`: `b` belongs to no key any more.
+        let full = Fingerprints::new(tmp.path());
+        assert!(full.vouches(&stamp(&a, b"", &old(&a))));
+        full.looked_at_everything();
+        full.save();
+        let after = Fingerprints::new(tmp.path());
+        assert!(after.vouches(&stamp(&a, b"", &old(&a))));
+        assert!(!after.vouches(&stamp(&b, b"", &old(&b))));
+        assert_eq!(std::fs::read(after.path()).unwrap().len(), HEADER + ENTRY);
+        // Nothing to drop and nothing changed: the record is not written again.
+        let again = Fingerprints::new(tmp.path());
+        assert!(again.vouches(&stamp(&a, b"", &old(&a))));
+        again.looked_at_everything();
+        std::fs::remove_file(again.path()).unwrap();
+        again.save();
+        assert!(!again.path().exists());
     }
 
     #[test]

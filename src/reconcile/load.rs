@@ -48,6 +48,17 @@ pub(super) async fn load<'a>(
         CacheUse::Write,
     )
     .await;
+    // Every key observed, none held: the stamps of derived files this pass does not touch
+    // belong to no key any more.
+    if only.is_none()
+        && rotate.is_none()
+        && !pending.invalid
+        && pending.frozen.is_empty()
+        && pending.failed.is_empty()
+        && let Some(fingerprints) = stores.fingerprints()
+    {
+        fingerprints.looked_at_everything();
+    }
     Pass {
         config,
         rotate,
