@@ -692,3 +692,42 @@ fn jwks_bytes_are_the_pretty_json_of_the_keys_member() {
         assert_eq!(keyprov::public_formats::jwks(&refs), want);
     }
 }
+
+#[test]
+fn a_key_planted_in_previous_is_never_published() {
+    // `previous` is not verified by observation; its public key is checked against its
+    // meta.json when jwks.json is made (also behind a recorded stamp of the files).
+    let install = Install::new("");
+    install.manifest("sig.yaml", &with_formats("sig", "ECC_NIST_P256", "jwk"));
+    install.manifest("other.yaml", &with_formats("other", "ECC_NIST_P256", "jwk"));
+    install.run_once(0);
+    let first = kid_of(&install, "sig", "v0001");
+    let now = install.keyprov(&["rotate", "sig", "--now"]);
+    assert_eq!(now.code, 0, "{}", now.all());
+    let second = kid_of(&install, "sig", "v0002");
+    assert_eq!(
+        jwks_kids(&install, "sig"),
+        vec![second.clone(), first.clone()]
+    );
+    // Old enough to be recorded, then recorded by a no-op.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    install.run_once(0);
+    // Another key's public key copied over previous's.
+    let planted = kid_of(&install, "other", "v0001");
+    std::fs::copy(
+        install.key_dir("other").join("v0001/public.pem"),
+        install.key_dir("sig").join("v0001/public.pem"),
+    )
+    .unwrap();
+    let run = install.keyprov(&["run", "--once"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.all()
+            .contains("v0001: its public key does not match its meta.json"),
+        "{}",
+        run.all()
+    );
+    let kids = jwks_kids(&install, "sig");
+    assert!(!kids.contains(&planted), "published: {kids:?}");
+    assert_eq!(kids, vec![second, first]);
+}

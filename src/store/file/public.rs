@@ -124,11 +124,24 @@ pub(super) fn jwks_of(
         let path = dir.child_path(version_name(generation));
         let der = match known {
             Some(known) => std::borrow::Cow::Borrowed(&known.der),
+            // A version observation did not verify (`previous`): its public key is checked
+            // against its meta.json, so that a key planted there is never published.
             None => {
                 let Some(version) = dir.open_dir(&version_name(generation))? else {
                     continue;
                 };
-                std::borrow::Cow::Owned(read_public_der(&version, format)?)
+                let der = read_public_der(&version, format)?;
+                let meta = read_version_meta(&version, generation)?;
+                if crate::store::public_key_sha256(&der) != meta.public_key_sha256 {
+                    return Err(StoreError::Corrupt {
+                        path: path.display().to_string(),
+                        message: format!(
+                            "its public key does not match its {META} (publicKeySha256): \
+                             not published"
+                        ),
+                    });
+                }
+                std::borrow::Cow::Owned(der)
             }
         };
         seen.push(generation);
@@ -339,6 +352,7 @@ fn linked_stamp(
             None => {
                 let version = version_name(*generation);
                 stamper
+                    .file(dir.stat(format!("{version}/{META}")).as_ref())
                     .file(
                         dir.stat(format!("{version}/{}", public_name(output.format)))
                             .as_ref(),
