@@ -125,7 +125,9 @@ pub(super) fn jwks_of(
         let der = match known {
             Some(known) => std::borrow::Cow::Borrowed(&known.der),
             // A version observation did not verify (`previous`): its public key is checked
-            // against its meta.json, so that a key planted there is never published.
+            // against its meta.json, so that a key planted there is never published. It is
+            // left out rather than failing the key: a damaged `current` replaced by
+            // `rotate --now` becomes `previous`, and that repair must go through.
             None => {
                 let Some(version) = dir.open_dir(&version_name(generation))? else {
                     continue;
@@ -133,13 +135,9 @@ pub(super) fn jwks_of(
                 let der = read_public_der(&version, format)?;
                 let meta = read_version_meta(&version, generation)?;
                 if crate::store::public_key_sha256(&der) != meta.public_key_sha256 {
-                    return Err(StoreError::Corrupt {
-                        path: path.display().to_string(),
-                        message: format!(
-                            "its public key does not match its {META} (publicKeySha256): \
-                             not published"
-                        ),
-                    });
+                    tracing::warn!(version = %path.display(),
+                        "its public key does not match its {META} (publicKeySha256): left out of jwks.json");
+                    continue;
                 }
                 std::borrow::Cow::Owned(der)
             }

@@ -31,7 +31,17 @@ fn public_format_files(
 ) -> Result<(), StoreError> {
     if !output.public_formats.is_empty() {
         let meta = read_version_meta(version, generation)?;
-        let der = public::read_public_der(version, output.format)?;
+        // Never derived from a public key its meta.json does not vouch for: a damaged
+        // `previous` (a damaged current replaced by `rotate --now`) keeps what it has, and
+        // is not published (observation reports a damaged `current` or `next`).
+        let der = match public::read_public_der(version, output.format) {
+            Ok(der) if crate::store::public_key_sha256(&der) == meta.public_key_sha256 => der,
+            _ => {
+                tracing::warn!(version = %version.path().display(),
+                    "its public key is unreadable or does not match its {META}: its public formats are not made");
+                return Ok(());
+            }
+        };
         for (name, bytes) in public::format_files(output, &meta, &der)? {
             if version.read_file(name).ok().as_ref() != Some(&bytes) {
                 version.replace_file(name, &bytes, output.mode, owner)?;
