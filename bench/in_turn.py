@@ -9,11 +9,10 @@ the other.
 
 COMMAND is split on spaces (no quoting).
 """
-import statistics
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from timed import once  # noqa: E402
+from timed import medians, once  # noqa: E402
 
 
 def main():
@@ -26,11 +25,7 @@ def main():
             if round_ > 0:
                 samples[label].append(sample)
     for label, rows in samples.items():
-        wall = statistics.median(s[0] for s in rows)
-        cpu = statistics.median(s[1] + s[2] for s in rows)
-        user = statistics.median(s[1] for s in rows)
-        system = statistics.median(s[2] for s in rows)
-        print(f"{label} {wall:.2f} {cpu:.2f} {user:.2f} {system:.2f}")
+        print(f"{label} {medians(rows)}")
 
 
 if __name__ == "__main__":

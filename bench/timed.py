@@ -22,15 +22,19 @@ def once(command):
     return wall * 1000, usage.ru_utime * 1000, usage.ru_stime * 1000
 
 
-def main():
-    runs, command = int(sys.argv[1]), sys.argv[2:]
-    once(command)
-    samples = [once(command) for _ in range(runs)]
+def medians(samples):
+    """`wall cpu user sys`: the medians of samples from `once`, in ms (cpu = user + sys)."""
     wall = statistics.median(s[0] for s in samples)
     cpu = statistics.median(s[1] + s[2] for s in samples)
     user = statistics.median(s[1] for s in samples)
     system = statistics.median(s[2] for s in samples)
-    print(f"{wall:.2f} {cpu:.2f} {user:.2f} {system:.2f}")
+    return f"{wall:.2f} {cpu:.2f} {user:.2f} {system:.2f}"
+
+
+def main():
+    runs, command = int(sys.argv[1]), sys.argv[2:]
+    once(command)
+    print(medians([once(command) for _ in range(runs)]))
 
 
 if __name__ == "__main__":

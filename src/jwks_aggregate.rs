@@ -271,8 +271,8 @@ pub fn update_all<'o>(
             )),
             None => open_dir(aggregate).and_then(|(dir, name)| {
                 let members_of = members_of(aggregate, &selected);
-                // Taken before the set is read.
-                stamp = fingerprints.filter(|_| nothing_held).and_then(|_| {
+                // The set's stamp now (taken before the set is read).
+                let stamp_now = || {
                     set_stamp(
                         aggregate,
                         &members_of,
@@ -280,7 +280,10 @@ pub fn update_all<'o>(
                         members_stat.as_ref(),
                         dir.stat(name).as_ref(),
                     )
-                });
+                };
+                stamp = fingerprints
+                    .filter(|_| nothing_held)
+                    .and_then(|_| stamp_now());
                 if let (Some(f), Some(stamp)) = (fingerprints, &stamp)
                     && f.vouches(stamp)
                 {
@@ -290,15 +293,7 @@ pub fn update_all<'o>(
                 // read (see `settle`).
                 if stamp.is_some() {
                     stamp = crate::fingerprints::settle(&dir, name)
-                        .then(|| {
-                            set_stamp(
-                                aggregate,
-                                &members_of,
-                                observed,
-                                members_stat.as_ref(),
-                                dir.stat(name).as_ref(),
-                            )
-                        })
+                        .then(stamp_now)
                         .flatten();
                 }
                 let members = members.get_or_insert_with(|| load_members(state_dir, &mut updated));
